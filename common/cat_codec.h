@@ -1,0 +1,81 @@
+/*
+ * cat_codec: protobuf and JSON forms of records and commands.
+ *
+ * Decoding is the trust boundary: every function here accepts arbitrary
+ * bytes and returns CAT_ERR_PERMANENT with a one-line reason (never a crash)
+ * for anything a worker must not apply: undecodable protobuf, no record, an
+ * unknown table or op, a missing primary key or version, a string longer
+ * than its column, invalid UTF-8.
+ *
+ * JSON form of a record (catalyst-publish input, logs, cache values):
+ *   {"table":"news_raw","news_id":"n1","symbol":"AAPL",
+ *    "published_timestamp":"2026-11-27T14:05:12.000000Z","catalyst_score":0.8,
+ *    "version":1764252312000000}
+ * Column names as in SQL; timestamps RFC 3339; null or absent = SQL NULL.
+ * The write-line form adds optional "op" ("upsert" | "delete"),
+ * "command_id", "producer", "trace_id".
+ */
+#ifndef CAT_CODEC_H
+#define CAT_CODEC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "catalyst/v1/commands.pb-c.h"
+#include "catalyst/v1/records.pb-c.h"
+#include "cat_err.h"
+#include "cat_schema.h"
+
+/* Longest Kafka message a worker accepts; larger is permanent. */
+#define CAT_CODEC_MAX_MESSAGE_BYTES (1024 * 1024)
+
+/* The table a Record holds; NULL if none (unset oneof). */
+const cat_table_t *cat_codec_record_table(const Catalyst__V1__Record *record);
+
+/* The record's row message (e.g. a Catalyst__V1__NewsRaw *), NULL if none. */
+const ProtobufCMessage *cat_codec_record_row(const Catalyst__V1__Record *record);
+
+/* Checks a decoded record against the schema: one table set, primary key
+ * present and non-empty, version present, text lengths within max_len and
+ * valid UTF-8. For a delete (`is_delete`), only key and version are needed. */
+cat_err_t cat_codec_record_validate(const Catalyst__V1__Record *record, int is_delete,
+				    char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+
+/* Kafka key of a record: its partition column (symbol) when set, else its
+ * primary key, as "<value>". Writes at most key_size bytes including NUL;
+ * returns the key length. */
+size_t cat_codec_record_key(const Catalyst__V1__Record *record, char *key, size_t key_size);
+
+/* Primary-key value text of a record ("" if unset); borrowed. */
+const char *cat_codec_record_pk(const Catalyst__V1__Record *record);
+
+/* version field of a record (0 if unset). */
+int64_t cat_codec_record_version(const Catalyst__V1__Record *record);
+
+/* protobuf bytes -> validated WriteCommand. *out is freed with
+ * catalyst__v1__write_command__free_unpacked(*out, NULL). */
+cat_err_t cat_codec_write_decode(const void *buf, size_t len, Catalyst__V1__WriteCommand **out,
+				 char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+
+/* One JSON write line (text) -> WriteCommand, validated as above. Fills
+ * meta.command_id (a random UUID when absent), meta.issued_at_us (now),
+ * meta.producer (`producer` when the line has none), version (issued_at_us
+ * when absent). Unknown keys, wrong JSON types, unparseable timestamps,
+ * integers out of range are rejected naming the column. *out is freed with
+ * catalyst__v1__write_command__free_unpacked(*out, NULL). */
+cat_err_t cat_codec_write_from_json(const char *line, size_t len, const char *producer,
+				    Catalyst__V1__WriteCommand **out, char *errstr,
+				    size_t errstr_size) CAT_MUST_CHECK;
+
+/* Record -> JSON object text {"table":...,columns...} (only present fields),
+ * malloc'd, NUL-terminated; NULL on out of memory. */
+char *cat_codec_record_to_json(const Catalyst__V1__Record *record);
+
+/* WriteCommand -> JSON write-line text (record columns plus "op",
+ * "command_id", "producer", "trace_id", "issued_at_us"), malloc'd. */
+char *cat_codec_write_to_json(const Catalyst__V1__WriteCommand *cmd);
+
+/* A new random (v4) UUID in canonical text form; buf needs 37 bytes. */
+void cat_codec_uuid(char *buf, size_t buf_size);
+
+#endif /* CAT_CODEC_H */
