@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""moto's S3 emulator for scripts/stack: what `moto_server -H HOST -p PORT`
+runs, plus one fix for signature checking.
+
+Once authentication is switched on (see s3_bootstrap.py), moto answers a
+request that carries no Authorization header with a 500 (a KeyError inside
+moto) instead of the 403 real S3 sends, and a client would take that for a
+retriable server error. Such requests are refused here with 403 AccessDenied,
+as are presigned (query-string) URLs, which moto cannot check either.
+
+Usage: s3_server.py HOST PORT
+"""
+
+import signal
+import sys
+
+from moto import settings
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    create_backend_app,
+)
+from werkzeug.serving import run_simple
+
+DENIED = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n'
+    b"<Error><Code>AccessDenied</Code>"
+    b"<Message>Access Denied: request is not signed with AWS Signature V4 "
+    b"in an Authorization header</Message></Error>"
+)
+
+
+class RequireSignature:
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        auth_on = settings.INITIAL_NO_AUTH_ACTION_COUNT != float("inf")
+        if (
+            auth_on
+            and not environ.get("PATH_INFO", "").startswith("/moto-api")
+            and "HTTP_AUTHORIZATION" not in environ
+        ):
+            start_response(
+                "403 Forbidden",
+                [
+                    ("Content-Type", "application/xml"),
+                    ("Content-Length", str(len(DENIED))),
+                ],
+            )
+            return [DENIED]
+        return self.app(environ, start_response)
+
+
+def stop(signum, frame):
+    sys.exit(0)
+
+
+def main(argv):
+    if len(argv) != 3:
+        print("usage: s3_server.py HOST PORT", file=sys.stderr)
+        return 2
+    host, port = argv[1], int(argv[2])
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    app = DomainDispatcherApplication(create_backend_app)
+    run_simple(host, port, RequireSignature(app), threaded=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
