@@ -13,7 +13,7 @@
  *    "version":1764252312000000}
  * Column names as in SQL; timestamps RFC 3339; null or absent = SQL NULL.
  * The write-line form adds optional "op" ("upsert" | "delete"),
- * "command_id", "producer", "trace_id".
+ * "command_id", "producer", "trace_id", "issued_at_us" (integer µs).
  */
 #ifndef CAT_CODEC_H
 #define CAT_CODEC_H
@@ -36,14 +36,17 @@ const cat_table_t *cat_codec_record_table(const Catalyst__V1__Record *record);
 const ProtobufCMessage *cat_codec_record_row(const Catalyst__V1__Record *record);
 
 /* Checks a decoded record against the schema: one table set, primary key
- * present and non-empty, version present, text lengths within max_len and
- * valid UTF-8. For a delete (`is_delete`), only key and version are needed. */
+ * present and non-empty, version present and >= 1, every not_null column
+ * present, text lengths within max_len and valid UTF-8, doubles finite,
+ * timestamps within what RFC 3339 can write (years 0001 to 9999). For a
+ * delete (`is_delete`), only key and version are needed. */
 cat_err_t cat_codec_record_validate(const Catalyst__V1__Record *record, int is_delete,
 				    char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 
-/* Kafka key of a record: its partition column (symbol) when set, else its
- * primary key, as "<value>". Writes at most key_size bytes including NUL;
- * returns the key length. */
+/* Kafka key of a record: its partition column (symbol) when set and
+ * non-empty, else its primary key, as "<value>" ("" without a record).
+ * Writes at most key_size bytes including NUL; returns the full key length,
+ * as snprintf does (>= key_size: truncated). */
 size_t cat_codec_record_key(const Catalyst__V1__Record *record, char *key, size_t key_size);
 
 /* Primary-key value text of a record ("" if unset); borrowed. */
@@ -52,27 +55,41 @@ const char *cat_codec_record_pk(const Catalyst__V1__Record *record);
 /* version field of a record (0 if unset). */
 int64_t cat_codec_record_version(const Catalyst__V1__Record *record);
 
-/* protobuf bytes -> validated WriteCommand. *out is freed with
- * catalyst__v1__write_command__free_unpacked(*out, NULL). */
+/* protobuf bytes -> validated WriteCommand (op UPSERT or DELETE, the record
+ * as cat_codec_record_validate, meta strings valid UTF-8, command_id
+ * non-empty and at most 128 characters, producer and trace_id at most 256,
+ * issued_at_us not negative).
+ * Unknown fields are kept (forward compatibility). String fields are checked
+ * on the wire, so a NUL byte inside one is rejected rather than cut short.
+ * *out is freed with catalyst__v1__write_command__free_unpacked(*out, NULL). */
 cat_err_t cat_codec_write_decode(const void *buf, size_t len, Catalyst__V1__WriteCommand **out,
 				 char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 
 /* One JSON write line (text) -> WriteCommand, validated as above. Fills
- * meta.command_id (a random UUID when absent), meta.issued_at_us (now),
- * meta.producer (`producer` when the line has none), version (issued_at_us
- * when absent). Unknown keys, wrong JSON types, unparseable timestamps,
- * integers out of range are rejected naming the column. *out is freed with
- * catalyst__v1__write_command__free_unpacked(*out, NULL). */
+ * meta.command_id (a random UUID when absent), meta.issued_at_us (now, unless
+ * the line has "issued_at_us"), meta.producer (`producer` when the line has
+ * none), version (issued_at_us when absent). Unknown keys, duplicate keys,
+ * wrong JSON types, unparseable timestamps, integers out of range, and a
+ * delete carrying columns other than key and version are rejected naming the
+ * column. *out is freed with catalyst__v1__write_command__free_unpacked(*out, NULL). */
 cat_err_t cat_codec_write_from_json(const char *line, size_t len, const char *producer,
 				    Catalyst__V1__WriteCommand **out, char *errstr,
 				    size_t errstr_size) CAT_MUST_CHECK;
 
-/* Record -> JSON object text {"table":...,columns...} (only present fields),
- * malloc'd, NUL-terminated; NULL on out of memory. */
+/* Record -> JSON object text {"table":...,columns...} (only present fields;
+ * doubles with the fewest significant digits, one count for the whole
+ * record, that read back exactly), malloc'd,
+ * NUL-terminated; NULL on out of memory or when a value has no JSON form
+ * (what cat_codec_record_validate rejects: invalid UTF-8, NaN, ...). */
 char *cat_codec_record_to_json(const Catalyst__V1__Record *record);
 
 /* WriteCommand -> JSON write-line text (record columns plus "op",
- * "command_id", "producer", "trace_id", "issued_at_us"), malloc'd. */
+ * "command_id", "producer", "trace_id", "issued_at_us"; a delete shows only
+ * the key and version it carries), malloc'd. The text of a command that
+ * cat_codec_write_decode accepted reads back through
+ * cat_codec_write_from_json as the same command (unknown fields aside; meta
+ * defaults fill what the command lacked). NULL as cat_codec_record_to_json,
+ * or without a record or a known op. */
 char *cat_codec_write_to_json(const Catalyst__V1__WriteCommand *cmd);
 
 /* A new random (v4) UUID in canonical text form; buf needs 37 bytes. */

@@ -119,10 +119,13 @@ static cat_err_t validate(const cat_config_def_t *def, const char *text, long lo
 
 		if (!opts) {
 			/* libpq's message names the bad part, never the password */
-			char *nl;
+			char *nl, *echo;
 
 			if (pqerr && (nl = strchr(pqerr, '\n')))
 				*nl = '\0';
+			/* some libpq messages quote the whole string, password included */
+			if (pqerr && (echo = strstr(pqerr, text)))
+				snprintf(echo, strlen(echo) + 1, "(value hidden)\"");
 			cat_err_set(errstr, errstr_size, CAT_ERR_FATAL,
 				    "%s: not a valid PostgreSQL connection string: %s", def->name,
 				    pqerr ? pqerr : "out of memory");

@@ -33,6 +33,9 @@ void cat_log_set_stream(FILE *stream)
 }
 
 static void log_vwrite(cat_log_level_t level, const char *fac, const json_t *fields,
+		       const char *fmt, va_list ap) CAT_PRINTF(4, 0);
+
+static void log_vwrite(cat_log_level_t level, const char *fac, const json_t *fields,
 		       const char *fmt, va_list ap)
 {
 	char msg[2048];

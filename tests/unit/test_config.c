@@ -1,0 +1,214 @@
+/* Check suite for common/cat_config. */
+#include <check.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cat_config.h"
+
+static const cat_config_def_t defs[] = {
+	CAT_CONFIG_COMMON,
+	CAT_CONFIG_KAFKA,
+	CAT_CONFIG_PG,
+	{ "CATALYST_BATCH_SIZE", CAT_CFG_INT, "500", false, false, 1, 100000, NULL, "batch size" },
+	{ "CATALYST_FLAG", CAT_CFG_BOOL, "false", false, false, 0, 0, NULL, "a flag" },
+	{ "CATALYST_REDIS_URL", CAT_CFG_REDIS_URL, NULL, true, true, 0, 0, NULL, "redis" },
+	{ "CATALYST_S3_ENDPOINT", CAT_CFG_HTTP_URL, "https://s3.amazonaws.com", false, false, 0, 0, NULL,
+	  "s3" },
+	{ "CATALYST_OPTIONAL", CAT_CFG_STRING, NULL, false, false, 0, 0, NULL, "optional, no default" },
+};
+#define N_DEFS (sizeof(defs) / sizeof(defs[0]))
+
+/* A complete, valid environment; each case below changes one variable. */
+static const char *const good_env[] = {
+	"CATALYST_BROKERS=127.0.0.1:9092",
+	"CATALYST_PG_URL=postgresql://u:hunter2@127.0.0.1:5432/db?sslmode=require",
+	"CATALYST_REDIS_URL=redis://:s3cret@127.0.0.1:6379/0",
+	NULL,
+};
+
+/* env = good_env with `name` replaced by `assignment` (NULL: removed). */
+static char **env_with(const char *name, const char *assignment)
+{
+	static char *env[32];
+	size_t n = 0;
+
+	for (size_t i = 0; good_env[i]; i++)
+		if (!name || strncmp(good_env[i], name, strlen(name)) != 0 || good_env[i][strlen(name)] != '=')
+			env[n++] = (char *)good_env[i];
+	if (assignment)
+		env[n++] = (char *)assignment;
+	env[n] = NULL;
+	return env;
+}
+
+START_TEST(test_good_env_and_defaults)
+{
+	cat_config_t *cfg = NULL;
+	char errstr[256];
+
+	ck_assert_int_eq(cat_config_load(&cfg, defs, N_DEFS, env_with(NULL, NULL), errstr, sizeof(errstr)), CAT_OK);
+	ck_assert_str_eq(cat_config_str(cfg, "CATALYST_BROKERS"), "127.0.0.1:9092");
+	ck_assert_str_eq(cat_config_str(cfg, "CATALYST_TOPIC_PREFIX"), "catalyst.");
+	ck_assert_int_eq(cat_config_int(cfg, "CATALYST_BATCH_SIZE"), 500);
+	ck_assert_int_eq(cat_config_int(cfg, "CATALYST_PG_CONNECT_TIMEOUT_S"), 10);
+	ck_assert(!cat_config_bool(cfg, "CATALYST_FLAG"));
+	ck_assert(!cat_config_is_set(cfg, "CATALYST_OPTIONAL"));
+	ck_assert_ptr_null(cat_config_str(cfg, "CATALYST_OPTIONAL"));
+	ck_assert(cat_config_is_set(cfg, "CATALYST_LOG_LEVEL"));
+	cat_config_destroy(cfg);
+}
+END_TEST
+
+START_TEST(test_values_parsed)
+{
+	static const struct {
+		const char *name, *assignment, *expect_str;
+		long long expect_num;
+	} cases[] = {
+		{ "CATALYST_BATCH_SIZE", "CATALYST_BATCH_SIZE=1", "1", 1 },
+		{ "CATALYST_BATCH_SIZE", "CATALYST_BATCH_SIZE=100000", "100000", 100000 },
+		{ "CATALYST_FLAG", "CATALYST_FLAG=yes", "yes", 1 },
+		{ "CATALYST_FLAG", "CATALYST_FLAG=TRUE", "TRUE", 1 },
+		{ "CATALYST_FLAG", "CATALYST_FLAG=off", "off", 0 },
+		{ "CATALYST_LOG_LEVEL", "CATALYST_LOG_LEVEL=debug", "debug", 0 },
+		{ "CATALYST_PG_URL", "CATALYST_PG_URL=host=db port=5432 sslmode=verify-full", NULL, 0 },
+		{ "CATALYST_REDIS_URL", "CATALYST_REDIS_URL=rediss://h:6380", "rediss://h:6380", 0 },
+		/* set but empty reads as unset: the default applies */
+		{ "CATALYST_BATCH_SIZE", "CATALYST_BATCH_SIZE=", "500", 500 },
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		cat_config_t *cfg = NULL;
+		char errstr[256] = "";
+
+		ck_assert_msg(cat_config_load(&cfg, defs, N_DEFS, env_with(cases[i].name, cases[i].assignment),
+					      errstr, sizeof(errstr)) == CAT_OK,
+			      "case %zu: %s", i, errstr);
+		if (cases[i].expect_str)
+			ck_assert_str_eq(cat_config_str(cfg, cases[i].name), cases[i].expect_str);
+		if (strcmp(cases[i].name, "CATALYST_BATCH_SIZE") == 0 || strcmp(cases[i].name, "CATALYST_FLAG") == 0)
+			ck_assert_int_eq(cat_config_int(cfg, cases[i].name), cases[i].expect_num);
+		cat_config_destroy(cfg);
+	}
+}
+END_TEST
+
+/* Every setting missing or malformed: one line naming the variable, no secret. */
+START_TEST(test_bad_settings)
+{
+	static const struct {
+		const char *name, *assignment, *expect;
+	} cases[] = {
+		{ "CATALYST_BROKERS", NULL, "CATALYST_BROKERS: required but not set" },
+		{ "CATALYST_BROKERS", "CATALYST_BROKERS=", "CATALYST_BROKERS: required but not set" },
+		{ "CATALYST_PG_URL", NULL, "CATALYST_PG_URL: required but not set" },
+		{ "CATALYST_PG_URL", "CATALYST_PG_URL=postgresql://u:hunter2@h:notaport/db?bogus_option=1",
+		  "CATALYST_PG_URL: not a valid PostgreSQL connection string" },
+		{ "CATALYST_PG_URL", "CATALYST_PG_URL=postgresql://u:hunter2@[::1/db",
+		  "CATALYST_PG_URL: not a valid PostgreSQL connection string" },
+		{ "CATALYST_PG_URL", "CATALYST_PG_URL=host=h password=hunter2 nosuchkey=1",
+		  "CATALYST_PG_URL: not a valid PostgreSQL connection string" },
+		{ "CATALYST_REDIS_URL", NULL, "CATALYST_REDIS_URL: required but not set" },
+		{ "CATALYST_REDIS_URL", "CATALYST_REDIS_URL=http://:hunter2@h", "CATALYST_REDIS_URL: must be a redis://" },
+		{ "CATALYST_BATCH_SIZE", "CATALYST_BATCH_SIZE=abc", "CATALYST_BATCH_SIZE: must be an integer from 1 to 100000" },
+		{ "CATALYST_BATCH_SIZE", "CATALYST_BATCH_SIZE=0", "CATALYST_BATCH_SIZE: must be an integer from 1 to 100000" },
+		{ "CATALYST_BATCH_SIZE", "CATALYST_BATCH_SIZE=100001", "CATALYST_BATCH_SIZE: must be an integer" },
+		{ "CATALYST_BATCH_SIZE", "CATALYST_BATCH_SIZE=12x", "CATALYST_BATCH_SIZE: must be an integer" },
+		{ "CATALYST_BATCH_SIZE", "CATALYST_BATCH_SIZE=99999999999999999999", "CATALYST_BATCH_SIZE: must be an integer" },
+		{ "CATALYST_PG_CONNECT_TIMEOUT_S", "CATALYST_PG_CONNECT_TIMEOUT_S=-1", "CATALYST_PG_CONNECT_TIMEOUT_S: must be an integer" },
+		{ "CATALYST_FLAG", "CATALYST_FLAG=maybe", "CATALYST_FLAG: must be true or false" },
+		{ "CATALYST_LOG_LEVEL", "CATALYST_LOG_LEVEL=loud", "CATALYST_LOG_LEVEL: must be one of debug|info|warn|error" },
+		{ "CATALYST_S3_ENDPOINT", "CATALYST_S3_ENDPOINT=ftp://x", "CATALYST_S3_ENDPOINT: must be an http:// or https:// URL" },
+		{ "CATALYST_KAFKA_", "CATALYST_KAFKA_=x", "CATALYST_KAFKA_: names no librdkafka property" },
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		cat_config_t *cfg = (cat_config_t *)1;
+		char errstr[256] = "";
+
+		ck_assert_msg(cat_config_load(&cfg, defs, N_DEFS, env_with(cases[i].name, cases[i].assignment),
+					      errstr, sizeof(errstr)) == CAT_ERR_FATAL,
+			      "case %zu accepted", i);
+		ck_assert_ptr_null(cfg);
+		ck_assert_msg(strstr(errstr, cases[i].expect) == errstr, "case %zu: got \"%s\"", i, errstr);
+		ck_assert_msg(!strchr(errstr, '\n'), "case %zu: more than one line", i);
+		ck_assert_msg(!strstr(errstr, "hunter2"), "case %zu: secret in error: %s", i, errstr);
+	}
+}
+END_TEST
+
+static int collect(const char *key, const char *value, void *opaque)
+{
+	char *buf = opaque;
+
+	strcat(buf, key);
+	strcat(buf, "=");
+	strcat(buf, value);
+	strcat(buf, ";");
+	return 0;
+}
+
+START_TEST(test_kafka_passthrough)
+{
+	char *env[] = { "CATALYST_BROKERS=b:9092", "CATALYST_PG_URL=dbname=x", "CATALYST_REDIS_URL=redis://h",
+			"CATALYST_KAFKA_SECURITY_PROTOCOL=sasl_ssl", "CATALYST_KAFKA_SSL_CA_LOCATION=/etc/ca.pem",
+			NULL };
+	cat_config_t *cfg = NULL;
+	char errstr[256], seen[256] = "";
+
+	ck_assert_int_eq(cat_config_load(&cfg, defs, N_DEFS, env, errstr, sizeof(errstr)), CAT_OK);
+	ck_assert_int_eq(cat_config_each_kafka(cfg, collect, seen), 0);
+	ck_assert_str_eq(seen, "security.protocol=sasl_ssl;ssl.ca.location=/etc/ca.pem;");
+	cat_config_destroy(cfg);
+}
+END_TEST
+
+START_TEST(test_usage_hides_nothing_secret)
+{
+	char *text = NULL;
+	size_t len = 0;
+	FILE *out = open_memstream(&text, &len);
+
+	setenv("CATALYST_PG_URL", "postgresql://u:hunter2@h/db", 1);
+	cat_config_usage(out, "usage: x", defs, N_DEFS);
+	fclose(out);
+	unsetenv("CATALYST_PG_URL");
+	ck_assert_ptr_nonnull(strstr(text, "CATALYST_BATCH_SIZE"));
+	ck_assert_ptr_nonnull(strstr(text, "default 500"));
+	ck_assert_ptr_nonnull(strstr(text, "CATALYST_PG_URL"));
+	ck_assert_ptr_null(strstr(text, "hunter2"));
+	free(text);
+}
+END_TEST
+
+START_TEST(test_wants_help)
+{
+	char *a[] = { "prog", "write", "--help", NULL };
+	char *b[] = { "prog", "write", "-", NULL };
+
+	ck_assert(cat_config_wants_help(3, a));
+	ck_assert(!cat_config_wants_help(3, b));
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("config");
+	TCase *tc = tcase_create("core");
+	SRunner *sr;
+	int failed;
+
+	/* failure paths first */
+	tcase_add_test(tc, test_bad_settings);
+	tcase_add_test(tc, test_good_env_and_defaults);
+	tcase_add_test(tc, test_values_parsed);
+	tcase_add_test(tc, test_kafka_passthrough);
+	tcase_add_test(tc, test_usage_hides_nothing_secret);
+	tcase_add_test(tc, test_wants_help);
+	suite_add_tcase(s, tc);
+	sr = srunner_create(s);
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

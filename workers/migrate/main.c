@@ -1,0 +1,167 @@
+/*
+ * catalyst-migrate: applies migrations/ to the PostgreSQL primary.
+ *
+ * Exit codes: 0 done, 1 failed, 2 bad usage or configuration.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "cat_config.h"
+#include "cat_log.h"
+#include "migrate.h"
+
+static const char usage[] =
+	"usage: catalyst-migrate up [--to N] | down N | status [--json] | validate | serve\n"
+	"\n"
+	"  up [--to N]      apply pending migrations (up to version N)\n"
+	"  down N           revert the last N applied migrations, newest first\n"
+	"  status [--json]  every migration, applied or pending\n"
+	"  validate         check the files, and that applied files did not change\n"
+	"  serve            HTTP: GET /api/migrations, POST /api/migrations/up (bearer token),\n"
+	"                   /healthz, /readyz, /metrics";
+
+static const cat_config_def_t config_defs[] = {
+	CAT_CONFIG_COMMON,
+	CAT_CONFIG_PG,
+	{"CATALYST_MIGRATIONS_DIR", CAT_CFG_STRING, "migrations", false, false, 0, 0, NULL,
+	 "directory of NNNN_name.up.sql / .down.sql files (the image: /usr/share/catalyst/migrations)"},
+	{"CATALYST_MIGRATE_LOCK_TIMEOUT_S", CAT_CFG_INT, "60", false, false, 1, 86400, NULL,
+	 "seconds to wait for the migration lock another catalyst-migrate holds"},
+	{"CATALYST_MIGRATE_PORT", CAT_CFG_INT, "5020", false, false, 0, 65535, NULL,
+	 "serve: HTTP port (0: any free port)"},
+	{"CATALYST_MIGRATE_BIND", CAT_CFG_STRING, "0.0.0.0", false, false, 0, 0, NULL,
+	 "serve: address to listen on"},
+	{"CATALYST_MIGRATE_TOKEN", CAT_CFG_STRING, NULL, false, true, 0, 0, NULL,
+	 "serve: bearer token for POST /api/migrations/up; required for serve"},
+};
+
+typedef struct args {
+	const char *command;
+	int number; /* up --to N, down N */
+	bool json;  /* status --json */
+} args_t;
+
+static volatile sig_atomic_t stop;
+
+static void on_signal(int signo)
+{
+	stop = signo;
+}
+
+static int parse_number(const char *text)
+{
+	char *end;
+	long n;
+
+	errno = 0;
+	n = strtol(text ? text : "", &end, 10);
+	return errno || end == text || *end || n < 1 || n > 99999 ? -1 : (int)n;
+}
+
+/* Fills args; a one-line reason and false on bad usage. */
+static bool parse_args(int argc, char **argv, args_t *args, char *why, size_t why_size)
+{
+	*args = (args_t){argc > 1 ? argv[1] : NULL, 0, false};
+	if (!args->command)
+		return snprintf(why, why_size, "no command given"), false;
+	if (strcmp(args->command, "up") == 0 && argc == 4 && strcmp(argv[2], "--to") == 0)
+		args->number = parse_number(argv[3]);
+	else if (strcmp(args->command, "up") == 0 && argc == 3 && strncmp(argv[2], "--to=", 5) == 0)
+		args->number = parse_number(argv[2] + 5);
+	else if (strcmp(args->command, "down") == 0 && argc == 3)
+		args->number = parse_number(argv[2]);
+	else if (strcmp(args->command, "status") == 0 && argc == 3 && strcmp(argv[2], "--json") == 0)
+		args->json = true;
+	else if (argc == 2 && (strcmp(args->command, "up") == 0 || strcmp(args->command, "status") == 0 ||
+			       strcmp(args->command, "validate") == 0 || strcmp(args->command, "serve") == 0))
+		return true;
+	else
+		return snprintf(why, why_size, "bad command line: %s%s", args->command,
+				argc > 2 ? " ..." : ""),
+		       false;
+	if (args->number < 0)
+		return snprintf(why, why_size, "%s: expects a version number from 1", args->command), false;
+	return true;
+}
+
+int main(int argc, char **argv)
+{
+	const size_t n_defs = sizeof(config_defs) / sizeof(config_defs[0]);
+	cat_config_t *cfg = NULL;
+	migrate_set_t *set = NULL;
+	migrate_opts_t opts;
+	struct stat st;
+	char errstr[1024];
+	args_t args;
+	int rc = 2;
+
+	if (cat_config_wants_help(argc, argv)) {
+		cat_config_usage(stdout, usage, config_defs, n_defs);
+		return 0;
+	}
+	/* usage and configuration errors: one plain line, before any log */
+	if (!parse_args(argc, argv, &args, errstr, sizeof(errstr))) {
+		fprintf(stderr, "catalyst-migrate: %s (try --help)\n", errstr);
+		return 2;
+	}
+	if (cat_config_load(&cfg, config_defs, n_defs, NULL, errstr, sizeof(errstr)) != CAT_OK) {
+		fprintf(stderr, "catalyst-migrate: %s\n", errstr);
+		return 2;
+	}
+	if (strcmp(args.command, "serve") == 0 && !cat_config_is_set(cfg, "CATALYST_MIGRATE_TOKEN")) {
+		fprintf(stderr, "catalyst-migrate: CATALYST_MIGRATE_TOKEN: required for serve but not set\n");
+		goto out;
+	}
+	if (stat(cat_config_str(cfg, "CATALYST_MIGRATIONS_DIR"), &st) != 0 || !S_ISDIR(st.st_mode)) {
+		fprintf(stderr, "catalyst-migrate: CATALYST_MIGRATIONS_DIR: %s is not a directory\n",
+			cat_config_str(cfg, "CATALYST_MIGRATIONS_DIR"));
+		goto out;
+	}
+	cat_log_init("catalyst-migrate",
+		     (cat_log_level_t)cat_log_level_parse(cat_config_str(cfg, "CATALYST_LOG_LEVEL")));
+	rc = 1;
+	if (migrate_set_load(&set, cat_config_str(cfg, "CATALYST_MIGRATIONS_DIR"), errstr, sizeof(errstr)) !=
+	    CAT_OK) {
+		CAT_LOG_ERROR("MIGRATE", "%s", errstr);
+		goto out;
+	}
+	if (strcmp(args.command, "up") == 0 && args.number > (int)set->n_files) {
+		fprintf(stderr, "catalyst-migrate: up --to %d: no such migration, the latest is %zu\n",
+			args.number, set->n_files);
+		rc = 2;
+		goto out;
+	}
+	opts = (migrate_opts_t){cat_config_str(cfg, "CATALYST_PG_URL"),
+				(int)cat_config_int(cfg, "CATALYST_PG_CONNECT_TIMEOUT_S"),
+				(int)cat_config_int(cfg, "CATALYST_MIGRATE_LOCK_TIMEOUT_S"),
+				"catalyst-migrate"};
+
+	if (strcmp(args.command, "up") == 0) {
+		rc = migrate_cmd_up(&opts, set, args.number);
+	} else if (strcmp(args.command, "down") == 0) {
+		rc = migrate_cmd_down(&opts, set, args.number);
+	} else if (strcmp(args.command, "status") == 0) {
+		rc = migrate_cmd_status(&opts, set, args.json);
+	} else if (strcmp(args.command, "validate") == 0) {
+		rc = migrate_cmd_validate(&opts, set);
+	} else {
+		/* the first SIGTERM/SIGINT asks to stop, a second one ends at once */
+		struct sigaction sa = {.sa_handler = on_signal, .sa_flags = SA_RESETHAND};
+		migrate_serve_opts_t serve = {cat_config_str(cfg, "CATALYST_MIGRATE_BIND"),
+					      (int)cat_config_int(cfg, "CATALYST_MIGRATE_PORT"),
+					      cat_config_str(cfg, "CATALYST_MIGRATE_TOKEN")};
+
+		sigemptyset(&sa.sa_mask);
+		sigaction(SIGTERM, &sa, NULL);
+		sigaction(SIGINT, &sa, NULL);
+		rc = migrate_serve(&opts, set, &serve, &stop);
+	}
+out:
+	migrate_set_destroy(set);
+	cat_config_destroy(cfg);
+	return rc;
+}

@@ -1,0 +1,14 @@
+/*
+ * catalyst-publish subcommands. Each returns the process exit code:
+ * 0 all published, 1 something rejected or not delivered, 2 usage/config.
+ */
+#ifndef CATALYST_PUBLISH_H
+#define CATALYST_PUBLISH_H
+
+#include <stdio.h>
+
+#include "cat_config.h"
+
+int publish_write(const cat_config_t *cfg, const char *path);
+
+#endif /* CATALYST_PUBLISH_H */
