@@ -302,6 +302,14 @@ int cat_config_each_kafka(const cat_config_t *cfg,
 	return 0;
 }
 
+const char *cat_config_kafka(const cat_config_t *cfg, const char *key)
+{
+	for (size_t i = 0; i < cfg->n_kafka; i++)
+		if (strcmp(cfg->kafka_keys[i], key) == 0)
+			return cfg->kafka_vals[i];
+	return NULL;
+}
+
 void cat_config_usage(FILE *out, const char *usage, const cat_config_def_t *defs, size_t n_defs)
 {
 	fprintf(out, "%s\n\nEnvironment:\n", usage);

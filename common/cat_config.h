@@ -95,6 +95,10 @@ bool cat_config_is_set(const cat_config_t *cfg, const char *name);
 int cat_config_each_kafka(const cat_config_t *cfg,
 			  int (*fn)(const char *key, const char *value, void *opaque), void *opaque);
 
+/* The value given through CATALYST_KAFKA_<NAME> for librdkafka property
+ * `key` ("queued.max.messages.kbytes"), or NULL. */
+const char *cat_config_kafka(const cat_config_t *cfg, const char *key);
+
 /* Writes `usage` then the settings table (name, default, required, help). */
 void cat_config_usage(FILE *out, const char *usage, const cat_config_def_t *defs, size_t n_defs);
 

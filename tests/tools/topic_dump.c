@@ -4,7 +4,9 @@
  *
  *   {"partition":3,"offset":17,"key":"AAPL","value":{...write line...}}
  *
- * (value is the decoded WriteCommand for --type write, else "raw_bytes":N).
+ * (value is the decoded WriteCommand for --type write; for --type raw,
+ * "raw_bytes":N and "value_text" when the bytes are valid UTF-8). --headers
+ * adds "headers":{name:value,...}.
  * Stops after --count messages, or when nothing new arrived for --idle-ms,
  * or at --timeout-ms; exits 1 if fewer than --count were read.
  *
@@ -27,7 +29,21 @@ static const cat_config_def_t config_defs[] = {
 	CAT_CONFIG_KAFKA,
 };
 
-static void print_message(const rd_kafka_message_t *msg, int decode_write)
+static void add_headers(json_t *line, const rd_kafka_message_t *msg)
+{
+	rd_kafka_headers_t *headers = NULL;
+	json_t *obj = json_object();
+	const char *name;
+	const void *value;
+	size_t size;
+
+	if (rd_kafka_message_headers(msg, &headers) == RD_KAFKA_RESP_ERR_NO_ERROR)
+		for (size_t i = 0; rd_kafka_header_get_all(headers, i, &name, &value, &size) == 0; i++)
+			json_object_set_new(obj, name, value ? json_stringn(value, size) : json_null());
+	json_object_set_new(line, "headers", obj);
+}
+
+static void print_message(const rd_kafka_message_t *msg, int decode_write, int with_headers)
 {
 	json_t *line = json_object();
 	char *text;
@@ -49,8 +65,14 @@ static void print_message(const rd_kafka_message_t *msg, int decode_write)
 			json_object_set_new(line, "error", json_string(errstr));
 		}
 	} else {
+		json_t *value_text = json_stringn(msg->payload, msg->len); /* NULL unless UTF-8 */
+
 		json_object_set_new(line, "raw_bytes", json_integer((json_int_t)msg->len));
+		if (value_text)
+			json_object_set_new(line, "value_text", value_text);
 	}
+	if (with_headers)
+		add_headers(line, msg);
 	text = json_dumps(line, JSON_COMPACT);
 	if (text)
 		printf("%s\n", text);
@@ -61,6 +83,7 @@ static void print_message(const rd_kafka_message_t *msg, int decode_write)
 int main(int argc, char **argv)
 {
 	const char *topic = NULL, *type = "write";
+	int with_headers = 0;
 	long count = -1, idle_ms = 10000, timeout_ms = 120000, got = 0;
 	cat_config_t *cfg = NULL;
 	rd_kafka_conf_t *conf = NULL;
@@ -69,7 +92,13 @@ int main(int argc, char **argv)
 	char errstr[512], group[64];
 	int64_t start, last;
 
-	for (int i = 1; i + 1 < argc; i += 2) {
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--headers") == 0) {
+			with_headers = 1;
+			continue;
+		}
+		if (i + 1 >= argc)
+			break;
 		if (strcmp(argv[i], "--topic") == 0)
 			topic = argv[i + 1];
 		else if (strcmp(argv[i], "--count") == 0)
@@ -80,6 +109,7 @@ int main(int argc, char **argv)
 			timeout_ms = atol(argv[i + 1]);
 		else if (strcmp(argv[i], "--type") == 0)
 			type = argv[i + 1];
+		i++;
 	}
 	if (!topic) {
 		fprintf(stderr, "usage: topic-dump --topic T [--count N] [--idle-ms MS] [--timeout-ms MS] [--type write|raw]\n");
@@ -129,7 +159,7 @@ int main(int argc, char **argv)
 			rd_kafka_message_destroy(msg);
 			continue;
 		}
-		print_message(msg, strcmp(type, "write") == 0);
+		print_message(msg, strcmp(type, "write") == 0, with_headers);
 		got++;
 		last = now;
 		rd_kafka_message_destroy(msg);

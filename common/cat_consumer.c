@@ -1,0 +1,739 @@
+#include "cat_consumer.h"
+
+#include <jansson.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cat_log.h"
+#include "cat_time.h"
+
+/* Messages polled for one partition and not yet handled, in offset order. */
+typedef struct part_buf {
+	char *topic;
+	int32_t partition;
+	rd_kafka_message_t **msgs;
+	size_t n, cap;
+	int64_t first_at_us; /* when the oldest buffered message arrived (monotonic) */
+	unsigned revokes;    /* bumped at each revocation: a batch begun before it is void */
+	cat_metric_t *lag;   /* catalyst_consumer_lag{topic,partition} */
+} part_buf_t;
+
+/* How a batch ended. */
+typedef enum batch_result {
+	BATCH_DONE,      /* applied or dead-lettered, offsets stored */
+	BATCH_ABANDONED, /* revoked or out of grace: nothing more stored */
+	BATCH_FATAL,
+} batch_result_t;
+
+struct cat_consumer {
+	rd_kafka_t *rk;
+	cat_producer_t *dlq;
+	char dlq_topic[256];
+	char *worker;
+	char *group;
+	char **topics; /* full names, NULL-terminated */
+	cat_handler_t handler;
+
+	int batch_size;
+	int linger_ms;
+	int backoff_ms;
+	int backoff_max_ms;
+	int grace_ms;
+	int dlq_timeout_ms;
+
+	part_buf_t **parts;
+	size_t n_parts;
+
+	volatile sig_atomic_t *stop;
+	int64_t stop_deadline_us; /* 0 until stop is seen */
+	cat_msg_t *msg_scratch;   /* batch_size entries */
+
+	/* read by the HTTP thread */
+	atomic_bool retrying;
+	atomic_llong last_poll_us;
+	pthread_mutex_t reason_lock;
+	char retry_reason[256];
+
+	cat_metrics_t *metrics;
+	cat_metric_t *m_consumed;
+	cat_metric_t *m_applied;
+	cat_metric_t *m_dead_lettered;
+	cat_metric_t *m_retries;
+	cat_metric_t *m_rebalances;
+	cat_metric_t *m_batch_size;
+	cat_metric_t *m_latency;
+	cat_metric_t *m_assigned;
+	cat_metric_t *m_abandoned;
+};
+
+static const double batch_size_buckets[] = { 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000 };
+static const double latency_buckets[] = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+					  0.5,   1,      2.5,   5,    10,    30,   60,  300 };
+
+/* --- partition buffers ------------------------------------------------------ */
+
+static part_buf_t *part_find(cat_consumer_t *consumer, const char *topic, int32_t partition)
+{
+	for (size_t i = 0; i < consumer->n_parts; i++)
+		if (consumer->parts[i]->partition == partition && strcmp(consumer->parts[i]->topic, topic) == 0)
+			return consumer->parts[i];
+	return NULL;
+}
+
+static part_buf_t *part_get(cat_consumer_t *consumer, const char *topic, int32_t partition)
+{
+	part_buf_t *part = part_find(consumer, topic, partition), **grown;
+	char pstr[16];
+
+	if (part)
+		return part;
+	part = calloc(1, sizeof(*part));
+	grown = realloc(consumer->parts, (consumer->n_parts + 1) * sizeof(*grown));
+	if (!part || !grown || !(part->topic = strdup(topic))) {
+		free(part);
+		if (grown)
+			consumer->parts = grown;
+		return NULL;
+	}
+	consumer->parts = grown;
+	part->partition = partition;
+	snprintf(pstr, sizeof(pstr), "%d", (int)partition);
+	part->lag = cat_metrics_gauge(consumer->metrics, "catalyst_consumer_lag",
+				      "messages behind the partition's end (from librdkafka statistics)",
+				      "topic", topic, "partition", pstr, NULL);
+	consumer->parts[consumer->n_parts++] = part;
+	return part;
+}
+
+/* Drops the first n buffered messages. */
+static void part_drop(part_buf_t *part, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		rd_kafka_message_destroy(part->msgs[i]);
+	memmove(part->msgs, part->msgs + n, (part->n - n) * sizeof(*part->msgs));
+	part->n -= n;
+	part->first_at_us = part->n ? cat_time_mono_us() : 0;
+}
+
+static cat_err_t part_push(part_buf_t *part, rd_kafka_message_t *rkm)
+{
+	if (part->n == part->cap) {
+		size_t cap = part->cap ? part->cap * 2 : 64;
+		rd_kafka_message_t **grown = realloc(part->msgs, cap * sizeof(*grown));
+
+		if (!grown)
+			return CAT_ERR_FATAL;
+		part->msgs = grown;
+		part->cap = cap;
+	}
+	if (part->n == 0)
+		part->first_at_us = cat_time_mono_us();
+	part->msgs[part->n++] = rkm;
+	return CAT_OK;
+}
+
+static void part_free(part_buf_t *part)
+{
+	if (!part)
+		return;
+	part_drop(part, part->n);
+	free(part->msgs);
+	free(part->topic);
+	free(part);
+}
+
+/* --- readiness ----------------------------------------------------------------- */
+
+static void set_retrying(cat_consumer_t *consumer, const char *reason)
+{
+	pthread_mutex_lock(&consumer->reason_lock);
+	snprintf(consumer->retry_reason, sizeof(consumer->retry_reason), "%s", reason ? reason : "");
+	pthread_mutex_unlock(&consumer->reason_lock);
+	atomic_store(&consumer->retrying, reason != NULL);
+}
+
+bool cat_consumer_ready(void *opaque, char *reason, size_t reason_size)
+{
+	cat_consumer_t *consumer = opaque;
+	int64_t since_poll_ms = (cat_time_mono_us() - atomic_load(&consumer->last_poll_us)) / 1000;
+
+	if (atomic_load(&consumer->retrying)) {
+		pthread_mutex_lock(&consumer->reason_lock);
+		snprintf(reason, reason_size, "retrying: %s", consumer->retry_reason);
+		pthread_mutex_unlock(&consumer->reason_lock);
+		return false;
+	}
+	if (atomic_load(&consumer->last_poll_us) == 0 || since_poll_ms > 30000) {
+		snprintf(reason, reason_size, "consume loop not polling");
+		return false;
+	}
+	if (consumer->handler.ready)
+		return consumer->handler.ready(consumer->handler.opaque, reason, reason_size);
+	return true;
+}
+
+/* --- librdkafka callbacks ------------------------------------------------------ */
+
+static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t *list,
+			 void *opaque)
+{
+	cat_consumer_t *consumer = opaque;
+	bool cooperative = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+	rd_kafka_error_t *error = NULL;
+
+	cat_metrics_inc(consumer->m_rebalances);
+	if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+		cat_log_write(CAT_LOG_LEVEL_INFO, "KAFKA", "assigned %d partitions", list->cnt);
+		if (cooperative)
+			error = rd_kafka_incremental_assign(rk, list);
+		else
+			rd_kafka_assign(rk, list);
+		cat_metrics_add(consumer->m_assigned, list->cnt);
+	} else {
+		bool lost = rd_kafka_assignment_lost(rk);
+
+		cat_log_write(CAT_LOG_LEVEL_INFO, "KAFKA", "%s %d partitions", lost ? "lost" : "revoked",
+			      list->cnt);
+		/* what is stored is durable: hand it to the next owner now */
+		if (!lost) {
+			rd_kafka_resp_err_t cerr = rd_kafka_commit(rk, list, 0);
+
+			if (cerr && cerr != RD_KAFKA_RESP_ERR__NO_OFFSET)
+				cat_log_write(CAT_LOG_LEVEL_WARN, "KAFKA", "could not commit on revoke: %s",
+					      rd_kafka_err2str(cerr));
+		}
+		for (int i = 0; i < list->cnt; i++) {
+			part_buf_t *part = part_find(consumer, list->elems[i].topic, list->elems[i].partition);
+
+			if (part) {
+				part->revokes++;
+				part_drop(part, part->n);
+				cat_metrics_set(part->lag, 0);
+			}
+		}
+		if (cooperative)
+			error = rd_kafka_incremental_unassign(rk, list);
+		else
+			rd_kafka_assign(rk, NULL);
+		cat_metrics_add(consumer->m_assigned, -list->cnt);
+	}
+	if (error) {
+		cat_log_write(CAT_LOG_LEVEL_ERROR, "KAFKA", "could not apply rebalance: %s",
+			      rd_kafka_error_string(error));
+		rd_kafka_error_destroy(error);
+	}
+}
+
+/* statistics.interval.ms: per-partition consumer lag into the gauges. */
+static int stats_cb(rd_kafka_t *rk, char *json, size_t json_len, void *opaque)
+{
+	cat_consumer_t *consumer = opaque;
+	json_t *root = json_loadb(json, json_len, 0, NULL), *topics, *topic, *partitions, *partition;
+	const char *topic_name, *pkey;
+
+	if (!root)
+		return 0;
+	topics = json_object_get(root, "topics");
+	json_object_foreach(topics, topic_name, topic)
+	{
+		partitions = json_object_get(topic, "partitions");
+		json_object_foreach(partitions, pkey, partition)
+		{
+			int32_t p = (int32_t)atoi(pkey);
+			part_buf_t *part;
+			json_t *lag = json_object_get(partition, "consumer_lag");
+
+			if (p < 0 || !json_is_integer(lag) || json_integer_value(lag) < 0)
+				continue;
+			part = part_find(consumer, topic_name, p);
+			if (part)
+				cat_metrics_set(part->lag, json_integer_value(lag));
+		}
+	}
+	json_decref(root);
+	return 0; /* librdkafka frees json */
+}
+
+/* --- set-up ---------------------------------------------------------------------- */
+
+/* Sets a property unless the operator set it through CATALYST_KAFKA_*. */
+static cat_err_t conf_default(rd_kafka_conf_t *conf, const cat_config_t *cfg, const char *name,
+			      const char *value, char *errstr, size_t errstr_size)
+{
+	if (cat_config_kafka(cfg, name))
+		return CAT_OK;
+	return cat_kafka_conf_set(conf, name, value, errstr, errstr_size);
+}
+
+cat_err_t cat_consumer_new(cat_consumer_t **out, const cat_config_t *cfg, const char *worker,
+			   const char *group, const char *const *topics, const cat_handler_t *handler,
+			   cat_metrics_t *metrics, char *errstr, size_t errstr_size)
+{
+	cat_consumer_t *consumer;
+	rd_kafka_conf_t *conf = NULL;
+	rd_kafka_topic_partition_list_t *subscription = NULL;
+	char buf[256], kerr[512];
+	size_t n_topics = 0;
+	cat_err_t err;
+
+	*out = NULL;
+	consumer = calloc(1, sizeof(*consumer));
+	if (!consumer)
+		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
+	pthread_mutex_init(&consumer->reason_lock, NULL);
+	consumer->handler = *handler;
+	consumer->metrics = metrics;
+	consumer->batch_size = (int)cat_config_int(cfg, "CATALYST_BATCH_SIZE");
+	consumer->linger_ms = (int)cat_config_int(cfg, "CATALYST_BATCH_LINGER_MS");
+	consumer->backoff_ms = (int)cat_config_int(cfg, "CATALYST_RETRY_BACKOFF_MS");
+	consumer->backoff_max_ms = (int)cat_config_int(cfg, "CATALYST_RETRY_BACKOFF_MAX_MS");
+	consumer->grace_ms = (int)cat_config_int(cfg, "CATALYST_SHUTDOWN_GRACE_MS");
+	consumer->dlq_timeout_ms = (int)cat_config_int(cfg, "CATALYST_DLQ_TIMEOUT_MS");
+	cat_kafka_topic(cfg, CAT_TOPIC_DLQ, consumer->dlq_topic, sizeof(consumer->dlq_topic));
+	while (topics[n_topics])
+		n_topics++;
+	consumer->worker = strdup(worker);
+	consumer->group = strdup(group);
+	consumer->topics = calloc(n_topics + 1, sizeof(char *));
+	consumer->msg_scratch = calloc((size_t)consumer->batch_size, sizeof(cat_msg_t));
+	if (!consumer->worker || !consumer->group || !consumer->topics || !consumer->msg_scratch) {
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
+		goto error;
+	}
+	for (size_t i = 0; i < n_topics; i++)
+		if (!(consumer->topics[i] = strdup(cat_kafka_topic(cfg, topics[i], buf, sizeof(buf))))) {
+			err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
+			goto error;
+		}
+
+	consumer->m_consumed = cat_metrics_counter(metrics, "catalyst_messages_consumed_total",
+						   "messages polled from Kafka", NULL);
+	consumer->m_applied = cat_metrics_counter(metrics, "catalyst_messages_applied_total",
+						  "messages whose effect is durable", NULL);
+	consumer->m_dead_lettered = cat_metrics_counter(metrics, "catalyst_messages_dead_lettered_total",
+							"messages sent to the dead-letter topic", NULL);
+	consumer->m_retries = cat_metrics_counter(metrics, "catalyst_retries_total",
+						  "batch attempts that failed transiently and were retried", NULL);
+	consumer->m_rebalances = cat_metrics_counter(metrics, "catalyst_rebalances_total",
+						     "partition assignments and revocations", NULL);
+	consumer->m_abandoned = cat_metrics_counter(metrics, "catalyst_batches_abandoned_total",
+						    "batches given up unstored (revoked, or shutdown grace over)",
+						    NULL);
+	consumer->m_assigned = cat_metrics_gauge(metrics, "catalyst_assigned_partitions",
+						 "partitions this worker owns", NULL);
+	consumer->m_batch_size = cat_metrics_histogram(metrics, "catalyst_batch_size", "messages per batch",
+						       batch_size_buckets,
+						       sizeof(batch_size_buckets) / sizeof(batch_size_buckets[0]),
+						       NULL);
+	consumer->m_latency = cat_metrics_histogram(
+		metrics, "catalyst_end_to_end_latency_seconds",
+		"from the command's issued_at_us to its effect being durable", latency_buckets,
+		sizeof(latency_buckets) / sizeof(latency_buckets[0]), NULL);
+
+	snprintf(buf, sizeof(buf), "%s-dlq", worker);
+	if ((err = cat_producer_new(&consumer->dlq, cfg, buf, consumer->dlq_timeout_ms, NULL, NULL, errstr,
+				    errstr_size)) != CAT_OK)
+		goto error;
+
+	if ((err = cat_kafka_conf_new(&conf, cfg, worker, errstr, errstr_size)) != CAT_OK)
+		goto error;
+	snprintf(buf, sizeof(buf), "%lld", cat_config_int(cfg, "CATALYST_COMMIT_INTERVAL_MS"));
+	/* the contract: offsets stored by us only, committed by librdkafka's timer */
+	if ((err = cat_kafka_conf_set(conf, "group.id", group, errstr, errstr_size)) ||
+	    (err = cat_kafka_conf_set(conf, "enable.auto.offset.store", "false", errstr, errstr_size)) ||
+	    (err = cat_kafka_conf_set(conf, "enable.auto.commit", "true", errstr, errstr_size)) ||
+	    (err = cat_kafka_conf_set(conf, "auto.commit.interval.ms", buf, errstr, errstr_size)) ||
+	    (err = conf_default(conf, cfg, "partition.assignment.strategy", "cooperative-sticky", errstr,
+				errstr_size)) ||
+	    (err = conf_default(conf, cfg, "auto.offset.reset", "earliest", errstr, errstr_size)) ||
+	    (err = conf_default(conf, cfg, "statistics.interval.ms", "5000", errstr, errstr_size)) ||
+	    /* bounded memory: what librdkafka prefetches per partition */
+	    (err = conf_default(conf, cfg, "queued.max.messages.kbytes", "4096", errstr, errstr_size)) ||
+	    (err = conf_default(conf, cfg, "fetch.max.bytes", "4194304", errstr, errstr_size)) ||
+	    (err = conf_default(conf, cfg, "max.partition.fetch.bytes", "1048576", errstr, errstr_size)))
+		goto error;
+	if (cat_config_is_set(cfg, "CATALYST_GROUP_INSTANCE_ID") &&
+	    (err = cat_kafka_conf_set(conf, "group.instance.id",
+				      cat_config_str(cfg, "CATALYST_GROUP_INSTANCE_ID"), errstr, errstr_size)))
+		goto error;
+	rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
+	rd_kafka_conf_set_stats_cb(conf, stats_cb);
+	rd_kafka_conf_set_opaque(conf, consumer);
+
+	consumer->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, kerr, sizeof(kerr));
+	if (!consumer->rk) {
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "could not create kafka consumer: %s", kerr);
+		goto error;
+	}
+	conf = NULL; /* owned by consumer->rk */
+	rd_kafka_poll_set_consumer(consumer->rk);
+
+	subscription = rd_kafka_topic_partition_list_new((int)n_topics);
+	for (size_t i = 0; i < n_topics; i++)
+		rd_kafka_topic_partition_list_add(subscription, consumer->topics[i], RD_KAFKA_PARTITION_UA);
+	rd_kafka_resp_err_t kr = rd_kafka_subscribe(consumer->rk, subscription);
+	rd_kafka_topic_partition_list_destroy(subscription);
+	if (kr) {
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "could not subscribe: %s",
+				  rd_kafka_err2str(kr));
+		goto error;
+	}
+	*out = consumer;
+	return CAT_OK;
+
+error:
+	if (conf)
+		rd_kafka_conf_destroy(conf);
+	cat_consumer_destroy(consumer);
+	return err;
+}
+
+/* --- dead letters ------------------------------------------------------------------ */
+
+static cat_err_t dead_letter_send(cat_consumer_t *consumer, const cat_msg_t *msg, char *errstr,
+				  size_t errstr_size)
+{
+	const rd_kafka_message_t *rkm = msg->rkm;
+	rd_kafka_headers_t *headers = rd_kafka_headers_new(6);
+	char partition[16], offset[32], failed_at[40];
+	cat_err_t err;
+
+	snprintf(partition, sizeof(partition), "%d", (int)rkm->partition);
+	snprintf(offset, sizeof(offset), "%lld", (long long)rkm->offset);
+	cat_time_format_rfc3339(cat_time_now_us(), failed_at, sizeof(failed_at));
+	rd_kafka_header_add(headers, "x-catalyst-error", -1, msg->reason, -1);
+	rd_kafka_header_add(headers, "x-catalyst-source-topic", -1, rd_kafka_topic_name(rkm->rkt), -1);
+	rd_kafka_header_add(headers, "x-catalyst-source-partition", -1, partition, -1);
+	rd_kafka_header_add(headers, "x-catalyst-source-offset", -1, offset, -1);
+	rd_kafka_header_add(headers, "x-catalyst-worker", -1, consumer->worker, -1);
+	rd_kafka_header_add(headers, "x-catalyst-failed-at", -1, failed_at, -1);
+	err = cat_producer_send(consumer->dlq, consumer->dlq_topic, RD_KAFKA_PARTITION_UA, rkm->key,
+				rkm->key_len, rkm->payload, rkm->len, headers, NULL, errstr, errstr_size);
+	if (err != CAT_OK)
+		rd_kafka_headers_destroy(headers); /* still ours on failure */
+	return err;
+}
+
+/* Sends every message marked permanent to dlq.v1 and waits for all the
+ * acknowledgements. Anything short of that is retriable. */
+static cat_err_t dead_letter_marked(cat_consumer_t *consumer, cat_batch_t *batch, size_t *n_dead,
+				    char *errstr, size_t errstr_size)
+{
+	uint64_t failed_before = cat_producer_failed(consumer->dlq);
+	cat_err_t err;
+
+	*n_dead = 0;
+	for (size_t i = 0; i < batch->n; i++) {
+		cat_msg_t *msg = &batch->msgs[i];
+
+		if (msg->result == CAT_OK)
+			continue;
+		if (!msg->reason[0])
+			snprintf(msg->reason, sizeof(msg->reason), "rejected by %s", consumer->worker);
+		if ((err = dead_letter_send(consumer, msg, errstr, errstr_size)) != CAT_OK)
+			return err == CAT_ERR_FATAL ? err : CAT_ERR_RETRIABLE;
+		(*n_dead)++;
+	}
+	if (*n_dead == 0)
+		return CAT_OK;
+	if ((err = cat_producer_flush(consumer->dlq, consumer->dlq_timeout_ms + 5000, errstr, errstr_size)) !=
+	    CAT_OK)
+		return err;
+	if (cat_producer_failed(consumer->dlq) != failed_before)
+		return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE,
+				   "could not deliver a dead letter to %s", consumer->dlq_topic);
+	for (size_t i = 0; i < batch->n; i++) {
+		json_t *where;
+
+		if (batch->msgs[i].result == CAT_OK)
+			continue;
+		where = json_pack("{s:s, s:i, s:I}", "topic", batch->topic, "partition", (int)batch->partition,
+				  "offset", (json_int_t)batch->msgs[i].rkm->offset);
+		cat_log_kv(CAT_LOG_LEVEL_WARN, "DLQ", where, "dead-lettered message: %s", batch->msgs[i].reason);
+		json_decref(where);
+	}
+	return CAT_OK;
+}
+
+/* --- the batch ------------------------------------------------------------------------ */
+
+/* Pauses or resumes every partition this consumer owns. */
+static void pause_all(cat_consumer_t *consumer, bool pause)
+{
+	rd_kafka_topic_partition_list_t *assignment = NULL;
+
+	if (rd_kafka_assignment(consumer->rk, &assignment) != RD_KAFKA_RESP_ERR_NO_ERROR || !assignment)
+		return;
+	if (pause)
+		rd_kafka_pause_partitions(consumer->rk, assignment);
+	else
+		rd_kafka_resume_partitions(consumer->rk, assignment);
+	rd_kafka_topic_partition_list_destroy(assignment);
+}
+
+/* Polls (serving rebalances, keeping the membership) while waiting; returns
+ * false when the wait should end early: the batch's partition was revoked,
+ * or the shutdown grace period is over. */
+static void poll_once(cat_consumer_t *consumer, int timeout_ms);
+
+static bool wait_polling(cat_consumer_t *consumer, part_buf_t *part, unsigned revokes, int64_t wait_us)
+{
+	int64_t until = cat_time_mono_us() + wait_us;
+
+	while (cat_time_mono_us() < until) {
+		if (part->revokes != revokes)
+			return false;
+		if (*consumer->stop && !consumer->stop_deadline_us)
+			consumer->stop_deadline_us = cat_time_mono_us() + (int64_t)consumer->grace_ms * 1000;
+		if (consumer->stop_deadline_us && cat_time_mono_us() >= consumer->stop_deadline_us)
+			return false;
+		poll_once(consumer, 50);
+	}
+	return part->revokes == revokes;
+}
+
+/* Applies msgs[0..n) of `part`, retrying transient failures and splitting
+ * on permanent ones. On BATCH_DONE every message in range is applied or
+ * dead-lettered and the offset after the range is stored. */
+static batch_result_t apply_range(cat_consumer_t *consumer, part_buf_t *part, cat_msg_t *msgs, size_t n,
+				  bool isolating)
+{
+	cat_batch_t batch = { part->topic, part->partition, msgs, n, isolating };
+	unsigned revokes = part->revokes;
+	int64_t backoff_ms = consumer->backoff_ms;
+	int attempts = 0;
+	char errstr[512];
+
+	for (;;) {
+		cat_err_t err;
+		size_t n_dead = 0;
+
+		for (size_t i = 0; i < n; i++) {
+			msgs[i].result = CAT_OK;
+			msgs[i].reason[0] = '\0';
+		}
+		errstr[0] = '\0';
+		err = consumer->handler.apply(consumer->handler.opaque, &batch, errstr, sizeof(errstr));
+		if (err == CAT_ERR_PERMANENT && n == 1) {
+			/* the bad message, isolated */
+			if (msgs[0].result == CAT_OK) {
+				msgs[0].result = CAT_ERR_PERMANENT;
+				snprintf(msgs[0].reason, sizeof(msgs[0].reason), "%s", errstr);
+			}
+			err = CAT_OK;
+		}
+		if (err == CAT_OK)
+			err = dead_letter_marked(consumer, &batch, &n_dead, errstr, sizeof(errstr));
+
+		switch (err) {
+		case CAT_OK: {
+			rd_kafka_topic_partition_list_t *offsets = rd_kafka_topic_partition_list_new(1);
+			int64_t now_us = cat_time_now_us();
+
+			if (attempts > 0) {
+				pause_all(consumer, false);
+				set_retrying(consumer, NULL);
+				cat_log_write(CAT_LOG_LEVEL_INFO, "CONSUMER",
+					      "%s [%d]: recovered after %d retries", part->topic, (int)part->partition,
+					      attempts);
+			}
+			rd_kafka_topic_partition_list_add(offsets, part->topic, part->partition)->offset =
+				msgs[n - 1].rkm->offset + 1;
+			rd_kafka_offsets_store(consumer->rk, offsets);
+			rd_kafka_topic_partition_list_destroy(offsets);
+			cat_metrics_add(consumer->m_applied, (int64_t)(n - n_dead));
+			cat_metrics_add(consumer->m_dead_lettered, (int64_t)n_dead);
+			for (size_t i = 0; i < n; i++)
+				if (msgs[i].result == CAT_OK && msgs[i].issued_at_us > 0)
+					cat_metrics_observe(consumer->m_latency,
+							    (double)(now_us - msgs[i].issued_at_us) / 1e6);
+			return BATCH_DONE;
+		}
+		case CAT_ERR_PERMANENT: {
+			/* some message can never apply, and the handler cannot say
+			 * which: halves, until the bad ones stand alone */
+			size_t half = n / 2;
+			batch_result_t r;
+
+			cat_log_write(CAT_LOG_LEVEL_INFO, "CONSUMER",
+				      "%s [%d] offsets %lld..%lld: isolating a bad message: %s", part->topic,
+				      (int)part->partition, (long long)msgs[0].rkm->offset,
+				      (long long)msgs[n - 1].rkm->offset, errstr);
+			r = apply_range(consumer, part, msgs, half, true);
+			if (r != BATCH_DONE)
+				return r;
+			return apply_range(consumer, part, msgs + half, n - half, true);
+		}
+		case CAT_ERR_RETRIABLE: {
+			/* full jitter: uniform in [backoff/2, backoff] */
+			int64_t wait_ms = backoff_ms / 2 + (int64_t)(rand() % (int)(backoff_ms / 2 + 1));
+
+			attempts++;
+			cat_metrics_inc(consumer->m_retries);
+			set_retrying(consumer, errstr);
+			cat_log_write(attempts == 1 || attempts % 10 == 0 ? CAT_LOG_LEVEL_WARN : CAT_LOG_LEVEL_DEBUG,
+				      "CONSUMER", "%s [%d]: transient failure (attempt %d), retrying in %lld ms: %s",
+				      part->topic, (int)part->partition, attempts, (long long)wait_ms, errstr);
+			if (attempts == 1)
+				pause_all(consumer, true);
+			if (!wait_polling(consumer, part, revokes, wait_ms * 1000)) {
+				pause_all(consumer, false);
+				set_retrying(consumer, NULL);
+				return BATCH_ABANDONED;
+			}
+			backoff_ms = backoff_ms * 2 > consumer->backoff_max_ms ? consumer->backoff_max_ms
+									       : backoff_ms * 2;
+			continue;
+		}
+		case CAT_ERR_FATAL:
+		default:
+			cat_log_write(CAT_LOG_LEVEL_ERROR, "CONSUMER", "%s [%d]: %s", part->topic,
+				      (int)part->partition, errstr);
+			return BATCH_FATAL;
+		}
+	}
+}
+
+/* Handles up to batch_size buffered messages of `part`. */
+static batch_result_t process_part(cat_consumer_t *consumer, part_buf_t *part)
+{
+	size_t n = part->n < (size_t)consumer->batch_size ? part->n : (size_t)consumer->batch_size;
+	batch_result_t r;
+
+	memset(consumer->msg_scratch, 0, n * sizeof(cat_msg_t));
+	for (size_t i = 0; i < n; i++)
+		consumer->msg_scratch[i].rkm = part->msgs[i];
+	cat_metrics_observe(consumer->m_batch_size, (double)n);
+	unsigned revokes = part->revokes;
+
+	r = apply_range(consumer, part, consumer->msg_scratch, n, false);
+	if (r == BATCH_DONE)
+		part_drop(part, n);
+	else if (r == BATCH_ABANDONED) {
+		cat_metrics_inc(consumer->m_abandoned);
+		if (part->revokes == revokes)
+			cat_log_write(CAT_LOG_LEVEL_WARN, "CONSUMER",
+				      "%s [%d]: shutdown grace over, batch of %zu abandoned unstored", part->topic,
+				      (int)part->partition, n);
+		part_drop(part, part->n);
+	}
+	return r;
+}
+
+/* --- the loop ---------------------------------------------------------------------------- */
+
+static void poll_once(cat_consumer_t *consumer, int timeout_ms)
+{
+	rd_kafka_message_t *rkm = rd_kafka_consumer_poll(consumer->rk, timeout_ms);
+	part_buf_t *part;
+
+	atomic_store(&consumer->last_poll_us, cat_time_mono_us());
+	if (!rkm)
+		return;
+	if (rkm->err) {
+		if (rkm->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+			cat_log_write(CAT_LOG_LEVEL_WARN, "KAFKA", "consumer: %s", rd_kafka_message_errstr(rkm));
+		rd_kafka_message_destroy(rkm);
+		return;
+	}
+	cat_metrics_inc(consumer->m_consumed);
+	part = part_get(consumer, rd_kafka_topic_name(rkm->rkt), rkm->partition);
+	if (!part || part_push(part, rkm) != CAT_OK) {
+		/* out of memory: let it be redelivered rather than skip it */
+		cat_log_write(CAT_LOG_LEVEL_ERROR, "CONSUMER", "out of memory buffering a message");
+		rd_kafka_message_destroy(rkm);
+		consumer->stop_deadline_us = cat_time_mono_us();
+		return;
+	}
+}
+
+cat_err_t cat_consumer_run(cat_consumer_t *consumer, volatile sig_atomic_t *stop, char *errstr,
+			   size_t errstr_size)
+{
+	cat_err_t result = CAT_OK;
+	char fatal[512];
+
+	consumer->stop = stop;
+	srand((unsigned)cat_time_now_us());
+	cat_log_write(CAT_LOG_LEVEL_INFO, "CONSUMER", "consuming as group %s", consumer->group);
+	while (!*stop && !consumer->stop_deadline_us) {
+		int64_t now = cat_time_mono_us();
+		int timeout_ms = 100;
+
+		/* a partial batch waits at most its linger */
+		for (size_t i = 0; i < consumer->n_parts; i++) {
+			part_buf_t *part = consumer->parts[i];
+
+			if (part->n > 0) {
+				int64_t left = consumer->linger_ms - (now - part->first_at_us) / 1000;
+
+				if (left < timeout_ms)
+					timeout_ms = left < 0 ? 0 : (int)left;
+			}
+		}
+		poll_once(consumer, timeout_ms);
+		if (rd_kafka_fatal_error(consumer->rk, fatal, sizeof(fatal))) {
+			result = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "kafka consumer failed: %s", fatal);
+			break;
+		}
+
+		now = cat_time_mono_us();
+		for (size_t i = 0; i < consumer->n_parts && !*stop; i++) {
+			part_buf_t *part = consumer->parts[i];
+
+			while (part->n > 0 && (part->n >= (size_t)consumer->batch_size ||
+					       (now - part->first_at_us) / 1000 >= consumer->linger_ms)) {
+				batch_result_t r = process_part(consumer, part);
+
+				if (r == BATCH_FATAL) {
+					result = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL,
+							     "%s [%d]: the handler failed fatally (see the log)",
+							     part->topic, (int)part->partition);
+					goto out;
+				}
+				if (r == BATCH_ABANDONED)
+					break;
+				now = cat_time_mono_us();
+			}
+		}
+	}
+
+out:
+	/* stop fetching; what is buffered but not begun is left for redelivery */
+	for (size_t i = 0; i < consumer->n_parts; i++)
+		part_drop(consumer->parts[i], consumer->parts[i]->n);
+	{
+		rd_kafka_resp_err_t kr = rd_kafka_commit(consumer->rk, NULL, 0);
+
+		if (kr && kr != RD_KAFKA_RESP_ERR__NO_OFFSET)
+			cat_log_write(CAT_LOG_LEVEL_WARN, "KAFKA", "could not commit at shutdown: %s",
+				      rd_kafka_err2str(kr));
+	}
+	rd_kafka_consumer_close(consumer->rk);
+	cat_log_write(CAT_LOG_LEVEL_INFO, "CONSUMER", "left group %s", consumer->group);
+	return result;
+}
+
+void cat_consumer_destroy(cat_consumer_t *consumer)
+{
+	if (!consumer)
+		return;
+	for (size_t i = 0; i < consumer->n_parts; i++)
+		part_free(consumer->parts[i]);
+	free(consumer->parts);
+	if (consumer->rk)
+		rd_kafka_destroy(consumer->rk);
+	cat_producer_destroy(consumer->dlq);
+	if (consumer->topics)
+		for (size_t i = 0; consumer->topics[i]; i++)
+			free(consumer->topics[i]);
+	free(consumer->topics);
+	free(consumer->msg_scratch);
+	free(consumer->worker);
+	free(consumer->group);
+	pthread_mutex_destroy(&consumer->reason_lock);
+	free(consumer);
+}

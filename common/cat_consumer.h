@@ -1,0 +1,118 @@
+/*
+ * cat_consumer: the at-least-once consume loop every worker runs
+ * (DESIGN.md, "The at-least-once contract").
+ *
+ * A worker is a handler plugged into this loop. The loop polls Kafka,
+ * gathers per-partition batches (CATALYST_BATCH_SIZE messages or
+ * CATALYST_BATCH_LINGER_MS, whichever comes first), hands each batch to the
+ * handler in partition order, and stores a message's offset only once its
+ * effect is durable:
+ *
+ *   handler returns CAT_OK         every message not marked otherwise is
+ *                                  durable; messages the handler marked
+ *                                  CAT_ERR_PERMANENT go to dlq.v1 with their
+ *                                  reason; offsets are stored after the DLQ
+ *                                  delivery reports
+ *   handler returns RETRIABLE      nothing stored; the partitions are paused
+ *                                  and the batch is retried with exponential
+ *                                  backoff and jitter while the loop keeps
+ *                                  polling (the group keeps the worker)
+ *   handler returns PERMANENT      some message of the batch can never apply
+ *                                  but the handler cannot tell which: the
+ *                                  batch is split in halves, recursively,
+ *                                  until the bad messages stand alone; each
+ *                                  of those is dead-lettered
+ *   handler returns FATAL          the loop stops; what is durable is committed
+ *
+ * Stored offsets are committed every CATALYST_COMMIT_INTERVAL_MS, synchronously
+ * when partitions are revoked (cooperative-sticky assignment), and at close.
+ * Batches of revoked partitions are abandoned unstored: the new owner gets
+ * them again.
+ */
+#ifndef CAT_CONSUMER_H
+#define CAT_CONSUMER_H
+
+#include <signal.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <librdkafka/rdkafka.h>
+
+#include "cat_config.h"
+#include "cat_err.h"
+#include "cat_kafka.h"
+#include "cat_metrics.h"
+
+/* Settings of the loop, spliced into a worker's config table. */
+#define CAT_CONFIG_CONSUMER(default_batch)                                                          \
+	{ "CATALYST_BATCH_SIZE", CAT_CFG_INT, default_batch, false, false, 1, 100000, NULL,         \
+	  "most messages of one partition handled as one batch" },                                   \
+	{ "CATALYST_BATCH_LINGER_MS", CAT_CFG_INT, "20", false, false, 0, 60000, NULL,            \
+	  "how long a partial batch waits for more messages" },                                       \
+	{ "CATALYST_COMMIT_INTERVAL_MS", CAT_CFG_INT, "1000", false, false, 100, 600000, NULL,     \
+	  "how often stored offsets are committed" },                                                  \
+	{ "CATALYST_RETRY_BACKOFF_MS", CAT_CFG_INT, "100", false, false, 1, 600000, NULL,           \
+	  "first retry delay of a transient failure (doubles, with jitter)" },                         \
+	{ "CATALYST_RETRY_BACKOFF_MAX_MS", CAT_CFG_INT, "10000", false, false, 1, 3600000, NULL,   \
+	  "longest retry delay" },                                                                     \
+	{ "CATALYST_SHUTDOWN_GRACE_MS", CAT_CFG_INT, "25000", false, false, 0, 3600000, NULL,      \
+	  "on SIGTERM, how long the in-flight batch may take before it is abandoned unstored" },       \
+	{ "CATALYST_GROUP_INSTANCE_ID", CAT_CFG_STRING, NULL, false, false, 0, 0, NULL,             \
+	  "static group membership (set it to the pod name) so a restart does not rebalance" },        \
+	{ "CATALYST_DLQ_TIMEOUT_MS", CAT_CFG_INT, "30000", false, false, 1000, 3600000, NULL,      \
+	  "how long a dead letter may wait for its acknowledgement before the batch is retried" }
+
+/* One message of a batch. */
+typedef struct cat_msg {
+	const rd_kafka_message_t *rkm; /* borrowed from the loop */
+	/* Set by the handler: */
+	cat_err_t result;              /* CAT_OK, or CAT_ERR_PERMANENT: dead-letter it */
+	char reason[256];              /* why, for the DLQ header (one line) */
+	int64_t issued_at_us;          /* the command's issued_at_us, for latency (0: unknown) */
+	void *decoded;                 /* the handler's, freed by the handler */
+} cat_msg_t;
+
+/* Consecutive messages of one partition, in offset order. */
+typedef struct cat_batch {
+	const char *topic;
+	int32_t partition;
+	cat_msg_t *msgs;
+	size_t n;
+	bool isolating; /* this is a part of a split batch: a PERMANENT result makes a single message a dead letter */
+} cat_batch_t;
+
+typedef struct cat_handler {
+	/* Applies `batch`; see the top of this file for what each result means.
+	 * It may mark single messages CAT_ERR_PERMANENT (with a reason) and
+	 * still return CAT_OK for the rest. */
+	cat_err_t (*apply)(void *opaque, cat_batch_t *batch, char *errstr, size_t errstr_size);
+	/* Optional: false (with a reason) while a required downstream is
+	 * unreachable; drives /readyz. */
+	bool (*ready)(void *opaque, char *reason, size_t reason_size);
+	void *opaque;
+} cat_handler_t;
+
+typedef struct cat_consumer cat_consumer_t;
+
+/* Creates the consumer of `group` on the topics (suffixes, NULL-terminated,
+ * e.g. { CAT_TOPIC_WRITE, NULL }) and its DLQ producer; registers its
+ * metrics in `metrics` (borrowed, may be NULL). Nothing is fetched until
+ * cat_consumer_run(). */
+cat_err_t cat_consumer_new(cat_consumer_t **out, const cat_config_t *cfg, const char *worker,
+			   const char *group, const char *const *topics, const cat_handler_t *handler,
+			   cat_metrics_t *metrics, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+
+/* Runs the loop until *stop becomes non-zero (a signal handler sets it),
+ * then finishes or abandons the in-flight batch within the grace period,
+ * commits and leaves the group. CAT_OK on a clean stop; CAT_ERR_FATAL (with
+ * errstr) when the handler or Kafka failed fatally. */
+cat_err_t cat_consumer_run(cat_consumer_t *consumer, volatile sig_atomic_t *stop, char *errstr,
+			   size_t errstr_size) CAT_MUST_CHECK;
+
+/* Readiness for /readyz: assigned and polling, and the handler ready. */
+bool cat_consumer_ready(void *consumer, char *reason, size_t reason_size);
+
+void cat_consumer_destroy(cat_consumer_t *consumer);
+
+#endif /* CAT_CONSUMER_H */
