@@ -1,9 +1,25 @@
 #!/usr/bin/env python3
 """Test records for the integration tests: generate write lines, and check
-what came back from Kafka against them.
+what came back from Kafka, or what a worker made of them, against them.
 
-  records.py gen N SEED            > lines.jsonl     N mixed records, all five tables
+  records.py gen N SEED [START]    > lines.jsonl     N mixed records, all five tables
+                                                     (ids and versions from START, default 0)
   records.py check lines.jsonl dump.jsonl            every input decoded equal, keys as designed
+  records.py derive KIND lines.jsonl > more.jsonl    writes about the same keys, same symbols:
+      older    every record again, 1000 versions older, other content
+      deletes  every 7th key deleted (version + 10)
+      stale    upserts of the deleted keys at version + 5 (older than the delete)
+      revive   every 3rd deleted key upserted at version + 20, other content
+  records.py poison N SEED START   > lines.tsv       N good records (as gen) with 1% poison mixed
+      in, as raw-produce input (KEY<TAB>FORMAT<TAB>PAYLOAD): undecodable bytes, values
+      the schema's CHECK constraints refuse, a symbol longer than its column; poison
+      keys start with "poison-"
+  records.py db-check PG_URL FILE...                 the database holds exactly the rows that
+      applying FILEs (write lines or poison .tsv; poison skipped) in order one at a time
+      leaves: every column of every row, nothing more
+  records.py changes-check DUMP FILE...              topic-dump --type changes output: every
+      write the model applied is there, no poison, and a consumer replaying the changes
+      with version checks ends with the rows db-check expects
 """
 import datetime
 import json
@@ -35,9 +51,12 @@ def symbol(rng):
     return "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(rng.randint(1, 5)))
 
 
+VERSION_BASE = 1_700_000_000_000_000
+
+
 def record(i, rng):
     table = list(TABLES)[i % 5]
-    r = {"table": table, "command_id": f"cmd-{i:08d}", "version": 1_700_000_000_000_000 + i}
+    r = {"table": table, "command_id": f"cmd-{i:08d}", "version": VERSION_BASE + i * 100}
     if table == "news_raw":
         r.update(news_id=f"news-{i}", symbol=symbol(rng), headline=f"Headline {i} — naïve café ✓",
                  source=rng.choice(["reuters", "bloomberg", "benzinga"]), url=f"https://example.com/{i}",
@@ -121,12 +140,265 @@ def check(lines_path, dump_path):
     print(f"all {len(inputs)} records decoded equal to their input, keys as designed")
 
 
+# --- derived writes -------------------------------------------------------------
+
+def pk_of(r):
+    return r[TABLES[r["table"]]]
+
+
+def changed(r, rng, tag):
+    """The same key and symbol, other content."""
+    r = dict(r)
+    for col, value in list(r.items()):
+        if col in ("table", "command_id", "version", "symbol", "op") or col == TABLES[r["table"]]:
+            continue
+        if col in ("headline", "primary_catalyst", "exit_reason", "content_snippet"):
+            r[col] = f"{tag} {value}"
+        elif col in ("catalyst_score", "confidence", "accuracy_rate", "technical_score", "combined_score"):
+            r[col] = rng.random()
+        elif col in ("news_count", "total_articles", "accurate_predictions"):
+            r[col] = rng.randint(0, 1000)
+    return r
+
+
+def derive(kind, path):
+    rng = random.Random(kind)
+    base = [json.loads(l) for l in open(path) if l.strip()]
+    out = []
+    for n, r in enumerate(base):
+        deleted = n % 7 == 3
+        if kind == "older":
+            o = changed(r, rng, "older")
+            o.update(version=r["version"] - 1000, command_id=f"{r['command_id']}-older")
+            out.append(o)
+        elif kind == "deletes" and deleted:
+            out.append({"table": r["table"], "op": "delete", TABLES[r["table"]]: pk_of(r),
+                        "version": r["version"] + 10, "command_id": f"{r['command_id']}-delete"})
+        elif kind == "stale" and deleted:
+            o = changed(r, rng, "stale")
+            o.update(version=r["version"] + 5, command_id=f"{r['command_id']}-stale")
+            out.append(o)
+        elif kind == "revive" and deleted and n % 3 == 0:
+            o = changed(r, rng, "revived")
+            o.update(version=r["version"] + 20, command_id=f"{r['command_id']}-revive")
+            out.append(o)
+    for o in out:
+        print(json.dumps(o, ensure_ascii=False))
+
+
+def pb_varint(n):
+    out = bytearray()
+    n &= (1 << 64) - 1
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def pb_field(number, value):
+    if isinstance(value, int):
+        return pb_varint(number << 3) + pb_varint(value)
+    data = value.encode() if isinstance(value, str) else value
+    return pb_varint(number << 3 | 2) + pb_varint(len(data)) + data
+
+
+def long_symbol_command(i):
+    """A WriteCommand upserting news_raw with an 11-character symbol, built by
+    hand: catalyst-publish refuses to make one."""
+    row = pb_field(1, f"poison-news-{i}") + pb_field(2, "ABCDEFGHIJK") + pb_field(15, VERSION_BASE + i)
+    meta = pb_field(1, f"poison-long-{i}") + pb_field(2, VERSION_BASE + i)
+    return pb_field(1, meta) + pb_field(2, 1) + pb_field(3, pb_field(1, row))
+
+
+CHECK_POISON = [
+    ("trading_signals", {"signal_type": "hold"}),
+    ("trade_records", {"side": "flat"}),
+    ("trade_records", {"quantity": -5}),
+    ("news_raw", {"sentiment_score": 2.5}),
+    ("news_raw", {"catalyst_score": 1.5}),
+    ("trading_candidates", {"catalyst_score": -0.5}),
+    ("source_metrics", {"accuracy_rate": 1.25}),
+]
+
+
+def poison(n, seed, start):
+    rng = random.Random(seed)
+    for i in range(start, start + n):
+        r = record(i, rng)
+        print(f"-\twrite\t{json.dumps(r, ensure_ascii=False)}")
+        if i % 100 != 50:
+            continue
+        kind = (i // 100) % 3
+        if kind == 0:
+            junk = bytes([0xFF, 0xFF, 0xFF, 0xFF, 0x0F]) + rng.randbytes(rng.randint(0, 40))
+            print(f"poison-undecodable-{i}\thex\t{junk.hex()}")
+        elif kind == 1:
+            table, bad = CHECK_POISON[(i // 300) % len(CHECK_POISON)]
+            p = record(i + (list(TABLES).index(table) - i % 5), rng)
+            p.update(bad)
+            p[TABLES[table]] = f"poison-{table}-{i}"
+            p["command_id"] = f"poison-check-{i}"
+            print(f"poison-check-{i}\twrite\t{json.dumps(p, ensure_ascii=False)}")
+        else:
+            print(f"poison-long-{i}\thex\t{long_symbol_command(i).hex()}")
+
+
+# --- what applying the writes leaves ------------------------------------------------
+
+def load_writes(paths):
+    """Write lines of every file in order; poison lines of .tsv files left out."""
+    for path in paths:
+        for line in open(path):
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            if line.startswith("{"):
+                yield json.loads(line)
+                continue
+            key, fmt, payload = line.split("\t", 2)
+            if fmt == "write" and not key.startswith("poison"):
+                yield json.loads(payload)
+
+
+def model(writes):
+    """Applies writes one at a time as catalyst-persist's contract says:
+    rows[(table, pk)] = the row; applied = the writes that changed something
+    or were deletes (what must reach changes.v1)."""
+    rows, tombs, applied = {}, {}, []
+    for w in writes:
+        key = (w["table"], pk_of(w))
+        v = w["version"]
+        if w.get("op") == "delete":
+            tombs[key] = max(tombs.get(key, v), v)
+            if key in rows and rows[key]["version"] <= v:
+                del rows[key]
+            applied.append(w)
+            continue
+        if tombs.get(key, -1) >= v:
+            continue
+        if key in rows and (w["table"] == "news_raw" or rows[key]["version"] >= v):
+            continue
+        rows[key] = w
+        applied.append(w)
+    return rows, applied
+
+
+NOT_COLUMNS = {"table", "op", "command_id", "producer", "trace_id", "issued_at_us"}
+
+
+def same_value(col, want, have):
+    if want is None or have is None:
+        return want is None and have is None
+    if col in TIMESTAMPS:
+        return parse_ts(want) == parse_ts(have)
+    if isinstance(want, float) or isinstance(have, float):
+        return float(want) == float(have)
+    return want == have and type(want) is type(have)
+
+
+def row_differences(key, want, have):
+    errors = []
+    for col in sorted(set(want) | set(have)):
+        if col in NOT_COLUMNS:
+            continue
+        if not same_value(col, want.get(col), have.get(col)):
+            errors.append(f"{key}: column {col}: have {have.get(col)!r}, expected {want.get(col)!r}")
+    return errors
+
+
+def compare(want_rows, have_rows, what):
+    errors = []
+    for key in sorted(set(want_rows) - set(have_rows))[:10]:
+        errors.append(f"{key}: missing from {what}")
+    for key in sorted(set(have_rows) - set(want_rows))[:10]:
+        errors.append(f"{key}: in {what} but not expected")
+    for key in sorted(set(want_rows) & set(have_rows)):
+        errors.extend(row_differences(key, want_rows[key], have_rows[key]))
+        if len(errors) > 20:
+            break
+    for e in errors[:20]:
+        print(e, file=sys.stderr)
+    if len(want_rows) != len(have_rows):
+        errors.append(f"{what}: {len(have_rows)} rows, expected {len(want_rows)}")
+        print(errors[-1], file=sys.stderr)
+    return errors
+
+
+def db_rows(url):
+    import subprocess
+    rows = {}
+    for table, pk in TABLES.items():
+        out = subprocess.run(["psql", "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-c",
+                              f"SELECT row_to_json(t) FROM {table} t"],
+                             check=True, capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            if line.strip():
+                r = json.loads(line)
+                rows[(table, r[pk])] = r
+    return rows
+
+
+def db_check(url, paths):
+    want, _ = model(load_writes(paths))
+    errors = compare(want, db_rows(url), "the database")
+    if errors:
+        sys.exit(f"{len(errors)} differences between the database and the expected rows")
+    print(f"the database holds exactly the {len(want)} expected rows")
+
+
+def changes_check(dump_path, paths):
+    want, applied = model(load_writes(paths))
+    store, tombs, seen, errors = {}, {}, set(), []
+    for line in open(dump_path):
+        c = json.loads(line)
+        if "error" in c:
+            sys.exit(f"undecodable change batch at partition {c['partition']} offset {c['offset']}")
+        r = c["record"]
+        key = (r["table"], pk_of(r))
+        v = r["version"]
+        if c["key"] is None:
+            errors.append(f"{key}: change batch without a key")
+        if str(c.get("command_id") or "").startswith("poison"):
+            errors.append(f"{key}: a poison write was published: {c['command_id']}")
+        seen.add((key, c["op"], v, c.get("command_id")))
+        # a consumer that checks versions and remembers deletes
+        if c["op"] == "delete":
+            tombs[key] = max(tombs.get(key, v), v)
+            if key in store and store[key]["version"] <= v:
+                del store[key]
+        elif tombs.get(key, -1) < v and (key not in store or store[key]["version"] < v):
+            store[key] = r
+    for w in applied:
+        key = (w["table"], pk_of(w))
+        if (key, w.get("op", "upsert"), w["version"], w["command_id"]) not in seen:
+            errors.append(f"{key}: {w.get('op', 'upsert')} version {w['version']} ({w['command_id']}) "
+                          "not on changes.v1")
+    for e in errors[:20]:
+        print(e, file=sys.stderr)
+    errors += compare(want, store, "the rows replayed from changes.v1")
+    if errors:
+        sys.exit(f"{len(errors)} problems with changes.v1")
+    print(f"changes.v1 holds all {len(applied)} applied writes; replayed, they give the {len(want)} expected rows")
+
+
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "gen":
-        rng = random.Random(int(sys.argv[3]))
-        for i in range(int(sys.argv[2])):
+    args = sys.argv[1:]
+    if len(args) in (3, 4) and args[0] == "gen":
+        rng = random.Random(int(args[2]))
+        start = int(args[3]) if len(args) == 4 else 0
+        for i in range(start, start + int(args[1])):
             print(json.dumps(record(i, rng), ensure_ascii=False))
-    elif len(sys.argv) == 4 and sys.argv[1] == "check":
-        check(sys.argv[2], sys.argv[3])
+    elif len(args) == 3 and args[0] == "check":
+        check(args[1], args[2])
+    elif len(args) == 3 and args[0] == "derive" and args[1] in ("older", "deletes", "stale", "revive"):
+        derive(args[1], args[2])
+    elif len(args) == 4 and args[0] == "poison":
+        poison(int(args[1]), int(args[2]), int(args[3]))
+    elif len(args) >= 3 and args[0] == "db-check":
+        db_check(args[1], args[2:])
+    elif len(args) >= 3 and args[0] == "changes-check":
+        changes_check(args[1], args[2:])
     else:
         sys.exit(__doc__)

@@ -6,11 +6,17 @@
  *
  * (value is the decoded WriteCommand for --type write; for --type raw,
  * "raw_bytes":N and "value_text" when the bytes are valid UTF-8). --headers
- * adds "headers":{name:value,...}.
+ * adds "headers":{name:value,...}. --type changes decodes a ChangeBatch and
+ * prints one line per Change instead:
+ *
+ *   {"partition":3,"offset":17,"key":"news_raw:n1","index":0,"op":"upsert",
+ *    "command_id":"...","issued_at_us":...,"committed_at_us":...,
+ *    "batch_id":"...","source_topic":"...","source_partition":2,
+ *    "source_first_offset":100,"source_last_offset":149,"record":{...}}
  * Stops after --count messages, or when nothing new arrived for --idle-ms,
  * or at --timeout-ms; exits 1 if fewer than --count were read.
  *
- *   topic-dump --topic catalyst.write.v1 --count 10000 [--type write|raw]
+ *   topic-dump --topic catalyst.write.v1 --count 10000 [--type write|raw|changes]
  */
 #include <jansson.h>
 #include <signal.h>
@@ -80,6 +86,57 @@ static void print_message(const rd_kafka_message_t *msg, int decode_write, int w
 	json_decref(line);
 }
 
+/* One line per Change of a ChangeBatch (an undecodable one: a line with "error"). */
+static void print_changes(const rd_kafka_message_t *msg)
+{
+	Catalyst__V1__ChangeBatch *batch =
+		catalyst__v1__change_batch__unpack(NULL, msg->len, msg->payload ? msg->payload : (const void *)"");
+
+	for (size_t i = 0; !batch || i < batch->n_changes; i++) {
+		json_t *line = json_object();
+		char *text;
+
+		json_object_set_new(line, "partition", json_integer(msg->partition));
+		json_object_set_new(line, "offset", json_integer(msg->offset));
+		json_object_set_new(line, "key", msg->key ? json_stringn(msg->key, msg->key_len) : json_null());
+		if (!batch) {
+			json_object_set_new(line, "error", json_string("could not decode ChangeBatch"));
+		} else {
+			const Catalyst__V1__Change *change = batch->changes[i];
+			char *record = cat_codec_record_to_json(change->record);
+
+			json_object_set_new(line, "index", json_integer((json_int_t)i));
+			json_object_set_new(line, "op",
+					    json_string(!change->has_op ? "none"
+							: change->op == CATALYST__V1__WRITE_OP__WRITE_OP_UPSERT ? "upsert"
+							: change->op == CATALYST__V1__WRITE_OP__WRITE_OP_DELETE ? "delete"
+														 : "unknown"));
+			json_object_set_new(line, "command_id",
+					    change->command_id ? json_string(change->command_id) : json_null());
+			json_object_set_new(line, "issued_at_us", json_integer(change->issued_at_us));
+			json_object_set_new(line, "committed_at_us", json_integer(batch->committed_at_us));
+			json_object_set_new(line, "batch_id", batch->meta && batch->meta->command_id
+								      ? json_string(batch->meta->command_id)
+								      : json_null());
+			json_object_set_new(line, "source_topic",
+					    batch->source_topic ? json_string(batch->source_topic) : json_null());
+			json_object_set_new(line, "source_partition", json_integer(batch->source_partition));
+			json_object_set_new(line, "source_first_offset", json_integer(batch->source_first_offset));
+			json_object_set_new(line, "source_last_offset", json_integer(batch->source_last_offset));
+			json_object_set_new(line, "record", record ? json_loads(record, 0, NULL) : json_null());
+			free(record);
+		}
+		text = json_dumps(line, JSON_COMPACT);
+		if (text)
+			printf("%s\n", text);
+		free(text);
+		json_decref(line);
+		if (!batch)
+			return;
+	}
+	catalyst__v1__change_batch__free_unpacked(batch, NULL);
+}
+
 int main(int argc, char **argv)
 {
 	const char *topic = NULL, *type = "write";
@@ -112,7 +169,7 @@ int main(int argc, char **argv)
 		i++;
 	}
 	if (!topic) {
-		fprintf(stderr, "usage: topic-dump --topic T [--count N] [--idle-ms MS] [--timeout-ms MS] [--type write|raw]\n");
+		fprintf(stderr, "usage: topic-dump --topic T [--count N] [--idle-ms MS] [--timeout-ms MS] [--type write|raw|changes] [--headers]\n");
 		return 2;
 	}
 	if (cat_config_load(&cfg, config_defs, sizeof(config_defs) / sizeof(config_defs[0]), NULL, errstr, sizeof(errstr)) != CAT_OK) {
@@ -159,7 +216,10 @@ int main(int argc, char **argv)
 			rd_kafka_message_destroy(msg);
 			continue;
 		}
-		print_message(msg, strcmp(type, "write") == 0, with_headers);
+		if (strcmp(type, "changes") == 0)
+			print_changes(msg);
+		else
+			print_message(msg, strcmp(type, "write") == 0, with_headers);
 		got++;
 		last = now;
 		rd_kafka_message_destroy(msg);

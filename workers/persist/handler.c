@@ -1,0 +1,1137 @@
+#include "handler.h"
+
+#include <malloc.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <zlib.h>
+
+#include "cat_codec.h"
+#include "cat_log.h"
+#include "cat_pg.h"
+#include "cat_schema.h"
+#include "cat_time.h"
+#include "sql.h"
+
+#define MAX_TABLES	    8
+#define CHANGES_MAX_ROWS    500	     /* Changes per ChangeBatch message */
+#define CHANGES_MAX_BYTES   (512 * 1024) /* and their encoded size */
+#define METADATA_TIMEOUT_MS 10000
+#define PRODUCER_NAME	    "catalyst-persist"
+#define COPY_BACKOFF	    8 /* batches of a table upserted before COPY is tried again */
+#define SCRATCH_KEEP_ROWS   512	       /* per-batch memory kept between batches */
+#define SCRATCH_KEEP_BYTES  (256 * 1024)
+#define IDLE_TRIM_US	    (2 * 1000 * 1000) /* idle this long: free memory goes back */
+
+/* How a resolved write goes out on changes.v1. */
+typedef enum publish_as {
+	PUBLISH_NONE,	   /* not at all: the row stored is another, already published */
+	PUBLISH_RECORD,	   /* the command's record and op */
+	PUBLISH_TOMBSTONE, /* a delete at the stored tombstone's version */
+} publish_as_t;
+
+/* One write the batch resolves to. */
+typedef struct write {
+	size_t msg;	   /* its message in the batch */
+	const char *pk;	   /* borrowed from the decoded command */
+	int64_t version;
+	int64_t tombstone; /* PUBLISH_TOMBSTONE: the version of the stored delete */
+	int32_t partition; /* of changes.v1 */
+	int32_t prev;	   /* the key's writes, in message order (-1: none) */
+	int32_t next;
+	uint16_t table; /* index in cat_schema_tables */
+	uint16_t round; /* its place among the key's writes: statements run round by round */
+	bool is_delete;
+	bool live;    /* still part of the batch's outcome */
+	bool applied; /* the statement changed the database */
+	uint8_t publish;
+} write_t;
+
+/* A key of the batch and its writes (indices into writes). */
+typedef struct batch_key {
+	const char *pk; /* borrowed from the first command with this key */
+	uint32_t hash;
+	uint16_t table;
+	int32_t first;
+	int32_t last;
+} batch_key_t;
+
+typedef struct table_metrics {
+	cat_metric_t *applied[2]; /* [is_delete] */
+	cat_metric_t *skipped[2];
+} table_metrics_t;
+
+struct persist {
+	const cat_config_t *cfg;
+	PGconn *conn;
+	cat_producer_t *producer;
+	char changes_topic[256];
+	int32_t changes_partitions; /* 0 until read from the metadata */
+	int changes_timeout_ms;
+	sql_table_t sql[MAX_TABLES];
+	size_t n_tables;
+
+	/* delivery reports of the current batch */
+	uint64_t delivery_failures;
+	char delivery_error[256];
+
+	/* per-batch scratch, kept at its largest size */
+	write_t *writes;
+	batch_key_t *keys;
+	size_t n_writes, n_keys, cap;
+	int32_t *slots; /* open addressing: index into keys, -1 free */
+	size_t n_slots;
+	write_t **sorted; /* the live writes */
+	size_t n_sorted;
+	sql_arrays_t arrays;
+	sql_buf_t copy;
+	unsigned copy_backoff[MAX_TABLES]; /* upsert batches before COPY is tried again */
+	Catalyst__V1__Change *changes;
+	Catalyst__V1__Change **change_ptrs;
+	uint8_t *packed;
+	size_t cap_packed;
+
+	/* the trimmer thread: once the worker is idle, malloc_trim() returns what
+	 * a burst left free inside the heaps (fragmented, so never trimmed
+	 * otherwise) */
+	pthread_t trimmer;
+	bool trimmer_started;
+	pthread_mutex_t trim_lock;
+	pthread_cond_t trim_wake;
+	bool trim_stop;			/* guarded by trim_lock */
+	atomic_llong last_batch_us;	/* monotonic end of the last batch */
+
+	table_metrics_t m_tables[MAX_TABLES];
+	cat_metric_t *m_committed;
+	cat_metric_t *m_rolled_back;
+	cat_metric_t *m_tx_seconds;
+	cat_metric_t *m_publish_seconds;
+	cat_metric_t *m_changes;
+	cat_metric_t *m_change_messages;
+	cat_metric_t *m_reconnects;
+};
+
+int64_t prof_exec, prof_commit, prof_decode, prof_flush, prof_build, prof_known, prof_resolve;
+static void __attribute__((destructor)) prof_print(void) { fprintf(stderr, "PROF decode %lld exec %lld commit %lld flush %lld build %lld known %lld resolve %lld ms\n", (long long)prof_decode/1000, (long long)prof_exec/1000, (long long)prof_commit/1000, (long long)prof_flush/1000, (long long)prof_build/1000, (long long)prof_known/1000, (long long)prof_resolve/1000); }
+static const double duration_buckets[] = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+					   0.25,  0.5,	  1,	 2.5,  5,     10,   30 };
+
+/* --- PostgreSQL ----------------------------------------------------------------------- */
+
+cat_err_t persist_pg_connect(PGconn **out, const cat_config_t *cfg, char *errstr, size_t errstr_size)
+{
+	PGconn *conn = NULL;
+	cat_err_t err;
+
+	*out = NULL;
+	err = cat_pg_connect(&conn, cat_config_str(cfg, "CATALYST_PG_URL"), PRODUCER_NAME,
+			     (int)cat_config_int(cfg, "CATALYST_PG_CONNECT_TIMEOUT_S"), errstr, errstr_size);
+	if (err != CAT_OK)
+		return err;
+	err = cat_pg_require_schema(conn, CAT_SCHEMA_VERSION, errstr, errstr_size);
+	if (err != CAT_OK) {
+		cat_pg_close(conn);
+		return err;
+	}
+	*out = conn;
+	return CAT_OK;
+}
+
+bool persist_ready(void *opaque, char *reason, size_t reason_size)
+{
+	persist_t *persist = opaque;
+	const char *const keywords[] = { "dbname", "connect_timeout", NULL };
+	const char *const values[] = { cat_config_str(persist->cfg, "CATALYST_PG_URL"), "2", NULL };
+
+	/* A batch failing on the database already makes the loop unready
+	 * ("retrying: ..."); this covers the time between batches, with a
+	 * connection attempt of its own (PQping is thread-safe, and needs no
+	 * valid credentials). */
+	switch (PQpingParams(keywords, values, 1)) {
+	case PQPING_OK:
+		return true;
+	case PQPING_REJECT:
+		snprintf(reason, reason_size, "PostgreSQL is not accepting connections");
+		return false;
+	default:
+		snprintf(reason, reason_size, "PostgreSQL does not answer");
+		return false;
+	}
+}
+
+/* A connection that works, opening one if needed. */
+static cat_err_t ensure_connected(persist_t *persist, char *errstr, size_t errstr_size)
+{
+	cat_err_t err;
+
+	if (persist->conn && PQstatus(persist->conn) == CONNECTION_OK)
+		return CAT_OK;
+	if (persist->conn) {
+		cat_pg_close(persist->conn);
+		persist->conn = NULL;
+		cat_metrics_inc(persist->m_reconnects);
+	}
+	err = persist_pg_connect(&persist->conn, persist->cfg, errstr, errstr_size);
+	if (err == CAT_OK)
+		CAT_LOG_INFO("PG", "connected to PostgreSQL");
+	return err;
+}
+
+/* After a failed statement: leave the connection usable or drop it. */
+static void after_failure(persist_t *persist)
+{
+	if (persist->conn && PQstatus(persist->conn) == CONNECTION_OK &&
+	    PQtransactionStatus(persist->conn) != PQTRANS_UNKNOWN) {
+		if (cat_pg_rollback(persist->conn, NULL, 0) == CAT_OK)
+			return;
+	}
+	cat_pg_close(persist->conn);
+	persist->conn = NULL;
+}
+
+/* --- set-up ------------------------------------------------------------------------------ */
+
+/* The partition count of changes.v1, from the cluster's metadata. */
+static cat_err_t read_changes_partitions(persist_t *persist, char *errstr, size_t errstr_size)
+{
+	rd_kafka_t *rk = cat_producer_handle(persist->producer);
+	rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, persist->changes_topic, NULL);
+	const struct rd_kafka_metadata *metadata = NULL;
+	rd_kafka_resp_err_t kerr;
+	cat_err_t err = CAT_OK;
+
+	if (!rkt)
+		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "could not look up topic %s: %s",
+				   persist->changes_topic, rd_kafka_err2str(rd_kafka_last_error()));
+	kerr = rd_kafka_metadata(rk, 0, rkt, &metadata, METADATA_TIMEOUT_MS);
+	if (kerr)
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "could not read the metadata of %s: %s",
+				  persist->changes_topic, rd_kafka_err2str(kerr));
+	else if (metadata->topic_cnt != 1 || metadata->topics[0].err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "topic %s does not exist",
+				  persist->changes_topic);
+	else if (metadata->topics[0].err || metadata->topics[0].partition_cnt <= 0)
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "could not read the metadata of %s: %s",
+				  persist->changes_topic, rd_kafka_err2str(metadata->topics[0].err));
+	else
+		persist->changes_partitions = metadata->topics[0].partition_cnt;
+	if (metadata)
+		rd_kafka_metadata_destroy(metadata);
+	rd_kafka_topic_destroy(rkt);
+	return err;
+}
+
+static void *trimmer_main(void *opaque)
+{
+	persist_t *persist = opaque;
+	long long trimmed_after = 0; /* the batch end the last trim followed */
+
+	pthread_mutex_lock(&persist->trim_lock);
+	while (!persist->trim_stop) {
+		struct timespec until;
+		long long last;
+
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_sec += 1;
+		pthread_cond_timedwait(&persist->trim_wake, &persist->trim_lock, &until);
+		last = atomic_load(&persist->last_batch_us);
+		if (!persist->trim_stop && last > trimmed_after && cat_time_mono_us() - last > IDLE_TRIM_US) {
+			malloc_trim(0);
+			trimmed_after = last;
+		}
+	}
+	pthread_mutex_unlock(&persist->trim_lock);
+	return NULL;
+}
+
+static void register_metrics(persist_t *persist, cat_metrics_t *metrics)
+{
+	static const char *const ops[2] = { "upsert", "delete" };
+
+	for (size_t t = 0; t < persist->n_tables; t++) {
+		for (int d = 0; d < 2; d++) {
+			persist->m_tables[t].applied[d] = cat_metrics_counter(
+				metrics, "catalyst_persist_rows_applied_total",
+				"rows the primary inserted, updated or deleted", "table", cat_schema_tables[t].name,
+				"op", ops[d], NULL);
+			persist->m_tables[t].skipped[d] = cat_metrics_counter(
+				metrics, "catalyst_persist_rows_skipped_total",
+				"writes that changed nothing: the stored row or tombstone was as new or newer "
+				"(or a delete found no row)",
+				"table", cat_schema_tables[t].name, "op", ops[d], NULL);
+		}
+	}
+	persist->m_committed = cat_metrics_counter(metrics, "catalyst_persist_transactions_total",
+						   "batch transactions", "result", "committed", NULL);
+	persist->m_rolled_back = cat_metrics_counter(metrics, "catalyst_persist_transactions_total",
+						     "batch transactions", "result", "rolled_back", NULL);
+	persist->m_tx_seconds = cat_metrics_histogram(
+		metrics, "catalyst_persist_apply_duration_seconds",
+		"time to apply a batch: the transaction, then publishing its changes", duration_buckets,
+		sizeof(duration_buckets) / sizeof(duration_buckets[0]), "stage", "transaction", NULL);
+	persist->m_publish_seconds = cat_metrics_histogram(
+		metrics, "catalyst_persist_apply_duration_seconds",
+		"time to apply a batch: the transaction, then publishing its changes", duration_buckets,
+		sizeof(duration_buckets) / sizeof(duration_buckets[0]), "stage", "publish", NULL);
+	persist->m_changes = cat_metrics_counter(metrics, "catalyst_persist_changes_published_total",
+						 "committed rows published on changes.v1 (acknowledged)", NULL);
+	persist->m_change_messages = cat_metrics_counter(metrics, "catalyst_persist_change_batches_total",
+							 "ChangeBatch messages acknowledged on changes.v1", NULL);
+	persist->m_reconnects = cat_metrics_counter(metrics, "catalyst_persist_pg_reconnects_total",
+						    "PostgreSQL connections reopened after a loss", NULL);
+}
+
+cat_err_t persist_new(persist_t **out, const cat_config_t *cfg, PGconn *conn, cat_producer_t *producer,
+		      cat_metrics_t *metrics, char *errstr, size_t errstr_size)
+{
+	persist_t *persist;
+	cat_err_t err;
+
+	*out = NULL;
+	persist = calloc(1, sizeof(*persist));
+	if (!persist) {
+		cat_pg_close(conn);
+		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
+	}
+	persist->cfg = cfg;
+	pthread_mutex_init(&persist->trim_lock, NULL);
+	pthread_cond_init(&persist->trim_wake, NULL);
+	persist->conn = conn;
+	conn = NULL; /* owned by persist */
+	persist->producer = producer;
+	persist->changes_timeout_ms = (int)cat_config_int(cfg, "CATALYST_CHANGES_TIMEOUT_MS");
+	cat_kafka_topic(cfg, CAT_TOPIC_CHANGES, persist->changes_topic, sizeof(persist->changes_topic));
+
+	if (cat_schema_n_tables > MAX_TABLES) {
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "the schema has more than %d tables",
+				  MAX_TABLES);
+		goto error;
+	}
+	persist->n_tables = cat_schema_n_tables;
+	for (size_t t = 0; t < persist->n_tables; t++)
+		if ((err = sql_table_init(&persist->sql[t], &cat_schema_tables[t], errstr, errstr_size)) != CAT_OK)
+			goto error;
+	register_metrics(persist, metrics);
+
+	/* a missing topic is a configuration error; an unreachable cluster is
+	 * not: the first batch asks again */
+	err = read_changes_partitions(persist, errstr, errstr_size);
+	if (err == CAT_ERR_FATAL)
+		goto error;
+	if (err != CAT_OK)
+		CAT_LOG_WARN("KAFKA", "%s: will ask again before publishing", errstr);
+	if (pthread_create(&persist->trimmer, NULL, trimmer_main, persist) != 0) {
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "could not start a thread");
+		goto error;
+	}
+	persist->trimmer_started = true;
+	*out = persist;
+	return CAT_OK;
+
+error:
+	persist_destroy(persist);
+	return err;
+}
+
+void persist_destroy(persist_t *persist)
+{
+	if (!persist)
+		return;
+	if (persist->trimmer_started) {
+		pthread_mutex_lock(&persist->trim_lock);
+		persist->trim_stop = true;
+		pthread_cond_signal(&persist->trim_wake);
+		pthread_mutex_unlock(&persist->trim_lock);
+		pthread_join(persist->trimmer, NULL);
+	}
+	pthread_cond_destroy(&persist->trim_wake);
+	pthread_mutex_destroy(&persist->trim_lock);
+	cat_pg_close(persist->conn);
+	for (size_t t = 0; t < MAX_TABLES; t++)
+		sql_table_free(&persist->sql[t]);
+	sql_arrays_free(&persist->arrays);
+	free(persist->copy.data);
+	free(persist->writes);
+	free(persist->keys);
+	free(persist->slots);
+	free(persist->sorted);
+	free(persist->changes);
+	free(persist->change_ptrs);
+	free(persist->packed);
+	free(persist);
+}
+
+/* --- decoding and resolving ---------------------------------------------------------------- */
+
+static Catalyst__V1__WriteCommand *command_of(const cat_batch_t *batch, const write_t *write)
+{
+	return batch->msgs[write->msg].decoded;
+}
+
+/* Decodes every message; marks the ones that do not decode or validate. */
+static cat_err_t decode_batch(cat_batch_t *batch, size_t *n_valid, size_t *last_valid, char *errstr,
+			      size_t errstr_size)
+{
+	*n_valid = 0;
+	for (size_t i = 0; i < batch->n; i++) {
+		cat_msg_t *msg = &batch->msgs[i];
+		Catalyst__V1__WriteCommand *cmd = NULL;
+		cat_err_t err;
+
+		err = cat_codec_write_decode(msg->rkm->payload, msg->rkm->len, &cmd, msg->reason,
+					     sizeof(msg->reason));
+		if (err == CAT_ERR_PERMANENT) {
+			msg->result = CAT_ERR_PERMANENT;
+			continue;
+		}
+		if (err != CAT_OK)
+			return cat_err_set(errstr, errstr_size, err, "%s", msg->reason);
+		msg->decoded = cmd;
+		if (cmd->meta && cmd->meta->has_issued_at_us)
+			msg->issued_at_us = cmd->meta->issued_at_us;
+		(*n_valid)++;
+		*last_valid = i;
+	}
+	return CAT_OK;
+}
+
+static void free_decoded(cat_batch_t *batch)
+{
+	for (size_t i = 0; i < batch->n; i++) {
+		catalyst__v1__write_command__free_unpacked(batch->msgs[i].decoded, NULL);
+		batch->msgs[i].decoded = NULL;
+	}
+}
+
+static uint32_t key_hash(size_t table, const char *pk)
+{
+	uint32_t h = 2166136261u ^ (uint32_t)table; /* FNV-1a */
+
+	for (const unsigned char *c = (const unsigned char *)pk; *c; c++)
+		h = (h ^ *c) * 16777619u;
+	return h;
+}
+
+/* The key (table, pk) of the batch; NULL, with its free slot, when new. */
+static batch_key_t *key_find(persist_t *persist, size_t table, const char *pk, uint32_t hash, size_t *slot_out)
+{
+	size_t mask = persist->n_slots - 1;
+	size_t slot = hash & mask;
+
+	for (; persist->slots[slot] >= 0; slot = (slot + 1) & mask) {
+		batch_key_t *key = &persist->keys[persist->slots[slot]];
+
+		if (key->hash == hash && key->table == table && strcmp(key->pk, pk) == 0)
+			return key;
+	}
+	if (slot_out)
+		*slot_out = slot;
+	return NULL;
+}
+
+/* After a large batch, the scratch memory goes back (the next large batch
+ * allocates afresh: a page fault per 4 KiB, against milliseconds of SQL),
+ * so that an idle worker stays small. */
+static void release_scratch(persist_t *persist)
+{
+	if (persist->cap > SCRATCH_KEEP_ROWS) {
+		free(persist->writes);
+		free(persist->keys);
+		free(persist->sorted);
+		free(persist->changes);
+		free(persist->change_ptrs);
+		free(persist->slots);
+		persist->writes = NULL;
+		persist->keys = NULL;
+		persist->sorted = NULL;
+		persist->changes = NULL;
+		persist->change_ptrs = NULL;
+		persist->slots = NULL;
+		persist->cap = persist->n_slots = 0;
+	}
+	if (persist->copy.cap > SCRATCH_KEEP_BYTES) {
+		free(persist->copy.data);
+		persist->copy = (sql_buf_t){ 0 };
+	}
+	if (persist->cap_packed > SCRATCH_KEEP_BYTES) {
+		free(persist->packed);
+		persist->packed = NULL;
+		persist->cap_packed = 0;
+	}
+	sql_arrays_shrink(&persist->arrays, SCRATCH_KEEP_BYTES);
+}
+
+static cat_err_t reserve_scratch(persist_t *persist, size_t n, char *errstr, size_t errstr_size)
+{
+	size_t n_slots = 16;
+
+	while (n_slots < 2 * n)
+		n_slots *= 2;
+	if (n > persist->cap) {
+		write_t *writes = realloc(persist->writes, n * sizeof(*writes));
+		batch_key_t *keys = writes ? realloc(persist->keys, n * sizeof(*keys)) : NULL;
+		write_t **sorted = keys ? realloc(persist->sorted, n * sizeof(*sorted)) : NULL;
+		Catalyst__V1__Change *changes = sorted ? realloc(persist->changes, n * sizeof(*changes)) : NULL;
+		Catalyst__V1__Change **ptrs = changes ? realloc(persist->change_ptrs, n * sizeof(*ptrs)) : NULL;
+
+		if (writes)
+			persist->writes = writes;
+		if (keys)
+			persist->keys = keys;
+		if (sorted)
+			persist->sorted = sorted;
+		if (changes)
+			persist->changes = changes;
+		if (!ptrs)
+			return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "out of memory");
+		persist->change_ptrs = ptrs;
+		persist->cap = n;
+	}
+	if (n_slots > persist->n_slots) {
+		int32_t *slots = realloc(persist->slots, n_slots * sizeof(*slots));
+
+		if (!slots)
+			return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "out of memory");
+		persist->slots = slots;
+		persist->n_slots = n_slots;
+	}
+	memset(persist->slots, 0xff, persist->n_slots * sizeof(*persist->slots));
+	persist->n_writes = persist->n_keys = persist->n_sorted = 0;
+	return CAT_OK;
+}
+
+static void key_append(persist_t *persist, batch_key_t *key, size_t i, int64_t version, bool is_delete)
+{
+	int32_t index = (int32_t)persist->n_writes++;
+
+	persist->writes[index] = (write_t){ .msg = i, .pk = key->pk, .version = version, .prev = key->last,
+					    .next = -1, .table = key->table, .is_delete = is_delete, .live = true };
+	if (key->last >= 0) {
+		persist->writes[index].round = (uint16_t)(persist->writes[key->last].round + 1);
+		persist->writes[key->last].next = index;
+	} else {
+		key->first = index;
+	}
+	key->last = index;
+}
+
+/*
+ * Folds message i into its key's writes so that the batch leaves the row as
+ * applying its messages one at a time would:
+ *  - a versioned table keeps one write: the newest; at the same version a
+ *    delete beats an upsert; between equal upserts the first stays
+ *  - an insert-only table (DO NOTHING: the first insert stays) keeps the
+ *    writes in order, merging neighbours where one makes the other moot: two
+ *    deletes (the newer stays), an upsert after an upsert not newer than it,
+ *    a delete after an upsert it covers, an upsert after a delete that covers
+ *    it. What remains alternates (delete, upsert, ...) and runs round by round.
+ */
+static void key_fold(persist_t *persist, batch_key_t *key, size_t i, int64_t version, bool is_delete)
+{
+	if (!cat_schema_tables[key->table].insert_only) {
+		write_t *current = key->first >= 0 ? &persist->writes[key->first] : NULL;
+
+		if (!current) {
+			key_append(persist, key, i, version, is_delete);
+		} else if (version > current->version ||
+			   (version == current->version && is_delete && !current->is_delete)) {
+			current->msg = i;
+			current->version = version;
+			current->is_delete = is_delete;
+		}
+		return;
+	}
+	key_append(persist, key, i, version, is_delete);
+	while (persist->writes[key->last].prev >= 0) {
+		write_t *b = &persist->writes[key->last], *a = &persist->writes[b->prev];
+
+		if (a->is_delete == b->is_delete ? (a->is_delete ? false : b->version > a->version)
+						 : (a->is_delete ? b->version > a->version : b->version < a->version))
+			break;
+		/* b is moot, or supersedes a (a newer delete) */
+		if (b->is_delete && (!a->is_delete || b->version > a->version)) {
+			a->msg = b->msg;
+			a->version = b->version;
+			a->is_delete = true;
+		}
+		b->live = false;
+		a->next = -1;
+		key->last = b->prev;
+	}
+}
+
+static int write_cmp(const void *a, const void *b)
+{
+	const write_t *x = *(write_t *const *)a, *y = *(write_t *const *)b;
+
+	if (x->table != y->table)
+		return x->table < y->table ? -1 : 1;
+	if (x->round != y->round)
+		return x->round < y->round ? -1 : 1;
+	if (x->is_delete != y->is_delete)
+		return x->is_delete ? -1 : 1; /* deletes first */
+	return strcmp(x->pk, y->pk);
+}
+
+/* The batch's writes, sorted by table, round, deletes first, then key. */
+static cat_err_t resolve(persist_t *persist, cat_batch_t *batch, char *errstr, size_t errstr_size)
+{
+	cat_err_t err = reserve_scratch(persist, batch->n, errstr, errstr_size);
+
+	if (err != CAT_OK)
+		return err;
+	for (size_t i = 0; i < batch->n; i++) {
+		const Catalyst__V1__WriteCommand *cmd = batch->msgs[i].decoded;
+		const cat_table_t *table;
+		const char *pk;
+		size_t t, slot = 0;
+		uint32_t hash;
+		batch_key_t *key;
+
+		if (!cmd)
+			continue;
+		table = cat_codec_record_table(cmd->record);
+		t = (size_t)(table - cat_schema_tables);
+		pk = sql_row_pk(&persist->sql[t], cat_codec_record_row(cmd->record));
+		hash = key_hash(t, pk);
+		key = key_find(persist, t, pk, hash, &slot);
+		if (!key) {
+			key = &persist->keys[persist->n_keys];
+			persist->slots[slot] = (int32_t)persist->n_keys++;
+			*key = (batch_key_t){ .pk = pk, .hash = hash, .table = (uint16_t)t, .first = -1, .last = -1 };
+		}
+		key_fold(persist, key, i, cat_codec_record_version(cmd->record),
+			 cmd->op == CATALYST__V1__WRITE_OP__WRITE_OP_DELETE);
+	}
+	for (size_t w = 0; w < persist->n_writes; w++)
+		if (persist->writes[w].live)
+			persist->sorted[persist->n_sorted++] = &persist->writes[w];
+	qsort(persist->sorted, persist->n_sorted, sizeof(*persist->sorted), write_cmp);
+	return CAT_OK;
+}
+
+/* --- the transaction ------------------------------------------------------------------------- */
+
+/* The batch's write of (table, pk) in `round`, of kind is_delete, or NULL. */
+static write_t *write_find(persist_t *persist, size_t table, const char *pk, unsigned round, bool is_delete)
+{
+	batch_key_t *key = key_find(persist, table, pk, key_hash(table, pk), NULL);
+
+	for (int32_t i = key ? key->first : -1; i >= 0; i = persist->writes[i].next)
+		if (persist->writes[i].round == round && persist->writes[i].is_delete == is_delete)
+			return &persist->writes[i];
+	return NULL;
+}
+
+/* Marks the writes whose keys `res` returns (column 0) as applied. */
+static void mark_applied(persist_t *persist, size_t table, unsigned round, bool is_delete, const PGresult *res)
+{
+	for (int r = 0; r < PQntuples(res); r++) {
+		write_t *write = write_find(persist, table, PQgetvalue(res, r, 0), round, is_delete);
+
+		if (write)
+			write->applied = true;
+	}
+}
+
+/* The deletes sorted[from, to) of table t. */
+static cat_err_t run_deletes(persist_t *persist, size_t t, size_t from, size_t to, char *errstr,
+			     size_t errstr_size)
+{
+	PGresult *res = NULL;
+	static const cat_col_type_t types[] = { CAT_COL_TEXT, CAT_COL_INT64 };
+	cat_err_t err;
+
+	if ((err = sql_arrays_begin(&persist->arrays, 2, types)) != CAT_OK)
+		return cat_err_set(errstr, errstr_size, err, "out of memory");
+	for (size_t i = from; i < to; i++) {
+		write_t *write = persist->sorted[i];
+
+		if ((err = sql_arrays_add_text(&persist->arrays, 0, write->pk)) != CAT_OK ||
+		    (err = sql_arrays_add_int64(&persist->arrays, 1, write->version)) != CAT_OK)
+			return cat_err_set(errstr, errstr_size, err, "out of memory");
+		write->publish = PUBLISH_RECORD; /* consumers check the version of a delete too */
+	}
+	sql_arrays_finish(&persist->arrays);
+	err = sql_exec(persist->conn, "DELETE", persist->sql[t].remove, &persist->arrays, &res, errstr, errstr_size);
+	if (err != CAT_OK)
+		return err;
+	mark_applied(persist, t, persist->sorted[from]->round, true, res);
+	PQclear(res);
+	return CAT_OK;
+}
+
+/* For the upserts of sorted[from, to) the statement skipped: what the
+ * database holds instead decides what is published. */
+static cat_err_t resolve_skipped(persist_t *persist, size_t t, size_t from, size_t to, char *errstr,
+				 size_t errstr_size)
+{
+	static const cat_col_type_t types[] = { CAT_COL_TEXT };
+	const sql_table_t *st = &persist->sql[t];
+	PGresult *res = NULL;
+	cat_err_t err;
+
+	if ((err = sql_arrays_begin(&persist->arrays, 1, types)) != CAT_OK)
+		return cat_err_set(errstr, errstr_size, err, "out of memory");
+	for (size_t i = from; i < to; i++)
+		if (!persist->sorted[i]->applied &&
+		    (err = sql_arrays_add_text(&persist->arrays, 0, persist->sorted[i]->pk)) != CAT_OK)
+			return cat_err_set(errstr, errstr_size, err, "out of memory");
+	sql_arrays_finish(&persist->arrays);
+	err = sql_exec(persist->conn, "SELECT", st->state, &persist->arrays, &res, errstr, errstr_size);
+	if (err != CAT_OK)
+		return err;
+	for (int r = 0; r < PQntuples(res); r++) {
+		write_t *write = write_find(persist, t, PQgetvalue(res, r, 0), persist->sorted[from]->round, false);
+		int64_t row_version, tombstone;
+
+		if (!write)
+			continue;
+		row_version = PQgetisnull(res, r, 1) ? -1 : strtoll(PQgetvalue(res, r, 1), NULL, 10);
+		tombstone = PQgetisnull(res, r, 2) ? -1 : strtoll(PQgetvalue(res, r, 2), NULL, 10);
+		if (row_version >= 0) {
+			/* a newer row makes the replay harmless to consumers that
+			 * check versions; an insert-only row keeps whatever came
+			 * first, so only the very same version is repeated */
+			write->publish = !st->table->insert_only || row_version == write->version ? PUBLISH_RECORD
+												     : PUBLISH_NONE;
+		} else if (tombstone >= write->version) {
+			/* repeating the upsert would bring the row back in a cache */
+			write->publish = PUBLISH_TOMBSTONE;
+			write->tombstone = tombstone;
+		} else {
+			write->publish = PUBLISH_NONE;
+		}
+	}
+	PQclear(res);
+	return CAT_OK;
+}
+
+/* Whether a key of sorted[from, to) has a tombstone. */
+static cat_err_t any_tombstoned(persist_t *persist, size_t t, size_t from, size_t to, bool *tombstoned,
+				char *errstr, size_t errstr_size)
+{
+	static const cat_col_type_t types[] = { CAT_COL_TEXT };
+	PGresult *res = NULL;
+	cat_err_t err;
+
+	if ((err = sql_arrays_begin(&persist->arrays, 1, types)) != CAT_OK)
+		return cat_err_set(errstr, errstr_size, err, "out of memory");
+	for (size_t i = from; i < to; i++)
+		if ((err = sql_arrays_add_text(&persist->arrays, 0, persist->sorted[i]->pk)) != CAT_OK)
+			return cat_err_set(errstr, errstr_size, err, "out of memory");
+	sql_arrays_finish(&persist->arrays);
+	err = sql_exec(persist->conn, "SELECT", persist->sql[t].tombstoned, &persist->arrays, &res, errstr,
+		       errstr_size);
+	if (err != CAT_OK)
+		return err;
+	*tombstoned = PQntuples(res) != 1 || strcmp(PQgetvalue(res, 0, 0), "f") != 0;
+	PQclear(res);
+	return CAT_OK;
+}
+
+/* The upserts sorted[from, to) as plain inserts, by COPY; *conflict when a
+ * key exists (nothing done then). */
+static cat_err_t run_copy(persist_t *persist, cat_batch_t *batch, size_t t, size_t from, size_t to,
+			  bool *conflict, char *errstr, size_t errstr_size)
+{
+	const sql_table_t *st = &persist->sql[t];
+	cat_err_t err;
+
+	int64_t b0 = cat_time_mono_us();
+	sql_copy_begin(&persist->copy);
+	for (size_t i = from; i < to; i++) {
+		const Catalyst__V1__WriteCommand *cmd = command_of(batch, persist->sorted[i]);
+
+		if ((err = sql_copy_add_row(&persist->copy, st, cat_codec_record_row(cmd->record))) != CAT_OK)
+			return cat_err_set(errstr, errstr_size, err, "out of memory");
+	}
+	prof_build += cat_time_mono_us() - b0;
+	int64_t x0 = cat_time_mono_us();
+	err = sql_copy(persist->conn, st, &persist->copy, conflict, errstr, errstr_size);
+	prof_exec += cat_time_mono_us() - x0;
+	if (err != CAT_OK || *conflict)
+		return err;
+	for (size_t i = from; i < to; i++) {
+		persist->sorted[i]->applied = true;
+		persist->sorted[i]->publish = PUBLISH_RECORD;
+	}
+	return CAT_OK;
+}
+
+/* The upserts sorted[from, to) of table t: by COPY while the keys are new
+ * (no tombstone; a key the table holds makes the COPY fail and skips it for
+ * this table's next COPY_BACKOFF batches), else set-based with the version
+ * and tombstone checks. */
+static cat_err_t run_upserts(persist_t *persist, cat_batch_t *batch, size_t t, size_t from, size_t to,
+			     char *errstr, size_t errstr_size)
+{
+	const sql_table_t *st = &persist->sql[t];
+	PGresult *res = NULL;
+	size_t n_applied;
+	bool tombstoned = true, conflict = false;
+	cat_err_t err;
+
+	if (persist->copy_backoff[t] > 0) {
+		persist->copy_backoff[t]--;
+	} else {
+		int64_t k0 = cat_time_mono_us();
+		if ((err = any_tombstoned(persist, t, from, to, &tombstoned, errstr, errstr_size)) != CAT_OK)
+			return err;
+		prof_known += cat_time_mono_us() - k0;
+		if (!tombstoned) {
+			err = run_copy(persist, batch, t, from, to, &conflict, errstr, errstr_size);
+			if (err != CAT_OK || !conflict)
+				return err;
+			persist->copy_backoff[t] = COPY_BACKOFF;
+		}
+	}
+
+	int64_t b0 = cat_time_mono_us();
+	if ((err = sql_arrays_begin(&persist->arrays, st->table->n_columns, st->types)) != CAT_OK)
+		return cat_err_set(errstr, errstr_size, err, "out of memory");
+	for (size_t i = from; i < to; i++) {
+		const Catalyst__V1__WriteCommand *cmd = command_of(batch, persist->sorted[i]);
+
+		if ((err = sql_arrays_add_row(&persist->arrays, st, cat_codec_record_row(cmd->record))) != CAT_OK)
+			return cat_err_set(errstr, errstr_size, err, "out of memory");
+		persist->sorted[i]->publish = PUBLISH_RECORD;
+	}
+	sql_arrays_finish(&persist->arrays);
+	prof_build += cat_time_mono_us() - b0;
+	int64_t x0 = cat_time_mono_us();
+	err = sql_exec(persist->conn, "INSERT", st->upsert, &persist->arrays, &res, errstr, errstr_size);
+	prof_exec += cat_time_mono_us() - x0;
+	if (err != CAT_OK)
+		return err;
+	mark_applied(persist, t, persist->sorted[from]->round, false, res);
+	n_applied = (size_t)PQntuples(res);
+	PQclear(res);
+	if (n_applied < to - from)
+		return resolve_skipped(persist, t, from, to, errstr, errstr_size);
+	return CAT_OK;
+}
+
+static void count_rows(persist_t *persist)
+{
+	for (size_t i = 0; i < persist->n_sorted; i++) {
+		const write_t *write = persist->sorted[i];
+		const table_metrics_t *m = &persist->m_tables[write->table];
+
+		cat_metrics_inc(write->applied ? m->applied[write->is_delete] : m->skipped[write->is_delete]);
+	}
+}
+
+/* BEGIN, each table's deletes then upserts (round by round), COMMIT. */
+static cat_err_t transaction(persist_t *persist, cat_batch_t *batch, char *errstr, size_t errstr_size)
+{
+	cat_err_t err;
+	size_t i = 0;
+
+	if ((err = ensure_connected(persist, errstr, errstr_size)) != CAT_OK)
+		return err;
+	if ((err = cat_pg_begin(persist->conn, errstr, errstr_size)) != CAT_OK)
+		goto error;
+	while (i < persist->n_sorted) {
+		const write_t *first = persist->sorted[i];
+		size_t end = i;
+
+		while (end < persist->n_sorted && persist->sorted[end]->table == first->table &&
+		       persist->sorted[end]->round == first->round && persist->sorted[end]->is_delete == first->is_delete)
+			end++;
+		err = first->is_delete ? run_deletes(persist, first->table, i, end, errstr, errstr_size)
+				       : run_upserts(persist, batch, first->table, i, end, errstr, errstr_size);
+		if (err != CAT_OK)
+			goto error;
+		i = end;
+	}
+	int64_t c0 = cat_time_mono_us();
+	if ((err = cat_pg_commit(persist->conn, errstr, errstr_size)) != CAT_OK)
+		goto error;
+	prof_commit += cat_time_mono_us() - c0;
+	cat_metrics_inc(persist->m_committed);
+	count_rows(persist);
+	return CAT_OK;
+
+error:
+	cat_metrics_inc(persist->m_rolled_back);
+	after_failure(persist);
+	return err;
+}
+
+/* --- publishing the changes ----------------------------------------------------------------- */
+
+void persist_change_report(void *msg_opaque, rd_kafka_resp_err_t err, const rd_kafka_message_t *msg,
+			   void *opaque)
+{
+	persist_t *persist = msg_opaque;
+
+	(void)opaque;
+	if (!persist || err == RD_KAFKA_RESP_ERR_NO_ERROR)
+		return;
+	persist->delivery_failures++;
+	snprintf(persist->delivery_error, sizeof(persist->delivery_error), "%s [%d]: %s",
+		 rd_kafka_topic_name(msg->rkt), (int)msg->partition, rd_kafka_err2str(err));
+}
+
+/* Partition, then offset; a key's delete before the insert that follows it. */
+static int publish_cmp(const void *a, const void *b)
+{
+	const write_t *x = *(write_t *const *)a, *y = *(write_t *const *)b;
+
+	if (x->partition != y->partition)
+		return x->partition < y->partition ? -1 : 1;
+	if (x->msg != y->msg)
+		return x->msg < y->msg ? -1 : 1;
+	return 0;
+}
+
+/* "table:pk" into key; returns its length (truncated to the buffer). */
+static size_t change_key(const write_t *write, char *key, size_t key_size)
+{
+	int n = snprintf(key, key_size, "%s:%s", cat_schema_tables[write->table].name, write->pk);
+
+	return n < 0 ? 0 : (size_t)n < key_size ? (size_t)n : key_size - 1;
+}
+
+/* A record holding only the key of `write` and `version`: the delete a
+ * tombstone stands for. The key text stays borrowed: free it with
+ * free_key_record(). */
+static Catalyst__V1__Record *key_record_new(const persist_t *persist, const write_t *write, int64_t version)
+{
+	const sql_table_t *st = &persist->sql[write->table];
+	const ProtobufCFieldDescriptor *oneof =
+		protobuf_c_message_descriptor_get_field(&catalyst__v1__record__descriptor, st->table->record_case);
+	const ProtobufCFieldDescriptor *pk_field = st->fields[st->pk_column];
+	const ProtobufCFieldDescriptor *version_field = st->fields[st->version_column];
+	Catalyst__V1__Record *record = calloc(1, sizeof(*record));
+	ProtobufCMessage *row = calloc(1, st->table->descriptor->sizeof_message);
+
+	if (!record || !row || !oneof) {
+		free(record);
+		free(row);
+		return NULL;
+	}
+	catalyst__v1__record__init(record);
+	protobuf_c_message_init(st->table->descriptor, row);
+	*(const char **)(void *)((char *)row + pk_field->offset) = write->pk;
+	*(int64_t *)(void *)((char *)row + version_field->offset) = version;
+	*(protobuf_c_boolean *)(void *)((char *)row + version_field->quantifier_offset) = 1;
+	*(ProtobufCMessage **)(void *)((char *)record + oneof->offset) = row;
+	*(uint32_t *)(void *)((char *)record + oneof->quantifier_offset) = oneof->id;
+	return record;
+}
+
+static void free_key_record(Catalyst__V1__Record *record)
+{
+	if (!record)
+		return;
+	free((void *)cat_codec_record_row(record));
+	free(record);
+}
+
+/* Fills changes[k] for `write`; 0, or -1 when out of memory. */
+static int change_fill(persist_t *persist, cat_batch_t *batch, size_t k, const write_t *write)
+{
+	const Catalyst__V1__WriteCommand *cmd = command_of(batch, write);
+	Catalyst__V1__Change *change = &persist->changes[k];
+
+	catalyst__v1__change__init(change);
+	change->has_op = 1;
+	change->op = cmd->op;
+	change->record = cmd->record;
+	if (write->publish == PUBLISH_TOMBSTONE) {
+		change->op = CATALYST__V1__WRITE_OP__WRITE_OP_DELETE;
+		if (!(change->record = key_record_new(persist, write, write->tombstone)))
+			return -1;
+	}
+	if (cmd->meta) {
+		change->command_id = cmd->meta->command_id;
+		change->has_issued_at_us = cmd->meta->has_issued_at_us;
+		change->issued_at_us = cmd->meta->issued_at_us;
+	}
+	persist->change_ptrs[k] = change;
+	return 0;
+}
+
+/* Frees what change_fill() allocated for changes[0, n). */
+static void changes_release(persist_t *persist, size_t n)
+{
+	for (size_t k = 0; k < n; k++)
+		if (persist->sorted[k]->publish == PUBLISH_TOMBSTONE)
+			free_key_record(persist->changes[k].record);
+}
+
+/* Sends changes[from, to) as one ChangeBatch to `partition`, keyed by the
+ * first change's "table:pk". */
+static cat_err_t send_change_batch(persist_t *persist, cat_batch_t *batch, int32_t partition, size_t from,
+				   size_t to, int64_t committed_at_us, char *errstr, size_t errstr_size)
+{
+	Catalyst__V1__ChangeBatch change_batch = CATALYST__V1__CHANGE_BATCH__INIT;
+	Catalyst__V1__CommandMeta meta = CATALYST__V1__COMMAND_META__INIT;
+	char command_id[384], key[256];
+	size_t len, key_len;
+
+	/* a redelivered batch split the same way gets the same ids */
+	snprintf(command_id, sizeof(command_id), "%s/%d/%lld-%lld/%d/%zu", batch->topic, (int)batch->partition,
+		 (long long)batch->msgs[0].rkm->offset, (long long)batch->msgs[batch->n - 1].rkm->offset,
+		 (int)partition, from);
+	meta.command_id = command_id;
+	meta.has_issued_at_us = 1;
+	meta.issued_at_us = cat_time_now_us();
+	meta.producer = PRODUCER_NAME;
+	change_batch.meta = &meta;
+	change_batch.n_changes = to - from;
+	change_batch.changes = persist->change_ptrs + from;
+	change_batch.has_committed_at_us = 1;
+	change_batch.committed_at_us = committed_at_us;
+	change_batch.source_topic = (char *)batch->topic;
+	change_batch.has_source_partition = 1;
+	change_batch.source_partition = batch->partition;
+	change_batch.has_source_first_offset = 1;
+	change_batch.source_first_offset = batch->msgs[0].rkm->offset;
+	change_batch.has_source_last_offset = 1;
+	change_batch.source_last_offset = batch->msgs[batch->n - 1].rkm->offset;
+
+	len = catalyst__v1__change_batch__get_packed_size(&change_batch);
+	if (len > persist->cap_packed) {
+		uint8_t *grown = realloc(persist->packed, len);
+
+		if (!grown)
+			return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "out of memory");
+		persist->packed = grown;
+		persist->cap_packed = len;
+	}
+	catalyst__v1__change_batch__pack(&change_batch, persist->packed);
+	key_len = change_key(persist->sorted[from], key, sizeof(key));
+	return cat_producer_send(persist->producer, persist->changes_topic, partition, key, key_len,
+				 persist->packed, len, NULL, persist, errstr, errstr_size);
+}
+
+/* Bytes a Change adds to a ChangeBatch (tag, length, body). */
+static size_t change_size(const Catalyst__V1__Change *change)
+{
+	size_t body = catalyst__v1__change__get_packed_size(change);
+
+	return body + 1 + (body < 128 ? 1 : body < 16384 ? 2 : body < 2097152 ? 3 : 5);
+}
+
+/* Publishes the committed writes and waits for every acknowledgement. */
+static cat_err_t publish_changes(persist_t *persist, cat_batch_t *batch, int64_t committed_at_us, char *errstr,
+				 size_t errstr_size)
+{
+	rd_kafka_t *rk = cat_producer_handle(persist->producer);
+	size_t n = 0, n_messages = 0, k = 0;
+	char key[256], fatal[256];
+	cat_err_t err = CAT_OK;
+
+	if (persist->changes_partitions == 0 &&
+	    (err = read_changes_partitions(persist, errstr, errstr_size)) != CAT_OK)
+		return err;
+	for (size_t i = 0; i < persist->n_sorted; i++) {
+		write_t *write = persist->sorted[i];
+
+		if (write->publish == PUBLISH_NONE)
+			continue;
+		write->partition = (int32_t)(crc32(0L, (const Bytef *)key, (uInt)change_key(write, key, sizeof(key))) %
+					     (uint32_t)persist->changes_partitions);
+		persist->sorted[n++] = write;
+	}
+	if (n == 0)
+		return CAT_OK;
+	qsort(persist->sorted, n, sizeof(*persist->sorted), publish_cmp);
+	for (k = 0; k < n; k++)
+		if (change_fill(persist, batch, k, persist->sorted[k])) {
+			err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "out of memory");
+			goto out;
+		}
+
+	persist->delivery_failures = 0;
+	for (size_t from = 0; from < n;) {
+		size_t to = from, bytes = 0;
+
+		while (to < n && persist->sorted[to]->partition == persist->sorted[from]->partition &&
+		       to - from < CHANGES_MAX_ROWS) {
+			size_t size = change_size(&persist->changes[to]);
+
+			if (to > from && bytes + size > CHANGES_MAX_BYTES)
+				break;
+			bytes += size;
+			to++;
+		}
+		err = send_change_batch(persist, batch, persist->sorted[from]->partition, from, to, committed_at_us,
+					errstr, errstr_size);
+		if (err != CAT_OK)
+			goto out;
+		n_messages++;
+		from = to;
+	}
+
+	/* flush sends at once (linger.ms does not apply) and serves the reports */
+	int64_t f0 = cat_time_mono_us();
+	rd_kafka_flush(rk, persist->changes_timeout_ms);
+	prof_flush += cat_time_mono_us() - f0;
+	if (rd_kafka_fatal_error(rk, fatal, sizeof(fatal))) {
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "changes producer failed: %s", fatal);
+	} else if (cat_producer_outstanding(persist->producer) > 0) {
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE,
+				  "%llu change batches not acknowledged by %s within %d ms",
+				  (unsigned long long)cat_producer_outstanding(persist->producer), persist->changes_topic,
+				  persist->changes_timeout_ms);
+	} else if (persist->delivery_failures > 0) {
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "could not publish changes: %s",
+				  persist->delivery_error);
+	} else {
+		cat_metrics_add(persist->m_changes, (int64_t)n);
+		cat_metrics_add(persist->m_change_messages, (int64_t)n_messages);
+	}
+
+out:
+	changes_release(persist, k);
+	return err;
+}
+
+/* --- the handler ------------------------------------------------------------------------------ */
+
+cat_err_t persist_apply(void *opaque, cat_batch_t *batch, char *errstr, size_t errstr_size)
+{
+	persist_t *persist = opaque;
+	int64_t started_us = cat_time_mono_us(), committed_us;
+	size_t n_valid = 0, last_valid = 0;
+	cat_err_t err;
+
+	err = decode_batch(batch, &n_valid, &last_valid, errstr, errstr_size);
+	prof_decode += cat_time_mono_us() - started_us;
+	if (err != CAT_OK || n_valid == 0)
+		goto out;
+	int64_t r0 = cat_time_mono_us();
+	if ((err = resolve(persist, batch, errstr, errstr_size)) != CAT_OK)
+		goto out;
+	prof_resolve += cat_time_mono_us() - r0;
+	err = transaction(persist, batch, errstr, errstr_size);
+	if (err == CAT_ERR_PERMANENT && n_valid == 1) {
+		/* the batch's only write is the one the database refuses */
+		batch->msgs[last_valid].result = CAT_ERR_PERMANENT;
+		snprintf(batch->msgs[last_valid].reason, sizeof(batch->msgs[last_valid].reason), "%s", errstr);
+		err = CAT_OK;
+		goto out;
+	}
+	if (err != CAT_OK)
+		goto out;
+	committed_us = cat_time_mono_us();
+	cat_metrics_observe(persist->m_tx_seconds, (double)(committed_us - started_us) / 1e6);
+
+	err = publish_changes(persist, batch, cat_time_now_us(), errstr, errstr_size);
+	if (err == CAT_OK)
+		cat_metrics_observe(persist->m_publish_seconds, (double)(cat_time_mono_us() - committed_us) / 1e6);
+
+out:
+	free_decoded(batch);
+	release_scratch(persist);
+	atomic_store(&persist->last_batch_us, cat_time_mono_us());
+	return err;
+}

@@ -1,0 +1,78 @@
+/*
+ * catalyst-persist's handler for the consume loop (cat_handler_t):
+ * a write.v1 batch -> one PostgreSQL transaction -> the batch's rows on
+ * changes.v1.
+ *
+ * apply():
+ *  1. decodes every message (cat_codec_write_decode); one that does not
+ *     decode or validate is marked permanent with the reason, the rest goes on
+ *  2. resolves the batch to one write per key: the highest version wins;
+ *     an upsert and a delete of the same version: the delete; equal upserts:
+ *     the first
+ *  3. one transaction, per table: the deletes (only rows not newer than the
+ *     delete; each delete leaves a tombstone), then the upserts (set-based,
+ *     unnest of one array per column; keys whose tombstone is as new or newer
+ *     are skipped; news_raw ON CONFLICT DO NOTHING, the others replace only an
+ *     older version), rows sorted by key so concurrent workers lock in order
+ *  4. after COMMIT, every resolved write goes out as a Change, grouped by its
+ *     changes.v1 partition (crc32 of "table:pk" modulo the partition count,
+ *     so a key's changes stay in order on one partition), at most 500 rows or
+ *     512 KiB per ChangeBatch, and apply() returns only after every delivery
+ *     report. A write the version check skipped is published too (a
+ *     redelivered batch must republish what a crash kept from going out),
+ *     except where that would mislead a consumer: an upsert a tombstone
+ *     stopped is published as that delete, an insert-only row kept at another
+ *     version is not published.
+ *
+ * Results: SQLSTATE classes 22/23 -> CAT_ERR_PERMANENT (the core isolates the
+ * message; when the batch holds a single write, that message is marked);
+ * connection loss, 08, 40, 53, 57P01 -> CAT_ERR_RETRIABLE (the connection is
+ * reopened on the next attempt); other SQL errors (42, 28, ...) ->
+ * CAT_ERR_FATAL; a change not acknowledged -> CAT_ERR_RETRIABLE (the batch is
+ * applied again, a no-op, and published again).
+ */
+#ifndef PERSIST_HANDLER_H
+#define PERSIST_HANDLER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <libpq-fe.h>
+#include <librdkafka/rdkafka.h>
+
+#include "cat_config.h"
+#include "cat_consumer.h"
+#include "cat_err.h"
+#include "cat_kafka.h"
+#include "cat_metrics.h"
+
+typedef struct persist persist_t;
+
+/* Connects to CATALYST_PG_URL and checks that the schema is migrated to
+ * CAT_SCHEMA_VERSION. Retriable when the server cannot be reached; fatal for
+ * authentication, an unknown database or an older schema. */
+cat_err_t persist_pg_connect(PGconn **out, const cat_config_t *cfg, char *errstr,
+			     size_t errstr_size) CAT_MUST_CHECK;
+
+/* Delivery reports of `producer` (give it to cat_producer_new with a NULL
+ * opaque): each change batch carries its persist_t as msg_opaque. */
+void persist_change_report(void *msg_opaque, rd_kafka_resp_err_t err, const rd_kafka_message_t *msg,
+			   void *opaque);
+
+/* The handler state. `conn` is owned from this call on, also when it fails
+ * (NULL: connect on the first batch); `producer` (changes.v1) and `metrics`
+ * are borrowed and must outlive it. Reads the partition count of changes.v1:
+ * fatal when the topic does not exist. */
+cat_err_t persist_new(persist_t **out, const cat_config_t *cfg, PGconn *conn, cat_producer_t *producer,
+		      cat_metrics_t *metrics, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+
+/* Closes the connection and frees; accepts NULL. */
+void persist_destroy(persist_t *persist);
+
+/* cat_handler_t.apply and .ready (opaque: the persist_t). ready() runs on
+ * the HTTP thread: false (with the reason) while PostgreSQL does not answer
+ * a ping. */
+cat_err_t persist_apply(void *opaque, cat_batch_t *batch, char *errstr, size_t errstr_size);
+bool persist_ready(void *opaque, char *reason, size_t reason_size);
+
+#endif /* PERSIST_HANDLER_H */

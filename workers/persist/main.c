@@ -1,0 +1,168 @@
+/*
+ * catalyst-persist: write.v1 -> PostgreSQL primary -> changes.v1.
+ *
+ * Consumes write.v1 as group catalyst-persist, applies each batch in one
+ * transaction (handler.c) and publishes the committed rows on changes.v1
+ * before the batch's offsets are stored. Serves /healthz, /readyz, /metrics.
+ *
+ * Exit codes: 0 stopped by SIGTERM/SIGINT, 1 failed (PostgreSQL credentials,
+ * database or schema; Kafka), 2 bad usage or configuration.
+ */
+#include <malloc.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cat_config.h"
+#include "cat_consumer.h"
+#include "cat_http.h"
+#include "cat_kafka.h"
+#include "cat_log.h"
+#include "cat_metrics.h"
+#include "cat_pg.h"
+#include "handler.h"
+
+#define WORKER "catalyst-persist"
+
+static const char usage[] =
+	"usage: catalyst-persist\n"
+	"\n"
+	"Applies the write commands of write.v1 (consumer group catalyst-persist) to the\n"
+	"PostgreSQL primary, one transaction per batch, and publishes the committed rows\n"
+	"on changes.v1. Messages that can never apply go to dlq.v1 with the reason.\n"
+	"HTTP: /healthz, /readyz, /metrics.\n"
+	"\n"
+	"Exit status: 0 stopped by SIGTERM or SIGINT (a second one stops at once);\n"
+	"1 PostgreSQL refused the credentials or the schema is not migrated, or Kafka\n"
+	"failed; 2 usage or configuration error.";
+
+static const cat_config_def_t config_defs[] = {
+	CAT_CONFIG_COMMON,
+	CAT_CONFIG_KAFKA,
+	CAT_CONFIG_PG,
+	CAT_CONFIG_CONSUMER("500"),
+	{ "CATALYST_PERSIST_GROUP", CAT_CFG_STRING, "catalyst-persist", false, false, 0, 0, NULL,
+	  "consumer group of write.v1 (one per environment sharing a Kafka cluster)" },
+	{ "CATALYST_PERSIST_PORT", CAT_CFG_INT, "5030", false, false, 0, 65535, NULL,
+	  "HTTP port of /healthz, /readyz and /metrics (0: any free port)" },
+	{ "CATALYST_PERSIST_BIND", CAT_CFG_STRING, "0.0.0.0", false, false, 0, 0, NULL,
+	  "address the HTTP server listens on" },
+	{ "CATALYST_CHANGES_TIMEOUT_MS", CAT_CFG_INT, "30000", false, false, 1000, 3600000, NULL,
+	  "how long a batch's changes may wait for their acknowledgement on changes.v1 before the "
+	  "batch is retried" },
+};
+
+#define N_CONFIG_DEFS (sizeof(config_defs) / sizeof(config_defs[0]))
+
+static volatile sig_atomic_t stop;
+
+static void on_signal(int signo)
+{
+	stop = signo;
+}
+
+int main(int argc, char **argv)
+{
+	static const char *const topics[] = { CAT_TOPIC_WRITE, NULL };
+	struct sigaction sa = { .sa_handler = on_signal, .sa_flags = SA_RESETHAND };
+	cat_config_t *cfg = NULL;
+	cat_metrics_t *metrics = NULL;
+	PGconn *conn = NULL;
+	cat_producer_t *producer = NULL;
+	persist_t *persist = NULL;
+	cat_consumer_t *consumer = NULL;
+	cat_http_t *http = NULL;
+	cat_handler_t handler;
+	char errstr[1024];
+	cat_err_t err;
+	int rc = 1;
+
+	if (cat_config_wants_help(argc, argv)) {
+		cat_config_usage(stdout, usage, config_defs, N_CONFIG_DEFS);
+		return 0;
+	}
+	if (argc > 1) {
+		fprintf(stderr, WORKER ": unexpected argument %s (try --help)\n", argv[1]);
+		return 2;
+	}
+	if (cat_config_load(&cfg, config_defs, N_CONFIG_DEFS, NULL, errstr, sizeof(errstr)) != CAT_OK) {
+		fprintf(stderr, WORKER ": %s\n", errstr);
+		return 2;
+	}
+	cat_log_init(WORKER, (cat_log_level_t)cat_log_level_parse(cat_config_str(cfg, "CATALYST_LOG_LEVEL")));
+	/* memory of a burst goes back to the system: blocks of 256 KiB and more
+	 * (batch buffers, fetched message sets) are mapped and unmapped on their
+	 * own, and the heap is trimmed past 1 MiB free at its top */
+	mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+	mallopt(M_TRIM_THRESHOLD, 1024 * 1024);
+	metrics = cat_metrics_new();
+	if (!metrics || cat_metrics_add_process(metrics, "catalyst_persist") != CAT_OK) {
+		CAT_LOG_ERROR("METRICS", "could not create the metrics registry: out of memory");
+		goto out;
+	}
+
+	/* PostgreSQL: wrong credentials, no such database or an unmigrated
+	 * schema stop us here; an unreachable server does not (the loop
+	 * reconnects with backoff, /readyz says why) */
+	err = persist_pg_connect(&conn, cfg, errstr, sizeof(errstr));
+	if (err == CAT_ERR_FATAL) {
+		CAT_LOG_ERROR("PG", "%s", errstr);
+		goto out;
+	}
+	if (err != CAT_OK)
+		CAT_LOG_WARN("PG", "%s: will retry", errstr);
+
+	/* changes.v1, then the handler that owns the connection from here */
+	if (cat_producer_new(&producer, cfg, WORKER, (int)cat_config_int(cfg, "CATALYST_CHANGES_TIMEOUT_MS"),
+			     persist_change_report, NULL, errstr, sizeof(errstr)) != CAT_OK) {
+		CAT_LOG_ERROR("KAFKA", "%s", errstr);
+		goto out;
+	}
+	err = persist_new(&persist, cfg, conn, producer, metrics, errstr, sizeof(errstr));
+	conn = NULL; /* owned by persist */
+	if (err != CAT_OK) {
+		CAT_LOG_ERROR("KAFKA", "%s", errstr);
+		goto out;
+	}
+
+	/* write.v1, then the probes that report on it */
+	handler = (cat_handler_t){ persist_apply, persist_ready, persist };
+	if (cat_consumer_new(&consumer, cfg, WORKER, cat_config_str(cfg, "CATALYST_PERSIST_GROUP"), topics,
+			     &handler, metrics, errstr, sizeof(errstr)) != CAT_OK) {
+		CAT_LOG_ERROR("KAFKA", "%s", errstr);
+		goto out;
+	}
+	if (cat_http_new(&http, cat_config_str(cfg, "CATALYST_PERSIST_BIND"),
+			 (int)cat_config_int(cfg, "CATALYST_PERSIST_PORT"), errstr, sizeof(errstr)) != CAT_OK) {
+		CAT_LOG_ERROR("HTTP", "%s", errstr);
+		goto out;
+	}
+	cat_http_set_metrics(http, metrics);
+	cat_http_set_ready_fn(http, cat_consumer_ready, consumer);
+	if (cat_http_start(http, errstr, sizeof(errstr)) != CAT_OK) {
+		CAT_LOG_ERROR("HTTP", "%s", errstr);
+		goto out;
+	}
+
+	/* the first SIGTERM/SIGINT drains and stops, a second one ends at once */
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+
+	if (cat_consumer_run(consumer, &stop, errstr, sizeof(errstr)) != CAT_OK) {
+		CAT_LOG_ERROR("CONSUMER", "%s", errstr);
+		goto out;
+	}
+	CAT_LOG_INFO("MAIN", "stopped on signal %d", (int)stop);
+	rc = 0;
+
+out:
+	cat_http_destroy(http);
+	cat_consumer_destroy(consumer);
+	persist_destroy(persist);
+	cat_producer_destroy(producer);
+	cat_pg_close(conn);
+	cat_metrics_destroy(metrics);
+	cat_config_destroy(cfg);
+	return rc;
+}
