@@ -351,7 +351,7 @@ cat_err_t cat_consumer_new(cat_consumer_t **out, const cat_config_t *cfg, const 
 	    (err = conf_default(conf, cfg, "auto.offset.reset", "earliest", errstr, errstr_size)) ||
 	    (err = conf_default(conf, cfg, "statistics.interval.ms", "5000", errstr, errstr_size)) ||
 	    /* bounded memory: what librdkafka prefetches per partition */
-	    (err = conf_default(conf, cfg, "queued.max.messages.kbytes", "4096", errstr, errstr_size)) ||
+	    (err = conf_default(conf, cfg, "queued.max.messages.kbytes", "16384", errstr, errstr_size)) ||
 	    (err = conf_default(conf, cfg, "fetch.max.bytes", "4194304", errstr, errstr_size)) ||
 	    (err = conf_default(conf, cfg, "max.partition.fetch.bytes", "1048576", errstr, errstr_size)))
 		goto error;

@@ -30,7 +30,7 @@ on_exit "'$bin/topic-admin' delete >/dev/null 2>&1 || true"
 write_topic=${CATALYST_TOPIC_PREFIX}write.v1
 changes_topic=${CATALYST_TOPIC_PREFIX}changes.v1
 
-scratch_db pfault
+scratch_db "pfault_$$"
 db=$SCRATCH_PG_URL
 export CATALYST_PG_URL=$db
 "$bin/catalyst-migrate" up 2>/dev/null

@@ -4,7 +4,8 @@
 # 50,000 mixed records over the five tables applied exactly (every column);
 # the same 50,000 again changing no row; older versions leaving the newer
 # ones; version-checked deletes that older upserts do not undo and newer ones
-# do; 1% poison (undecodable bytes, values the CHECK constraints refuse, a
+# do; several writes of one key in one batch leaving the row as one-by-one
+# would; 1% poison (undecodable bytes, values the CHECK constraints refuse, a
 # symbol too long) dead-lettered with its reason and source headers while
 # everything else applies; every committed row on changes.v1; SIGTERM -> 0.
 set -euo pipefail
@@ -29,7 +30,7 @@ write_topic=${CATALYST_TOPIC_PREFIX}write.v1
 pg_password=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.urlparse(sys.argv[1]).password or "")' \
 	"$LIB_ADMIN_PG_URL")
 
-scratch_db persist
+scratch_db "persist_$$"
 db=$SCRATCH_PG_URL
 export CATALYST_PG_URL=$db
 
@@ -194,7 +195,14 @@ caught_up
 db_check "$work/base.jsonl" "$work/deletes.jsonl" "$work/stale.jsonl" "$work/revive.jsonl" \
 	"$work/older_delete.jsonl"
 
-# --- 5. 1% poison mixed in: exactly those dead-lettered, the rest applied ------------------
+# --- 5. several writes of one key back to back (mostly one batch): rows as if applied one by one
+python3 "$records" derive sequences "$work/base.jsonl" >"$work/sequences.jsonl"
+publish "$work/sequences.jsonl"
+caught_up
+db_check "$work/base.jsonl" "$work/deletes.jsonl" "$work/stale.jsonl" "$work/revive.jsonl" \
+	"$work/older_delete.jsonl" "$work/sequences.jsonl"
+
+# --- 6. 1% poison mixed in: exactly those dead-lettered, the rest applied ------------------
 python3 "$records" poison 10000 7 100000 >"$work/poison.tsv"
 grep -o '^poison-[^	]*' "$work/poison.tsv" | sort >"$work/poison.keys"
 n_poison=$(wc -l <"$work/poison.keys")
@@ -203,7 +211,7 @@ run "$bin/raw-produce" --topic "$write_topic" <"$work/poison.tsv"
 assert_eq 0 "$rc" "raw-produce: $err"
 caught_up
 db_check "$work/base.jsonl" "$work/deletes.jsonl" "$work/stale.jsonl" "$work/revive.jsonl" \
-	"$work/older_delete.jsonl" "$work/poison.tsv"
+	"$work/older_delete.jsonl" "$work/sequences.jsonl" "$work/poison.tsv"
 "$bin/topic-dump" --topic "${CATALYST_TOPIC_PREFIX}dlq.v1" --type raw --headers --count "$n_poison" \
 	--idle-ms 5000 --timeout-ms 60000 >"$work/dlq.dump" 2>/dev/null || fail "fewer than $n_poison dead letters"
 "$bin/topic-dump" --topic "$write_topic" --type raw --idle-ms 3000 --timeout-ms 120000 >"$work/write.dump" 2>/dev/null
@@ -240,12 +248,12 @@ print(f"all {len(dlq)} dead letters are the poison messages, with their reasons 
 PY
 assert_eq "$n_poison" "$(metric catalyst_messages_dead_lettered_total)" "dead letters counted"
 
-# --- 6. every committed row on changes.v1 ------------------------------------------------
+# --- 7. every committed row on changes.v1 ------------------------------------------------
 "$bin/topic-dump" --topic "${CATALYST_TOPIC_PREFIX}changes.v1" --type changes --idle-ms 5000 --timeout-ms 180000 \
 	>"$work/changes.dump" 2>/dev/null
 python3 "$records" changes-check "$work/changes.dump" "$work/base.jsonl" "$work/base.jsonl" "$work/older.jsonl" \
 	"$work/deletes.jsonl" "$work/stale.jsonl" "$work/revive.jsonl" "$work/older_delete.jsonl" \
-	"$work/poison.tsv" || fail "changes.v1 is not as expected"
+	"$work/sequences.jsonl" "$work/poison.tsv" || fail "changes.v1 is not as expected"
 python3 - "$work/changes.dump" <<'PY'
 import json, sys, zlib
 parts, sizes = {}, {}

@@ -55,11 +55,13 @@ static int measure(rd_kafka_t *rk, const char *topic, int n_partitions, long lon
 	}
 	err = rd_kafka_committed(rk, list, REQUEST_TIMEOUT_MS);
 	if (err) {
-		fprintf(stderr, "group-lag: could not read the committed offsets: %s\n", rd_kafka_err2str(err));
+		fprintf(stderr, "group-lag: could not read the committed offsets: %s\n",
+			rd_kafka_err2str(err));
 		goto out;
 	}
 	for (int i = 0; i < list->cnt; i++)
-		*committed += list->elems[i].offset >= 0 ? list->elems[i].offset : low[list->elems[i].partition];
+		*committed +=
+			list->elems[i].offset >= 0 ? list->elems[i].offset : low[list->elems[i].partition];
 	rc = 0;
 out:
 	free(low);
@@ -73,7 +75,8 @@ static int partition_count(rd_kafka_t *rk, const char *topic)
 	const struct rd_kafka_metadata *metadata = NULL;
 	int n = -1;
 
-	if (rkt && rd_kafka_metadata(rk, 0, rkt, &metadata, REQUEST_TIMEOUT_MS) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+	if (rkt &&
+	    rd_kafka_metadata(rk, 0, rkt, &metadata, REQUEST_TIMEOUT_MS) == RD_KAFKA_RESP_ERR_NO_ERROR &&
 	    metadata->topic_cnt == 1 && !metadata->topics[0].err)
 		n = metadata->topics[0].partition_cnt;
 	if (metadata)
@@ -138,12 +141,14 @@ int main(int argc, char **argv)
 		if (wait_ms < 0 || end == committed)
 			break;
 		if (cat_time_mono_us() > deadline) {
-			fprintf(stderr, "group-lag: still %lld behind after %ld ms\n", end - committed, wait_ms);
+			fprintf(stderr, "group-lag: still %lld behind after %ld ms\n", end - committed,
+				wait_ms);
 			break;
 		}
-		nanosleep(&(struct timespec){ 0, 20 * 1000 * 1000 }, NULL);
+		nanosleep(&(struct timespec){0, 20 * 1000 * 1000}, NULL);
 	}
-	printf("{\"group\":\"%s\",\"topic\":\"%s\",\"end\":%lld,\"committed\":%lld,\"lag\":%lld,\"at_us\":%lld}\n",
+	printf("{\"group\":\"%s\",\"topic\":\"%s\",\"end\":%lld,\"committed\":%lld,\"lag\":%lld,\"at_us\":%"
+	       "lld}\n",
 	       group, topic, end, committed, end - committed, (long long)cat_time_now_us());
 	rc = wait_ms < 0 || end == committed ? 0 : 1;
 

@@ -60,8 +60,8 @@ static long unhex(char *text)
 
 /* One input line; 0, or 2 when it is malformed. Sets *value (malloc'd when
  * *owned) and *len, and the key. */
-static int parse_line(char *line, unsigned long line_no, char key[512], size_t *key_len, void **value, size_t *len,
-		      int *owned)
+static int parse_line(char *line, unsigned long line_no, char key[512], size_t *key_len, void **value,
+		      size_t *len, int *owned)
 {
 	char *format = strchr(line, '\t'), *payload, errstr[512];
 
@@ -134,7 +134,8 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	cat_log_init("raw-produce", CAT_LOG_LEVEL_WARN);
-	if (cat_producer_new(&producer, cfg, "raw-produce", 60000, NULL, NULL, errstr, sizeof(errstr)) != CAT_OK) {
+	if (cat_producer_new(&producer, cfg, "raw-produce", 60000, NULL, NULL, errstr, sizeof(errstr)) !=
+	    CAT_OK) {
 		fprintf(stderr, "raw-produce: %s\n", errstr);
 		rc = 2;
 		goto out;
@@ -152,8 +153,8 @@ int main(int argc, char **argv)
 			continue;
 		if ((rc = parse_line(line, line_no, key, &key_len, &value, &len, &owned)) != 0)
 			goto out;
-		err = cat_producer_send(producer, argv[2], RD_KAFKA_PARTITION_UA, key_len ? key : NULL, key_len, value,
-					len, NULL, NULL, errstr, sizeof(errstr));
+		err = cat_producer_send(producer, argv[2], RD_KAFKA_PARTITION_UA, key_len ? key : NULL,
+					key_len, value, len, NULL, NULL, errstr, sizeof(errstr));
 		if (owned)
 			free(value);
 		if (err != CAT_OK) {

@@ -18,13 +18,15 @@
 #include "sql.h"
 
 #define MAX_TABLES	    8
-#define CHANGES_MAX_ROWS    500	     /* Changes per ChangeBatch message */
+#define CHANGES_MAX_ROWS    500		 /* Changes per ChangeBatch message */
 #define CHANGES_MAX_BYTES   (512 * 1024) /* and their encoded size */
 #define METADATA_TIMEOUT_MS 10000
 #define PRODUCER_NAME	    "catalyst-persist"
-#define COPY_BACKOFF	    8 /* batches of a table upserted before COPY is tried again */
-#define SCRATCH_KEEP_ROWS   512	       /* per-batch memory kept between batches */
-#define SCRATCH_KEEP_BYTES  (256 * 1024)
+#define COPY_MIN_ROWS	    64	 /* fewer upserts: one statement beats the round trips of COPY */
+#define COPY_BACKOFF_MIN    8	 /* batches of a table upserted before COPY is tried again, */
+#define COPY_BACKOFF_MAX    1024 /* doubling at each conflict (each one an ERROR in the server log) */
+#define SCRATCH_KEEP_ROWS   512	 /* per-batch memory kept between batches */
+#define SCRATCH_KEEP_BYTES  (64 * 1024)
 #define IDLE_TRIM_US	    (2 * 1000 * 1000) /* idle this long: free memory goes back */
 
 /* How a resolved write goes out on changes.v1. */
@@ -36,8 +38,8 @@ typedef enum publish_as {
 
 /* One write the batch resolves to. */
 typedef struct write {
-	size_t msg;	   /* its message in the batch */
-	const char *pk;	   /* borrowed from the decoded command */
+	size_t msg;	/* its message in the batch */
+	const char *pk; /* borrowed from the decoded command */
 	int64_t version;
 	int64_t tombstone; /* PUBLISH_TOMBSTONE: the version of the stored delete */
 	int32_t partition; /* of changes.v1 */
@@ -89,7 +91,8 @@ struct persist {
 	size_t n_sorted;
 	sql_arrays_t arrays;
 	sql_buf_t copy;
-	unsigned copy_backoff[MAX_TABLES]; /* upsert batches before COPY is tried again */
+	unsigned copy_backoff[MAX_TABLES];	/* upsert batches before COPY is tried again */
+	unsigned copy_backoff_next[MAX_TABLES]; /* the backoff after the next conflict */
 	Catalyst__V1__Change *changes;
 	Catalyst__V1__Change **change_ptrs;
 	uint8_t *packed;
@@ -102,8 +105,8 @@ struct persist {
 	bool trimmer_started;
 	pthread_mutex_t trim_lock;
 	pthread_cond_t trim_wake;
-	bool trim_stop;			/* guarded by trim_lock */
-	atomic_llong last_batch_us;	/* monotonic end of the last batch */
+	bool trim_stop;		    /* guarded by trim_lock */
+	atomic_llong last_batch_us; /* monotonic end of the last batch */
 
 	table_metrics_t m_tables[MAX_TABLES];
 	cat_metric_t *m_committed;
@@ -115,10 +118,8 @@ struct persist {
 	cat_metric_t *m_reconnects;
 };
 
-int64_t prof_exec, prof_commit, prof_decode, prof_flush, prof_build, prof_known, prof_resolve;
-static void __attribute__((destructor)) prof_print(void) { fprintf(stderr, "PROF decode %lld exec %lld commit %lld flush %lld build %lld known %lld resolve %lld ms\n", (long long)prof_decode/1000, (long long)prof_exec/1000, (long long)prof_commit/1000, (long long)prof_flush/1000, (long long)prof_build/1000, (long long)prof_known/1000, (long long)prof_resolve/1000); }
-static const double duration_buckets[] = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-					   0.25,  0.5,	  1,	 2.5,  5,     10,   30 };
+static const double duration_buckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+					  0.25,	 0.5,	 1,	2.5,  5,     10,   30};
 
 /* --- PostgreSQL ----------------------------------------------------------------------- */
 
@@ -144,8 +145,8 @@ cat_err_t persist_pg_connect(PGconn **out, const cat_config_t *cfg, char *errstr
 bool persist_ready(void *opaque, char *reason, size_t reason_size)
 {
 	persist_t *persist = opaque;
-	const char *const keywords[] = { "dbname", "connect_timeout", NULL };
-	const char *const values[] = { cat_config_str(persist->cfg, "CATALYST_PG_URL"), "2", NULL };
+	const char *const keywords[] = {"dbname", "connect_timeout", NULL};
+	const char *const values[] = {cat_config_str(persist->cfg, "CATALYST_PG_URL"), "2", NULL};
 
 	/* A batch failing on the database already makes the loop unready
 	 * ("retrying: ..."); this covers the time between batches, with a
@@ -209,14 +210,17 @@ static cat_err_t read_changes_partitions(persist_t *persist, char *errstr, size_
 				   persist->changes_topic, rd_kafka_err2str(rd_kafka_last_error()));
 	kerr = rd_kafka_metadata(rk, 0, rkt, &metadata, METADATA_TIMEOUT_MS);
 	if (kerr)
-		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "could not read the metadata of %s: %s",
-				  persist->changes_topic, rd_kafka_err2str(kerr));
-	else if (metadata->topic_cnt != 1 || metadata->topics[0].err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE,
+				  "could not read the metadata of %s: %s", persist->changes_topic,
+				  rd_kafka_err2str(kerr));
+	else if (metadata->topic_cnt != 1 ||
+		 metadata->topics[0].err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
 		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "topic %s does not exist",
 				  persist->changes_topic);
 	else if (metadata->topics[0].err || metadata->topics[0].partition_cnt <= 0)
-		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "could not read the metadata of %s: %s",
-				  persist->changes_topic, rd_kafka_err2str(metadata->topics[0].err));
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE,
+				  "could not read the metadata of %s: %s", persist->changes_topic,
+				  rd_kafka_err2str(metadata->topics[0].err));
 	else
 		persist->changes_partitions = metadata->topics[0].partition_cnt;
 	if (metadata)
@@ -250,19 +254,20 @@ static void *trimmer_main(void *opaque)
 
 static void register_metrics(persist_t *persist, cat_metrics_t *metrics)
 {
-	static const char *const ops[2] = { "upsert", "delete" };
+	static const char *const ops[2] = {"upsert", "delete"};
 
 	for (size_t t = 0; t < persist->n_tables; t++) {
 		for (int d = 0; d < 2; d++) {
-			persist->m_tables[t].applied[d] = cat_metrics_counter(
-				metrics, "catalyst_persist_rows_applied_total",
-				"rows the primary inserted, updated or deleted", "table", cat_schema_tables[t].name,
-				"op", ops[d], NULL);
-			persist->m_tables[t].skipped[d] = cat_metrics_counter(
-				metrics, "catalyst_persist_rows_skipped_total",
-				"writes that changed nothing: the stored row or tombstone was as new or newer "
-				"(or a delete found no row)",
-				"table", cat_schema_tables[t].name, "op", ops[d], NULL);
+			persist->m_tables[t].applied[d] =
+				cat_metrics_counter(metrics, "catalyst_persist_rows_applied_total",
+						    "rows the primary inserted, updated or deleted", "table",
+						    cat_schema_tables[t].name, "op", ops[d], NULL);
+			persist->m_tables[t].skipped[d] =
+				cat_metrics_counter(metrics, "catalyst_persist_rows_skipped_total",
+						    "writes that changed nothing: the stored row or "
+						    "tombstone was as new or newer "
+						    "(or a delete found no row)",
+						    "table", cat_schema_tables[t].name, "op", ops[d], NULL);
 		}
 	}
 	persist->m_committed = cat_metrics_counter(metrics, "catalyst_persist_transactions_total",
@@ -277,10 +282,12 @@ static void register_metrics(persist_t *persist, cat_metrics_t *metrics)
 		metrics, "catalyst_persist_apply_duration_seconds",
 		"time to apply a batch: the transaction, then publishing its changes", duration_buckets,
 		sizeof(duration_buckets) / sizeof(duration_buckets[0]), "stage", "publish", NULL);
-	persist->m_changes = cat_metrics_counter(metrics, "catalyst_persist_changes_published_total",
-						 "committed rows published on changes.v1 (acknowledged)", NULL);
-	persist->m_change_messages = cat_metrics_counter(metrics, "catalyst_persist_change_batches_total",
-							 "ChangeBatch messages acknowledged on changes.v1", NULL);
+	persist->m_changes =
+		cat_metrics_counter(metrics, "catalyst_persist_changes_published_total",
+				    "committed rows published on changes.v1 (acknowledged)", NULL);
+	persist->m_change_messages =
+		cat_metrics_counter(metrics, "catalyst_persist_change_batches_total",
+				    "ChangeBatch messages acknowledged on changes.v1", NULL);
 	persist->m_reconnects = cat_metrics_counter(metrics, "catalyst_persist_pg_reconnects_total",
 						    "PostgreSQL connections reopened after a loss", NULL);
 }
@@ -304,6 +311,8 @@ cat_err_t persist_new(persist_t **out, const cat_config_t *cfg, PGconn *conn, ca
 	conn = NULL; /* owned by persist */
 	persist->producer = producer;
 	persist->changes_timeout_ms = (int)cat_config_int(cfg, "CATALYST_CHANGES_TIMEOUT_MS");
+	for (size_t t = 0; t < MAX_TABLES; t++)
+		persist->copy_backoff_next[t] = COPY_BACKOFF_MIN;
 	cat_kafka_topic(cfg, CAT_TOPIC_CHANGES, persist->changes_topic, sizeof(persist->changes_topic));
 
 	if (cat_schema_n_tables > MAX_TABLES) {
@@ -313,7 +322,8 @@ cat_err_t persist_new(persist_t **out, const cat_config_t *cfg, PGconn *conn, ca
 	}
 	persist->n_tables = cat_schema_n_tables;
 	for (size_t t = 0; t < persist->n_tables; t++)
-		if ((err = sql_table_init(&persist->sql[t], &cat_schema_tables[t], errstr, errstr_size)) != CAT_OK)
+		if ((err = sql_table_init(&persist->sql[t], &cat_schema_tables[t], errstr, errstr_size)) !=
+		    CAT_OK)
 			goto error;
 	register_metrics(persist, metrics);
 
@@ -417,7 +427,8 @@ static uint32_t key_hash(size_t table, const char *pk)
 }
 
 /* The key (table, pk) of the batch; NULL, with its free slot, when new. */
-static batch_key_t *key_find(persist_t *persist, size_t table, const char *pk, uint32_t hash, size_t *slot_out)
+static batch_key_t *key_find(persist_t *persist, size_t table, const char *pk, uint32_t hash,
+			     size_t *slot_out)
 {
 	size_t mask = persist->n_slots - 1;
 	size_t slot = hash & mask;
@@ -455,7 +466,7 @@ static void release_scratch(persist_t *persist)
 	}
 	if (persist->copy.cap > SCRATCH_KEEP_BYTES) {
 		free(persist->copy.data);
-		persist->copy = (sql_buf_t){ 0 };
+		persist->copy = (sql_buf_t){0};
 	}
 	if (persist->cap_packed > SCRATCH_KEEP_BYTES) {
 		free(persist->packed);
@@ -475,8 +486,10 @@ static cat_err_t reserve_scratch(persist_t *persist, size_t n, char *errstr, siz
 		write_t *writes = realloc(persist->writes, n * sizeof(*writes));
 		batch_key_t *keys = writes ? realloc(persist->keys, n * sizeof(*keys)) : NULL;
 		write_t **sorted = keys ? realloc(persist->sorted, n * sizeof(*sorted)) : NULL;
-		Catalyst__V1__Change *changes = sorted ? realloc(persist->changes, n * sizeof(*changes)) : NULL;
-		Catalyst__V1__Change **ptrs = changes ? realloc(persist->change_ptrs, n * sizeof(*ptrs)) : NULL;
+		Catalyst__V1__Change *changes =
+			sorted ? realloc(persist->changes, n * sizeof(*changes)) : NULL;
+		Catalyst__V1__Change **ptrs =
+			changes ? realloc(persist->change_ptrs, n * sizeof(*ptrs)) : NULL;
 
 		if (writes)
 			persist->writes = writes;
@@ -508,8 +521,14 @@ static void key_append(persist_t *persist, batch_key_t *key, size_t i, int64_t v
 {
 	int32_t index = (int32_t)persist->n_writes++;
 
-	persist->writes[index] = (write_t){ .msg = i, .pk = key->pk, .version = version, .prev = key->last,
-					    .next = -1, .table = key->table, .is_delete = is_delete, .live = true };
+	persist->writes[index] = (write_t){.msg = i,
+					   .pk = key->pk,
+					   .version = version,
+					   .prev = key->last,
+					   .next = -1,
+					   .table = key->table,
+					   .is_delete = is_delete,
+					   .live = true};
 	if (key->last >= 0) {
 		persist->writes[index].round = (uint16_t)(persist->writes[key->last].round + 1);
 		persist->writes[key->last].next = index;
@@ -549,8 +568,9 @@ static void key_fold(persist_t *persist, batch_key_t *key, size_t i, int64_t ver
 	while (persist->writes[key->last].prev >= 0) {
 		write_t *b = &persist->writes[key->last], *a = &persist->writes[b->prev];
 
-		if (a->is_delete == b->is_delete ? (a->is_delete ? false : b->version > a->version)
-						 : (a->is_delete ? b->version > a->version : b->version < a->version))
+		if (a->is_delete == b->is_delete
+			    ? (a->is_delete ? false : b->version > a->version)
+			    : (a->is_delete ? b->version > a->version : b->version < a->version))
 			break;
 		/* b is moot, or supersedes a (a newer delete) */
 		if (b->is_delete && (!a->is_delete || b->version > a->version)) {
@@ -602,7 +622,8 @@ static cat_err_t resolve(persist_t *persist, cat_batch_t *batch, char *errstr, s
 		if (!key) {
 			key = &persist->keys[persist->n_keys];
 			persist->slots[slot] = (int32_t)persist->n_keys++;
-			*key = (batch_key_t){ .pk = pk, .hash = hash, .table = (uint16_t)t, .first = -1, .last = -1 };
+			*key = (batch_key_t){
+				.pk = pk, .hash = hash, .table = (uint16_t)t, .first = -1, .last = -1};
 		}
 		key_fold(persist, key, i, cat_codec_record_version(cmd->record),
 			 cmd->op == CATALYST__V1__WRITE_OP__WRITE_OP_DELETE);
@@ -628,7 +649,8 @@ static write_t *write_find(persist_t *persist, size_t table, const char *pk, uns
 }
 
 /* Marks the writes whose keys `res` returns (column 0) as applied. */
-static void mark_applied(persist_t *persist, size_t table, unsigned round, bool is_delete, const PGresult *res)
+static void mark_applied(persist_t *persist, size_t table, unsigned round, bool is_delete,
+			 const PGresult *res)
 {
 	for (int r = 0; r < PQntuples(res); r++) {
 		write_t *write = write_find(persist, table, PQgetvalue(res, r, 0), round, is_delete);
@@ -643,7 +665,7 @@ static cat_err_t run_deletes(persist_t *persist, size_t t, size_t from, size_t t
 			     size_t errstr_size)
 {
 	PGresult *res = NULL;
-	static const cat_col_type_t types[] = { CAT_COL_TEXT, CAT_COL_INT64 };
+	static const cat_col_type_t types[] = {CAT_COL_TEXT, CAT_COL_INT64};
 	cat_err_t err;
 
 	if ((err = sql_arrays_begin(&persist->arrays, 2, types)) != CAT_OK)
@@ -657,7 +679,8 @@ static cat_err_t run_deletes(persist_t *persist, size_t t, size_t from, size_t t
 		write->publish = PUBLISH_RECORD; /* consumers check the version of a delete too */
 	}
 	sql_arrays_finish(&persist->arrays);
-	err = sql_exec(persist->conn, "DELETE", persist->sql[t].remove, &persist->arrays, &res, errstr, errstr_size);
+	err = sql_exec(persist->conn, "DELETE", persist->sql[t].remove, &persist->arrays, &res, errstr,
+		       errstr_size);
 	if (err != CAT_OK)
 		return err;
 	mark_applied(persist, t, persist->sorted[from]->round, true, res);
@@ -670,7 +693,7 @@ static cat_err_t run_deletes(persist_t *persist, size_t t, size_t from, size_t t
 static cat_err_t resolve_skipped(persist_t *persist, size_t t, size_t from, size_t to, char *errstr,
 				 size_t errstr_size)
 {
-	static const cat_col_type_t types[] = { CAT_COL_TEXT };
+	static const cat_col_type_t types[] = {CAT_COL_TEXT};
 	const sql_table_t *st = &persist->sql[t];
 	PGresult *res = NULL;
 	cat_err_t err;
@@ -686,7 +709,8 @@ static cat_err_t resolve_skipped(persist_t *persist, size_t t, size_t from, size
 	if (err != CAT_OK)
 		return err;
 	for (int r = 0; r < PQntuples(res); r++) {
-		write_t *write = write_find(persist, t, PQgetvalue(res, r, 0), persist->sorted[from]->round, false);
+		write_t *write =
+			write_find(persist, t, PQgetvalue(res, r, 0), persist->sorted[from]->round, false);
 		int64_t row_version, tombstone;
 
 		if (!write)
@@ -697,8 +721,9 @@ static cat_err_t resolve_skipped(persist_t *persist, size_t t, size_t from, size
 			/* a newer row makes the replay harmless to consumers that
 			 * check versions; an insert-only row keeps whatever came
 			 * first, so only the very same version is repeated */
-			write->publish = !st->table->insert_only || row_version == write->version ? PUBLISH_RECORD
-												     : PUBLISH_NONE;
+			write->publish = !st->table->insert_only || row_version == write->version
+						 ? PUBLISH_RECORD
+						 : PUBLISH_NONE;
 		} else if (tombstone >= write->version) {
 			/* repeating the upsert would bring the row back in a cache */
 			write->publish = PUBLISH_TOMBSTONE;
@@ -715,7 +740,7 @@ static cat_err_t resolve_skipped(persist_t *persist, size_t t, size_t from, size
 static cat_err_t any_tombstoned(persist_t *persist, size_t t, size_t from, size_t to, bool *tombstoned,
 				char *errstr, size_t errstr_size)
 {
-	static const cat_col_type_t types[] = { CAT_COL_TEXT };
+	static const cat_col_type_t types[] = {CAT_COL_TEXT};
 	PGresult *res = NULL;
 	cat_err_t err;
 
@@ -742,7 +767,6 @@ static cat_err_t run_copy(persist_t *persist, cat_batch_t *batch, size_t t, size
 	const sql_table_t *st = &persist->sql[t];
 	cat_err_t err;
 
-	int64_t b0 = cat_time_mono_us();
 	sql_copy_begin(&persist->copy);
 	for (size_t i = from; i < to; i++) {
 		const Catalyst__V1__WriteCommand *cmd = command_of(batch, persist->sorted[i]);
@@ -750,10 +774,7 @@ static cat_err_t run_copy(persist_t *persist, cat_batch_t *batch, size_t t, size
 		if ((err = sql_copy_add_row(&persist->copy, st, cat_codec_record_row(cmd->record))) != CAT_OK)
 			return cat_err_set(errstr, errstr_size, err, "out of memory");
 	}
-	prof_build += cat_time_mono_us() - b0;
-	int64_t x0 = cat_time_mono_us();
 	err = sql_copy(persist->conn, st, &persist->copy, conflict, errstr, errstr_size);
-	prof_exec += cat_time_mono_us() - x0;
 	if (err != CAT_OK || *conflict)
 		return err;
 	for (size_t i = from; i < to; i++) {
@@ -763,10 +784,10 @@ static cat_err_t run_copy(persist_t *persist, cat_batch_t *batch, size_t t, size
 	return CAT_OK;
 }
 
-/* The upserts sorted[from, to) of table t: by COPY while the keys are new
- * (no tombstone; a key the table holds makes the COPY fail and skips it for
- * this table's next COPY_BACKOFF batches), else set-based with the version
- * and tombstone checks. */
+/* The upserts sorted[from, to) of table t: many of them by COPY while the
+ * keys are new (no tombstone; a key the table holds makes the COPY fail and
+ * skips it for this table's next 8, 16, ... 1024 batches, until a COPY goes
+ * through), else set-based with the version and tombstone checks. */
 static cat_err_t run_upserts(persist_t *persist, cat_batch_t *batch, size_t t, size_t from, size_t to,
 			     char *errstr, size_t errstr_size)
 {
@@ -776,36 +797,38 @@ static cat_err_t run_upserts(persist_t *persist, cat_batch_t *batch, size_t t, s
 	bool tombstoned = true, conflict = false;
 	cat_err_t err;
 
-	if (persist->copy_backoff[t] > 0) {
+	if (to - from < COPY_MIN_ROWS) {
+		/* small: the upsert below */
+	} else if (persist->copy_backoff[t] > 0) {
 		persist->copy_backoff[t]--;
 	} else {
-		int64_t k0 = cat_time_mono_us();
 		if ((err = any_tombstoned(persist, t, from, to, &tombstoned, errstr, errstr_size)) != CAT_OK)
 			return err;
-		prof_known += cat_time_mono_us() - k0;
 		if (!tombstoned) {
 			err = run_copy(persist, batch, t, from, to, &conflict, errstr, errstr_size);
+			if (err == CAT_OK && !conflict)
+				persist->copy_backoff_next[t] = COPY_BACKOFF_MIN;
 			if (err != CAT_OK || !conflict)
 				return err;
-			persist->copy_backoff[t] = COPY_BACKOFF;
+			/* a table that gets updates rather than new keys: COPY ever rarer */
+			persist->copy_backoff[t] = persist->copy_backoff_next[t];
+			if (persist->copy_backoff_next[t] < COPY_BACKOFF_MAX)
+				persist->copy_backoff_next[t] *= 2;
 		}
 	}
 
-	int64_t b0 = cat_time_mono_us();
 	if ((err = sql_arrays_begin(&persist->arrays, st->table->n_columns, st->types)) != CAT_OK)
 		return cat_err_set(errstr, errstr_size, err, "out of memory");
 	for (size_t i = from; i < to; i++) {
 		const Catalyst__V1__WriteCommand *cmd = command_of(batch, persist->sorted[i]);
 
-		if ((err = sql_arrays_add_row(&persist->arrays, st, cat_codec_record_row(cmd->record))) != CAT_OK)
+		if ((err = sql_arrays_add_row(&persist->arrays, st, cat_codec_record_row(cmd->record))) !=
+		    CAT_OK)
 			return cat_err_set(errstr, errstr_size, err, "out of memory");
 		persist->sorted[i]->publish = PUBLISH_RECORD;
 	}
 	sql_arrays_finish(&persist->arrays);
-	prof_build += cat_time_mono_us() - b0;
-	int64_t x0 = cat_time_mono_us();
 	err = sql_exec(persist->conn, "INSERT", st->upsert, &persist->arrays, &res, errstr, errstr_size);
-	prof_exec += cat_time_mono_us() - x0;
 	if (err != CAT_OK)
 		return err;
 	mark_applied(persist, t, persist->sorted[from]->round, false, res);
@@ -841,18 +864,18 @@ static cat_err_t transaction(persist_t *persist, cat_batch_t *batch, char *errst
 		size_t end = i;
 
 		while (end < persist->n_sorted && persist->sorted[end]->table == first->table &&
-		       persist->sorted[end]->round == first->round && persist->sorted[end]->is_delete == first->is_delete)
+		       persist->sorted[end]->round == first->round &&
+		       persist->sorted[end]->is_delete == first->is_delete)
 			end++;
-		err = first->is_delete ? run_deletes(persist, first->table, i, end, errstr, errstr_size)
-				       : run_upserts(persist, batch, first->table, i, end, errstr, errstr_size);
+		err = first->is_delete
+			      ? run_deletes(persist, first->table, i, end, errstr, errstr_size)
+			      : run_upserts(persist, batch, first->table, i, end, errstr, errstr_size);
 		if (err != CAT_OK)
 			goto error;
 		i = end;
 	}
-	int64_t c0 = cat_time_mono_us();
 	if ((err = cat_pg_commit(persist->conn, errstr, errstr_size)) != CAT_OK)
 		goto error;
-	prof_commit += cat_time_mono_us() - c0;
 	cat_metrics_inc(persist->m_committed);
 	count_rows(persist);
 	return CAT_OK;
@@ -904,8 +927,8 @@ static size_t change_key(const write_t *write, char *key, size_t key_size)
 static Catalyst__V1__Record *key_record_new(const persist_t *persist, const write_t *write, int64_t version)
 {
 	const sql_table_t *st = &persist->sql[write->table];
-	const ProtobufCFieldDescriptor *oneof =
-		protobuf_c_message_descriptor_get_field(&catalyst__v1__record__descriptor, st->table->record_case);
+	const ProtobufCFieldDescriptor *oneof = protobuf_c_message_descriptor_get_field(
+		&catalyst__v1__record__descriptor, st->table->record_case);
 	const ProtobufCFieldDescriptor *pk_field = st->fields[st->pk_column];
 	const ProtobufCFieldDescriptor *version_field = st->fields[st->version_column];
 	Catalyst__V1__Record *record = calloc(1, sizeof(*record));
@@ -977,9 +1000,9 @@ static cat_err_t send_change_batch(persist_t *persist, cat_batch_t *batch, int32
 	size_t len, key_len;
 
 	/* a redelivered batch split the same way gets the same ids */
-	snprintf(command_id, sizeof(command_id), "%s/%d/%lld-%lld/%d/%zu", batch->topic, (int)batch->partition,
-		 (long long)batch->msgs[0].rkm->offset, (long long)batch->msgs[batch->n - 1].rkm->offset,
-		 (int)partition, from);
+	snprintf(command_id, sizeof(command_id), "%s/%d/%lld-%lld/%d/%zu", batch->topic,
+		 (int)batch->partition, (long long)batch->msgs[0].rkm->offset,
+		 (long long)batch->msgs[batch->n - 1].rkm->offset, (int)partition, from);
 	meta.command_id = command_id;
 	meta.has_issued_at_us = 1;
 	meta.issued_at_us = cat_time_now_us();
@@ -1021,8 +1044,8 @@ static size_t change_size(const Catalyst__V1__Change *change)
 }
 
 /* Publishes the committed writes and waits for every acknowledgement. */
-static cat_err_t publish_changes(persist_t *persist, cat_batch_t *batch, int64_t committed_at_us, char *errstr,
-				 size_t errstr_size)
+static cat_err_t publish_changes(persist_t *persist, cat_batch_t *batch, int64_t committed_at_us,
+				 char *errstr, size_t errstr_size)
 {
 	rd_kafka_t *rk = cat_producer_handle(persist->producer);
 	size_t n = 0, n_messages = 0, k = 0;
@@ -1037,8 +1060,9 @@ static cat_err_t publish_changes(persist_t *persist, cat_batch_t *batch, int64_t
 
 		if (write->publish == PUBLISH_NONE)
 			continue;
-		write->partition = (int32_t)(crc32(0L, (const Bytef *)key, (uInt)change_key(write, key, sizeof(key))) %
-					     (uint32_t)persist->changes_partitions);
+		write->partition =
+			(int32_t)(crc32(0L, (const Bytef *)key, (uInt)change_key(write, key, sizeof(key))) %
+				  (uint32_t)persist->changes_partitions);
 		persist->sorted[n++] = write;
 	}
 	if (n == 0)
@@ -1063,8 +1087,8 @@ static cat_err_t publish_changes(persist_t *persist, cat_batch_t *batch, int64_t
 			bytes += size;
 			to++;
 		}
-		err = send_change_batch(persist, batch, persist->sorted[from]->partition, from, to, committed_at_us,
-					errstr, errstr_size);
+		err = send_change_batch(persist, batch, persist->sorted[from]->partition, from, to,
+					committed_at_us, errstr, errstr_size);
 		if (err != CAT_OK)
 			goto out;
 		n_messages++;
@@ -1072,16 +1096,14 @@ static cat_err_t publish_changes(persist_t *persist, cat_batch_t *batch, int64_t
 	}
 
 	/* flush sends at once (linger.ms does not apply) and serves the reports */
-	int64_t f0 = cat_time_mono_us();
 	rd_kafka_flush(rk, persist->changes_timeout_ms);
-	prof_flush += cat_time_mono_us() - f0;
 	if (rd_kafka_fatal_error(rk, fatal, sizeof(fatal))) {
 		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "changes producer failed: %s", fatal);
 	} else if (cat_producer_outstanding(persist->producer) > 0) {
 		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE,
 				  "%llu change batches not acknowledged by %s within %d ms",
-				  (unsigned long long)cat_producer_outstanding(persist->producer), persist->changes_topic,
-				  persist->changes_timeout_ms);
+				  (unsigned long long)cat_producer_outstanding(persist->producer),
+				  persist->changes_topic, persist->changes_timeout_ms);
 	} else if (persist->delivery_failures > 0) {
 		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "could not publish changes: %s",
 				  persist->delivery_error);
@@ -1105,18 +1127,16 @@ cat_err_t persist_apply(void *opaque, cat_batch_t *batch, char *errstr, size_t e
 	cat_err_t err;
 
 	err = decode_batch(batch, &n_valid, &last_valid, errstr, errstr_size);
-	prof_decode += cat_time_mono_us() - started_us;
 	if (err != CAT_OK || n_valid == 0)
 		goto out;
-	int64_t r0 = cat_time_mono_us();
 	if ((err = resolve(persist, batch, errstr, errstr_size)) != CAT_OK)
 		goto out;
-	prof_resolve += cat_time_mono_us() - r0;
 	err = transaction(persist, batch, errstr, errstr_size);
 	if (err == CAT_ERR_PERMANENT && n_valid == 1) {
 		/* the batch's only write is the one the database refuses */
 		batch->msgs[last_valid].result = CAT_ERR_PERMANENT;
-		snprintf(batch->msgs[last_valid].reason, sizeof(batch->msgs[last_valid].reason), "%s", errstr);
+		snprintf(batch->msgs[last_valid].reason, sizeof(batch->msgs[last_valid].reason), "%s",
+			 errstr);
 		err = CAT_OK;
 		goto out;
 	}
@@ -1127,7 +1147,8 @@ cat_err_t persist_apply(void *opaque, cat_batch_t *batch, char *errstr, size_t e
 
 	err = publish_changes(persist, batch, cat_time_now_us(), errstr, errstr_size);
 	if (err == CAT_OK)
-		cat_metrics_observe(persist->m_publish_seconds, (double)(cat_time_mono_us() - committed_us) / 1e6);
+		cat_metrics_observe(persist->m_publish_seconds,
+				    (double)(cat_time_mono_us() - committed_us) / 1e6);
 
 out:
 	free_decoded(batch);

@@ -6,14 +6,22 @@
  * apply():
  *  1. decodes every message (cat_codec_write_decode); one that does not
  *     decode or validate is marked permanent with the reason, the rest goes on
- *  2. resolves the batch to one write per key: the highest version wins;
- *     an upsert and a delete of the same version: the delete; equal upserts:
- *     the first
+ *  2. resolves the batch to the writes that leave each row as applying its
+ *     messages one at a time would: per key of a versioned table, the
+ *     highest version (an upsert and a delete of the same version: the
+ *     delete; equal upserts: the first); in an insert-only table the writes
+ *     of a key that do not make each other moot, run in rounds (a delete,
+ *     then the insert that replaces the row)
  *  3. one transaction, per table: the deletes (only rows not newer than the
- *     delete; each delete leaves a tombstone), then the upserts (set-based,
- *     unnest of one array per column; keys whose tombstone is as new or newer
- *     are skipped; news_raw ON CONFLICT DO NOTHING, the others replace only an
- *     older version), rows sorted by key so concurrent workers lock in order
+ *     delete; each delete leaves a tombstone), then the upserts: set-based,
+ *     unnest of one binary array per column, skipping keys whose tombstone
+ *     is as new or newer, news_raw ON CONFLICT DO NOTHING, the others
+ *     replacing only an older version; or, for 64 rows or more whose keys
+ *     have no tombstone, a binary COPY in a savepoint, which a key the table
+ *     already holds undoes (the upsert runs then, and COPY rests for the
+ *     table's next 8 batches, doubling at each conflict up to 1024: a table
+ *     of updates seldom tries). Rows are sorted by key, so that concurrent
+ *     workers lock in the same order
  *  4. after COMMIT, every resolved write goes out as a Change, grouped by its
  *     changes.v1 partition (crc32 of "table:pk" modulo the partition count,
  *     so a key's changes stay in order on one partition), at most 500 rows or

@@ -40,16 +40,16 @@ static const cat_config_def_t config_defs[] = {
 	CAT_CONFIG_COMMON,
 	CAT_CONFIG_KAFKA,
 	CAT_CONFIG_PG,
-	CAT_CONFIG_CONSUMER("500"),
-	{ "CATALYST_PERSIST_GROUP", CAT_CFG_STRING, "catalyst-persist", false, false, 0, 0, NULL,
-	  "consumer group of write.v1 (one per environment sharing a Kafka cluster)" },
-	{ "CATALYST_PERSIST_PORT", CAT_CFG_INT, "5030", false, false, 0, 65535, NULL,
-	  "HTTP port of /healthz, /readyz and /metrics (0: any free port)" },
-	{ "CATALYST_PERSIST_BIND", CAT_CFG_STRING, "0.0.0.0", false, false, 0, 0, NULL,
-	  "address the HTTP server listens on" },
-	{ "CATALYST_CHANGES_TIMEOUT_MS", CAT_CFG_INT, "30000", false, false, 1000, 3600000, NULL,
-	  "how long a batch's changes may wait for their acknowledgement on changes.v1 before the "
-	  "batch is retried" },
+	CAT_CONFIG_CONSUMER("2000"),
+	{"CATALYST_PERSIST_GROUP", CAT_CFG_STRING, "catalyst-persist", false, false, 0, 0, NULL,
+	 "consumer group of write.v1 (one per environment sharing a Kafka cluster)"},
+	{"CATALYST_PERSIST_PORT", CAT_CFG_INT, "5030", false, false, 0, 65535, NULL,
+	 "HTTP port of /healthz, /readyz and /metrics (0: any free port)"},
+	{"CATALYST_PERSIST_BIND", CAT_CFG_STRING, "0.0.0.0", false, false, 0, 0, NULL,
+	 "address the HTTP server listens on"},
+	{"CATALYST_CHANGES_TIMEOUT_MS", CAT_CFG_INT, "30000", false, false, 1000, 3600000, NULL,
+	 "how long a batch's changes may wait for their acknowledgement on changes.v1 before the "
+	 "batch is retried"},
 };
 
 #define N_CONFIG_DEFS (sizeof(config_defs) / sizeof(config_defs[0]))
@@ -63,8 +63,8 @@ static void on_signal(int signo)
 
 int main(int argc, char **argv)
 {
-	static const char *const topics[] = { CAT_TOPIC_WRITE, NULL };
-	struct sigaction sa = { .sa_handler = on_signal, .sa_flags = SA_RESETHAND };
+	static const char *const topics[] = {CAT_TOPIC_WRITE, NULL};
+	struct sigaction sa = {.sa_handler = on_signal, .sa_flags = SA_RESETHAND};
 	cat_config_t *cfg = NULL;
 	cat_metrics_t *metrics = NULL;
 	PGconn *conn = NULL;
@@ -126,14 +126,15 @@ int main(int argc, char **argv)
 	}
 
 	/* write.v1, then the probes that report on it */
-	handler = (cat_handler_t){ persist_apply, persist_ready, persist };
+	handler = (cat_handler_t){persist_apply, persist_ready, persist};
 	if (cat_consumer_new(&consumer, cfg, WORKER, cat_config_str(cfg, "CATALYST_PERSIST_GROUP"), topics,
 			     &handler, metrics, errstr, sizeof(errstr)) != CAT_OK) {
 		CAT_LOG_ERROR("KAFKA", "%s", errstr);
 		goto out;
 	}
 	if (cat_http_new(&http, cat_config_str(cfg, "CATALYST_PERSIST_BIND"),
-			 (int)cat_config_int(cfg, "CATALYST_PERSIST_PORT"), errstr, sizeof(errstr)) != CAT_OK) {
+			 (int)cat_config_int(cfg, "CATALYST_PERSIST_PORT"), errstr,
+			 sizeof(errstr)) != CAT_OK) {
 		CAT_LOG_ERROR("HTTP", "%s", errstr);
 		goto out;
 	}

@@ -1,7 +1,6 @@
 #include "sql.h"
 
 #include <ctype.h>
-#include <inttypes.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -9,7 +8,8 @@
 #include <string.h>
 
 #include "cat_pg.h"
-#include "cat_time.h"
+
+#define COPY_CHUNK_BYTES (64 * 1024)
 
 #define FIELD_CPTR(msg, offset, type) ((const type *)(const void *)((const char *)(msg) + (offset)))
 
@@ -157,7 +157,8 @@ static int build_state(sql_buf_t *sql, const sql_table_t *st)
 static int build_tombstoned(sql_buf_t *sql, const sql_table_t *st)
 {
 	return buf_printf(sql,
-			  "SELECT EXISTS (SELECT 1 FROM row_tombstones WHERE table_name = '%s' AND pk = ANY ($1::text[]))",
+			  "SELECT EXISTS (SELECT 1 FROM row_tombstones WHERE table_name = '%s' AND pk = ANY "
+			  "($1::text[]))",
 			  st->table->name);
 }
 
@@ -173,14 +174,14 @@ static int build_copy(sql_buf_t *sql, const sql_table_t *st)
 
 cat_err_t sql_table_init(sql_table_t *st, const cat_table_t *table, char *errstr, size_t errstr_size)
 {
-	sql_buf_t upsert = { 0 }, remove = { 0 }, state = { 0 }, tombstoned = { 0 }, copy = { 0 };
+	sql_buf_t upsert = {0}, remove = {0}, state = {0}, tombstoned = {0}, copy = {0};
 	bool have_pk = false, have_version = false;
 
 	memset(st, 0, sizeof(*st));
 	st->table = table;
 	if (!plain_identifier(table->name))
-		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "table name %s is not a plain identifier",
-				   table->name);
+		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL,
+				   "table name %s is not a plain identifier", table->name);
 	st->fields = calloc(table->n_columns, sizeof(*st->fields));
 	st->types = calloc(table->n_columns, sizeof(*st->types));
 	if (!st->fields || !st->types)
@@ -397,7 +398,8 @@ cat_err_t sql_arrays_add_text(sql_arrays_t *arrays, size_t column, const char *t
 		return CAT_ERR_FATAL;
 	arrays->has_null[column] |= !text;
 	arrays->n_elements[column]++;
-	return put_field(&arrays->columns[column], text, text ? strlen(text) : 0) ? CAT_ERR_RETRIABLE : CAT_OK;
+	return put_field(&arrays->columns[column], text, text ? strlen(text) : 0) ? CAT_ERR_RETRIABLE
+										  : CAT_OK;
 }
 
 cat_err_t sql_arrays_add_int64(sql_arrays_t *arrays, size_t column, int64_t value)
@@ -431,7 +433,7 @@ void sql_arrays_shrink(sql_arrays_t *arrays, size_t keep_bytes)
 	for (size_t i = 0; i < arrays->cap_columns; i++)
 		if (arrays->columns[i].cap > keep_bytes) {
 			free(arrays->columns[i].data);
-			arrays->columns[i] = (sql_buf_t){ 0 };
+			arrays->columns[i] = (sql_buf_t){0};
 		}
 }
 
@@ -466,13 +468,13 @@ static cat_err_t statement_error(PGconn *conn, const PGresult *res, const char *
 			*c = ' ';
 	for (len = strlen(msg); len > 0 && msg[len - 1] == ' '; len--)
 		msg[len - 1] = '\0';
-	return cat_err_set(errstr, errstr_size, cat_pg_error_class(conn, res), "could not execute %s: %s%s%s%s", what,
-			   msg[0] ? msg : "no result from server", sqlstate ? " (SQLSTATE " : "",
-			   sqlstate ? sqlstate : "", sqlstate ? ")" : "");
+	return cat_err_set(errstr, errstr_size, cat_pg_error_class(conn, res),
+			   "could not execute %s: %s%s%s%s", what, msg[0] ? msg : "no result from server",
+			   sqlstate ? " (SQLSTATE " : "", sqlstate ? sqlstate : "", sqlstate ? ")" : "");
 }
 
-cat_err_t sql_exec(PGconn *conn, const char *what, const char *sql, const sql_arrays_t *arrays, PGresult **out,
-		   char *errstr, size_t errstr_size)
+cat_err_t sql_exec(PGconn *conn, const char *what, const char *sql, const sql_arrays_t *arrays,
+		   PGresult **out, char *errstr, size_t errstr_size)
 {
 	PGresult *res = PQexecParams(conn, sql, (int)arrays->n_columns, NULL, arrays->values, arrays->lengths,
 				     arrays->formats, 0);
@@ -534,9 +536,16 @@ cat_err_t sql_copy(PGconn *conn, const sql_table_t *st, sql_buf_t *buf, bool *co
 		return err;
 	}
 	PQclear(res);
-	/* a failed send leaves the reason in the result below */
-	if (PQputCopyData(conn, buf->data, (int)buf->len) == 1)
-		PQputCopyEnd(conn, NULL);
+	/* in pieces, so the server parses while the rest is on its way; a failed
+	 * send leaves its reason in the result below */
+	for (size_t sent = 0; sent < buf->len;) {
+		size_t n = buf->len - sent < COPY_CHUNK_BYTES ? buf->len - sent : COPY_CHUNK_BYTES;
+
+		if (PQputCopyData(conn, buf->data + sent, (int)n) != 1)
+			break;
+		sent += n;
+	}
+	PQputCopyEnd(conn, NULL);
 	while ((res = PQgetResult(conn))) {
 		if (err == CAT_OK && PQresultStatus(res) != PGRES_COMMAND_OK) {
 			const char *sqlstate = PQresultErrorField(res, PG_DIAG_SQLSTATE);

@@ -48,9 +48,9 @@ typedef struct sql_table {
 	cat_col_type_t *types;			 /* and its type */
 	size_t pk_column;			 /* index of the primary key in columns */
 	size_t version_column;
-	char *upsert; /* $1..$n_columns, arrays in column order */
-	char *remove; /* $1 keys, $2 versions */
-	char *state;  /* $1 keys */
+	char *upsert;	  /* $1..$n_columns, arrays in column order */
+	char *remove;	  /* $1 keys, $2 versions */
+	char *state;	  /* $1 keys */
 	char *tombstoned; /* $1 keys */
 	char *copy;
 } sql_table_t;
@@ -76,7 +76,8 @@ typedef struct sql_arrays {
 
 /* Starts empty arrays of the given element types (memory is kept between
  * uses). */
-cat_err_t sql_arrays_begin(sql_arrays_t *arrays, size_t n_columns, const cat_col_type_t *types) CAT_MUST_CHECK;
+cat_err_t sql_arrays_begin(sql_arrays_t *arrays, size_t n_columns,
+			   const cat_col_type_t *types) CAT_MUST_CHECK;
 
 /* Appends every column of `row` (a record message of st's table; the arrays
  * begun with its column types). */
@@ -99,8 +100,8 @@ void sql_arrays_free(sql_arrays_t *arrays);
 /* Runs `sql` with the finished arrays as its parameters $1..$n. Errors are
  * classed as cat_pg_exec's and read "could not execute <what>: <message>
  * (SQLSTATE xxxxx)". */
-cat_err_t sql_exec(PGconn *conn, const char *what, const char *sql, const sql_arrays_t *arrays, PGresult **out,
-		   char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+cat_err_t sql_exec(PGconn *conn, const char *what, const char *sql, const sql_arrays_t *arrays,
+		   PGresult **out, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 
 /* Binary COPY data in buf (memory is kept between uses): begin, one call
  * per row of st's table, then sql_copy() sends it and runs the COPY inside a
