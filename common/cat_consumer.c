@@ -498,10 +498,9 @@ static bool wait_polling(cat_consumer_t *consumer, part_buf_t *part, unsigned re
 /* Applies msgs[0..n) of `part`, retrying transient failures and splitting
  * on permanent ones. On BATCH_DONE every message in range is applied or
  * dead-lettered and the offset after the range is stored. */
-static batch_result_t apply_range(cat_consumer_t *consumer, part_buf_t *part, cat_msg_t *msgs, size_t n,
-				  bool isolating)
+static batch_result_t apply_range(cat_consumer_t *consumer, part_buf_t *part, cat_msg_t *msgs, size_t n)
 {
-	cat_batch_t batch = { part->topic, part->partition, msgs, n, isolating };
+	cat_batch_t batch = { part->topic, part->partition, msgs, n };
 	unsigned revokes = part->revokes;
 	int64_t backoff_ms = consumer->backoff_ms;
 	int attempts = 0;
@@ -562,10 +561,10 @@ static batch_result_t apply_range(cat_consumer_t *consumer, part_buf_t *part, ca
 				      "%s [%d] offsets %lld..%lld: isolating a bad message: %s", part->topic,
 				      (int)part->partition, (long long)msgs[0].rkm->offset,
 				      (long long)msgs[n - 1].rkm->offset, errstr);
-			r = apply_range(consumer, part, msgs, half, true);
+			r = apply_range(consumer, part, msgs, half);
 			if (r != BATCH_DONE)
 				return r;
-			return apply_range(consumer, part, msgs + half, n - half, true);
+			return apply_range(consumer, part, msgs + half, n - half);
 		}
 		case CAT_ERR_RETRIABLE: {
 			/* full jitter: uniform in [backoff/2, backoff] */
@@ -609,7 +608,7 @@ static batch_result_t process_part(cat_consumer_t *consumer, part_buf_t *part)
 	cat_metrics_observe(consumer->m_batch_size, (double)n);
 	unsigned revokes = part->revokes;
 
-	r = apply_range(consumer, part, consumer->msg_scratch, n, false);
+	r = apply_range(consumer, part, consumer->msg_scratch, n);
 	if (r == BATCH_DONE)
 		part_drop(part, n);
 	else if (r == BATCH_ABANDONED) {

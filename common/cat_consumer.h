@@ -79,7 +79,6 @@ typedef struct cat_batch {
 	int32_t partition;
 	cat_msg_t *msgs;
 	size_t n;
-	bool isolating; /* this is a part of a split batch: a PERMANENT result makes a single message a dead letter */
 } cat_batch_t;
 
 typedef struct cat_handler {

@@ -125,3 +125,21 @@ wait_for() {
 		sleep 0.1
 	done
 }
+
+# run COMMAND...: runs it without stopping the script on failure; sets rc,
+# out (stdout) and err (stderr); both also go to $work/all.log (the caller
+# sets $work), so a test can check the whole output for secrets at the end.
+run() {
+	set +e
+	"$@" >"$work/out" 2>"$work/err"
+	rc=$?
+	set -e
+	out=$(cat "$work/out")
+	err=$(cat "$work/err")
+	cat "$work/out" "$work/err" >>"$work/all.log"
+}
+
+# lines TEXT: how many lines TEXT has (0 when empty).
+lines() {
+	if [[ -z $1 ]]; then echo 0; else printf '%s\n' "$1" | wc -l; fi
+}

@@ -18,22 +18,6 @@ export CATALYST_MIGRATE_LOCK_TIMEOUT_S=60
 pg_password=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.urlparse(sys.argv[1]).password or "")' \
 	"$LIB_ADMIN_PG_URL")
 
-# run COMMAND...: sets rc, out (stdout) and err (stderr); everything also
-# goes to $work/all.log, checked for the password at the end.
-run() {
-	set +e
-	"$@" >"$work/out" 2>"$work/err"
-	rc=$?
-	set -e
-	out=$(cat "$work/out")
-	err=$(cat "$work/err")
-	cat "$work/out" "$work/err" >>"$work/all.log"
-}
-
-lines() {
-	if [[ -z $1 ]]; then echo 0; else printf '%s\n' "$1" | wc -l; fi
-}
-
 # json_get JSON PYTHON-EXPR: evaluates EXPR on the parsed document `d`.
 json_get() {
 	python3 -c 'import json, sys; d = json.loads(sys.argv[1]); print(eval(sys.argv[2]))' "$1" "$2"

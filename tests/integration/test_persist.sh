@@ -34,20 +34,6 @@ scratch_db "persist_$$"
 db=$SCRATCH_PG_URL
 export CATALYST_PG_URL=$db
 
-# run COMMAND...: sets rc, out, err; everything also goes to $work/all.log
-run() {
-	set +e
-	"$@" >"$work/out" 2>"$work/err"
-	rc=$?
-	set -e
-	out=$(cat "$work/out")
-	err=$(cat "$work/err")
-	cat "$work/out" "$work/err" >>"$work/all.log"
-}
-
-lines() {
-	if [[ -z $1 ]]; then echo 0; else printf '%s\n' "$1" | wc -l; fi
-}
 
 # --- bad configuration and usage: one plain line naming the variable, exit 2 --------
 run env -u CATALYST_PG_URL "$persist"
