@@ -13,10 +13,16 @@
  *    "command_id":"...","issued_at_us":...,"committed_at_us":...,
  *    "batch_id":"...","source_topic":"...","source_partition":2,
  *    "source_first_offset":100,"source_last_offset":149,"record":{...}}
+ * --type events decodes an Event:
+ *
+ *   {"partition":0,"offset":4,"key":"news_raw","event_id":"...","worker":"...",
+ *    "kind":"sync.check.report","subject":"news_raw","command_id":"...",
+ *    "ok":true,"message":"...","occurred_at_us":...,"attributes":{...},
+ *    "counters":{"rows_missing":100,...}}
  * Stops after --count messages, or when nothing new arrived for --idle-ms,
  * or at --timeout-ms; exits 1 if fewer than --count were read.
  *
- *   topic-dump --topic catalyst.write.v1 --count 10000 [--type write|raw|changes]
+ *   topic-dump --topic catalyst.write.v1 --count 10000 [--type write|raw|changes|events]
  */
 #include <jansson.h>
 #include <signal.h>
@@ -137,6 +143,50 @@ static void print_changes(const rd_kafka_message_t *msg)
 	catalyst__v1__change_batch__free_unpacked(batch, NULL);
 }
 
+/* One line per Event (an undecodable one: a line with "error"). */
+static void print_event(const rd_kafka_message_t *msg)
+{
+	Catalyst__V1__Event *event =
+		catalyst__v1__event__unpack(NULL, msg->len, msg->payload ? msg->payload : (const void *)"");
+	json_t *line = json_object();
+	char *text;
+
+	json_object_set_new(line, "partition", json_integer(msg->partition));
+	json_object_set_new(line, "offset", json_integer(msg->offset));
+	json_object_set_new(line, "key", msg->key ? json_stringn(msg->key, msg->key_len) : json_null());
+	if (!event) {
+		json_object_set_new(line, "error", json_string("could not decode Event"));
+	} else {
+		json_t *attrs = json_object(), *counters = json_object();
+
+		json_object_set_new(line, "event_id", event->event_id ? json_string(event->event_id) : json_null());
+		json_object_set_new(line, "worker", event->worker ? json_string(event->worker) : json_null());
+		json_object_set_new(line, "kind", event->kind ? json_string(event->kind) : json_null());
+		json_object_set_new(line, "subject", event->subject ? json_string(event->subject) : json_null());
+		json_object_set_new(line, "command_id",
+				    event->command_id ? json_string(event->command_id) : json_null());
+		json_object_set_new(line, "ok", json_boolean(event->ok));
+		json_object_set_new(line, "message", event->message ? json_string(event->message) : json_null());
+		json_object_set_new(line, "occurred_at_us", json_integer(event->occurred_at_us));
+		for (size_t i = 0; i < event->n_attributes; i++)
+			if (event->attributes[i]->key)
+				json_object_set_new(attrs, event->attributes[i]->key,
+						    json_string(event->attributes[i]->value ? event->attributes[i]->value : ""));
+		for (size_t i = 0; i < event->n_counters; i++)
+			if (event->counters[i]->key)
+				json_object_set_new(counters, event->counters[i]->key,
+						    json_integer(event->counters[i]->value));
+		json_object_set_new(line, "attributes", attrs);
+		json_object_set_new(line, "counters", counters);
+		catalyst__v1__event__free_unpacked(event, NULL);
+	}
+	text = json_dumps(line, JSON_COMPACT);
+	if (text)
+		printf("%s\n", text);
+	free(text);
+	json_decref(line);
+}
+
 int main(int argc, char **argv)
 {
 	const char *topic = NULL, *type = "write";
@@ -218,6 +268,8 @@ int main(int argc, char **argv)
 		}
 		if (strcmp(type, "changes") == 0)
 			print_changes(msg);
+		else if (strcmp(type, "events") == 0)
+			print_event(msg);
 		else
 			print_message(msg, strcmp(type, "write") == 0, with_headers);
 		got++;
