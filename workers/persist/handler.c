@@ -15,7 +15,7 @@
 #include "cat_pg.h"
 #include "cat_schema.h"
 #include "cat_time.h"
-#include "sql.h"
+#include "cat_sql.h"
 
 #define MAX_TABLES	    8
 #define CHANGES_MAX_ROWS    500		 /* Changes per ChangeBatch message */
@@ -74,7 +74,7 @@ struct persist {
 	char changes_topic[256];
 	int32_t changes_partitions; /* 0 until read from the metadata */
 	int changes_timeout_ms;
-	sql_table_t sql[MAX_TABLES];
+	cat_sql_table_t sql[MAX_TABLES];
 	size_t n_tables;
 
 	/* delivery reports of the current batch */
@@ -89,8 +89,8 @@ struct persist {
 	size_t n_slots;
 	write_t **sorted; /* the live writes */
 	size_t n_sorted;
-	sql_arrays_t arrays;
-	sql_buf_t copy;
+	cat_sql_arrays_t arrays;
+	cat_sql_buf_t copy;
 	unsigned copy_backoff[MAX_TABLES];	/* upsert batches before COPY is tried again */
 	unsigned copy_backoff_next[MAX_TABLES]; /* the backoff after the next conflict */
 	Catalyst__V1__Change *changes;
@@ -322,7 +322,7 @@ cat_err_t persist_new(persist_t **out, const cat_config_t *cfg, PGconn *conn, ca
 	}
 	persist->n_tables = cat_schema_n_tables;
 	for (size_t t = 0; t < persist->n_tables; t++)
-		if ((err = sql_table_init(&persist->sql[t], &cat_schema_tables[t], errstr, errstr_size)) !=
+		if ((err = cat_sql_table_init(&persist->sql[t], &cat_schema_tables[t], errstr, errstr_size)) !=
 		    CAT_OK)
 			goto error;
 	register_metrics(persist, metrics);
@@ -362,8 +362,8 @@ void persist_destroy(persist_t *persist)
 	pthread_mutex_destroy(&persist->trim_lock);
 	cat_pg_close(persist->conn);
 	for (size_t t = 0; t < MAX_TABLES; t++)
-		sql_table_free(&persist->sql[t]);
-	sql_arrays_free(&persist->arrays);
+		cat_sql_table_free(&persist->sql[t]);
+	cat_sql_arrays_free(&persist->arrays);
 	free(persist->copy.data);
 	free(persist->writes);
 	free(persist->keys);
@@ -466,14 +466,14 @@ static void release_scratch(persist_t *persist)
 	}
 	if (persist->copy.cap > SCRATCH_KEEP_BYTES) {
 		free(persist->copy.data);
-		persist->copy = (sql_buf_t){0};
+		persist->copy = (cat_sql_buf_t){0};
 	}
 	if (persist->cap_packed > SCRATCH_KEEP_BYTES) {
 		free(persist->packed);
 		persist->packed = NULL;
 		persist->cap_packed = 0;
 	}
-	sql_arrays_shrink(&persist->arrays, SCRATCH_KEEP_BYTES);
+	cat_sql_arrays_shrink(&persist->arrays, SCRATCH_KEEP_BYTES);
 }
 
 static cat_err_t reserve_scratch(persist_t *persist, size_t n, char *errstr, size_t errstr_size)
@@ -616,7 +616,7 @@ static cat_err_t resolve(persist_t *persist, cat_batch_t *batch, char *errstr, s
 			continue;
 		table = cat_codec_record_table(cmd->record);
 		t = (size_t)(table - cat_schema_tables);
-		pk = sql_row_pk(&persist->sql[t], cat_codec_record_row(cmd->record));
+		pk = cat_sql_row_pk(&persist->sql[t], cat_codec_record_row(cmd->record));
 		hash = key_hash(t, pk);
 		key = key_find(persist, t, pk, hash, &slot);
 		if (!key) {
@@ -668,18 +668,18 @@ static cat_err_t run_deletes(persist_t *persist, size_t t, size_t from, size_t t
 	static const cat_col_type_t types[] = {CAT_COL_TEXT, CAT_COL_INT64};
 	cat_err_t err;
 
-	if ((err = sql_arrays_begin(&persist->arrays, 2, types)) != CAT_OK)
+	if ((err = cat_sql_arrays_begin(&persist->arrays, 2, types)) != CAT_OK)
 		return cat_err_set(errstr, errstr_size, err, "out of memory");
 	for (size_t i = from; i < to; i++) {
 		write_t *write = persist->sorted[i];
 
-		if ((err = sql_arrays_add_text(&persist->arrays, 0, write->pk)) != CAT_OK ||
-		    (err = sql_arrays_add_int64(&persist->arrays, 1, write->version)) != CAT_OK)
+		if ((err = cat_sql_arrays_add_text(&persist->arrays, 0, write->pk)) != CAT_OK ||
+		    (err = cat_sql_arrays_add_int64(&persist->arrays, 1, write->version)) != CAT_OK)
 			return cat_err_set(errstr, errstr_size, err, "out of memory");
 		write->publish = PUBLISH_RECORD; /* consumers check the version of a delete too */
 	}
-	sql_arrays_finish(&persist->arrays);
-	err = sql_exec(persist->conn, "DELETE", persist->sql[t].remove, &persist->arrays, &res, errstr,
+	cat_sql_arrays_finish(&persist->arrays);
+	err = cat_sql_exec(persist->conn, "DELETE", persist->sql[t].remove, &persist->arrays, &res, errstr,
 		       errstr_size);
 	if (err != CAT_OK)
 		return err;
@@ -694,18 +694,18 @@ static cat_err_t resolve_skipped(persist_t *persist, size_t t, size_t from, size
 				 size_t errstr_size)
 {
 	static const cat_col_type_t types[] = {CAT_COL_TEXT};
-	const sql_table_t *st = &persist->sql[t];
+	const cat_sql_table_t *st = &persist->sql[t];
 	PGresult *res = NULL;
 	cat_err_t err;
 
-	if ((err = sql_arrays_begin(&persist->arrays, 1, types)) != CAT_OK)
+	if ((err = cat_sql_arrays_begin(&persist->arrays, 1, types)) != CAT_OK)
 		return cat_err_set(errstr, errstr_size, err, "out of memory");
 	for (size_t i = from; i < to; i++)
 		if (!persist->sorted[i]->applied &&
-		    (err = sql_arrays_add_text(&persist->arrays, 0, persist->sorted[i]->pk)) != CAT_OK)
+		    (err = cat_sql_arrays_add_text(&persist->arrays, 0, persist->sorted[i]->pk)) != CAT_OK)
 			return cat_err_set(errstr, errstr_size, err, "out of memory");
-	sql_arrays_finish(&persist->arrays);
-	err = sql_exec(persist->conn, "SELECT", st->state, &persist->arrays, &res, errstr, errstr_size);
+	cat_sql_arrays_finish(&persist->arrays);
+	err = cat_sql_exec(persist->conn, "SELECT", st->state, &persist->arrays, &res, errstr, errstr_size);
 	if (err != CAT_OK)
 		return err;
 	for (int r = 0; r < PQntuples(res); r++) {
@@ -744,13 +744,13 @@ static cat_err_t any_tombstoned(persist_t *persist, size_t t, size_t from, size_
 	PGresult *res = NULL;
 	cat_err_t err;
 
-	if ((err = sql_arrays_begin(&persist->arrays, 1, types)) != CAT_OK)
+	if ((err = cat_sql_arrays_begin(&persist->arrays, 1, types)) != CAT_OK)
 		return cat_err_set(errstr, errstr_size, err, "out of memory");
 	for (size_t i = from; i < to; i++)
-		if ((err = sql_arrays_add_text(&persist->arrays, 0, persist->sorted[i]->pk)) != CAT_OK)
+		if ((err = cat_sql_arrays_add_text(&persist->arrays, 0, persist->sorted[i]->pk)) != CAT_OK)
 			return cat_err_set(errstr, errstr_size, err, "out of memory");
-	sql_arrays_finish(&persist->arrays);
-	err = sql_exec(persist->conn, "SELECT", persist->sql[t].tombstoned, &persist->arrays, &res, errstr,
+	cat_sql_arrays_finish(&persist->arrays);
+	err = cat_sql_exec(persist->conn, "SELECT", persist->sql[t].tombstoned, &persist->arrays, &res, errstr,
 		       errstr_size);
 	if (err != CAT_OK)
 		return err;
@@ -764,17 +764,17 @@ static cat_err_t any_tombstoned(persist_t *persist, size_t t, size_t from, size_
 static cat_err_t run_copy(persist_t *persist, cat_batch_t *batch, size_t t, size_t from, size_t to,
 			  bool *conflict, char *errstr, size_t errstr_size)
 {
-	const sql_table_t *st = &persist->sql[t];
+	const cat_sql_table_t *st = &persist->sql[t];
 	cat_err_t err;
 
-	sql_copy_begin(&persist->copy);
+	cat_sql_copy_begin(&persist->copy);
 	for (size_t i = from; i < to; i++) {
 		const Catalyst__V1__WriteCommand *cmd = command_of(batch, persist->sorted[i]);
 
-		if ((err = sql_copy_add_row(&persist->copy, st, cat_codec_record_row(cmd->record))) != CAT_OK)
+		if ((err = cat_sql_copy_add_row(&persist->copy, st, cat_codec_record_row(cmd->record))) != CAT_OK)
 			return cat_err_set(errstr, errstr_size, err, "out of memory");
 	}
-	err = sql_copy(persist->conn, st, &persist->copy, conflict, errstr, errstr_size);
+	err = cat_sql_copy(persist->conn, st, &persist->copy, conflict, errstr, errstr_size);
 	if (err != CAT_OK || *conflict)
 		return err;
 	for (size_t i = from; i < to; i++) {
@@ -791,7 +791,7 @@ static cat_err_t run_copy(persist_t *persist, cat_batch_t *batch, size_t t, size
 static cat_err_t run_upserts(persist_t *persist, cat_batch_t *batch, size_t t, size_t from, size_t to,
 			     char *errstr, size_t errstr_size)
 {
-	const sql_table_t *st = &persist->sql[t];
+	const cat_sql_table_t *st = &persist->sql[t];
 	PGresult *res = NULL;
 	size_t n_applied;
 	bool tombstoned = true, conflict = false;
@@ -817,18 +817,18 @@ static cat_err_t run_upserts(persist_t *persist, cat_batch_t *batch, size_t t, s
 		}
 	}
 
-	if ((err = sql_arrays_begin(&persist->arrays, st->table->n_columns, st->types)) != CAT_OK)
+	if ((err = cat_sql_arrays_begin(&persist->arrays, st->table->n_columns, st->types)) != CAT_OK)
 		return cat_err_set(errstr, errstr_size, err, "out of memory");
 	for (size_t i = from; i < to; i++) {
 		const Catalyst__V1__WriteCommand *cmd = command_of(batch, persist->sorted[i]);
 
-		if ((err = sql_arrays_add_row(&persist->arrays, st, cat_codec_record_row(cmd->record))) !=
+		if ((err = cat_sql_arrays_add_row(&persist->arrays, st, cat_codec_record_row(cmd->record))) !=
 		    CAT_OK)
 			return cat_err_set(errstr, errstr_size, err, "out of memory");
 		persist->sorted[i]->publish = PUBLISH_RECORD;
 	}
-	sql_arrays_finish(&persist->arrays);
-	err = sql_exec(persist->conn, "INSERT", st->upsert, &persist->arrays, &res, errstr, errstr_size);
+	cat_sql_arrays_finish(&persist->arrays);
+	err = cat_sql_exec(persist->conn, "INSERT", st->upsert, &persist->arrays, &res, errstr, errstr_size);
 	if (err != CAT_OK)
 		return err;
 	mark_applied(persist, t, persist->sorted[from]->round, false, res);
@@ -926,7 +926,7 @@ static size_t change_key(const write_t *write, char *key, size_t key_size)
  * free_key_record(). */
 static Catalyst__V1__Record *key_record_new(const persist_t *persist, const write_t *write, int64_t version)
 {
-	const sql_table_t *st = &persist->sql[write->table];
+	const cat_sql_table_t *st = &persist->sql[write->table];
 	const ProtobufCFieldDescriptor *oneof = protobuf_c_message_descriptor_get_field(
 		&catalyst__v1__record__descriptor, st->table->record_case);
 	const ProtobufCFieldDescriptor *pk_field = st->fields[st->pk_column];

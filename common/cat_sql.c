@@ -1,4 +1,4 @@
-#include "sql.h"
+#include "cat_sql.h"
 
 #include <ctype.h>
 #include <stdarg.h>
@@ -15,7 +15,7 @@
 
 /* --- text buffers -------------------------------------------------------------- */
 
-static int buf_reserve(sql_buf_t *buf, size_t more)
+static int buf_reserve(cat_sql_buf_t *buf, size_t more)
 {
 	size_t cap;
 	char *grown;
@@ -33,9 +33,9 @@ static int buf_reserve(sql_buf_t *buf, size_t more)
 	return 0;
 }
 
-static int buf_printf(sql_buf_t *buf, const char *fmt, ...) CAT_PRINTF(2, 3);
+static int buf_printf(cat_sql_buf_t *buf, const char *fmt, ...) CAT_PRINTF(2, 3);
 
-static int buf_printf(sql_buf_t *buf, const char *fmt, ...)
+static int buf_printf(cat_sql_buf_t *buf, const char *fmt, ...)
 {
 	va_list ap;
 	int n;
@@ -85,7 +85,7 @@ static bool plain_identifier(const char *name)
 	return strlen(name) < 64;
 }
 
-static int build_upsert(sql_buf_t *sql, const sql_table_t *st)
+static int build_upsert(cat_sql_buf_t *sql, const cat_sql_table_t *st)
 {
 	const cat_table_t *t = st->table;
 	const char *pk = t->primary_key;
@@ -127,7 +127,7 @@ static int build_upsert(sql_buf_t *sql, const sql_table_t *st)
 	return rc;
 }
 
-static int build_remove(sql_buf_t *sql, const sql_table_t *st)
+static int build_remove(cat_sql_buf_t *sql, const cat_sql_table_t *st)
 {
 	const cat_table_t *t = st->table;
 
@@ -143,7 +143,7 @@ static int build_remove(sql_buf_t *sql, const sql_table_t *st)
 			  t->name, t->name, t->primary_key, t->primary_key);
 }
 
-static int build_state(sql_buf_t *sql, const sql_table_t *st)
+static int build_state(cat_sql_buf_t *sql, const cat_sql_table_t *st)
 {
 	const cat_table_t *t = st->table;
 
@@ -154,7 +154,7 @@ static int build_state(sql_buf_t *sql, const sql_table_t *st)
 			  t->name, t->primary_key, t->name);
 }
 
-static int build_tombstoned(sql_buf_t *sql, const sql_table_t *st)
+static int build_tombstoned(cat_sql_buf_t *sql, const cat_sql_table_t *st)
 {
 	return buf_printf(sql,
 			  "SELECT EXISTS (SELECT 1 FROM row_tombstones WHERE table_name = '%s' AND pk = ANY "
@@ -162,19 +162,19 @@ static int build_tombstoned(sql_buf_t *sql, const sql_table_t *st)
 			  st->table->name);
 }
 
-static int build_copy(sql_buf_t *sql, const sql_table_t *st)
+static int build_copy(cat_sql_buf_t *sql, const cat_sql_table_t *st)
 {
 	const cat_table_t *t = st->table;
-	int rc = buf_printf(sql, "SAVEPOINT persist_copy; COPY %s (", t->name);
+	int rc = buf_printf(sql, "SAVEPOINT cat_sql_copy; COPY %s (", t->name);
 
 	for (size_t i = 0; i < t->n_columns; i++)
 		rc |= buf_printf(sql, "%s%s", i ? ", " : "", t->columns[i].name);
 	return rc | buf_printf(sql, ") FROM STDIN (FORMAT binary)");
 }
 
-cat_err_t sql_table_init(sql_table_t *st, const cat_table_t *table, char *errstr, size_t errstr_size)
+cat_err_t cat_sql_table_init(cat_sql_table_t *st, const cat_table_t *table, char *errstr, size_t errstr_size)
 {
-	sql_buf_t upsert = {0}, remove = {0}, state = {0}, tombstoned = {0}, copy = {0};
+	cat_sql_buf_t upsert = {0}, remove = {0}, state = {0}, tombstoned = {0}, copy = {0};
 	bool have_pk = false, have_version = false;
 
 	memset(st, 0, sizeof(*st));
@@ -224,7 +224,7 @@ cat_err_t sql_table_init(sql_table_t *st, const cat_table_t *table, char *errstr
 	return CAT_OK;
 }
 
-void sql_table_free(sql_table_t *st)
+void cat_sql_table_free(cat_sql_table_t *st)
 {
 	if (!st)
 		return;
@@ -290,7 +290,7 @@ static int grow(void *ptr, size_t n, size_t size)
 	return 0;
 }
 
-cat_err_t sql_arrays_begin(sql_arrays_t *arrays, size_t n_columns, const cat_col_type_t *types)
+cat_err_t cat_sql_arrays_begin(cat_sql_arrays_t *arrays, size_t n_columns, const cat_col_type_t *types)
 {
 	if (n_columns > arrays->cap_columns) {
 		if (grow(&arrays->columns, n_columns, sizeof(*arrays->columns)))
@@ -322,7 +322,7 @@ cat_err_t sql_arrays_begin(sql_arrays_t *arrays, size_t n_columns, const cat_col
 
 /* One field as an array element or a binary COPY field: an int32 length
  * (-1: NULL, `data` NULL), then the bytes. */
-static int put_field(sql_buf_t *buf, const void *data, size_t len)
+static int put_field(cat_sql_buf_t *buf, const void *data, size_t len)
 {
 	if (len > INT32_MAX || buf_reserve(buf, 4 + (data ? len : 0)))
 		return -1;
@@ -343,7 +343,7 @@ static bool field_present(const ProtobufCMessage *row, const ProtobufCFieldDescr
 }
 
 /* The binary form of a column of `row` (type's send format). */
-static int put_value(sql_buf_t *buf, cat_col_type_t type, const ProtobufCMessage *row,
+static int put_value(cat_sql_buf_t *buf, cat_col_type_t type, const ProtobufCMessage *row,
 		     const ProtobufCFieldDescriptor *field, bool *is_null)
 {
 	char bin[8];
@@ -379,7 +379,7 @@ static int put_value(sql_buf_t *buf, cat_col_type_t type, const ProtobufCMessage
 	return -1;
 }
 
-cat_err_t sql_arrays_add_row(sql_arrays_t *arrays, const sql_table_t *st, const ProtobufCMessage *row)
+cat_err_t cat_sql_arrays_add_row(cat_sql_arrays_t *arrays, const cat_sql_table_t *st, const ProtobufCMessage *row)
 {
 	for (size_t i = 0; i < st->table->n_columns && i < arrays->n_columns; i++) {
 		bool is_null;
@@ -392,7 +392,7 @@ cat_err_t sql_arrays_add_row(sql_arrays_t *arrays, const sql_table_t *st, const 
 	return CAT_OK;
 }
 
-cat_err_t sql_arrays_add_text(sql_arrays_t *arrays, size_t column, const char *text)
+cat_err_t cat_sql_arrays_add_text(cat_sql_arrays_t *arrays, size_t column, const char *text)
 {
 	if (column >= arrays->n_columns || arrays->types[column] != CAT_COL_TEXT)
 		return CAT_ERR_FATAL;
@@ -402,7 +402,7 @@ cat_err_t sql_arrays_add_text(sql_arrays_t *arrays, size_t column, const char *t
 										  : CAT_OK;
 }
 
-cat_err_t sql_arrays_add_int64(sql_arrays_t *arrays, size_t column, int64_t value)
+cat_err_t cat_sql_arrays_add_int64(cat_sql_arrays_t *arrays, size_t column, int64_t value)
 {
 	char bin[8];
 
@@ -413,7 +413,7 @@ cat_err_t sql_arrays_add_int64(sql_arrays_t *arrays, size_t column, int64_t valu
 	return put_field(&arrays->columns[column], bin, 8) ? CAT_ERR_RETRIABLE : CAT_OK;
 }
 
-void sql_arrays_finish(sql_arrays_t *arrays)
+void cat_sql_arrays_finish(cat_sql_arrays_t *arrays)
 {
 	for (size_t i = 0; i < arrays->n_columns; i++) {
 		char *header = arrays->columns[i].data;
@@ -428,16 +428,16 @@ void sql_arrays_finish(sql_arrays_t *arrays)
 	}
 }
 
-void sql_arrays_shrink(sql_arrays_t *arrays, size_t keep_bytes)
+void cat_sql_arrays_shrink(cat_sql_arrays_t *arrays, size_t keep_bytes)
 {
 	for (size_t i = 0; i < arrays->cap_columns; i++)
 		if (arrays->columns[i].cap > keep_bytes) {
 			free(arrays->columns[i].data);
-			arrays->columns[i] = (sql_buf_t){0};
+			arrays->columns[i] = (cat_sql_buf_t){0};
 		}
 }
 
-void sql_arrays_free(sql_arrays_t *arrays)
+void cat_sql_arrays_free(cat_sql_arrays_t *arrays)
 {
 	if (!arrays)
 		return;
@@ -473,7 +473,7 @@ static cat_err_t statement_error(PGconn *conn, const PGresult *res, const char *
 			   sqlstate ? " (SQLSTATE " : "", sqlstate ? sqlstate : "", sqlstate ? ")" : "");
 }
 
-cat_err_t sql_exec(PGconn *conn, const char *what, const char *sql, const sql_arrays_t *arrays,
+cat_err_t cat_sql_exec(PGconn *conn, const char *what, const char *sql, const cat_sql_arrays_t *arrays,
 		   PGresult **out, char *errstr, size_t errstr_size)
 {
 	PGresult *res = PQexecParams(conn, sql, (int)arrays->n_columns, NULL, arrays->values, arrays->lengths,
@@ -492,7 +492,7 @@ cat_err_t sql_exec(PGconn *conn, const char *what, const char *sql, const sql_ar
 
 /* --- binary COPY ----------------------------------------------------------------------- */
 
-void sql_copy_begin(sql_buf_t *buf)
+void cat_sql_copy_begin(cat_sql_buf_t *buf)
 {
 	static const char header[] = "PGCOPY\n\377\r\n\0\0\0\0\0\0\0\0\0"; /* signature, flags, extension */
 
@@ -503,7 +503,7 @@ void sql_copy_begin(sql_buf_t *buf)
 	}
 }
 
-cat_err_t sql_copy_add_row(sql_buf_t *buf, const sql_table_t *st, const ProtobufCMessage *row)
+cat_err_t cat_sql_copy_add_row(cat_sql_buf_t *buf, const cat_sql_table_t *st, const ProtobufCMessage *row)
 {
 	bool is_null;
 
@@ -517,7 +517,7 @@ cat_err_t sql_copy_add_row(sql_buf_t *buf, const sql_table_t *st, const Protobuf
 	return CAT_OK;
 }
 
-cat_err_t sql_copy(PGconn *conn, const sql_table_t *st, sql_buf_t *buf, bool *conflict, char *errstr,
+cat_err_t cat_sql_copy(PGconn *conn, const cat_sql_table_t *st, cat_sql_buf_t *buf, bool *conflict, char *errstr,
 		   size_t errstr_size)
 {
 	PGresult *res;
@@ -559,7 +559,7 @@ cat_err_t sql_copy(PGconn *conn, const sql_table_t *st, sql_buf_t *buf, bool *co
 		err = statement_error(conn, NULL, "COPY", errstr, errstr_size);
 	if (*conflict) {
 		/* a key exists: undo the COPY alone, the caller upserts instead */
-		res = PQexec(conn, "ROLLBACK TO SAVEPOINT persist_copy");
+		res = PQexec(conn, "ROLLBACK TO SAVEPOINT cat_sql_copy");
 		if (res && PQresultStatus(res) == PGRES_COMMAND_OK)
 			err = CAT_OK;
 		else
@@ -569,7 +569,7 @@ cat_err_t sql_copy(PGconn *conn, const sql_table_t *st, sql_buf_t *buf, bool *co
 	return err;
 }
 
-const char *sql_row_pk(const sql_table_t *st, const ProtobufCMessage *row)
+const char *cat_sql_row_pk(const cat_sql_table_t *st, const ProtobufCMessage *row)
 {
 	const ProtobufCFieldDescriptor *field = st->fields[st->pk_column];
 	const char *pk = *FIELD_CPTR(row, field->offset, char *);

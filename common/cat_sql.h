@@ -1,6 +1,8 @@
 /*
- * catalyst-persist's statements, built once per table from the compiled-in
- * schema (no table or column name ever comes from a message), and the
+ * cat_sql: the version-checked statements of the schema's tables (used by
+ * catalyst-persist on the primary and catalyst-sync on a replica), built
+ * once per table from the compiled-in schema (no table or column name ever
+ * comes from a message), and the
  * parameters that carry a batch's values: one PostgreSQL array per column,
  * sent in binary format (the server neither parses text nor unescapes: a
  * value can hold any character), NULL for an absent field; or, for keys the
@@ -22,8 +24,8 @@
  *           table holds fails it (unique violation), the savepoint undoes it,
  *           and the upsert runs instead
  */
-#ifndef PERSIST_SQL_H
-#define PERSIST_SQL_H
+#ifndef CAT_SQL_H
+#define CAT_SQL_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -36,13 +38,13 @@
 #include "cat_schema.h"
 
 /* A growable text buffer. */
-typedef struct sql_buf {
+typedef struct cat_sql_buf {
 	char *data;
 	size_t len;
 	size_t cap;
-} sql_buf_t;
+} cat_sql_buf_t;
 
-typedef struct sql_table {
+typedef struct cat_sql_table {
 	const cat_table_t *table;
 	const ProtobufCFieldDescriptor **fields; /* the record field of each column */
 	cat_col_type_t *types;			 /* and its type */
@@ -53,67 +55,67 @@ typedef struct sql_table {
 	char *state;	  /* $1 keys */
 	char *tombstoned; /* $1 keys */
 	char *copy;
-} sql_table_t;
+} cat_sql_table_t;
 
 /* Builds the statements of `table`; fatal when the schema and the record
  * message disagree (a programming error). */
-cat_err_t sql_table_init(sql_table_t *st, const cat_table_t *table, char *errstr,
+cat_err_t cat_sql_table_init(cat_sql_table_t *st, const cat_table_t *table, char *errstr,
 			 size_t errstr_size) CAT_MUST_CHECK;
-void sql_table_free(sql_table_t *st);
+void cat_sql_table_free(cat_sql_table_t *st);
 
 /* One binary array per column, filled row by row. */
-typedef struct sql_arrays {
-	sql_buf_t *columns;
+typedef struct cat_sql_arrays {
+	cat_sql_buf_t *columns;
 	cat_col_type_t *types;
 	size_t *n_elements;
 	bool *has_null;
-	const char **values; /* PQexecParams arguments, set by sql_arrays_finish() */
+	const char **values; /* PQexecParams arguments, set by cat_sql_arrays_finish() */
 	int *lengths;
 	int *formats;
 	size_t n_columns;
 	size_t cap_columns;
-} sql_arrays_t;
+} cat_sql_arrays_t;
 
 /* Starts empty arrays of the given element types (memory is kept between
  * uses). */
-cat_err_t sql_arrays_begin(sql_arrays_t *arrays, size_t n_columns,
+cat_err_t cat_sql_arrays_begin(cat_sql_arrays_t *arrays, size_t n_columns,
 			   const cat_col_type_t *types) CAT_MUST_CHECK;
 
 /* Appends every column of `row` (a record message of st's table; the arrays
  * begun with its column types). */
-cat_err_t sql_arrays_add_row(sql_arrays_t *arrays, const sql_table_t *st,
+cat_err_t cat_sql_arrays_add_row(cat_sql_arrays_t *arrays, const cat_sql_table_t *st,
 			     const ProtobufCMessage *row) CAT_MUST_CHECK;
 
 /* Appends one value to a text column (NULL: SQL NULL) or a bigint column. */
-cat_err_t sql_arrays_add_text(sql_arrays_t *arrays, size_t column, const char *text) CAT_MUST_CHECK;
-cat_err_t sql_arrays_add_int64(sql_arrays_t *arrays, size_t column, int64_t value) CAT_MUST_CHECK;
+cat_err_t cat_sql_arrays_add_text(cat_sql_arrays_t *arrays, size_t column, const char *text) CAT_MUST_CHECK;
+cat_err_t cat_sql_arrays_add_int64(cat_sql_arrays_t *arrays, size_t column, int64_t value) CAT_MUST_CHECK;
 
 /* Completes the arrays' headers; values/lengths/formats hold the
- * parameters until the next sql_arrays_begin(). */
-void sql_arrays_finish(sql_arrays_t *arrays);
+ * parameters until the next cat_sql_arrays_begin(). */
+void cat_sql_arrays_finish(cat_sql_arrays_t *arrays);
 
 /* Frees the columns' buffers larger than keep_bytes. */
-void sql_arrays_shrink(sql_arrays_t *arrays, size_t keep_bytes);
+void cat_sql_arrays_shrink(cat_sql_arrays_t *arrays, size_t keep_bytes);
 
-void sql_arrays_free(sql_arrays_t *arrays);
+void cat_sql_arrays_free(cat_sql_arrays_t *arrays);
 
 /* Runs `sql` with the finished arrays as its parameters $1..$n. Errors are
  * classed as cat_pg_exec's and read "could not execute <what>: <message>
  * (SQLSTATE xxxxx)". */
-cat_err_t sql_exec(PGconn *conn, const char *what, const char *sql, const sql_arrays_t *arrays,
+cat_err_t cat_sql_exec(PGconn *conn, const char *what, const char *sql, const cat_sql_arrays_t *arrays,
 		   PGresult **out, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 
 /* Binary COPY data in buf (memory is kept between uses): begin, one call
- * per row of st's table, then sql_copy() sends it and runs the COPY inside a
+ * per row of st's table, then cat_sql_copy() sends it and runs the COPY inside a
  * savepoint (in a transaction). A unique violation rolls back to the
  * savepoint and returns CAT_OK with *conflict set: nothing was inserted.
  * Other errors are classed as cat_pg_exec's. */
-void sql_copy_begin(sql_buf_t *buf);
-cat_err_t sql_copy_add_row(sql_buf_t *buf, const sql_table_t *st, const ProtobufCMessage *row) CAT_MUST_CHECK;
-cat_err_t sql_copy(PGconn *conn, const sql_table_t *st, sql_buf_t *buf, bool *conflict, char *errstr,
+void cat_sql_copy_begin(cat_sql_buf_t *buf);
+cat_err_t cat_sql_copy_add_row(cat_sql_buf_t *buf, const cat_sql_table_t *st, const ProtobufCMessage *row) CAT_MUST_CHECK;
+cat_err_t cat_sql_copy(PGconn *conn, const cat_sql_table_t *st, cat_sql_buf_t *buf, bool *conflict, char *errstr,
 		   size_t errstr_size) CAT_MUST_CHECK;
 
 /* The text of the primary key of `row` ("" when absent). */
-const char *sql_row_pk(const sql_table_t *st, const ProtobufCMessage *row);
+const char *cat_sql_row_pk(const cat_sql_table_t *st, const ProtobufCMessage *row);
 
-#endif /* PERSIST_SQL_H */
+#endif /* CAT_SQL_H */
