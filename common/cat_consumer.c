@@ -10,13 +10,17 @@
 #include "cat_log.h"
 #include "cat_time.h"
 
-/* Messages polled for one partition and not yet handled, in offset order. */
+/* Messages polled for one partition and not yet stored, in offset order:
+ * the first `applied` are applied and settling (their offsets are stored
+ * when they settle), the rest wait for their batch. */
 typedef struct part_buf {
 	char *topic;
 	int32_t partition;
 	rd_kafka_message_t **msgs;
+	int64_t *issued; /* of each applied message: issued_at_us, 0 unknown, -1 dead-lettered */
 	size_t n, cap;
-	int64_t first_at_us; /* when the oldest buffered message arrived (monotonic) */
+	size_t applied;
+	int64_t first_at_us; /* when the oldest message waiting for its batch arrived (monotonic) */
 	unsigned revokes;    /* bumped at each revocation: a batch begun before it is void */
 	cat_metric_t *lag;   /* catalyst_consumer_lag{topic,partition} */
 } part_buf_t;
@@ -50,6 +54,8 @@ struct cat_consumer {
 	volatile sig_atomic_t *stop;
 	int64_t stop_deadline_us; /* 0 until stop is seen */
 	cat_msg_t *msg_scratch;   /* batch_size entries */
+	size_t n_settling;	  /* applied messages whose offsets wait for settle() */
+	int settle_attempts;	  /* consecutive settle() failures */
 
 	/* read by the HTTP thread */
 	atomic_bool retrying;
@@ -68,6 +74,8 @@ struct cat_consumer {
 	cat_metric_t *m_assigned;
 	cat_metric_t *m_abandoned;
 };
+
+#define SETTLE_MAX_BATCHES 4 /* settle once this many batches' worth of messages are settling */
 
 static const double batch_size_buckets[] = { 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000 };
 static const double latency_buckets[] = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
@@ -109,13 +117,22 @@ static part_buf_t *part_get(cat_consumer_t *consumer, const char *topic, int32_t
 }
 
 /* Drops the first n buffered messages. */
-static void part_drop(part_buf_t *part, size_t n)
+static void part_drop(cat_consumer_t *consumer, part_buf_t *part, size_t n)
 {
+	size_t unsettled = n < part->applied ? n : part->applied;
+	bool pending_dropped = n > part->applied;
+
 	for (size_t i = 0; i < n; i++)
 		rd_kafka_message_destroy(part->msgs[i]);
 	memmove(part->msgs, part->msgs + n, (part->n - n) * sizeof(*part->msgs));
+	memmove(part->issued, part->issued + n, (part->n - n) * sizeof(*part->issued));
 	part->n -= n;
-	part->first_at_us = part->n ? cat_time_mono_us() : 0;
+	part->applied -= unsettled;
+	consumer->n_settling -= unsettled;
+	if (part->n == part->applied)
+		part->first_at_us = 0;
+	else if (pending_dropped)
+		part->first_at_us = cat_time_mono_us();
 }
 
 static cat_err_t part_push(part_buf_t *part, rd_kafka_message_t *rkm)
@@ -123,24 +140,29 @@ static cat_err_t part_push(part_buf_t *part, rd_kafka_message_t *rkm)
 	if (part->n == part->cap) {
 		size_t cap = part->cap ? part->cap * 2 : 64;
 		rd_kafka_message_t **grown = realloc(part->msgs, cap * sizeof(*grown));
+		int64_t *issued;
 
 		if (!grown)
 			return CAT_ERR_FATAL;
 		part->msgs = grown;
+		if (!(issued = realloc(part->issued, cap * sizeof(*issued))))
+			return CAT_ERR_FATAL;
+		part->issued = issued;
 		part->cap = cap;
 	}
-	if (part->n == 0)
+	if (part->n == part->applied)
 		part->first_at_us = cat_time_mono_us();
 	part->msgs[part->n++] = rkm;
 	return CAT_OK;
 }
 
-static void part_free(part_buf_t *part)
+static void part_free(cat_consumer_t *consumer, part_buf_t *part)
 {
 	if (!part)
 		return;
-	part_drop(part, part->n);
+	part_drop(consumer, part, part->n);
 	free(part->msgs);
+	free(part->issued);
 	free(part->topic);
 	free(part);
 }
@@ -210,7 +232,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic
 
 			if (part) {
 				part->revokes++;
-				part_drop(part, part->n);
+				part_drop(consumer, part, part->n);
 				cat_metrics_set(part->lag, 0);
 			}
 		}
@@ -477,14 +499,14 @@ static void pause_all(cat_consumer_t *consumer, bool pause)
 /* Polls (serving rebalances, keeping the membership) while waiting; returns
  * false when the wait should end early: the batch's partition was revoked,
  * or the shutdown grace period is over. */
-static void poll_once(cat_consumer_t *consumer, int timeout_ms);
+static bool poll_once(cat_consumer_t *consumer, int timeout_ms);
 
 static bool wait_polling(cat_consumer_t *consumer, part_buf_t *part, unsigned revokes, int64_t wait_us)
 {
 	int64_t until = cat_time_mono_us() + wait_us;
 
 	while (cat_time_mono_us() < until) {
-		if (part->revokes != revokes)
+		if (part && part->revokes != revokes)
 			return false;
 		if (*consumer->stop && !consumer->stop_deadline_us)
 			consumer->stop_deadline_us = cat_time_mono_us() + (int64_t)consumer->grace_ms * 1000;
@@ -492,7 +514,58 @@ static bool wait_polling(cat_consumer_t *consumer, part_buf_t *part, unsigned re
 			return false;
 		poll_once(consumer, 50);
 	}
-	return part->revokes == revokes;
+	return !part || part->revokes == revokes;
+}
+
+/* Stores the offset after the applied messages of `part` and drops them:
+ * their effects are durable. */
+static void part_settle(cat_consumer_t *consumer, part_buf_t *part)
+{
+	rd_kafka_topic_partition_list_t *offsets;
+	int64_t now_us = cat_time_now_us(), n_dead = 0;
+	size_t n = part->applied;
+
+	if (n == 0)
+		return;
+	offsets = rd_kafka_topic_partition_list_new(1);
+	rd_kafka_topic_partition_list_add(offsets, part->topic, part->partition)->offset =
+		part->msgs[n - 1]->offset + 1;
+	rd_kafka_offsets_store(consumer->rk, offsets);
+	rd_kafka_topic_partition_list_destroy(offsets);
+	for (size_t i = 0; i < n; i++) {
+		if (part->issued[i] < 0)
+			n_dead++;
+		else if (part->issued[i] > 0)
+			cat_metrics_observe(consumer->m_latency, (double)(now_us - part->issued[i]) / 1e6);
+	}
+	cat_metrics_add(consumer->m_applied, (int64_t)n - n_dead);
+	cat_metrics_add(consumer->m_dead_lettered, n_dead);
+	part_drop(consumer, part, n);
+}
+
+/* Settles every applied batch: the handler's settle() (when it has one),
+ * then their offsets are stored. On failure nothing is stored and the
+ * batches are applied again from the start. */
+static cat_err_t settle_all(cat_consumer_t *consumer, int timeout_ms, char *errstr, size_t errstr_size)
+{
+	cat_err_t err = CAT_OK;
+
+	if (consumer->n_settling == 0)
+		return CAT_OK;
+	if (consumer->handler.settle)
+		err = consumer->handler.settle(consumer->handler.opaque, timeout_ms, errstr, errstr_size);
+	for (size_t i = 0; i < consumer->n_parts; i++) {
+		part_buf_t *part = consumer->parts[i];
+
+		if (err == CAT_OK) {
+			part_settle(consumer, part);
+		} else {
+			consumer->n_settling -= part->applied;
+			part->applied = 0;
+			part->first_at_us = 0; /* due at once */
+		}
+	}
+	return err;
 }
 
 /* Applies msgs[0..n) of `part`, retrying transient failures and splitting
@@ -528,10 +601,7 @@ static batch_result_t apply_range(cat_consumer_t *consumer, part_buf_t *part, ca
 			err = dead_letter_marked(consumer, &batch, &n_dead, errstr, sizeof(errstr));
 
 		switch (err) {
-		case CAT_OK: {
-			rd_kafka_topic_partition_list_t *offsets = rd_kafka_topic_partition_list_new(1);
-			int64_t now_us = cat_time_now_us();
-
+		case CAT_OK:
 			if (attempts > 0) {
 				pause_all(consumer, false);
 				set_retrying(consumer, NULL);
@@ -539,18 +609,15 @@ static batch_result_t apply_range(cat_consumer_t *consumer, part_buf_t *part, ca
 					      "%s [%d]: recovered after %d retries", part->topic, (int)part->partition,
 					      attempts);
 			}
-			rd_kafka_topic_partition_list_add(offsets, part->topic, part->partition)->offset =
-				msgs[n - 1].rkm->offset + 1;
-			rd_kafka_offsets_store(consumer->rk, offsets);
-			rd_kafka_topic_partition_list_destroy(offsets);
-			cat_metrics_add(consumer->m_applied, (int64_t)(n - n_dead));
-			cat_metrics_add(consumer->m_dead_lettered, (int64_t)n_dead);
+			/* msgs are the part's buffered messages from `applied` on */
 			for (size_t i = 0; i < n; i++)
-				if (msgs[i].result == CAT_OK && msgs[i].issued_at_us > 0)
-					cat_metrics_observe(consumer->m_latency,
-							    (double)(now_us - msgs[i].issued_at_us) / 1e6);
+				part->issued[part->applied + i] = msgs[i].result != CAT_OK ? -1 : msgs[i].issued_at_us;
+			part->applied += n;
+			consumer->n_settling += n;
+			part->first_at_us = part->n > part->applied ? cat_time_mono_us() : 0;
+			if (!consumer->handler.settle)
+				part_settle(consumer, part); /* durable already */
 			return BATCH_DONE;
-		}
 		case CAT_ERR_PERMANENT: {
 			/* some message can never apply, and the handler cannot say
 			 * which: halves, until the bad ones stand alone */
@@ -596,47 +663,96 @@ static batch_result_t apply_range(cat_consumer_t *consumer, part_buf_t *part, ca
 	}
 }
 
+/* Messages of `part` waiting for their batch. */
+static size_t part_pending(const part_buf_t *part)
+{
+	return part->n - part->applied;
+}
+
 /* Handles up to batch_size buffered messages of `part`. */
 static batch_result_t process_part(cat_consumer_t *consumer, part_buf_t *part)
 {
-	size_t n = part->n < (size_t)consumer->batch_size ? part->n : (size_t)consumer->batch_size;
+	size_t pending = part_pending(part);
+	size_t n = pending < (size_t)consumer->batch_size ? pending : (size_t)consumer->batch_size;
+	unsigned revokes = part->revokes;
 	batch_result_t r;
 
 	memset(consumer->msg_scratch, 0, n * sizeof(cat_msg_t));
 	for (size_t i = 0; i < n; i++)
-		consumer->msg_scratch[i].rkm = part->msgs[i];
+		consumer->msg_scratch[i].rkm = part->msgs[part->applied + i];
 	cat_metrics_observe(consumer->m_batch_size, (double)n);
-	unsigned revokes = part->revokes;
 
 	r = apply_range(consumer, part, consumer->msg_scratch, n);
-	if (r == BATCH_DONE)
-		part_drop(part, n);
-	else if (r == BATCH_ABANDONED) {
+	if (r == BATCH_ABANDONED) {
 		cat_metrics_inc(consumer->m_abandoned);
-		if (part->revokes == revokes)
+		if (part->revokes == revokes) {
 			cat_log_write(CAT_LOG_LEVEL_WARN, "CONSUMER",
 				      "%s [%d]: shutdown grace over, batch of %zu abandoned unstored", part->topic,
 				      (int)part->partition, n);
-		part_drop(part, part->n);
+			/* what is applied may still settle; the rest is redelivered */
+			for (size_t i = part->n; i > part->applied; i--)
+				rd_kafka_message_destroy(part->msgs[i - 1]);
+			part->n = part->applied;
+		}
 	}
 	return r;
 }
 
+/* Settles in the loop: on a transient failure the batches are applied again
+ * after the backoff, the partitions paused meanwhile. CAT_OK: go on;
+ * CAT_ERR_FATAL (with errstr): stop, failed; CAT_ERR_RETRIABLE: stop, the
+ * shutdown grace is over. */
+static cat_err_t settle_in_loop(cat_consumer_t *consumer, char *errstr, size_t errstr_size)
+{
+	char reason[512];
+	cat_err_t err = settle_all(consumer, consumer->dlq_timeout_ms, reason, sizeof(reason));
+	int64_t backoff_ms = consumer->backoff_ms, wait_ms;
+
+	if (err == CAT_OK) {
+		if (consumer->settle_attempts > 0) {
+			pause_all(consumer, false);
+			set_retrying(consumer, NULL);
+			cat_log_write(CAT_LOG_LEVEL_INFO, "CONSUMER", "settled after %d retries",
+				      consumer->settle_attempts);
+			consumer->settle_attempts = 0;
+		}
+		return CAT_OK;
+	}
+	if (err != CAT_ERR_RETRIABLE)
+		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "%s", reason);
+	consumer->settle_attempts++;
+	for (int i = 1; i < consumer->settle_attempts && backoff_ms < consumer->backoff_max_ms; i++)
+		backoff_ms *= 2;
+	if (backoff_ms > consumer->backoff_max_ms)
+		backoff_ms = consumer->backoff_max_ms;
+	wait_ms = backoff_ms / 2 + (int64_t)(rand() % (int)(backoff_ms / 2 + 1));
+	cat_metrics_inc(consumer->m_retries);
+	set_retrying(consumer, reason);
+	cat_log_write(consumer->settle_attempts == 1 || consumer->settle_attempts % 10 == 0 ? CAT_LOG_LEVEL_WARN
+											  : CAT_LOG_LEVEL_DEBUG,
+		      "CONSUMER", "could not settle the applied batches (attempt %d), applying them again in %lld ms: %s",
+		      consumer->settle_attempts, (long long)wait_ms, reason);
+	if (consumer->settle_attempts == 1)
+		pause_all(consumer, true);
+	return wait_polling(consumer, NULL, 0, wait_ms * 1000) ? CAT_OK : CAT_ERR_RETRIABLE;
+}
+
 /* --- the loop ---------------------------------------------------------------------------- */
 
-static void poll_once(cat_consumer_t *consumer, int timeout_ms)
+/* Polls once; true when a message arrived. */
+static bool poll_once(cat_consumer_t *consumer, int timeout_ms)
 {
 	rd_kafka_message_t *rkm = rd_kafka_consumer_poll(consumer->rk, timeout_ms);
 	part_buf_t *part;
 
 	atomic_store(&consumer->last_poll_us, cat_time_mono_us());
 	if (!rkm)
-		return;
+		return false;
 	if (rkm->err) {
 		if (rkm->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
 			cat_log_write(CAT_LOG_LEVEL_WARN, "KAFKA", "consumer: %s", rd_kafka_message_errstr(rkm));
 		rd_kafka_message_destroy(rkm);
-		return;
+		return false;
 	}
 	cat_metrics_inc(consumer->m_consumed);
 	part = part_get(consumer, rd_kafka_topic_name(rkm->rkt), rkm->partition);
@@ -645,8 +761,9 @@ static void poll_once(cat_consumer_t *consumer, int timeout_ms)
 		cat_log_write(CAT_LOG_LEVEL_ERROR, "CONSUMER", "out of memory buffering a message");
 		rd_kafka_message_destroy(rkm);
 		consumer->stop_deadline_us = cat_time_mono_us();
-		return;
+		return false;
 	}
+	return true;
 }
 
 cat_err_t cat_consumer_run(cat_consumer_t *consumer, volatile sig_atomic_t *stop, char *errstr,
@@ -662,18 +779,21 @@ cat_err_t cat_consumer_run(cat_consumer_t *consumer, volatile sig_atomic_t *stop
 		int64_t now = cat_time_mono_us();
 		int timeout_ms = 100;
 
+		bool got;
+
 		/* a partial batch waits at most its linger */
 		for (size_t i = 0; i < consumer->n_parts; i++) {
 			part_buf_t *part = consumer->parts[i];
 
-			if (part->n > 0) {
+			if (part_pending(part) > 0) {
 				int64_t left = consumer->linger_ms - (now - part->first_at_us) / 1000;
 
 				if (left < timeout_ms)
 					timeout_ms = left < 0 ? 0 : (int)left;
 			}
 		}
-		poll_once(consumer, timeout_ms);
+		/* settling batches do not wait for more messages */
+		got = poll_once(consumer, consumer->n_settling > 0 ? 0 : timeout_ms);
 		if (rd_kafka_fatal_error(consumer->rk, fatal, sizeof(fatal))) {
 			result = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "kafka consumer failed: %s", fatal);
 			break;
@@ -683,8 +803,9 @@ cat_err_t cat_consumer_run(cat_consumer_t *consumer, volatile sig_atomic_t *stop
 		for (size_t i = 0; i < consumer->n_parts && !*stop; i++) {
 			part_buf_t *part = consumer->parts[i];
 
-			while (part->n > 0 && (part->n >= (size_t)consumer->batch_size ||
-					       (now - part->first_at_us) / 1000 >= consumer->linger_ms)) {
+			while (part_pending(part) > 0 &&
+			       (part_pending(part) >= (size_t)consumer->batch_size ||
+				(now - part->first_at_us) / 1000 >= consumer->linger_ms)) {
 				batch_result_t r = process_part(consumer, part);
 
 				if (r == BATCH_FATAL) {
@@ -698,12 +819,38 @@ cat_err_t cat_consumer_run(cat_consumer_t *consumer, volatile sig_atomic_t *stop
 				now = cat_time_mono_us();
 			}
 		}
+		/* applied batches settle once nothing more is at hand, or enough wait */
+		if (consumer->n_settling > 0 &&
+		    (!got || consumer->n_settling >= (size_t)consumer->batch_size * SETTLE_MAX_BATCHES)) {
+			cat_err_t err = settle_in_loop(consumer, errstr, errstr_size);
+
+			if (err == CAT_ERR_FATAL) {
+				result = err;
+				break;
+			}
+			if (err != CAT_OK)
+				break;
+		}
 	}
 
 out:
-	/* stop fetching; what is buffered but not begun is left for redelivery */
+	/* what is applied settles within the grace period; what is buffered
+	 * but not begun is left for redelivery */
+	if (result == CAT_OK && consumer->n_settling > 0) {
+		int64_t left_ms = consumer->stop_deadline_us
+					  ? (consumer->stop_deadline_us - cat_time_mono_us()) / 1000
+					  : (int64_t)consumer->grace_ms;
+		char reason[512];
+
+		if (left_ms < 1000)
+			left_ms = 1000;
+		if (settle_all(consumer, (int)left_ms, reason, sizeof(reason)) != CAT_OK)
+			cat_log_write(CAT_LOG_LEVEL_WARN, "CONSUMER",
+				      "applied batches left unstored at shutdown (they will be redelivered): %s",
+				      reason);
+	}
 	for (size_t i = 0; i < consumer->n_parts; i++)
-		part_drop(consumer->parts[i], consumer->parts[i]->n);
+		part_drop(consumer, consumer->parts[i], consumer->parts[i]->n);
 	{
 		rd_kafka_resp_err_t kr = rd_kafka_commit(consumer->rk, NULL, 0);
 
@@ -721,7 +868,7 @@ void cat_consumer_destroy(cat_consumer_t *consumer)
 	if (!consumer)
 		return;
 	for (size_t i = 0; i < consumer->n_parts; i++)
-		part_free(consumer->parts[i]);
+		part_free(consumer, consumer->parts[i]);
 	free(consumer->parts);
 	if (consumer->rk)
 		rd_kafka_destroy(consumer->rk);

@@ -90,6 +90,18 @@ typedef struct cat_handler {
 	 * unreachable; drives /readyz. */
 	bool (*ready)(void *opaque, char *reason, size_t reason_size);
 	void *opaque;
+	/* Optional: for a handler whose apply() leaves part of the effect in
+	 * flight (e.g. messages sent and not yet acknowledged), so that the next
+	 * batch can be applied while they complete. With it, a batch apply()
+	 * returned CAT_OK for is "settling": its offsets are stored only after a
+	 * settle() that returns CAT_OK, which must wait (up to timeout_ms) until
+	 * everything every earlier apply() left in flight is durable. The loop
+	 * settles when it has nothing more to apply at once, when 4 x
+	 * CATALYST_BATCH_SIZE messages are settling, and before it stops. When
+	 * settle() fails, every settling batch is applied again (after the retry
+	 * backoff, RETRIABLE; the loop stops on FATAL), so apply() must tolerate
+	 * re-applying a batch whose effect is already in place. */
+	cat_err_t (*settle)(void *opaque, int timeout_ms, char *errstr, size_t errstr_size);
 } cat_handler_t;
 
 typedef struct cat_consumer cat_consumer_t;

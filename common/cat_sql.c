@@ -576,3 +576,25 @@ const char *cat_sql_row_pk(const cat_sql_table_t *st, const ProtobufCMessage *ro
 
 	return pk ? pk : "";
 }
+
+cat_err_t cat_sql_prune_tombstones(PGconn *conn, int64_t older_than_s, int limit, int64_t *n_pruned,
+				   char *errstr, size_t errstr_size)
+{
+	static const char sql[] =
+		"DELETE FROM row_tombstones WHERE ctid = ANY (ARRAY (SELECT ctid FROM row_tombstones "
+		"WHERE deleted_at < now() - make_interval(secs => $1::bigint) LIMIT $2::int))";
+	char older[32], lim[16];
+	const char *params[2] = { older, lim };
+	PGresult *res = NULL;
+	cat_err_t err;
+
+	*n_pruned = 0;
+	snprintf(older, sizeof(older), "%lld", (long long)older_than_s);
+	snprintf(lim, sizeof(lim), "%d", limit);
+	err = cat_pg_exec(conn, sql, 2, params, &res, errstr, errstr_size);
+	if (err != CAT_OK)
+		return err;
+	*n_pruned = strtoll(PQcmdTuples(res), NULL, 10);
+	PQclear(res);
+	return CAT_OK;
+}

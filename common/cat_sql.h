@@ -34,6 +34,7 @@
 #include <libpq-fe.h>
 #include <protobuf-c/protobuf-c.h>
 
+#include "cat_config.h"
 #include "cat_err.h"
 #include "cat_schema.h"
 
@@ -114,6 +115,23 @@ void cat_sql_copy_begin(cat_sql_buf_t *buf);
 cat_err_t cat_sql_copy_add_row(cat_sql_buf_t *buf, const cat_sql_table_t *st, const ProtobufCMessage *row) CAT_MUST_CHECK;
 cat_err_t cat_sql_copy(PGconn *conn, const cat_sql_table_t *st, cat_sql_buf_t *buf, bool *conflict, char *errstr,
 		   size_t errstr_size) CAT_MUST_CHECK;
+
+/* Tombstone retention, spliced into the config table of a worker that
+ * writes with these statements. */
+#define CAT_CONFIG_TOMBSTONES                                                                          \
+	{ "CATALYST_TOMBSTONE_RETENTION_S", CAT_CFG_INT, "604800", false, false, 0, 315360000, NULL,  \
+	  "how long a delete's tombstone is kept, blocking older upserts that arrive after the "      \
+	  "delete (0: forever)" },                                                                     \
+	{ "CATALYST_TOMBSTONE_PRUNE_INTERVAL_S", CAT_CFG_INT, "600", false, false, 1, 86400, NULL,    \
+	  "how often tombstones older than the retention are pruned" }
+
+/* Deletes up to `limit` tombstones (row_tombstones) recorded more than
+ * older_than_s seconds ago, in one statement (autocommit: call it outside a
+ * transaction); *n_pruned says how many. An upsert older than a pruned
+ * delete could bring its row back, so the retention must outlast any
+ * plausible delay of a write. */
+cat_err_t cat_sql_prune_tombstones(PGconn *conn, int64_t older_than_s, int limit, int64_t *n_pruned,
+				   char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 
 /* The text of the primary key of `row` ("" when absent). */
 const char *cat_sql_row_pk(const cat_sql_table_t *st, const ProtobufCMessage *row);

@@ -192,8 +192,9 @@ def derive(kind, path):
         print(json.dumps(o, ensure_ascii=False))
 
 
-# (op, version offset) programs run on new keys. A delete carries no symbol,
-# so catalyst-publish keys it by its primary key: it travels another
+# (op, version offset) programs run on new keys. These deletes carry no
+# symbol (a producer may leave it out), so catalyst-publish keys them by the
+# primary key: it travels another
 # partition than the key's upserts, and may apply before or after them. The
 # versioned table (trading_candidates) ends the same in any such order; the
 # insert-only one (news_raw: the first insert stays) only gets the programs

@@ -270,6 +270,29 @@ set -e
 pid=
 assert_eq 0 "$rc" "exit code after SIGTERM: $(tail -3 "$work/persist.log")"
 cat "$work/persist.log" >>"$work/all.log"
+
+# --- tombstones past their retention are pruned (at the first batch after a start) -----
+n_tombstones=$(psql_at "$db" "SELECT count(*) FROM row_tombstones")
+psql_at "$db" "UPDATE row_tombstones SET deleted_at = now() - interval '8 days'
+	WHERE pk IN (SELECT pk FROM row_tombstones ORDER BY pk LIMIT 100)" >/dev/null
+CATALYST_TOMBSTONE_RETENTION_S=604800 "$persist" 2>"$work/persist.log" &
+pid=$!
+python3 "$records" gen 10 43 950000 >"$work/after_restart.jsonl"
+publish "$work/after_restart.jsonl"
+caught_up
+assert_eq "$((n_tombstones - 100))" "$(psql_at "$db" "SELECT count(*) FROM row_tombstones")" \
+	"tombstones after pruning those 8 days old"
+assert_eq 0 "$(psql_at "$db" "SELECT count(*) FROM row_tombstones WHERE deleted_at < now() - interval '7 days'")" \
+	"expired tombstones left"
+assert_contains "$(cat "$work/persist.log")" "pruned 100 tombstones older than 604800 s"
+kill -TERM "$pid"
+set +e
+wait "$pid"
+rc=$?
+set -e
+pid=
+assert_eq 0 "$rc" "exit code after SIGTERM: $(tail -3 "$work/persist.log")"
+cat "$work/persist.log" >>"$work/all.log"
 grep '^{' "$work/all.log" | python3 -c 'import json, sys; [json.loads(l) for l in sys.stdin]' ||
 	fail "a log line is not JSON"
 [[ -z $pg_password ]] || assert_not_contains "$(cat "$work/all.log")" "$pg_password" "the output"

@@ -154,7 +154,7 @@ static int consume(const cat_config_t *cfg, const char *suffix, const char *out_
 	cat_consumer_t *consumer = NULL;
 	cat_http_t *http = NULL;
 	probe_t probe = { 0 };
-	cat_handler_t handler = { probe_apply, NULL, &probe };
+	cat_handler_t handler = { probe_apply, NULL, &probe, NULL };
 	char errstr[512];
 	int rc = 1;
 

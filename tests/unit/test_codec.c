@@ -571,6 +571,26 @@ static void pb_utf8_ff(wire_t *w)
 	news_with_headline(w, "\xff", 1);
 }
 
+/* the 8-bytes-at-a-time ASCII path, then the byte that stops it */
+static void pb_nul_after_ascii(wire_t *w)
+{
+	news_with_headline(w, "0123456789abc\0def0123456789", 28);
+}
+
+static void pb_invalid_after_ascii(wire_t *w)
+{
+	news_with_headline(w, "0123456789abcdef0\xc3\x28xyz0123456", 28);
+}
+
+static void pb_mixed_too_long(wire_t *w)
+{
+	wire_t row = {.len = 0};
+
+	w_news_row(&row);
+	w_str(&row, 13, "abcdefghijklmnopqrstuvwxyz01234\xc3\xa9x"); /* 31 + 1 + 1 characters */
+	w_news_command(w, &row);
+}
+
 static void pb_nul_in_text(wire_t *w)
 {
 	news_with_headline(w, "before\0after", 12);
@@ -758,6 +778,10 @@ static const struct bad_pb {
 	{"utf-8 lone continuation", pb_utf8_lone_continuation, "invalid UTF-8"},
 	{"utf-8 0xff", pb_utf8_ff, "invalid UTF-8"},
 	{"NUL in text", pb_nul_in_text, "field NewsRaw.headline: contains a NUL byte"},
+	{"NUL after 13 ASCII", pb_nul_after_ascii, "field NewsRaw.headline: contains a NUL byte"},
+	{"invalid after 17 ASCII", pb_invalid_after_ascii, "field NewsRaw.headline: invalid UTF-8"},
+	{"ASCII then multibyte too long", pb_mixed_too_long,
+	 "column \"confirmation_status\": 33 characters, longer than 32"},
 	{"NUL in primary key", pb_nul_in_pk, "field NewsRaw.news_id: contains a NUL byte"},
 	{"NUL in command_id", pb_nul_in_command_id, "field CommandMeta.command_id: contains a NUL byte"},
 	{"bad utf-8 in producer", pb_bad_utf8_producer, "field CommandMeta.producer: invalid UTF-8"},
@@ -1016,8 +1040,8 @@ START_TEST(test_decode_delete)
 	ck_assert_int_eq(cat_codec_write_decode(w.buf, w.len, &cmd, errstr, sizeof(errstr)), CAT_OK);
 	ck_assert_str_eq(cmd->record->news_raw->headline, "headline");
 	json = cat_codec_write_to_json(cmd);
-	ck_assert_str_eq(json, "{\"table\":\"news_raw\",\"news_id\":\"n1\",\"version\":9,\"op\":\"delete\","
-			       "\"command_id\":\"cmd-1\",\"issued_at_us\":1795788312000000}");
+	ck_assert_str_eq(json, "{\"table\":\"news_raw\",\"news_id\":\"n1\",\"symbol\":\"AAPL\",\"version\":9,"
+			       "\"op\":\"delete\",\"command_id\":\"cmd-1\",\"issued_at_us\":1795788312000000}");
 	ck_assert_int_eq(cat_codec_write_from_json(json, strlen(json), NULL, &again, errstr, sizeof(errstr)),
 			 CAT_OK);
 	ck_assert_str_eq(cat_codec_record_pk(again->record), "n1");
@@ -1362,11 +1386,16 @@ static const struct bad_json {
 	{"{" NEWS_OK ",\"version\":1.0}", "column \"version\": expected an integer"},
 	{"{" NEWS_OK ",\"issued_at_us\":0}", "column \"version\": must be at least 1, got 0"},
 	/* delete */
-	{"{" NEWS_OK ",\"op\":\"delete\"}",
-	 "delete carries only the primary key and version, not \"symbol\""},
+	{"{" NEWS_OK ",\"op\":\"delete\",\"headline\":\"h\"}",
+	 "delete carries only the primary key, version and symbol, not \"headline\""},
 	{"{\"table\":\"trade_records\",\"op\":\"delete\",\"trade_id\":\"t\",\"quantity\":1}",
-	 "delete carries only the primary key and version, not \"quantity\""},
-	{"{\"table\":\"trade_records\",\"op\":\"delete\",\"symbol\":\"A\"}", "delete carries only"},
+	 "delete carries only the primary key, version and symbol, not \"quantity\""},
+	{"{\"table\":\"source_metrics\",\"op\":\"delete\",\"source_name\":\"s\",\"accuracy_rate\":1}",
+	 "delete carries only the primary key and version, not \"accuracy_rate\""},
+	{"{\"table\":\"trade_records\",\"op\":\"delete\",\"symbol\":\"A\",\"version\":3}",
+	 "missing primary key \"trade_id\""},
+	{"{\"table\":\"news_raw\",\"news_id\":\"n1\",\"op\":\"delete\",\"symbol\":\"ABCDEFGHIJK\",\"version\":3}",
+	 "column \"symbol\": 11 characters, longer than 10"},
 	{"{\"table\":\"trade_records\",\"op\":\"delete\",\"version\":3}", "missing primary key \"trade_id\""},
 	/* meta */
 	{"{" NEWS_OK ",\"command_id\":5}", "\"command_id\": expected a string"},
@@ -1467,7 +1496,7 @@ START_TEST(test_json_accepts)
 	Catalyst__V1__WriteCommand *cmd;
 	Catalyst__V1__NewsRaw *n;
 	char *status = repeat("é", 32);
-	char line[1024];
+	char line[1024], key[64];
 
 	/* the line's producer wins; nulls are absent; doubles take integers */
 	cmd = json_ok("{" NEWS_OK ",\"producer\":\"cli\",\"headline\":null,\"sentiment_score\":1,"
@@ -1502,6 +1531,17 @@ START_TEST(test_json_accepts)
 	ck_assert_ptr_null(cmd->record->trade_records->symbol);
 	ck_assert_int_eq(cmd->record->trade_records->version, 77);
 	ck_assert_int_eq(cmd->meta->issued_at_us, 77);
+	ck_assert_uint_eq(cat_codec_record_key(cmd->record, key, sizeof(key)), 2);
+	ck_assert_str_eq(key, "t1"); /* no symbol: keyed by the primary key */
+	catalyst__v1__write_command__free_unpacked(cmd, NULL);
+
+	/* a delete with its symbol: keyed like the row's upserts */
+	cmd = json_ok("{\"table\":\"news_raw\",\"op\":\"delete\",\"news_id\":\"n9\",\"symbol\":\"MSFT\","
+		      "\"version\":5}");
+	ck_assert_int_eq(cmd->op, CATALYST__V1__WRITE_OP__WRITE_OP_DELETE);
+	ck_assert_str_eq(cmd->record->news_raw->symbol, "MSFT");
+	ck_assert_uint_eq(cat_codec_record_key(cmd->record, key, sizeof(key)), 4);
+	ck_assert_str_eq(key, "MSFT");
 	catalyst__v1__write_command__free_unpacked(cmd, NULL);
 
 	/* escapes and text are carried as they are */
@@ -1724,8 +1764,8 @@ START_TEST(test_write_to_json_needs_op_and_record)
 	f.cmd.record = &f.record;
 	f.cmd.meta = NULL;
 	json = cat_codec_write_to_json(&f.cmd);
-	/* a delete shows what it carries: key and version */
-	ck_assert_str_eq(json, "{\"table\":\"news_raw\",\"news_id\":\"news-1\","
+	/* a delete shows what it carries: key, symbol and version (not the headline) */
+	ck_assert_str_eq(json, "{\"table\":\"news_raw\",\"news_id\":\"news-1\",\"symbol\":\"AAPL\","
 			       "\"version\":1795788312000000,\"op\":\"delete\"}");
 	free(json);
 }

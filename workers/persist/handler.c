@@ -27,6 +27,8 @@
 #define COPY_BACKOFF_MAX    1024 /* doubling at each conflict (each one an ERROR in the server log) */
 #define SCRATCH_KEEP_ROWS   512	 /* per-batch memory kept between batches */
 #define SCRATCH_KEEP_BYTES  (64 * 1024)
+#define PRUNE_CHUNK	    5000   /* tombstones per DELETE */
+#define PRUNE_MAX	    100000 /* per interval: the batches wait meanwhile */
 #define IDLE_TRIM_US	    (2 * 1000 * 1000) /* idle this long: free memory goes back */
 
 /* How a resolved write goes out on changes.v1. */
@@ -78,8 +80,10 @@ struct persist {
 	size_t n_tables;
 
 	/* delivery reports of the current batch */
-	uint64_t delivery_failures;
+	uint64_t delivery_failures; /* since the last settle */
 	char delivery_error[256];
+	uint64_t unsettled_changes; /* rows and messages published since the last settle */
+	uint64_t unsettled_messages;
 
 	/* per-batch scratch, kept at its largest size */
 	write_t *writes;
@@ -114,8 +118,16 @@ struct persist {
 	cat_metric_t *m_tx_seconds;
 	cat_metric_t *m_publish_seconds;
 	cat_metric_t *m_changes;
+	cat_metric_t *m_settle_seconds;
+	cat_metric_t *m_decode_seconds;
 	cat_metric_t *m_change_messages;
 	cat_metric_t *m_reconnects;
+	cat_metric_t *m_pruned;
+
+	/* tombstone pruning, between batches */
+	int64_t tombstone_retention_s; /* 0: never */
+	int64_t prune_interval_us;
+	int64_t next_prune_us; /* monotonic */
 };
 
 static const double duration_buckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -276,12 +288,20 @@ static void register_metrics(persist_t *persist, cat_metrics_t *metrics)
 						     "batch transactions", "result", "rolled_back", NULL);
 	persist->m_tx_seconds = cat_metrics_histogram(
 		metrics, "catalyst_persist_apply_duration_seconds",
-		"time to apply a batch: the transaction, then publishing its changes", duration_buckets,
+		"time to apply a batch (decode and resolve its commands, run its transaction, send its changes) and to settle (the changes acknowledged, several batches at once)", duration_buckets,
 		sizeof(duration_buckets) / sizeof(duration_buckets[0]), "stage", "transaction", NULL);
 	persist->m_publish_seconds = cat_metrics_histogram(
 		metrics, "catalyst_persist_apply_duration_seconds",
-		"time to apply a batch: the transaction, then publishing its changes", duration_buckets,
+		"time to apply a batch (decode and resolve its commands, run its transaction, send its changes) and to settle (the changes acknowledged, several batches at once)", duration_buckets,
 		sizeof(duration_buckets) / sizeof(duration_buckets[0]), "stage", "publish", NULL);
+	persist->m_decode_seconds = cat_metrics_histogram(
+		metrics, "catalyst_persist_apply_duration_seconds",
+		"time to apply a batch (decode and resolve its commands, run its transaction, send its changes) and to settle (the changes acknowledged, several batches at once)",
+		duration_buckets, sizeof(duration_buckets) / sizeof(duration_buckets[0]), "stage", "decode", NULL);
+	persist->m_settle_seconds = cat_metrics_histogram(
+		metrics, "catalyst_persist_apply_duration_seconds",
+		"time to apply a batch (decode and resolve its commands, run its transaction, send its changes) and to settle (the changes acknowledged, several batches at once)", duration_buckets,
+		sizeof(duration_buckets) / sizeof(duration_buckets[0]), "stage", "settle", NULL);
 	persist->m_changes =
 		cat_metrics_counter(metrics, "catalyst_persist_changes_published_total",
 				    "committed rows published on changes.v1 (acknowledged)", NULL);
@@ -290,6 +310,8 @@ static void register_metrics(persist_t *persist, cat_metrics_t *metrics)
 				    "ChangeBatch messages acknowledged on changes.v1", NULL);
 	persist->m_reconnects = cat_metrics_counter(metrics, "catalyst_persist_pg_reconnects_total",
 						    "PostgreSQL connections reopened after a loss", NULL);
+	persist->m_pruned = cat_metrics_counter(metrics, "catalyst_persist_tombstones_pruned_total",
+						"tombstones deleted after CATALYST_TOMBSTONE_RETENTION_S", NULL);
 }
 
 cat_err_t persist_new(persist_t **out, const cat_config_t *cfg, PGconn *conn, cat_producer_t *producer,
@@ -311,6 +333,9 @@ cat_err_t persist_new(persist_t **out, const cat_config_t *cfg, PGconn *conn, ca
 	conn = NULL; /* owned by persist */
 	persist->producer = producer;
 	persist->changes_timeout_ms = (int)cat_config_int(cfg, "CATALYST_CHANGES_TIMEOUT_MS");
+	persist->tombstone_retention_s = cat_config_int(cfg, "CATALYST_TOMBSTONE_RETENTION_S");
+	persist->prune_interval_us = cat_config_int(cfg, "CATALYST_TOMBSTONE_PRUNE_INTERVAL_S") * 1000000;
+	persist->next_prune_us = 0; /* at the first batch */
 	for (size_t t = 0; t < MAX_TABLES; t++)
 		persist->copy_backoff_next[t] = COPY_BACKOFF_MIN;
 	cat_kafka_topic(cfg, CAT_TOPIC_CHANGES, persist->changes_topic, sizeof(persist->changes_topic));
@@ -1043,7 +1068,8 @@ static size_t change_size(const Catalyst__V1__Change *change)
 	return body + 1 + (body < 128 ? 1 : body < 16384 ? 2 : body < 2097152 ? 3 : 5);
 }
 
-/* Publishes the committed writes and waits for every acknowledgement. */
+/* Publishes the committed writes; persist_settle() waits for their
+ * acknowledgements. */
 static cat_err_t publish_changes(persist_t *persist, cat_batch_t *batch, int64_t committed_at_us,
 				 char *errstr, size_t errstr_size)
 {
@@ -1074,7 +1100,6 @@ static cat_err_t publish_changes(persist_t *persist, cat_batch_t *batch, int64_t
 			goto out;
 		}
 
-	persist->delivery_failures = 0;
 	for (size_t from = 0; from < n;) {
 		size_t to = from, bytes = 0;
 
@@ -1095,42 +1120,97 @@ static cat_err_t publish_changes(persist_t *persist, cat_batch_t *batch, int64_t
 		from = to;
 	}
 
-	/* flush sends at once (linger.ms does not apply) and serves the reports */
-	rd_kafka_flush(rk, persist->changes_timeout_ms);
-	if (rd_kafka_fatal_error(rk, fatal, sizeof(fatal))) {
+	/* sent at once, not after linger.ms: the next batch overlaps the round trip */
+	rd_kafka_poll(rk, 0);
+	if (rd_kafka_fatal_error(rk, fatal, sizeof(fatal)))
 		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "changes producer failed: %s", fatal);
-	} else if (cat_producer_outstanding(persist->producer) > 0) {
-		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE,
-				  "%llu change batches not acknowledged by %s within %d ms",
-				  (unsigned long long)cat_producer_outstanding(persist->producer),
-				  persist->changes_topic, persist->changes_timeout_ms);
-	} else if (persist->delivery_failures > 0) {
-		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "could not publish changes: %s",
-				  persist->delivery_error);
-	} else {
-		cat_metrics_add(persist->m_changes, (int64_t)n);
-		cat_metrics_add(persist->m_change_messages, (int64_t)n_messages);
-	}
+	persist->unsettled_changes += n;
+	persist->unsettled_messages += n_messages;
 
 out:
 	changes_release(persist, k);
 	return err;
 }
 
+cat_err_t persist_settle(void *opaque, int timeout_ms, char *errstr, size_t errstr_size)
+{
+	persist_t *persist = opaque;
+	rd_kafka_t *rk = cat_producer_handle(persist->producer);
+	int64_t started_us = cat_time_mono_us();
+	char fatal[256];
+	cat_err_t err = CAT_OK;
+
+	if (timeout_ms > persist->changes_timeout_ms)
+		timeout_ms = persist->changes_timeout_ms;
+	/* flush serves the delivery reports */
+	rd_kafka_flush(rk, timeout_ms);
+	if (rd_kafka_fatal_error(rk, fatal, sizeof(fatal))) {
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "changes producer failed: %s", fatal);
+	} else if (cat_producer_outstanding(persist->producer) > 0) {
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE,
+				  "%llu change batches not acknowledged by %s within %d ms",
+				  (unsigned long long)cat_producer_outstanding(persist->producer),
+				  persist->changes_topic, timeout_ms);
+	} else if (persist->delivery_failures > 0) {
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "could not publish changes: %s",
+				  persist->delivery_error);
+	} else {
+		cat_metrics_add(persist->m_changes, (int64_t)persist->unsettled_changes);
+		cat_metrics_add(persist->m_change_messages, (int64_t)persist->unsettled_messages);
+		cat_metrics_observe(persist->m_settle_seconds, (double)(cat_time_mono_us() - started_us) / 1e6);
+	}
+	/* a failure: the consumer applies every unsettled batch again, which
+	 * publishes their changes again */
+	persist->delivery_failures = 0;
+	persist->unsettled_changes = 0;
+	persist->unsettled_messages = 0;
+	return err;
+}
+
 /* --- the handler ------------------------------------------------------------------------------ */
+
+/* Every CATALYST_TOMBSTONE_PRUNE_INTERVAL_S, between batches: tombstones past
+ * their retention go, in bounded statements. A failure waits for the next
+ * interval (the batch that follows finds out whether the connection is
+ * broken). */
+static void prune_tombstones(persist_t *persist)
+{
+	int64_t total = 0, n = 0;
+	char errstr[512];
+
+	if (persist->tombstone_retention_s == 0 || cat_time_mono_us() < persist->next_prune_us ||
+	    !persist->conn || PQstatus(persist->conn) != CONNECTION_OK)
+		return;
+	persist->next_prune_us = 0; /* at the first batch */
+	do {
+		if (cat_sql_prune_tombstones(persist->conn, persist->tombstone_retention_s, PRUNE_CHUNK, &n,
+					     errstr, sizeof(errstr)) != CAT_OK) {
+			CAT_LOG_WARN("PG", "could not prune tombstones: %s", errstr);
+			break;
+		}
+		total += n;
+		cat_metrics_add(persist->m_pruned, n);
+	} while (n == PRUNE_CHUNK && total < PRUNE_MAX);
+	if (total > 0)
+		CAT_LOG_INFO("PG", "pruned %lld tombstones older than %lld s", (long long)total,
+			     (long long)persist->tombstone_retention_s);
+}
 
 cat_err_t persist_apply(void *opaque, cat_batch_t *batch, char *errstr, size_t errstr_size)
 {
 	persist_t *persist = opaque;
-	int64_t started_us = cat_time_mono_us(), committed_us;
+	int64_t started_us = cat_time_mono_us(), decoded_us, committed_us;
 	size_t n_valid = 0, last_valid = 0;
 	cat_err_t err;
 
+	prune_tombstones(persist);
 	err = decode_batch(batch, &n_valid, &last_valid, errstr, errstr_size);
 	if (err != CAT_OK || n_valid == 0)
 		goto out;
 	if ((err = resolve(persist, batch, errstr, errstr_size)) != CAT_OK)
 		goto out;
+	decoded_us = cat_time_mono_us();
+	cat_metrics_observe(persist->m_decode_seconds, (double)(decoded_us - started_us) / 1e6);
 	err = transaction(persist, batch, errstr, errstr_size);
 	if (err == CAT_ERR_PERMANENT && n_valid == 1) {
 		/* the batch's only write is the one the database refuses */
@@ -1143,7 +1223,7 @@ cat_err_t persist_apply(void *opaque, cat_batch_t *batch, char *errstr, size_t e
 	if (err != CAT_OK)
 		goto out;
 	committed_us = cat_time_mono_us();
-	cat_metrics_observe(persist->m_tx_seconds, (double)(committed_us - started_us) / 1e6);
+	cat_metrics_observe(persist->m_tx_seconds, (double)(committed_us - decoded_us) / 1e6);
 
 	err = publish_changes(persist, batch, cat_time_now_us(), errstr, errstr_size);
 	if (err == CAT_OK)

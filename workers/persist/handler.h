@@ -77,10 +77,12 @@ cat_err_t persist_new(persist_t **out, const cat_config_t *cfg, PGconn *conn, ca
 /* Closes the connection and frees; accepts NULL. */
 void persist_destroy(persist_t *persist);
 
-/* cat_handler_t.apply and .ready (opaque: the persist_t). ready() runs on
- * the HTTP thread: false (with the reason) while PostgreSQL does not answer
- * a ping. */
+/* cat_handler_t.apply, .settle and .ready (opaque: the persist_t). apply()
+ * commits a batch's transaction and sends its changes; settle() waits for
+ * the changes' acknowledgements. ready() runs on the HTTP thread: false
+ * (with the reason) while PostgreSQL does not answer a ping. */
 cat_err_t persist_apply(void *opaque, cat_batch_t *batch, char *errstr, size_t errstr_size);
+cat_err_t persist_settle(void *opaque, int timeout_ms, char *errstr, size_t errstr_size);
 bool persist_ready(void *opaque, char *reason, size_t reason_size);
 
 #endif /* PERSIST_HANDLER_H */

@@ -20,6 +20,7 @@
 #include "cat_log.h"
 #include "cat_metrics.h"
 #include "cat_pg.h"
+#include "cat_sql.h"
 #include "handler.h"
 
 #define WORKER "catalyst-persist"
@@ -41,6 +42,7 @@ static const cat_config_def_t config_defs[] = {
 	CAT_CONFIG_KAFKA,
 	CAT_CONFIG_PG,
 	CAT_CONFIG_CONSUMER("2000"),
+	CAT_CONFIG_TOMBSTONES,
 	{"CATALYST_PERSIST_GROUP", CAT_CFG_STRING, "catalyst-persist", false, false, 0, 0, NULL,
 	 "consumer group of write.v1 (one per environment sharing a Kafka cluster)"},
 	{"CATALYST_PERSIST_PORT", CAT_CFG_INT, "5030", false, false, 0, 65535, NULL,
@@ -126,7 +128,7 @@ int main(int argc, char **argv)
 	}
 
 	/* write.v1, then the probes that report on it */
-	handler = (cat_handler_t){persist_apply, persist_ready, persist};
+	handler = (cat_handler_t){ persist_apply, persist_ready, persist, persist_settle };
 	if (cat_consumer_new(&consumer, cfg, WORKER, cat_config_str(cfg, "CATALYST_PERSIST_GROUP"), topics,
 			     &handler, metrics, errstr, sizeof(errstr)) != CAT_OK) {
 		CAT_LOG_ERROR("KAFKA", "%s", errstr);
