@@ -422,6 +422,48 @@ static int wire_varint(const uint8_t **p, const uint8_t *end, uint64_t *value)
 	return -1;
 }
 
+bool cat_codec_write_record_bytes(const void *buf, size_t len, const uint8_t **record, size_t *record_len)
+{
+	const uint8_t *p = buf, *end = p + len;
+	int found = 0;
+
+	while (p < end) {
+		uint64_t tag, n;
+
+		if (wire_varint(&p, end, &tag))
+			return false;
+		switch (tag & 7) {
+		case PROTOBUF_C_WIRE_TYPE_VARINT:
+			if (wire_varint(&p, end, &n))
+				return false;
+			break;
+		case PROTOBUF_C_WIRE_TYPE_64BIT:
+			if (end - p < 8)
+				return false;
+			p += 8;
+			break;
+		case PROTOBUF_C_WIRE_TYPE_32BIT:
+			if (end - p < 4)
+				return false;
+			p += 4;
+			break;
+		case PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED:
+			if (wire_varint(&p, end, &n) || n > (uint64_t)(end - p))
+				return false;
+			if (tag >> 3 == 3) { /* WriteCommand.record */
+				*record = p;
+				*record_len = (size_t)n;
+				found++;
+			}
+			p += n;
+			break;
+		default:
+			return false;
+		}
+	}
+	return found == 1; /* several are merged by a decoder: not one slice */
+}
+
 /*
  * protobuf-c neither checks proto2 strings for UTF-8 nor keeps their length:
  * a string with a NUL byte would reach us silently cut short. So the raw

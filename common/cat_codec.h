@@ -18,6 +18,7 @@
 #ifndef CAT_CODEC_H
 #define CAT_CODEC_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -70,11 +71,17 @@ cat_err_t cat_codec_write_decode(const void *buf, size_t len, Catalyst__V1__Writ
  * the line has "issued_at_us"), meta.producer (`producer` when the line has
  * none), version (issued_at_us when absent). Unknown keys, duplicate keys,
  * wrong JSON types, unparseable timestamps, integers out of range, and a
- * delete carrying columns other than key and version are rejected naming the
+ * delete carrying columns other than key, version and symbol are rejected naming the
  * column. *out is freed with catalyst__v1__write_command__free_unpacked(*out, NULL). */
 cat_err_t cat_codec_write_from_json(const char *line, size_t len, const char *producer,
 				    Catalyst__V1__WriteCommand **out, char *errstr,
 				    size_t errstr_size) CAT_MUST_CHECK;
+
+/* The bytes of the Record inside an encoded WriteCommand (buf, len: a
+ * message cat_codec_write_decode() accepted), for splicing into a
+ * ChangeBatchView without re-encoding. False when the record is not one
+ * contiguous field (absent, or given several times: a decoder merges those). */
+bool cat_codec_write_record_bytes(const void *buf, size_t len, const uint8_t **record, size_t *record_len);
 
 /* Record -> JSON object text {"table":...,columns...} (only present fields;
  * doubles with the fewest significant digits, one count for the whole

@@ -13,6 +13,7 @@
 
 #include "cat_codec.h"
 #include "cat_time.h"
+#include "catalyst/v1/views.pb-c.h"
 
 #define ERRSTR_SIZE 512
 #define ISSUED_AT   1795788312000000LL /* 2026-11-27T14:05:12Z */
@@ -1771,6 +1772,67 @@ START_TEST(test_write_to_json_needs_op_and_record)
 }
 END_TEST
 
+/* The record's bytes spliced into a ChangeBatchView read back, as a
+ * ChangeBatch, as the same record; a record given twice or not at all has no
+ * one slice. */
+START_TEST(test_record_bytes_in_change_view)
+{
+	wire_t w = {.len = 0}, row = {.len = 0}, twice = {.len = 0}, none = {.len = 0};
+	Catalyst__V1__WriteCommand *cmd = NULL;
+	Catalyst__V1__ChangeView change = CATALYST__V1__CHANGE_VIEW__INIT, *changes[1] = {&change};
+	Catalyst__V1__ChangeBatchView view = CATALYST__V1__CHANGE_BATCH_VIEW__INIT;
+	Catalyst__V1__ChangeBatch *batch;
+	uint8_t packed[1024], want[1024], got[1024];
+	const uint8_t *bytes = NULL;
+	size_t len = 0, n;
+	char errstr[256];
+
+	w_news_row(&row);
+	w_str(&row, 3, "headline \xc3\xa9");
+	w_news_command(&w, &row);
+	ck_assert_int_eq(cat_codec_write_decode(w.buf, w.len, &cmd, errstr, sizeof(errstr)), CAT_OK);
+	ck_assert(cat_codec_write_record_bytes(w.buf, w.len, &bytes, &len));
+	ck_assert(bytes > w.buf && bytes + len <= w.buf + w.len);
+
+	change.has_op = 1;
+	change.op = CATALYST__V1__WRITE_OP__WRITE_OP_UPSERT;
+	change.has_record = 1;
+	change.record.data = (uint8_t *)bytes;
+	change.record.len = len;
+	change.command_id = "cmd-1";
+	view.n_changes = 1;
+	view.changes = changes;
+	view.has_committed_at_us = 1;
+	view.committed_at_us = 42;
+	n = catalyst__v1__change_batch_view__get_packed_size(&view);
+	ck_assert_uint_le(n, sizeof(packed));
+	catalyst__v1__change_batch_view__pack(&view, packed);
+	batch = catalyst__v1__change_batch__unpack(NULL, n, packed);
+	ck_assert_ptr_nonnull(batch);
+	ck_assert_uint_eq(batch->n_changes, 1);
+	ck_assert_str_eq(batch->changes[0]->command_id, "cmd-1");
+	ck_assert_int_eq(batch->committed_at_us, 42);
+	ck_assert_str_eq(batch->changes[0]->record->news_raw->headline, "headline \xc3\xa9");
+	ck_assert_uint_eq(catalyst__v1__record__get_packed_size(batch->changes[0]->record),
+			  catalyst__v1__record__get_packed_size(cmd->record));
+	catalyst__v1__record__pack(cmd->record, want);
+	catalyst__v1__record__pack(batch->changes[0]->record, got);
+	ck_assert_mem_eq(want, got, catalyst__v1__record__get_packed_size(cmd->record));
+	catalyst__v1__change_batch__free_unpacked(batch, NULL);
+	catalyst__v1__write_command__free_unpacked(cmd, NULL);
+
+	/* field 3 twice: a decoder merges them, no single slice */
+	w_raw(&twice, w.buf, w.len);
+	w_raw(&twice, bytes - 2, len + 2);
+	ck_assert(!cat_codec_write_record_bytes(twice.buf, twice.len, &bytes, &len));
+	/* none, and malformed */
+	w_meta(&none);
+	ck_assert(!cat_codec_write_record_bytes(none.buf, none.len, &bytes, &len));
+	ck_assert(!cat_codec_write_record_bytes(w.buf, w.len - 1, &bytes, &len));
+	ck_assert(!cat_codec_write_record_bytes("\xff", 1, &bytes, &len));
+}
+END_TEST
+
 static Suite *codec_suite(void)
 {
 	Suite *s = suite_create("cat_codec");
@@ -1796,6 +1858,7 @@ static Suite *codec_suite(void)
 	tcase_add_loop_test(good, test_protobuf_round_trip, 0, 10);
 	tcase_add_test(good, test_record_key);
 	tcase_add_test(good, test_record_accessors);
+	tcase_add_test(good, test_record_bytes_in_change_view);
 	tcase_add_test(good, test_uuid);
 	tcase_add_test(good, test_json_defaults);
 	tcase_add_test(good, test_json_accepts);

@@ -16,6 +16,7 @@
 #include "cat_schema.h"
 #include "cat_time.h"
 #include "cat_sql.h"
+#include "catalyst/v1/views.pb-c.h"
 
 #define MAX_TABLES	    8
 #define CHANGES_MAX_ROWS    500		 /* Changes per ChangeBatch message */
@@ -97,8 +98,9 @@ struct persist {
 	cat_sql_buf_t copy;
 	unsigned copy_backoff[MAX_TABLES];	/* upsert batches before COPY is tried again */
 	unsigned copy_backoff_next[MAX_TABLES]; /* the backoff after the next conflict */
-	Catalyst__V1__Change *changes;
-	Catalyst__V1__Change **change_ptrs;
+	Catalyst__V1__ChangeView *changes; /* each record: a slice of its message, else owned */
+	Catalyst__V1__ChangeView **change_ptrs;
+	bool *change_owned;		   /* the record bytes were packed for it: free them */
 	uint8_t *packed;
 	size_t cap_packed;
 
@@ -396,6 +398,7 @@ void persist_destroy(persist_t *persist)
 	free(persist->sorted);
 	free(persist->changes);
 	free(persist->change_ptrs);
+	free(persist->change_owned);
 	free(persist->packed);
 	free(persist);
 }
@@ -480,7 +483,9 @@ static void release_scratch(persist_t *persist)
 		free(persist->sorted);
 		free(persist->changes);
 		free(persist->change_ptrs);
+		free(persist->change_owned);
 		free(persist->slots);
+		persist->change_owned = NULL;
 		persist->writes = NULL;
 		persist->keys = NULL;
 		persist->sorted = NULL;
@@ -511,10 +516,11 @@ static cat_err_t reserve_scratch(persist_t *persist, size_t n, char *errstr, siz
 		write_t *writes = realloc(persist->writes, n * sizeof(*writes));
 		batch_key_t *keys = writes ? realloc(persist->keys, n * sizeof(*keys)) : NULL;
 		write_t **sorted = keys ? realloc(persist->sorted, n * sizeof(*sorted)) : NULL;
-		Catalyst__V1__Change *changes =
+		Catalyst__V1__ChangeView *changes =
 			sorted ? realloc(persist->changes, n * sizeof(*changes)) : NULL;
-		Catalyst__V1__Change **ptrs =
+		Catalyst__V1__ChangeView **ptrs =
 			changes ? realloc(persist->change_ptrs, n * sizeof(*ptrs)) : NULL;
+		bool *owned = ptrs ? realloc(persist->change_owned, n * sizeof(*owned)) : NULL;
 
 		if (writes)
 			persist->writes = writes;
@@ -524,9 +530,11 @@ static cat_err_t reserve_scratch(persist_t *persist, size_t n, char *errstr, siz
 			persist->sorted = sorted;
 		if (changes)
 			persist->changes = changes;
-		if (!ptrs)
+		if (ptrs)
+			persist->change_ptrs = ptrs;
+		if (!owned)
 			return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "out of memory");
-		persist->change_ptrs = ptrs;
+		persist->change_owned = owned;
 		persist->cap = n;
 	}
 	if (n_slots > persist->n_slots) {
@@ -982,20 +990,48 @@ static void free_key_record(Catalyst__V1__Record *record)
 	free(record);
 }
 
-/* Fills changes[k] for `write`; 0, or -1 when out of memory. */
+/* `record` packed into a new buffer, as a view's record bytes. */
+static int record_pack(const Catalyst__V1__Record *record, ProtobufCBinaryData *out)
+{
+	out->len = catalyst__v1__record__get_packed_size(record);
+	if (!(out->data = malloc(out->len ? out->len : 1)))
+		return -1;
+	catalyst__v1__record__pack(record, out->data);
+	return 0;
+}
+
+/* Fills changes[k] for `write`: the record's bytes are those of its command
+ * message, spliced as they are (the message stays alive until the batch
+ * settles); 0, or -1 when out of memory. */
 static int change_fill(persist_t *persist, cat_batch_t *batch, size_t k, const write_t *write)
 {
 	const Catalyst__V1__WriteCommand *cmd = command_of(batch, write);
-	Catalyst__V1__Change *change = &persist->changes[k];
+	const rd_kafka_message_t *rkm = batch->msgs[write->msg].rkm;
+	Catalyst__V1__ChangeView *change = &persist->changes[k];
+	const uint8_t *bytes;
+	size_t len;
 
-	catalyst__v1__change__init(change);
+	catalyst__v1__change_view__init(change);
 	change->has_op = 1;
 	change->op = cmd->op;
-	change->record = cmd->record;
+	change->has_record = 1;
+	persist->change_owned[k] = false;
 	if (write->publish == PUBLISH_TOMBSTONE) {
-		change->op = CATALYST__V1__WRITE_OP__WRITE_OP_DELETE;
-		if (!(change->record = key_record_new(persist, write, write->tombstone)))
+		Catalyst__V1__Record *record = key_record_new(persist, write, write->tombstone);
+		int rc = record ? record_pack(record, &change->record) : -1;
+
+		free_key_record(record);
+		if (rc)
 			return -1;
+		change->op = CATALYST__V1__WRITE_OP__WRITE_OP_DELETE;
+		persist->change_owned[k] = true;
+	} else if (cat_codec_write_record_bytes(rkm->payload, rkm->len, &bytes, &len)) {
+		change->record.data = (uint8_t *)bytes;
+		change->record.len = len;
+	} else {
+		if (record_pack(cmd->record, &change->record))
+			return -1;
+		persist->change_owned[k] = true;
 	}
 	if (cmd->meta) {
 		change->command_id = cmd->meta->command_id;
@@ -1010,16 +1046,16 @@ static int change_fill(persist_t *persist, cat_batch_t *batch, size_t k, const w
 static void changes_release(persist_t *persist, size_t n)
 {
 	for (size_t k = 0; k < n; k++)
-		if (persist->sorted[k]->publish == PUBLISH_TOMBSTONE)
-			free_key_record(persist->changes[k].record);
+		if (persist->change_owned[k])
+			free(persist->changes[k].record.data);
 }
 
-/* Sends changes[from, to) as one ChangeBatch to `partition`, keyed by the
- * first change's "table:pk". */
+/* Sends changes[from, to) as one ChangeBatch (packed from its view) to
+ * `partition`, keyed by the first change's "table:pk". */
 static cat_err_t send_change_batch(persist_t *persist, cat_batch_t *batch, int32_t partition, size_t from,
 				   size_t to, int64_t committed_at_us, char *errstr, size_t errstr_size)
 {
-	Catalyst__V1__ChangeBatch change_batch = CATALYST__V1__CHANGE_BATCH__INIT;
+	Catalyst__V1__ChangeBatchView change_batch = CATALYST__V1__CHANGE_BATCH_VIEW__INIT;
 	Catalyst__V1__CommandMeta meta = CATALYST__V1__COMMAND_META__INIT;
 	char command_id[384], key[256];
 	size_t len, key_len;
@@ -1045,7 +1081,7 @@ static cat_err_t send_change_batch(persist_t *persist, cat_batch_t *batch, int32
 	change_batch.has_source_last_offset = 1;
 	change_batch.source_last_offset = batch->msgs[batch->n - 1].rkm->offset;
 
-	len = catalyst__v1__change_batch__get_packed_size(&change_batch);
+	len = catalyst__v1__change_batch_view__get_packed_size(&change_batch);
 	if (len > persist->cap_packed) {
 		uint8_t *grown = realloc(persist->packed, len);
 
@@ -1054,16 +1090,16 @@ static cat_err_t send_change_batch(persist_t *persist, cat_batch_t *batch, int32
 		persist->packed = grown;
 		persist->cap_packed = len;
 	}
-	catalyst__v1__change_batch__pack(&change_batch, persist->packed);
+	catalyst__v1__change_batch_view__pack(&change_batch, persist->packed);
 	key_len = change_key(persist->sorted[from], key, sizeof(key));
 	return cat_producer_send(persist->producer, persist->changes_topic, partition, key, key_len,
 				 persist->packed, len, NULL, persist, errstr, errstr_size);
 }
 
 /* Bytes a Change adds to a ChangeBatch (tag, length, body). */
-static size_t change_size(const Catalyst__V1__Change *change)
+static size_t change_size(const Catalyst__V1__ChangeView *change)
 {
-	size_t body = catalyst__v1__change__get_packed_size(change);
+	size_t body = catalyst__v1__change_view__get_packed_size(change);
 
 	return body + 1 + (body < 128 ? 1 : body < 16384 ? 2 : body < 2097152 ? 3 : 5);
 }
