@@ -143,3 +143,11 @@ run() {
 lines() {
 	if [[ -z $1 ]]; then echo 0; else printf '%s\n' "$1" | wc -l; fi
 }
+
+# scaled N: N x CATALYST_TEST_SCALE_PCT / 100 (default 100), at least 1. The
+# sanitizer build (scripts/test) runs the data-heavy tests at a fraction of
+# their size: the same properties, shown on fewer records.
+scaled() {
+	local v=$(($1 * ${CATALYST_TEST_SCALE_PCT:-100} / 100))
+	echo $((v > 0 ? v : 1))
+}

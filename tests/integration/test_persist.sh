@@ -123,14 +123,17 @@ metric() { # metric NAME_WITH_LABELS: its value on /metrics (0 when absent)
 	curl -s "$base/metrics" | awk -v n="$1" '$1 == n { print $2; found = 1 } END { if (!found) print 0 }'
 }
 
+# (record counts: CATALYST_TEST_SCALE_PCT percent of those named)
+n=$(scaled 50000) n_mixed=$(scaled 10000)
+
 # --- 1. 50,000 mixed records over the five tables --------------------------------------
-python3 "$records" gen 50000 42 >"$work/base.jsonl"
+python3 "$records" gen "$n" 42 >"$work/base.jsonl"
 publish "$work/base.jsonl"
 caught_up
 db_check "$work/base.jsonl"
 versions_and_xmin >"$work/rows.1"
-assert_eq 50000 "$(wc -l <"$work/rows.1")" "rows after the first 50,000"
-assert_eq 10000 "$(metric 'catalyst_persist_rows_applied_total{table="news_raw",op="upsert"}')" "news_raw applied"
+assert_eq "$n" "$(wc -l <"$work/rows.1")" "rows after the first $n"
+assert_eq $((n / 5)) "$(metric 'catalyst_persist_rows_applied_total{table="news_raw",op="upsert"}')" "news_raw applied"
 
 # --- 2. the same 50,000 again: no row changes ------------------------------------------
 skipped_before=$(curl -s "$base/metrics" | awk '/^catalyst_persist_rows_skipped_total/ { s += $2 } END { print s + 0 }')
@@ -140,7 +143,7 @@ db_check "$work/base.jsonl" "$work/base.jsonl"
 versions_and_xmin >"$work/rows.2"
 cmp -s "$work/rows.1" "$work/rows.2" || fail "republishing the same records wrote rows"
 skipped_after=$(curl -s "$base/metrics" | awk '/^catalyst_persist_rows_skipped_total/ { s += $2 } END { print s + 0 }')
-assert_eq 50000 "$((skipped_after - skipped_before))" "rows skipped on the replay"
+assert_eq "$n" "$((skipped_after - skipped_before))" "rows skipped on the replay"
 
 # --- 3. older versions after newer ones: the newer stay --------------------------------
 python3 "$records" derive older "$work/base.jsonl" >"$work/older.jsonl"
@@ -158,16 +161,16 @@ n_deleted=$(wc -l <"$work/deletes.jsonl")
 publish "$work/deletes.jsonl"
 caught_up
 db_check "$work/base.jsonl" "$work/deletes.jsonl"
-assert_eq "$((50000 - n_deleted))" "$(versions_and_xmin | wc -l)" "rows after the deletes"
+assert_eq "$((n - n_deleted))" "$(versions_and_xmin | wc -l)" "rows after the deletes"
 assert_eq "$n_deleted" "$(psql_at "$db" "SELECT count(*) FROM row_tombstones")" "tombstones"
 publish "$work/stale.jsonl"
 caught_up
 db_check "$work/base.jsonl" "$work/deletes.jsonl" "$work/stale.jsonl"
-assert_eq "$((50000 - n_deleted))" "$(versions_and_xmin | wc -l)" "rows after the stale upserts"
+assert_eq "$((n - n_deleted))" "$(versions_and_xmin | wc -l)" "rows after the stale upserts"
 publish "$work/revive.jsonl"
 caught_up
 db_check "$work/base.jsonl" "$work/deletes.jsonl" "$work/stale.jsonl" "$work/revive.jsonl"
-assert_eq "$((50000 - n_deleted + $(wc -l <"$work/revive.jsonl")))" "$(versions_and_xmin | wc -l)" \
+assert_eq "$((n - n_deleted + $(wc -l <"$work/revive.jsonl")))" "$(versions_and_xmin | wc -l)" \
 	"rows after the revivals"
 # an older delete leaves a newer row alone
 python3 -c '
@@ -189,10 +192,10 @@ db_check "$work/base.jsonl" "$work/deletes.jsonl" "$work/stale.jsonl" "$work/rev
 	"$work/older_delete.jsonl" "$work/sequences.jsonl"
 
 # --- 6. 1% poison mixed in: exactly those dead-lettered, the rest applied ------------------
-python3 "$records" poison 10000 7 100000 >"$work/poison.tsv"
+python3 "$records" poison "$n_mixed" 7 100000 >"$work/poison.tsv"
 grep -o '^poison-[^	]*' "$work/poison.tsv" | sort >"$work/poison.keys"
 n_poison=$(wc -l <"$work/poison.keys")
-assert_eq 100 "$n_poison" "poison messages"
+assert_eq $((n_mixed / 100)) "$n_poison" "poison messages"
 run "$bin/raw-produce" --topic "$write_topic" <"$work/poison.tsv"
 assert_eq 0 "$rc" "raw-produce: $err"
 caught_up
@@ -200,7 +203,7 @@ db_check "$work/base.jsonl" "$work/deletes.jsonl" "$work/stale.jsonl" "$work/rev
 	"$work/older_delete.jsonl" "$work/sequences.jsonl" "$work/poison.tsv"
 "$bin/topic-dump" --topic "${CATALYST_TOPIC_PREFIX}dlq.v1" --type raw --headers --count "$n_poison" \
 	--idle-ms 5000 --timeout-ms 60000 >"$work/dlq.dump" 2>/dev/null || fail "fewer than $n_poison dead letters"
-"$bin/topic-dump" --topic "$write_topic" --type raw --idle-ms 3000 --timeout-ms 120000 >"$work/write.dump" 2>/dev/null
+"$bin/topic-dump" --topic "$write_topic" --type raw --until-end --timeout-ms 120000 >"$work/write.dump" 2>/dev/null
 python3 - "$work/dlq.dump" "$work/write.dump" "$work/poison.keys" "$write_topic" <<'PY'
 import datetime, json, sys
 dlq = [json.loads(l) for l in open(sys.argv[1])]
@@ -235,7 +238,7 @@ PY
 assert_eq "$n_poison" "$(metric catalyst_messages_dead_lettered_total)" "dead letters counted"
 
 # --- 7. every committed row on changes.v1 ------------------------------------------------
-"$bin/topic-dump" --topic "${CATALYST_TOPIC_PREFIX}changes.v1" --type changes --idle-ms 5000 --timeout-ms 180000 \
+"$bin/topic-dump" --topic "${CATALYST_TOPIC_PREFIX}changes.v1" --type changes --until-end --timeout-ms 180000 \
 	>"$work/changes.dump" 2>/dev/null
 python3 "$records" changes-check "$work/changes.dump" "$work/base.jsonl" "$work/base.jsonl" "$work/older.jsonl" \
 	"$work/deletes.jsonl" "$work/stale.jsonl" "$work/revive.jsonl" "$work/older_delete.jsonl" \

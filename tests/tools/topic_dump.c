@@ -20,12 +20,15 @@
  *    "ok":true,"message":"...","occurred_at_us":...,"attributes":{...},
  *    "counters":{"rows_missing":100,...}}
  * Stops after --count messages, or when nothing new arrived for --idle-ms,
- * or at --timeout-ms; exits 1 if fewer than --count were read.
+ * or (--until-end) once every partition was read to its end, or at
+ * --timeout-ms; exits 1 if fewer than --count were read, or (--until-end)
+ * when the end was not reached.
  *
  *   topic-dump --topic catalyst.write.v1 --count 10000 [--type write|raw|changes|events]
  */
 #include <jansson.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -190,7 +193,8 @@ static void print_event(const rd_kafka_message_t *msg)
 int main(int argc, char **argv)
 {
 	const char *topic = NULL, *type = "write";
-	int with_headers = 0;
+	int with_headers = 0, until_end = 0, n_partitions = 0, n_at_end = 0;
+	bool at_end[1024] = { false };
 	long count = -1, idle_ms = 10000, timeout_ms = 120000, got = 0;
 	cat_config_t *cfg = NULL;
 	rd_kafka_conf_t *conf = NULL;
@@ -202,6 +206,10 @@ int main(int argc, char **argv)
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--headers") == 0) {
 			with_headers = 1;
+			continue;
+		}
+		if (strcmp(argv[i], "--until-end") == 0) {
+			until_end = 1;
 			continue;
 		}
 		if (i + 1 >= argc)
@@ -219,7 +227,7 @@ int main(int argc, char **argv)
 		i++;
 	}
 	if (!topic) {
-		fprintf(stderr, "usage: topic-dump --topic T [--count N] [--idle-ms MS] [--timeout-ms MS] [--type write|raw|changes] [--headers]\n");
+		fprintf(stderr, "usage: topic-dump --topic T [--count N] [--idle-ms MS] [--timeout-ms MS] [--type write|raw|changes|events] [--headers] [--until-end]\n");
 		return 2;
 	}
 	if (cat_config_load(&cfg, config_defs, sizeof(config_defs) / sizeof(config_defs[0]), NULL, errstr, sizeof(errstr)) != CAT_OK) {
@@ -231,7 +239,9 @@ int main(int argc, char **argv)
 	if (cat_kafka_conf_new(&conf, cfg, "topic-dump", errstr, sizeof(errstr)) != CAT_OK ||
 	    cat_kafka_conf_set(conf, "group.id", group, errstr, sizeof(errstr)) != CAT_OK ||
 	    cat_kafka_conf_set(conf, "auto.offset.reset", "earliest", errstr, sizeof(errstr)) != CAT_OK ||
-	    cat_kafka_conf_set(conf, "enable.auto.commit", "false", errstr, sizeof(errstr)) != CAT_OK) {
+	    cat_kafka_conf_set(conf, "enable.auto.commit", "false", errstr, sizeof(errstr)) != CAT_OK ||
+	    cat_kafka_conf_set(conf, "enable.partition.eof", until_end ? "true" : "false", errstr,
+			       sizeof(errstr)) != CAT_OK) {
 		fprintf(stderr, "topic-dump: %s\n", errstr);
 		rd_kafka_conf_destroy(conf);
 		cat_config_destroy(cfg);
@@ -244,6 +254,24 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	rd_kafka_poll_set_consumer(rk);
+	if (until_end) {
+		rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
+		const struct rd_kafka_metadata *metadata = NULL;
+
+		if (rkt && rd_kafka_metadata(rk, 0, rkt, &metadata, 10000) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+		    metadata->topic_cnt == 1 && metadata->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR)
+			n_partitions = metadata->topics[0].partition_cnt;
+		if (metadata)
+			rd_kafka_metadata_destroy(metadata);
+		if (rkt)
+			rd_kafka_topic_destroy(rkt);
+		if (n_partitions <= 0 || n_partitions > 1024) {
+			fprintf(stderr, "topic-dump: could not read the partitions of %s\n", topic);
+			rd_kafka_destroy(rk);
+			cat_config_destroy(cfg);
+			return 2;
+		}
+	}
 	topics = rd_kafka_topic_partition_list_new(1);
 	rd_kafka_topic_partition_list_add(topics, topic, RD_KAFKA_PARTITION_UA);
 	rd_kafka_subscribe(rk, topics);
@@ -263,8 +291,19 @@ int main(int argc, char **argv)
 		if (msg->err) {
 			if (msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
 				fprintf(stderr, "topic-dump: %s\n", rd_kafka_message_errstr(msg));
+			else if (until_end && msg->partition >= 0 && msg->partition < n_partitions &&
+				 !at_end[msg->partition]) {
+				at_end[msg->partition] = true;
+				n_at_end++;
+			}
 			rd_kafka_message_destroy(msg);
+			if (until_end && n_at_end == n_partitions)
+				break;
 			continue;
+		}
+		if (until_end && msg->partition >= 0 && msg->partition < n_partitions && at_end[msg->partition]) {
+			at_end[msg->partition] = false; /* more came: not at its end any more */
+			n_at_end--;
 		}
 		if (strcmp(type, "changes") == 0)
 			print_changes(msg);
@@ -280,5 +319,9 @@ int main(int argc, char **argv)
 	rd_kafka_destroy(rk);
 	cat_config_destroy(cfg);
 	fprintf(stderr, "topic-dump: read %ld messages\n", got);
+	if (until_end && n_at_end < n_partitions) {
+		fprintf(stderr, "topic-dump: %d of %d partitions read to their end\n", n_at_end, n_partitions);
+		return 1;
+	}
 	return count >= 0 && got < count ? 1 : 0;
 }
