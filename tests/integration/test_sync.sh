@@ -31,7 +31,7 @@ export CATALYST_PERSIST_GROUP="catalyst-persist-synctest-$$"
 export CATALYST_REPLICA_NAME="synctest$$"
 export CATALYST_PERSIST_PORT=0 CATALYST_PERSIST_BIND=127.0.0.1 CATALYST_SYNC_PORT=0 CATALYST_SYNC_BIND=127.0.0.1
 export CATALYST_LOG_LEVEL=info CATALYST_COMMIT_INTERVAL_MS=200 CATALYST_SYNC_MONITOR_INTERVAL_S=1
-export CATALYST_SYNC_CHECK_SETTLE_MS=500
+export CATALYST_SYNC_CHECK_SETTLE_MS=500 CATALYST_SYNC_SLOW_MIN_CALLS=1
 export CATALYST_MIGRATIONS_DIR=$CATALYST_SOURCE_DIR/migrations
 sync_group=catalyst-sync-$CATALYST_REPLICA_NAME
 on_exit "'$bin/topic-admin' delete >/dev/null 2>&1 || true"
@@ -69,6 +69,7 @@ assert_eq 1 "$rc" "on a replica database without migrations"
 assert_eq 1 "$(lines "$err")" "one line"
 assert_contains "$err" "replica: no schema_migrations table: no migration was applied to this database"
 CATALYST_PG_URL=$replica "$bin/catalyst-migrate" up 2>/dev/null
+psql_at "$replica" "CREATE EXTENSION IF NOT EXISTS pg_stat_statements"
 run "$bin/catalyst-publish" sync check
 assert_eq 2 "$rc" "sync check without --table"
 run "$bin/catalyst-publish" sync check --table no_such_table
@@ -175,7 +176,8 @@ run "$bin/catalyst-publish" sync replicate "$work/rep.jsonl"
 assert_eq 0 "$rc" "sync replicate: $err"
 run "$bin/catalyst-publish" sync replicate --replica someone-else "$work/other.jsonl"
 assert_eq 0 "$rc" "sync replicate --replica: $err"
-wait_for 60 "the replicated row" test "$(psql_at "$replica" "SELECT version FROM source_metrics WHERE source_name = 'replicated-src'")" = 7
+replicated() { [[ $(psql_at "$replica" "SELECT version FROM source_metrics WHERE source_name = 'replicated-src'") == 7 ]]; }
+wait_for 60 "the replicated row" replicated
 "$bin/group-lag" --group "$sync_group" --topic "${CATALYST_TOPIC_PREFIX}sync.v1" --wait-ms 60000 >/dev/null
 assert_eq 0 "$(psql_at "$replica" "SELECT count(*) FROM source_metrics WHERE source_name = 'other-replica-src'")" \
 	"rows of a command for another replica"
@@ -207,3 +209,112 @@ for c in rows_missing rows_stale rows_extra rows_repaired; do
 	assert_eq 0 "$(counter "$c")" "$c of the second check"
 done
 echo "3. 250 differences found and repaired; the second check finds none"
+
+# --- monitoring ----------------------------------------------------------------------------------
+metric_positive() { (( $(metric "$1" | cut -d. -f1) > 0 )); }
+wait_for 30 "replica live tuples on /metrics" metric_positive 'catalyst_sync_table_live_tuples{table="news_raw",side="replica"}'
+wait_for 30 "primary table size on /metrics" metric_positive 'catalyst_sync_table_size_bytes{table="trade_records",side="primary"}'
+no_lag() { [[ $(metric catalyst_sync_replication_lag_messages) == 0 ]]; }
+wait_for 30 "the lag to read 0" no_lag
+assert_eq 1 "$(metric 'catalyst_sync_pg_stat_statements_present{side="replica"}')" "pg_stat_statements on the replica"
+assert_eq 0 "$(metric 'catalyst_sync_pg_stat_statements_present{side="primary"}')" "pg_stat_statements on the primary"
+wait_for 30 "the slowest replica statement" metric_positive 'catalyst_sync_slow_statement_calls{side="replica",rank="1"}'
+metric_positive catalyst_sync_last_applied_commit_timestamp_seconds || fail "no last applied commit time"
+metrics_text=$(curl -s "$base/metrics")
+[[ $metrics_text == *$'\n'"catalyst_sync_replication_lag_seconds "* ]] || fail "no lag in seconds on /metrics"
+echo "monitoring: lag, table sizes and tuples of both sides, slowest statements"
+
+# --- 4. a check while writes flow: nothing in flight reported, nothing reverted -----------------
+psql_at "$replica" "
+	CREATE TABLE version_regressions (table_name text, pk text, old_version bigint, new_version bigint);
+	CREATE FUNCTION note_regression() RETURNS trigger LANGUAGE plpgsql AS \$\$
+	BEGIN
+		IF NEW.version < OLD.version THEN
+			INSERT INTO version_regressions VALUES (TG_TABLE_NAME, OLD::text, OLD.version, NEW.version);
+		END IF;
+		RETURN NEW;
+	END \$\$;
+	CREATE TRIGGER note_regression BEFORE UPDATE ON trade_records FOR EACH ROW EXECUTE FUNCTION note_regression();
+	UPDATE trade_records SET exit_reason = 'tampered' WHERE trade_id IN
+		(SELECT trade_id FROM trade_records ORDER BY md5(trade_id) LIMIT 20)"
+# updates (newer versions) of 3,000 other trade_records, 1,500 new ones, 300 deletes
+python3 - "$work/base.jsonl" "$(psql_at "$replica" "SELECT string_agg(trade_id, ',') FROM trade_records WHERE exit_reason = 'tampered'")" \
+	>"$work/flow.jsonl" <<'PY'
+import json, sys
+tampered = set(sys.argv[2].split(","))
+trades = [r for r in map(json.loads, open(sys.argv[1])) if r["table"] == "trade_records" and r["trade_id"] not in tampered]
+out = []
+for i, r in enumerate(trades[:3000]):
+    r = dict(r, version=r["version"] + 500, pnl_amount=float(i), command_id=f"flow-{i}")
+    out.append(r)
+for i in range(1500):
+    out.append({"table": "trade_records", "trade_id": f"flow-new-{i}", "symbol": "FLOW", "side": "long",
+                "quantity": 10, "version": 1_800_000_000_000_000 + i, "command_id": f"flow-new-{i}"})
+for i, r in enumerate(trades[3000:3300]):
+    out.append({"table": "trade_records", "op": "delete", "trade_id": r["trade_id"], "version": r["version"] + 600,
+                "command_id": f"flow-del-{i}"})
+out.sort(key=lambda r: r["command_id"][::-1])  # interleaved
+for r in out:
+    print(json.dumps(r))
+PY
+python3 -c '
+import sys, time
+t0 = time.monotonic()
+for i, line in enumerate(sys.stdin):
+    d = t0 + i / 800 - time.monotonic()
+    if d > 0: time.sleep(d)
+    sys.stdout.write(line); sys.stdout.flush()' <"$work/flow.jsonl" | "$bin/catalyst-publish" write - >"$work/flow.out" 2>&1 &
+flow_pid=$!
+on_exit "kill $flow_pid 2>/dev/null; true"
+flowing() { (( $(psql_at "$primary" "SELECT count(*) FROM trade_records WHERE symbol = 'FLOW'") > 0 )); }
+wait_for 30 "the first flowing writes on the primary" flowing
+publish_sync check --table trade_records --chunk-size 500 --repair --max-rows-per-second 2500
+wait_event "$command_id"
+wait "$flow_pid" || fail "publishing the flowing writes: $(cat "$work/flow.out")"
+echo "4. check during writes: $(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["message"])' "$event")"
+assert_eq 20 "$(counter rows_stale)" "rows stale while writes flow"
+assert_eq 0 "$(counter rows_missing)" "rows missing while writes flow"
+assert_eq 0 "$(counter rows_extra)" "rows extra while writes flow"
+assert_eq 20 "$(counter rows_repaired)" "rows repaired while writes flow"
+(( $(counter rows_in_flight) > 0 )) || fail "no row was in flight: the check did not overlap the writes"
+caught_up
+assert_eq 0 "$(psql_at "$replica" "SELECT count(*) FROM version_regressions")" "rows whose version went down"
+assert_equal_dbs "after the check during writes"
+
+# --- 5. ResyncTable seeds an empty table of 200,000 rows, in bounded memory ------------------------
+kill -TERM "$sync_pid"
+wait "$sync_pid" || fail "catalyst-sync did not exit 0 on SIGTERM"
+sync_pid=
+psql_at "$primary" "
+	INSERT INTO news_raw (news_id, symbol, headline, source, url, published_timestamp, content_snippet,
+		sentiment_score, catalyst_score, is_pre_market, source_tier, version)
+	SELECT 'seed-' || i, 'SEED', 'Seed headline ' || i, 'reuters', 'https://example.com/seed/' || i,
+		timestamptz '2026-11-27 00:00:00+00' + i * interval '1 second', repeat(md5(i::text), 10),
+		(i % 200) / 100.0 - 1, (i % 100) / 100.0, i % 3 = 0, 1 + i % 5, 1700000000000000 + i
+	FROM generate_series(1, 200000 - (SELECT count(*) FROM news_raw)) AS i"
+assert_eq 200000 "$(psql_at "$primary" "SELECT count(*) FROM news_raw")" "news_raw rows on the primary"
+psql_at "$replica" "TRUNCATE news_raw; DELETE FROM row_tombstones WHERE table_name = 'news_raw'"
+"$sync_bin" 2>"$work/sync2.log" &
+sync_pid=$!
+wait_for 30 "catalyst-sync to listen again" grep -q '"port":' "$work/sync2.log"
+base="http://127.0.0.1:$(grep -o '"port":[0-9]*' "$work/sync2.log" | head -1 | cut -d: -f2)"
+wait_for 60 "catalyst-sync to be ready again" ready
+sleep 2
+peak_before=$(awk '$1 == "VmHWM:" { print $2 }' "/proc/$sync_pid/status")
+publish_sync resync --table news_raw
+wait_event "$command_id"
+peak_after=$(awk '$1 == "VmHWM:" { print $2 }' "/proc/$sync_pid/status")
+table_kib=$(( $(psql_at "$replica" "SELECT pg_relation_size('news_raw')") / 1024 ))
+assert_eq 200000 "$(counter rows)" "rows the resync copied"
+assert_equal_dbs "after the resync"
+growth=$((peak_after - peak_before))
+echo "5. resync of 200,000 rows ($((table_kib / 1024)) MiB of table): peak memory grew $((growth / 1024)) MiB" \
+	"(from $((peak_before / 1024)) MiB)"
+(( growth < 32 * 1024 && growth * 4 < table_kib )) || fail "memory grew by $growth KiB copying $table_kib KiB"
+
+kill -TERM "$sync_pid"
+wait "$sync_pid" || fail "catalyst-sync did not exit 0 on SIGTERM"
+sync_pid=
+grep -q "$(python3 -c 'import sys, urllib.parse; print(urllib.parse.urlparse(sys.argv[1]).password or "no-password-here")' "$replica")" \
+	"$work/sync.log" "$work/sync2.log" && fail "a password in the log"
+echo "ok"
