@@ -75,9 +75,12 @@ typedef struct check {
 	bool repair;
 	int64_t started_us;
 
-	char *q_chunk; /* primary: $1 limit, $2 after key (NULL: from the start) */
-	char *q_sum;   /* replica: $1 after key, $2 up to key (NULL: open) */
-	char *q_rows;  /* both: (key, version, md5) over $1, $2 as q_sum */
+	char *q_chunk; /* primary: $1 limit, $2 after key (NULL: from the start), $3 rows per
+			* bucket: per bucket its first and last key, count, md5 */
+	char *q_bsum;  /* replica: $1 after key, $2 up to key (NULL: open), $3 the buckets'
+			* first keys but the first: per bucket (width_bucket) count, md5 */
+	char *q_sum;   /* replica: count and md5 over $1, $2 as q_bsum */
+	char *q_rows;  /* both: (key, version, md5) of keys > $1, >= $2, < $3, <= $4 (NULL: open) */
 	char *q_keys;  /* both: (key, version, md5) of the keys $1 */
 	char *q_full;  /* primary: the rows of the keys $1, every column */
 
@@ -114,21 +117,29 @@ static int build_queries(check_t *c)
 {
 	const char *name = c->st->table->name, *pk = c->st->table->primary_key, *rt = c->st->row_text;
 
-	c->q_chunk = printf_alloc("SELECT max(s.k), count(*), md5(string_agg(s.r, E'\\n' ORDER BY s.k))\n"
-				  "FROM (SELECT t.%s AS k, %s AS r FROM %s AS t\n"
-				  "      WHERE ($2::text IS NULL OR t.%s > $2) ORDER BY t.%s LIMIT $1::bigint) AS s",
-				  pk, rt, name, pk, pk);
+	c->q_chunk = printf_alloc(
+		"SELECT min(b.k), max(b.k), count(*), md5(string_agg(b.r, E'\\n' ORDER BY b.k))\n"
+		"FROM (SELECT s.k, s.r, (row_number() OVER (ORDER BY s.k) - 1) / $3::int AS g\n"
+		"      FROM (SELECT t.%s AS k, %s AS r FROM %s AS t\n"
+		"            WHERE ($2::text IS NULL OR t.%s > $2) ORDER BY t.%s LIMIT $1::bigint) AS s) AS b\n"
+		"GROUP BY b.g ORDER BY b.g",
+		pk, rt, name, pk, pk);
+	c->q_bsum = printf_alloc("SELECT width_bucket(t.%s, $3::text[]), count(*), md5(string_agg(%s, E'\\n' ORDER BY t.%s))\n"
+				 "FROM %s AS t WHERE ($1::text IS NULL OR t.%s > $1) AND ($2::text IS NULL OR t.%s <= $2)\n"
+				 "GROUP BY 1 ORDER BY 1",
+				 pk, rt, pk, name, pk, pk);
 	c->q_sum = printf_alloc("SELECT count(*), md5(string_agg(%s, E'\\n' ORDER BY t.%s)) FROM %s AS t\n"
 				"WHERE ($1::text IS NULL OR t.%s > $1) AND ($2::text IS NULL OR t.%s <= $2)",
 				rt, pk, name, pk, pk);
 	c->q_rows = printf_alloc("SELECT t.%s, t.version, md5(%s) FROM %s AS t\n"
-				 "WHERE ($1::text IS NULL OR t.%s > $1) AND ($2::text IS NULL OR t.%s <= $2)\n"
+				 "WHERE ($1::text IS NULL OR t.%s > $1) AND ($2::text IS NULL OR t.%s >= $2)\n"
+				 "  AND ($3::text IS NULL OR t.%s < $3) AND ($4::text IS NULL OR t.%s <= $4)\n"
 				 "ORDER BY t.%s COLLATE \"C\"",
-				 pk, rt, name, pk, pk, pk);
+				 pk, rt, name, pk, pk, pk, pk, pk);
 	c->q_keys = printf_alloc("SELECT t.%s, t.version, md5(%s) FROM %s AS t WHERE t.%s = ANY ($1::text[])", pk,
 				 rt, name, pk);
 	c->q_full = printf_alloc("SELECT %s FROM %s AS t WHERE t.%s = ANY ($1::text[])", c->st->columns, name, pk);
-	return c->q_chunk && c->q_sum && c->q_rows && c->q_keys && c->q_full ? 0 : -1;
+	return c->q_chunk && c->q_bsum && c->q_sum && c->q_rows && c->q_keys && c->q_full ? 0 : -1;
 }
 
 static void check_free(check_t *c)
@@ -138,6 +149,7 @@ static void check_free(check_t *c)
 	free(c->suspects);
 	free(c->q_chunk);
 	free(c->q_sum);
+	free(c->q_bsum);
 	free(c->q_rows);
 	free(c->q_keys);
 	free(c->q_full);
@@ -219,16 +231,17 @@ static cat_err_t add_suspect(check_t *c, const char *pk, const row_state_t *p, c
 }
 
 /* Merges both sides' (key, version, md5) lists of one range. */
-static cat_err_t narrow(check_t *c, const char *lo, const char *hi, char *errstr, size_t errstr_size)
+static cat_err_t narrow(check_t *c, const char *gt, const char *ge, const char *lt, const char *le, char *errstr,
+			size_t errstr_size)
 {
 	sync_t *sync = c->sync;
-	const char *params[2] = {lo, hi};
+	const char *params[4] = {gt, ge, lt, le};
 	PGresult *pres = NULL, *rres = NULL;
 	int i = 0, j = 0, np, nr;
 	cat_err_t err;
 
-	if ((err = send_query(sync->primary, "rows", c->q_rows, 2, params, errstr, errstr_size)) != CAT_OK ||
-	    (err = send_query(sync->replica, "rows", c->q_rows, 2, params, errstr, errstr_size)) != CAT_OK)
+	if ((err = send_query(sync->primary, "rows", c->q_rows, 4, params, errstr, errstr_size)) != CAT_OK ||
+	    (err = send_query(sync->replica, "rows", c->q_rows, 4, params, errstr, errstr_size)) != CAT_OK)
 		return err;
 	/* on failure the other statement may still run: the caller drops both connections */
 	if ((err = get_result(sync->primary, "primary rows", &pres, errstr, errstr_size)) != CAT_OK ||
@@ -504,66 +517,143 @@ static void throttle(const check_t *c)
 		sleep_until_mono(c->started_us + c->rows_compared * 1000000LL / c->max_rps);
 }
 
+/* A text[] literal of the first keys of buckets 1.. of the chunk `res`. */
+static char *thresholds(const PGresult *res)
+{
+	size_t len = 3;
+	char *out, *o;
+
+	for (int b = 1; b < PQntuples(res); b++)
+		len += 2 * strlen(PQgetvalue(res, b, 0)) + 3;
+	if (!(o = out = malloc(len)))
+		return NULL;
+	*o++ = '{';
+	for (int b = 1; b < PQntuples(res); b++) {
+		if (b > 1)
+			*o++ = ',';
+		*o++ = '"';
+		for (const char *k = PQgetvalue(res, b, 0); *k; k++) {
+			if (*k == '"' || *k == '\\')
+				*o++ = '\\';
+			*o++ = *k;
+		}
+		*o++ = '"';
+	}
+	*o++ = '}';
+	*o = '\0';
+	return out;
+}
+
+/* Compares the primary's buckets `p` with the replica's `r` over (lo, hi]
+ * and narrows each differing bucket down to its rows. */
+static cat_err_t compare_buckets(check_t *c, const PGresult *p, const PGresult *r, const char *lo, const char *hi,
+				 bool *differs, char *errstr, size_t errstr_size)
+{
+	int n_buckets = PQntuples(p), j = 0;
+	cat_err_t err = CAT_OK;
+
+	*differs = false;
+	if (n_buckets == 0) { /* past the primary's last key: whatever the replica holds is extra */
+		c->rows_replica += strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+		if (strtoll(PQgetvalue(r, 0, 0), NULL, 10) > 0) {
+			*differs = true;
+			return narrow(c, lo, NULL, NULL, hi, errstr, errstr_size);
+		}
+		return CAT_OK;
+	}
+	for (int b = 0; b < n_buckets && err == CAT_OK; b++) {
+		const char *r_count = "0", *r_md5 = "";
+
+		while (j < PQntuples(r) && atoi(PQgetvalue(r, j, 0)) < b)
+			j++;
+		if (j < PQntuples(r) && atoi(PQgetvalue(r, j, 0)) == b) {
+			r_count = PQgetvalue(r, j, 1);
+			r_md5 = PQgetvalue(r, j, 2);
+			c->rows_replica += strtoll(r_count, NULL, 10);
+		}
+		if (strcmp(PQgetvalue(p, b, 2), r_count) == 0 && strcmp(PQgetvalue(p, b, 3), r_md5) == 0)
+			continue;
+		*differs = true;
+		err = narrow(c, b == 0 ? lo : NULL, b == 0 ? NULL : PQgetvalue(p, b, 0),
+			     b + 1 < n_buckets ? PQgetvalue(p, b + 1, 0) : NULL, b + 1 < n_buckets ? NULL : hi, errstr,
+			     errstr_size);
+	}
+	return err;
+}
+
 static cat_err_t walk(check_t *c, char *errstr, size_t errstr_size)
 {
 	sync_t *sync = c->sync;
-	char limit[32], *lo = NULL, *hi = NULL;
-	PGresult *cur = NULL, *rres = NULL;
+	char limit[32], bucket[32], *lo = NULL, *hi = NULL, *th = NULL;
+	PGresult *cur = NULL, *next = NULL, *rres = NULL;
 	cat_err_t err;
 
 	snprintf(limit, sizeof(limit), "%d", c->chunk);
+	snprintf(bucket, sizeof(bucket), "%d", c->chunk / 100 > 0 ? c->chunk / 100 : 1);
 	{
-		const char *params[2] = {limit, NULL};
+		const char *params[3] = {limit, NULL, bucket};
 
-		if ((err = send_query(sync->primary, "chunk", c->q_chunk, 2, params, errstr, errstr_size)) != CAT_OK)
+		if ((err = send_query(sync->primary, "chunk", c->q_chunk, 3, params, errstr, errstr_size)) != CAT_OK)
 			return err;
 	}
 	for (;;) {
-		long long p_count, r_count;
+		long long p_count = 0;
+		int n_buckets;
 		bool last, differs;
 
 		if (!cur && (err = get_result(sync->primary, "primary chunk", &cur, errstr, errstr_size)) != CAT_OK)
 			goto out;
-		p_count = strtoll(PQgetvalue(cur, 0, 1), NULL, 10);
+		n_buckets = PQntuples(cur);
+		for (int b = 0; b < n_buckets; b++)
+			p_count += strtoll(PQgetvalue(cur, b, 2), NULL, 10);
 		last = p_count < c->chunk;
 		free(hi);
-		hi = last ? NULL : strdup(PQgetvalue(cur, 0, 0));
-		if (!last && !hi) {
+		hi = last ? NULL : strdup(PQgetvalue(cur, n_buckets - 1, 1));
+		free(th);
+		th = thresholds(cur);
+		if ((!last && !hi) || !th) {
 			err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "out of memory");
 			goto out;
 		}
 		{
-			const char *rparams[2] = {lo, hi}, *pparams[2] = {limit, hi};
+			const char *rparams[3] = {lo, hi, th}, *pparams[3] = {limit, hi, bucket};
 
-			if ((err = send_query(sync->replica, "sum", c->q_sum, 2, rparams, errstr, errstr_size)) != CAT_OK)
+			if ((err = n_buckets > 0 ? send_query(sync->replica, "sum", c->q_bsum, 3, rparams, errstr, errstr_size)
+						 : send_query(sync->replica, "sum", c->q_sum, 2, rparams, errstr, errstr_size)) !=
+			    CAT_OK)
 				goto out;
 			/* the primary computes its next chunk meanwhile */
 			if (!last &&
-			    (err = send_query(sync->primary, "chunk", c->q_chunk, 2, pparams, errstr, errstr_size)) != CAT_OK)
+			    (err = send_query(sync->primary, "chunk", c->q_chunk, 3, pparams, errstr, errstr_size)) != CAT_OK)
 				goto out;
 		}
 		if ((err = get_result(sync->replica, "replica sum", &rres, errstr, errstr_size)) != CAT_OK)
 			goto out;
-		r_count = strtoll(PQgetvalue(rres, 0, 0), NULL, 10);
-		differs = p_count != r_count || strcmp(PQgetvalue(cur, 0, 2), PQgetvalue(rres, 0, 1)) != 0;
+		/* the next chunk's result first, if narrowing needs the primary's connection */
+		differs = n_buckets == 0 ? strtoll(PQgetvalue(rres, 0, 0), NULL, 10) > 0 : PQntuples(rres) != n_buckets;
+		for (int b = 0; !differs && b < n_buckets; b++)
+			differs = strcmp(PQgetvalue(cur, b, 2), PQgetvalue(rres, b, 1)) != 0 ||
+				  strcmp(PQgetvalue(cur, b, 3), PQgetvalue(rres, b, 2)) != 0;
+		if (differs && !last && (err = get_result(sync->primary, "primary chunk", &next, errstr, errstr_size)) != CAT_OK)
+			goto out;
 		c->chunks++;
 		c->rows_compared += p_count;
-		c->rows_replica += r_count;
-		PQclear(rres);
-		rres = NULL;
-		PQclear(cur);
-		cur = NULL;
 		if (differs) {
 			c->chunks_differing++;
-			/* the next chunk's result first: the primary's connection is needed */
-			if (!last && (err = get_result(sync->primary, "primary chunk", &cur, errstr, errstr_size)) != CAT_OK)
-				goto out;
-			if ((err = narrow(c, lo, hi, errstr, errstr_size)) != CAT_OK)
+			if ((err = compare_buckets(c, cur, rres, lo, hi, &differs, errstr, errstr_size)) != CAT_OK)
 				goto out;
 			if (c->n_suspects >= (size_t)sync->check_max_suspects &&
 			    (err = confirm(c, errstr, errstr_size)) != CAT_OK)
 				goto out;
+		} else {
+			for (int b = 0; b < PQntuples(rres); b++)
+				c->rows_replica += strtoll(PQgetvalue(rres, b, n_buckets == 0 ? 0 : 1), NULL, 10);
 		}
+		PQclear(rres);
+		rres = NULL;
+		PQclear(cur);
+		cur = next;
+		next = NULL;
 		if (last)
 			break;
 		free(lo);
@@ -574,9 +664,11 @@ static cat_err_t walk(check_t *c, char *errstr, size_t errstr_size)
 	err = confirm(c, errstr, errstr_size);
 out:
 	PQclear(cur);
+	PQclear(next);
 	PQclear(rres);
 	free(lo);
 	free(hi);
+	free(th);
 	return err;
 }
 
