@@ -162,7 +162,8 @@ static uint32_t key_hash(size_t table, const char *pk)
 }
 
 /* The key (table, pk) of the set; NULL, with its free slot, when new. */
-static apply_key_t *key_find(cat_apply_t *apply, size_t table, const char *pk, uint32_t hash, size_t *slot_out)
+static apply_key_t *key_find(cat_apply_t *apply, size_t table, const char *pk, uint32_t hash,
+			     size_t *slot_out)
 {
 	size_t mask = apply->n_slots - 1;
 	size_t slot = hash & mask;
@@ -223,8 +224,9 @@ static void key_fold(cat_apply_t *apply, apply_key_t *key, size_t source, const 
 	while (apply->writes[key->last].prev >= 0) {
 		cat_apply_write_t *b = &apply->writes[key->last], *a = &apply->writes[b->prev];
 
-		if (a->is_delete == b->is_delete ? (a->is_delete ? false : b->version > a->version)
-						 : (a->is_delete ? b->version > a->version : b->version < a->version))
+		if (a->is_delete == b->is_delete
+			    ? (a->is_delete ? false : b->version > a->version)
+			    : (a->is_delete ? b->version > a->version : b->version < a->version))
 			break;
 		/* b is moot, or supersedes a (a newer delete) */
 		if (b->is_delete && (!a->is_delete || b->version > a->version)) {
@@ -299,7 +301,8 @@ static cat_apply_write_t *write_find(cat_apply_t *apply, size_t table, const cha
 }
 
 /* Marks the writes whose keys `res` returns (column 0) as applied. */
-static void mark_applied(cat_apply_t *apply, size_t table, unsigned round, bool is_delete, const PGresult *res)
+static void mark_applied(cat_apply_t *apply, size_t table, unsigned round, bool is_delete,
+			 const PGresult *res)
 {
 	for (int r = 0; r < PQntuples(res); r++) {
 		cat_apply_write_t *write = write_find(apply, table, PQgetvalue(res, r, 0), round, is_delete);
@@ -344,7 +347,8 @@ static cat_err_t any_tombstoned(cat_apply_t *apply, PGconn *conn, size_t t, size
 		if ((err = cat_sql_arrays_add_text(&apply->arrays, 0, apply->sorted[i]->pk)) != CAT_OK)
 			return cat_err_set(errstr, errstr_size, err, "out of memory");
 	cat_sql_arrays_finish(&apply->arrays);
-	err = cat_sql_exec(conn, "SELECT", apply->sql[t].tombstoned, &apply->arrays, &res, errstr, errstr_size);
+	err = cat_sql_exec(conn, "SELECT", apply->sql[t].tombstoned, &apply->arrays, &res, errstr,
+			   errstr_size);
 	if (err != CAT_OK)
 		return err;
 	*tombstoned = PQntuples(res) != 1 || strcmp(PQgetvalue(res, 0, 0), "f") != 0;
@@ -383,7 +387,8 @@ static cat_err_t run_upserts(cat_apply_t *apply, PGconn *conn, size_t t, size_t 
 	} else if (apply->copy_backoff[t] > 0) {
 		apply->copy_backoff[t]--;
 	} else {
-		if ((err = any_tombstoned(apply, conn, t, from, to, &tombstoned, errstr, errstr_size)) != CAT_OK)
+		if ((err = any_tombstoned(apply, conn, t, from, to, &tombstoned, errstr, errstr_size)) !=
+		    CAT_OK)
 			return err;
 		if (!tombstoned) {
 			err = run_copy(apply, conn, t, from, to, &conflict, errstr, errstr_size);
@@ -424,7 +429,8 @@ cat_err_t cat_apply_run(cat_apply_t *apply, PGconn *conn, char *errstr, size_t e
 		cat_err_t err;
 
 		while (end < apply->n_sorted && apply->sorted[end]->table == first->table &&
-		       apply->sorted[end]->round == first->round && apply->sorted[end]->is_delete == first->is_delete)
+		       apply->sorted[end]->round == first->round &&
+		       apply->sorted[end]->is_delete == first->is_delete)
 			end++;
 		err = first->is_delete ? run_deletes(apply, conn, first->table, i, end, errstr, errstr_size)
 				       : run_upserts(apply, conn, first->table, i, end, errstr, errstr_size);

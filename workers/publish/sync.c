@@ -32,11 +32,12 @@ typedef struct options {
 	int repair;
 } options_t;
 
-static void report_delivery(void *msg_opaque, rd_kafka_resp_err_t err, const rd_kafka_message_t *msg, void *opaque)
+static void report_delivery(void *msg_opaque, rd_kafka_resp_err_t err, const rd_kafka_message_t *msg,
+			    void *opaque)
 {
 	if (err)
-		fprintf(stderr, "catalyst-publish: command %lu not delivered: %s\n", (unsigned long)(uintptr_t)msg_opaque,
-			rd_kafka_err2str(err));
+		fprintf(stderr, "catalyst-publish: command %lu not delivered: %s\n",
+			(unsigned long)(uintptr_t)msg_opaque, rd_kafka_err2str(err));
 }
 
 static int parse_long(const char *text, long min, long max, long *out)
@@ -69,12 +70,14 @@ static int parse(int argc, char **argv, const char *action, options_t *o)
 			o->command_id = value;
 		} else if (strcmp(arg, "--chunk-size") == 0 && strcmp(action, "check") == 0) {
 			if (parse_long(value, 0, 1000000, &o->chunk_size)) {
-				fprintf(stderr, "catalyst-publish: --chunk-size must be an integer from 0 to 1000000\n");
+				fprintf(stderr, "catalyst-publish: --chunk-size must be an integer from 0 to "
+						"1000000\n");
 				return 2;
 			}
 		} else if (strcmp(arg, "--max-rows-per-second") == 0 && strcmp(action, "check") == 0) {
 			if (parse_long(value, 0, INT32_MAX, &o->max_rps)) {
-				fprintf(stderr, "catalyst-publish: --max-rows-per-second must be a non-negative integer\n");
+				fprintf(stderr, "catalyst-publish: --max-rows-per-second must be a "
+						"non-negative integer\n");
 				return 2;
 			}
 		} else if (strcmp(arg, "--repair") == 0 && strcmp(action, "check") == 0) {
@@ -82,13 +85,15 @@ static int parse(int argc, char **argv, const char *action, options_t *o)
 			continue;
 		} else if (arg[0] != '-' || strcmp(arg, "-") == 0) {
 			if (strcmp(action, "replicate") != 0 || o->path) {
-				fprintf(stderr, "catalyst-publish: unexpected argument %s (try --help)\n", arg);
+				fprintf(stderr, "catalyst-publish: unexpected argument %s (try --help)\n",
+					arg);
 				return 2;
 			}
 			o->path = arg;
 			continue;
 		} else {
-			fprintf(stderr, "catalyst-publish: unknown option %s for sync %s (try --help)\n", arg, action);
+			fprintf(stderr, "catalyst-publish: unknown option %s for sync %s (try --help)\n", arg,
+				action);
 			return 2;
 		}
 		i++;
@@ -107,7 +112,8 @@ static int parse(int argc, char **argv, const char *action, options_t *o)
 }
 
 static cat_err_t send_command(cat_producer_t *producer, const char *topic, const char *key,
-			      const Catalyst__V1__SyncCommand *cmd, unsigned long n, char *errstr, size_t errstr_size)
+			      const Catalyst__V1__SyncCommand *cmd, unsigned long n, char *errstr,
+			      size_t errstr_size)
 {
 	size_t len = catalyst__v1__sync_command__get_packed_size(cmd);
 	uint8_t *buf = malloc(len ? len : 1);
@@ -123,12 +129,13 @@ static cat_err_t send_command(cat_producer_t *producer, const char *topic, const
 }
 
 /* check / resync: one command. */
-static int publish_one(const cat_config_t *cfg, cat_producer_t *producer, const char *topic, const char *action,
-		       const options_t *o)
+static int publish_one(const cat_config_t *cfg, cat_producer_t *producer, const char *topic,
+		       const char *action, const options_t *o)
 {
 	Catalyst__V1__SyncCommand cmd = CATALYST__V1__SYNC_COMMAND__INIT;
 	Catalyst__V1__CommandMeta meta = CATALYST__V1__COMMAND_META__INIT;
-	Catalyst__V1__SyncCommand__CheckConsistency check = CATALYST__V1__SYNC_COMMAND__CHECK_CONSISTENCY__INIT;
+	Catalyst__V1__SyncCommand__CheckConsistency check =
+		CATALYST__V1__SYNC_COMMAND__CHECK_CONSISTENCY__INIT;
 	Catalyst__V1__SyncCommand__ResyncTable resync = CATALYST__V1__SYNC_COMMAND__RESYNC_TABLE__INIT;
 	char id[40], errstr[512];
 	int timeout_ms = (int)cat_config_int(cfg, "CATALYST_PUBLISH_TIMEOUT_MS");
@@ -172,7 +179,8 @@ static int publish_one(const cat_config_t *cfg, cat_producer_t *producer, const 
 }
 
 /* replicate: JSON write lines, one ReplicateRows each. */
-static int publish_replicate(const cat_config_t *cfg, cat_producer_t *producer, const char *topic, const options_t *o)
+static int publish_replicate(const cat_config_t *cfg, cat_producer_t *producer, const char *topic,
+			     const options_t *o)
 {
 	const char *path = o->path ? o->path : "-";
 	FILE *in = stdin;
@@ -190,7 +198,8 @@ static int publish_replicate(const cat_config_t *cfg, cat_producer_t *producer, 
 	while ((line_len = getline(&line, &line_cap, in)) != -1) {
 		Catalyst__V1__WriteCommand *wc = NULL;
 		Catalyst__V1__SyncCommand cmd = CATALYST__V1__SYNC_COMMAND__INIT;
-		Catalyst__V1__SyncCommand__ReplicateRows rows = CATALYST__V1__SYNC_COMMAND__REPLICATE_ROWS__INIT;
+		Catalyst__V1__SyncCommand__ReplicateRows rows =
+			CATALYST__V1__SYNC_COMMAND__REPLICATE_ROWS__INIT;
 		Catalyst__V1__Change change = CATALYST__V1__CHANGE__INIT, *changes[1] = {&change};
 		const cat_table_t *table;
 		char key[400];
@@ -203,9 +212,10 @@ static int publish_replicate(const cat_config_t *cfg, cat_producer_t *producer, 
 		if (len == 0 || strspn(line, " \t") == len)
 			continue;
 		if (len > CAT_CODEC_MAX_MESSAGE_BYTES ||
-		    cat_codec_write_from_json(line, len, cat_config_str(cfg, "CATALYST_PRODUCER"), &wc, errstr,
-					      sizeof(errstr)) != CAT_OK) {
-			fprintf(stderr, "line %lu: %s\n", line_no, len > CAT_CODEC_MAX_MESSAGE_BYTES ? "too long" : errstr);
+		    cat_codec_write_from_json(line, len, cat_config_str(cfg, "CATALYST_PRODUCER"), &wc,
+					      errstr, sizeof(errstr)) != CAT_OK) {
+			fprintf(stderr, "line %lu: %s\n", line_no,
+				len > CAT_CODEC_MAX_MESSAGE_BYTES ? "too long" : errstr);
 			rejected++;
 			continue;
 		}
@@ -237,8 +247,10 @@ static int publish_replicate(const cat_config_t *cfg, cat_producer_t *producer, 
 		fprintf(stderr, "catalyst-publish: could not read %s: %s\n", path, strerror(errno));
 	if (cat_producer_flush(producer, timeout_ms + 5000, errstr, sizeof(errstr)) != CAT_OK)
 		fprintf(stderr, "catalyst-publish: %s\n", errstr);
-	printf("published %llu, rejected %lu\n", (unsigned long long)cat_producer_delivered(producer), rejected);
-	rc = rejected == 0 && !ferror(in) && cat_producer_failed(producer) == 0 && cat_producer_outstanding(producer) == 0
+	printf("published %llu, rejected %lu\n", (unsigned long long)cat_producer_delivered(producer),
+	       rejected);
+	rc = rejected == 0 && !ferror(in) && cat_producer_failed(producer) == 0 &&
+			     cat_producer_outstanding(producer) == 0
 		     ? 0
 		     : 1;
 	free(line);
@@ -263,8 +275,9 @@ int publish_sync(const cat_config_t *cfg, int argc, char **argv)
 	action = argv[0];
 	if ((rc = parse(argc - 1, argv + 1, action, &o)) != 0)
 		return rc;
-	if (cat_producer_new(&producer, cfg, "catalyst-publish", (int)cat_config_int(cfg, "CATALYST_PUBLISH_TIMEOUT_MS"),
-			     report_delivery, NULL, errstr, sizeof(errstr)) != CAT_OK) {
+	if (cat_producer_new(&producer, cfg, "catalyst-publish",
+			     (int)cat_config_int(cfg, "CATALYST_PUBLISH_TIMEOUT_MS"), report_delivery, NULL,
+			     errstr, sizeof(errstr)) != CAT_OK) {
 		fprintf(stderr, "catalyst-publish: %s\n", errstr);
 		return 2;
 	}

@@ -61,8 +61,8 @@ typedef struct suspect {
 	char *pk;
 	row_state_t primary; /* as last read */
 	row_state_t replica;
-	diff_kind_t diff;    /* set once confirmed */
-	bool settled;	     /* in flight, or confirmed */
+	diff_kind_t diff; /* set once confirmed */
+	bool settled;	  /* in flight, or confirmed */
 } suspect_t;
 
 typedef struct check {
@@ -121,24 +121,28 @@ static int build_queries(check_t *c)
 		"SELECT min(b.k), max(b.k), count(*), md5(string_agg(b.r, E'\\n' ORDER BY b.k))\n"
 		"FROM (SELECT s.k, s.r, (row_number() OVER (ORDER BY s.k) - 1) / $3::int AS g\n"
 		"      FROM (SELECT t.%s AS k, %s AS r FROM %s AS t\n"
-		"            WHERE ($2::text IS NULL OR t.%s > $2) ORDER BY t.%s LIMIT $1::bigint) AS s) AS b\n"
+		"            WHERE ($2::text IS NULL OR t.%s > $2) ORDER BY t.%s LIMIT $1::bigint) AS s) AS "
+		"b\n"
 		"GROUP BY b.g ORDER BY b.g",
 		pk, rt, name, pk, pk);
-	c->q_bsum = printf_alloc("SELECT width_bucket(t.%s, $3::text[]), count(*), md5(string_agg(%s, E'\\n' ORDER BY t.%s))\n"
-				 "FROM %s AS t WHERE ($1::text IS NULL OR t.%s > $1) AND ($2::text IS NULL OR t.%s <= $2)\n"
-				 "GROUP BY 1 ORDER BY 1",
-				 pk, rt, pk, name, pk, pk);
+	c->q_bsum = printf_alloc(
+		"SELECT width_bucket(t.%s, $3::text[]), count(*), md5(string_agg(%s, E'\\n' ORDER BY t.%s))\n"
+		"FROM %s AS t WHERE ($1::text IS NULL OR t.%s > $1) AND ($2::text IS NULL OR t.%s <= $2)\n"
+		"GROUP BY 1 ORDER BY 1",
+		pk, rt, pk, name, pk, pk);
 	c->q_sum = printf_alloc("SELECT count(*), md5(string_agg(%s, E'\\n' ORDER BY t.%s)) FROM %s AS t\n"
 				"WHERE ($1::text IS NULL OR t.%s > $1) AND ($2::text IS NULL OR t.%s <= $2)",
 				rt, pk, name, pk, pk);
-	c->q_rows = printf_alloc("SELECT t.%s, t.version, md5(%s) FROM %s AS t\n"
-				 "WHERE ($1::text IS NULL OR t.%s > $1) AND ($2::text IS NULL OR t.%s >= $2)\n"
-				 "  AND ($3::text IS NULL OR t.%s < $3) AND ($4::text IS NULL OR t.%s <= $4)\n"
-				 "ORDER BY t.%s COLLATE \"C\"",
-				 pk, rt, name, pk, pk, pk, pk, pk);
-	c->q_keys = printf_alloc("SELECT t.%s, t.version, md5(%s) FROM %s AS t WHERE t.%s = ANY ($1::text[])", pk,
-				 rt, name, pk);
-	c->q_full = printf_alloc("SELECT %s FROM %s AS t WHERE t.%s = ANY ($1::text[])", c->st->columns, name, pk);
+	c->q_rows =
+		printf_alloc("SELECT t.%s, t.version, md5(%s) FROM %s AS t\n"
+			     "WHERE ($1::text IS NULL OR t.%s > $1) AND ($2::text IS NULL OR t.%s >= $2)\n"
+			     "  AND ($3::text IS NULL OR t.%s < $3) AND ($4::text IS NULL OR t.%s <= $4)\n"
+			     "ORDER BY t.%s COLLATE \"C\"",
+			     pk, rt, name, pk, pk, pk, pk, pk);
+	c->q_keys = printf_alloc("SELECT t.%s, t.version, md5(%s) FROM %s AS t WHERE t.%s = ANY ($1::text[])",
+				 pk, rt, name, pk);
+	c->q_full = printf_alloc("SELECT %s FROM %s AS t WHERE t.%s = ANY ($1::text[])", c->st->columns, name,
+				 pk);
 	return c->q_chunk && c->q_bsum && c->q_sum && c->q_rows && c->q_keys && c->q_full ? 0 : -1;
 }
 
@@ -163,8 +167,8 @@ static cat_err_t send_query(PGconn *conn, const char *what, const char *sql, int
 {
 	if (PQsendQueryParams(conn, sql, nparams, NULL, params, NULL, NULL, 0) == 1)
 		return CAT_OK;
-	return cat_err_set(errstr, errstr_size, cat_pg_error_class(conn, NULL), "could not send the %s query: %s",
-			   what, PQerrorMessage(conn));
+	return cat_err_set(errstr, errstr_size, cat_pg_error_class(conn, NULL),
+			   "could not send the %s query: %s", what, PQerrorMessage(conn));
 }
 
 /* The result of the statement sent on conn (the caller PQclears *out). */
@@ -209,8 +213,8 @@ static bool same_state(const row_state_t *a, const row_state_t *b)
 	return a->present == b->present && (!a->present || strcmp(a->md5, b->md5) == 0);
 }
 
-static cat_err_t add_suspect(check_t *c, const char *pk, const row_state_t *p, const row_state_t *r, char *errstr,
-			     size_t errstr_size)
+static cat_err_t add_suspect(check_t *c, const char *pk, const row_state_t *p, const row_state_t *r,
+			     char *errstr, size_t errstr_size)
 {
 	if (c->n_suspects == c->cap_suspects) {
 		size_t cap = c->cap_suspects ? c->cap_suspects * 2 : 256;
@@ -231,8 +235,8 @@ static cat_err_t add_suspect(check_t *c, const char *pk, const row_state_t *p, c
 }
 
 /* Merges both sides' (key, version, md5) lists of one range. */
-static cat_err_t narrow(check_t *c, const char *gt, const char *ge, const char *lt, const char *le, char *errstr,
-			size_t errstr_size)
+static cat_err_t narrow(check_t *c, const char *gt, const char *ge, const char *lt, const char *le,
+			char *errstr, size_t errstr_size)
 {
 	sync_t *sync = c->sync;
 	const char *params[4] = {gt, ge, lt, le};
@@ -303,14 +307,16 @@ static cat_err_t read_states(check_t *c, PGconn *conn, bool primary, char *errst
 			return cat_err_set(errstr, errstr_size, err, "out of memory");
 		for (; i < c->n_suspects && n < KEYS_PER_QUERY; i++)
 			if (!c->suspects[i].settled) {
-				if ((err = cat_sql_arrays_add_text(&c->arrays, 0, c->suspects[i].pk)) != CAT_OK)
+				if ((err = cat_sql_arrays_add_text(&c->arrays, 0, c->suspects[i].pk)) !=
+				    CAT_OK)
 					return cat_err_set(errstr, errstr_size, err, "out of memory");
 				n++;
 			}
 		if (n == 0)
 			break;
 		cat_sql_arrays_finish(&c->arrays);
-		if ((err = cat_sql_exec(conn, "SELECT", c->q_keys, &c->arrays, &res, errstr, errstr_size)) != CAT_OK)
+		if ((err = cat_sql_exec(conn, "SELECT", c->q_keys, &c->arrays, &res, errstr, errstr_size)) !=
+		    CAT_OK)
 			return err;
 		for (int r = 0; r < PQntuples(res); r++) {
 			suspect_t *s = suspect_find(c, PQgetvalue(res, r, 0));
@@ -372,8 +378,8 @@ static cat_err_t repair(check_t *c, char *errstr, size_t errstr_size)
 				goto nomem;
 		cat_sql_arrays_finish(&c->arrays);
 		/* the primary's rows as they are now, in binary: the arrays' element form */
-		if ((err = cat_sql_exec_result(sync->primary, "SELECT", c->q_full, &c->arrays, 1, &rows, errstr,
-					       errstr_size)) != CAT_OK)
+		if ((err = cat_sql_exec_result(sync->primary, "SELECT", c->q_full, &c->arrays, 1, &rows,
+					       errstr, errstr_size)) != CAT_OK)
 			goto error;
 		if ((err = cat_sql_arrays_begin(&c->arrays, n_cols, st->types)) != CAT_OK)
 			goto nomem;
@@ -381,12 +387,13 @@ static cat_err_t repair(check_t *c, char *errstr, size_t errstr_size)
 			for (size_t col = 0; col < n_cols; col++)
 				if ((err = cat_sql_arrays_add_binary(
 					     &c->arrays, col,
-					     PQgetisnull(rows, r, (int)col) ? NULL : PQgetvalue(rows, r, (int)col),
+					     PQgetisnull(rows, r, (int)col) ? NULL
+									    : PQgetvalue(rows, r, (int)col),
 					     (size_t)PQgetlength(rows, r, (int)col))) != CAT_OK)
 					goto nomem;
 		cat_sql_arrays_finish(&c->arrays);
-		if ((err = cat_sql_exec(sync->replica, "INSERT", st->repair, &c->arrays, &res, errstr, errstr_size)) !=
-		    CAT_OK)
+		if ((err = cat_sql_exec(sync->replica, "INSERT", st->repair, &c->arrays, &res, errstr,
+					errstr_size)) != CAT_OK)
 			goto error;
 		c->repaired += PQntuples(res);
 		PQclear(res);
@@ -398,7 +405,8 @@ static cat_err_t repair(check_t *c, char *errstr, size_t errstr_size)
 		for (size_t i = 0; i < c->n_suspects; i++)
 			if (c->suspects[i].diff == DIFF_EXTRA &&
 			    ((err = cat_sql_arrays_add_text(&c->arrays, 0, c->suspects[i].pk)) != CAT_OK ||
-			     (err = cat_sql_arrays_add_int64(&c->arrays, 1, c->suspects[i].replica.version)) != CAT_OK))
+			     (err = cat_sql_arrays_add_int64(&c->arrays, 1,
+							     c->suspects[i].replica.version)) != CAT_OK))
 				goto nomem;
 		cat_sql_arrays_finish(&c->arrays);
 		if ((err = cat_sql_exec(sync->replica, "DELETE", st->remove_extra, &c->arrays, &res, errstr,
@@ -502,10 +510,12 @@ static cat_err_t same_collation(sync_t *sync, char *errstr, size_t errstr_size)
 		return err;
 	}
 	if (PQntuples(p) != 1 || PQntuples(r) != 1 || strcmp(PQgetvalue(p, 0, 0), PQgetvalue(r, 0, 0)) != 0)
-		err = cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT,
-				  "the primary's collation (%s) and the replica's (%s) differ: keys would not "
-				  "order alike",
-				  PQntuples(p) == 1 ? PQgetvalue(p, 0, 0) : "?", PQntuples(r) == 1 ? PQgetvalue(r, 0, 0) : "?");
+		err = cat_err_set(
+			errstr, errstr_size, CAT_ERR_PERMANENT,
+			"the primary's collation (%s) and the replica's (%s) differ: keys would not "
+			"order alike",
+			PQntuples(p) == 1 ? PQgetvalue(p, 0, 0) : "?",
+			PQntuples(r) == 1 ? PQgetvalue(r, 0, 0) : "?");
 	PQclear(p);
 	PQclear(r);
 	return err;
@@ -546,8 +556,8 @@ static char *thresholds(const PGresult *res)
 
 /* Compares the primary's buckets `p` with the replica's `r` over (lo, hi]
  * and narrows each differing bucket down to its rows. */
-static cat_err_t compare_buckets(check_t *c, const PGresult *p, const PGresult *r, const char *lo, const char *hi,
-				 bool *differs, char *errstr, size_t errstr_size)
+static cat_err_t compare_buckets(check_t *c, const PGresult *p, const PGresult *r, const char *lo,
+				 const char *hi, bool *differs, char *errstr, size_t errstr_size)
 {
 	int n_buckets = PQntuples(p), j = 0;
 	cat_err_t err = CAT_OK;
@@ -575,8 +585,8 @@ static cat_err_t compare_buckets(check_t *c, const PGresult *p, const PGresult *
 			continue;
 		*differs = true;
 		err = narrow(c, b == 0 ? lo : NULL, b == 0 ? NULL : PQgetvalue(p, b, 0),
-			     b + 1 < n_buckets ? PQgetvalue(p, b + 1, 0) : NULL, b + 1 < n_buckets ? NULL : hi, errstr,
-			     errstr_size);
+			     b + 1 < n_buckets ? PQgetvalue(p, b + 1, 0) : NULL,
+			     b + 1 < n_buckets ? NULL : hi, errstr, errstr_size);
 	}
 	return err;
 }
@@ -593,7 +603,8 @@ static cat_err_t walk(check_t *c, char *errstr, size_t errstr_size)
 	{
 		const char *params[3] = {limit, NULL, bucket};
 
-		if ((err = send_query(sync->primary, "chunk", c->q_chunk, 3, params, errstr, errstr_size)) != CAT_OK)
+		if ((err = send_query(sync->primary, "chunk", c->q_chunk, 3, params, errstr, errstr_size)) !=
+		    CAT_OK)
 			return err;
 	}
 	for (;;) {
@@ -601,7 +612,8 @@ static cat_err_t walk(check_t *c, char *errstr, size_t errstr_size)
 		int n_buckets;
 		bool last, differs;
 
-		if (!cur && (err = get_result(sync->primary, "primary chunk", &cur, errstr, errstr_size)) != CAT_OK)
+		if (!cur &&
+		    (err = get_result(sync->primary, "primary chunk", &cur, errstr, errstr_size)) != CAT_OK)
 			goto out;
 		n_buckets = PQntuples(cur);
 		for (int b = 0; b < n_buckets; b++)
@@ -618,36 +630,41 @@ static cat_err_t walk(check_t *c, char *errstr, size_t errstr_size)
 		{
 			const char *rparams[3] = {lo, hi, th}, *pparams[3] = {limit, hi, bucket};
 
-			if ((err = n_buckets > 0 ? send_query(sync->replica, "sum", c->q_bsum, 3, rparams, errstr, errstr_size)
-						 : send_query(sync->replica, "sum", c->q_sum, 2, rparams, errstr, errstr_size)) !=
-			    CAT_OK)
+			if ((err = n_buckets > 0 ? send_query(sync->replica, "sum", c->q_bsum, 3, rparams,
+							      errstr, errstr_size)
+						 : send_query(sync->replica, "sum", c->q_sum, 2, rparams,
+							      errstr, errstr_size)) != CAT_OK)
 				goto out;
 			/* the primary computes its next chunk meanwhile */
-			if (!last &&
-			    (err = send_query(sync->primary, "chunk", c->q_chunk, 3, pparams, errstr, errstr_size)) != CAT_OK)
+			if (!last && (err = send_query(sync->primary, "chunk", c->q_chunk, 3, pparams, errstr,
+						       errstr_size)) != CAT_OK)
 				goto out;
 		}
 		if ((err = get_result(sync->replica, "replica sum", &rres, errstr, errstr_size)) != CAT_OK)
 			goto out;
 		/* the next chunk's result first, if narrowing needs the primary's connection */
-		differs = n_buckets == 0 ? strtoll(PQgetvalue(rres, 0, 0), NULL, 10) > 0 : PQntuples(rres) != n_buckets;
+		differs = n_buckets == 0 ? strtoll(PQgetvalue(rres, 0, 0), NULL, 10) > 0
+					 : PQntuples(rres) != n_buckets;
 		for (int b = 0; !differs && b < n_buckets; b++)
 			differs = strcmp(PQgetvalue(cur, b, 2), PQgetvalue(rres, b, 1)) != 0 ||
 				  strcmp(PQgetvalue(cur, b, 3), PQgetvalue(rres, b, 2)) != 0;
-		if (differs && !last && (err = get_result(sync->primary, "primary chunk", &next, errstr, errstr_size)) != CAT_OK)
+		if (differs && !last &&
+		    (err = get_result(sync->primary, "primary chunk", &next, errstr, errstr_size)) != CAT_OK)
 			goto out;
 		c->chunks++;
 		c->rows_compared += p_count;
 		if (differs) {
 			c->chunks_differing++;
-			if ((err = compare_buckets(c, cur, rres, lo, hi, &differs, errstr, errstr_size)) != CAT_OK)
+			if ((err = compare_buckets(c, cur, rres, lo, hi, &differs, errstr, errstr_size)) !=
+			    CAT_OK)
 				goto out;
 			if (c->n_suspects >= (size_t)sync->check_max_suspects &&
 			    (err = confirm(c, errstr, errstr_size)) != CAT_OK)
 				goto out;
 		} else {
 			for (int b = 0; b < PQntuples(rres); b++)
-				c->rows_replica += strtoll(PQgetvalue(rres, b, n_buckets == 0 ? 0 : 1), NULL, 10);
+				c->rows_replica +=
+					strtoll(PQgetvalue(rres, b, n_buckets == 0 ? 0 : 1), NULL, 10);
 		}
 		PQclear(rres);
 		rres = NULL;
@@ -713,21 +730,22 @@ static cat_err_t publish_report(check_t *c, char *errstr, size_t errstr_size)
 	};
 
 	snprintf(message, sizeof(message),
-		 "%s on %s: %lld rows compared, %lld missing, %lld stale, %lld extra, %lld repaired, %lld in flight",
-		 c->st->table->name, sync->replica_name, c->rows_compared, c->missing, c->stale, c->extra, c->repaired,
-		 c->in_flight);
+		 "%s on %s: %lld rows compared, %lld missing, %lld stale, %lld extra, %lld repaired, %lld in "
+		 "flight",
+		 c->st->table->name, sync->replica_name, c->rows_compared, c->missing, c->stale, c->extra,
+		 c->repaired, c->in_flight);
 	CAT_LOG_INFO("CHECK", "%s (%lld ms)", message, duration_ms);
 	cat_metrics_inc(sync->m_checks[differences == 0]);
 	cat_metrics_add(sync->m_check_rows, c->rows_compared);
 	cat_metrics_add(sync->m_check_repaired, c->repaired);
 	cat_metrics_observe(sync->m_check_seconds, (double)duration_ms / 1000);
 	cat_metrics_set(sync->m_tables[c->t].rows_diff, differences);
-	return cat_event_publish(sync->events, sync->events_topic, SYNC_WORKER, &event, sync->events_timeout_ms,
-				 errstr, errstr_size);
+	return cat_event_publish(sync->events, sync->events_topic, SYNC_WORKER, &event,
+				 sync->events_timeout_ms, errstr, errstr_size);
 }
 
-cat_err_t sync_check(sync_t *sync, const Catalyst__V1__SyncCommand__CheckConsistency *cmd, const char *command_id,
-		     char *errstr, size_t errstr_size)
+cat_err_t sync_check(sync_t *sync, const Catalyst__V1__SyncCommand__CheckConsistency *cmd,
+		     const char *command_id, char *errstr, size_t errstr_size)
 {
 	const cat_table_t *table = cat_schema_table(cmd->table);
 	check_t c = {0};
@@ -745,8 +763,8 @@ cat_err_t sync_check(sync_t *sync, const Catalyst__V1__SyncCommand__CheckConsist
 		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "out of memory");
 		goto out;
 	}
-	CAT_LOG_INFO("CHECK", "checking %s on %s: chunks of %d rows%s%s", table->name, sync->replica_name, c.chunk,
-		     c.repair ? ", repairing" : "", c.max_rps > 0 ? ", throttled" : "");
+	CAT_LOG_INFO("CHECK", "checking %s on %s: chunks of %d rows%s%s", table->name, sync->replica_name,
+		     c.chunk, c.repair ? ", repairing" : "", c.max_rps > 0 ? ", throttled" : "");
 	if ((err = sync_ensure_primary(sync, errstr, errstr_size)) != CAT_OK ||
 	    (err = sync_ensure_replica(sync, errstr, errstr_size)) != CAT_OK ||
 	    (err = same_collation(sync, errstr, errstr_size)) != CAT_OK)

@@ -139,33 +139,34 @@ static void register_metrics(sync_t *sync, cat_metrics_t *metrics)
 
 		for (int d = 0; d < 2; d++) {
 			m->applied[d] = cat_metrics_counter(metrics, "catalyst_sync_rows_applied_total",
-							    "rows the replica inserted, updated or deleted", "table",
-							    name, "op", ops[d], NULL);
+							    "rows the replica inserted, updated or deleted",
+							    "table", name, "op", ops[d], NULL);
 			m->skipped[d] = cat_metrics_counter(
 				metrics, "catalyst_sync_rows_skipped_total",
-				"changes the version check left out (the replica holds as new or newer)", "table",
-				name, "op", ops[d], NULL);
+				"changes the version check left out (the replica holds as new or newer)",
+				"table", name, "op", ops[d], NULL);
 			m->size_bytes[d] = cat_metrics_gauge(metrics, "catalyst_sync_table_size_bytes",
-							     "pg_total_relation_size of the table", "table", name,
-							     "side", sides[d], NULL);
+							     "pg_total_relation_size of the table", "table",
+							     name, "side", sides[d], NULL);
 			m->live[d] = cat_metrics_gauge(metrics, "catalyst_sync_table_live_tuples",
-						       "n_live_tup of pg_stat_user_tables", "table", name, "side",
-						       sides[d], NULL);
+						       "n_live_tup of pg_stat_user_tables", "table", name,
+						       "side", sides[d], NULL);
 			m->dead[d] = cat_metrics_gauge(metrics, "catalyst_sync_table_dead_tuples",
-						       "n_dead_tup of pg_stat_user_tables", "table", name, "side",
-						       sides[d], NULL);
+						       "n_dead_tup of pg_stat_user_tables", "table", name,
+						       "side", sides[d], NULL);
 		}
-		m->rows_diff = cat_metrics_gauge(metrics, "catalyst_sync_check_differences",
-						 "rows the last check of the table found differing (before repair)",
-						 "table", name, NULL);
+		m->rows_diff =
+			cat_metrics_gauge(metrics, "catalyst_sync_check_differences",
+					  "rows the last check of the table found differing (before repair)",
+					  "table", name, NULL);
 	}
 	sync->m_committed = cat_metrics_counter(metrics, "catalyst_sync_transactions_total",
 						"replica transactions", "result", "committed", NULL);
 	sync->m_rolled_back = cat_metrics_counter(metrics, "catalyst_sync_transactions_total",
 						  "replica transactions", "result", "rolled_back", NULL);
-	sync->m_tx_seconds = cat_metrics_histogram(metrics, "catalyst_sync_apply_duration_seconds",
-						   "time to apply a batch to the replica", duration_buckets,
-						   sizeof(duration_buckets) / sizeof(duration_buckets[0]), NULL);
+	sync->m_tx_seconds = cat_metrics_histogram(
+		metrics, "catalyst_sync_apply_duration_seconds", "time to apply a batch to the replica",
+		duration_buckets, sizeof(duration_buckets) / sizeof(duration_buckets[0]), NULL);
 	sync->m_reconnects = cat_metrics_counter(metrics, "catalyst_sync_pg_reconnects_total",
 						 "PostgreSQL connections reopened after a loss", NULL);
 	sync->m_lag_messages = cat_metrics_gauge(
@@ -180,10 +181,10 @@ static void register_metrics(sync_t *sync, cat_metrics_t *metrics)
 	sync->m_since_commit = cat_metrics_gauge_double(
 		metrics, "catalyst_sync_seconds_since_last_applied_commit",
 		"seconds since the primary committed the newest change applied to the replica", NULL);
-	sync->m_checks[0] = cat_metrics_counter(metrics, "catalyst_sync_checks_total", "consistency checks run",
-						"result", "differences", NULL);
-	sync->m_checks[1] = cat_metrics_counter(metrics, "catalyst_sync_checks_total", "consistency checks run",
-						"result", "consistent", NULL);
+	sync->m_checks[0] = cat_metrics_counter(metrics, "catalyst_sync_checks_total",
+						"consistency checks run", "result", "differences", NULL);
+	sync->m_checks[1] = cat_metrics_counter(metrics, "catalyst_sync_checks_total",
+						"consistency checks run", "result", "consistent", NULL);
 	sync->m_check_rows = cat_metrics_counter(metrics, "catalyst_sync_check_rows_total",
 						 "primary rows the consistency checks compared", NULL);
 	sync->m_check_repaired = cat_metrics_counter(metrics, "catalyst_sync_check_rows_repaired_total",
@@ -191,7 +192,8 @@ static void register_metrics(sync_t *sync, cat_metrics_t *metrics)
 	sync->m_check_seconds = cat_metrics_histogram(metrics, "catalyst_sync_check_duration_seconds",
 						      "duration of a consistency check", check_buckets,
 						      sizeof(check_buckets) / sizeof(check_buckets[0]), NULL);
-	sync->m_resyncs = cat_metrics_counter(metrics, "catalyst_sync_resyncs_total", "tables resynced", NULL);
+	sync->m_resyncs =
+		cat_metrics_counter(metrics, "catalyst_sync_resyncs_total", "tables resynced", NULL);
 	sync->m_resync_rows = cat_metrics_counter(metrics, "catalyst_sync_resync_rows_total",
 						  "rows copied by resyncs", NULL);
 	sync->m_monitor_errors = cat_metrics_counter(metrics, "catalyst_sync_monitor_errors_total",
@@ -293,11 +295,14 @@ static cat_err_t validate_changes(Catalyst__V1__Change *const *changes, size_t n
 
 		if (!change->has_op || (change->op != CATALYST__V1__WRITE_OP__WRITE_OP_UPSERT &&
 					change->op != CATALYST__V1__WRITE_OP__WRITE_OP_DELETE))
-			return cat_err_set(reason, reason_size, CAT_ERR_PERMANENT, "change %zu: unknown op %d", i,
+			return cat_err_set(reason, reason_size, CAT_ERR_PERMANENT,
+					   "change %zu: unknown op %d", i,
 					   change->has_op ? (int)change->op : 0);
-		if (cat_codec_record_validate(change->record, change->op == CATALYST__V1__WRITE_OP__WRITE_OP_DELETE,
-					      inner, sizeof(inner)) != CAT_OK)
-			return cat_err_set(reason, reason_size, CAT_ERR_PERMANENT, "change %zu: %s", i, inner);
+		if (cat_codec_record_validate(change->record,
+					      change->op == CATALYST__V1__WRITE_OP__WRITE_OP_DELETE, inner,
+					      sizeof(inner)) != CAT_OK)
+			return cat_err_set(reason, reason_size, CAT_ERR_PERMANENT, "change %zu: %s", i,
+					   inner);
 	}
 	return CAT_OK;
 }
@@ -308,7 +313,8 @@ static void decode_changes(cat_msg_t *msg)
 
 	if (msg->rkm->len > CAT_CODEC_MAX_MESSAGE_BYTES * 2) {
 		msg->result = CAT_ERR_PERMANENT;
-		snprintf(msg->reason, sizeof(msg->reason), "a ChangeBatch of %zu bytes is too large", msg->rkm->len);
+		snprintf(msg->reason, sizeof(msg->reason), "a ChangeBatch of %zu bytes is too large",
+			 msg->rkm->len);
 		return;
 	}
 	cb = catalyst__v1__change_batch__unpack(NULL, msg->rkm->len, msg->rkm->payload);
@@ -335,7 +341,8 @@ static void decode_command(const sync_t *sync, cat_msg_t *msg)
 
 	if (msg->rkm->len > CAT_CODEC_MAX_MESSAGE_BYTES) {
 		msg->result = CAT_ERR_PERMANENT;
-		snprintf(msg->reason, sizeof(msg->reason), "a SyncCommand of %zu bytes is too large", msg->rkm->len);
+		snprintf(msg->reason, sizeof(msg->reason), "a SyncCommand of %zu bytes is too large",
+			 msg->rkm->len);
 		return;
 	}
 	cmd = catalyst__v1__sync_command__unpack(NULL, msg->rkm->len, msg->rkm->payload);
@@ -356,7 +363,8 @@ static void decode_command(const sync_t *sync, cat_msg_t *msg)
 		break;
 	case CATALYST__V1__SYNC_COMMAND__ACTION_CHECK:
 		table = cmd->check->table;
-		if (cmd->check->has_chunk_size && (cmd->check->chunk_size < 0 || cmd->check->chunk_size > 1000000)) {
+		if (cmd->check->has_chunk_size &&
+		    (cmd->check->chunk_size < 0 || cmd->check->chunk_size > 1000000)) {
 			snprintf(msg->reason, sizeof(msg->reason), "chunk_size %d is not within 0..1000000",
 				 (int)cmd->check->chunk_size);
 			goto bad;
@@ -373,7 +381,8 @@ static void decode_command(const sync_t *sync, cat_msg_t *msg)
 		snprintf(msg->reason, sizeof(msg->reason), "SyncCommand without a known action");
 		goto bad;
 	}
-	if (cmd->action_case != CATALYST__V1__SYNC_COMMAND__ACTION_REPLICATE && !cat_schema_table(table ? table : "")) {
+	if (cmd->action_case != CATALYST__V1__SYNC_COMMAND__ACTION_REPLICATE &&
+	    !cat_schema_table(table ? table : "")) {
 		snprintf(msg->reason, sizeof(msg->reason), "unknown table %.100s", table ? table : "(none)");
 		goto bad;
 	}
@@ -460,8 +469,10 @@ static cat_err_t apply_range(sync_t *sync, cat_batch_t *batch, size_t from, size
 
 		for (size_t c = 0; c < n; c++)
 			if (cat_apply_add(sync->apply, i, changes[c]->record,
-					  changes[c]->op == CATALYST__V1__WRITE_OP__WRITE_OP_DELETE) != CAT_OK)
-				return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "could not add a change");
+					  changes[c]->op == CATALYST__V1__WRITE_OP__WRITE_OP_DELETE) !=
+			    CAT_OK)
+				return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL,
+						   "could not add a change");
 		if (n > 0 && is_changes(sync, batch)) {
 			const Catalyst__V1__ChangeBatch *cb = batch->msgs[i].decoded;
 
@@ -492,8 +503,10 @@ static cat_err_t apply_range(sync_t *sync, cat_batch_t *batch, size_t from, size
 	if (newest_commit > 0) {
 		if (newest_commit > atomic_load(&sync->last_commit_us))
 			atomic_store(&sync->last_commit_us, newest_commit);
-		cat_metrics_set_double(sync->m_lag_seconds, (double)(cat_time_now_us() - newest_commit) / 1e6);
-		cat_metrics_set_double(sync->m_last_commit_ts, (double)atomic_load(&sync->last_commit_us) / 1e6);
+		cat_metrics_set_double(sync->m_lag_seconds,
+				       (double)(cat_time_now_us() - newest_commit) / 1e6);
+		cat_metrics_set_double(sync->m_last_commit_ts,
+				       (double)atomic_load(&sync->last_commit_us) / 1e6);
 	}
 out:
 	cat_apply_release(sync->apply);
@@ -508,7 +521,8 @@ cat_err_t sync_apply_changes(sync_t *sync, cat_batch_t *batch, char *errstr, siz
 		if (batch->msgs[i].result == CAT_OK && !batch->msgs[i].decoded)
 			decode_changes(&batch->msgs[i]);
 	err = apply_range(sync, batch, 0, batch->n, errstr, errstr_size);
-	if (err == CAT_OK && batch->n > 0 && batch->partition >= 0 && batch->partition < SYNC_MAX_PARTITIONS) {
+	if (err == CAT_OK && batch->n > 0 && batch->partition >= 0 &&
+	    batch->partition < SYNC_MAX_PARTITIONS) {
 		long long next = batch->msgs[batch->n - 1].rkm->offset + 1;
 
 		if (next > atomic_load(&sync->applied_next[batch->partition]))
@@ -574,7 +588,8 @@ static cat_err_t apply_commands(sync_t *sync, cat_batch_t *batch, char *errstr, 
 	for (size_t i = 0; i <= batch->n; i++) {
 		const Catalyst__V1__SyncCommand *cmd = i < batch->n ? batch->msgs[i].decoded : NULL;
 
-		if (i < batch->n && (!cmd || cmd->action_case == CATALYST__V1__SYNC_COMMAND__ACTION_REPLICATE))
+		if (i < batch->n &&
+		    (!cmd || cmd->action_case == CATALYST__V1__SYNC_COMMAND__ACTION_REPLICATE))
 			continue;
 		if ((err = apply_range(sync, batch, from, i, errstr, errstr_size)) != CAT_OK)
 			return err;

@@ -126,15 +126,18 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	if (!plain_name(cat_config_str(cfg, "CATALYST_REPLICA_NAME"))) {
-		fprintf(stderr, SYNC_WORKER ": CATALYST_REPLICA_NAME: must be 1 to 100 letters, digits, '-', '_' or '.'\n");
+		fprintf(stderr, SYNC_WORKER
+			": CATALYST_REPLICA_NAME: must be 1 to 100 letters, digits, '-', '_' or '.'\n");
 		cat_config_destroy(cfg);
 		return 2;
 	}
 	if (cat_config_is_set(cfg, "CATALYST_SYNC_GROUP"))
 		snprintf(group, sizeof(group), "%s", cat_config_str(cfg, "CATALYST_SYNC_GROUP"));
 	else
-		snprintf(group, sizeof(group), "catalyst-sync-%s", cat_config_str(cfg, "CATALYST_REPLICA_NAME"));
-	cat_log_init(SYNC_WORKER, (cat_log_level_t)cat_log_level_parse(cat_config_str(cfg, "CATALYST_LOG_LEVEL")));
+		snprintf(group, sizeof(group), "catalyst-sync-%s",
+			 cat_config_str(cfg, "CATALYST_REPLICA_NAME"));
+	cat_log_init(SYNC_WORKER,
+		     (cat_log_level_t)cat_log_level_parse(cat_config_str(cfg, "CATALYST_LOG_LEVEL")));
 	mallopt(M_MMAP_THRESHOLD, 256 * 1024);
 	mallopt(M_TRIM_THRESHOLD, 1024 * 1024);
 	metrics = cat_metrics_new();
@@ -155,8 +158,9 @@ int main(int argc, char **argv)
 		CAT_LOG_WARN("PG", "%s: will retry", errstr);
 
 	/* events.v1 for reports, then the handler that owns the connection */
-	if (cat_producer_new(&events, cfg, SYNC_WORKER, (int)cat_config_int(cfg, "CATALYST_EVENTS_TIMEOUT_MS"), NULL,
-			     NULL, errstr, sizeof(errstr)) != CAT_OK) {
+	if (cat_producer_new(&events, cfg, SYNC_WORKER,
+			     (int)cat_config_int(cfg, "CATALYST_EVENTS_TIMEOUT_MS"), NULL, NULL, errstr,
+			     sizeof(errstr)) != CAT_OK) {
 		CAT_LOG_ERROR("KAFKA", "%s", errstr);
 		goto out;
 	}
@@ -178,8 +182,8 @@ int main(int argc, char **argv)
 		CAT_LOG_ERROR("MONITOR", "%s", errstr);
 		goto out;
 	}
-	if (cat_http_new(&http, cat_config_str(cfg, "CATALYST_SYNC_BIND"), (int)cat_config_int(cfg, "CATALYST_SYNC_PORT"),
-			 errstr, sizeof(errstr)) != CAT_OK) {
+	if (cat_http_new(&http, cat_config_str(cfg, "CATALYST_SYNC_BIND"),
+			 (int)cat_config_int(cfg, "CATALYST_SYNC_PORT"), errstr, sizeof(errstr)) != CAT_OK) {
 		CAT_LOG_ERROR("HTTP", "%s", errstr);
 		goto out;
 	}

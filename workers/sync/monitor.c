@@ -38,24 +38,25 @@ typedef struct monitor {
 static void register_metrics(sync_t *sync)
 {
 	for (int side = 0; side < 2; side++) {
-		sync->m_stmt_present[side] =
-			cat_metrics_gauge(sync->metrics, "catalyst_sync_pg_stat_statements_present",
-					  "1 when pg_stat_statements is installed in the database", "side", sides[side], NULL);
+		sync->m_stmt_present[side] = cat_metrics_gauge(
+			sync->metrics, "catalyst_sync_pg_stat_statements_present",
+			"1 when pg_stat_statements is installed in the database", "side", sides[side], NULL);
 		for (int rank = 0; rank < sync->n_slow && rank < 16; rank++) {
 			char r[8];
 
 			snprintf(r, sizeof(r), "%d", rank + 1);
 			sync->m_stmt_mean[side][rank] = cat_metrics_gauge_double(
 				sync->metrics, "catalyst_sync_slow_statement_mean_seconds",
-				"mean execution time of the rank-th slowest statement (pg_stat_statements)", "side",
-				sides[side], "rank", r, NULL);
+				"mean execution time of the rank-th slowest statement (pg_stat_statements)",
+				"side", sides[side], "rank", r, NULL);
 			sync->m_stmt_calls[side][rank] =
 				cat_metrics_gauge(sync->metrics, "catalyst_sync_slow_statement_calls",
-						  "calls of the rank-th slowest statement", "side", sides[side], "rank", r, NULL);
-			sync->m_stmt_queryid[side][rank] =
-				cat_metrics_gauge(sync->metrics, "catalyst_sync_slow_statement_queryid",
-						  "queryid of the rank-th slowest statement (look it up in pg_stat_statements)",
-						  "side", sides[side], "rank", r, NULL);
+						  "calls of the rank-th slowest statement", "side",
+						  sides[side], "rank", r, NULL);
+			sync->m_stmt_queryid[side][rank] = cat_metrics_gauge(
+				sync->metrics, "catalyst_sync_slow_statement_queryid",
+				"queryid of the rank-th slowest statement (look it up in pg_stat_statements)",
+				"side", sides[side], "rank", r, NULL);
 		}
 	}
 }
@@ -80,14 +81,16 @@ static bool connected(monitor_t *m, int side)
 
 static int table_stats(monitor_t *m, int side)
 {
-	static const char sql[] = "SELECT relname, pg_total_relation_size(relid), n_live_tup, n_dead_tup\n"
-				  "FROM pg_stat_user_tables WHERE schemaname = current_schema() AND relname = ANY ($1::text[])";
+	static const char sql[] =
+		"SELECT relname, pg_total_relation_size(relid), n_live_tup, n_dead_tup\n"
+		"FROM pg_stat_user_tables WHERE schemaname = current_schema() AND relname = ANY ($1::text[])";
 	const char *params[1] = {m->tables_literal};
 	PGresult *res = NULL;
 	char errstr[512];
 
 	if (cat_pg_exec(m->conn[side], sql, 1, params, &res, errstr, sizeof(errstr)) != CAT_OK) {
-		CAT_LOG_DEBUG("MONITOR", "could not read the table statistics of the %s: %s", sides[side], errstr);
+		CAT_LOG_DEBUG("MONITOR", "could not read the table statistics of the %s: %s", sides[side],
+			      errstr);
 		return -1;
 	}
 	for (int r = 0; r < PQntuples(res); r++) {
@@ -109,7 +112,8 @@ static int slow_statements(monitor_t *m, int side)
 {
 	static const char present_sql[] = "SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'";
 	static const char sql[] = "SELECT queryid, calls, mean_exec_time / 1000 FROM pg_stat_statements\n"
-				  "WHERE calls > $1::bigint AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())\n"
+				  "WHERE calls > $1::bigint AND dbid = (SELECT oid FROM pg_database WHERE "
+				  "datname = current_database())\n"
 				  "ORDER BY mean_exec_time DESC LIMIT $2::int";
 	sync_t *sync = m->sync;
 	PGresult *res = NULL;
@@ -127,15 +131,19 @@ static int slow_statements(monitor_t *m, int side)
 	snprintf(calls, sizeof(calls), "%d", m->min_calls);
 	snprintf(limit, sizeof(limit), "%d", sync->n_slow);
 	if (cat_pg_exec(m->conn[side], sql, 2, params, &res, errstr, sizeof(errstr)) != CAT_OK) {
-		CAT_LOG_DEBUG("MONITOR", "could not read pg_stat_statements on the %s: %s", sides[side], errstr);
+		CAT_LOG_DEBUG("MONITOR", "could not read pg_stat_statements on the %s: %s", sides[side],
+			      errstr);
 		return -1;
 	}
 	for (int rank = 0; rank < sync->n_slow && rank < 16; rank++) {
 		bool have = rank < PQntuples(res);
 
-		cat_metrics_set(sync->m_stmt_queryid[side][rank], have ? strtoll(PQgetvalue(res, rank, 0), NULL, 10) : 0);
-		cat_metrics_set(sync->m_stmt_calls[side][rank], have ? strtoll(PQgetvalue(res, rank, 1), NULL, 10) : 0);
-		cat_metrics_set_double(sync->m_stmt_mean[side][rank], have ? strtod(PQgetvalue(res, rank, 2), NULL) : 0);
+		cat_metrics_set(sync->m_stmt_queryid[side][rank],
+				have ? strtoll(PQgetvalue(res, rank, 0), NULL, 10) : 0);
+		cat_metrics_set(sync->m_stmt_calls[side][rank],
+				have ? strtoll(PQgetvalue(res, rank, 1), NULL, 10) : 0);
+		cat_metrics_set_double(sync->m_stmt_mean[side][rank],
+				       have ? strtod(PQgetvalue(res, rank, 2), NULL) : 0);
 	}
 	PQclear(res);
 	return 0;
@@ -219,14 +227,15 @@ cat_err_t sync_monitor_start(sync_t *sync, char *errstr, size_t errstr_size)
 	m->min_calls = (int)cat_config_int(sync->cfg, "CATALYST_SYNC_SLOW_MIN_CALLS");
 	len += (size_t)snprintf(m->tables_literal, sizeof(m->tables_literal), "{");
 	for (size_t t = 0; t < cat_schema_n_tables && len < sizeof(m->tables_literal); t++)
-		len += (size_t)snprintf(m->tables_literal + len, sizeof(m->tables_literal) - len, "%s%s", t ? "," : "",
-					cat_schema_tables[t].name);
+		len += (size_t)snprintf(m->tables_literal + len, sizeof(m->tables_literal) - len, "%s%s",
+					t ? "," : "", cat_schema_tables[t].name);
 	if (len < sizeof(m->tables_literal))
 		snprintf(m->tables_literal + len, sizeof(m->tables_literal) - len, "}");
 	register_metrics(sync);
 	if (pthread_create(&sync->monitor, NULL, monitor_main, m) != 0) {
 		free(m);
-		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "could not start the monitoring thread");
+		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL,
+				   "could not start the monitoring thread");
 	}
 	sync->monitor_started = true;
 	return CAT_OK;

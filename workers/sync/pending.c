@@ -18,9 +18,9 @@
 #include "cat_time.h"
 #include "sync.h"
 
-#define REQUEST_TIMEOUT_MS 10000
+#define REQUEST_TIMEOUT_MS  10000
 #define CATCH_UP_TIMEOUT_MS 120000
-#define CATCH_UP_BATCH	   256 /* ChangeBatch messages per transaction */
+#define CATCH_UP_BATCH	    256 /* ChangeBatch messages per transaction */
 
 cat_err_t sync_topic_partitions(rd_kafka_t *rk, const char *topic, int *n, char *errstr, size_t errstr_size)
 {
@@ -31,26 +31,31 @@ cat_err_t sync_topic_partitions(rd_kafka_t *rk, const char *topic, int *n, char 
 
 	*n = 0;
 	if (!rkt)
-		return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "could not look up topic %s", topic);
+		return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "could not look up topic %s",
+				   topic);
 	kerr = rd_kafka_metadata(rk, 0, rkt, &metadata, REQUEST_TIMEOUT_MS);
 	if (kerr)
-		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "could not read the metadata of %s: %s",
-				  topic, rd_kafka_err2str(kerr));
-	else if (metadata->topic_cnt != 1 || metadata->topics[0].err || metadata->topics[0].partition_cnt <= 0)
-		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "could not read the metadata of %s: %s",
-				  topic, rd_kafka_err2str(metadata->topic_cnt == 1 ? metadata->topics[0].err
-										: RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC));
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE,
+				  "could not read the metadata of %s: %s", topic, rd_kafka_err2str(kerr));
+	else if (metadata->topic_cnt != 1 || metadata->topics[0].err ||
+		 metadata->topics[0].partition_cnt <= 0)
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE,
+				  "could not read the metadata of %s: %s", topic,
+				  rd_kafka_err2str(metadata->topic_cnt == 1
+							   ? metadata->topics[0].err
+							   : RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC));
 	else
-		*n = metadata->topics[0].partition_cnt < SYNC_MAX_PARTITIONS ? metadata->topics[0].partition_cnt
-									     : SYNC_MAX_PARTITIONS;
+		*n = metadata->topics[0].partition_cnt < SYNC_MAX_PARTITIONS
+			     ? metadata->topics[0].partition_cnt
+			     : SYNC_MAX_PARTITIONS;
 	if (metadata)
 		rd_kafka_metadata_destroy(metadata);
 	rd_kafka_topic_destroy(rkt);
 	return err;
 }
 
-cat_err_t sync_offsets_client(rd_kafka_t **out, const cat_config_t *cfg, const char *group, const char *client_id,
-			      char *errstr, size_t errstr_size)
+cat_err_t sync_offsets_client(rd_kafka_t **out, const cat_config_t *cfg, const char *group,
+			      const char *client_id, char *errstr, size_t errstr_size)
 {
 	rd_kafka_conf_t *conf = NULL;
 	char kerr[512];
@@ -61,7 +66,8 @@ cat_err_t sync_offsets_client(rd_kafka_t **out, const cat_config_t *cfg, const c
 		return err;
 	if ((err = cat_kafka_conf_set(conf, "group.id", group, errstr, errstr_size)) != CAT_OK ||
 	    (err = cat_kafka_conf_set(conf, "enable.auto.commit", "false", errstr, errstr_size)) != CAT_OK ||
-	    (err = cat_kafka_conf_set(conf, "enable.auto.offset.store", "false", errstr, errstr_size)) != CAT_OK ||
+	    (err = cat_kafka_conf_set(conf, "enable.auto.offset.store", "false", errstr, errstr_size)) !=
+		    CAT_OK ||
 	    (err = cat_kafka_conf_set(conf, "enable.partition.eof", "true", errstr, errstr_size)) != CAT_OK) {
 		rd_kafka_conf_destroy(conf);
 		return err;
@@ -69,7 +75,8 @@ cat_err_t sync_offsets_client(rd_kafka_t **out, const cat_config_t *cfg, const c
 	*out = rd_kafka_new(RD_KAFKA_CONSUMER, conf, kerr, sizeof(kerr));
 	if (!*out) {
 		rd_kafka_conf_destroy(conf);
-		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "could not create a Kafka client: %s", kerr);
+		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "could not create a Kafka client: %s",
+				   kerr);
 	}
 	return CAT_OK;
 }
@@ -87,7 +94,8 @@ cat_err_t sync_positions(sync_t *sync, rd_kafka_t *rk, int64_t *next, int64_t *h
 	for (int p = 0; p < *n; p++) {
 		int64_t lo;
 
-		kerr = rd_kafka_query_watermark_offsets(rk, sync->changes_topic, p, &lo, &high[p], REQUEST_TIMEOUT_MS);
+		kerr = rd_kafka_query_watermark_offsets(rk, sync->changes_topic, p, &lo, &high[p],
+							REQUEST_TIMEOUT_MS);
 		if (kerr) {
 			err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE,
 					  "could not read the offsets of %s [%d]: %s", sync->changes_topic, p,
@@ -166,22 +174,23 @@ cat_err_t sync_catch_up(sync_t *sync, char *errstr, size_t errstr_size)
 		goto out;
 	}
 	if (!sync->pending_rk &&
-	    (err = sync_offsets_client(&sync->pending_rk, sync->cfg, sync->group, SYNC_WORKER "-catch-up", errstr,
-				       errstr_size)) != CAT_OK)
+	    (err = sync_offsets_client(&sync->pending_rk, sync->cfg, sync->group, SYNC_WORKER "-catch-up",
+				       errstr, errstr_size)) != CAT_OK)
 		goto out;
 	if ((err = sync_positions(sync, sync->pending_rk, next, high, &n, errstr, errstr_size)) != CAT_OK)
 		goto out;
 	assignment = rd_kafka_topic_partition_list_new(n);
 	for (int p = 0; p < n; p++)
 		if (next[p] < high[p]) {
-			rd_kafka_topic_partition_list_add(assignment, sync->changes_topic, p)->offset = next[p];
+			rd_kafka_topic_partition_list_add(assignment, sync->changes_topic, p)->offset =
+				next[p];
 			open++;
 		}
 	if (open == 0)
 		goto out;
 	if (rd_kafka_assign(sync->pending_rk, assignment) != RD_KAFKA_RESP_ERR_NO_ERROR) {
-		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "could not assign %s for the catch-up",
-				  sync->changes_topic);
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE,
+				  "could not assign %s for the catch-up", sync->changes_topic);
 		goto out;
 	}
 	while (open > 0) {
@@ -213,8 +222,8 @@ cat_err_t sync_catch_up(sync_t *sync, char *errstr, size_t errstr_size)
 		} else {
 			/* a batch holds one partition's messages, in order */
 			if (n_held > 0 && held_partition != rkm->partition) {
-				if ((err = apply_pending(sync, held_partition, held, n_held, errstr, errstr_size)) !=
-				    CAT_OK) {
+				if ((err = apply_pending(sync, held_partition, held, n_held, errstr,
+							 errstr_size)) != CAT_OK) {
 					rd_kafka_message_destroy(rkm);
 					goto out;
 				}
@@ -233,7 +242,8 @@ cat_err_t sync_catch_up(sync_t *sync, char *errstr, size_t errstr_size)
 			flush = reached || n_held == CATCH_UP_BATCH;
 		}
 		if (flush && n_held > 0) {
-			if ((err = apply_pending(sync, held_partition, held, n_held, errstr, errstr_size)) != CAT_OK)
+			if ((err = apply_pending(sync, held_partition, held, n_held, errstr, errstr_size)) !=
+			    CAT_OK)
 				goto out;
 			n_applied += (long long)n_held;
 			for (size_t i = 0; i < n_held; i++)

@@ -26,8 +26,8 @@
 #include "sync.h"
 
 /* Runs a statement that must leave the connection in COPY mode `want`. */
-static cat_err_t start_copy(PGconn *conn, const char *side, const char *sql, ExecStatusType want, char *errstr,
-			    size_t errstr_size)
+static cat_err_t start_copy(PGconn *conn, const char *side, const char *sql, ExecStatusType want,
+			    char *errstr, size_t errstr_size)
 {
 	PGresult *res = PQexec(conn, sql);
 	cat_err_t err = CAT_OK;
@@ -37,8 +37,9 @@ static cat_err_t start_copy(PGconn *conn, const char *side, const char *sql, Exe
 		const char *sqlstate = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
 
 		err = cat_err_set(errstr, errstr_size, cat_pg_error_class(conn, res),
-				  "could not start COPY on the %s: %s%s%s%s", side, msg ? msg : "the connection was lost",
-				  sqlstate ? " (SQLSTATE " : "", sqlstate ? sqlstate : "", sqlstate ? ")" : "");
+				  "could not start COPY on the %s: %s%s%s%s", side,
+				  msg ? msg : "the connection was lost", sqlstate ? " (SQLSTATE " : "",
+				  sqlstate ? sqlstate : "", sqlstate ? ")" : "");
 	}
 	PQclear(res);
 	return err;
@@ -56,30 +57,33 @@ static cat_err_t end_copy(PGconn *conn, const char *side, long long *rows, char 
 			const char *sqlstate = PQresultErrorField(res, PG_DIAG_SQLSTATE);
 
 			err = cat_err_set(errstr, errstr_size, cat_pg_error_class(conn, res),
-					  "could not COPY on the %s: %s%s%s%s", side, msg ? msg : PQerrorMessage(conn),
-					  sqlstate ? " (SQLSTATE " : "", sqlstate ? sqlstate : "", sqlstate ? ")" : "");
+					  "could not COPY on the %s: %s%s%s%s", side,
+					  msg ? msg : PQerrorMessage(conn), sqlstate ? " (SQLSTATE " : "",
+					  sqlstate ? sqlstate : "", sqlstate ? ")" : "");
 		} else if (err == CAT_OK && rows) {
 			*rows = strtoll(PQcmdTuples(res), NULL, 10);
 		}
 		PQclear(res);
 	}
 	if (err == CAT_OK && PQstatus(conn) != CONNECTION_OK)
-		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "could not COPY on the %s: %s", side,
-				  PQerrorMessage(conn));
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "could not COPY on the %s: %s",
+				  side, PQerrorMessage(conn));
 	return err;
 }
 
 /* COPY out of the primary into the replica, row by row. */
-static cat_err_t stream(sync_t *sync, const char *out_sql, const char *in_sql, long long *rows, long long *bytes,
-			char *errstr, size_t errstr_size)
+static cat_err_t stream(sync_t *sync, const char *out_sql, const char *in_sql, long long *rows,
+			long long *bytes, char *errstr, size_t errstr_size)
 {
 	cat_err_t err, end_err;
 	char *buf = NULL;
 	int len;
 
-	if ((err = start_copy(sync->primary, "primary", out_sql, PGRES_COPY_OUT, errstr, errstr_size)) != CAT_OK)
+	if ((err = start_copy(sync->primary, "primary", out_sql, PGRES_COPY_OUT, errstr, errstr_size)) !=
+	    CAT_OK)
 		return err;
-	if ((err = start_copy(sync->replica, "replica", in_sql, PGRES_COPY_IN, errstr, errstr_size)) != CAT_OK)
+	if ((err = start_copy(sync->replica, "replica", in_sql, PGRES_COPY_IN, errstr, errstr_size)) !=
+	    CAT_OK)
 		return err; /* the primary's COPY is dropped with its connection */
 	while ((len = PQgetCopyData(sync->primary, &buf, 0)) > 0) {
 		int sent = PQputCopyData(sync->replica, buf, len);
@@ -88,13 +92,15 @@ static cat_err_t stream(sync_t *sync, const char *out_sql, const char *in_sql, l
 		buf = NULL;
 		*bytes += len;
 		if (sent != 1) {
-			err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "could not send COPY data to the replica: %s",
+			err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE,
+					  "could not send COPY data to the replica: %s",
 					  PQerrorMessage(sync->replica));
 			break;
 		}
 	}
 	if (err == CAT_OK && len == -2)
-		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "could not read COPY data from the primary: %s",
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE,
+				  "could not read COPY data from the primary: %s",
 				  PQerrorMessage(sync->primary));
 	if (err != CAT_OK) {
 		PQputCopyEnd(sync->replica, "resync failed");
@@ -107,8 +113,8 @@ static cat_err_t stream(sync_t *sync, const char *out_sql, const char *in_sql, l
 		return err;
 	}
 	if (PQputCopyEnd(sync->replica, NULL) != 1)
-		return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "could not end COPY on the replica: %s",
-				   PQerrorMessage(sync->replica));
+		return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE,
+				   "could not end COPY on the replica: %s", PQerrorMessage(sync->replica));
 	end_err = end_copy(sync->replica, "replica", NULL, errstr, errstr_size);
 	return end_err;
 }
@@ -124,29 +130,32 @@ cat_err_t sync_resync(sync_t *sync, const Catalyst__V1__SyncCommand__ResyncTable
 	cat_err_t err;
 
 	/* names from the compiled-in schema only */
-	snprintf(out_rows, sizeof(out_rows), "COPY (SELECT %s FROM %s) TO STDOUT (FORMAT binary)", st->columns,
-		 table->name);
-	snprintf(in_rows, sizeof(in_rows), "COPY %s (%s) FROM STDIN (FORMAT binary)", table->name, st->columns);
+	snprintf(out_rows, sizeof(out_rows), "COPY (SELECT %s FROM %s) TO STDOUT (FORMAT binary)",
+		 st->columns, table->name);
+	snprintf(in_rows, sizeof(in_rows), "COPY %s (%s) FROM STDIN (FORMAT binary)", table->name,
+		 st->columns);
 	snprintf(out_tomb, sizeof(out_tomb),
-		 "COPY (SELECT table_name, pk, version, deleted_at FROM row_tombstones WHERE table_name = '%s') "
+		 "COPY (SELECT table_name, pk, version, deleted_at FROM row_tombstones WHERE table_name = "
+		 "'%s') "
 		 "TO STDOUT (FORMAT binary)",
 		 table->name);
-	snprintf(prep, sizeof(prep), "DELETE FROM row_tombstones WHERE table_name = '%s'; TRUNCATE %s", table->name,
-		 table->name);
+	snprintf(prep, sizeof(prep), "DELETE FROM row_tombstones WHERE table_name = '%s'; TRUNCATE %s",
+		 table->name, table->name);
 	snprintf(analyze, sizeof(analyze), "ANALYZE %s", table->name);
 	CAT_LOG_INFO("RESYNC", "resyncing %s on %s from the primary", table->name, sync->replica_name);
 
 	if ((err = sync_ensure_primary(sync, errstr, errstr_size)) != CAT_OK ||
 	    (err = sync_ensure_replica(sync, errstr, errstr_size)) != CAT_OK)
 		return err;
-	if ((err = cat_pg_exec_script(sync->primary, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", errstr,
-				      errstr_size)) != CAT_OK ||
+	if ((err = cat_pg_exec_script(sync->primary, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+				      errstr, errstr_size)) != CAT_OK ||
 	    (err = cat_pg_begin(sync->replica, errstr, errstr_size)) != CAT_OK ||
 	    (err = cat_pg_exec_script(sync->replica, prep, errstr, errstr_size)) != CAT_OK ||
 	    (err = stream(sync, out_rows, in_rows, &rows, &bytes, errstr, errstr_size)) != CAT_OK ||
-	    (err = stream(sync, out_tomb,
-			  "COPY row_tombstones (table_name, pk, version, deleted_at) FROM STDIN (FORMAT binary)",
-			  &tombstones, &bytes, errstr, errstr_size)) != CAT_OK ||
+	    (err = stream(
+		     sync, out_tomb,
+		     "COPY row_tombstones (table_name, pk, version, deleted_at) FROM STDIN (FORMAT binary)",
+		     &tombstones, &bytes, errstr, errstr_size)) != CAT_OK ||
 	    (err = cat_pg_commit(sync->replica, errstr, errstr_size)) != CAT_OK) {
 		sync_after_failure(&sync->primary);
 		sync_after_failure(&sync->replica);
@@ -164,8 +173,10 @@ cat_err_t sync_resync(sync_t *sync, const Catalyst__V1__SyncCommand__ResyncTable
 	CAT_LOG_INFO("RESYNC", "%s (%lld ms)", message, duration_ms);
 	{
 		const cat_event_attr_t attrs[] = {{"replica", sync->replica_name}, {"table", table->name}};
-		const cat_event_counter_t counters[] = {
-			{"rows", rows}, {"tombstones", tombstones}, {"bytes", bytes}, {"duration_ms", duration_ms}};
+		const cat_event_counter_t counters[] = {{"rows", rows},
+							{"tombstones", tombstones},
+							{"bytes", bytes},
+							{"duration_ms", duration_ms}};
 		cat_event_t event = {.kind = "sync.resync.completed",
 				     .subject = table->name,
 				     .command_id = command_id,
@@ -176,7 +187,7 @@ cat_err_t sync_resync(sync_t *sync, const Catalyst__V1__SyncCommand__ResyncTable
 				     .counters = counters,
 				     .n_counters = 4};
 
-		return cat_event_publish(sync->events, sync->events_topic, SYNC_WORKER, &event, sync->events_timeout_ms,
-					 errstr, errstr_size);
+		return cat_event_publish(sync->events, sync->events_topic, SYNC_WORKER, &event,
+					 sync->events_timeout_ms, errstr, errstr_size);
 	}
 }

@@ -48,7 +48,7 @@ typedef struct sync_table_metrics {
 	cat_metric_t *size_bytes[2]; /* [replica] */
 	cat_metric_t *live[2];
 	cat_metric_t *dead[2];
-	cat_metric_t *rows_diff;     /* gauge: differences the last check found */
+	cat_metric_t *rows_diff; /* gauge: differences the last check found */
 } sync_table_metrics_t;
 
 typedef struct sync {
@@ -113,15 +113,18 @@ typedef struct sync {
 } sync_t;
 
 /* handler.c */
-cat_err_t sync_replica_connect(PGconn **out, const cat_config_t *cfg, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+cat_err_t sync_replica_connect(PGconn **out, const cat_config_t *cfg, char *errstr,
+			       size_t errstr_size) CAT_MUST_CHECK;
 cat_err_t sync_new(sync_t **out, const cat_config_t *cfg, const char *group, PGconn *replica,
-		   cat_producer_t *events, cat_metrics_t *metrics, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+		   cat_producer_t *events, cat_metrics_t *metrics, char *errstr,
+		   size_t errstr_size) CAT_MUST_CHECK;
 void sync_destroy(sync_t *sync);
 cat_err_t sync_apply(void *opaque, cat_batch_t *batch, char *errstr, size_t errstr_size);
 bool sync_ready(void *opaque, char *reason, size_t reason_size);
 /* Applies the ChangeBatch messages of `batch` (a changes.v1 range) in one
  * transaction; messages that do not decode are marked permanent. */
-cat_err_t sync_apply_changes(sync_t *sync, cat_batch_t *batch, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+cat_err_t sync_apply_changes(sync_t *sync, cat_batch_t *batch, char *errstr,
+			     size_t errstr_size) CAT_MUST_CHECK;
 /* Working connections (opened when needed, the schema checked). */
 cat_err_t sync_ensure_replica(sync_t *sync, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 cat_err_t sync_ensure_primary(sync_t *sync, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
@@ -133,8 +136,8 @@ cat_err_t sync_check(sync_t *sync, const Catalyst__V1__SyncCommand__CheckConsist
 		     const char *command_id, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 
 /* resync.c: runs one ResyncTable and publishes its event. */
-cat_err_t sync_resync(sync_t *sync, const Catalyst__V1__SyncCommand__ResyncTable *resync, const char *command_id,
-		      char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+cat_err_t sync_resync(sync_t *sync, const Catalyst__V1__SyncCommand__ResyncTable *resync,
+		      const char *command_id, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 
 /* pending.c */
 /* The partition count of `topic` from the cluster's metadata. */
@@ -142,8 +145,8 @@ cat_err_t sync_topic_partitions(rd_kafka_t *rk, const char *topic, int *n, char 
 				size_t errstr_size) CAT_MUST_CHECK;
 /* A client for offsets queries and assigned reads: group.id is the sync
  * group (to read its committed offsets), it never joins or commits. */
-cat_err_t sync_offsets_client(rd_kafka_t **out, const cat_config_t *cfg, const char *group, const char *client_id,
-			      char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+cat_err_t sync_offsets_client(rd_kafka_t **out, const cat_config_t *cfg, const char *group,
+			      const char *client_id, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 /* For each partition of changes.v1: where applying stands (the later of the
  * group's committed offset and what this process applied) and the high
  * watermark. `next` and `high` hold *n entries (at most SYNC_MAX_PARTITIONS). */
