@@ -85,7 +85,7 @@ static bool plain_identifier(const char *name)
 	return strlen(name) < 64;
 }
 
-static int build_upsert(cat_sql_buf_t *sql, const cat_sql_table_t *st)
+static int build_upsert(cat_sql_buf_t *sql, const cat_sql_table_t *st, bool repair)
 {
 	const cat_table_t *t = st->table;
 	const char *pk = t->primary_key;
@@ -108,7 +108,7 @@ static int build_upsert(cat_sql_buf_t *sql, const cat_sql_table_t *st)
 			 ")\nWHERE NOT EXISTS (SELECT 1 FROM row_tombstones AS d WHERE d.table_name = '%s'"
 			 " AND d.pk = u.%s AND d.version >= u.version)\n",
 			 t->name, pk);
-	if (t->insert_only) {
+	if (t->insert_only && !repair) {
 		rc |= buf_printf(sql, "ON CONFLICT (%s) DO NOTHING\n", pk);
 	} else {
 		bool first = true;
@@ -121,7 +121,7 @@ static int build_upsert(cat_sql_buf_t *sql, const cat_sql_table_t *st)
 					 t->columns[i].name);
 			first = false;
 		}
-		rc |= buf_printf(sql, "\nWHERE t.version < EXCLUDED.version\n");
+		rc |= buf_printf(sql, "\nWHERE t.version %s EXCLUDED.version\n", repair ? "<=" : "<");
 	}
 	rc |= buf_printf(sql, "RETURNING t.%s", pk);
 	return rc;
@@ -141,6 +141,36 @@ static int build_remove(cat_sql_buf_t *sql, const cat_sql_table_t *st)
 			  "DELETE FROM %s AS t USING d WHERE t.%s = d.pk AND t.version <= d.version\n"
 			  "RETURNING t.%s",
 			  t->name, t->name, t->primary_key, t->primary_key);
+}
+
+static int build_remove_extra(cat_sql_buf_t *sql, const cat_sql_table_t *st)
+{
+	const cat_table_t *t = st->table;
+
+	return buf_printf(sql,
+			  "DELETE FROM %s AS t USING unnest($1::text[], $2::bigint[]) AS d (pk, version)\n"
+			  "WHERE t.%s = d.pk AND t.version <= d.version\n"
+			  "RETURNING t.%s",
+			  t->name, t->primary_key, t->primary_key);
+}
+
+static int build_row_text(cat_sql_buf_t *sql, const cat_sql_table_t *st)
+{
+	const cat_table_t *t = st->table;
+	int rc = buf_printf(sql, "ROW(");
+
+	for (size_t i = 0; i < t->n_columns; i++)
+		rc |= buf_printf(sql, "%st.%s", i ? ", " : "", t->columns[i].name);
+	return rc | buf_printf(sql, ")::text");
+}
+
+static int build_columns(cat_sql_buf_t *sql, const cat_sql_table_t *st)
+{
+	int rc = buf_printf(sql, "%s", "");
+
+	for (size_t i = 0; i < st->table->n_columns; i++)
+		rc |= buf_printf(sql, "%s%s", i ? ", " : "", st->table->columns[i].name);
+	return rc;
 }
 
 static int build_state(cat_sql_buf_t *sql, const cat_sql_table_t *st)
@@ -174,7 +204,8 @@ static int build_copy(cat_sql_buf_t *sql, const cat_sql_table_t *st)
 
 cat_err_t cat_sql_table_init(cat_sql_table_t *st, const cat_table_t *table, char *errstr, size_t errstr_size)
 {
-	cat_sql_buf_t upsert = {0}, remove = {0}, state = {0}, tombstoned = {0}, copy = {0};
+	cat_sql_buf_t upsert = {0}, remove = {0}, state = {0}, tombstoned = {0}, copy = {0}, repair = {0},
+		      remove_extra = {0}, row_text = {0}, columns = {0};
 	bool have_pk = false, have_version = false;
 
 	memset(st, 0, sizeof(*st));
@@ -207,8 +238,13 @@ cat_err_t cat_sql_table_init(cat_sql_table_t *st, const cat_table_t *table, char
 	if (!have_pk || !have_version)
 		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL,
 				   "table %s needs a text primary key and a bigint version", table->name);
-	if (build_upsert(&upsert, st) || build_remove(&remove, st) || build_state(&state, st) ||
-	    build_tombstoned(&tombstoned, st) || build_copy(&copy, st)) {
+	if (build_upsert(&upsert, st, false) || build_remove(&remove, st) || build_state(&state, st) ||
+	    build_tombstoned(&tombstoned, st) || build_copy(&copy, st) || build_upsert(&repair, st, true) ||
+	    build_remove_extra(&remove_extra, st) || build_row_text(&row_text, st) || build_columns(&columns, st)) {
+		free(repair.data);
+		free(remove_extra.data);
+		free(row_text.data);
+		free(columns.data);
 		free(upsert.data);
 		free(remove.data);
 		free(state.data);
@@ -221,6 +257,10 @@ cat_err_t cat_sql_table_init(cat_sql_table_t *st, const cat_table_t *table, char
 	st->state = state.data;
 	st->tombstoned = tombstoned.data;
 	st->copy = copy.data;
+	st->repair = repair.data;
+	st->remove_extra = remove_extra.data;
+	st->row_text = row_text.data;
+	st->columns = columns.data;
 	return CAT_OK;
 }
 
@@ -235,6 +275,10 @@ void cat_sql_table_free(cat_sql_table_t *st)
 	free(st->state);
 	free(st->tombstoned);
 	free(st->copy);
+	free(st->repair);
+	free(st->remove_extra);
+	free(st->row_text);
+	free(st->columns);
 	memset(st, 0, sizeof(*st));
 }
 
@@ -413,6 +457,15 @@ cat_err_t cat_sql_arrays_add_int64(cat_sql_arrays_t *arrays, size_t column, int6
 	return put_field(&arrays->columns[column], bin, 8) ? CAT_ERR_RETRIABLE : CAT_OK;
 }
 
+cat_err_t cat_sql_arrays_add_binary(cat_sql_arrays_t *arrays, size_t column, const void *data, size_t len)
+{
+	if (column >= arrays->n_columns)
+		return CAT_ERR_FATAL;
+	arrays->has_null[column] |= !data;
+	arrays->n_elements[column]++;
+	return put_field(&arrays->columns[column], data, data ? len : 0) ? CAT_ERR_RETRIABLE : CAT_OK;
+}
+
 void cat_sql_arrays_finish(cat_sql_arrays_t *arrays)
 {
 	for (size_t i = 0; i < arrays->n_columns; i++) {
@@ -476,8 +529,14 @@ static cat_err_t statement_error(PGconn *conn, const PGresult *res, const char *
 cat_err_t cat_sql_exec(PGconn *conn, const char *what, const char *sql, const cat_sql_arrays_t *arrays,
 		   PGresult **out, char *errstr, size_t errstr_size)
 {
+	return cat_sql_exec_result(conn, what, sql, arrays, 0, out, errstr, errstr_size);
+}
+
+cat_err_t cat_sql_exec_result(PGconn *conn, const char *what, const char *sql, const cat_sql_arrays_t *arrays,
+			      int result_format, PGresult **out, char *errstr, size_t errstr_size)
+{
 	PGresult *res = PQexecParams(conn, sql, (int)arrays->n_columns, NULL, arrays->values, arrays->lengths,
-				     arrays->formats, 0);
+				     arrays->formats, result_format);
 	cat_err_t err;
 
 	*out = NULL;
@@ -597,4 +656,10 @@ cat_err_t cat_sql_prune_tombstones(PGconn *conn, int64_t older_than_s, int limit
 	*n_pruned = strtoll(PQcmdTuples(res), NULL, 10);
 	PQclear(res);
 	return CAT_OK;
+}
+
+cat_err_t cat_sql_canonical_session(PGconn *conn, char *errstr, size_t errstr_size)
+{
+	return cat_pg_exec_script(conn, "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET extra_float_digits = 1",
+				  errstr, errstr_size);
 }

@@ -17,6 +17,15 @@
  *   state   for keys an upsert skipped: the stored row's version and the
  *           tombstone's version, either NULL when absent
  *   tombstoned  whether any of the keys $1 has a tombstone
+ *   repair  as upsert, for rows read from the primary that a replica must
+ *           match: replaces a stored row whose version is not newer (equal
+ *           too: the primary's content wins), also in insert-only tables
+ *   remove_extra  $1 keys, $2 versions: deletes rows whose version is not
+ *           newer, leaving no tombstone (rows a replica holds that the
+ *           primary does not); RETURNING the keys it deleted
+ *   row_text  the canonical text of a row of alias t: ROW(columns)::text,
+ *           the same on every server whose session has TimeZone UTC,
+ *           DateStyle ISO and extra_float_digits 1 (cat_sql_canonical_session)
  *   copy    SAVEPOINT, then COPY table (columns) FROM STDIN (FORMAT binary):
  *           when no key has a tombstone, upserts of keys the table does not
  *           hold yet are plain inserts, and COPY does them about twice as
@@ -56,6 +65,10 @@ typedef struct cat_sql_table {
 	char *state;	  /* $1 keys */
 	char *tombstoned; /* $1 keys */
 	char *copy;
+	char *repair;	    /* $1..$n_columns, as upsert */
+	char *remove_extra; /* $1 keys, $2 versions */
+	char *row_text;	    /* an expression over alias t */
+	char *columns;	    /* the column list, comma-separated */
 } cat_sql_table_t;
 
 /* Builds the statements of `table`; fatal when the schema and the record
@@ -91,6 +104,11 @@ cat_err_t cat_sql_arrays_add_row(cat_sql_arrays_t *arrays, const cat_sql_table_t
 cat_err_t cat_sql_arrays_add_text(cat_sql_arrays_t *arrays, size_t column, const char *text) CAT_MUST_CHECK;
 cat_err_t cat_sql_arrays_add_int64(cat_sql_arrays_t *arrays, size_t column, int64_t value) CAT_MUST_CHECK;
 
+/* Appends one value in its binary (send/recv) form, e.g. a column of a
+ * result fetched in binary format; NULL data: SQL NULL. */
+cat_err_t cat_sql_arrays_add_binary(cat_sql_arrays_t *arrays, size_t column, const void *data,
+				    size_t len) CAT_MUST_CHECK;
+
 /* Completes the arrays' headers; values/lengths/formats hold the
  * parameters until the next cat_sql_arrays_begin(). */
 void cat_sql_arrays_finish(cat_sql_arrays_t *arrays);
@@ -105,6 +123,11 @@ void cat_sql_arrays_free(cat_sql_arrays_t *arrays);
  * (SQLSTATE xxxxx)". */
 cat_err_t cat_sql_exec(PGconn *conn, const char *what, const char *sql, const cat_sql_arrays_t *arrays,
 		   PGresult **out, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+
+/* As cat_sql_exec, with the result in binary format (result_format 1) or
+ * text (0). */
+cat_err_t cat_sql_exec_result(PGconn *conn, const char *what, const char *sql, const cat_sql_arrays_t *arrays,
+			      int result_format, PGresult **out, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 
 /* Binary COPY data in buf (memory is kept between uses): begin, one call
  * per row of st's table, then cat_sql_copy() sends it and runs the COPY inside a
@@ -132,6 +155,10 @@ cat_err_t cat_sql_copy(PGconn *conn, const cat_sql_table_t *st, cat_sql_buf_t *b
  * plausible delay of a write. */
 cat_err_t cat_sql_prune_tombstones(PGconn *conn, int64_t older_than_s, int limit, int64_t *n_pruned,
 				   char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+
+/* Sets the session settings row_text depends on (TimeZone, DateStyle,
+ * extra_float_digits). */
+cat_err_t cat_sql_canonical_session(PGconn *conn, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 
 /* The text of the primary key of `row` ("" when absent). */
 const char *cat_sql_row_pk(const cat_sql_table_t *st, const ProtobufCMessage *row);

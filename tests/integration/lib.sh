@@ -151,3 +151,17 @@ scaled() {
 	local v=$(($1 * ${CATALYST_TEST_SCALE_PCT:-100} / 100))
 	echo $((v > 0 ? v : 1))
 }
+
+# scratch_replica_db NAME: as scratch_db, on the stack's replica server
+# (CATALYST_REPLICA_URL): a fresh database catalyst_test_NAME there, dropped
+# when the script exits. Sets SCRATCH_REPLICA_URL (exported).
+scratch_replica_db() {
+	local name=catalyst_test_$1 admin=${CATALYST_REPLICA_URL:?the stack env sets no CATALYST_REPLICA_URL}
+	[[ $name =~ ^[a-z0-9_]+$ ]] || fail "scratch_replica_db: bad name [$1]"
+	LIB_ADMIN_REPLICA_URL=$admin
+	psql_at "$admin" "DROP DATABASE IF EXISTS $name WITH (FORCE)" >/dev/null
+	psql_at "$admin" "CREATE DATABASE $name" >/dev/null
+	on_exit "psql_at \"\$LIB_ADMIN_REPLICA_URL\" 'DROP DATABASE IF EXISTS $name WITH (FORCE)' >/dev/null"
+	SCRATCH_REPLICA_URL=$(pg_url_with_db "$admin" "$name")
+	export SCRATCH_REPLICA_URL
+}

@@ -2,6 +2,7 @@
  * catalyst-publish: the producer CLI for services and operators.
  *
  *   catalyst-publish write [FILE|-]   JSON lines -> WriteCommand -> write.v1
+ *   catalyst-publish sync check|resync|replicate ...   SyncCommands -> sync.v1
  */
 #include <stdio.h>
 #include <string.h>
@@ -12,6 +13,10 @@
 
 static const char usage[] =
 	"usage: catalyst-publish write [FILE|-]\n"
+	"       catalyst-publish sync check --table T [--chunk-size N] [--repair]\n"
+	"                                   [--max-rows-per-second N] [--replica NAME] [--command-id ID]\n"
+	"       catalyst-publish sync resync --table T [--replica NAME] [--command-id ID]\n"
+	"       catalyst-publish sync replicate [FILE|-] [--replica NAME]\n"
 	"\n"
 	"  write   read JSON lines, one record each, e.g.\n"
 	"          {\"table\":\"news_raw\",\"news_id\":\"n1\",\"symbol\":\"AAPL\",\n"
@@ -22,6 +27,12 @@ static const char usage[] =
 	"          WriteCommand to write.v1, keyed by symbol (else the primary key).\n"
 	"          A bad line is reported as `line N: reason` and nothing of it is\n"
 	"          published. Returns after every accepted record's delivery report.\n"
+	"  sync    a SyncCommand on sync.v1 for catalyst-sync (every replica, or --replica):\n"
+	"          check     CheckConsistency of a table (chunk size 0: the worker's default;\n"
+	"                    --repair fixes the replica; the report comes on events.v1)\n"
+	"          resync    ResyncTable: the replica's table copied afresh from the primary\n"
+	"          replicate JSON write lines (as write), each as ReplicateRows\n"
+	"          check and resync print the command id the report carries.\n"
 	"\n"
 	"Exit status: 0 all published; 1 a line was rejected or not delivered;\n"
 	"2 usage or configuration error.";
@@ -48,7 +59,8 @@ int main(int argc, char **argv)
 		cat_config_usage(stdout, usage, config_defs, N_CONFIG_DEFS);
 		return 0;
 	}
-	if (argc < 2 || strcmp(argv[1], "write") != 0 || argc > 3) {
+	if (argc < 2 || (strcmp(argv[1], "write") != 0 && strcmp(argv[1], "sync") != 0) ||
+	    (strcmp(argv[1], "write") == 0 && argc > 3)) {
 		fprintf(stderr, "%s\n", argc < 2 ? "catalyst-publish: missing subcommand (try --help)"
 						 : "catalyst-publish: unknown subcommand or extra arguments (try --help)");
 		return 2;
@@ -60,7 +72,10 @@ int main(int argc, char **argv)
 	cat_log_init("catalyst-publish", (cat_log_level_t)cat_log_level_parse(
 						 cat_config_str(cfg, "CATALYST_LOG_LEVEL")));
 
-	rc = publish_write(cfg, argc == 3 ? argv[2] : "-");
+	if (strcmp(argv[1], "sync") == 0)
+		rc = publish_sync(cfg, argc - 2, argv + 2);
+	else
+		rc = publish_write(cfg, argc == 3 ? argv[2] : "-");
 
 	cat_config_destroy(cfg);
 	return rc;

@@ -11,4 +11,7 @@
 
 int publish_write(const cat_config_t *cfg, const char *path);
 
+/* sync check|resync|replicate ...: argv[0] is the action. */
+int publish_sync(const cat_config_t *cfg, int argc, char **argv);
+
 #endif /* CATALYST_PUBLISH_H */

@@ -1,0 +1,289 @@
+/*
+ * catalyst-publish sync: SyncCommands on sync.v1.
+ *
+ *   sync check --table T [--chunk-size N] [--repair] [--max-rows-per-second N]
+ *   sync resync --table T
+ *   sync replicate [FILE|-]     JSON write lines -> one ReplicateRows each
+ *   common options: --replica NAME (default: every replica), --command-id ID
+ *
+ * check and resync are keyed by the table; replicate by "table:pk", so a
+ * key's commands stay in order. Prints the command id of check and resync.
+ */
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cat_codec.h"
+#include "cat_kafka.h"
+#include "cat_log.h"
+#include "cat_schema.h"
+#include "cat_time.h"
+#include "publish.h"
+
+typedef struct options {
+	const char *table;
+	const char *replica;
+	const char *command_id;
+	const char *path;
+	long chunk_size;
+	long max_rps;
+	int repair;
+} options_t;
+
+static void report_delivery(void *msg_opaque, rd_kafka_resp_err_t err, const rd_kafka_message_t *msg,
+			    void *opaque)
+{
+	if (err)
+		fprintf(stderr, "catalyst-publish: command %lu not delivered: %s\n",
+			(unsigned long)(uintptr_t)msg_opaque, rd_kafka_err2str(err));
+}
+
+static int parse_long(const char *text, long min, long max, long *out)
+{
+	char *end;
+
+	errno = 0;
+	*out = strtol(text, &end, 10);
+	return errno || end == text || *end || *out < min || *out > max ? -1 : 0;
+}
+
+/* 0, or 2 after printing a usage error. */
+static int parse(int argc, char **argv, const char *action, options_t *o)
+{
+	for (int i = 0; i < argc; i++) {
+		const char *arg = argv[i], *value = i + 1 < argc ? argv[i + 1] : NULL;
+		bool takes = strcmp(arg, "--table") == 0 || strcmp(arg, "--replica") == 0 ||
+			     strcmp(arg, "--command-id") == 0 || strcmp(arg, "--chunk-size") == 0 ||
+			     strcmp(arg, "--max-rows-per-second") == 0;
+
+		if (takes && !value) {
+			fprintf(stderr, "catalyst-publish: %s needs a value\n", arg);
+			return 2;
+		}
+		if (strcmp(arg, "--table") == 0 && strcmp(action, "replicate") != 0) {
+			o->table = value;
+		} else if (strcmp(arg, "--replica") == 0) {
+			o->replica = value;
+		} else if (strcmp(arg, "--command-id") == 0 && strcmp(action, "replicate") != 0) {
+			o->command_id = value;
+		} else if (strcmp(arg, "--chunk-size") == 0 && strcmp(action, "check") == 0) {
+			if (parse_long(value, 0, 1000000, &o->chunk_size)) {
+				fprintf(stderr, "catalyst-publish: --chunk-size must be an integer from 0 to "
+						"1000000\n");
+				return 2;
+			}
+		} else if (strcmp(arg, "--max-rows-per-second") == 0 && strcmp(action, "check") == 0) {
+			if (parse_long(value, 0, INT32_MAX, &o->max_rps)) {
+				fprintf(stderr, "catalyst-publish: --max-rows-per-second must be a "
+						"non-negative integer\n");
+				return 2;
+			}
+		} else if (strcmp(arg, "--repair") == 0 && strcmp(action, "check") == 0) {
+			o->repair = 1;
+			continue;
+		} else if (arg[0] != '-' || strcmp(arg, "-") == 0) {
+			if (strcmp(action, "replicate") != 0 || o->path) {
+				fprintf(stderr, "catalyst-publish: unexpected argument %s (try --help)\n",
+					arg);
+				return 2;
+			}
+			o->path = arg;
+			continue;
+		} else {
+			fprintf(stderr, "catalyst-publish: unknown option %s for sync %s (try --help)\n", arg,
+				action);
+			return 2;
+		}
+		i++;
+	}
+	if (strcmp(action, "replicate") != 0) {
+		if (!o->table) {
+			fprintf(stderr, "catalyst-publish: sync %s needs --table\n", action);
+			return 2;
+		}
+		if (!cat_schema_table(o->table)) {
+			fprintf(stderr, "catalyst-publish: unknown table %s\n", o->table);
+			return 2;
+		}
+	}
+	return 0;
+}
+
+static cat_err_t send_command(cat_producer_t *producer, const char *topic, const char *key,
+			      const Catalyst__V1__SyncCommand *cmd, unsigned long n, char *errstr,
+			      size_t errstr_size)
+{
+	size_t len = catalyst__v1__sync_command__get_packed_size(cmd);
+	uint8_t *buf = malloc(len ? len : 1);
+	cat_err_t err;
+
+	if (!buf)
+		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
+	catalyst__v1__sync_command__pack(cmd, buf);
+	err = cat_producer_send(producer, topic, RD_KAFKA_PARTITION_UA, key, strlen(key), buf, len, NULL,
+				(void *)(uintptr_t)n, errstr, errstr_size);
+	free(buf);
+	return err;
+}
+
+/* check / resync: one command. */
+static int publish_one(const cat_config_t *cfg, cat_producer_t *producer, const char *topic,
+		       const char *action, const options_t *o)
+{
+	Catalyst__V1__SyncCommand cmd = CATALYST__V1__SYNC_COMMAND__INIT;
+	Catalyst__V1__CommandMeta meta = CATALYST__V1__COMMAND_META__INIT;
+	Catalyst__V1__SyncCommand__CheckConsistency check =
+		CATALYST__V1__SYNC_COMMAND__CHECK_CONSISTENCY__INIT;
+	Catalyst__V1__SyncCommand__ResyncTable resync = CATALYST__V1__SYNC_COMMAND__RESYNC_TABLE__INIT;
+	char id[40], errstr[512];
+	int timeout_ms = (int)cat_config_int(cfg, "CATALYST_PUBLISH_TIMEOUT_MS");
+
+	if (o->command_id)
+		snprintf(id, sizeof(id), "%s", o->command_id);
+	else
+		cat_codec_uuid(id, sizeof(id));
+	meta.command_id = id;
+	meta.has_issued_at_us = 1;
+	meta.issued_at_us = cat_time_now_us();
+	meta.producer = (char *)cat_config_str(cfg, "CATALYST_PRODUCER");
+	cmd.meta = &meta;
+	cmd.replica = (char *)o->replica;
+	if (strcmp(action, "check") == 0) {
+		check.table = (char *)o->table;
+		check.has_chunk_size = 1;
+		check.chunk_size = (int32_t)o->chunk_size;
+		check.has_repair = 1;
+		check.repair = o->repair;
+		check.has_max_rows_per_second = 1;
+		check.max_rows_per_second = (int32_t)o->max_rps;
+		cmd.action_case = CATALYST__V1__SYNC_COMMAND__ACTION_CHECK;
+		cmd.check = &check;
+	} else {
+		resync.table = (char *)o->table;
+		cmd.action_case = CATALYST__V1__SYNC_COMMAND__ACTION_RESYNC;
+		cmd.resync = &resync;
+	}
+	if (send_command(producer, topic, o->table, &cmd, 1, errstr, sizeof(errstr)) != CAT_OK) {
+		fprintf(stderr, "catalyst-publish: %s\n", errstr);
+		return 1;
+	}
+	if (cat_producer_flush(producer, timeout_ms + 5000, errstr, sizeof(errstr)) != CAT_OK ||
+	    cat_producer_failed(producer) > 0) {
+		fprintf(stderr, "catalyst-publish: the %s command was not delivered\n", action);
+		return 1;
+	}
+	printf("published %s of %s: command_id %s\n", action, o->table, id);
+	return 0;
+}
+
+/* replicate: JSON write lines, one ReplicateRows each. */
+static int publish_replicate(const cat_config_t *cfg, cat_producer_t *producer, const char *topic,
+			     const options_t *o)
+{
+	const char *path = o->path ? o->path : "-";
+	FILE *in = stdin;
+	char *line = NULL, errstr[512];
+	size_t line_cap = 0;
+	ssize_t line_len;
+	unsigned long line_no = 0, rejected = 0;
+	int timeout_ms = (int)cat_config_int(cfg, "CATALYST_PUBLISH_TIMEOUT_MS");
+	int rc;
+
+	if (strcmp(path, "-") != 0 && !(in = fopen(path, "r"))) {
+		fprintf(stderr, "catalyst-publish: could not open %s: %s\n", path, strerror(errno));
+		return 2;
+	}
+	while ((line_len = getline(&line, &line_cap, in)) != -1) {
+		Catalyst__V1__WriteCommand *wc = NULL;
+		Catalyst__V1__SyncCommand cmd = CATALYST__V1__SYNC_COMMAND__INIT;
+		Catalyst__V1__SyncCommand__ReplicateRows rows =
+			CATALYST__V1__SYNC_COMMAND__REPLICATE_ROWS__INIT;
+		Catalyst__V1__Change change = CATALYST__V1__CHANGE__INIT, *changes[1] = {&change};
+		const cat_table_t *table;
+		char key[400];
+		size_t len = (size_t)line_len;
+		cat_err_t err;
+
+		line_no++;
+		while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+			len--;
+		if (len == 0 || strspn(line, " \t") == len)
+			continue;
+		if (len > CAT_CODEC_MAX_MESSAGE_BYTES ||
+		    cat_codec_write_from_json(line, len, cat_config_str(cfg, "CATALYST_PRODUCER"), &wc,
+					      errstr, sizeof(errstr)) != CAT_OK) {
+			fprintf(stderr, "line %lu: %s\n", line_no,
+				len > CAT_CODEC_MAX_MESSAGE_BYTES ? "too long" : errstr);
+			rejected++;
+			continue;
+		}
+		change.has_op = 1;
+		change.op = wc->op;
+		change.record = wc->record;
+		change.command_id = wc->meta->command_id;
+		change.has_issued_at_us = wc->meta->has_issued_at_us;
+		change.issued_at_us = wc->meta->issued_at_us;
+		rows.n_changes = 1;
+		rows.changes = changes;
+		cmd.meta = wc->meta;
+		cmd.replica = (char *)o->replica;
+		cmd.action_case = CATALYST__V1__SYNC_COMMAND__ACTION_REPLICATE;
+		cmd.replicate = &rows;
+		table = cat_codec_record_table(wc->record);
+		snprintf(key, sizeof(key), "%s:%s", table->name, cat_codec_record_pk(wc->record));
+		err = send_command(producer, topic, key, &cmd, line_no, errstr, sizeof(errstr));
+		catalyst__v1__write_command__free_unpacked(wc, NULL);
+		if (err != CAT_OK) {
+			fprintf(stderr, "line %lu: %s\n", line_no, errstr);
+			rejected++;
+			if (err == CAT_ERR_FATAL)
+				break;
+		}
+		cat_producer_poll(producer, 0);
+	}
+	if (ferror(in))
+		fprintf(stderr, "catalyst-publish: could not read %s: %s\n", path, strerror(errno));
+	if (cat_producer_flush(producer, timeout_ms + 5000, errstr, sizeof(errstr)) != CAT_OK)
+		fprintf(stderr, "catalyst-publish: %s\n", errstr);
+	printf("published %llu, rejected %lu\n", (unsigned long long)cat_producer_delivered(producer),
+	       rejected);
+	rc = rejected == 0 && !ferror(in) && cat_producer_failed(producer) == 0 &&
+			     cat_producer_outstanding(producer) == 0
+		     ? 0
+		     : 1;
+	free(line);
+	if (in != stdin)
+		fclose(in);
+	return rc;
+}
+
+int publish_sync(const cat_config_t *cfg, int argc, char **argv)
+{
+	options_t o = {0};
+	cat_producer_t *producer = NULL;
+	char topic[256], errstr[512];
+	const char *action;
+	int rc;
+
+	if (argc < 1 || (strcmp(argv[0], "check") != 0 && strcmp(argv[0], "resync") != 0 &&
+			 strcmp(argv[0], "replicate") != 0)) {
+		fprintf(stderr, "catalyst-publish: sync needs check, resync or replicate (try --help)\n");
+		return 2;
+	}
+	action = argv[0];
+	if ((rc = parse(argc - 1, argv + 1, action, &o)) != 0)
+		return rc;
+	if (cat_producer_new(&producer, cfg, "catalyst-publish",
+			     (int)cat_config_int(cfg, "CATALYST_PUBLISH_TIMEOUT_MS"), report_delivery, NULL,
+			     errstr, sizeof(errstr)) != CAT_OK) {
+		fprintf(stderr, "catalyst-publish: %s\n", errstr);
+		return 2;
+	}
+	cat_kafka_topic(cfg, CAT_TOPIC_SYNC, topic, sizeof(topic));
+	rc = strcmp(action, "replicate") == 0 ? publish_replicate(cfg, producer, topic, &o)
+					      : publish_one(cfg, producer, topic, action, &o);
+	cat_producer_destroy(producer);
+	return rc;
+}

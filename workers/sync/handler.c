@@ -1,0 +1,613 @@
+/*
+ * catalyst-sync's handler for the consume loop: changes.v1 and sync.v1
+ * batches applied to the replica.
+ *
+ * changes.v1: every ChangeBatch of the batch decoded and validated (a
+ * message that does not is dead-lettered with the reason), every Change of
+ * them resolved per key and applied in one transaction with the statements
+ * catalyst-persist uses on the primary (common/cat_apply: upserts replace
+ * only an older version, deletes apply to rows not newer and leave a
+ * tombstone), so redelivery and reordering converge.
+ *
+ * sync.v1: SyncCommands for another replica are skipped. Consecutive
+ * ReplicateRows are applied like change batches, one transaction per run of
+ * them; CheckConsistency and ResyncTable run in order between them. A command
+ * that completed is remembered by its command_id, so a batch retried after a
+ * later failure does not run it again.
+ *
+ * Failures: connection loss, SQLSTATE 08/40/53/57P01 -> CAT_ERR_RETRIABLE
+ * (the core retries with backoff, nothing is skipped, the connection is
+ * reopened); 22/23 -> CAT_ERR_PERMANENT (the core isolates the message);
+ * anything else SQL -> CAT_ERR_FATAL.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cat_codec.h"
+#include "cat_log.h"
+#include "cat_pg.h"
+#include "cat_schema.h"
+#include "cat_sql.h"
+#include "cat_time.h"
+#include "sync.h"
+
+static const double duration_buckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+					  0.25,	 0.5,	 1,	2.5,  5,     10,   30};
+static const double check_buckets[] = {0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600};
+
+/* --- connections ------------------------------------------------------------------------ */
+
+static cat_err_t connect_checked(PGconn **out, const cat_config_t *cfg, const char *url_name, char *errstr,
+				 size_t errstr_size)
+{
+	PGconn *conn = NULL;
+	cat_err_t err;
+
+	*out = NULL;
+	err = cat_pg_connect(&conn, cat_config_str(cfg, url_name), SYNC_WORKER,
+			     (int)cat_config_int(cfg, "CATALYST_PG_CONNECT_TIMEOUT_S"), errstr, errstr_size);
+	if (err != CAT_OK)
+		return err;
+	if ((err = cat_pg_require_schema(conn, CAT_SCHEMA_VERSION, errstr, errstr_size)) != CAT_OK ||
+	    (err = cat_sql_canonical_session(conn, errstr, errstr_size)) != CAT_OK) {
+		cat_pg_close(conn);
+		return err;
+	}
+	*out = conn;
+	return CAT_OK;
+}
+
+cat_err_t sync_replica_connect(PGconn **out, const cat_config_t *cfg, char *errstr, size_t errstr_size)
+{
+	char inner[900];
+	cat_err_t err = connect_checked(out, cfg, "CATALYST_REPLICA_URL", inner, sizeof(inner));
+
+	return err == CAT_OK ? CAT_OK : cat_err_set(errstr, errstr_size, err, "replica: %s", inner);
+}
+
+static cat_err_t ensure(sync_t *sync, PGconn **conn, const char *url_name, const char *what, char *errstr,
+			size_t errstr_size)
+{
+	char inner[900];
+	cat_err_t err;
+
+	if (*conn && PQstatus(*conn) == CONNECTION_OK)
+		return CAT_OK;
+	if (*conn) {
+		cat_pg_close(*conn);
+		*conn = NULL;
+		cat_metrics_inc(sync->m_reconnects);
+	}
+	err = connect_checked(conn, sync->cfg, url_name, inner, sizeof(inner));
+	if (err != CAT_OK)
+		return cat_err_set(errstr, errstr_size, err, "%s: %s", what, inner);
+	CAT_LOG_INFO("PG", "connected to the %s", what);
+	return CAT_OK;
+}
+
+cat_err_t sync_ensure_replica(sync_t *sync, char *errstr, size_t errstr_size)
+{
+	return ensure(sync, &sync->replica, "CATALYST_REPLICA_URL", "replica", errstr, errstr_size);
+}
+
+cat_err_t sync_ensure_primary(sync_t *sync, char *errstr, size_t errstr_size)
+{
+	return ensure(sync, &sync->primary, "CATALYST_PG_URL", "primary", errstr, errstr_size);
+}
+
+void sync_after_failure(PGconn **conn)
+{
+	if (*conn && PQstatus(*conn) == CONNECTION_OK && PQtransactionStatus(*conn) != PQTRANS_UNKNOWN) {
+		if (PQtransactionStatus(*conn) == PQTRANS_IDLE || cat_pg_rollback(*conn, NULL, 0) == CAT_OK)
+			return;
+	}
+	cat_pg_close(*conn);
+	*conn = NULL;
+}
+
+bool sync_ready(void *opaque, char *reason, size_t reason_size)
+{
+	sync_t *sync = opaque;
+	const char *const keywords[] = {"dbname", "connect_timeout", NULL};
+	const char *const values[] = {cat_config_str(sync->cfg, "CATALYST_REPLICA_URL"), "2", NULL};
+
+	/* a failing batch already makes the loop unready ("retrying: ..."); this
+	 * covers the time between batches (PQping needs no credentials) */
+	switch (PQpingParams(keywords, values, 1)) {
+	case PQPING_OK:
+		return true;
+	case PQPING_REJECT:
+		snprintf(reason, reason_size, "the replica is not accepting connections");
+		return false;
+	default:
+		snprintf(reason, reason_size, "the replica does not answer");
+		return false;
+	}
+}
+
+/* --- set-up ---------------------------------------------------------------------------------- */
+
+static void register_metrics(sync_t *sync, cat_metrics_t *metrics)
+{
+	static const char *const ops[2] = {"upsert", "delete"};
+	static const char *const sides[2] = {"primary", "replica"};
+
+	for (size_t t = 0; t < cat_schema_n_tables; t++) {
+		const char *name = cat_schema_tables[t].name;
+		sync_table_metrics_t *m = &sync->m_tables[t];
+
+		for (int d = 0; d < 2; d++) {
+			m->applied[d] = cat_metrics_counter(metrics, "catalyst_sync_rows_applied_total",
+							    "rows the replica inserted, updated or deleted",
+							    "table", name, "op", ops[d], NULL);
+			m->skipped[d] = cat_metrics_counter(
+				metrics, "catalyst_sync_rows_skipped_total",
+				"changes the version check left out (the replica holds as new or newer)",
+				"table", name, "op", ops[d], NULL);
+			m->size_bytes[d] = cat_metrics_gauge(metrics, "catalyst_sync_table_size_bytes",
+							     "pg_total_relation_size of the table", "table",
+							     name, "side", sides[d], NULL);
+			m->live[d] = cat_metrics_gauge(metrics, "catalyst_sync_table_live_tuples",
+						       "n_live_tup of pg_stat_user_tables", "table", name,
+						       "side", sides[d], NULL);
+			m->dead[d] = cat_metrics_gauge(metrics, "catalyst_sync_table_dead_tuples",
+						       "n_dead_tup of pg_stat_user_tables", "table", name,
+						       "side", sides[d], NULL);
+		}
+		m->rows_diff =
+			cat_metrics_gauge(metrics, "catalyst_sync_check_differences",
+					  "rows the last check of the table found differing (before repair)",
+					  "table", name, NULL);
+	}
+	sync->m_committed = cat_metrics_counter(metrics, "catalyst_sync_transactions_total",
+						"replica transactions", "result", "committed", NULL);
+	sync->m_rolled_back = cat_metrics_counter(metrics, "catalyst_sync_transactions_total",
+						  "replica transactions", "result", "rolled_back", NULL);
+	sync->m_tx_seconds = cat_metrics_histogram(
+		metrics, "catalyst_sync_apply_duration_seconds", "time to apply a batch to the replica",
+		duration_buckets, sizeof(duration_buckets) / sizeof(duration_buckets[0]), NULL);
+	sync->m_reconnects = cat_metrics_counter(metrics, "catalyst_sync_pg_reconnects_total",
+						 "PostgreSQL connections reopened after a loss", NULL);
+	sync->m_lag_messages = cat_metrics_gauge(
+		metrics, "catalyst_sync_replication_lag_messages",
+		"changes.v1 messages not yet applied to the replica, over every partition", NULL);
+	sync->m_lag_seconds = cat_metrics_gauge_double(
+		metrics, "catalyst_sync_replication_lag_seconds",
+		"from the primary's commit of the newest applied change to its commit on the replica", NULL);
+	sync->m_last_commit_ts = cat_metrics_gauge_double(
+		metrics, "catalyst_sync_last_applied_commit_timestamp_seconds",
+		"primary commit time of the newest change applied (Unix seconds)", NULL);
+	sync->m_since_commit = cat_metrics_gauge_double(
+		metrics, "catalyst_sync_seconds_since_last_applied_commit",
+		"seconds since the primary committed the newest change applied to the replica", NULL);
+	sync->m_checks[0] = cat_metrics_counter(metrics, "catalyst_sync_checks_total",
+						"consistency checks run", "result", "differences", NULL);
+	sync->m_checks[1] = cat_metrics_counter(metrics, "catalyst_sync_checks_total",
+						"consistency checks run", "result", "consistent", NULL);
+	sync->m_check_rows = cat_metrics_counter(metrics, "catalyst_sync_check_rows_total",
+						 "primary rows the consistency checks compared", NULL);
+	sync->m_check_repaired = cat_metrics_counter(metrics, "catalyst_sync_check_rows_repaired_total",
+						     "replica rows repaired by consistency checks", NULL);
+	sync->m_check_seconds = cat_metrics_histogram(metrics, "catalyst_sync_check_duration_seconds",
+						      "duration of a consistency check", check_buckets,
+						      sizeof(check_buckets) / sizeof(check_buckets[0]), NULL);
+	sync->m_resyncs =
+		cat_metrics_counter(metrics, "catalyst_sync_resyncs_total", "tables resynced", NULL);
+	sync->m_resync_rows = cat_metrics_counter(metrics, "catalyst_sync_resync_rows_total",
+						  "rows copied by resyncs", NULL);
+	sync->m_monitor_errors = cat_metrics_counter(metrics, "catalyst_sync_monitor_errors_total",
+						     "monitoring rounds that could not read a source", NULL);
+}
+
+/* Renders: seconds since the newest applied change was committed. */
+static void on_render(void *opaque)
+{
+	sync_t *sync = opaque;
+	long long last = atomic_load(&sync->last_commit_us);
+
+	if (last > 0)
+		cat_metrics_set_double(sync->m_since_commit, (double)(cat_time_now_us() - last) / 1e6);
+}
+
+cat_err_t sync_new(sync_t **out, const cat_config_t *cfg, const char *group, PGconn *replica,
+		   cat_producer_t *events, cat_metrics_t *metrics, char *errstr, size_t errstr_size)
+{
+	sync_t *sync;
+	cat_err_t err;
+
+	*out = NULL;
+	sync = calloc(1, sizeof(*sync));
+	if (!sync) {
+		cat_pg_close(replica);
+		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
+	}
+	sync->cfg = cfg;
+	sync->replica = replica;
+	replica = NULL; /* owned by sync */
+	sync->events = events;
+	sync->metrics = metrics;
+	sync->replica_name = cat_config_str(cfg, "CATALYST_REPLICA_NAME");
+	snprintf(sync->group, sizeof(sync->group), "%s", group);
+	sync->events_timeout_ms = (int)cat_config_int(cfg, "CATALYST_EVENTS_TIMEOUT_MS");
+	sync->check_chunk = (int)cat_config_int(cfg, "CATALYST_SYNC_CHECK_CHUNK_SIZE");
+	sync->check_settle_ms = (int)cat_config_int(cfg, "CATALYST_SYNC_CHECK_SETTLE_MS");
+	sync->check_max_suspects = (int)cat_config_int(cfg, "CATALYST_SYNC_CHECK_MAX_SUSPECTS");
+	sync->n_slow = (int)cat_config_int(cfg, "CATALYST_SYNC_SLOW_STATEMENTS");
+	pthread_mutex_init(&sync->monitor_lock, NULL);
+	pthread_cond_init(&sync->monitor_wake, NULL);
+	for (size_t p = 0; p < SYNC_MAX_PARTITIONS; p++)
+		atomic_init(&sync->applied_next[p], -1);
+	cat_kafka_topic(cfg, CAT_TOPIC_CHANGES, sync->changes_topic, sizeof(sync->changes_topic));
+	cat_kafka_topic(cfg, CAT_TOPIC_SYNC, sync->sync_topic, sizeof(sync->sync_topic));
+	cat_kafka_topic(cfg, CAT_TOPIC_EVENTS, sync->events_topic, sizeof(sync->events_topic));
+	if (cat_schema_n_tables > SYNC_MAX_TABLES) {
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "the schema has more than %d tables",
+				  SYNC_MAX_TABLES);
+		goto error;
+	}
+	if ((err = cat_apply_new(&sync->apply, errstr, errstr_size)) != CAT_OK)
+		goto error;
+	register_metrics(sync, metrics);
+	if ((err = cat_metrics_on_render(metrics, on_render, sync)) != CAT_OK) {
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
+		goto error;
+	}
+	*out = sync;
+	return CAT_OK;
+
+error:
+	sync_destroy(sync);
+	return err;
+}
+
+void sync_destroy(sync_t *sync)
+{
+	if (!sync)
+		return;
+	sync_monitor_stop(sync);
+	pthread_cond_destroy(&sync->monitor_wake);
+	pthread_mutex_destroy(&sync->monitor_lock);
+	if (sync->pending_rk) {
+		rd_kafka_consumer_close(sync->pending_rk);
+		rd_kafka_destroy(sync->pending_rk);
+	}
+	cat_pg_close(sync->replica);
+	cat_pg_close(sync->primary);
+	cat_apply_destroy(sync->apply);
+	free(sync);
+}
+
+/* --- decoding ----------------------------------------------------------------------------- */
+
+static bool is_changes(const sync_t *sync, const cat_batch_t *batch)
+{
+	return strcmp(batch->topic, sync->changes_topic) == 0;
+}
+
+/* Checks every Change of a list: a known op and a valid record. */
+static cat_err_t validate_changes(Catalyst__V1__Change *const *changes, size_t n, char *reason,
+				  size_t reason_size)
+{
+	for (size_t i = 0; i < n; i++) {
+		const Catalyst__V1__Change *change = changes[i];
+		char inner[200];
+
+		if (!change->has_op || (change->op != CATALYST__V1__WRITE_OP__WRITE_OP_UPSERT &&
+					change->op != CATALYST__V1__WRITE_OP__WRITE_OP_DELETE))
+			return cat_err_set(reason, reason_size, CAT_ERR_PERMANENT,
+					   "change %zu: unknown op %d", i,
+					   change->has_op ? (int)change->op : 0);
+		if (cat_codec_record_validate(change->record,
+					      change->op == CATALYST__V1__WRITE_OP__WRITE_OP_DELETE, inner,
+					      sizeof(inner)) != CAT_OK)
+			return cat_err_set(reason, reason_size, CAT_ERR_PERMANENT, "change %zu: %s", i,
+					   inner);
+	}
+	return CAT_OK;
+}
+
+static void decode_changes(cat_msg_t *msg)
+{
+	Catalyst__V1__ChangeBatch *cb;
+
+	if (msg->rkm->len > CAT_CODEC_MAX_MESSAGE_BYTES * 2) {
+		msg->result = CAT_ERR_PERMANENT;
+		snprintf(msg->reason, sizeof(msg->reason), "a ChangeBatch of %zu bytes is too large",
+			 msg->rkm->len);
+		return;
+	}
+	cb = catalyst__v1__change_batch__unpack(NULL, msg->rkm->len, msg->rkm->payload);
+	if (!cb) {
+		msg->result = CAT_ERR_PERMANENT;
+		snprintf(msg->reason, sizeof(msg->reason), "undecodable ChangeBatch");
+		return;
+	}
+	if (validate_changes(cb->changes, cb->n_changes, msg->reason, sizeof(msg->reason)) != CAT_OK) {
+		msg->result = CAT_ERR_PERMANENT;
+		catalyst__v1__change_batch__free_unpacked(cb, NULL);
+		return;
+	}
+	if (cb->meta && cb->meta->has_issued_at_us)
+		msg->issued_at_us = cb->meta->issued_at_us;
+	msg->decoded = cb;
+}
+
+/* A SyncCommand; NULL decoded (and OK) when it is for another replica. */
+static void decode_command(const sync_t *sync, cat_msg_t *msg)
+{
+	Catalyst__V1__SyncCommand *cmd;
+	const char *table = NULL;
+
+	if (msg->rkm->len > CAT_CODEC_MAX_MESSAGE_BYTES) {
+		msg->result = CAT_ERR_PERMANENT;
+		snprintf(msg->reason, sizeof(msg->reason), "a SyncCommand of %zu bytes is too large",
+			 msg->rkm->len);
+		return;
+	}
+	cmd = catalyst__v1__sync_command__unpack(NULL, msg->rkm->len, msg->rkm->payload);
+	if (!cmd) {
+		msg->result = CAT_ERR_PERMANENT;
+		snprintf(msg->reason, sizeof(msg->reason), "undecodable SyncCommand");
+		return;
+	}
+	if (cmd->replica && *cmd->replica && strcmp(cmd->replica, sync->replica_name) != 0) {
+		catalyst__v1__sync_command__free_unpacked(cmd, NULL);
+		return; /* another replica's */
+	}
+	switch (cmd->action_case) {
+	case CATALYST__V1__SYNC_COMMAND__ACTION_REPLICATE:
+		if (validate_changes(cmd->replicate->changes, cmd->replicate->n_changes, msg->reason,
+				     sizeof(msg->reason)) != CAT_OK)
+			goto bad;
+		break;
+	case CATALYST__V1__SYNC_COMMAND__ACTION_CHECK:
+		table = cmd->check->table;
+		if (cmd->check->has_chunk_size &&
+		    (cmd->check->chunk_size < 0 || cmd->check->chunk_size > 1000000)) {
+			snprintf(msg->reason, sizeof(msg->reason), "chunk_size %d is not within 0..1000000",
+				 (int)cmd->check->chunk_size);
+			goto bad;
+		}
+		if (cmd->check->has_max_rows_per_second && cmd->check->max_rows_per_second < 0) {
+			snprintf(msg->reason, sizeof(msg->reason), "max_rows_per_second is negative");
+			goto bad;
+		}
+		break;
+	case CATALYST__V1__SYNC_COMMAND__ACTION_RESYNC:
+		table = cmd->resync->table;
+		break;
+	default:
+		snprintf(msg->reason, sizeof(msg->reason), "SyncCommand without a known action");
+		goto bad;
+	}
+	if (cmd->action_case != CATALYST__V1__SYNC_COMMAND__ACTION_REPLICATE &&
+	    !cat_schema_table(table ? table : "")) {
+		snprintf(msg->reason, sizeof(msg->reason), "unknown table %.100s", table ? table : "(none)");
+		goto bad;
+	}
+	if (cmd->meta && cmd->meta->has_issued_at_us)
+		msg->issued_at_us = cmd->meta->issued_at_us;
+	msg->decoded = cmd;
+	return;
+
+bad:
+	msg->result = CAT_ERR_PERMANENT;
+	catalyst__v1__sync_command__free_unpacked(cmd, NULL);
+}
+
+static void free_decoded(const sync_t *sync, cat_batch_t *batch)
+{
+	bool changes = is_changes(sync, batch);
+
+	for (size_t i = 0; i < batch->n; i++) {
+		if (changes)
+			catalyst__v1__change_batch__free_unpacked(batch->msgs[i].decoded, NULL);
+		else
+			catalyst__v1__sync_command__free_unpacked(batch->msgs[i].decoded, NULL);
+		batch->msgs[i].decoded = NULL;
+	}
+}
+
+/* The changes of a decoded message (ChangeBatch or ReplicateRows). */
+static Catalyst__V1__Change **changes_of(const sync_t *sync, const cat_batch_t *batch, size_t i, size_t *n)
+{
+	*n = 0;
+	if (!batch->msgs[i].decoded)
+		return NULL;
+	if (is_changes(sync, batch)) {
+		Catalyst__V1__ChangeBatch *cb = batch->msgs[i].decoded;
+
+		*n = cb->n_changes;
+		return cb->changes;
+	} else {
+		Catalyst__V1__SyncCommand *cmd = batch->msgs[i].decoded;
+
+		if (cmd->action_case != CATALYST__V1__SYNC_COMMAND__ACTION_REPLICATE)
+			return NULL;
+		*n = cmd->replicate->n_changes;
+		return cmd->replicate->changes;
+	}
+}
+
+/* --- applying ------------------------------------------------------------------------------ */
+
+static void count_rows(sync_t *sync)
+{
+	for (size_t i = 0; i < cat_apply_n(sync->apply); i++) {
+		const cat_apply_write_t *w = cat_apply_write(sync->apply, i);
+		const sync_table_metrics_t *m = &sync->m_tables[w->table];
+
+		cat_metrics_inc(w->applied ? m->applied[w->is_delete] : m->skipped[w->is_delete]);
+	}
+}
+
+/* The changes of messages [from, to) in one replica transaction. */
+static cat_err_t apply_range(sync_t *sync, cat_batch_t *batch, size_t from, size_t to, char *errstr,
+			     size_t errstr_size)
+{
+	int64_t started_us = cat_time_mono_us(), newest_commit = 0;
+	size_t n_total = 0, n_msgs = 0, last = from;
+	cat_err_t err;
+
+	for (size_t i = from; i < to; i++) {
+		size_t n;
+
+		if (changes_of(sync, batch, i, &n) && n > 0) {
+			n_total += n;
+			n_msgs++;
+			last = i;
+		}
+	}
+	if (n_total == 0)
+		return CAT_OK;
+	if ((err = cat_apply_begin(sync->apply, n_total, errstr, errstr_size)) != CAT_OK)
+		return err;
+	for (size_t i = from; i < to; i++) {
+		size_t n;
+		Catalyst__V1__Change **changes = changes_of(sync, batch, i, &n);
+
+		for (size_t c = 0; c < n; c++)
+			if (cat_apply_add(sync->apply, i, changes[c]->record,
+					  changes[c]->op == CATALYST__V1__WRITE_OP__WRITE_OP_DELETE) !=
+			    CAT_OK)
+				return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL,
+						   "could not add a change");
+		if (n > 0 && is_changes(sync, batch)) {
+			const Catalyst__V1__ChangeBatch *cb = batch->msgs[i].decoded;
+
+			if (cb->has_committed_at_us && cb->committed_at_us > newest_commit)
+				newest_commit = cb->committed_at_us;
+		}
+	}
+	cat_apply_resolve(sync->apply);
+
+	if ((err = sync_ensure_replica(sync, errstr, errstr_size)) != CAT_OK)
+		goto out;
+	if ((err = cat_pg_begin(sync->replica, errstr, errstr_size)) != CAT_OK ||
+	    (err = cat_apply_run(sync->apply, sync->replica, errstr, errstr_size)) != CAT_OK ||
+	    (err = cat_pg_commit(sync->replica, errstr, errstr_size)) != CAT_OK) {
+		cat_metrics_inc(sync->m_rolled_back);
+		sync_after_failure(&sync->replica);
+		if (err == CAT_ERR_PERMANENT && n_msgs == 1) {
+			/* the one message holding changes is the one the replica refuses */
+			batch->msgs[last].result = CAT_ERR_PERMANENT;
+			snprintf(batch->msgs[last].reason, sizeof(batch->msgs[last].reason), "%s", errstr);
+			err = CAT_OK;
+		}
+		goto out;
+	}
+	cat_metrics_inc(sync->m_committed);
+	count_rows(sync);
+	cat_metrics_observe(sync->m_tx_seconds, (double)(cat_time_mono_us() - started_us) / 1e6);
+	if (newest_commit > 0) {
+		if (newest_commit > atomic_load(&sync->last_commit_us))
+			atomic_store(&sync->last_commit_us, newest_commit);
+		cat_metrics_set_double(sync->m_lag_seconds,
+				       (double)(cat_time_now_us() - newest_commit) / 1e6);
+		cat_metrics_set_double(sync->m_last_commit_ts,
+				       (double)atomic_load(&sync->last_commit_us) / 1e6);
+	}
+out:
+	cat_apply_release(sync->apply);
+	return err;
+}
+
+cat_err_t sync_apply_changes(sync_t *sync, cat_batch_t *batch, char *errstr, size_t errstr_size)
+{
+	cat_err_t err;
+
+	for (size_t i = 0; i < batch->n; i++)
+		if (batch->msgs[i].result == CAT_OK && !batch->msgs[i].decoded)
+			decode_changes(&batch->msgs[i]);
+	err = apply_range(sync, batch, 0, batch->n, errstr, errstr_size);
+	if (err == CAT_OK && batch->n > 0 && batch->partition >= 0 &&
+	    batch->partition < SYNC_MAX_PARTITIONS) {
+		long long next = batch->msgs[batch->n - 1].rkm->offset + 1;
+
+		if (next > atomic_load(&sync->applied_next[batch->partition]))
+			atomic_store(&sync->applied_next[batch->partition], next);
+	}
+	free_decoded(sync, batch);
+	return err;
+}
+
+/* --- commands -------------------------------------------------------------------------------- */
+
+static bool command_done(const sync_t *sync, const char *id)
+{
+	for (size_t i = 0; i < sync->n_done && i < SYNC_DONE_IDS; i++)
+		if (strcmp(sync->done_ids[i], id) == 0)
+			return true;
+	return false;
+}
+
+static void command_mark_done(sync_t *sync, const char *id)
+{
+	snprintf(sync->done_ids[sync->n_done % SYNC_DONE_IDS], sizeof(sync->done_ids[0]), "%s", id);
+	sync->n_done++;
+}
+
+static cat_err_t run_command(sync_t *sync, cat_batch_t *batch, size_t i, char *errstr, size_t errstr_size)
+{
+	cat_msg_t *msg = &batch->msgs[i];
+	const Catalyst__V1__SyncCommand *cmd = msg->decoded;
+	char id[129];
+	cat_err_t err;
+
+	if (cmd->meta && cmd->meta->command_id && *cmd->meta->command_id)
+		snprintf(id, sizeof(id), "%s", cmd->meta->command_id);
+	else
+		snprintf(id, sizeof(id), "%s/%d/%lld", batch->topic, (int)batch->partition,
+			 (long long)msg->rkm->offset);
+	if (command_done(sync, id))
+		return CAT_OK;
+	if (cmd->action_case == CATALYST__V1__SYNC_COMMAND__ACTION_CHECK)
+		err = sync_check(sync, cmd->check, id, errstr, errstr_size);
+	else
+		err = sync_resync(sync, cmd->resync, id, errstr, errstr_size);
+	if (err == CAT_ERR_PERMANENT) {
+		msg->result = CAT_ERR_PERMANENT;
+		snprintf(msg->reason, sizeof(msg->reason), "%s", errstr);
+		err = CAT_OK;
+	}
+	if (err == CAT_OK)
+		command_mark_done(sync, id);
+	return err;
+}
+
+/* sync.v1: runs of ReplicateRows in one transaction each, commands between. */
+static cat_err_t apply_commands(sync_t *sync, cat_batch_t *batch, char *errstr, size_t errstr_size)
+{
+	size_t from = 0;
+	cat_err_t err;
+
+	for (size_t i = 0; i < batch->n; i++)
+		if (batch->msgs[i].result == CAT_OK)
+			decode_command(sync, &batch->msgs[i]);
+	for (size_t i = 0; i <= batch->n; i++) {
+		const Catalyst__V1__SyncCommand *cmd = i < batch->n ? batch->msgs[i].decoded : NULL;
+
+		if (i < batch->n &&
+		    (!cmd || cmd->action_case == CATALYST__V1__SYNC_COMMAND__ACTION_REPLICATE))
+			continue;
+		if ((err = apply_range(sync, batch, from, i, errstr, errstr_size)) != CAT_OK)
+			return err;
+		if (i < batch->n && (err = run_command(sync, batch, i, errstr, errstr_size)) != CAT_OK)
+			return err;
+		from = i + 1;
+	}
+	return CAT_OK;
+}
+
+cat_err_t sync_apply(void *opaque, cat_batch_t *batch, char *errstr, size_t errstr_size)
+{
+	sync_t *sync = opaque;
+	cat_err_t err;
+
+	if (is_changes(sync, batch))
+		return sync_apply_changes(sync, batch, errstr, errstr_size);
+	err = apply_commands(sync, batch, errstr, errstr_size);
+	free_decoded(sync, batch);
+	return err;
+}

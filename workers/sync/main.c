@@ -1,0 +1,218 @@
+/*
+ * catalyst-sync: changes.v1 + sync.v1 -> one PostgreSQL replica.
+ *
+ * One process (or pod set) per replica, consumer group
+ * catalyst-sync-<CATALYST_REPLICA_NAME>, so replicas progress independently.
+ * The handler (handler.c) applies change batches and ReplicateRows in one
+ * version-checked transaction per batch and runs CheckConsistency (check.c)
+ * and ResyncTable (resync.c); monitor.c keeps the monitoring gauges. Serves
+ * /healthz, /readyz, /metrics.
+ *
+ * Exit codes: 0 stopped by SIGTERM/SIGINT, 1 failed (replica credentials,
+ * database or schema; Kafka), 2 bad usage or configuration.
+ */
+#include <ctype.h>
+#include <malloc.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cat_config.h"
+#include "cat_consumer.h"
+#include "cat_http.h"
+#include "cat_kafka.h"
+#include "cat_log.h"
+#include "cat_metrics.h"
+#include "cat_pg.h"
+#include "sync.h"
+
+static const char usage[] =
+	"usage: catalyst-sync\n"
+	"\n"
+	"Keeps one PostgreSQL replica (CATALYST_REPLICA_URL) equal to the primary: applies\n"
+	"the committed rows of changes.v1 and the ReplicateRows of sync.v1, one\n"
+	"version-checked transaction per batch, as consumer group catalyst-sync-<replica>;\n"
+	"runs CheckConsistency (report on events.v1) and ResyncTable commands of sync.v1.\n"
+	"Messages that can never apply go to dlq.v1 with the reason.\n"
+	"HTTP: /healthz, /readyz, /metrics (lag, table sizes and tuples, slow statements).\n"
+	"A check or resync runs inside the consume loop: unless CATALYST_KAFKA_MAX_POLL_INTERVAL_MS\n"
+	"is set, max.poll.interval.ms is 3600000 so that a long one keeps the group.\n"
+	"\n"
+	"Exit status: 0 stopped by SIGTERM or SIGINT (a second one stops at once);\n"
+	"1 the replica refused the credentials or its schema is not migrated, or Kafka\n"
+	"failed; 2 usage or configuration error.";
+
+static const cat_config_def_t config_defs[] = {
+	CAT_CONFIG_COMMON,
+	CAT_CONFIG_KAFKA,
+	CAT_CONFIG_PG,
+	CAT_CONFIG_CONSUMER("200"),
+	{"CATALYST_REPLICA_URL", CAT_CFG_PG_URL, NULL, true, true, 0, 0, NULL,
+	 "the replica this process keeps, libpq conninfo or URI (sslmode=verify-full in production)"},
+	{"CATALYST_REPLICA_NAME", CAT_CFG_STRING, NULL, true, false, 0, 0, NULL,
+	 "the replica's name: consumer group catalyst-sync-<name>, SyncCommand.replica, reports"},
+	{"CATALYST_SYNC_GROUP", CAT_CFG_STRING, NULL, false, false, 0, 0, NULL,
+	 "consumer group (default catalyst-sync-<CATALYST_REPLICA_NAME>)"},
+	{"CATALYST_SYNC_PORT", CAT_CFG_INT, "5022", false, false, 0, 65535, NULL,
+	 "HTTP port of /healthz, /readyz and /metrics (0: any free port)"},
+	{"CATALYST_SYNC_BIND", CAT_CFG_STRING, "0.0.0.0", false, false, 0, 0, NULL,
+	 "address the HTTP server listens on"},
+	{"CATALYST_SYNC_CHECK_CHUNK_SIZE", CAT_CFG_INT, "10000", false, false, 10, 1000000, NULL,
+	 "rows per checksum chunk of a check whose command gives none"},
+	{"CATALYST_SYNC_CHECK_SETTLE_MS", CAT_CFG_INT, "2000", false, false, 0, 600000, NULL,
+	 "how long after reading a differing row a check waits before catching up and reading it "
+	 "again (covers catalyst-persist publishing what it committed)"},
+	{"CATALYST_SYNC_CHECK_MAX_SUSPECTS", CAT_CFG_INT, "100000", false, false, 100, 10000000, NULL,
+	 "differing rows a check holds before it settles them (memory bound)"},
+	{"CATALYST_SYNC_MONITOR_INTERVAL_S", CAT_CFG_INT, "15", false, false, 1, 3600, NULL,
+	 "how often the monitoring gauges (lag, table sizes, slow statements) are refreshed"},
+	{"CATALYST_SYNC_SLOW_STATEMENTS", CAT_CFG_INT, "5", false, false, 0, 16, NULL,
+	 "slowest pg_stat_statements entries exposed per side"},
+	{"CATALYST_SYNC_SLOW_MIN_CALLS", CAT_CFG_INT, "100", false, false, 0, 1000000000, NULL,
+	 "calls a statement needs to rank among the slowest"},
+	{"CATALYST_EVENTS_TIMEOUT_MS", CAT_CFG_INT, "30000", false, false, 1000, 3600000, NULL,
+	 "how long a report may wait for its acknowledgement on events.v1 before the command is retried"},
+};
+
+#define N_CONFIG_DEFS (sizeof(config_defs) / sizeof(config_defs[0]))
+
+static volatile sig_atomic_t stop;
+
+static void on_signal(int signo)
+{
+	stop = signo;
+}
+
+static bool plain_name(const char *name)
+{
+	for (const char *c = name; *c; c++)
+		if (!(isalnum((unsigned char)*c) || *c == '-' || *c == '_' || *c == '.'))
+			return false;
+	return *name && strlen(name) <= 100;
+}
+
+int main(int argc, char **argv)
+{
+	static const char *const topics[] = {CAT_TOPIC_CHANGES, CAT_TOPIC_SYNC, NULL};
+	struct sigaction sa = {.sa_handler = on_signal, .sa_flags = SA_RESETHAND};
+	cat_config_t *cfg = NULL;
+	cat_metrics_t *metrics = NULL;
+	PGconn *replica = NULL;
+	cat_producer_t *events = NULL;
+	sync_t *sync = NULL;
+	cat_consumer_t *consumer = NULL;
+	cat_http_t *http = NULL;
+	cat_handler_t handler;
+	char errstr[1024], group[256];
+	cat_err_t err;
+	int rc = 1;
+
+	if (cat_config_wants_help(argc, argv)) {
+		cat_config_usage(stdout, usage, config_defs, N_CONFIG_DEFS);
+		return 0;
+	}
+	if (argc > 1) {
+		fprintf(stderr, SYNC_WORKER ": unexpected argument %s (try --help)\n", argv[1]);
+		return 2;
+	}
+	/* a check or resync runs inside the loop (see --help) */
+	if (setenv("CATALYST_KAFKA_MAX_POLL_INTERVAL_MS", "3600000", 0) != 0) {
+		fprintf(stderr, SYNC_WORKER ": out of memory\n");
+		return 2;
+	}
+	if (cat_config_load(&cfg, config_defs, N_CONFIG_DEFS, NULL, errstr, sizeof(errstr)) != CAT_OK) {
+		fprintf(stderr, SYNC_WORKER ": %s\n", errstr);
+		return 2;
+	}
+	if (!plain_name(cat_config_str(cfg, "CATALYST_REPLICA_NAME"))) {
+		fprintf(stderr, SYNC_WORKER
+			": CATALYST_REPLICA_NAME: must be 1 to 100 letters, digits, '-', '_' or '.'\n");
+		cat_config_destroy(cfg);
+		return 2;
+	}
+	if (cat_config_is_set(cfg, "CATALYST_SYNC_GROUP"))
+		snprintf(group, sizeof(group), "%s", cat_config_str(cfg, "CATALYST_SYNC_GROUP"));
+	else
+		snprintf(group, sizeof(group), "catalyst-sync-%s",
+			 cat_config_str(cfg, "CATALYST_REPLICA_NAME"));
+	cat_log_init(SYNC_WORKER,
+		     (cat_log_level_t)cat_log_level_parse(cat_config_str(cfg, "CATALYST_LOG_LEVEL")));
+	mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+	mallopt(M_TRIM_THRESHOLD, 1024 * 1024);
+	metrics = cat_metrics_new();
+	if (!metrics || cat_metrics_add_process(metrics, "catalyst_sync") != CAT_OK) {
+		CAT_LOG_ERROR("METRICS", "could not create the metrics registry: out of memory");
+		goto out;
+	}
+
+	/* the replica: wrong credentials, no such database or an unmigrated
+	 * schema stop us here; an unreachable server does not (the loop
+	 * reconnects with backoff, /readyz says why) */
+	err = sync_replica_connect(&replica, cfg, errstr, sizeof(errstr));
+	if (err == CAT_ERR_FATAL) {
+		CAT_LOG_ERROR("PG", "%s", errstr);
+		goto out;
+	}
+	if (err != CAT_OK)
+		CAT_LOG_WARN("PG", "%s: will retry", errstr);
+
+	/* events.v1 for reports, then the handler that owns the connection */
+	if (cat_producer_new(&events, cfg, SYNC_WORKER,
+			     (int)cat_config_int(cfg, "CATALYST_EVENTS_TIMEOUT_MS"), NULL, NULL, errstr,
+			     sizeof(errstr)) != CAT_OK) {
+		CAT_LOG_ERROR("KAFKA", "%s", errstr);
+		goto out;
+	}
+	err = sync_new(&sync, cfg, group, replica, events, metrics, errstr, sizeof(errstr));
+	replica = NULL; /* owned by sync */
+	if (err != CAT_OK) {
+		CAT_LOG_ERROR("SYNC", "%s", errstr);
+		goto out;
+	}
+
+	/* changes.v1 + sync.v1, the monitor, then the probes */
+	handler = (cat_handler_t){ sync_apply, sync_ready, sync, NULL };
+	if (cat_consumer_new(&consumer, cfg, SYNC_WORKER, group, topics, &handler, metrics, errstr,
+			     sizeof(errstr)) != CAT_OK) {
+		CAT_LOG_ERROR("KAFKA", "%s", errstr);
+		goto out;
+	}
+	if (sync_monitor_start(sync, errstr, sizeof(errstr)) != CAT_OK) {
+		CAT_LOG_ERROR("MONITOR", "%s", errstr);
+		goto out;
+	}
+	if (cat_http_new(&http, cat_config_str(cfg, "CATALYST_SYNC_BIND"),
+			 (int)cat_config_int(cfg, "CATALYST_SYNC_PORT"), errstr, sizeof(errstr)) != CAT_OK) {
+		CAT_LOG_ERROR("HTTP", "%s", errstr);
+		goto out;
+	}
+	cat_http_set_metrics(http, metrics);
+	cat_http_set_ready_fn(http, cat_consumer_ready, consumer);
+	if (cat_http_start(http, errstr, sizeof(errstr)) != CAT_OK) {
+		CAT_LOG_ERROR("HTTP", "%s", errstr);
+		goto out;
+	}
+
+	/* the first SIGTERM/SIGINT drains and stops, a second one ends at once */
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+
+	if (cat_consumer_run(consumer, &stop, errstr, sizeof(errstr)) != CAT_OK) {
+		CAT_LOG_ERROR("CONSUMER", "%s", errstr);
+		goto out;
+	}
+	CAT_LOG_INFO("MAIN", "stopped on signal %d", (int)stop);
+	rc = 0;
+
+out:
+	cat_http_destroy(http);
+	cat_consumer_destroy(consumer);
+	sync_destroy(sync);
+	cat_producer_destroy(events);
+	cat_pg_close(replica);
+	cat_metrics_destroy(metrics);
+	cat_config_destroy(cfg);
+	return rc;
+}

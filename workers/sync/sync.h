@@ -1,0 +1,164 @@
+/*
+ * catalyst-sync's state, shared by its parts:
+ *   handler.c  the consume-loop handler: ChangeBatch (changes.v1) and
+ *              ReplicateRows (sync.v1) applied to the replica, one
+ *              version-checked transaction per batch (common/cat_apply);
+ *              CheckConsistency and ResyncTable dispatched
+ *   check.c    CheckConsistency: chunked checksums, narrowing, confirmation
+ *              of suspects after catching up, repair, report
+ *   resync.c   ResyncTable: COPY out of the primary streamed into the replica
+ *   pending.c  changes.v1 positions (the group's committed offsets, the high
+ *              watermarks) and the catch-up a check runs
+ *   monitor.c  the monitoring thread: lag, table sizes and tuples on both
+ *              sides, slowest statements
+ *
+ * The consume loop runs on one thread, and a check or a resync runs inside
+ * it (the loop is not polled meanwhile: max.poll.interval.ms covers the
+ * longest command, see main.c). Only the HTTP thread (readiness, metric
+ * renders) and the monitor thread run beside it; what they read is atomic.
+ */
+#ifndef SYNC_SYNC_H
+#define SYNC_SYNC_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <libpq-fe.h>
+#include <librdkafka/rdkafka.h>
+
+#include "catalyst/v1/commands.pb-c.h"
+#include "cat_apply.h"
+#include "cat_config.h"
+#include "cat_consumer.h"
+#include "cat_err.h"
+#include "cat_kafka.h"
+#include "cat_metrics.h"
+
+#define SYNC_WORKER	    "catalyst-sync"
+#define SYNC_MAX_TABLES	    8
+#define SYNC_MAX_PARTITIONS 1024
+#define SYNC_DONE_IDS	    64 /* commands remembered as done, so a retried batch skips them */
+
+typedef struct sync_table_metrics {
+	cat_metric_t *applied[2]; /* [is_delete] */
+	cat_metric_t *skipped[2];
+	cat_metric_t *size_bytes[2]; /* [replica] */
+	cat_metric_t *live[2];
+	cat_metric_t *dead[2];
+	cat_metric_t *rows_diff; /* gauge: differences the last check found */
+} sync_table_metrics_t;
+
+typedef struct sync {
+	const cat_config_t *cfg;
+	const char *replica_name;
+	char group[256];
+	char changes_topic[256];
+	char sync_topic[256];
+	char events_topic[256];
+	cat_producer_t *events; /* borrowed */
+	int events_timeout_ms;
+
+	PGconn *replica; /* the loop's connection */
+	PGconn *primary; /* for checks and resyncs, opened when needed */
+	cat_apply_t *apply;
+
+	/* changes.v1: the offset after the last one this process applied, per
+	 * partition (-1: none yet); written by the loop, read by the monitor */
+	atomic_llong applied_next[SYNC_MAX_PARTITIONS];
+	atomic_llong last_commit_us; /* committed_at_us of the newest change applied */
+
+	/* the check's catch-up consumer (no group membership), opened when needed */
+	rd_kafka_t *pending_rk;
+
+	char done_ids[SYNC_DONE_IDS][129];
+	size_t n_done;
+
+	/* defaults and limits */
+	int check_chunk;
+	int check_settle_ms;
+	int check_max_suspects;
+
+	/* the monitor thread */
+	pthread_t monitor;
+	bool monitor_started;
+	pthread_mutex_t monitor_lock;
+	pthread_cond_t monitor_wake;
+	bool monitor_stop;
+
+	cat_metrics_t *metrics;
+	sync_table_metrics_t m_tables[SYNC_MAX_TABLES];
+	cat_metric_t *m_committed;
+	cat_metric_t *m_rolled_back;
+	cat_metric_t *m_tx_seconds;
+	cat_metric_t *m_reconnects;
+	cat_metric_t *m_lag_messages;
+	cat_metric_t *m_lag_seconds;
+	cat_metric_t *m_last_commit_ts;
+	cat_metric_t *m_since_commit;
+	cat_metric_t *m_checks[2]; /* [ok] */
+	cat_metric_t *m_check_rows;
+	cat_metric_t *m_check_repaired;
+	cat_metric_t *m_check_seconds;
+	cat_metric_t *m_resyncs;
+	cat_metric_t *m_resync_rows;
+	cat_metric_t *m_stmt_present[2];
+	cat_metric_t *m_stmt_mean[2][16];
+	cat_metric_t *m_stmt_calls[2][16];
+	cat_metric_t *m_stmt_queryid[2][16];
+	int n_slow;
+	cat_metric_t *m_monitor_errors;
+} sync_t;
+
+/* handler.c */
+cat_err_t sync_replica_connect(PGconn **out, const cat_config_t *cfg, char *errstr,
+			       size_t errstr_size) CAT_MUST_CHECK;
+cat_err_t sync_new(sync_t **out, const cat_config_t *cfg, const char *group, PGconn *replica,
+		   cat_producer_t *events, cat_metrics_t *metrics, char *errstr,
+		   size_t errstr_size) CAT_MUST_CHECK;
+void sync_destroy(sync_t *sync);
+cat_err_t sync_apply(void *opaque, cat_batch_t *batch, char *errstr, size_t errstr_size);
+bool sync_ready(void *opaque, char *reason, size_t reason_size);
+/* Applies the ChangeBatch messages of `batch` (a changes.v1 range) in one
+ * transaction; messages that do not decode are marked permanent. */
+cat_err_t sync_apply_changes(sync_t *sync, cat_batch_t *batch, char *errstr,
+			     size_t errstr_size) CAT_MUST_CHECK;
+/* Working connections (opened when needed, the schema checked). */
+cat_err_t sync_ensure_replica(sync_t *sync, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+cat_err_t sync_ensure_primary(sync_t *sync, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+/* After a failed statement: roll back, or drop a broken connection. */
+void sync_after_failure(PGconn **conn);
+
+/* check.c: runs one CheckConsistency and publishes its report. */
+cat_err_t sync_check(sync_t *sync, const Catalyst__V1__SyncCommand__CheckConsistency *check,
+		     const char *command_id, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+
+/* resync.c: runs one ResyncTable and publishes its event. */
+cat_err_t sync_resync(sync_t *sync, const Catalyst__V1__SyncCommand__ResyncTable *resync,
+		      const char *command_id, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+
+/* pending.c */
+/* The partition count of `topic` from the cluster's metadata. */
+cat_err_t sync_topic_partitions(rd_kafka_t *rk, const char *topic, int *n, char *errstr,
+				size_t errstr_size) CAT_MUST_CHECK;
+/* A client for offsets queries and assigned reads: group.id is the sync
+ * group (to read its committed offsets), it never joins or commits. */
+cat_err_t sync_offsets_client(rd_kafka_t **out, const cat_config_t *cfg, const char *group,
+			      const char *client_id, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+/* For each partition of changes.v1: where applying stands (the later of the
+ * group's committed offset and what this process applied) and the high
+ * watermark. `next` and `high` hold *n entries (at most SYNC_MAX_PARTITIONS). */
+cat_err_t sync_positions(sync_t *sync, rd_kafka_t *rk, int64_t *next, int64_t *high, int *n, char *errstr,
+			 size_t errstr_size) CAT_MUST_CHECK;
+/* Applies everything on changes.v1 up to the high watermarks of now: the
+ * changes the primary committed and published so far, so that a row that
+ * differs only because its change is in flight is equal afterwards. */
+cat_err_t sync_catch_up(sync_t *sync, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+
+/* monitor.c */
+cat_err_t sync_monitor_start(sync_t *sync, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+void sync_monitor_stop(sync_t *sync);
+
+#endif /* SYNC_SYNC_H */
