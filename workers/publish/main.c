@@ -2,7 +2,9 @@
  * catalyst-publish: the producer CLI for services and operators.
  *
  *   catalyst-publish write [FILE|-]   JSON lines -> WriteCommand -> write.v1
+ *   catalyst-publish backup ACTION    a BackupCommand -> backup.v1
  */
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -12,6 +14,7 @@
 
 static const char usage[] =
 	"usage: catalyst-publish write [FILE|-]\n"
+	"       catalyst-publish backup [--database D] [--command-id ID] [--issued-at-us US] ACTION\n"
 	"\n"
 	"  write   read JSON lines, one record each, e.g.\n"
 	"          {\"table\":\"news_raw\",\"news_id\":\"n1\",\"symbol\":\"AAPL\",\n"
@@ -21,6 +24,13 @@ static const char usage[] =
 	"          WriteCommand to write.v1, keyed by symbol (else the primary key).\n"
 	"          A bad line is reported as `line N: reason` and nothing of it is\n"
 	"          published. Returns after every accepted record's delivery report.\n"
+	"  backup  publish one BackupCommand to backup.v1 and print its command_id:\n"
+	"            full [--tag hourly|daily|weekly|manual]\n"
+	"            tables [--incremental] [--tag T] [TABLE...]   (none: the hot tables)\n"
+	"            restore BACKUP_ID TARGET [TABLE...]           (TARGET: a configured name)\n"
+	"            verify BACKUP_ID\n"
+	"            prune [--dry-run] [--now-us US]\n"
+	"          the same --command-id is the same backup (idempotent).\n"
 	"\n"
 	"Exit status: 0 all published; 1 a line was rejected or not delivered;\n"
 	"2 usage or configuration error.";
@@ -47,7 +57,9 @@ int main(int argc, char **argv)
 		cat_config_usage(stdout, usage, config_defs, N_CONFIG_DEFS);
 		return 0;
 	}
-	if (argc < 2 || strcmp(argv[1], "write") != 0 || argc > 3) {
+	bool backup = argc >= 2 && strcmp(argv[1], "backup") == 0;
+
+	if (argc < 2 || (!backup && (strcmp(argv[1], "write") != 0 || argc > 3))) {
 		fprintf(stderr, "%s\n", argc < 2 ? "catalyst-publish: missing subcommand (try --help)"
 						 : "catalyst-publish: unknown subcommand or extra arguments (try --help)");
 		return 2;
@@ -59,7 +71,7 @@ int main(int argc, char **argv)
 	cat_log_init("catalyst-publish", (cat_log_level_t)cat_log_level_parse(
 						 cat_config_str(cfg, "CATALYST_LOG_LEVEL")));
 
-	rc = publish_write(cfg, argc == 3 ? argv[2] : "-");
+	rc = backup ? publish_backup(cfg, argc - 2, argv + 2) : publish_write(cfg, argc == 3 ? argv[2] : "-");
 
 	cat_config_destroy(cfg);
 	return rc;

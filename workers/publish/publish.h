@@ -11,4 +11,7 @@
 
 int publish_write(const cat_config_t *cfg, const char *path);
 
+/* catalyst-publish backup ACTION ...: argv after "backup" (see backup.c). */
+int publish_backup(const cat_config_t *cfg, int argc, char **argv);
+
 #endif /* CATALYST_PUBLISH_H */
