@@ -21,7 +21,7 @@
  *
  * The manifest (backups/<db>/<backup_id>/manifest.json) is written last:
  * a backup without it does not exist. backup_id derives from the command
- * (issued time, kind, sha256 of command_id), so a redelivered command whose
+ * (kind and sha256 of command_id), so a redelivered command whose
  * backup completed does nothing, and one that was interrupted starts over
  * (what the attempt left under its prefix is removed first).
  *

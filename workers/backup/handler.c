@@ -137,22 +137,16 @@ static void iso_time(int64_t us, char *buf, size_t size)
 	strftime(buf, size, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
-/* <issued time>-<kind>-<sha256(command_id), 12 hex> */
+/* <kind>-<sha256(command_id), 16 hex>: the command_id is the idempotency
+ * key, so the same command published again is the same backup */
 static void make_backup_id(const Catalyst__V1__BackupCommand *cmd, const char *kind, char *out, size_t size)
 {
 	unsigned char md[SHA256_DIGEST_LENGTH];
 	const char *id = cmd->meta->command_id;
-	char when[32] = "";
 
 	SHA256((const unsigned char *)id, strlen(id), md);
-	if (cmd->meta->has_issued_at_us && cmd->meta->issued_at_us > 0) {
-		time_t s = (time_t)(cmd->meta->issued_at_us / 1000000);
-		struct tm tm;
-
-		gmtime_r(&s, &tm);
-		strftime(when, sizeof(when), "%Y%m%dT%H%M%SZ-", &tm);
-	}
-	snprintf(out, size, "%s%s-%02x%02x%02x%02x%02x%02x", when, kind, md[0], md[1], md[2], md[3], md[4], md[5]);
+	snprintf(out, size, "%s-%02x%02x%02x%02x%02x%02x%02x%02x", kind, md[0], md[1], md[2], md[3], md[4], md[5],
+		 md[6], md[7]);
 }
 
 typedef struct keys {

@@ -2,7 +2,7 @@
  * Restore and Verify. A full backup is replayed by psql (spawned with argv,
  * --single-transaction, ON_ERROR_STOP) fed from the decompressed stream; a
  * table backup goes through COPY into a temporary table, then a
- * version-checked upsert (news_raw: insert-only). Every object's sha256 is
+ * version-checked upsert (the newer version wins, in every table). Every object's sha256 is
  * checked while it streams; on a mismatch nothing is committed (psql is
  * killed before its input ends; the COPY is failed and rolled back).
  */
@@ -66,6 +66,10 @@ static cat_err_t restore_full(backup_t *backup, json_t *obj, PGconn *target, cha
 	if ((err = child_spawn(&child, argv, target, NULL, true, errstr, errstr_size)))
 		return err;
 	err = gz_in_read(backup, key, sha, to_fd, &child.fd, NULL, errstr, errstr_size);
+	if (err != CAT_OK && strstr(errstr, "the reader failed")) {
+		/* psql stopped reading: its own error says why */
+		return child_wait(&child, "psql", errstr, errstr_size) == CAT_OK ? err : CAT_ERR_RETRIABLE;
+	}
 	if (err != CAT_OK) {
 		/* psql has not seen the end of its input: nothing was committed */
 		child_kill(&child);
@@ -144,7 +148,9 @@ static cat_err_t restore_table(backup_t *backup, json_t *obj, PGconn *target, in
 	PQclear(res);
 	res = NULL;
 	free(sql);
-	if (t->insert_only || !*sets)
+	/* a restore reproduces the backed-up rows: the newer version wins,
+	 * news_raw included (an incremental holds rows updated out of band) */
+	if (!*sets)
 		err = asprintf(&sql, "INSERT INTO %s (%s) SELECT %s FROM catalyst_restore_stage ON CONFLICT (%s) DO NOTHING",
 			       t->name, cols, cols, t->primary_key) < 0;
 	else

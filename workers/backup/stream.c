@@ -146,8 +146,8 @@ static int gz_in_feed(const void *data, size_t len, void *opaque)
 	gz_in_t *in = opaque;
 
 	EVP_DigestUpdate(in->sha, data, len);
-	if (in->corrupt)
-		return 0; /* keep hashing: the sha256 mismatch is the better report */
+	if (in->corrupt || in->stopped)
+		return 0; /* keep hashing: a sha256 mismatch is the better report */
 	in->z.next_in = (unsigned char *)(uintptr_t)data;
 	in->z.avail_in = (uInt)len;
 	while (in->z.avail_in > 0 || in->z.avail_out == 0) {
@@ -172,7 +172,7 @@ static int gz_in_feed(const void *data, size_t len, void *opaque)
 			in->raw += n;
 			if (in->fn(in->out, n, in->opaque) != 0) {
 				in->stopped = true;
-				return 1;
+				return 0;
 			}
 		}
 		if (rc == Z_STREAM_END)
@@ -201,14 +201,14 @@ cat_err_t gz_in_read(backup_t *backup, const char *key, const char *sha256, gz_i
 	in->fn = fn;
 	in->opaque = opaque;
 	err = cat_sink_get(backup->sink, key, gz_in_feed, in, &not_found, errstr, errstr_size);
-	if (in->stopped)
-		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "could not restore %s: the reader failed",
-				  key);
-	else if (err == CAT_OK) {
+	if (err == CAT_OK) {
 		sha_hex(in->sha, got);
 		if (sha256 && strcmp(got, sha256) != 0)
 			err = cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT,
 					  "object %s is corrupt: sha256 %s, the manifest says %s", key, got, sha256);
+		else if (in->stopped)
+			err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE,
+					  "could not restore %s: the reader failed", key);
 		else if (in->corrupt)
 			err = cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT, "object %s is corrupt: %s", key,
 					  in->zerr);
