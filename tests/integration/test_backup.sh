@@ -160,7 +160,36 @@ assert_contains "$(events | grep '"kind":"backup.verified"' | grep "$incr_id")" 
 wait_for 120 "the second verification" bash -c "'$bin/topic-dump' --topic '$events_topic' --type events --count 100000 --idle-ms 800 --timeout-ms 10000 2>/dev/null | grep '\"kind\":\"backup.verified\"' | grep -q '\"ok\":false'"
 assert_contains "$(events | grep '"kind":"backup.verified"' | grep '"ok":false')" "corrupt"
 assert_eq "f" "$(psql_at "$CATALYST_PG_URL" "SELECT verify_ok FROM backup_catalog WHERE backup_id = '$full_id'")" "verify_ok"
-assert_eq "" "$(psql_at "$CATALYST_PG_URL" "SELECT datname FROM pg_database WHERE datname LIKE 'catalyst_verify_%'")" "scratch databases left"
+for id in "$full_id" "$incr_id"; do
+	scratch=catalyst_verify_$(printf '%s' "$id" | sha256sum | cut -c1-12)
+	assert_eq 0 "$(psql_at "$CATALYST_PG_URL" "SELECT count(*) FROM pg_database WHERE datname = '$scratch'")" "scratch database $scratch left"
+done
+
+# 6. retention with an injected clock: 30 days of hourly incrementals (HH:05)
+# and daily fulls (00:00) from Thursday 2026-01-01; now = 2026-01-31 00:30
+psql_at "$CATALYST_PG_URL" "DELETE FROM backup_catalog;
+INSERT INTO backup_catalog (backup_id, kind, tag, database_name, state, started_at, finished_at, verify_ok)
+  SELECT 'i-' || to_char(ts, 'YYYYMMDDHH24'), 'incremental', 'hourly', '$src_db', 'completed', ts, ts, NULL
+  FROM generate_series(timestamptz '2026-01-01 00:05+00', '2026-01-31 00:05+00', interval '1 hour') ts;
+INSERT INTO backup_catalog (backup_id, kind, tag, database_name, state, started_at, finished_at, verify_ok)
+  SELECT 'f-' || to_char(ts, 'YYYYMMDD'), 'full', 'daily', '$src_db', 'completed', ts, ts, ts = '2026-01-10 00:00+00'
+  FROM generate_series(timestamptz '2026-01-01 00:00+00', '2026-01-31 00:00+00', interval '1 day') ts;" >/dev/null
+now_us=$(( $(date -u -d '2026-01-31 00:30:00' +%s) * 1000000 ))
+expected=$( {
+	for h in $(seq 1 23); do printf 'i-20260130%02d\n' "$h"; done
+	echo i-2026013100; echo i-2026013000  # hourly; the chain of 01-30
+	for d in 04 10 11 18 25 26 27 28 29 30 31; do echo "f-202601$d"; done  # weekly, verified, daily
+} | sort | paste -sd,)
+"$bin/catalyst-publish" backup --command-id "prune-dry-$$" prune --dry-run --now-us "$now_us" >/dev/null
+wait_event backup.pruned "prune-dry-$$"
+line=$(events | grep '"kind":"backup.pruned"' | grep "prune-dry-$$")
+assert_eq "$expected" "$(python3 -c 'import json,sys; print(",".join(sorted(json.loads(sys.argv[1])["attributes"]["kept"].split(","))))' "$line")" "kept by the tiers"
+assert_contains "$line" '"pruned":716'
+assert_eq 0 "$(psql_at "$CATALYST_PG_URL" "SELECT count(*) FROM backup_catalog WHERE state = 'pruned'")" "pruned by a dry run"
+"$bin/catalyst-publish" backup --command-id "prune-$$" prune --now-us "$now_us" >/dev/null
+wait_event backup.pruned "prune-$$"
+assert_eq "716 36" "$(psql_at "$CATALYST_PG_URL" "SELECT count(*) FILTER (WHERE state = 'pruned') || ' ' || count(*) FILTER (WHERE state = 'completed') FROM backup_catalog")" "states after the prune"
+
 stop_worker
 touch "$work/done"
 echo "test_backup: ok"
