@@ -8,6 +8,12 @@ moto) instead of the 403 real S3 sends, and a client would take that for a
 retriable server error. Such requests are refused here with 403 AccessDenied,
 as are presigned (query-string) URLs, which moto cannot check either.
 
+Second fix: moto checks a signature against the query string as werkzeug
+hands it over, with percent-escapes decoded (prefix=backups/db/), while
+SigV4 signs every query value encoded (prefix=backups%2Fdb%2F), as AWS S3,
+Spaces and MinIO check it; so even boto3's own listings with a '/' in the
+prefix were refused. The query is re-encoded per SigV4 before moto signs it.
+
 Usage: s3_server.py HOST PORT
 """
 
@@ -19,6 +25,8 @@ from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
     create_backend_app,
 )
+from moto.iam import access_control
+from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 from werkzeug.serving import run_simple
 
 DENIED = (
@@ -49,6 +57,24 @@ class RequireSignature:
             )
             return [DENIED]
         return self.app(environ, start_response)
+
+
+_create_aws_request = access_control.IAMRequestBase._create_aws_request
+
+
+def _create_aws_request_sigv4_query(self):
+    request = _create_aws_request(self)
+    parts = urlsplit(request.url)
+    if parts.query:
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        query = "&".join(
+            quote(k, safe="-_.~") + "=" + quote(v, safe="-_.~") for k, v in pairs
+        )
+        request.url = urlunsplit(parts._replace(query=query))
+    return request
+
+
+access_control.IAMRequestBase._create_aws_request = _create_aws_request_sigv4_query
 
 
 def stop(signum, frame):

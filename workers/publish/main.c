@@ -3,7 +3,9 @@
  *
  *   catalyst-publish write [FILE|-]   JSON lines -> WriteCommand -> write.v1
  *   catalyst-publish sync check|resync|replicate ...   SyncCommands -> sync.v1
+ *   catalyst-publish backup ACTION    a BackupCommand -> backup.v1
  */
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -17,6 +19,7 @@ static const char usage[] =
 	"                                   [--max-rows-per-second N] [--replica NAME] [--command-id ID]\n"
 	"       catalyst-publish sync resync --table T [--replica NAME] [--command-id ID]\n"
 	"       catalyst-publish sync replicate [FILE|-] [--replica NAME]\n"
+	"       catalyst-publish backup [--database D] [--command-id ID] [--issued-at-us US] ACTION\n"
 	"\n"
 	"  write   read JSON lines, one record each, e.g.\n"
 	"          {\"table\":\"news_raw\",\"news_id\":\"n1\",\"symbol\":\"AAPL\",\n"
@@ -33,6 +36,13 @@ static const char usage[] =
 	"          resync    ResyncTable: the replica's table copied afresh from the primary\n"
 	"          replicate JSON write lines (as write), each as ReplicateRows\n"
 	"          check and resync print the command id the report carries.\n"
+	"  backup  publish one BackupCommand to backup.v1 and print its command_id:\n"
+	"            full [--tag hourly|daily|weekly|manual]\n"
+	"            tables [--incremental] [--tag T] [TABLE...]   (none: the hot tables)\n"
+	"            restore BACKUP_ID TARGET [TABLE...]           (TARGET: a configured name)\n"
+	"            verify BACKUP_ID\n"
+	"            prune [--dry-run] [--now-us US]\n"
+	"          the same --command-id is the same backup (idempotent).\n"
 	"\n"
 	"Exit status: 0 all published; 1 a line was rejected or not delivered;\n"
 	"2 usage or configuration error.";
@@ -59,8 +69,10 @@ int main(int argc, char **argv)
 		cat_config_usage(stdout, usage, config_defs, N_CONFIG_DEFS);
 		return 0;
 	}
-	if (argc < 2 || (strcmp(argv[1], "write") != 0 && strcmp(argv[1], "sync") != 0) ||
-	    (strcmp(argv[1], "write") == 0 && argc > 3)) {
+	bool known = argc >= 2 && (strcmp(argv[1], "sync") == 0 || strcmp(argv[1], "backup") == 0 ||
+				   (strcmp(argv[1], "write") == 0 && argc <= 3));
+
+	if (!known) {
 		fprintf(stderr, "%s\n", argc < 2 ? "catalyst-publish: missing subcommand (try --help)"
 						 : "catalyst-publish: unknown subcommand or extra arguments (try --help)");
 		return 2;
@@ -74,6 +86,8 @@ int main(int argc, char **argv)
 
 	if (strcmp(argv[1], "sync") == 0)
 		rc = publish_sync(cfg, argc - 2, argv + 2);
+	else if (strcmp(argv[1], "backup") == 0)
+		rc = publish_backup(cfg, argc - 2, argv + 2);
 	else
 		rc = publish_write(cfg, argc == 3 ? argv[2] : "-");
 

@@ -14,4 +14,7 @@ int publish_write(const cat_config_t *cfg, const char *path);
 /* sync check|resync|replicate ...: argv[0] is the action. */
 int publish_sync(const cat_config_t *cfg, int argc, char **argv);
 
+/* catalyst-publish backup ACTION ...: argv after "backup" (see backup.c). */
+int publish_backup(const cat_config_t *cfg, int argc, char **argv);
+
 #endif /* CATALYST_PUBLISH_H */

@@ -1,0 +1,184 @@
+/*
+ * cat_s3: an S3-compatible object store over libcurl (AWS S3, DigitalOcean
+ * Spaces, MinIO, moto), signed with AWS Signature Version 4.
+ *
+ * Every request is signed here, not by libcurl: the canonical request holds
+ * host, content-type, x-amz-content-sha256 (the payload's SHA-256, sent as a
+ * header on every request) and x-amz-date, and a canonical (sorted,
+ * percent-encoded) query string. Addressing is path-style
+ * (endpoint/bucket/key) or virtual-host (bucket.endpoint/key).
+ *
+ * Failures are classed with cat_err_class_http(): no response, 408, 429,
+ * 5xx, SlowDown and network errors are retried here with exponential
+ * backoff and full jitter (up to max_retries times) and come back
+ * CAT_ERR_RETRIABLE when they persist; 401/403 (wrong keys, signature
+ * refused) and a missing bucket are CAT_ERR_FATAL; other 4xx
+ * CAT_ERR_PERMANENT. Error strings read
+ *   could not PUT catalyst-backups/backups/x: HTTP 403 SignatureDoesNotMatch: <message>
+ * and never contain a key or a signature.
+ *
+ * Large objects go up as multipart uploads (cat_s3_upload_*): parts are
+ * filled by the caller's writes and sent by a background thread while the
+ * next part fills (memory: two parts). The part size is at least 5 MiB and
+ * doubles every CAT_S3_PARTS_PER_STEP parts, so an upload of unknown length
+ * stays within the 10,000-part limit up to ~62,000 times the first part
+ * size. An upload that fails or is abandoned is aborted (no orphaned
+ * parts). The object only appears once the upload completes.
+ */
+#ifndef CAT_S3_H
+#define CAT_S3_H
+
+#include <signal.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cat_config.h"
+#include "cat_err.h"
+
+#define CAT_S3_MIN_PART_SIZE (5u * 1024 * 1024)
+#define CAT_S3_MAX_PARTS 10000
+#define CAT_S3_PARTS_PER_STEP 2000
+
+/* Settings of an S3 connection, spliced into a worker's config table. */
+#define CAT_CONFIG_S3                                                                               \
+	{ "CATALYST_S3_ENDPOINT", CAT_CFG_HTTP_URL, NULL, true, false, 0, 0, NULL,                  \
+	  "object store endpoint, e.g. https://sgp1.digitaloceanspaces.com (https in production)" }, \
+	{ "CATALYST_S3_REGION", CAT_CFG_STRING, "us-east-1", false, false, 0, 0, NULL,             \
+	  "region the requests are signed for (Spaces: the datacenter, e.g. sgp1)" },               \
+	{ "CATALYST_S3_BUCKET", CAT_CFG_STRING, NULL, true, false, 0, 0, NULL, "bucket" },          \
+	{ "CATALYST_S3_ACCESS_KEY", CAT_CFG_STRING, NULL, true, false, 0, 0, NULL, "access key id" }, \
+	{ "CATALYST_S3_SECRET_KEY", CAT_CFG_STRING, NULL, true, true, 0, 0, NULL, "secret access key" }, \
+	{ "CATALYST_S3_SESSION_TOKEN", CAT_CFG_STRING, NULL, false, true, 0, 0, NULL,              \
+	  "temporary credentials' session token (x-amz-security-token)" },                           \
+	{ "CATALYST_S3_PATH_STYLE", CAT_CFG_BOOL, "false", false, false, 0, 0, NULL,                \
+	  "address objects as endpoint/bucket/key instead of bucket.endpoint/key" },                 \
+	{ "CATALYST_S3_CA_FILE", CAT_CFG_STRING, NULL, false, false, 0, 0, NULL,                    \
+	  "PEM bundle of the certificate authorities to trust (default: the system's)" },            \
+	{ "CATALYST_S3_TLS_VERIFY", CAT_CFG_BOOL, "true", false, false, 0, 0, NULL,                 \
+	  "verify the endpoint's certificate and host name (never false in production)" },           \
+	{ "CATALYST_S3_PART_SIZE_MB", CAT_CFG_INT, "8", false, false, 5, 1024, NULL,               \
+	  "first part size of multipart uploads, MiB (memory: two parts per upload)" },              \
+	{ "CATALYST_S3_MAX_RETRIES", CAT_CFG_INT, "6", false, false, 0, 100, NULL,                 \
+	  "retries of a request failing transiently (5xx, throttling, network)" },                   \
+	{ "CATALYST_S3_RETRY_BACKOFF_MS", CAT_CFG_INT, "200", false, false, 1, 600000, NULL,       \
+	  "first retry delay of a request (doubles, full jitter, at most 30 s)" },                   \
+	{ "CATALYST_S3_TIMEOUT_S", CAT_CFG_INT, "60", false, false, 1, 3600, NULL,                 \
+	  "a request fails when it moves no byte for this long (and on connect after 10 s)" }
+
+typedef struct cat_s3_options {
+	const char *endpoint;	   /* http(s)://host[:port] */
+	const char *region;
+	const char *bucket;
+	const char *access_key;
+	const char *secret_key;
+	const char *session_token; /* NULL: none */
+	bool path_style;
+	const char *ca_file;	   /* NULL: the system's */
+	bool tls_verify;
+	size_t part_size;	   /* bytes, >= CAT_S3_MIN_PART_SIZE */
+	int max_retries;
+	int backoff_ms;
+	int timeout_s;
+	volatile sig_atomic_t *cancel; /* non-zero: stop retrying (a signal); NULL: none */
+} cat_s3_options_t;
+
+typedef struct cat_s3 cat_s3_t;
+
+/* The options from the CAT_CONFIG_S3 settings of `cfg` (strings borrowed
+ * from cfg). */
+void cat_s3_options_from_config(cat_s3_options_t *opts, const cat_config_t *cfg);
+
+/* Checks and copies the options. No request is made. */
+cat_err_t cat_s3_new(cat_s3_t **out, const cat_s3_options_t *opts, char *errstr,
+		     size_t errstr_size) CAT_MUST_CHECK;
+void cat_s3_destroy(cat_s3_t *s3);
+
+/* HEAD of the bucket: credentials, signature and bucket are right.
+ * FATAL with a clear message when the keys are refused or there is no
+ * such bucket. */
+cat_err_t cat_s3_check(cat_s3_t *s3, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+
+/* Stores a small object in one PUT. */
+cat_err_t cat_s3_put(cat_s3_t *s3, const char *key, const void *data, size_t len, const char *content_type,
+		     char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+
+/* Streams an object: fn receives its bytes in order (return non-zero to
+ * stop: the call fails with CAT_ERR_PERMANENT and errstr "stopped by the
+ * reader" unless fn set it). A transfer broken part-way resumes with a
+ * Range request where it stopped. A missing key is CAT_ERR_PERMANENT and
+ * sets *not_found (when not NULL). */
+typedef int (*cat_s3_write_fn)(const void *data, size_t len, void *opaque);
+cat_err_t cat_s3_get(cat_s3_t *s3, const char *key, cat_s3_write_fn fn, void *opaque, bool *not_found,
+		     char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+
+/* Size of an object; a missing one sets *exists = false and returns CAT_OK. */
+cat_err_t cat_s3_head(cat_s3_t *s3, const char *key, bool *exists, uint64_t *size, char *errstr,
+		      size_t errstr_size) CAT_MUST_CHECK;
+
+/* Deletes an object (a missing one is not an error). */
+cat_err_t cat_s3_delete(cat_s3_t *s3, const char *key, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+
+/* Lists the objects under `prefix` (every page): fn(key, size, opaque) per
+ * object, in key order; a non-zero result stops the listing (CAT_OK). */
+typedef int (*cat_s3_list_fn)(const char *key, uint64_t size, void *opaque);
+cat_err_t cat_s3_list(cat_s3_t *s3, const char *prefix, cat_s3_list_fn fn, void *opaque, char *errstr,
+		      size_t errstr_size) CAT_MUST_CHECK;
+
+/* Lists the multipart uploads in progress under `prefix`: fn(key, upload_id). */
+typedef int (*cat_s3_uploads_fn)(const char *key, const char *upload_id, void *opaque);
+cat_err_t cat_s3_list_uploads(cat_s3_t *s3, const char *prefix, cat_s3_uploads_fn fn, void *opaque,
+			      char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+
+/* Aborts one multipart upload (a missing one is not an error). */
+cat_err_t cat_s3_abort_upload(cat_s3_t *s3, const char *key, const char *upload_id, char *errstr,
+			      size_t errstr_size) CAT_MUST_CHECK;
+
+/* --- multipart upload ---------------------------------------------------------------- */
+
+typedef struct cat_s3_upload cat_s3_upload_t;
+
+/* Starts a multipart upload of `key`. */
+cat_err_t cat_s3_upload_begin(cat_s3_t *s3, const char *key, const char *content_type, cat_s3_upload_t **out,
+			      char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+/* Appends bytes; full parts are sent in the background. A failure here or
+ * in an earlier part's upload is reported (the upload is then only good
+ * for cat_s3_upload_abort). */
+cat_err_t cat_s3_upload_write(cat_s3_upload_t *up, const void *data, size_t len, char *errstr,
+			      size_t errstr_size) CAT_MUST_CHECK;
+/* Sends the last part and completes the upload: the object exists. */
+cat_err_t cat_s3_upload_finish(cat_s3_upload_t *up, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+/* Aborts the upload (its parts are deleted); for error paths. */
+void cat_s3_upload_abort(cat_s3_upload_t *up);
+/* Frees the handle; an upload neither finished nor aborted is aborted. */
+void cat_s3_upload_free(cat_s3_upload_t *up);
+/* Parts sent so far, and the upload id (for logs and tests). */
+int cat_s3_upload_parts(const cat_s3_upload_t *up);
+const char *cat_s3_upload_id(const cat_s3_upload_t *up);
+
+/* --- the pieces of a signature, exposed for tests ------------------------------------------ */
+
+/* Percent-encodes per SigV4 (unreserved A-Z a-z 0-9 - . _ ~ kept; '/' kept
+ * when keep_slash). Returns a malloc'd string or NULL. */
+char *cat_s3_uri_encode(const char *text, bool keep_slash);
+
+/* SHA-256 of data as 64 lower-case hex characters and a NUL. */
+void cat_s3_sha256_hex(const void *data, size_t len, char out[65]);
+
+typedef struct cat_s3_param {
+	const char *name;
+	const char *value; /* NULL or "": name= */
+} cat_s3_param_t;
+
+/* The Authorization header value of a request (headers: lower-case names,
+ * sorted by name, values trimmed; they must include host, x-amz-date and
+ * x-amz-content-sha256). amz_date is "YYYYMMDDTHHMMSSZ". */
+typedef struct cat_s3_header {
+	const char *name;
+	const char *value;
+} cat_s3_header_t;
+char *cat_s3_sign(const char *access_key, const char *secret_key, const char *region, const char *amz_date,
+		  const char *method, const char *canonical_uri, const cat_s3_param_t *params, size_t n_params,
+		  const cat_s3_header_t *headers, size_t n_headers, const char *payload_sha256);
+
+#endif /* CAT_S3_H */

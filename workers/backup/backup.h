@@ -1,0 +1,173 @@
+/*
+ * catalyst-backup's handler for the consume loop (cat_handler_t):
+ * backup.v1 commands -> backups in an object store (cat_sink: S3 or a
+ * directory), the backup_catalog table, events on events.v1.
+ *
+ * One command per batch (CATALYST_BATCH_SIZE defaults to 1). A command:
+ *   Full     pg_dump (spawned with argv, the password only in its
+ *            environment) of a snapshot this worker exports and holds, its
+ *            output gzip-compressed in memory-bounded chunks into one
+ *            multipart upload; row counts and checksums of the schema's
+ *            tables computed by the server in the same snapshot meanwhile
+ *   Tables   COPY (SELECT <columns> FROM <table> [WHERE version > watermark])
+ *            TO STDOUT per table, in one exported snapshot, tables in
+ *            parallel threads (CATALYST_BACKUP_PARALLEL), each into its own
+ *            object
+ *   Restore  only into a target named in CATALYST_BACKUP_RESTORE_TARGETS;
+ *            sha256 checked while streaming; nothing committed on a mismatch
+ *   Verify   restore into a scratch database on the primary's server,
+ *            compare rows and checksums with the manifest, event, drop it
+ *   Prune    retention tiers (retention.c), dry-run possible
+ *
+ * The manifest (backups/<db>/<backup_id>/manifest.json) is written last:
+ * a backup without it does not exist. backup_id derives from the command
+ * (kind and sha256 of command_id), so a redelivered command whose
+ * backup completed does nothing, and one that was interrupted starts over
+ * (what the attempt left under its prefix is removed first).
+ *
+ * Results: a bad command (unknown table, target or backup) is marked
+ * CAT_ERR_PERMANENT (dead-lettered); everything else that fails is
+ * CAT_ERR_RETRIABLE, including refused credentials or a missing bucket, so
+ * the command is never lost and /readyz says why while the loop backs off.
+ */
+#ifndef BACKUP_H
+#define BACKUP_H
+
+#include <signal.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <libpq-fe.h>
+
+#include "cat_config.h"
+#include "cat_consumer.h"
+#include "cat_err.h"
+#include "cat_kafka.h"
+#include "cat_metrics.h"
+#include "cat_sink.h"
+#include "catalyst/v1/commands.pb-c.h"
+
+#define BACKUP_WORKER "catalyst-backup"
+#define BACKUP_MAX_TABLES 16
+
+typedef struct backup backup_t;
+
+/* One object of a backup, as the manifest lists it. */
+typedef struct backup_object {
+	char key[512];
+	char table[64];	 /* "" for the full dump */
+	int64_t rows;	 /* -1: unknown (the full dump) */
+	uint64_t bytes_raw, bytes_compressed;
+	char sha256[65];
+	char checksum[64]; /* of the rows, as table_stats computes it */
+	int64_t since_version, max_version; /* incremental range (since: -1 for all) */
+} backup_object_t;
+
+/* Row count and checksum of each schema table (in one snapshot). */
+typedef struct table_stat {
+	char table[64];
+	int64_t rows;
+	char checksum[64];
+	int64_t max_version;
+} table_stat_t;
+
+cat_err_t backup_new(backup_t **out, const cat_config_t *cfg, cat_sink_t *sink, cat_producer_t *producer,
+		     cat_metrics_t *metrics, volatile sig_atomic_t *stop, char *errstr,
+		     size_t errstr_size) CAT_MUST_CHECK;
+void backup_destroy(backup_t *backup);
+cat_err_t backup_apply(void *opaque, cat_batch_t *batch, char *errstr, size_t errstr_size);
+bool backup_ready(void *opaque, char *reason, size_t reason_size);
+/* /readyz: ready while a long command is running; else the loop's answer. */
+bool backup_http_ready(void *opaque, char *reason, size_t reason_size);
+void backup_set_consumer(backup_t *backup, cat_consumer_t *consumer);
+
+/* --- shared by the handler's files ------------------------------------------------------------ */
+
+struct backup {
+	const cat_config_t *cfg;
+	cat_sink_t *sink;
+	cat_producer_t *producer;
+	cat_consumer_t *consumer;
+	volatile sig_atomic_t *stop;
+	PGconn *conn; /* the catalog, on the primary */
+	char events_topic[256];
+	const char *pg_dump, *psql;
+	int parallel;
+	int compress_level;
+	volatile sig_atomic_t busy; /* a command is running (for /readyz) */
+	char last_error[512];	    /* the last failure, for /readyz */
+
+	cat_metrics_t *metrics;
+	cat_metric_t *m_bytes, *m_rate, *m_duration, *m_failures, *m_completed;
+};
+
+/* stream.c: gzip + sha256 into a sink object, and the way back */
+typedef struct gz_out gz_out_t;
+cat_err_t gz_out_open(backup_t *backup, const char *key, gz_out_t **out, char *errstr,
+		      size_t errstr_size) CAT_MUST_CHECK;
+cat_err_t gz_out_write(gz_out_t *gz, const void *data, size_t len, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+/* Completes the object; fills obj's sizes and sha256. */
+cat_err_t gz_out_finish(gz_out_t *gz, backup_object_t *obj, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+void gz_out_free(gz_out_t *gz); /* aborts an unfinished object */
+
+/* Streams an object, checking its sha256, decompressing into fn. A sha256
+ * mismatch is reported after fn saw every byte: the caller must not commit
+ * what it did with them before this returns CAT_OK. */
+typedef int (*gz_in_fn)(const void *data, size_t len, void *opaque);
+cat_err_t gz_in_read(backup_t *backup, const char *key, const char *sha256, gz_in_fn fn, void *opaque,
+		     uint64_t *bytes_raw, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+
+/* A child process with its stdin or stdout on a pipe, spawned with argv and
+ * the libpq connection settings of `conn` (dbname replaced when dbname is
+ * not NULL) in its environment: nothing secret on its command line. */
+typedef struct child {
+	pid_t pid;
+	int fd;		 /* our end of its stdin (to_child) or stdout */
+	int err_fd;	 /* its stderr */
+	char err[512];	 /* the first line it wrote to stderr */
+	size_t err_len;
+} child_t;
+cat_err_t child_spawn(child_t *child, const char *const *argv, PGconn *conn, const char *dbname, bool to_child,
+		      char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+/* Collects stderr, waits; CAT_OK when it exited 0. */
+cat_err_t child_wait(child_t *child, const char *what, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+void child_kill(child_t *child);
+
+/* A new connection with the settings of `conn`, dbname replaced when not NULL. */
+cat_err_t pg_connect_like(PGconn *conn, const char *dbname, const char *app, PGconn **out, char *errstr,
+			  size_t errstr_size) CAT_MUST_CHECK;
+/* The same for a conninfo/URI (restore targets). */
+cat_err_t pg_connect_url(const char *url, const char *app, PGconn **out, char *errstr,
+			 size_t errstr_size) CAT_MUST_CHECK;
+
+/* dump.c */
+cat_err_t dump_full(backup_t *backup, const char *prefix, backup_object_t *obj, table_stat_t *stats,
+		    size_t *n_stats, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+cat_err_t dump_tables(backup_t *backup, const char *prefix, const char *const *tables, size_t n_tables,
+		      bool incremental, backup_object_t *objs, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+/* "SELECT count(*), checksum, max(version)" of a table, as the manifest records it. */
+cat_err_t table_stats(PGconn *conn, const char *table, const char *where, table_stat_t *stat, char *errstr,
+		      size_t errstr_size) CAT_MUST_CHECK;
+
+/* restore.c: the manifest is parsed JSON (jansson json_t *, void here) */
+cat_err_t restore_backup(backup_t *backup, const void *manifest, PGconn *target, const char *target_url,
+			 const char *target_db, const char *const *tables, size_t n_tables, int64_t *rows,
+			 char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+cat_err_t verify_backup(backup_t *backup, const char *backup_id, const void *manifest, bool *ok, char *report,
+			size_t report_size, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+
+/* retention.c: which completed backups the tiers keep. */
+typedef struct retention_item {
+	const char *backup_id;
+	const char *kind; /* full | tables | incremental */
+	int64_t finished_us;
+	bool verified; /* verify_ok */
+	bool keep;     /* out */
+	const char *why; /* out: the tier that keeps it, or "" */
+} retention_item_t;
+/* items sorted oldest first. */
+void retention_select(retention_item_t *items, size_t n, int64_t now_us);
+
+#endif /* BACKUP_H */

@@ -1,0 +1,197 @@
+/*
+ * catalyst-backup: backup.v1 -> backups in S3-compatible storage (or a
+ * directory), the backup_catalog table, events on events.v1.
+ *
+ * Consumes backup.v1 as group catalyst-backup, one command per batch
+ * (handler.c, backup.h). A backup can run for many minutes inside one
+ * handler call, while the loop does not poll: librdkafka's background
+ * thread keeps the group session alive (heartbeats), and
+ * max.poll.interval.ms defaults here to CATALYST_BACKUP_MAX_COMMAND_S so the
+ * group does not evict the worker mid-backup; /readyz stays true while a
+ * command runs. Serves /healthz, /readyz, /metrics (port 5021).
+ *
+ * Exit codes: 0 stopped by SIGTERM/SIGINT, 1 failed (Kafka, a database
+ * that refuses the credentials at start-up), 2 bad usage or configuration.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backup.h"
+#include "cat_config.h"
+#include "cat_consumer.h"
+#include "cat_http.h"
+#include "cat_kafka.h"
+#include "cat_log.h"
+#include "cat_metrics.h"
+#include "cat_s3.h"
+#include "cat_sink.h"
+
+static const char usage[] =
+	"usage: catalyst-backup\n"
+	"\n"
+	"Runs the backup commands of backup.v1 (consumer group catalyst-backup): full\n"
+	"backups (pg_dump), table and incremental backups (COPY), restore, verify and\n"
+	"prune, streamed through gzip into S3-compatible storage (or a directory).\n"
+	"HTTP: /healthz, /readyz, /metrics.\n"
+	"\n"
+	"Exit status: 0 stopped by SIGTERM or SIGINT (a second one stops at once);\n"
+	"1 Kafka failed; 2 usage or configuration error.";
+
+static const cat_config_def_t config_defs[] = {
+	CAT_CONFIG_COMMON,
+	CAT_CONFIG_KAFKA,
+	CAT_CONFIG_PG,
+	CAT_CONFIG_CONSUMER("1"),
+	CAT_CONFIG_S3,
+	{"CATALYST_BACKUP_GROUP", CAT_CFG_STRING, "catalyst-backup", false, false, 0, 0, NULL,
+	 "consumer group of backup.v1"},
+	{"CATALYST_BACKUP_PORT", CAT_CFG_INT, "5021", false, false, 0, 65535, NULL,
+	 "HTTP port of /healthz, /readyz and /metrics (0: any free port)"},
+	{"CATALYST_BACKUP_BIND", CAT_CFG_STRING, "0.0.0.0", false, false, 0, 0, NULL,
+	 "address the HTTP server listens on"},
+	{"CATALYST_BACKUP_STORE", CAT_CFG_ENUM, "s3", false, false, 0, 0, "s3|dir",
+	 "where backups go: the S3 bucket, or CATALYST_BACKUP_DIR"},
+	{"CATALYST_BACKUP_DIR", CAT_CFG_STRING, NULL, false, false, 0, 0, NULL,
+	 "directory of backups when CATALYST_BACKUP_STORE=dir"},
+	{"CATALYST_BACKUP_RESTORE_TARGETS", CAT_CFG_STRING, NULL, false, true, 0, 0, NULL,
+	 "databases a Restore may write to: name=postgresql://...;name2=... (a command names one)"},
+	{"CATALYST_BACKUP_PARALLEL", CAT_CFG_INT, "2", false, false, 1, BACKUP_MAX_TABLES, NULL,
+	 "tables of a table backup compressed at once (memory: two upload parts each)"},
+	{"CATALYST_BACKUP_GZIP_LEVEL", CAT_CFG_INT, "6", false, false, 1, 9, NULL, "gzip compression level"},
+	{"CATALYST_BACKUP_PG_DUMP", CAT_CFG_STRING, "pg_dump", false, false, 0, 0, NULL,
+	 "pg_dump to run (its major version at least the server's)"},
+	{"CATALYST_BACKUP_PSQL", CAT_CFG_STRING, "psql", false, false, 0, 0, NULL, "psql to run for restores"},
+	{"CATALYST_BACKUP_MAX_COMMAND_S", CAT_CFG_INT, "21600", false, false, 60, 86400, NULL,
+	 "longest a command may run without the group evicting the worker (max.poll.interval.ms)"},
+};
+
+#define N_CONFIG_DEFS (sizeof(config_defs) / sizeof(config_defs[0]))
+
+static volatile sig_atomic_t stop;
+
+static void on_signal(int signo)
+{
+	stop = signo;
+}
+
+static cat_err_t open_sink(const cat_config_t *cfg, cat_sink_t **sink, char *errstr, size_t errstr_size)
+{
+	cat_s3_options_t opts;
+	cat_s3_t *s3 = NULL;
+	cat_err_t err;
+
+	if (strcmp(cat_config_str(cfg, "CATALYST_BACKUP_STORE"), "dir") == 0) {
+		if (!cat_config_is_set(cfg, "CATALYST_BACKUP_DIR"))
+			return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL,
+					   "CATALYST_BACKUP_DIR: required when CATALYST_BACKUP_STORE=dir");
+		return cat_sink_new_dir(sink, cat_config_str(cfg, "CATALYST_BACKUP_DIR"), errstr, errstr_size);
+	}
+	cat_s3_options_from_config(&opts, cfg);
+	opts.cancel = &stop;
+	if ((err = cat_s3_new(&s3, &opts, errstr, errstr_size)))
+		return err;
+	return cat_sink_new_s3(sink, s3, errstr, errstr_size);
+}
+
+int main(int argc, char **argv)
+{
+	static const char *const topics[] = {CAT_TOPIC_BACKUP, NULL};
+	struct sigaction sa = {.sa_handler = on_signal, .sa_flags = SA_RESETHAND};
+	cat_config_t *cfg = NULL;
+	cat_metrics_t *metrics = NULL;
+	cat_sink_t *sink = NULL;
+	cat_producer_t *producer = NULL;
+	backup_t *backup = NULL;
+	cat_consumer_t *consumer = NULL;
+	cat_http_t *http = NULL;
+	cat_handler_t handler;
+	char errstr[1024], poll_ms[32];
+	int rc = 1;
+
+	if (cat_config_wants_help(argc, argv)) {
+		cat_config_usage(stdout, usage, config_defs, N_CONFIG_DEFS);
+		return 0;
+	}
+	if (argc > 1) {
+		fprintf(stderr, BACKUP_WORKER ": unexpected argument %s (try --help)\n", argv[1]);
+		return 2;
+	}
+	if (cat_config_load(&cfg, config_defs, N_CONFIG_DEFS, NULL, errstr, sizeof(errstr)) != CAT_OK) {
+		fprintf(stderr, BACKUP_WORKER ": %s\n", errstr);
+		return 2;
+	}
+	/* a command may run for hours without the loop polling: the group
+	 * must not evict the worker meanwhile (an explicit
+	 * CATALYST_KAFKA_MAX_POLL_INTERVAL_MS wins) */
+	snprintf(poll_ms, sizeof(poll_ms), "%lld", cat_config_int(cfg, "CATALYST_BACKUP_MAX_COMMAND_S") * 1000);
+	setenv("CATALYST_KAFKA_MAX_POLL_INTERVAL_MS", poll_ms, 0);
+	cat_log_init(BACKUP_WORKER, (cat_log_level_t)cat_log_level_parse(cat_config_str(cfg, "CATALYST_LOG_LEVEL")));
+	signal(SIGPIPE, SIG_IGN); /* a child that dies early is an error return, not a signal */
+	if (open_sink(cfg, &sink, errstr, sizeof(errstr)) != CAT_OK) {
+		fprintf(stderr, BACKUP_WORKER ": %s\n", errstr);
+		cat_config_destroy(cfg);
+		return 2;
+	}
+	metrics = cat_metrics_new();
+	if (!metrics || cat_metrics_add_process(metrics, "catalyst_backup") != CAT_OK) {
+		CAT_LOG_ERROR("METRICS", "could not create the metrics registry: out of memory");
+		goto out;
+	}
+
+	/* the store: refused keys or a missing bucket do not stop us (the
+	 * commands wait in Kafka, each attempt says why, /readyz too) */
+	if (cat_sink_check(sink, errstr, sizeof(errstr)) != CAT_OK)
+		CAT_LOG_ERROR("S3", "%s: backups will fail until this is fixed", errstr);
+
+	if (cat_producer_new(&producer, cfg, BACKUP_WORKER, 30000, NULL, NULL, errstr, sizeof(errstr)) != CAT_OK) {
+		CAT_LOG_ERROR("KAFKA", "%s", errstr);
+		goto out;
+	}
+	if (backup_new(&backup, cfg, sink, producer, metrics, &stop, errstr, sizeof(errstr)) != CAT_OK) {
+		CAT_LOG_ERROR("MAIN", "%s", errstr);
+		goto out;
+	}
+	handler = (cat_handler_t){ backup_apply, backup_ready, backup, NULL };
+	if (cat_consumer_new(&consumer, cfg, BACKUP_WORKER, cat_config_str(cfg, "CATALYST_BACKUP_GROUP"), topics,
+			     &handler, metrics, errstr, sizeof(errstr)) != CAT_OK) {
+		CAT_LOG_ERROR("KAFKA", "%s", errstr);
+		goto out;
+	}
+	backup_set_consumer(backup, consumer);
+	if (cat_http_new(&http, cat_config_str(cfg, "CATALYST_BACKUP_BIND"),
+			 (int)cat_config_int(cfg, "CATALYST_BACKUP_PORT"), errstr, sizeof(errstr)) != CAT_OK) {
+		CAT_LOG_ERROR("HTTP", "%s", errstr);
+		goto out;
+	}
+	cat_http_set_metrics(http, metrics);
+	cat_http_set_ready_fn(http, backup_http_ready, backup);
+	if (cat_http_start(http, errstr, sizeof(errstr)) != CAT_OK) {
+		CAT_LOG_ERROR("HTTP", "%s", errstr);
+		goto out;
+	}
+
+	/* the first SIGTERM/SIGINT stops the running command (its upload is
+	 * aborted, the command redelivered later), a second one ends at once */
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+
+	if (cat_consumer_run(consumer, &stop, errstr, sizeof(errstr)) != CAT_OK) {
+		CAT_LOG_ERROR("CONSUMER", "%s", errstr);
+		goto out;
+	}
+	CAT_LOG_INFO("MAIN", "stopped on signal %d", (int)stop);
+	rc = 0;
+
+out:
+	cat_http_destroy(http);
+	cat_consumer_destroy(consumer);
+	backup_destroy(backup);
+	cat_producer_destroy(producer);
+	cat_sink_free(sink);
+	cat_metrics_destroy(metrics);
+	cat_config_destroy(cfg);
+	return rc;
+}

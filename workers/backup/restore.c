@@ -1,0 +1,386 @@
+/*
+ * Restore and Verify. A full backup is replayed by psql (spawned with argv,
+ * --single-transaction, ON_ERROR_STOP) fed from the decompressed stream; a
+ * table backup goes through COPY into a temporary table, then a
+ * version-checked upsert (the newer version wins, in every table). Every object's sha256 is
+ * checked while it streams; on a mismatch nothing is committed (psql is
+ * killed before its input ends; the COPY is failed and rolled back).
+ */
+#define _GNU_SOURCE /* asprintf */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <openssl/sha.h>
+
+#include "backup.h"
+#include "cat_log.h"
+#include "cat_pg.h"
+#include "cat_schema.h"
+
+static int to_fd(const void *data, size_t len, void *opaque)
+{
+	int fd = *(int *)opaque;
+	const char *p = data;
+
+	while (len > 0) {
+		ssize_t n = write(fd, p, len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return 1;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+static int to_copy(const void *data, size_t len, void *opaque)
+{
+	return PQputCopyData(opaque, data, (int)len) == 1 ? 0 : 1;
+}
+
+static bool wanted(const char *table, const char *const *tables, size_t n)
+{
+	if (n == 0)
+		return true;
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(tables[i], table) == 0)
+			return true;
+	return false;
+}
+
+static cat_err_t restore_full(backup_t *backup, json_t *obj, PGconn *target, char *errstr, size_t errstr_size)
+{
+	const char *argv[] = {backup->psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-f", "-",
+			      NULL};
+	const char *key = json_string_value(json_object_get(obj, "key"));
+	const char *sha = json_string_value(json_object_get(obj, "sha256"));
+	child_t child;
+	cat_err_t err;
+
+	if ((err = child_spawn(&child, argv, target, NULL, true, errstr, errstr_size)))
+		return err;
+	err = gz_in_read(backup, key, sha, to_fd, &child.fd, NULL, errstr, errstr_size);
+	if (err != CAT_OK && strstr(errstr, "the reader failed")) {
+		/* psql stopped reading: its own error says why */
+		return child_wait(&child, "psql", errstr, errstr_size) == CAT_OK ? err : CAT_ERR_RETRIABLE;
+	}
+	if (err != CAT_OK) {
+		/* psql has not seen the end of its input: nothing was committed */
+		child_kill(&child);
+		return err;
+	}
+	return child_wait(&child, "psql", errstr, errstr_size);
+}
+
+static cat_err_t restore_table(backup_t *backup, json_t *obj, PGconn *target, int64_t *rows, char *errstr,
+			       size_t errstr_size)
+{
+	const char *key = json_string_value(json_object_get(obj, "key"));
+	const char *sha = json_string_value(json_object_get(obj, "sha256"));
+	const cat_table_t *t = cat_schema_table(json_string_value(json_object_get(obj, "table")));
+	char *sql = NULL, *cols = NULL, *sets = NULL;
+	PGresult *res = NULL;
+	size_t len = 1, slen = 1;
+	cat_err_t err;
+
+	if (!t || !key || !sha)
+		return cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT, "manifest object %s is invalid",
+				   key ? key : "?");
+	for (size_t i = 0; i < t->n_columns; i++) {
+		len += strlen(t->columns[i].name) + 2;
+		slen += 2 * strlen(t->columns[i].name) + 16;
+	}
+	cols = calloc(1, len);
+	sets = calloc(1, slen);
+	if (!cols || !sets) {
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
+		goto out;
+	}
+	for (size_t i = 0; i < t->n_columns; i++) {
+		const char *c = t->columns[i].name;
+
+		if (i)
+			strcat(cols, ", ");
+		strcat(cols, c);
+		if (t->columns[i].primary_key)
+			continue;
+		if (*sets)
+			strcat(sets, ", ");
+		sprintf(sets + strlen(sets), "%s = EXCLUDED.%s", c, c);
+	}
+	if ((err = cat_pg_exec(target, "BEGIN", 0, NULL, NULL, errstr, errstr_size)))
+		goto out;
+	if (asprintf(&sql,
+		     "CREATE TEMP TABLE catalyst_restore_stage (LIKE %s INCLUDING DEFAULTS) ON COMMIT DROP",
+		     t->name) < 0 ||
+	    (err = cat_pg_exec(target, sql, 0, NULL, NULL, errstr, errstr_size)))
+		goto rollback;
+	free(sql);
+	if (asprintf(&sql, "COPY catalyst_restore_stage (%s) FROM STDIN", cols) < 0) {
+		sql = NULL;
+		goto rollback;
+	}
+	res = PQexec(target, sql);
+	if (PQresultStatus(res) != PGRES_COPY_IN) {
+		err = cat_err_set(errstr, errstr_size, cat_pg_error_class(target, res), "could not restore %s: %s",
+				  t->name, PQresultErrorMessage(res));
+		goto rollback;
+	}
+	PQclear(res);
+	res = NULL;
+	err = gz_in_read(backup, key, sha, to_copy, target, NULL, errstr, errstr_size);
+	if (err != CAT_OK) {
+		PQputCopyEnd(target, "the backup object failed its check");
+		PQclear(PQgetResult(target));
+		goto rollback;
+	}
+	if (PQputCopyEnd(target, NULL) != 1 || PQresultStatus(res = PQgetResult(target)) != PGRES_COMMAND_OK) {
+		err = cat_err_set(errstr, errstr_size, cat_pg_error_class(target, res), "could not restore %s: %s",
+				  t->name, res ? PQresultErrorMessage(res) : PQerrorMessage(target));
+		goto rollback;
+	}
+	PQclear(res);
+	res = NULL;
+	free(sql);
+	/* a restore reproduces the backed-up rows: the newer version wins,
+	 * news_raw included (an incremental holds rows updated out of band) */
+	if (!*sets)
+		err = asprintf(&sql, "INSERT INTO %s (%s) SELECT %s FROM catalyst_restore_stage ON CONFLICT (%s) DO NOTHING",
+			       t->name, cols, cols, t->primary_key) < 0;
+	else
+		err = asprintf(&sql,
+			       "INSERT INTO %s AS t (%s) SELECT %s FROM catalyst_restore_stage ON CONFLICT (%s) DO UPDATE "
+			       "SET %s WHERE t.version < EXCLUDED.version",
+			       t->name, cols, cols, t->primary_key, sets) < 0;
+	if (err) {
+		sql = NULL;
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
+		goto rollback;
+	}
+	if ((err = cat_pg_exec(target, sql, 0, NULL, &res, errstr, errstr_size)))
+		goto rollback;
+	*rows += strtoll(PQcmdTuples(res), NULL, 10);
+	PQclear(res);
+	res = NULL;
+	err = cat_pg_commit(target, errstr, errstr_size);
+	goto out;
+rollback:
+	if (err == CAT_OK)
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
+	cat_pg_rollback(target, NULL, 0);
+out:
+	PQclear(res);
+	free(sql);
+	free(cols);
+	free(sets);
+	return err;
+}
+
+cat_err_t restore_backup(backup_t *backup, const void *manifest_v, PGconn *target, const char *target_url,
+			 const char *target_db, const char *const *tables, size_t n_tables, int64_t *rows,
+			 char *errstr, size_t errstr_size)
+{
+	json_t *manifest = (json_t *)(uintptr_t)manifest_v;
+	const char *kind = json_string_value(json_object_get(manifest, "kind"));
+	json_t *objects = json_object_get(manifest, "objects"), *obj;
+	size_t i;
+	cat_err_t err;
+
+	*rows = 0;
+	if (!kind || !json_is_array(objects))
+		return cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT, "the manifest has no kind or objects");
+	if (strcmp(kind, "full") == 0) {
+		if (n_tables)
+			return cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT,
+					   "a full backup is restored whole: give no tables");
+		return restore_full(backup, json_array_get(objects, 0), target, errstr, errstr_size);
+	}
+	for (size_t t = 0; t < n_tables; t++) {
+		bool found = false;
+
+		json_array_foreach(objects, i, obj)
+		{
+			const char *table = json_string_value(json_object_get(obj, "table"));
+
+			if (table && strcmp(table, tables[t]) == 0)
+				found = true;
+		}
+		if (!found)
+			return cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT, "table %s is not in this backup",
+					   tables[t]);
+	}
+	json_array_foreach(objects, i, obj)
+	{
+		const char *table = json_string_value(json_object_get(obj, "table"));
+
+		if (!table || !wanted(table, tables, n_tables))
+			continue;
+		if (*backup->stop)
+			return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "interrupted by shutdown");
+		if ((err = restore_table(backup, obj, target, rows, errstr, errstr_size)))
+			return err;
+	}
+	(void)target_url;
+	(void)target_db;
+	return CAT_OK;
+}
+
+/* --- verify ------------------------------------------------------------------------------------------ */
+
+/* "<before> <quoted identifier><after>" */
+static cat_err_t exec_ident(PGconn *conn, const char *before, const char *name, const char *after, char *errstr,
+			    size_t errstr_size)
+{
+	char *ident = PQescapeIdentifier(conn, name, strlen(name)), *sql = NULL;
+	cat_err_t err;
+
+	if (!ident || asprintf(&sql, "%s %s%s", before, ident, after) < 0) {
+		PQfreemem(ident);
+		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
+	}
+	PQfreemem(ident);
+	err = cat_pg_exec(conn, sql, 0, NULL, NULL, errstr, errstr_size);
+	free(sql);
+	return err;
+}
+
+/* The source's schema into the scratch database: pg_dump -s | psql. */
+static cat_err_t copy_schema(backup_t *backup, PGconn *scratch, char *errstr, size_t errstr_size)
+{
+	const char *dump_argv[] = {backup->pg_dump, "--schema-only", "--no-owner", "--no-privileges", NULL};
+	const char *psql_argv[] = {backup->psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-f",
+				   "-", NULL};
+	child_t dump, psql;
+	char buf[65536];
+	cat_err_t err;
+
+	if ((err = child_spawn(&dump, dump_argv, backup->conn, NULL, false, errstr, errstr_size)))
+		return err;
+	if ((err = child_spawn(&psql, psql_argv, scratch, NULL, true, errstr, errstr_size))) {
+		child_kill(&dump);
+		return err;
+	}
+	for (;;) {
+		ssize_t n = read(dump.fd, buf, sizeof(buf));
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		if (to_fd(buf, (size_t)n, &psql.fd) != 0)
+			break;
+	}
+	err = child_wait(&dump, "pg_dump --schema-only", errstr, errstr_size);
+	if (err == CAT_OK)
+		err = child_wait(&psql, "psql (schema)", errstr, errstr_size);
+	child_kill(&dump);
+	child_kill(&psql);
+	return err;
+}
+
+cat_err_t verify_backup(backup_t *backup, const char *backup_id, const void *manifest_v, bool *ok, char *report,
+			size_t report_size, char *errstr, size_t errstr_size)
+{
+	json_t *manifest = (json_t *)(uintptr_t)manifest_v;
+	const char *kind = json_string_value(json_object_get(manifest, "kind"));
+	unsigned char md[SHA256_DIGEST_LENGTH];
+	char scratch_db[64], restore_err[512] = "";
+	PGconn *scratch = NULL;
+	int64_t rows = 0;
+	size_t used = 0;
+	cat_err_t err;
+
+	*ok = false;
+	report[0] = '\0';
+	SHA256((const unsigned char *)backup_id, strlen(backup_id), md);
+	snprintf(scratch_db, sizeof(scratch_db), "catalyst_verify_%02x%02x%02x%02x%02x%02x", md[0], md[1], md[2], md[3],
+		 md[4], md[5]);
+	/* a scratch database an interrupted verify left behind goes first */
+	if ((err = exec_ident(backup->conn, "DROP DATABASE IF EXISTS", scratch_db, " WITH (FORCE)", errstr,
+			      errstr_size)) ||
+	    (err = exec_ident(backup->conn, "CREATE DATABASE", scratch_db, "", errstr, errstr_size)))
+		return err;
+	if ((err = pg_connect_like(backup->conn, scratch_db, "catalyst-backup-verify", &scratch, errstr, errstr_size)))
+		goto out;
+	if (kind && strcmp(kind, "full") != 0 && (err = copy_schema(backup, scratch, errstr, errstr_size)))
+		goto out;
+
+	err = restore_backup(backup, manifest, scratch, NULL, scratch_db, NULL, 0, &rows, restore_err,
+			     sizeof(restore_err));
+	if (err == CAT_ERR_PERMANENT || (err == CAT_ERR_RETRIABLE && strstr(restore_err, "psql"))) {
+		/* the backup is bad (corrupt object, or the dump does not replay) */
+		snprintf(report, report_size, "restore failed: %s", restore_err);
+		err = CAT_OK;
+		goto out;
+	}
+	if (err != CAT_OK) {
+		cat_err_set(errstr, errstr_size, err, "%s", restore_err);
+		goto out;
+	}
+
+	/* compare with the manifest, which holds the source's figures */
+	*ok = true;
+	{
+		json_t *objects = json_object_get(manifest, "objects"), *obj;
+		size_t i;
+
+		json_array_foreach(objects, i, obj)
+		{
+			const char *table = json_string_value(json_object_get(obj, "table"));
+			json_t *counts = json_object_get(manifest, "row_counts");
+			json_t *sums = json_object_get(manifest, "checksums");
+			const char *key;
+			json_t *v;
+
+			if (table && *table) { /* table backups: one object per table */
+				table_stat_t st;
+
+				if ((err = table_stats(scratch, table, NULL, &st, errstr, errstr_size)))
+					goto out;
+				if (st.rows != json_integer_value(json_object_get(obj, "rows")) ||
+				    strcmp(st.checksum, json_string_value(json_object_get(obj, "checksum")) ?: "") != 0) {
+					*ok = false;
+					used += (size_t)snprintf(report + used, used < report_size ? report_size - used : 0,
+								 "%s: %lld rows restored, %lld backed up (checksums %s); ",
+								 table, (long long)st.rows,
+								 (long long)json_integer_value(json_object_get(obj, "rows")),
+								 strcmp(st.checksum, json_string_value(json_object_get(obj, "checksum")) ?: "") == 0 ? "equal" : "differ");
+				}
+				continue;
+			}
+			json_object_foreach(counts, key, v)
+			{
+				table_stat_t st;
+
+				if ((err = table_stats(scratch, key, NULL, &st, errstr, errstr_size)))
+					goto out;
+				if (st.rows != json_integer_value(v) ||
+				    strcmp(st.checksum, json_string_value(json_object_get(sums, key)) ?: "") != 0) {
+					*ok = false;
+					used += (size_t)snprintf(report + used, used < report_size ? report_size - used : 0,
+								 "%s: %lld rows restored, %lld backed up; ", key,
+								 (long long)st.rows, (long long)json_integer_value(v));
+				}
+			}
+		}
+	}
+	if (*ok)
+		snprintf(report, report_size, "restored into a scratch database: every row count and checksum "
+					      "equals the source's");
+	err = CAT_OK;
+out:
+	cat_pg_close(scratch);
+	{
+		char derr[512];
+
+		if (exec_ident(backup->conn, "DROP DATABASE IF EXISTS", scratch_db, " WITH (FORCE)", derr, sizeof(derr)))
+			CAT_LOG_WARN("PG", "could not drop the scratch database %s: %s", scratch_db, derr);
+	}
+	return err;
+}

@@ -1,0 +1,447 @@
+/*
+ * Streams of catalyst-backup: gzip + sha256 into a sink object and back,
+ * child processes (pg_dump, psql) without a shell, extra connections.
+ */
+#define _GNU_SOURCE /* asprintf, pipe2 */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+#include <zlib.h>
+
+#include "backup.h"
+#include "cat_log.h"
+#include "cat_pg.h"
+
+#define CHUNK (128 * 1024)
+
+extern char **environ;
+
+struct gz_out {
+	backup_t *backup;
+	cat_sink_writer_t *writer;
+	z_stream z;
+	bool z_init;
+	EVP_MD_CTX *sha;
+	unsigned char out[CHUNK];
+	uint64_t bytes_raw, bytes_compressed;
+};
+
+static void sha_hex(EVP_MD_CTX *sha, char out[65])
+{
+	unsigned char md[32];
+	unsigned int len = 0;
+
+	EVP_DigestFinal_ex(sha, md, &len);
+	for (unsigned i = 0; i < 32; i++)
+		snprintf(out + 2 * i, 3, "%02x", md[i]);
+}
+
+cat_err_t gz_out_open(backup_t *backup, const char *key, gz_out_t **out, char *errstr, size_t errstr_size)
+{
+	gz_out_t *gz = calloc(1, sizeof(*gz));
+	cat_err_t err;
+
+	*out = NULL;
+	if (!gz || !(gz->sha = EVP_MD_CTX_new()) || EVP_DigestInit_ex(gz->sha, EVP_sha256(), NULL) != 1) {
+		gz_out_free(gz);
+		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
+	}
+	gz->backup = backup;
+	/* windowBits 15 + 16: a gzip header and trailer; memLevel 8 (~256 KiB) */
+	if (deflateInit2(&gz->z, backup->compress_level, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK) {
+		gz_out_free(gz);
+		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "could not start gzip: out of memory");
+	}
+	gz->z_init = true;
+	if ((err = cat_sink_open(backup->sink, key, "application/gzip", &gz->writer, errstr, errstr_size)) != CAT_OK) {
+		gz_out_free(gz);
+		return err;
+	}
+	*out = gz;
+	return CAT_OK;
+}
+
+static cat_err_t deflate_some(gz_out_t *gz, int flush, char *errstr, size_t errstr_size)
+{
+	int rc;
+
+	do {
+		gz->z.next_out = gz->out;
+		gz->z.avail_out = sizeof(gz->out);
+		rc = deflate(&gz->z, flush);
+		if (rc == Z_STREAM_ERROR)
+			return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "gzip failed");
+		size_t n = sizeof(gz->out) - gz->z.avail_out;
+		if (n) {
+			cat_err_t err;
+
+			EVP_DigestUpdate(gz->sha, gz->out, n);
+			gz->bytes_compressed += n;
+			if ((err = cat_sink_write(gz->writer, gz->out, n, errstr, errstr_size)) != CAT_OK)
+				return err;
+		}
+	} while (gz->z.avail_out == 0 || (flush == Z_FINISH && rc != Z_STREAM_END));
+	return CAT_OK;
+}
+
+cat_err_t gz_out_write(gz_out_t *gz, const void *data, size_t len, char *errstr, size_t errstr_size)
+{
+	gz->z.next_in = (unsigned char *)(uintptr_t)data;
+	gz->z.avail_in = (uInt)len;
+	gz->bytes_raw += len;
+	return deflate_some(gz, Z_NO_FLUSH, errstr, errstr_size);
+}
+
+cat_err_t gz_out_finish(gz_out_t *gz, backup_object_t *obj, char *errstr, size_t errstr_size)
+{
+	cat_err_t err;
+
+	gz->z.next_in = NULL;
+	gz->z.avail_in = 0;
+	if ((err = deflate_some(gz, Z_FINISH, errstr, errstr_size)) != CAT_OK)
+		return err;
+	if ((err = cat_sink_finish(gz->writer, errstr, errstr_size)) != CAT_OK)
+		return err;
+	obj->bytes_raw = gz->bytes_raw;
+	obj->bytes_compressed = gz->bytes_compressed;
+	sha_hex(gz->sha, obj->sha256);
+	return CAT_OK;
+}
+
+void gz_out_free(gz_out_t *gz)
+{
+	if (!gz)
+		return;
+	cat_sink_writer_free(gz->writer); /* aborts an unfinished one */
+	if (gz->z_init)
+		deflateEnd(&gz->z);
+	EVP_MD_CTX_free(gz->sha);
+	free(gz);
+}
+
+/* --- reading back ---------------------------------------------------------------------------- */
+
+typedef struct gz_in {
+	z_stream z;
+	EVP_MD_CTX *sha;
+	gz_in_fn fn;
+	void *opaque;
+	unsigned char out[CHUNK];
+	uint64_t raw;
+	bool corrupt, stopped, ended;
+	char zerr[128];
+} gz_in_t;
+
+static int gz_in_feed(const void *data, size_t len, void *opaque)
+{
+	gz_in_t *in = opaque;
+
+	EVP_DigestUpdate(in->sha, data, len);
+	if (in->corrupt || in->stopped)
+		return 0; /* keep hashing: a sha256 mismatch is the better report */
+	in->z.next_in = (unsigned char *)(uintptr_t)data;
+	in->z.avail_in = (uInt)len;
+	while (in->z.avail_in > 0 || in->z.avail_out == 0) {
+		int rc;
+
+		if (in->ended) {
+			/* gzip members may follow each other (gzip allows it) */
+			if (inflateReset(&in->z) != Z_OK)
+				return 1;
+			in->ended = false;
+		}
+		in->z.next_out = in->out;
+		in->z.avail_out = sizeof(in->out);
+		rc = inflate(&in->z, Z_NO_FLUSH);
+		if (rc != Z_OK && rc != Z_STREAM_END && rc != Z_BUF_ERROR) {
+			in->corrupt = true;
+			snprintf(in->zerr, sizeof(in->zerr), "%s", in->z.msg ? in->z.msg : "bad gzip data");
+			return 0;
+		}
+		size_t n = sizeof(in->out) - in->z.avail_out;
+		if (n) {
+			in->raw += n;
+			if (in->fn(in->out, n, in->opaque) != 0) {
+				in->stopped = true;
+				return 0;
+			}
+		}
+		if (rc == Z_STREAM_END)
+			in->ended = true;
+		if (rc == Z_BUF_ERROR)
+			break;
+	}
+	return 0;
+}
+
+cat_err_t gz_in_read(backup_t *backup, const char *key, const char *sha256, gz_in_fn fn, void *opaque,
+		     uint64_t *bytes_raw, char *errstr, size_t errstr_size)
+{
+	gz_in_t *in = calloc(1, sizeof(*in));
+	char got[65];
+	bool not_found = false;
+	cat_err_t err;
+
+	if (!in || !(in->sha = EVP_MD_CTX_new()) || EVP_DigestInit_ex(in->sha, EVP_sha256(), NULL) != 1 ||
+	    inflateInit2(&in->z, 15 + 16) != Z_OK) {
+		if (in)
+			EVP_MD_CTX_free(in->sha);
+		free(in);
+		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
+	}
+	in->fn = fn;
+	in->opaque = opaque;
+	err = cat_sink_get(backup->sink, key, gz_in_feed, in, &not_found, errstr, errstr_size);
+	if (err == CAT_OK) {
+		sha_hex(in->sha, got);
+		if (sha256 && strcmp(got, sha256) != 0)
+			err = cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT,
+					  "object %s is corrupt: sha256 %s, the manifest says %s", key, got, sha256);
+		else if (in->stopped)
+			err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE,
+					  "could not restore %s: the reader failed", key);
+		else if (in->corrupt)
+			err = cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT, "object %s is corrupt: %s", key,
+					  in->zerr);
+		else if (!in->ended)
+			err = cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT, "object %s is truncated", key);
+	} else if (not_found) {
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT, "object %s is missing", key);
+	}
+	if (bytes_raw)
+		*bytes_raw = in->raw;
+	inflateEnd(&in->z);
+	EVP_MD_CTX_free(in->sha);
+	free(in);
+	return err;
+}
+
+/* --- child processes ----------------------------------------------------------------------------- */
+
+/* PG* variables for a child from the connection's settings. */
+static char **child_env(PGconn *conn, const char *dbname)
+{
+	PQconninfoOption *opts = PQconninfo(conn), *o;
+	size_t n = 8;
+	char **env;
+	size_t i = 0;
+
+	if (!opts)
+		return NULL;
+	for (o = opts; o->keyword; o++)
+		n++;
+	if (!(env = calloc(n, sizeof(char *)))) {
+		PQconninfoFree(opts);
+		return NULL;
+	}
+	for (const char *keep[] = {"PATH", "LANG", "LC_ALL", "TZ", "HOME", NULL}, **k = keep; *k; k++)
+		if (getenv(*k) && asprintf(&env[i], "%s=%s", *k, getenv(*k)) >= 0)
+			i++;
+	for (o = opts; o->keyword; o++) {
+		const char *val = o->val;
+
+		if (!o->envvar || strcmp(o->envvar, "PGDATABASE") == 0 || strcmp(o->keyword, "dbname") == 0)
+			continue;
+		if (!val || !*val || i + 2 >= n)
+			continue;
+		if (asprintf(&env[i], "%s=%s", o->envvar, val) >= 0)
+			i++;
+	}
+	if (asprintf(&env[i], "PGDATABASE=%s", dbname ? dbname : PQdb(conn)) >= 0)
+		i++;
+	env[i] = NULL;
+	PQconninfoFree(opts);
+	return env;
+}
+
+static void env_free(char **env)
+{
+	if (!env)
+		return;
+	for (char **e = env; *e; e++) {
+		memset(*e, 0, strlen(*e));
+		free(*e);
+	}
+	free(env);
+}
+
+cat_err_t child_spawn(child_t *child, const char *const *argv, PGconn *conn, const char *dbname, bool to_child,
+		      char *errstr, size_t errstr_size)
+{
+	int io[2] = {-1, -1}, er[2] = {-1, -1}, rc;
+	posix_spawn_file_actions_t fa;
+	char **env = child_env(conn, dbname);
+
+	memset(child, 0, sizeof(*child));
+	child->pid = -1;
+	child->fd = child->err_fd = -1;
+	if (!env)
+		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
+	if (pipe2(io, O_CLOEXEC) != 0 || pipe2(er, O_CLOEXEC) != 0) {
+		env_free(env);
+		return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "could not create a pipe: %s",
+				   strerror(errno));
+	}
+	posix_spawn_file_actions_init(&fa);
+	if (to_child) {
+		posix_spawn_file_actions_adddup2(&fa, io[0], 0);
+		posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+	} else {
+		posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+		posix_spawn_file_actions_adddup2(&fa, io[1], 1);
+	}
+	posix_spawn_file_actions_adddup2(&fa, er[1], 2);
+	rc = posix_spawnp(&child->pid, argv[0], &fa, NULL, (char *const *)(uintptr_t)argv, env);
+	posix_spawn_file_actions_destroy(&fa);
+	env_free(env);
+	close(to_child ? io[0] : io[1]);
+	close(er[1]);
+	if (rc != 0) {
+		close(to_child ? io[1] : io[0]);
+		close(er[0]);
+		child->pid = -1;
+		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "could not run %s: %s", argv[0], strerror(rc));
+	}
+	child->fd = to_child ? io[1] : io[0];
+	child->err_fd = er[0];
+	fcntl(child->err_fd, F_SETFL, O_NONBLOCK);
+	return CAT_OK;
+}
+
+/* Keeps the first line of the child's stderr, drains the rest. */
+static void child_drain_err(child_t *child)
+{
+	char buf[4096];
+	ssize_t n;
+
+	if (child->err_fd < 0)
+		return;
+	while ((n = read(child->err_fd, buf, sizeof(buf))) > 0) {
+		for (ssize_t i = 0; i < n && child->err_len + 1 < sizeof(child->err); i++) {
+			if (buf[i] == '\n' && child->err_len > 0) {
+				child->err_len = sizeof(child->err); /* first line complete */
+				break;
+			}
+			if (buf[i] != '\n')
+				child->err[child->err_len++] = buf[i];
+		}
+	}
+}
+
+cat_err_t child_wait(child_t *child, const char *what, char *errstr, size_t errstr_size)
+{
+	int status = 0;
+
+	if (child->fd >= 0) {
+		close(child->fd);
+		child->fd = -1;
+	}
+	if (child->pid > 0) {
+		/* stderr may be larger than a pipe: drain it while waiting */
+		for (;;) {
+			pid_t r = waitpid(child->pid, &status, WNOHANG);
+
+			child_drain_err(child);
+			if (r == child->pid || (r < 0 && errno != EINTR))
+				break;
+			struct pollfd pfd = {child->err_fd, POLLIN, 0};
+			poll(&pfd, 1, 50);
+		}
+		child->pid = -1;
+	}
+	child_drain_err(child);
+	if (child->err_fd >= 0) {
+		close(child->err_fd);
+		child->err_fd = -1;
+	}
+	child->err[child->err_len < sizeof(child->err) ? child->err_len : sizeof(child->err) - 1] = '\0';
+	if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+		return CAT_OK;
+	if (WIFSIGNALED(status))
+		return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "%s was killed by signal %d%s%s", what,
+				   WTERMSIG(status), child->err[0] ? ": " : "", child->err);
+	return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "%s failed (exit %d)%s%s", what,
+			   WEXITSTATUS(status), child->err[0] ? ": " : "", child->err);
+}
+
+void child_kill(child_t *child)
+{
+	char ignored[64];
+
+	if (child->pid > 0) {
+		kill(child->pid, SIGKILL);
+		if (child_wait(child, "child", ignored, sizeof(ignored)) != CAT_OK) {
+			/* killed: that is what we asked for */
+		}
+	}
+	if (child->fd >= 0)
+		close(child->fd);
+	if (child->err_fd >= 0)
+		close(child->err_fd);
+	child->fd = child->err_fd = -1;
+}
+
+/* --- connections ------------------------------------------------------------------------------------ */
+
+cat_err_t pg_connect_like(PGconn *conn, const char *dbname, const char *app, PGconn **out, char *errstr,
+			  size_t errstr_size)
+{
+	PQconninfoOption *opts = PQconninfo(conn), *o;
+	const char **keys, **vals;
+	size_t n = 0, i = 0;
+	PGconn *c;
+	cat_err_t err = CAT_OK;
+
+	*out = NULL;
+	if (!opts)
+		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
+	for (o = opts; o->keyword; o++)
+		n++;
+	keys = calloc(n + 2, sizeof(*keys));
+	vals = calloc(n + 2, sizeof(*vals));
+	if (!keys || !vals) {
+		free(keys);
+		free(vals);
+		PQconninfoFree(opts);
+		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
+	}
+	for (o = opts; o->keyword; o++) {
+		if (!o->val || !*o->val)
+			continue;
+		keys[i] = o->keyword;
+		vals[i] = strcmp(o->keyword, "dbname") == 0 && dbname ? dbname
+			  : strcmp(o->keyword, "application_name") == 0 ? app
+									  : o->val;
+		i++;
+	}
+	keys[i] = NULL;
+	c = PQconnectdbParams(keys, vals, 0);
+	if (!c || PQstatus(c) != CONNECTION_OK) {
+		const char *msg = c ? PQerrorMessage(c) : "out of memory";
+		size_t len = strcspn(msg, "\n");
+
+		err = cat_err_set(errstr, errstr_size, cat_pg_connect_error_class(msg),
+				  "could not connect to database %s: %.*s", dbname ? dbname : PQdb(conn), (int)len, msg);
+		PQfinish(c);
+		c = NULL;
+	}
+	free(keys);
+	free(vals);
+	PQconninfoFree(opts);
+	*out = c;
+	return err;
+}
+
+cat_err_t pg_connect_url(const char *url, const char *app, PGconn **out, char *errstr, size_t errstr_size)
+{
+	return cat_pg_connect(out, url, app, 10, errstr, errstr_size);
+}
