@@ -648,28 +648,30 @@ void cat_redis_script_init(cat_redis_script_t *script, const char *source)
 	script->sha[40] = '\0';
 }
 
-#define MAX_SCRIPT_ARGS 32
-
 cat_err_t cat_redis_append_evalsha(cat_redis_t *redis, const cat_redis_script_t *script, int nkeys, int argc,
 				   const char *const *argv, const size_t *lens)
 {
-	const char *args[MAX_SCRIPT_ARGS + 3];
-	size_t arg_lens[MAX_SCRIPT_ARGS + 3];
+	const char **args = malloc((size_t)(argc + 3) * sizeof(*args));
+	size_t *arg_lens = malloc((size_t)(argc + 3) * sizeof(*arg_lens));
 	char nkeys_text[16];
+	cat_err_t err = CAT_ERR_RETRIABLE;
 
-	if (argc > MAX_SCRIPT_ARGS)
-		return CAT_ERR_PERMANENT;
-	snprintf(nkeys_text, sizeof(nkeys_text), "%d", nkeys);
-	args[0] = "EVALSHA";
-	args[1] = script->sha;
-	args[2] = nkeys_text;
-	for (int i = 0; i < 3; i++)
-		arg_lens[i] = strlen(args[i]);
-	for (int i = 0; i < argc; i++) {
-		args[3 + i] = argv[i];
-		arg_lens[3 + i] = lens ? lens[i] : strlen(argv[i]);
+	if (args && arg_lens) {
+		snprintf(nkeys_text, sizeof(nkeys_text), "%d", nkeys);
+		args[0] = "EVALSHA";
+		args[1] = script->sha;
+		args[2] = nkeys_text;
+		for (int i = 0; i < 3; i++)
+			arg_lens[i] = strlen(args[i]);
+		for (int i = 0; i < argc; i++) {
+			args[3 + i] = argv[i];
+			arg_lens[3 + i] = lens ? lens[i] : strlen(argv[i]);
+		}
+		err = cat_redis_append(redis, argc + 3, args, arg_lens);
 	}
-	return cat_redis_append(redis, argc + 3, args, arg_lens);
+	free(args);
+	free(arg_lens);
+	return err;
 }
 
 size_t cat_redis_pending(const cat_redis_t *redis)

@@ -2,6 +2,7 @@
  * catalyst-publish: the producer CLI for services and operators.
  *
  *   catalyst-publish write [FILE|-]   JSON lines -> WriteCommand -> write.v1
+ *   catalyst-publish cache ...        one CacheCommand -> cache.v1
  */
 #include <stdio.h>
 #include <string.h>
@@ -12,6 +13,10 @@
 
 static const char usage[] =
 	"usage: catalyst-publish write [FILE|-]\n"
+	"       catalyst-publish cache set [--ttl SECONDS] [--version N] KEY VALUE|-\n"
+	"       catalyst-publish cache delete KEY...\n"
+	"       catalyst-publish cache invalidate PATTERN\n"
+	"       catalyst-publish cache warm market-open|rebuild\n"
 	"\n"
 	"  write   read JSON lines, one record each, e.g.\n"
 	"          {\"table\":\"news_raw\",\"news_id\":\"n1\",\"symbol\":\"AAPL\",\n"
@@ -21,6 +26,12 @@ static const char usage[] =
 	"          WriteCommand to write.v1, keyed by symbol (else the primary key).\n"
 	"          A bad line is reported as `line N: reason` and nothing of it is\n"
 	"          published. Returns after every accepted record's delivery report.\n"
+	"\n"
+	"  cache   publish one CacheCommand to cache.v1 for catalyst-cache: set a key\n"
+	"          (version-checked with --version; VALUE - reads stdin), delete keys,\n"
+	"          invalidate the keys matching a Redis glob (SCAN + UNLINK), or warm:\n"
+	"          market-open (pre-market news, active candidates) or rebuild (every key\n"
+	"          of the layout, from the primary). Returns after the delivery report.\n"
 	"\n"
 	"Exit status: 0 all published; 1 a line was rejected or not delivered;\n"
 	"2 usage or configuration error.";
@@ -47,7 +58,8 @@ int main(int argc, char **argv)
 		cat_config_usage(stdout, usage, config_defs, N_CONFIG_DEFS);
 		return 0;
 	}
-	if (argc < 2 || strcmp(argv[1], "write") != 0 || argc > 3) {
+	if (argc < 2 || (strcmp(argv[1], "write") != 0 && strcmp(argv[1], "cache") != 0) ||
+	    (strcmp(argv[1], "write") == 0 && argc > 3)) {
 		fprintf(stderr, "%s\n", argc < 2 ? "catalyst-publish: missing subcommand (try --help)"
 						 : "catalyst-publish: unknown subcommand or extra arguments (try --help)");
 		return 2;
@@ -59,7 +71,10 @@ int main(int argc, char **argv)
 	cat_log_init("catalyst-publish", (cat_log_level_t)cat_log_level_parse(
 						 cat_config_str(cfg, "CATALYST_LOG_LEVEL")));
 
-	rc = publish_write(cfg, argc == 3 ? argv[2] : "-");
+	if (strcmp(argv[1], "cache") == 0)
+		rc = publish_cache(cfg, argc - 2, argv + 2);
+	else
+		rc = publish_write(cfg, argc == 3 ? argv[2] : "-");
 
 	cat_config_destroy(cfg);
 	return rc;

@@ -11,4 +11,7 @@
 
 int publish_write(const cat_config_t *cfg, const char *path);
 
+/* argv: the words after "cache" */
+int publish_cache(const cat_config_t *cfg, int argc, char **argv);
+
 #endif /* CATALYST_PUBLISH_H */

@@ -1,0 +1,833 @@
+#include "internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cat_kafka.h"
+#include "cat_log.h"
+#include "cat_pg.h"
+#include "cat_time.h"
+#include "scripts.h"
+
+#define WORKER "catalyst-cache"
+
+static const double rtt_buckets[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+				     0.025,  0.05,    0.1,    0.25,  0.5,    1,     2.5};
+static const double depth_buckets[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096};
+
+/* --- set-up ------------------------------------------------------------------------------ */
+
+cat_err_t cache_pg_connect(PGconn **out, const cat_config_t *cfg, char *errstr, size_t errstr_size)
+{
+	return cat_pg_connect(out, cat_config_str(cfg, "CATALYST_PG_URL"), WORKER,
+			      (int)cat_config_int(cfg, "CATALYST_PG_CONNECT_TIMEOUT_S"), errstr, errstr_size);
+}
+
+/* "5,10,20" -> top_limits */
+static cat_err_t parse_top_limits(cache_t *cache, const char *text, char *errstr, size_t errstr_size)
+{
+	const char *p = text;
+
+	while (*p) {
+		char *end;
+		long long n = strtoll(p, &end, 10);
+
+		if (end == p || n < 1 || n > 1000 || (*end && *end != ',') || cache->n_top_limits == MAX_TOP_LIMITS)
+			return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL,
+					   "CATALYST_CACHE_TOP_LIMITS: must be up to %d numbers from 1 to 1000, "
+					   "separated by commas",
+					   MAX_TOP_LIMITS);
+		snprintf(cache->top_limits[cache->n_top_limits++], sizeof(cache->top_limits[0]), "%lld", n);
+		if (n > cache->top_max)
+			cache->top_max = n;
+		p = *end ? end + 1 : end;
+	}
+	return CAT_OK;
+}
+
+static void layout_init(cache_t *cache, cat_metrics_t *metrics)
+{
+	static const struct {
+		const char *table, *prefix, *set_prefix, *ttl_setting;
+	} defs[] = {
+		{"news_raw", "news:", "news:symbol:", "CATALYST_CACHE_NEWS_TTL_S"},
+		{"trading_signals", "signals:", "signals:symbol:", "CATALYST_CACHE_SIGNAL_TTL_S"},
+		{"trade_records", "trades:", "trades:symbol:", "CATALYST_CACHE_TRADE_TTL_S"},
+		{"source_metrics", "sources:", NULL, "CATALYST_CACHE_SOURCE_TTL_S"},
+		{"trading_candidates", NULL, NULL, NULL},
+	};
+
+	for (size_t t = 0; t < cat_schema_n_tables && t < MAX_TABLES; t++) {
+		layout_t *layout = &cache->layouts[t];
+
+		layout->table = &cat_schema_tables[t];
+		for (size_t d = 0; d < sizeof(defs) / sizeof(defs[0]); d++) {
+			if (strcmp(defs[d].table, layout->table->name) != 0)
+				continue;
+			layout->prefix = defs[d].prefix;
+			layout->set_prefix = defs[d].set_prefix;
+			layout->ttl = defs[d].ttl_setting ? cat_config_int(cache->cfg, defs[d].ttl_setting) : 0;
+			layout->set_ttl = cat_config_int(cache->cfg, "CATALYST_CACHE_SYMBOL_TTL_S");
+			layout->derived_candidates = !defs[d].prefix;
+		}
+		layout->m_applied = cat_metrics_counter(metrics, "catalyst_cache_changes_total",
+							"changes and warm rows by outcome: applied, or stale "
+							"(the cache held the same or a newer version)",
+							"table", layout->table->name, "result", "applied", NULL);
+		layout->m_stale = cat_metrics_counter(metrics, "catalyst_cache_changes_total",
+						      "changes and warm rows by outcome: applied, or stale "
+						      "(the cache held the same or a newer version)",
+						      "table", layout->table->name, "result", "stale", NULL);
+	}
+}
+
+static void register_metrics(cache_t *cache, cat_metrics_t *metrics)
+{
+	static const char *const profiles[2] = {"market_open", "rebuild"};
+
+	cache->m_commands = cat_metrics_counter(metrics, "catalyst_cache_redis_commands_total",
+						"commands sent to Redis (a PUT script call counts once)", NULL);
+	cache->m_depth = cat_metrics_histogram(metrics, "catalyst_cache_pipeline_depth",
+					       "commands per pipeline", depth_buckets,
+					       sizeof(depth_buckets) / sizeof(depth_buckets[0]), NULL);
+	cache->m_rtt = cat_metrics_histogram(metrics, "catalyst_cache_redis_roundtrip_seconds",
+					     "time from sending a pipeline to its last reply", rtt_buckets,
+					     sizeof(rtt_buckets) / sizeof(rtt_buckets[0]), NULL);
+	cache->m_reloads = cat_metrics_counter(metrics, "catalyst_cache_script_reloads_total",
+					       "scripts loaded again after NOSCRIPT", NULL);
+	cache->m_reconnects = cat_metrics_counter(metrics, "catalyst_cache_redis_reconnects_total",
+						  "Redis connections reopened after a loss", NULL);
+	cache->m_invalidated = cat_metrics_counter(metrics, "catalyst_cache_keys_invalidated_total",
+						   "keys removed by invalidations (patterns and candidate "
+						   "changes)",
+						   NULL);
+	cache->m_uncacheable = cat_metrics_counter(metrics, "catalyst_cache_uncacheable_total",
+						   "values that could not be cached (too large, an id that "
+						   "would land on another key); their messages are dead-lettered",
+						   NULL);
+	for (int p = 0; p < 2; p++) {
+		cache->m_warm_rows[p] = cat_metrics_counter(metrics, "catalyst_cache_warm_rows_total",
+							    "rows read from the primary by warms", "profile",
+							    profiles[p], NULL);
+		cache->m_warm_seconds[p] =
+			cat_metrics_histogram(metrics, "catalyst_cache_warm_duration_seconds", "time of a warm",
+					      NULL, 0, "profile", profiles[p], NULL);
+	}
+	cache->m_warm_conflicts = cat_metrics_counter(
+		metrics, "catalyst_cache_warm_conflicts_total",
+		"candidates lists a warm did not store because a candidate changed meanwhile", NULL);
+}
+
+cat_err_t cache_new(cache_t **out, const cat_config_t *cfg, cat_redis_t *redis, PGconn *pg,
+		    cat_metrics_t *metrics, char *errstr, size_t errstr_size)
+{
+	cache_t *cache = calloc(1, sizeof(*cache));
+	cat_redis_opts_t opts;
+	cat_err_t err;
+
+	*out = NULL;
+	if (!cache) {
+		cat_redis_destroy(redis);
+		cat_pg_close(pg);
+		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
+	}
+	cache->cfg = cfg;
+	cache->redis = redis;
+	cache->pg = pg;
+	pthread_mutex_init(&cache->probe_lock, NULL);
+	cat_redis_script_init(&cache->scripts[SCRIPT_PUT], CACHE_SCRIPT_PUT);
+	cat_redis_script_init(&cache->scripts[SCRIPT_INVALIDATE_CANDIDATES], CACHE_SCRIPT_INVALIDATE_CANDIDATES);
+	cat_redis_script_init(&cache->scripts[SCRIPT_SET_IF_GENERATION], CACHE_SCRIPT_SET_IF_GENERATION);
+	cat_kafka_topic(cfg, CAT_TOPIC_CHANGES, cache->changes_topic, sizeof(cache->changes_topic));
+	cat_kafka_topic(cfg, CAT_TOPIC_CACHE, cache->cache_topic, sizeof(cache->cache_topic));
+	cache->active_ttl = cat_config_int(cfg, "CATALYST_CACHE_ACTIVE_TTL_S");
+	cache->top_ttl = cat_config_int(cfg, "CATALYST_CACHE_TOP_TTL_S");
+	cache->warm_news_ttl = cat_config_int(cfg, "CATALYST_CACHE_WARM_NEWS_TTL_S");
+	cache->max_value = cat_config_int(cfg, "CATALYST_CACHE_MAX_VALUE_BYTES");
+	cache->pipeline_bytes = cat_config_int(cfg, "CATALYST_CACHE_PIPELINE_BYTES");
+	cache->scan_count = cat_config_int(cfg, "CATALYST_CACHE_SCAN_COUNT");
+	cache->rebuild_chunk = cat_config_int(cfg, "CATALYST_CACHE_REBUILD_CHUNK");
+	if ((err = parse_top_limits(cache, cat_config_str(cfg, "CATALYST_CACHE_TOP_LIMITS"), errstr,
+				    errstr_size)) != CAT_OK)
+		goto error;
+	if (cat_schema_n_tables > MAX_TABLES) {
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "the schema has more than %d tables",
+				  MAX_TABLES);
+		goto error;
+	}
+	layout_init(cache, metrics);
+	register_metrics(cache, metrics);
+
+	/* readiness probes get a connection of their own, with short timeouts */
+	cat_redis_opts_from_config(&opts, cfg, WORKER "-probe");
+	opts.connect_timeout_ms = opts.connect_timeout_ms < 2000 ? opts.connect_timeout_ms : 2000;
+	opts.timeout_ms = opts.timeout_ms < 2000 ? opts.timeout_ms : 2000;
+	if ((err = cat_redis_new(&cache->probe, &opts, errstr, errstr_size)) != CAT_OK)
+		goto error;
+	*out = cache;
+	return CAT_OK;
+
+error:
+	cache_destroy(cache);
+	return err;
+}
+
+void cache_destroy(cache_t *cache)
+{
+	if (!cache)
+		return;
+	cat_redis_destroy(cache->probe);
+	cat_redis_destroy(cache->redis);
+	cat_pg_close(cache->pg);
+	pthread_mutex_destroy(&cache->probe_lock);
+	free(cache->arena);
+	free(cache->cmds);
+	free(cache->items);
+	free(cache);
+}
+
+bool cache_ready(void *opaque, char *reason, size_t reason_size)
+{
+	cache_t *cache = opaque;
+	char errstr[256];
+	cat_err_t err;
+
+	pthread_mutex_lock(&cache->probe_lock);
+	err = cat_redis_command(cache->probe, NULL, 1, (const char *[]){"PING"}, NULL, errstr, sizeof(errstr));
+	pthread_mutex_unlock(&cache->probe_lock);
+	if (err != CAT_OK) {
+		snprintf(reason, reason_size, "Redis does not answer: %s", errstr);
+		return false;
+	}
+	if (atomic_load(&cache->redis_down)) {
+		snprintf(reason, reason_size, "Redis: the last pipeline failed");
+		return false;
+	}
+	return true;
+}
+
+cat_err_t cache_redis_ensure(cache_t *cache, char *errstr, size_t errstr_size)
+{
+	bool was = cat_redis_connects(cache->redis) > 0;
+	cat_err_t err;
+
+	if (cat_redis_is_connected(cache->redis))
+		return CAT_OK;
+	err = cat_redis_ensure(cache->redis, errstr, errstr_size);
+	if (err == CAT_OK) {
+		if (was)
+			cat_metrics_inc(cache->m_reconnects);
+		CAT_LOG_INFO("REDIS", "connected to %s", cat_redis_address(cache->redis));
+	} else {
+		atomic_store(&cache->redis_down, true);
+	}
+	return err;
+}
+
+/* --- queuing ---------------------------------------------------------------------------------- */
+
+static void *grow(void *ptr, size_t *cap, size_t need, size_t size, bool *oom)
+{
+	size_t n = *cap ? *cap : 64;
+	void *grown;
+
+	if (need <= *cap)
+		return ptr;
+	while (n < need)
+		n *= 2;
+	if (!(grown = realloc(ptr, n * size))) {
+		*oom = true;
+		return NULL;
+	}
+	*cap = n;
+	return grown;
+}
+
+static cmd_t *cmd_add(cache_t *cache, cmd_kind_t kind, int32_t msg)
+{
+	cmd_t *cmds = grow(cache->cmds, &cache->cap_cmds, cache->n_cmds + 1, sizeof(*cmds), &cache->oom);
+
+	if (!cmds)
+		return NULL;
+	cache->cmds = cmds;
+	cmds[cache->n_cmds] = (cmd_t){kind, msg, cache->n_items, 0};
+	return &cmds[cache->n_cmds++];
+}
+
+static void arena_add(cache_t *cache, size_t arg, const char *text, size_t len)
+{
+	char *arena = grow(cache->arena, &cache->arena_cap, cache->arena_len + len + 1, 1, &cache->oom);
+
+	if (!arena) {
+		cache->args[arg][0] = cache->args[arg][1] = 0;
+		return;
+	}
+	cache->arena = arena;
+	memcpy(arena + cache->arena_len, text, len);
+	cache->args[arg][0] = cache->arena_len;
+	cache->args[arg][1] = len;
+	cache->arena_len += len;
+}
+
+/* Queues the PUT call being filled. */
+static void put_call_end(cache_t *cache)
+{
+	const char *argv[PUT_ITEMS * PUT_ARGS];
+	size_t lens[PUT_ITEMS * PUT_ARGS], n_args = cache->n_call_items * PUT_ARGS;
+	cmd_t *cmd;
+
+	if (cache->n_call_items == 0)
+		return;
+	for (size_t a = 0; a < n_args; a++) {
+		argv[a] = cache->arena ? cache->arena + cache->args[a][0] : "";
+		lens[a] = cache->args[a][1];
+	}
+	if ((cmd = cmd_add(cache, CMD_PUT, -1))) {
+		cmd->first = cache->n_items - cache->n_call_items;
+		cmd->n = cache->n_call_items;
+		if (cat_redis_append_evalsha(cache->redis, &cache->scripts[SCRIPT_PUT], 0, (int)n_args, argv, lens) !=
+		    CAT_OK) {
+			cache->oom = true;
+			cache->n_cmds--;
+		}
+	}
+	cache->n_call_items = 0;
+	cache->arena_len = 0;
+}
+
+void cache_put(cache_t *cache, const char *op, const char *key, size_t key_len, int64_t version, long long ttl,
+	       const char *value, size_t value_len, const char *set_prefix, const char *member,
+	       const char *symbol, long long set_ttl, int32_t msg, uint16_t table)
+{
+	size_t arg = cache->n_call_items * PUT_ARGS;
+	char num[3][24];
+	item_t *items = grow(cache->items, &cache->cap_items, cache->n_items + 1, sizeof(*items), &cache->oom);
+
+	if (!items)
+		return;
+	cache->items = items;
+	items[cache->n_items++] = (item_t){msg, table};
+	snprintf(num[0], sizeof(num[0]), "%lld", (long long)version);
+	snprintf(num[1], sizeof(num[1]), "%lld", ttl);
+	snprintf(num[2], sizeof(num[2]), "%lld", set_ttl);
+	arena_add(cache, arg + 0, op, strlen(op));
+	arena_add(cache, arg + 1, key, key_len);
+	arena_add(cache, arg + 2, num[0], strlen(num[0]));
+	arena_add(cache, arg + 3, num[1], strlen(num[1]));
+	arena_add(cache, arg + 4, value ? value : "", value ? value_len : 0);
+	arena_add(cache, arg + 5, set_prefix ? set_prefix : "", set_prefix ? strlen(set_prefix) : 0);
+	arena_add(cache, arg + 6, member ? member : "", member ? strlen(member) : 0);
+	arena_add(cache, arg + 7, symbol ? symbol : "", symbol ? strlen(symbol) : 0);
+	arena_add(cache, arg + 8, num[2], strlen(num[2]));
+	if (++cache->n_call_items == PUT_ITEMS)
+		put_call_end(cache);
+}
+
+void cache_plain(cache_t *cache, int argc, const char *const *argv, const size_t *lens, int32_t msg)
+{
+	put_call_end(cache); /* keeps the queue in message order */
+	if (!cmd_add(cache, CMD_PLAIN, msg))
+		return;
+	if (cat_redis_append(cache->redis, argc, argv, lens) != CAT_OK) {
+		cache->oom = true;
+		cache->n_cmds--;
+	}
+}
+
+void cache_invalidate_candidates(cache_t *cache)
+{
+	const char *argv[MAX_TOP_LIMITS];
+
+	put_call_end(cache);
+	for (size_t i = 0; i < cache->n_top_limits; i++)
+		argv[i] = cache->top_limits[i];
+	if (!cmd_add(cache, CMD_INVALIDATE, -1))
+		return;
+	if (cat_redis_append_evalsha(cache->redis, &cache->scripts[SCRIPT_INVALIDATE_CANDIDATES], 0,
+				     (int)cache->n_top_limits, argv, NULL) != CAT_OK) {
+		cache->oom = true;
+		cache->n_cmds--;
+	}
+}
+
+static void queue_reset(cache_t *cache)
+{
+	cat_redis_discard(cache->redis);
+	cache->n_cmds = cache->n_items = cache->n_call_items = cache->arena_len = 0;
+	cache->oom = false;
+	/* a burst's scratch does not stay */
+	if (cache->arena_cap > 8 * 1024 * 1024) {
+		free(cache->arena);
+		cache->arena = NULL;
+		cache->arena_cap = 0;
+	}
+}
+
+/* Marks batch message `msg` permanent with `why` (the first reason stays). */
+static void mark(cat_batch_t *batch, int32_t msg, const char *why)
+{
+	if (!batch || msg < 0 || (size_t)msg >= batch->n) {
+		CAT_LOG_WARN("REDIS", "could not cache a value: %s", why);
+		return;
+	}
+	if (batch->msgs[msg].result == CAT_ERR_PERMANENT)
+		return;
+	batch->msgs[msg].result = CAT_ERR_PERMANENT;
+	snprintf(batch->msgs[msg].reason, sizeof(batch->msgs[msg].reason), "%s", why);
+}
+
+/* One reply that should not be an error: permanent ones mark the message,
+ * others end the pipeline. */
+static cat_err_t check_reply(cache_t *cache, cat_batch_t *batch, int32_t msg, const redisReply *reply,
+			     char *errstr, size_t errstr_size)
+{
+	char why[400];
+	cat_err_t err = cat_redis_reply_class(reply, why, sizeof(why));
+
+	(void)cache;
+	if (err == CAT_ERR_PERMANENT && msg >= 0) {
+		mark(batch, msg, why);
+		return CAT_OK;
+	}
+	if (err != CAT_OK)
+		return cat_err_set(errstr, errstr_size, err, "%s", why);
+	return CAT_OK;
+}
+
+cat_err_t cache_flush(cache_t *cache, cat_batch_t *batch, char *errstr, size_t errstr_size)
+{
+	redisReply **replies = NULL;
+	size_t n = 0;
+	int64_t t0;
+	cat_err_t err = CAT_OK;
+
+	put_call_end(cache);
+	if (cache->oom) {
+		queue_reset(cache);
+		return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "out of memory");
+	}
+	if (cache->n_cmds == 0)
+		return CAT_OK;
+	if ((err = cache_redis_ensure(cache, errstr, errstr_size)) != CAT_OK) {
+		queue_reset(cache);
+		return err;
+	}
+	t0 = cat_time_mono_us();
+	err = cat_redis_pipeline(cache->redis, cache->scripts, N_SCRIPTS, &replies, &n, errstr, errstr_size);
+	if (err != CAT_OK) {
+		if (err == CAT_ERR_RETRIABLE)
+			atomic_store(&cache->redis_down, true);
+		queue_reset(cache);
+		return err;
+	}
+	atomic_store(&cache->redis_down, false);
+	cat_metrics_observe(cache->m_rtt, (double)(cat_time_mono_us() - t0) / 1e6);
+	cat_metrics_observe(cache->m_depth, (double)n);
+	cat_metrics_add(cache->m_commands, (int64_t)n);
+	if (cat_redis_script_reloads(cache->redis) != cache->reloads_seen) {
+		cat_metrics_add(cache->m_reloads,
+				(int64_t)(cat_redis_script_reloads(cache->redis) - cache->reloads_seen));
+		cache->reloads_seen = cat_redis_script_reloads(cache->redis);
+	}
+	for (size_t c = 0; err == CAT_OK && c < n && c < cache->n_cmds; c++) {
+		const cmd_t *cmd = &cache->cmds[c];
+		const redisReply *reply = replies[c];
+
+		switch (cmd->kind) {
+		case CMD_PLAIN:
+			err = check_reply(cache, batch, cmd->msg, reply, errstr, errstr_size);
+			break;
+		case CMD_INVALIDATE:
+			if ((err = check_reply(cache, batch, -1, reply, errstr, errstr_size)) == CAT_OK &&
+			    reply->type == REDIS_REPLY_INTEGER)
+				cat_metrics_add(cache->m_invalidated, reply->integer);
+			break;
+		case CMD_PUT:
+			if (reply->type != REDIS_REPLY_ARRAY) {
+				/* the whole call failed: a script error is permanent for
+				 * messages we cannot tell apart; the loop isolates them */
+				cat_err_t class = cat_redis_reply_class(reply, errstr, errstr_size);
+
+				err = class == CAT_OK ? cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT,
+								    "unexpected reply to the PUT script")
+						      : class;
+				break;
+			}
+			for (size_t i = 0; i < reply->elements && i < cmd->n; i++) {
+				const redisReply *r = reply->element[i];
+				const item_t *item = &cache->items[cmd->first + i];
+
+				if (r->type == REDIS_REPLY_INTEGER) {
+					if (item->table >= MAX_TABLES)
+						continue;
+					cat_metrics_inc(r->integer == 1 ? cache->layouts[item->table].m_applied
+									: cache->layouts[item->table].m_stale);
+					continue;
+				}
+				if ((err = check_reply(cache, batch, item->msg, r, errstr, errstr_size)) != CAT_OK)
+					break;
+			}
+			break;
+		}
+	}
+	cat_redis_replies_free(replies, n);
+	queue_reset(cache);
+	return err;
+}
+
+cat_err_t cache_flush_if_full(cache_t *cache, cat_batch_t *batch, char *errstr, size_t errstr_size)
+{
+	if (cat_redis_pending_bytes(cache->redis) + cache->arena_len < (size_t)cache->pipeline_bytes)
+		return CAT_OK;
+	return cache_flush(cache, batch, errstr, errstr_size);
+}
+
+/* --- records ------------------------------------------------------------------------------------ */
+
+/* Text column `name` of the record's row, NULL when unset. */
+static const char *record_text(const cat_table_t *table, const ProtobufCMessage *row, const char *name)
+{
+	const cat_column_t *column = cat_schema_column(table, name);
+	const ProtobufCFieldDescriptor *field = column ? cat_schema_field(table, column) : NULL;
+
+	if (!field || field->type != PROTOBUF_C_TYPE_STRING)
+		return NULL;
+	return *(const char *const *)(const void *)((const char *)row + field->offset);
+}
+
+int cache_put_record(cache_t *cache, const Catalyst__V1__Record *record, bool is_delete, const char *op,
+		     long long ttl_override, int32_t msg, bool *candidates, char *why, size_t why_size)
+{
+	const cat_table_t *table = cat_codec_record_table(record);
+	const ProtobufCMessage *row = cat_codec_record_row(record);
+	const layout_t *layout = NULL;
+	const char *pk, *symbol = NULL;
+	char key[MAX_KEY_BYTES];
+	char *json = NULL;
+	size_t pk_len, json_len = 0;
+	uint16_t t;
+	int key_len;
+
+	for (t = 0; t < MAX_TABLES && cache->layouts[t].table; t++)
+		if (cache->layouts[t].table == table)
+			break;
+	if (!table || t == MAX_TABLES || !cache->layouts[t].table) {
+		snprintf(why, why_size, "a change without a known table");
+		return -1;
+	}
+	layout = &cache->layouts[t];
+	if (layout->derived_candidates) {
+		*candidates = true;
+		return 0;
+	}
+	if (!layout->prefix)
+		return 0;
+	pk = cat_codec_record_pk(record);
+	pk_len = strlen(pk);
+	if (layout->set_prefix && strncmp(pk, "symbol:", 7) == 0) {
+		snprintf(why, why_size, "%s %.200s: an id starting with \"symbol:\" would be cached over the "
+			 "key of a symbol's set", layout->table->name, pk);
+		return -1;
+	}
+	if (pk_len >= 2 && strcmp(pk + pk_len - 2, "#v") == 0) {
+		snprintf(why, why_size, "%s %.200s: an id ending with \"#v\" would be cached over the key of "
+			 "another value's version", layout->table->name, pk);
+		return -1;
+	}
+	key_len = snprintf(key, sizeof(key), "%s%s", layout->prefix, pk);
+	if (key_len < 0 || (size_t)key_len >= sizeof(key)) {
+		snprintf(why, why_size, "%s %.200s: key longer than %d bytes", layout->table->name, pk,
+			 MAX_KEY_BYTES);
+		return -1;
+	}
+	if (!is_delete) {
+		if (!(json = cat_codec_record_to_json(record))) {
+			snprintf(why, why_size, "%s %.200s: the row has no JSON form", layout->table->name, pk);
+			return -1;
+		}
+		json_len = strlen(json);
+		if ((long long)json_len > cache->max_value) {
+			snprintf(why, why_size,
+				 "%s %.200s: value of %zu bytes is larger than CATALYST_CACHE_MAX_VALUE_BYTES (%lld)",
+				 layout->table->name, pk, json_len, cache->max_value);
+			free(json);
+			return -1;
+		}
+		if (layout->set_prefix)
+			symbol = record_text(layout->table, row, "symbol");
+	}
+	cache_put(cache, is_delete ? "d" : op, key, (size_t)key_len, cat_codec_record_version(record),
+		  ttl_override > 0 ? ttl_override : layout->ttl, json, json_len, layout->set_prefix, pk, symbol,
+		  layout->set_ttl, msg, t);
+	free(json);
+	return 0;
+}
+
+/* --- changes.v1 ------------------------------------------------------------------------------------ */
+
+static cat_err_t apply_changes(cache_t *cache, cat_batch_t *batch, char *errstr, size_t errstr_size)
+{
+	bool candidates = false;
+	cat_err_t err;
+
+	for (size_t m = 0; m < batch->n; m++) {
+		cat_msg_t *msg = &batch->msgs[m];
+		Catalyst__V1__ChangeBatch *changes;
+		char why[256];
+
+		changes = catalyst__v1__change_batch__unpack(NULL, msg->rkm->len, msg->rkm->payload);
+		if (!changes) {
+			mark(batch, (int32_t)m, "undecodable ChangeBatch");
+			continue;
+		}
+		if (changes->meta && changes->meta->has_issued_at_us)
+			msg->issued_at_us = changes->meta->issued_at_us;
+		for (size_t c = 0; c < changes->n_changes; c++) {
+			const Catalyst__V1__Change *change = changes->changes[c];
+			bool is_delete;
+
+			if (!change->has_op || (change->op != CATALYST__V1__WRITE_OP__WRITE_OP_UPSERT &&
+						change->op != CATALYST__V1__WRITE_OP__WRITE_OP_DELETE)) {
+				mark(batch, (int32_t)m, "a change without a known op");
+				continue;
+			}
+			is_delete = change->op == CATALYST__V1__WRITE_OP__WRITE_OP_DELETE;
+			if (cat_codec_record_validate(change->record, is_delete, why, sizeof(why)) != CAT_OK) {
+				mark(batch, (int32_t)m, why);
+				continue;
+			}
+			if (cache_put_record(cache, change->record, is_delete, "u", 0, (int32_t)m, &candidates, why,
+					     sizeof(why)) != 0) {
+				cat_metrics_inc(cache->m_uncacheable);
+				mark(batch, (int32_t)m, why);
+			}
+		}
+		catalyst__v1__change_batch__free_unpacked(changes, NULL);
+		if ((err = cache_flush_if_full(cache, batch, errstr, errstr_size)) != CAT_OK)
+			return err;
+	}
+	if (candidates)
+		cache_invalidate_candidates(cache);
+	return cache_flush(cache, batch, errstr, errstr_size);
+}
+
+/* --- cache.v1 ---------------------------------------------------------------------------------------- */
+
+/* SCAN MATCH pattern + UNLINK, scan_count keys a step, until the cursor
+ * comes back to 0. */
+static cat_err_t invalidate_pattern(cache_t *cache, const char *pattern, char *errstr, size_t errstr_size)
+{
+	char cursor[32] = "0", count[24];
+	long long removed = 0;
+	cat_err_t err;
+
+	snprintf(count, sizeof(count), "%lld", cache->scan_count);
+	do {
+		redisReply *reply = NULL, *keys;
+
+		if ((err = cache_redis_ensure(cache, errstr, errstr_size)) != CAT_OK)
+			return err;
+		err = cat_redis_command(cache->redis, &reply, 6,
+					(const char *[]){"SCAN", cursor, "MATCH", pattern, "COUNT", count}, NULL,
+					errstr, errstr_size);
+		if (err != CAT_OK)
+			return err;
+		cat_metrics_inc(cache->m_commands);
+		if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+		    reply->element[0]->type != REDIS_REPLY_STRING || reply->element[1]->type != REDIS_REPLY_ARRAY) {
+			freeReplyObject(reply);
+			return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "unexpected reply to SCAN");
+		}
+		snprintf(cursor, sizeof(cursor), "%s", reply->element[0]->str);
+		keys = reply->element[1];
+		if (keys->elements > 0) {
+			const char **argv = malloc((keys->elements + 1) * sizeof(*argv));
+			size_t *lens = malloc((keys->elements + 1) * sizeof(*lens));
+			redisReply *unlinked = NULL;
+
+			if (!argv || !lens) {
+				free(argv);
+				free(lens);
+				freeReplyObject(reply);
+				return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "out of memory");
+			}
+			argv[0] = "UNLINK";
+			lens[0] = 6;
+			for (size_t k = 0; k < keys->elements; k++) {
+				argv[k + 1] = keys->element[k]->str;
+				lens[k + 1] = keys->element[k]->len;
+			}
+			err = cat_redis_command(cache->redis, &unlinked, (int)keys->elements + 1, argv, lens, errstr,
+						errstr_size);
+			free(argv);
+			free(lens);
+			if (err == CAT_OK) {
+				removed += unlinked->integer;
+				cat_metrics_inc(cache->m_commands);
+				freeReplyObject(unlinked);
+			}
+		}
+		freeReplyObject(reply);
+		if (err != CAT_OK)
+			return err;
+	} while (strcmp(cursor, "0") != 0);
+	cat_metrics_add(cache->m_invalidated, removed);
+	CAT_LOG_INFO("REDIS", "invalidated %lld keys matching %s", removed, pattern);
+	return CAT_OK;
+}
+
+static bool valid_key(const char *key, size_t len, bool pattern)
+{
+	(void)pattern;
+	return key && len > 0 && len <= MAX_KEY_BYTES;
+}
+
+/* Queues set or delete; runs invalidate and warm at once (after what is
+ * queued). */
+static cat_err_t apply_command(cache_t *cache, cat_batch_t *batch, int32_t m, const Catalyst__V1__CacheCommand *cmd,
+			       char *errstr, size_t errstr_size)
+{
+	switch (cmd->action_case) {
+	case CATALYST__V1__CACHE_COMMAND__ACTION_SET: {
+		const Catalyst__V1__CacheCommand__Set *set = cmd->set;
+		size_t key_len = set->key ? strlen(set->key) : 0;
+		const char *value = set->value.data ? value : "";
+		char ttl[24], why[256];
+
+		if (!valid_key(set->key, key_len, false) || (key_len >= 2 && strcmp(set->key + key_len - 2, "#v") == 0)) {
+			mark(batch, m, "set: the key must be 1 to 1024 bytes and not end with \"#v\"");
+			return CAT_OK;
+		}
+		if (!set->has_value || (long long)set->value.len > cache->max_value) {
+			snprintf(why, sizeof(why),
+				 "set %.200s: value of %zu bytes is larger than CATALYST_CACHE_MAX_VALUE_BYTES (%lld)",
+				 set->key, set->has_value ? set->value.len : 0, cache->max_value);
+			if (!set->has_value)
+				snprintf(why, sizeof(why), "set %.200s: no value", set->key);
+			else
+				cat_metrics_inc(cache->m_uncacheable);
+			mark(batch, m, why);
+			return CAT_OK;
+		}
+		if (set->ttl_seconds < 0 || (set->has_version && set->version < 1)) {
+			mark(batch, m, "set: ttl_seconds must not be negative and version must be at least 1");
+			return CAT_OK;
+		}
+		if (set->has_version) {
+			cache_put(cache, "u", set->key, key_len, set->version, set->ttl_seconds,
+				  value, set->value.len, NULL, NULL, NULL, 0, m, UINT16_MAX);
+		} else {
+			char vkey[MAX_KEY_BYTES + 3];
+
+			snprintf(ttl, sizeof(ttl), "%lld", (long long)set->ttl_seconds);
+			snprintf(vkey, sizeof(vkey), "%s#v", set->key);
+			if (set->ttl_seconds > 0)
+				cache_plain(cache, 5, (const char *[]){"SET", set->key, value, "EX", ttl},
+					    (size_t[]){3, key_len, set->value.len, 2, strlen(ttl)}, m);
+			else
+				cache_plain(cache, 3, (const char *[]){"SET", set->key, value},
+					    (size_t[]){3, key_len, set->value.len}, m);
+			/* an unversioned set overrides: no older version check stays */
+			cache_plain(cache, 2, (const char *[]){"UNLINK", vkey}, NULL, m);
+		}
+		if (strncmp(set->key, "candidates:top:", 15) == 0 && strcmp(set->key, "candidates:top:keys") != 0)
+			cache_plain(cache, 3, (const char *[]){"SADD", "candidates:top:keys", set->key}, NULL, m);
+		return CAT_OK;
+	}
+	case CATALYST__V1__CACHE_COMMAND__ACTION_DELETE: {
+		const Catalyst__V1__CacheCommand__Delete *del = cmd->delete_;
+
+		for (size_t k = 0; k < del->n_keys; k++) {
+			char vkey[MAX_KEY_BYTES + 3];
+			size_t len = del->keys[k] ? strlen(del->keys[k]) : 0;
+
+			if (!valid_key(del->keys[k], len, false)) {
+				mark(batch, m, "delete: every key must be 1 to 1024 bytes");
+				return CAT_OK;
+			}
+			snprintf(vkey, sizeof(vkey), "%s#v", del->keys[k]);
+			cache_plain(cache, 3, (const char *[]){"UNLINK", del->keys[k], vkey}, NULL, m);
+		}
+		if (del->n_keys == 0)
+			mark(batch, m, "delete: no keys");
+		return CAT_OK;
+	}
+	case CATALYST__V1__CACHE_COMMAND__ACTION_INVALIDATE: {
+		const char *pattern = cmd->invalidate->pattern;
+		cat_err_t err;
+
+		if (!valid_key(pattern, pattern ? strlen(pattern) : 0, true)) {
+			mark(batch, m, "invalidate: the pattern must be 1 to 1024 bytes");
+			return CAT_OK;
+		}
+		if ((err = cache_flush(cache, batch, errstr, errstr_size)) != CAT_OK)
+			return err;
+		return invalidate_pattern(cache, pattern, errstr, errstr_size);
+	}
+	case CATALYST__V1__CACHE_COMMAND__ACTION_WARM: {
+		cat_err_t err;
+		int profile = cmd->warm->has_profile ? (int)cmd->warm->profile : 0;
+
+		if (profile != CATALYST__V1__CACHE_COMMAND__WARM_PROFILE__WARM_PROFILE_MARKET_OPEN &&
+		    profile != CATALYST__V1__CACHE_COMMAND__WARM_PROFILE__WARM_PROFILE_REBUILD) {
+			mark(batch, m, "warm: unknown profile");
+			return CAT_OK;
+		}
+		if ((err = cache_flush(cache, batch, errstr, errstr_size)) != CAT_OK)
+			return err;
+		return cache_warm(cache, profile, errstr, errstr_size);
+	}
+	default:
+		mark(batch, m, "a cache command without a known action");
+		return CAT_OK;
+	}
+}
+
+static cat_err_t apply_commands(cache_t *cache, cat_batch_t *batch, char *errstr, size_t errstr_size)
+{
+	cat_err_t err = CAT_OK;
+
+	for (size_t m = 0; m < batch->n && err == CAT_OK; m++) {
+		cat_msg_t *msg = &batch->msgs[m];
+		Catalyst__V1__CacheCommand *cmd =
+			catalyst__v1__cache_command__unpack(NULL, msg->rkm->len, msg->rkm->payload);
+
+		if (!cmd) {
+			mark(batch, (int32_t)m, "undecodable CacheCommand");
+			continue;
+		}
+		if (cmd->meta && cmd->meta->has_issued_at_us)
+			msg->issued_at_us = cmd->meta->issued_at_us;
+		err = apply_command(cache, batch, (int32_t)m, cmd, errstr, errstr_size);
+		catalyst__v1__cache_command__free_unpacked(cmd, NULL);
+		if (err == CAT_OK)
+			err = cache_flush_if_full(cache, batch, errstr, errstr_size);
+	}
+	if (err == CAT_OK)
+		err = cache_flush(cache, batch, errstr, errstr_size);
+	else
+		queue_reset(cache);
+	return err;
+}
+
+/* --- the handler ------------------------------------------------------------------------------------------ */
+
+cat_err_t cache_apply(void *opaque, cat_batch_t *batch, char *errstr, size_t errstr_size)
+{
+	cache_t *cache = opaque;
+	cat_err_t err;
+
+	queue_reset(cache);
+	if ((err = cache_redis_ensure(cache, errstr, errstr_size)) != CAT_OK)
+		return err;
+	if (strcmp(batch->topic, cache->changes_topic) == 0)
+		err = apply_changes(cache, batch, errstr, errstr_size);
+	else if (strcmp(batch->topic, cache->cache_topic) == 0)
+		err = apply_commands(cache, batch, errstr, errstr_size);
+	else
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "a batch of unexpected topic %s", batch->topic);
+	if (err != CAT_OK)
+		queue_reset(cache);
+	return err;
+}
