@@ -692,7 +692,7 @@ static cat_err_t apply_command(cache_t *cache, cat_batch_t *batch, int32_t m, co
 	case CATALYST__V1__CACHE_COMMAND__ACTION_SET: {
 		const Catalyst__V1__CacheCommand__Set *set = cmd->set;
 		size_t key_len = set->key ? strlen(set->key) : 0;
-		const char *value = set->value.data ? value : "";
+		const char *value = set->value.data ? (const char *)set->value.data : "";
 		char ttl[24], why[256];
 
 		if (!valid_key(set->key, key_len, false) || (key_len >= 2 && strcmp(set->key + key_len - 2, "#v") == 0)) {
