@@ -15,6 +15,9 @@ small RESP client of its own (no Redis module needed).
       query; BEFORE.json (from `warm-expect`, taken just before the warm) and a
       second reading now bound rows that crossed a time boundary meanwhile
   cache_check.py warm-expect PG_URL > BEFORE.json
+  cache_check.py present PG_URL REDIS_URL LINES.jsonl...
+      every row those write lines touched that the table holds now is cached,
+      equal to the row, and in its symbol set
   cache_check.py redis REDIS_URL CMD ARG...   one command, the reply printed
 """
 import json
@@ -172,6 +175,35 @@ def layout(pg_url, redis_url):
     return 1 if problems else 0
 
 
+def present(pg_url, redis_url, paths):
+    r = Redis(redis_url)
+    rows = records.db_rows(pg_url)
+    keys = set()
+    for path in paths:
+        for line in open(path):
+            w = json.loads(line)
+            if w["table"] in CACHED:
+                keys.add((w["table"], w[records.TABLES[w["table"]]]))
+    problems, n = [], 0
+    for table, pk in sorted(keys):
+        row = rows.get((table, pk))
+        if row is None:
+            continue
+        prefix, set_prefix = CACHED[table]
+        value = r.call("GET", prefix + pk)
+        n += 1
+        if value is None:
+            problems.append(f"{prefix}{pk}: not cached")
+            continue
+        same_row(table, row, value, problems, prefix + pk)
+        if set_prefix and not r.call("SISMEMBER", set_prefix + row["symbol"], pk):
+            problems.append(f"{set_prefix}{row['symbol']}: without {pk}")
+    print(f"present: {n} rows checked")
+    for p in problems[:20]:
+        print("MISMATCH:", p, file=sys.stderr)
+    return 1 if problems or n == 0 else 0
+
+
 def warm_expect(pg_url):
     print(json.dumps({"news": psql(pg_url, NEWS_QUERY), "active": psql(pg_url, ACTIVE_QUERY)}))
     return 0
@@ -228,6 +260,8 @@ def main(argv):
         return warm_expect(argv[2])
     if len(argv) == 5 and argv[1] == "warm":
         return warm(argv[2], argv[3], argv[4])
+    if len(argv) >= 5 and argv[1] == "present":
+        return present(argv[2], argv[3], argv[4:])
     if len(argv) >= 4 and argv[1] == "redis":
         reply = Redis(argv[2]).call(*argv[3:])
         if isinstance(reply, list):
