@@ -45,6 +45,11 @@ struct cat_redis {
 	char *obuf;
 	size_t olen, ocap;
 	size_t n_pending;
+	/* sent commands whose replies are not read yet (kept to send again
+	 * after a NOSCRIPT) */
+	char *ibuf;
+	size_t ilen, icap;
+	size_t n_inflight;
 };
 
 /* --- URL ------------------------------------------------------------------------------ */
@@ -311,6 +316,8 @@ void cat_redis_disconnect(cat_redis_t *redis)
 		redis->reader = NULL;
 	}
 	cat_redis_discard(redis);
+	redis->n_inflight = 0;
+	redis->ilen = 0;
 }
 
 void cat_redis_destroy(cat_redis_t *redis)
@@ -326,6 +333,7 @@ void cat_redis_destroy(cat_redis_t *redis)
 	free(redis->client_name);
 	free(redis->tls_server_name);
 	free(redis->obuf);
+	free(redis->ibuf);
 	free(redis);
 }
 
@@ -674,6 +682,33 @@ cat_err_t cat_redis_append_evalsha(cat_redis_t *redis, const cat_redis_script_t 
 	return err;
 }
 
+cat_err_t cat_redis_append_evalsha_bulk(cat_redis_t *redis, const cat_redis_script_t *script, int nkeys, int argc,
+					const char *bulk, size_t bulk_len)
+{
+	char head[128];
+	int head_len = snprintf(head, sizeof(head), "*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$%d\r\n%d\r\n",
+				argc + 3, script->sha, snprintf(NULL, 0, "%d", nkeys), nkeys);
+
+	if (head_len < 0 || (size_t)head_len >= sizeof(head) || argc < 0)
+		return CAT_ERR_RETRIABLE;
+	if (redis->olen + (size_t)head_len + bulk_len > redis->ocap) {
+		size_t cap = redis->ocap ? redis->ocap : 4096;
+		char *grown;
+
+		while (cap < redis->olen + (size_t)head_len + bulk_len)
+			cap *= 2;
+		if (!(grown = realloc(redis->obuf, cap)))
+			return CAT_ERR_RETRIABLE;
+		redis->obuf = grown;
+		redis->ocap = cap;
+	}
+	memcpy(redis->obuf + redis->olen, head, (size_t)head_len);
+	memcpy(redis->obuf + redis->olen + (size_t)head_len, bulk, bulk_len);
+	redis->olen += (size_t)head_len + bulk_len;
+	redis->n_pending++;
+	return CAT_OK;
+}
+
 size_t cat_redis_pending(const cat_redis_t *redis)
 {
 	return redis->n_pending;
@@ -786,10 +821,52 @@ error:
 	return err;
 }
 
-cat_err_t cat_redis_pipeline(cat_redis_t *redis, const cat_redis_script_t *scripts, size_t n_scripts,
-			     redisReply ***replies, size_t *n, char *errstr, size_t errstr_size)
+cat_err_t cat_redis_send(cat_redis_t *redis, char *errstr, size_t errstr_size)
 {
-	size_t count = redis->n_pending;
+	cat_err_t err;
+	char *buf;
+	size_t cap;
+
+	if (redis->n_inflight > 0) {
+		cat_redis_discard(redis);
+		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL,
+				   "cat_redis_send with %zu replies not read", redis->n_inflight);
+	}
+	if (redis->n_pending == 0)
+		return CAT_OK;
+	if (redis->fd < 0) {
+		cat_redis_discard(redis);
+		return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "not connected to %s", redis->address);
+	}
+	err = write_all(redis, redis->obuf, redis->olen, cat_time_mono_us() + (int64_t)redis->timeout_ms * 1000,
+			errstr, errstr_size);
+	if (err != CAT_OK) {
+		cat_redis_disconnect(redis);
+		return err;
+	}
+	/* the sent bytes stay (for a NOSCRIPT), the queue takes the other buffer */
+	buf = redis->ibuf, cap = redis->icap;
+	redis->ibuf = redis->obuf, redis->icap = redis->ocap, redis->ilen = redis->olen;
+	redis->obuf = buf, redis->ocap = cap, redis->olen = 0;
+	redis->n_inflight = redis->n_pending;
+	redis->n_pending = 0;
+	if (redis->ocap > 4 * 1024 * 1024) {
+		free(redis->obuf);
+		redis->obuf = NULL;
+		redis->ocap = 0;
+	}
+	return CAT_OK;
+}
+
+size_t cat_redis_in_flight(const cat_redis_t *redis)
+{
+	return redis->n_inflight;
+}
+
+cat_err_t cat_redis_wait(cat_redis_t *redis, const cat_redis_script_t *scripts, size_t n_scripts,
+			 redisReply ***replies, size_t *n, char *errstr, size_t errstr_size)
+{
+	size_t count = redis->n_inflight;
 	redisReply **got = NULL;
 	cat_err_t err = CAT_OK;
 
@@ -797,19 +874,13 @@ cat_err_t cat_redis_pipeline(cat_redis_t *redis, const cat_redis_script_t *scrip
 	*n = 0;
 	if (count == 0)
 		return CAT_OK;
-	if (redis->fd < 0) {
-		cat_redis_discard(redis);
-		return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "not connected to %s", redis->address);
-	}
 	if (!(got = calloc(count, sizeof(*got)))) {
-		cat_redis_discard(redis);
+		cat_redis_disconnect(redis);
 		return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "out of memory");
 	}
 	for (int attempt = 0;; attempt++) {
 		bool noscript = false;
 
-		err = write_all(redis, redis->obuf, redis->olen,
-				cat_time_mono_us() + (int64_t)redis->timeout_ms * 1000, errstr, errstr_size);
 		for (size_t i = 0; err == CAT_OK && i < count; i++) {
 			if ((err = read_reply(redis, &got[i], errstr, errstr_size)) != CAT_OK)
 				break;
@@ -820,29 +891,53 @@ cat_err_t cat_redis_pipeline(cat_redis_t *redis, const cat_redis_script_t *scrip
 		if (err != CAT_OK || !noscript || attempt > 0 || n_scripts == 0)
 			break;
 		/* the server lost its script cache (restart, failover, SCRIPT FLUSH):
-		 * load and send everything again */
+		 * load and send everything again (every reply is read: nothing else
+		 * is in flight) */
 		for (size_t i = 0; i < count; i++) {
 			freeReplyObject(got[i]);
 			got[i] = NULL;
 		}
+		redis->n_inflight = 0;
 		for (size_t s = 0; err == CAT_OK && s < n_scripts; s++)
 			err = cat_redis_script_load(redis, &scripts[s], errstr, errstr_size);
 		if (err != CAT_OK)
 			break;
 		redis->script_reloads++;
 		CAT_LOG_INFO("REDIS", "reloaded %zu scripts after NOSCRIPT from %s", n_scripts, redis->address);
+		redis->n_inflight = count;
+		err = write_all(redis, redis->ibuf, redis->ilen,
+				cat_time_mono_us() + (int64_t)redis->timeout_ms * 1000, errstr, errstr_size);
+	}
+	redis->n_inflight = 0;
+	redis->ilen = 0;
+	if (redis->icap > 4 * 1024 * 1024) {
+		free(redis->ibuf);
+		redis->ibuf = NULL;
+		redis->icap = 0;
 	}
 	if (err != CAT_OK) {
 		cat_redis_replies_free(got, count);
-		if (err == CAT_ERR_RETRIABLE)
-			cat_redis_disconnect(redis);
-		cat_redis_discard(redis);
+		/* replies may be left unread: the connection is out of step */
+		cat_redis_disconnect(redis);
 		return err;
 	}
-	cat_redis_discard(redis);
 	*replies = got;
 	*n = count;
 	return CAT_OK;
+}
+
+cat_err_t cat_redis_pipeline(cat_redis_t *redis, const cat_redis_script_t *scripts, size_t n_scripts,
+			     redisReply ***replies, size_t *n, char *errstr, size_t errstr_size)
+{
+	cat_err_t err;
+
+	*replies = NULL;
+	*n = 0;
+	if (redis->n_pending == 0)
+		return CAT_OK;
+	if ((err = cat_redis_send(redis, errstr, errstr_size)) != CAT_OK)
+		return err;
+	return cat_redis_wait(redis, scripts, n_scripts, replies, n, errstr, errstr_size);
 }
 
 cat_err_t cat_redis_command(cat_redis_t *redis, redisReply **out, int argc, const char *const *argv,
@@ -856,9 +951,10 @@ cat_err_t cat_redis_command(cat_redis_t *redis, redisReply **out, int argc, cons
 		*out = NULL;
 	if ((err = cat_redis_ensure(redis, errstr, errstr_size)) != CAT_OK)
 		return err;
-	if (redis->n_pending > 0)
+	if (redis->n_pending > 0 || redis->n_inflight > 0)
 		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL,
-				   "cat_redis_command with %zu commands queued", redis->n_pending);
+				   "cat_redis_command with %zu commands queued and %zu in flight", redis->n_pending,
+				   redis->n_inflight);
 	if (cat_redis_append(redis, argc, argv, lens) != CAT_OK)
 		return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "out of memory");
 	deadline_us = cat_time_mono_us() + (int64_t)redis->timeout_ms * 1000;

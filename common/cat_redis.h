@@ -134,7 +134,13 @@ void cat_redis_script_init(cat_redis_script_t *script, const char *source);
 cat_err_t cat_redis_append_evalsha(cat_redis_t *redis, const cat_redis_script_t *script, int nkeys, int argc,
 				   const char *const *argv, const size_t *lens) CAT_MUST_CHECK;
 
-/* Commands queued and not yet answered. */
+/* Queues EVALSHA sha nkeys followed by `argc` arguments given already in
+ * the protocol's form: bulk[0, bulk_len) is argc bulk strings
+ * "$<len>\r\n<bytes>\r\n" (the caller formats them; a hot path). */
+cat_err_t cat_redis_append_evalsha_bulk(cat_redis_t *redis, const cat_redis_script_t *script, int nkeys, int argc,
+					const char *bulk, size_t bulk_len) CAT_MUST_CHECK;
+
+/* Commands queued and not yet sent. */
 size_t cat_redis_pending(const cat_redis_t *redis);
 
 /* Bytes queued. */
@@ -153,6 +159,21 @@ void cat_redis_discard(cat_redis_t *redis);
  * dropped, and an I/O failure closes the connection. */
 cat_err_t cat_redis_pipeline(cat_redis_t *redis, const cat_redis_script_t *scripts, size_t n_scripts,
 			     redisReply ***replies, size_t *n, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+
+/* The two halves of cat_redis_pipeline, so that the caller can prepare the
+ * next commands while Redis runs these: cat_redis_send writes every queued
+ * command (keeping them, for a NOSCRIPT) and returns without reading; at
+ * most one sent pipeline may wait for its replies (fatal otherwise). Commands
+ * queued meanwhile are not sent before cat_redis_send is called again.
+ * cat_redis_wait reads the sent pipeline's replies as cat_redis_pipeline
+ * does (NOSCRIPT: load `scripts`, send it again once). A failure of either
+ * closes the connection and drops what was queued and in flight. */
+cat_err_t cat_redis_send(cat_redis_t *redis, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+cat_err_t cat_redis_wait(cat_redis_t *redis, const cat_redis_script_t *scripts, size_t n_scripts,
+			 redisReply ***replies, size_t *n, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+
+/* Commands sent whose replies were not read yet. */
+size_t cat_redis_in_flight(const cat_redis_t *redis);
 
 void cat_redis_replies_free(redisReply **replies, size_t n);
 

@@ -141,6 +141,7 @@ cat_err_t cache_new(cache_t **out, const cat_config_t *cfg, cat_redis_t *redis, 
 	cat_redis_script_init(&cache->scripts[SCRIPT_SET_IF_GENERATION], CACHE_SCRIPT_SET_IF_GENERATION);
 	cat_kafka_topic(cfg, CAT_TOPIC_CHANGES, cache->changes_topic, sizeof(cache->changes_topic));
 	cat_kafka_topic(cfg, CAT_TOPIC_CACHE, cache->cache_topic, sizeof(cache->cache_topic));
+	cache->symbol_ttl = cat_config_int(cfg, "CATALYST_CACHE_SYMBOL_TTL_S");
 	cache->active_ttl = cat_config_int(cfg, "CATALYST_CACHE_ACTIVE_TTL_S");
 	cache->top_ttl = cat_config_int(cfg, "CATALYST_CACHE_TOP_TTL_S");
 	cache->warm_news_ttl = cat_config_int(cfg, "CATALYST_CACHE_WARM_NEWS_TTL_S");
@@ -182,8 +183,11 @@ void cache_destroy(cache_t *cache)
 	cat_pg_close(cache->pg);
 	pthread_mutex_destroy(&cache->probe_lock);
 	free(cache->arena);
-	free(cache->cmds);
-	free(cache->items);
+	free(cache->json);
+	for (int i = 0; i < 2; i++) {
+		free(cache->q[i].cmds);
+		free(cache->q[i].items);
+	}
 	free(cache);
 }
 
@@ -246,81 +250,86 @@ static void *grow(void *ptr, size_t *cap, size_t need, size_t size, bool *oom)
 
 static cmd_t *cmd_add(cache_t *cache, cmd_kind_t kind, int32_t msg)
 {
-	cmd_t *cmds = grow(cache->cmds, &cache->cap_cmds, cache->n_cmds + 1, sizeof(*cmds), &cache->oom);
+	queue_t *q = &cache->q[cache->fill];
+	cmd_t *cmds = grow(q->cmds, &q->cap_cmds, q->n_cmds + 1, sizeof(*cmds), &cache->oom);
 
 	if (!cmds)
 		return NULL;
-	cache->cmds = cmds;
-	cmds[cache->n_cmds] = (cmd_t){kind, msg, cache->n_items, 0};
-	return &cmds[cache->n_cmds++];
+	q->cmds = cmds;
+	cmds[q->n_cmds] = (cmd_t){kind, msg, q->n_items, 0};
+	return &cmds[q->n_cmds++];
 }
 
-static void arena_add(cache_t *cache, size_t arg, const char *text, size_t len)
+/* Appends `text` as a bulk string "$<len>\r\n<text>\r\n" to the PUT call. */
+static void arena_add(cache_t *cache, const char *text, size_t len)
 {
-	char *arena = grow(cache->arena, &cache->arena_cap, cache->arena_len + len + 1, 1, &cache->oom);
+	char head[32];
+	int head_len = snprintf(head, sizeof(head), "$%zu\r\n", len);
+	char *arena = grow(cache->arena, &cache->arena_cap, cache->arena_len + (size_t)head_len + len + 2, 1,
+			   &cache->oom);
 
-	if (!arena) {
-		cache->args[arg][0] = cache->args[arg][1] = 0;
+	if (!arena)
 		return;
-	}
 	cache->arena = arena;
+	memcpy(arena + cache->arena_len, head, (size_t)head_len);
+	cache->arena_len += (size_t)head_len;
 	memcpy(arena + cache->arena_len, text, len);
-	cache->args[arg][0] = cache->arena_len;
-	cache->args[arg][1] = len;
 	cache->arena_len += len;
+	memcpy(arena + cache->arena_len, "\r\n", 2);
+	cache->arena_len += 2;
+}
+
+static void arena_add_int(cache_t *cache, long long v)
+{
+	char text[24];
+	int len = snprintf(text, sizeof(text), "%lld", v);
+
+	arena_add(cache, text, (size_t)len);
 }
 
 /* Queues the PUT call being filled. */
 static void put_call_end(cache_t *cache)
 {
-	const char *argv[PUT_ITEMS * PUT_ARGS];
-	size_t lens[PUT_ITEMS * PUT_ARGS], n_args = cache->n_call_items * PUT_ARGS;
+	queue_t *q = &cache->q[cache->fill];
 	cmd_t *cmd;
 
 	if (cache->n_call_items == 0)
 		return;
-	for (size_t a = 0; a < n_args; a++) {
-		argv[a] = cache->arena ? cache->arena + cache->args[a][0] : "";
-		lens[a] = cache->args[a][1];
-	}
-	if ((cmd = cmd_add(cache, CMD_PUT, -1))) {
-		cmd->first = cache->n_items - cache->n_call_items;
+	if (!cache->oom && (cmd = cmd_add(cache, CMD_PUT, -1))) {
+		cmd->first = q->n_items - cache->n_call_items;
 		cmd->n = cache->n_call_items;
-		if (cat_redis_append_evalsha(cache->redis, &cache->scripts[SCRIPT_PUT], 0, (int)n_args, argv, lens) !=
-		    CAT_OK) {
+		if (cat_redis_append_evalsha_bulk(cache->redis, &cache->scripts[SCRIPT_PUT], 0,
+						  (int)(1 + cache->n_call_items * PUT_ARGS), cache->arena,
+						  cache->arena_len) != CAT_OK) {
 			cache->oom = true;
-			cache->n_cmds--;
+			q->n_cmds--;
 		}
 	}
 	cache->n_call_items = 0;
 	cache->arena_len = 0;
 }
 
-void cache_put(cache_t *cache, const char *op, const char *key, size_t key_len, int64_t version, long long ttl,
-	       const char *value, size_t value_len, const char *set_prefix, const char *member,
-	       const char *symbol, long long set_ttl, int32_t msg, uint16_t table)
+void cache_put(cache_t *cache, char op, const char *key, size_t key_len, int64_t version, long long ttl,
+	       const char *value, size_t value_len, const char *symbol, const char *member, int32_t msg,
+	       uint16_t table)
 {
-	size_t arg = cache->n_call_items * PUT_ARGS;
-	char num[3][24];
-	item_t *items = grow(cache->items, &cache->cap_items, cache->n_items + 1, sizeof(*items), &cache->oom);
+	queue_t *q = &cache->q[cache->fill];
+	item_t *items = grow(q->items, &q->cap_items, q->n_items + 1, sizeof(*items), &cache->oom);
 
 	if (!items)
 		return;
-	cache->items = items;
-	items[cache->n_items++] = (item_t){msg, table};
-	snprintf(num[0], sizeof(num[0]), "%lld", (long long)version);
-	snprintf(num[1], sizeof(num[1]), "%lld", ttl);
-	snprintf(num[2], sizeof(num[2]), "%lld", set_ttl);
-	arena_add(cache, arg + 0, op, strlen(op));
-	arena_add(cache, arg + 1, key, key_len);
-	arena_add(cache, arg + 2, num[0], strlen(num[0]));
-	arena_add(cache, arg + 3, num[1], strlen(num[1]));
-	arena_add(cache, arg + 4, value ? value : "", value ? value_len : 0);
-	arena_add(cache, arg + 5, set_prefix ? set_prefix : "", set_prefix ? strlen(set_prefix) : 0);
-	arena_add(cache, arg + 6, member ? member : "", member ? strlen(member) : 0);
-	arena_add(cache, arg + 7, symbol ? symbol : "", symbol ? strlen(symbol) : 0);
-	arena_add(cache, arg + 8, num[2], strlen(num[2]));
-	if (++cache->n_call_items == PUT_ITEMS)
+	q->items = items;
+	items[q->n_items++] = (item_t){msg, table};
+	if (cache->n_call_items == 0)
+		arena_add_int(cache, cache->symbol_ttl);
+	arena_add(cache, &op, 1);
+	arena_add(cache, key, key_len);
+	arena_add_int(cache, (long long)version);
+	arena_add_int(cache, ttl);
+	arena_add(cache, value ? value : "", value ? value_len : 0);
+	arena_add(cache, symbol ? symbol : "", symbol ? strlen(symbol) : 0);
+	arena_add(cache, member ? member : "", member ? strlen(member) : 0);
+	if (++cache->n_call_items == PUT_ITEMS || cache->arena_len >= PUT_CALL_BYTES)
 		put_call_end(cache);
 }
 
@@ -331,7 +340,7 @@ void cache_plain(cache_t *cache, int argc, const char *const *argv, const size_t
 		return;
 	if (cat_redis_append(cache->redis, argc, argv, lens) != CAT_OK) {
 		cache->oom = true;
-		cache->n_cmds--;
+		cache->q[cache->fill].n_cmds--;
 	}
 }
 
@@ -347,20 +356,31 @@ void cache_invalidate_candidates(cache_t *cache)
 	if (cat_redis_append_evalsha(cache->redis, &cache->scripts[SCRIPT_INVALIDATE_CANDIDATES], 0,
 				     (int)cache->n_top_limits, argv, NULL) != CAT_OK) {
 		cache->oom = true;
-		cache->n_cmds--;
+		cache->q[cache->fill].n_cmds--;
 	}
 }
 
+/* Drops what is queued and what is in flight (whose replies would come
+ * unread: the connection goes). */
 static void queue_reset(cache_t *cache)
 {
+	if (cat_redis_in_flight(cache->redis) > 0)
+		cat_redis_disconnect(cache->redis);
 	cat_redis_discard(cache->redis);
-	cache->n_cmds = cache->n_items = cache->n_call_items = cache->arena_len = 0;
+	for (int i = 0; i < 2; i++)
+		cache->q[i].n_cmds = cache->q[i].n_items = 0;
+	cache->n_call_items = cache->arena_len = 0;
 	cache->oom = false;
 	/* a burst's scratch does not stay */
 	if (cache->arena_cap > 8 * 1024 * 1024) {
 		free(cache->arena);
 		cache->arena = NULL;
 		cache->arena_cap = 0;
+	}
+	if (cache->json_cap > 8 * 1024 * 1024) {
+		free(cache->json);
+		cache->json = NULL;
+		cache->json_cap = 0;
 	}
 }
 
@@ -379,13 +399,12 @@ static void mark(cat_batch_t *batch, int32_t msg, const char *why)
 
 /* One reply that should not be an error: permanent ones mark the message,
  * others end the pipeline. */
-static cat_err_t check_reply(cache_t *cache, cat_batch_t *batch, int32_t msg, const redisReply *reply,
-			     char *errstr, size_t errstr_size)
+static cat_err_t check_reply(cat_batch_t *batch, int32_t msg, const redisReply *reply, char *errstr,
+			     size_t errstr_size)
 {
 	char why[400];
 	cat_err_t err = cat_redis_reply_class(reply, why, sizeof(why));
 
-	(void)cache;
 	if (err == CAT_ERR_PERMANENT && msg >= 0) {
 		mark(batch, msg, why);
 		return CAT_OK;
@@ -395,51 +414,22 @@ static cat_err_t check_reply(cache_t *cache, cat_batch_t *batch, int32_t msg, co
 	return CAT_OK;
 }
 
-cat_err_t cache_flush(cache_t *cache, cat_batch_t *batch, char *errstr, size_t errstr_size)
+/* The replies of queue q, in command order. */
+static cat_err_t read_replies(cache_t *cache, const queue_t *q, cat_batch_t *batch, redisReply **replies, size_t n,
+			      char *errstr, size_t errstr_size)
 {
-	redisReply **replies = NULL;
-	size_t n = 0;
-	int64_t t0;
 	cat_err_t err = CAT_OK;
 
-	put_call_end(cache);
-	if (cache->oom) {
-		queue_reset(cache);
-		return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "out of memory");
-	}
-	if (cache->n_cmds == 0)
-		return CAT_OK;
-	if ((err = cache_redis_ensure(cache, errstr, errstr_size)) != CAT_OK) {
-		queue_reset(cache);
-		return err;
-	}
-	t0 = cat_time_mono_us();
-	err = cat_redis_pipeline(cache->redis, cache->scripts, N_SCRIPTS, &replies, &n, errstr, errstr_size);
-	if (err != CAT_OK) {
-		if (err == CAT_ERR_RETRIABLE)
-			atomic_store(&cache->redis_down, true);
-		queue_reset(cache);
-		return err;
-	}
-	atomic_store(&cache->redis_down, false);
-	cat_metrics_observe(cache->m_rtt, (double)(cat_time_mono_us() - t0) / 1e6);
-	cat_metrics_observe(cache->m_depth, (double)n);
-	cat_metrics_add(cache->m_commands, (int64_t)n);
-	if (cat_redis_script_reloads(cache->redis) != cache->reloads_seen) {
-		cat_metrics_add(cache->m_reloads,
-				(int64_t)(cat_redis_script_reloads(cache->redis) - cache->reloads_seen));
-		cache->reloads_seen = cat_redis_script_reloads(cache->redis);
-	}
-	for (size_t c = 0; err == CAT_OK && c < n && c < cache->n_cmds; c++) {
-		const cmd_t *cmd = &cache->cmds[c];
+	for (size_t c = 0; err == CAT_OK && c < n && c < q->n_cmds; c++) {
+		const cmd_t *cmd = &q->cmds[c];
 		const redisReply *reply = replies[c];
 
 		switch (cmd->kind) {
 		case CMD_PLAIN:
-			err = check_reply(cache, batch, cmd->msg, reply, errstr, errstr_size);
+			err = check_reply(batch, cmd->msg, reply, errstr, errstr_size);
 			break;
 		case CMD_INVALIDATE:
-			if ((err = check_reply(cache, batch, -1, reply, errstr, errstr_size)) == CAT_OK &&
+			if ((err = check_reply(batch, -1, reply, errstr, errstr_size)) == CAT_OK &&
 			    reply->type == REDIS_REPLY_INTEGER)
 				cat_metrics_add(cache->m_invalidated, reply->integer);
 			break;
@@ -456,7 +446,7 @@ cat_err_t cache_flush(cache_t *cache, cat_batch_t *batch, char *errstr, size_t e
 			}
 			for (size_t i = 0; i < reply->elements && i < cmd->n; i++) {
 				const redisReply *r = reply->element[i];
-				const item_t *item = &cache->items[cmd->first + i];
+				const item_t *item = &q->items[cmd->first + i];
 
 				if (r->type == REDIS_REPLY_INTEGER) {
 					if (item->table >= MAX_TABLES)
@@ -465,22 +455,98 @@ cat_err_t cache_flush(cache_t *cache, cat_batch_t *batch, char *errstr, size_t e
 									: cache->layouts[item->table].m_stale);
 					continue;
 				}
-				if ((err = check_reply(cache, batch, item->msg, r, errstr, errstr_size)) != CAT_OK)
+				if ((err = check_reply(batch, item->msg, r, errstr, errstr_size)) != CAT_OK)
 					break;
 			}
 			break;
 		}
 	}
-	cat_redis_replies_free(replies, n);
-	queue_reset(cache);
 	return err;
+}
+
+/* Reads the replies of the pipeline in flight, if any. */
+static cat_err_t wait_in_flight(cache_t *cache, cat_batch_t *batch, char *errstr, size_t errstr_size)
+{
+	queue_t *q = &cache->q[!cache->fill];
+	redisReply **replies = NULL;
+	size_t n = 0;
+	cat_err_t err;
+
+	if (cat_redis_in_flight(cache->redis) == 0)
+		return CAT_OK;
+	err = cat_redis_wait(cache->redis, cache->scripts, N_SCRIPTS, &replies, &n, errstr, errstr_size);
+	if (err != CAT_OK) {
+		if (err == CAT_ERR_RETRIABLE)
+			atomic_store(&cache->redis_down, true);
+		queue_reset(cache);
+		return err;
+	}
+	atomic_store(&cache->redis_down, false);
+	cat_metrics_observe(cache->m_rtt, (double)(cat_time_mono_us() - cache->sent_at_us) / 1e6);
+	if (cat_redis_script_reloads(cache->redis) != cache->reloads_seen) {
+		cat_metrics_add(cache->m_reloads,
+				(int64_t)(cat_redis_script_reloads(cache->redis) - cache->reloads_seen));
+		cache->reloads_seen = cat_redis_script_reloads(cache->redis);
+	}
+	err = read_replies(cache, q, batch, replies, n, errstr, errstr_size);
+	cat_redis_replies_free(replies, n);
+	q->n_cmds = q->n_items = 0;
+	if (err != CAT_OK)
+		queue_reset(cache);
+	return err;
+}
+
+/* Sends the queue (nothing may be in flight); it is in flight then. */
+static cat_err_t send_queue(cache_t *cache, char *errstr, size_t errstr_size)
+{
+	queue_t *q = &cache->q[cache->fill];
+	cat_err_t err;
+
+	put_call_end(cache);
+	if (cache->oom) {
+		queue_reset(cache);
+		return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "out of memory");
+	}
+	if (q->n_cmds == 0)
+		return CAT_OK;
+	if ((err = cache_redis_ensure(cache, errstr, errstr_size)) != CAT_OK) {
+		queue_reset(cache);
+		return err;
+	}
+	cat_metrics_observe(cache->m_depth, (double)q->n_cmds);
+	cat_metrics_add(cache->m_commands, (int64_t)q->n_cmds);
+	cache->sent_at_us = cat_time_mono_us();
+	if ((err = cat_redis_send(cache->redis, errstr, errstr_size)) != CAT_OK) {
+		if (err == CAT_ERR_RETRIABLE)
+			atomic_store(&cache->redis_down, true);
+		queue_reset(cache);
+		return err;
+	}
+	cache->fill = !cache->fill;
+	return CAT_OK;
+}
+
+cat_err_t cache_flush(cache_t *cache, cat_batch_t *batch, char *errstr, size_t errstr_size)
+{
+	cat_err_t err;
+
+	put_call_end(cache);
+	if ((err = wait_in_flight(cache, batch, errstr, errstr_size)) != CAT_OK ||
+	    (err = send_queue(cache, errstr, errstr_size)) != CAT_OK)
+		return err;
+	return wait_in_flight(cache, batch, errstr, errstr_size);
 }
 
 cat_err_t cache_flush_if_full(cache_t *cache, cat_batch_t *batch, char *errstr, size_t errstr_size)
 {
+	cat_err_t err;
+
 	if (cat_redis_pending_bytes(cache->redis) + cache->arena_len < (size_t)cache->pipeline_bytes)
 		return CAT_OK;
-	return cache_flush(cache, batch, errstr, errstr_size);
+	put_call_end(cache);
+	if ((err = wait_in_flight(cache, batch, errstr, errstr_size)) != CAT_OK)
+		return err;
+	return send_queue(cache, errstr, errstr_size);
 }
 
 /* --- records ------------------------------------------------------------------------------------ */
@@ -504,8 +570,9 @@ int cache_put_record(cache_t *cache, const Catalyst__V1__Record *record, bool is
 	const layout_t *layout = NULL;
 	const char *pk, *symbol = NULL;
 	char key[MAX_KEY_BYTES];
-	char *json = NULL;
+	const char *json = NULL;
 	size_t pk_len, json_len = 0;
+	char op_char;
 	uint16_t t;
 	int key_len;
 
@@ -542,25 +609,28 @@ int cache_put_record(cache_t *cache, const Catalyst__V1__Record *record, bool is
 		return -1;
 	}
 	if (!is_delete) {
-		if (!(json = cat_codec_record_to_json(record))) {
+		ssize_t len = cat_codec_record_json(record, &cache->json, &cache->json_cap);
+
+		if (len < 0) {
 			snprintf(why, why_size, "%s %.200s: the row has no JSON form", layout->table->name, pk);
 			return -1;
 		}
-		json_len = strlen(json);
+		json = cache->json;
+		json_len = (size_t)len;
 		if ((long long)json_len > cache->max_value) {
 			snprintf(why, why_size,
 				 "%s %.200s: value of %zu bytes is larger than CATALYST_CACHE_MAX_VALUE_BYTES (%lld)",
 				 layout->table->name, pk, json_len, cache->max_value);
-			free(json);
 			return -1;
 		}
 		if (layout->set_prefix)
 			symbol = record_text(layout->table, row, "symbol");
 	}
-	cache_put(cache, is_delete ? "d" : op, key, (size_t)key_len, cat_codec_record_version(record),
-		  ttl_override > 0 ? ttl_override : layout->ttl, json, json_len, layout->set_prefix, pk, symbol,
-		  layout->set_ttl, msg, t);
-	free(json);
+	op_char = is_delete ? 'd' : op[0];
+	if (layout->set_prefix)
+		op_char = (char)(op_char - 'a' + 'A'); /* a member of its symbol's set too */
+	cache_put(cache, op_char, key, (size_t)key_len, cat_codec_record_version(record),
+		  ttl_override > 0 ? ttl_override : layout->ttl, json, json_len, symbol, pk, msg, t);
 	return 0;
 }
 
@@ -715,8 +785,8 @@ static cat_err_t apply_command(cache_t *cache, cat_batch_t *batch, int32_t m, co
 			return CAT_OK;
 		}
 		if (set->has_version) {
-			cache_put(cache, "u", set->key, key_len, set->version, set->ttl_seconds,
-				  value, set->value.len, NULL, NULL, NULL, 0, m, UINT16_MAX);
+			cache_put(cache, 's', set->key, key_len, set->version, set->ttl_seconds, value,
+				  set->value.len, NULL, NULL, m, UINT16_MAX);
 		} else {
 			char vkey[MAX_KEY_BYTES + 3];
 
@@ -728,8 +798,13 @@ static cat_err_t apply_command(cache_t *cache, cat_batch_t *batch, int32_t m, co
 			else
 				cache_plain(cache, 3, (const char *[]){"SET", set->key, value},
 					    (size_t[]){3, key_len, set->value.len}, m);
-			/* an unversioned set overrides: no older version check stays */
-			cache_plain(cache, 2, (const char *[]){"UNLINK", vkey}, NULL, m);
+			/* an unversioned set overrides: any version replaces it (its
+			 * value is not parsed for one) */
+			if (set->ttl_seconds > 0)
+				cache_plain(cache, 5, (const char *[]){"SET", vkey, "0", "EX", ttl},
+					    (size_t[]){3, strlen(vkey), 1, 2, strlen(ttl)}, m);
+			else
+				cache_plain(cache, 3, (const char *[]){"SET", vkey, "0"}, NULL, m);
 		}
 		if (strncmp(set->key, "candidates:top:", 15) == 0 && strcmp(set->key, "candidates:top:keys") != 0)
 			cache_plain(cache, 3, (const char *[]){"SADD", "candidates:top:keys", set->key}, NULL, m);

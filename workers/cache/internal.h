@@ -14,8 +14,9 @@
 
 #define MAX_TABLES	8
 #define MAX_TOP_LIMITS	16
-#define PUT_ITEMS	64 /* items of one PUT script call */
-#define PUT_ARGS	9
+#define PUT_ITEMS	256	   /* items of one PUT script call */
+#define PUT_CALL_BYTES	(1 << 20) /* a PUT call ends past this many argument bytes */
+#define PUT_ARGS	7
 #define MAX_KEY_BYTES	1024
 
 enum { SCRIPT_PUT, SCRIPT_INVALIDATE_CANDIDATES, SCRIPT_SET_IF_GENERATION, N_SCRIPTS };
@@ -50,6 +51,13 @@ typedef struct item {
 	uint16_t table; /* layout index, for the counters */
 } item_t;
 
+typedef struct queue {
+	cmd_t *cmds;
+	size_t n_cmds, cap_cmds;
+	item_t *items;
+	size_t n_items, cap_items;
+} queue_t;
+
 struct cache {
 	const cat_config_t *cfg;
 	cat_redis_t *redis;
@@ -64,18 +72,20 @@ struct cache {
 	char top_limits[MAX_TOP_LIMITS][16];
 	size_t n_top_limits;
 	long long top_max;
-	long long active_ttl, top_ttl, warm_news_ttl, max_value, pipeline_bytes, scan_count, rebuild_chunk;
+	long long symbol_ttl, active_ttl, top_ttl, warm_news_ttl, max_value, pipeline_bytes, scan_count, rebuild_chunk;
 
-	/* the PUT call being filled: argument text in `arena`, by offset */
+	/* the PUT call being filled: its arguments as protocol bulk strings */
 	char *arena;
 	size_t arena_len, arena_cap;
-	size_t args[PUT_ITEMS * PUT_ARGS][2]; /* offset, length */
 	size_t n_call_items;
-	/* the pipeline's commands and items */
-	cmd_t *cmds;
-	size_t n_cmds, cap_cmds;
-	item_t *items;
-	size_t n_items, cap_items;
+	/* a record's JSON (reused) */
+	char *json;
+	size_t json_cap;
+	/* the commands and items of two pipelines: q[fill] being filled, the
+	 * other sent and waiting for its replies (while cat_redis_in_flight) */
+	queue_t q[2];
+	int fill;
+	int64_t sent_at_us;
 	bool oom; /* an allocation failed while queuing */
 
 	uint64_t reloads_seen;
@@ -92,11 +102,12 @@ struct cache {
 	atomic_bool redis_down;
 };
 
-/* Queues one PUT item (see scripts.h); `msg` is the batch message it comes
- * from (-1: none). Strings are copied. */
-void cache_put(cache_t *cache, const char *op, const char *key, size_t key_len, int64_t version, long long ttl,
-	       const char *value, size_t value_len, const char *set_prefix, const char *member,
-	       const char *symbol, long long set_ttl, int32_t msg, uint16_t table);
+/* Queues one PUT item (see scripts.h: op, key, version, ttl, value, symbol,
+ * member; NULL strings as ""); `msg` is the batch message it comes from
+ * (-1: none). Strings are copied. */
+void cache_put(cache_t *cache, char op, const char *key, size_t key_len, int64_t version, long long ttl,
+	       const char *value, size_t value_len, const char *symbol, const char *member, int32_t msg,
+	       uint16_t table);
 
 /* Queues a plain command (argv copied). */
 void cache_plain(cache_t *cache, int argc, const char *const *argv, const size_t *lens, int32_t msg);
@@ -104,12 +115,16 @@ void cache_plain(cache_t *cache, int argc, const char *const *argv, const size_t
 /* Queues the candidates invalidation. */
 void cache_invalidate_candidates(cache_t *cache);
 
-/* Sends what is queued as one pipeline and reads every reply: marks
+/* Sends what is queued as one pipeline and reads every reply (of the
+ * pipeline in flight too): marks
  * `batch` messages whose items failed permanently (batch may be NULL: then
  * such failures are counted and logged). Retriable/fatal for the pipeline. */
 cat_err_t cache_flush(cache_t *cache, cat_batch_t *batch, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 
-/* Flushes when the queue is past CATALYST_CACHE_PIPELINE_BYTES. */
+/* When the queue is past CATALYST_CACHE_PIPELINE_BYTES: reads the replies of
+ * the pipeline in flight, then sends the queue without waiting for its
+ * replies (the next cache_flush or cache_flush_if_full reads them), so that
+ * Redis runs one pipeline while the next one is prepared. */
 cat_err_t cache_flush_if_full(cache_t *cache, cat_batch_t *batch, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 
 /* A Redis connection that works (counts reconnects). */

@@ -1,94 +1,161 @@
 /*
  * catalyst-cache: the server-side scripts (loaded once, called by SHA1,
- * reloaded on NOSCRIPT by cat_redis_pipeline).
+ * reloaded on NOSCRIPT by cat_redis_wait).
  *
- * Versions. Next to each version-checked value KEY lives KEY#v: "<version>"
- * while the value is live, "d<version>" after a delete (a tombstone, so that
- * an older upsert arriving late does not bring the value back). A value is
- * replaced only by a higher version; a live version whose value is gone
- * (expired, evicted, invalidated) counts as absent. Versions are decimal
- * integers >= 1 without leading zeros, compared as strings (length first),
- * so every int64 compares exactly.
+ * Versions. A row's value (the JSON of changes.v1 and warms) carries its
+ * version in its "version" column, so one key holds both and a reader GETs
+ * plain JSON. Next to a value KEY, KEY#v exists only when needed:
+ * "d<version>" after a delete (a tombstone, so that an older upsert arriving
+ * late does not bring the row back), "<version>" for a value set through
+ * cache.v1 with an explicit version (its value is not ours to parse), "0"
+ * for one set without a version (replaced by any version). A value is
+ * replaced only by a higher version than both its own and a tombstone's; a
+ * value that is gone (expired, evicted, invalidated) counts as absent.
+ * Versions are decimal integers >= 1 without leading zeros, compared as
+ * strings (length first), so every int64 compares exactly.
+ *
+ * Where "version": a row's JSON is a flat object written by
+ * cat_codec_record_json: inside a JSON string every '"' is escaped, so the
+ * text "version": (quote, name, quote, colon) occurs only as that key.
  */
 #ifndef CACHE_SCRIPTS_H
 #define CACHE_SCRIPTS_H
 
-/* PUT: any number of items, 9 ARGV each:
- *   op       "u" upsert, "w" upsert from a warm (the same version extends the
- *            TTL), "d" delete
+/* PUT: ARGV[1] the TTL of symbol sets (seconds, 0: none), then 7 ARGV per
+ * item:
+ *   op       "u" upsert of a row, "w" the same from a warm (the same version
+ *            extends the TTL), "d" delete of a row; upper case ("U", "W",
+ *            "D"): the row is also a member of its symbol's set, the key
+ *            being prefix..member and the set prefix..'symbol:'..symbol;
+ *            "s" a value of cache.v1 with an explicit version (kept in KEY#v)
  *   key      the value's key
  *   version
  *   ttl      seconds, 0: no expiry
  *   value    the JSON (upserts; "" for deletes)
- *   set      prefix of the value's set ("news:symbol:"), "" for none
- *   member   its member in the set (the row's id)
- *   symbol   upserts: the set suffix; deletes: "" (read from the old value)
- *   set_ttl  seconds, 0: no expiry
+ *   symbol   upserts: the set's symbol ("" none); deletes: "" (read from the
+ *            cached value)
+ *   member   the row's id (its member in the set)
+ * One MGET reads every value and one every KEY#v; items then apply in
+ * order (a key twice in a call sees the first one's result); the members
+ * added to a set go out as one SADD per set (before any SREM, so that the
+ * order of set changes stays) and each set's TTL is renewed once.
  * Returns one entry per item: 1 applied, 0 older than what is cached, or an
  * error (that item only). */
 #define CACHE_SCRIPT_PUT                                                                           \
-	"local function newer(a, b)\n"                                                             \
-	"  if #a ~= #b then return #a > #b end\n"                                                 \
+	"local A = ARGV\n"                                                                          \
+	"local find, sub, byte, match = string.find, string.sub, string.byte, string.match\n"      \
+	"local set_ttl = tonumber(A[1])\n"                                                          \
+	"local n = (#A - 1) / 7\n"                                                                  \
+	"local keys, vkeys = {}, {}\n"                                                              \
+	"for i = 1, n do local k = A[7 * i - 4]; keys[i] = k; vkeys[i] = k .. '#v' end\n"          \
+	"local vals = redis.call('MGET', unpack(keys))\n"                                           \
+	"local vers = redis.call('MGET', unpack(vkeys))\n"                                          \
+	"local cval, cver = {}, {}\n"                                                               \
+	"local adds, addi, touched, seen = {}, {}, {}, {}\n"                                        \
+	"local out = {}\n"                                                                          \
+	"local function newer(a, b)\n"                                                              \
+	"  if #a ~= #b then return #a > #b end\n"                                                  \
 	"  return a > b\n"                                                                          \
 	"end\n"                                                                                     \
-	"local function setx(k, v, ttl)\n"                                                         \
-	"  if ttl > 0 then redis.call('SET', k, v, 'EX', ttl) else redis.call('SET', k, v) end\n"  \
+	"local function row_version(v)\n"                                                           \
+	"  local _, e = find(v, '\"version\":', 1, true)\n"                                         \
+	"  if e then return match(v, '^%d+', e + 1) end\n"                                         \
+	"  return nil\n"                                                                            \
 	"end\n"                                                                                     \
-	"local function symbol_of(value)\n"                                                        \
-	"  if not value then return nil end\n"                                                     \
-	"  local ok, obj = pcall(cjson.decode, value)\n"                                           \
+	"local function row_symbol(v)\n"                                                            \
+	"  local _, e = find(v, '\"symbol\":\"', 1, true)\n"                                        \
+	"  if not e then return nil end\n"                                                          \
+	"  local s = match(v, '^[^\"\\\\]*', e + 1)\n"                                              \
+	"  if byte(v, e + 1 + #s) == 34 then return s end\n"                                       \
+	"  local ok, obj = pcall(cjson.decode, v)\n"                                               \
 	"  if ok and type(obj) == 'table' and type(obj.symbol) == 'string' then return obj.symbol end\n" \
 	"  return nil\n"                                                                            \
 	"end\n"                                                                                     \
-	"local function item(op, key, ver, ttl, value, set, member, symbol, set_ttl)\n"           \
-	"  local vkey = key .. '#v'\n"                                                             \
-	"  local cur = redis.call('GET', vkey)\n"                                                  \
-	"  local tomb, cv = false, nil\n"                                                          \
-	"  if cur then\n"                                                                           \
-	"    tomb = string.sub(cur, 1, 1) == 'd'\n"                                                \
-	"    if tomb then cv = string.sub(cur, 2) else cv = cur end\n"                             \
-	"  end\n"                                                                                   \
-	"  if op == 'd' then\n"                                                                     \
-	"    if cur and (newer(cv, ver) or (tomb and cv == ver)) then return 0 end\n"              \
-	"    if set ~= '' then\n"                                                                   \
-	"      local s = symbol_of(redis.call('GET', key))\n"                                      \
-	"      if s then redis.call('SREM', set .. s, member) end\n"                               \
-	"    end\n"                                                                                 \
-	"    redis.call('DEL', key)\n"                                                             \
-	"    setx(vkey, 'd' .. ver, ttl)\n"                                                        \
-	"    return 1\n"                                                                            \
-	"  end\n"                                                                                   \
-	"  local old = nil\n"                                                                      \
-	"  if cur and not tomb then\n"                                                             \
-	"    if set ~= '' then old = redis.call('GET', key)\n"                                     \
-	"    elseif redis.call('EXISTS', key) == 1 then old = true end\n"                          \
-	"  end\n"                                                                                   \
-	"  if (tomb and not newer(ver, cv)) or (old and not newer(ver, cv)) then\n"               \
-	"    if op == 'w' and old and ver == cv and ttl > 0 then\n"                                \
-	"      redis.call('EXPIRE', key, ttl, 'GT')\n"                                             \
-	"      redis.call('EXPIRE', vkey, ttl, 'GT')\n"                                            \
-	"    end\n"                                                                                 \
-	"    return 0\n"                                                                            \
-	"  end\n"                                                                                   \
-	"  if set ~= '' and old then\n"                                                            \
-	"    local s = symbol_of(old)\n"                                                           \
-	"    if s and s ~= symbol then redis.call('SREM', set .. s, member) end\n"                 \
-	"  end\n"                                                                                   \
-	"  setx(key, value, ttl)\n"                                                                \
-	"  setx(vkey, ver, ttl)\n"                                                                 \
-	"  if set ~= '' and symbol ~= '' then\n"                                                   \
-	"    redis.call('SADD', set .. symbol, member)\n"                                          \
-	"    if set_ttl > 0 then redis.call('EXPIRE', set .. symbol, set_ttl) end\n"               \
-	"  end\n"                                                                                   \
-	"  return 1\n"                                                                              \
+	"local function call(i, ...)\n"                                                             \
+	"  local r = redis.pcall(...)\n"                                                            \
+	"  if type(r) == 'table' and r.err then out[i] = r end\n"                                  \
 	"end\n"                                                                                     \
-	"local out = {}\n"                                                                          \
-	"for i = 1, #ARGV, 9 do\n"                                                                  \
-	"  local ok, res = pcall(item, ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]),\n" \
-	"    ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], tonumber(ARGV[i + 8]))\n"          \
-	"  if ok then out[#out + 1] = res\n"                                                       \
-	"  elseif type(res) == 'table' and res.err then out[#out + 1] = redis.error_reply(res.err)\n" \
-	"  else out[#out + 1] = redis.error_reply(tostring(res)) end\n"                            \
+	"local function flush_adds()\n"                                                             \
+	"  for sk, members in pairs(adds) do\n"                                                     \
+	"    local r = redis.pcall('SADD', sk, unpack(members))\n"                                  \
+	"    if type(r) == 'table' and r.err then\n"                                               \
+	"      for _, i in ipairs(addi[sk]) do out[i] = r end\n"                                   \
+	"    end\n"                                                                                 \
+	"  end\n"                                                                                   \
+	"  adds, addi = {}, {}\n"                                                                   \
+	"end\n"                                                                                     \
+	"local function setx(i, k, v, ttl)\n"                                                       \
+	"  if ttl > 0 then call(i, 'SET', k, v, 'EX', ttl) else call(i, 'SET', k, v) end\n"        \
+	"end\n"                                                                                     \
+	"for i = 1, n do\n"                                                                         \
+	"  local b = 7 * i - 5\n"                                                                   \
+	"  local op, k, ver = byte(A[b], 1), A[b + 1], A[b + 2]\n"                                  \
+	"  local v, vv = cval[k], cver[k]\n"                                                        \
+	"  if v == nil then v, vv = vals[i], vers[i] end\n"                                         \
+	"  local tomb, cur = nil, nil\n"                                                            \
+	"  if vv then\n"                                                                            \
+	"    if byte(vv, 1) == 100 then tomb = sub(vv, 2) elseif v then cur = vv end\n"            \
+	"  end\n"                                                                                   \
+	"  if v and not cur then cur = row_version(v) or '0' end\n"                                \
+	"  local hasset = op < 97\n"                                                                \
+	"  if hasset then op = op + 32 end\n"                                                       \
+	"  out[i] = 1\n"                                                                            \
+	"  if op == 100 then\n"                                                                     \
+	"    if (cur and newer(cur, ver)) or (tomb and not newer(ver, tomb)) then\n"               \
+	"      out[i] = 0\n"                                                                        \
+	"    else\n"                                                                                \
+	"      local member = A[b + 6]\n"                                                           \
+	"      if hasset and v then\n"                                                              \
+	"        local s = row_symbol(v)\n"                                                         \
+	"        if s then\n"                                                                       \
+	"          flush_adds()\n"                                                                  \
+	"          call(i, 'SREM', sub(k, 1, #k - #member) .. 'symbol:' .. s, member)\n"            \
+	"        end\n"                                                                             \
+	"      end\n"                                                                               \
+	"      if v then call(i, 'DEL', k) end\n"                                                  \
+	"      setx(i, k .. '#v', 'd' .. ver, tonumber(A[b + 3]))\n"                               \
+	"      cval[k], cver[k] = false, 'd' .. ver\n"                                             \
+	"    end\n"                                                                                 \
+	"  elseif (tomb and not newer(ver, tomb)) or (cur and not newer(ver, cur)) then\n"         \
+	"    local ttl = tonumber(A[b + 3])\n"                                                      \
+	"    if op == 119 and v and cur == ver and ttl > 0 then\n"                                 \
+	"      call(i, 'EXPIRE', k, ttl, 'GT')\n"                                                  \
+	"      if vv and not tomb then call(i, 'EXPIRE', k .. '#v', ttl, 'GT') end\n"              \
+	"    end\n"                                                                                 \
+	"    out[i] = 0\n"                                                                          \
+	"  else\n"                                                                                  \
+	"    local ttl, value, sym, member = tonumber(A[b + 3]), A[b + 4], A[b + 5], A[b + 6]\n"  \
+	"    if hasset and v then\n"                                                                \
+	"      local s = row_symbol(v)\n"                                                           \
+	"      if s and s ~= sym then\n"                                                            \
+	"        flush_adds()\n"                                                                    \
+	"        call(i, 'SREM', sub(k, 1, #k - #member) .. 'symbol:' .. s, member)\n"              \
+	"      end\n"                                                                               \
+	"    end\n"                                                                                 \
+	"    setx(i, k, value, ttl)\n"                                                              \
+	"    if op == 115 then\n"                                                                   \
+	"      setx(i, k .. '#v', ver, ttl)\n"                                                      \
+	"      cver[k] = ver\n"                                                                     \
+	"    else\n"                                                                                \
+	"      if vv then call(i, 'DEL', k .. '#v') end\n"                                         \
+	"      cver[k] = false\n"                                                                   \
+	"    end\n"                                                                                 \
+	"    cval[k] = value\n"                                                                     \
+	"    if hasset and sym ~= '' then\n"                                                        \
+	"      local sk = sub(k, 1, #k - #member) .. 'symbol:' .. sym\n"                            \
+	"      local m = adds[sk]\n"                                                                \
+	"      if not m then\n"                                                                     \
+	"        m = {}; adds[sk] = m; addi[sk] = {}\n"                                             \
+	"        if not seen[sk] then seen[sk] = true; touched[#touched + 1] = sk end\n"            \
+	"      end\n"                                                                               \
+	"      m[#m + 1] = member\n"                                                                \
+	"      local ai = addi[sk]; ai[#ai + 1] = i\n"                                              \
+	"    end\n"                                                                                 \
+	"  end\n"                                                                                   \
+	"end\n"                                                                                     \
+	"flush_adds()\n"                                                                            \
+	"if set_ttl > 0 then\n"                                                                     \
+	"  for _, sk in ipairs(touched) do redis.pcall('EXPIRE', sk, set_ttl) end\n"               \
 	"end\n"                                                                                     \
 	"return out\n"
 
