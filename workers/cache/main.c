@@ -71,7 +71,7 @@ static const cat_config_def_t config_defs[] = {
 	 "TTL of the news a market-open warm caches"},
 	{"CATALYST_CACHE_MAX_VALUE_BYTES", CAT_CFG_INT, "262144", false, false, 64, 536870912, NULL,
 	 "largest value cached; a larger one is dead-lettered"},
-	{"CATALYST_CACHE_PIPELINE_BYTES", CAT_CFG_INT, "4194304", false, false, 4096, 268435456, NULL,
+	{"CATALYST_CACHE_PIPELINE_BYTES", CAT_CFG_INT, "262144", false, false, 4096, 268435456, NULL,
 	 "a batch's commands past this size go out as a further pipeline"},
 	{"CATALYST_CACHE_SCAN_COUNT", CAT_CFG_INT, "1000", false, false, 10, 100000, NULL,
 	 "keys an invalidation SCANs and UNLINKs per step"},
