@@ -683,19 +683,23 @@ cat_err_t cat_redis_append_evalsha(cat_redis_t *redis, const cat_redis_script_t 
 }
 
 cat_err_t cat_redis_append_evalsha_bulk(cat_redis_t *redis, const cat_redis_script_t *script, int nkeys, int argc,
-					const char *bulk, size_t bulk_len)
+					const char *const *parts, const size_t *part_lens, int n_parts)
 {
 	char head[128];
 	int head_len = snprintf(head, sizeof(head), "*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$%d\r\n%d\r\n",
 				argc + 3, script->sha, snprintf(NULL, 0, "%d", nkeys), nkeys);
+	size_t len = 0;
 
-	if (head_len < 0 || (size_t)head_len >= sizeof(head) || argc < 0)
+	if (head_len < 0 || (size_t)head_len >= sizeof(head) || argc < 0 || n_parts < 0)
 		return CAT_ERR_RETRIABLE;
-	if (redis->olen + (size_t)head_len + bulk_len > redis->ocap) {
+	len = (size_t)head_len;
+	for (int p = 0; p < n_parts; p++)
+		len += part_lens[p];
+	if (redis->olen + len > redis->ocap) {
 		size_t cap = redis->ocap ? redis->ocap : 4096;
 		char *grown;
 
-		while (cap < redis->olen + (size_t)head_len + bulk_len)
+		while (cap < redis->olen + len)
 			cap *= 2;
 		if (!(grown = realloc(redis->obuf, cap)))
 			return CAT_ERR_RETRIABLE;
@@ -703,8 +707,11 @@ cat_err_t cat_redis_append_evalsha_bulk(cat_redis_t *redis, const cat_redis_scri
 		redis->ocap = cap;
 	}
 	memcpy(redis->obuf + redis->olen, head, (size_t)head_len);
-	memcpy(redis->obuf + redis->olen + (size_t)head_len, bulk, bulk_len);
-	redis->olen += (size_t)head_len + bulk_len;
+	redis->olen += (size_t)head_len;
+	for (int p = 0; p < n_parts; p++) {
+		memcpy(redis->obuf + redis->olen, parts[p], part_lens[p]);
+		redis->olen += part_lens[p];
+	}
 	redis->n_pending++;
 	return CAT_OK;
 }

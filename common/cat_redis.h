@@ -135,10 +135,12 @@ cat_err_t cat_redis_append_evalsha(cat_redis_t *redis, const cat_redis_script_t 
 				   const char *const *argv, const size_t *lens) CAT_MUST_CHECK;
 
 /* Queues EVALSHA sha nkeys followed by `argc` arguments given already in
- * the protocol's form: bulk[0, bulk_len) is argc bulk strings
- * "$<len>\r\n<bytes>\r\n" (the caller formats them; a hot path). */
+ * the protocol's form: the concatenation of parts[0, n_parts) (part_lens
+ * bytes each) is argc bulk strings "$<len>\r\n<bytes>\r\n" (the caller
+ * formats them; a hot path). */
 cat_err_t cat_redis_append_evalsha_bulk(cat_redis_t *redis, const cat_redis_script_t *script, int nkeys, int argc,
-					const char *bulk, size_t bulk_len) CAT_MUST_CHECK;
+					const char *const *parts, const size_t *part_lens,
+					int n_parts) CAT_MUST_CHECK;
 
 /* Commands queued and not yet sent. */
 size_t cat_redis_pending(const cat_redis_t *redis);

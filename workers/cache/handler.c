@@ -287,25 +287,37 @@ static void arena_add_int(cache_t *cache, long long v)
 	arena_add(cache, text, (size_t)len);
 }
 
-/* Queues the PUT call being filled. */
+/* Queues the PUT call being filled: its header (the symbol sets' TTL and
+ * the TTL slots) then its items. */
 static void put_call_end(cache_t *cache)
 {
 	queue_t *q = &cache->q[cache->fill];
+	char head[1 + PUT_TTL_SLOTS][32], heads[(1 + PUT_TTL_SLOTS) * 32];
+	size_t heads_len = 0;
 	cmd_t *cmd;
 
 	if (cache->n_call_items == 0)
 		return;
+	for (int h = 0; h <= PUT_TTL_SLOTS; h++) {
+		long long v = h == 0 ? cache->symbol_ttl : h <= cache->n_call_ttls ? cache->call_ttls[h - 1] : 0;
+		int n = snprintf(head[h], sizeof(head[h]), "%lld", v);
+
+		heads_len += (size_t)snprintf(heads + heads_len, sizeof(heads) - heads_len, "$%d\r\n%s\r\n", n,
+					      head[h]);
+	}
 	if (!cache->oom && (cmd = cmd_add(cache, CMD_PUT, -1))) {
 		cmd->first = q->n_items - cache->n_call_items;
 		cmd->n = cache->n_call_items;
 		if (cat_redis_append_evalsha_bulk(cache->redis, &cache->scripts[SCRIPT_PUT], 0,
-						  (int)(1 + cache->n_call_items * PUT_ARGS), cache->arena,
-						  cache->arena_len) != CAT_OK) {
+						  (int)(1 + PUT_TTL_SLOTS + cache->n_call_items * PUT_ARGS),
+						  (const char *[]){heads, cache->arena},
+						  (size_t[]){heads_len, cache->arena_len}, 2) != CAT_OK) {
 			cache->oom = true;
 			q->n_cmds--;
 		}
 	}
 	cache->n_call_items = 0;
+	cache->n_call_ttls = 0;
 	cache->arena_len = 0;
 }
 
@@ -313,19 +325,30 @@ void cache_put(cache_t *cache, char op, const char *key, size_t key_len, int64_t
 	       const char *value, size_t value_len, const char *symbol, const char *member, int32_t msg,
 	       uint16_t table)
 {
-	queue_t *q = &cache->q[cache->fill];
-	item_t *items = grow(q->items, &q->cap_items, q->n_items + 1, sizeof(*items), &cache->oom);
+	queue_t *q;
+	item_t *items;
+	char op_text[2];
+	int slot;
 
-	if (!items)
+	for (slot = 0; slot < cache->n_call_ttls; slot++)
+		if (cache->call_ttls[slot] == ttl)
+			break;
+	if (slot == PUT_TTL_SLOTS) {
+		put_call_end(cache); /* a tenth TTL: a new call */
+		slot = 0;
+	}
+	if (slot == cache->n_call_ttls)
+		cache->call_ttls[cache->n_call_ttls++] = ttl;
+	q = &cache->q[cache->fill];
+	if (!(items = grow(q->items, &q->cap_items, q->n_items + 1, sizeof(*items), &cache->oom)))
 		return;
 	q->items = items;
 	items[q->n_items++] = (item_t){msg, table};
-	if (cache->n_call_items == 0)
-		arena_add_int(cache, cache->symbol_ttl);
-	arena_add(cache, &op, 1);
+	op_text[0] = op;
+	op_text[1] = (char)('0' + slot);
+	arena_add(cache, op_text, 2);
 	arena_add(cache, key, key_len);
 	arena_add_int(cache, (long long)version);
-	arena_add_int(cache, ttl);
 	arena_add(cache, value ? value : "", value ? value_len : 0);
 	arena_add(cache, symbol ? symbol : "", symbol ? strlen(symbol) : 0);
 	arena_add(cache, member ? member : "", member ? strlen(member) : 0);

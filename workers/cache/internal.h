@@ -16,7 +16,8 @@
 #define MAX_TOP_LIMITS	16
 #define PUT_ITEMS	256	   /* items of one PUT script call */
 #define PUT_CALL_BYTES	(1 << 20) /* a PUT call ends past this many argument bytes */
-#define PUT_ARGS	7
+#define PUT_ARGS	6
+#define PUT_TTL_SLOTS	9 /* distinct TTLs of one PUT call */
 #define MAX_KEY_BYTES	1024
 
 enum { SCRIPT_PUT, SCRIPT_INVALIDATE_CANDIDATES, SCRIPT_SET_IF_GENERATION, N_SCRIPTS };
@@ -78,6 +79,8 @@ struct cache {
 	char *arena;
 	size_t arena_len, arena_cap;
 	size_t n_call_items;
+	long long call_ttls[PUT_TTL_SLOTS];
+	int n_call_ttls;
 	/* a record's JSON (reused) */
 	char *json;
 	size_t json_cap;

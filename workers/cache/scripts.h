@@ -21,21 +21,23 @@
 #ifndef CACHE_SCRIPTS_H
 #define CACHE_SCRIPTS_H
 
-/* PUT: ARGV[1] the TTL of symbol sets (seconds, 0: none), then 7 ARGV per
- * item:
- *   op       "u" upsert of a row, "w" the same from a warm (the same version
- *            extends the TTL), "d" delete of a row; upper case ("U", "W",
- *            "D"): the row is also a member of its symbol's set, the key
- *            being prefix..member and the set prefix..'symbol:'..symbol;
- *            "s" a value of cache.v1 with an explicit version (kept in KEY#v)
+/* PUT: ARGV[1] the TTL of symbol sets (seconds, 0: none), ARGV[2..10] nine
+ * TTL slots (seconds, 0: no expiry), then 6 ARGV per item (few arguments:
+ * each costs Redis about as much as a SET's lookup):
+ *   op       a letter and the digit of its TTL slot (0-8): "u" upsert of a
+ *            row, "w" the same from a warm (the same version extends the
+ *            TTL), "d" delete of a row; upper case ("U", "W", "D"): the row
+ *            is also a member of its symbol's set, the key being
+ *            prefix..member and the set prefix..'symbol:'..symbol; "s" a
+ *            value of cache.v1 with an explicit version (kept in KEY#v)
  *   key      the value's key
  *   version
- *   ttl      seconds, 0: no expiry
  *   value    the JSON (upserts; "" for deletes)
  *   symbol   upserts: the set's symbol ("" none); deletes: "" (read from the
  *            cached value)
  *   member   the row's id (its member in the set)
- * One MGET reads every value and one every KEY#v; items then apply in
+ * One MGET reads every value, one EXISTS (and an MGET only when some
+ * exist) every KEY#v; items then apply in
  * order (a key twice in a call sees the first one's result); the members
  * added to a set go out as one SADD per set (before any SREM, so that the
  * order of set changes stays) and each set's TTL is renewed once.
@@ -45,11 +47,14 @@
 	"local A = ARGV\n"                                                                          \
 	"local find, sub, byte, match = string.find, string.sub, string.byte, string.match\n"      \
 	"local set_ttl = tonumber(A[1])\n"                                                          \
-	"local n = (#A - 1) / 7\n"                                                                  \
+	"local ttls = {}\n"                                                                         \
+	"for s = 1, 9 do ttls[s] = tonumber(A[s + 1]) end\n"                                       \
+	"local n = (#A - 10) / 6\n"                                                                 \
 	"local keys, vkeys = {}, {}\n"                                                              \
-	"for i = 1, n do local k = A[7 * i - 4]; keys[i] = k; vkeys[i] = k .. '#v' end\n"          \
+	"for i = 1, n do local k = A[6 * i + 6]; keys[i] = k; vkeys[i] = k .. '#v' end\n"          \
 	"local vals = redis.call('MGET', unpack(keys))\n"                                           \
-	"local vers = redis.call('MGET', unpack(vkeys))\n"                                          \
+	"local vers = {}\n"                                                                         \
+	"if redis.call('EXISTS', unpack(vkeys)) > 0 then vers = redis.call('MGET', unpack(vkeys)) end\n" \
 	"local cval, cver = {}, {}\n"                                                               \
 	"local adds, addi, touched, seen = {}, {}, {}, {}\n"                                        \
 	"local out = {}\n"                                                                          \
@@ -85,11 +90,12 @@
 	"  adds, addi = {}, {}\n"                                                                   \
 	"end\n"                                                                                     \
 	"local function setx(i, k, v, ttl)\n"                                                       \
-	"  if ttl > 0 then call(i, 'SET', k, v, 'EX', ttl) else call(i, 'SET', k, v) end\n"        \
+	"  if ttl > 0 then redis.call('SET', k, v, 'EX', ttl) else redis.call('SET', k, v) end\n"  \
 	"end\n"                                                                                     \
 	"for i = 1, n do\n"                                                                         \
-	"  local b = 7 * i - 5\n"                                                                   \
+	"  local b = 6 * i + 5\n"                                                                   \
 	"  local op, k, ver = byte(A[b], 1), A[b + 1], A[b + 2]\n"                                  \
+	"  local ttl = ttls[byte(A[b], 2) - 47]\n"                                                  \
 	"  local v, vv = cval[k], cver[k]\n"                                                        \
 	"  if v == nil then v, vv = vals[i], vers[i] end\n"                                         \
 	"  local tomb, cur = nil, nil\n"                                                            \
@@ -104,7 +110,7 @@
 	"    if (cur and newer(cur, ver)) or (tomb and not newer(ver, tomb)) then\n"               \
 	"      out[i] = 0\n"                                                                        \
 	"    else\n"                                                                                \
-	"      local member = A[b + 6]\n"                                                           \
+	"      local member = A[b + 5]\n"                                                           \
 	"      if hasset and v then\n"                                                              \
 	"        local s = row_symbol(v)\n"                                                         \
 	"        if s then\n"                                                                       \
@@ -112,19 +118,18 @@
 	"          call(i, 'SREM', sub(k, 1, #k - #member) .. 'symbol:' .. s, member)\n"            \
 	"        end\n"                                                                             \
 	"      end\n"                                                                               \
-	"      if v then call(i, 'DEL', k) end\n"                                                  \
-	"      setx(i, k .. '#v', 'd' .. ver, tonumber(A[b + 3]))\n"                               \
+	"      if v then redis.call('DEL', k) end\n"                                              \
+	"      setx(i, k .. '#v', 'd' .. ver, ttl)\n"                                              \
 	"      cval[k], cver[k] = false, 'd' .. ver\n"                                             \
 	"    end\n"                                                                                 \
 	"  elseif (tomb and not newer(ver, tomb)) or (cur and not newer(ver, cur)) then\n"         \
-	"    local ttl = tonumber(A[b + 3])\n"                                                      \
 	"    if op == 119 and v and cur == ver and ttl > 0 then\n"                                 \
 	"      call(i, 'EXPIRE', k, ttl, 'GT')\n"                                                  \
 	"      if vv and not tomb then call(i, 'EXPIRE', k .. '#v', ttl, 'GT') end\n"              \
 	"    end\n"                                                                                 \
 	"    out[i] = 0\n"                                                                          \
 	"  else\n"                                                                                  \
-	"    local ttl, value, sym, member = tonumber(A[b + 3]), A[b + 4], A[b + 5], A[b + 6]\n"  \
+	"    local value, sym, member = A[b + 3], A[b + 4], A[b + 5]\n"                            \
 	"    if hasset and v then\n"                                                                \
 	"      local s = row_symbol(v)\n"                                                           \
 	"      if s and s ~= sym then\n"                                                            \
@@ -137,7 +142,7 @@
 	"      setx(i, k .. '#v', ver, ttl)\n"                                                      \
 	"      cver[k] = ver\n"                                                                     \
 	"    else\n"                                                                                \
-	"      if vv then call(i, 'DEL', k .. '#v') end\n"                                         \
+	"      if vv then redis.call('DEL', k .. '#v') end\n"                                     \
 	"      cver[k] = false\n"                                                                   \
 	"    end\n"                                                                                 \
 	"    cval[k] = value\n"                                                                     \
