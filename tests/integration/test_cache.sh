@@ -134,6 +134,28 @@ deleted=$(python3 -c 'import json,sys; print(next(json.loads(l)["news_id"] for l
 	"$work/deletes.jsonl")
 assert_contains "$(rcall GET "news:$deleted#v")" "d" "the tombstone of news:$deleted"
 
+# --- a row that changes symbol (twice in one batch, then again), with text that looks like the ----
+# --- "version" and "symbol" keys of its JSON (escaped, so never taken for them) ---------------------
+python3 -c '
+import json, sys
+r = next(json.loads(l) for l in open(sys.argv[1]) if "signal_id" in l)
+r.update(signal_id="sig-moving", candidate_id="x\"version\":99999999999999999,\"symbol\":\"ZZZ",
+         command_id="moving-1", symbol="MOVA", version=1800000000000000)
+print(json.dumps(r))
+r.update(command_id="moving-2", symbol="MOVB", version=1800000000000001)
+print(json.dumps(r))' "$work/base.jsonl" >"$work/moving.jsonl"
+publish "$work/moving.jsonl"
+caught_up
+sed -e 's/moving-2/moving-3/' -e 's/MOVB/MOVC/' -e 's/1800000000000001/1800000000000002/' "$work/moving.jsonl" |
+	tail -1 >"$work/moving2.jsonl"
+publish "$work/moving2.jsonl"
+caught_up
+layout_check "symbol changes"
+assert_eq "MOVC" "$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["symbol"])' "$(rcall GET signals:sig-moving)")" \
+	"the moved signal's symbol"
+assert_eq "0" "$(rcall SISMEMBER signals:symbol:MOVB sig-moving)" "the moved signal in its old set"
+assert_eq "1" "$(rcall SISMEMBER signals:symbol:MOVC sig-moving)" "the moved signal in its new set"
+
 # --- cache.v1 set / delete, version-checked -------------------------------------------------------
 publish_cache set --version 5 --ttl 600 "custom:k" "five"
 publish_cache set --version 3 --ttl 600 "custom:k" "three"

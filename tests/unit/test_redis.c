@@ -425,6 +425,77 @@ START_TEST(test_noscript_reloads_once)
 }
 END_TEST
 
+/* send/wait: the next pipeline is queued while one is in flight; a
+ * NOSCRIPT of the one in flight reloads and sends it again, leaving the
+ * queued one queued (and unsent) until its own send. EVALSHA arguments in
+ * protocol form (cat_redis_append_evalsha_bulk). */
+START_TEST(test_send_wait_overlap)
+{
+	static const char source[] = "if redis.call('EXISTS', KEYS[1]) == 0 then "
+				     "return redis.call('SET', KEYS[1], ARGV[1]) end return 'kept'";
+	static const char bulk1[] = "$2\r\nb1\r\n$3\r\none\r\n";
+	static const char bulk2[] = "$2\r\nb1\r\n$3\r\ntwo\r\n";
+	cat_redis_t *redis = client(PASSWORD, 0);
+	cat_redis_script_t script;
+	redisReply **replies = NULL, *reply = NULL;
+	size_t n = 0;
+	char errstr[256];
+
+	cat_redis_script_init(&script, source);
+	ck_assert_int_eq(cat_redis_command(redis, NULL, 2, (const char *[]){"SCRIPT", "FLUSH"}, NULL, errstr,
+					   sizeof(errstr)),
+			 CAT_OK);
+	ck_assert_int_eq(cat_redis_command(redis, NULL, 3, (const char *[]){"DEL", "b1", "b2"}, NULL, errstr,
+					   sizeof(errstr)),
+			 CAT_OK);
+	/* nothing queued: sending and waiting do nothing */
+	ck_assert_int_eq(cat_redis_send(redis, errstr, sizeof(errstr)), CAT_OK);
+	ck_assert_int_eq(cat_redis_wait(redis, &script, 1, &replies, &n, errstr, sizeof(errstr)), CAT_OK);
+	ck_assert_uint_eq(n, 0);
+	ck_assert_int_eq(cat_redis_append_evalsha_bulk(redis, &script, 1, 2, (const char *[]){"$2\r\nb1", "\r\n$3\r\none\r\n"},
+						       (size_t[]){6, 11}, 2),
+			 CAT_OK);
+	ck_assert_uint_eq(cat_redis_pending_bytes(redis) > sizeof(bulk1), 1);
+	ck_assert_int_eq(cat_redis_send(redis, errstr, sizeof(errstr)), CAT_OK);
+	ck_assert_uint_eq(cat_redis_in_flight(redis), 1);
+	ck_assert_uint_eq(cat_redis_pending(redis), 0);
+	/* the next pipeline, queued meanwhile */
+	ck_assert_int_eq(cat_redis_append_evalsha_bulk(redis, &script, 1, 2, (const char *[]){bulk2},
+						       (size_t[]){sizeof(bulk2) - 1}, 1),
+			 CAT_OK);
+	ck_assert_int_eq(cat_redis_append(redis, 2, (const char *[]){"GET", "b1"}, NULL), CAT_OK);
+	/* a second send before the wait is refused */
+	ck_assert_int_eq(cat_redis_send(redis, errstr, sizeof(errstr)), CAT_ERR_FATAL);
+	ck_assert_int_eq(cat_redis_append_evalsha_bulk(redis, &script, 1, 2, (const char *[]){bulk2},
+						       (size_t[]){sizeof(bulk2) - 1}, 1),
+			 CAT_OK);
+	ck_assert_int_eq(cat_redis_append(redis, 2, (const char *[]){"GET", "b1"}, NULL), CAT_OK);
+	ck_assert_uint_eq(cat_redis_pending(redis), 2);
+	ck_assert_int_eq(cat_redis_wait(redis, &script, 1, &replies, &n, errstr, sizeof(errstr)), CAT_OK);
+	ck_assert_uint_eq(n, 1);
+	ck_assert_str_eq(replies[0]->str, "OK");
+	ck_assert_uint_eq(cat_redis_script_reloads(redis), 1);
+	cat_redis_replies_free(replies, n);
+	ck_assert_uint_eq(cat_redis_in_flight(redis), 0);
+	ck_assert_uint_eq(cat_redis_pending(redis), 2);
+	ck_assert_int_eq(cat_redis_send(redis, errstr, sizeof(errstr)), CAT_OK);
+	ck_assert_int_eq(cat_redis_wait(redis, &script, 1, &replies, &n, errstr, sizeof(errstr)), CAT_OK);
+	ck_assert_uint_eq(n, 2);
+	ck_assert_str_eq(replies[0]->str, "kept");
+	ck_assert_str_eq(replies[1]->str, "one");
+	cat_redis_replies_free(replies, n);
+	/* a command in the middle of a pipeline in flight is refused */
+	ck_assert_int_eq(cat_redis_append(redis, 2, (const char *[]){"GET", "b1"}, NULL), CAT_OK);
+	ck_assert_int_eq(cat_redis_send(redis, errstr, sizeof(errstr)), CAT_OK);
+	ck_assert_int_eq(cat_redis_command(redis, &reply, 1, (const char *[]){"PING"}, NULL, errstr, sizeof(errstr)),
+			 CAT_ERR_FATAL);
+	ck_assert_int_eq(cat_redis_wait(redis, NULL, 0, &replies, &n, errstr, sizeof(errstr)), CAT_OK);
+	ck_assert_str_eq(replies[0]->str, "one");
+	cat_redis_replies_free(replies, n);
+	cat_redis_destroy(redis);
+}
+END_TEST
+
 START_TEST(test_timeout_then_reconnect)
 {
 	cat_redis_t *redis = client(PASSWORD, 300);
@@ -548,6 +619,7 @@ int main(void)
 	tcase_add_test(live, test_wrong_password_is_fatal_and_hidden);
 	tcase_add_test(live, test_pipeline_in_order);
 	tcase_add_test(live, test_noscript_reloads_once);
+	tcase_add_test(live, test_send_wait_overlap);
 	tcase_add_test(live, test_timeout_then_reconnect);
 	tcase_add_test(live, test_server_gone_is_retriable);
 	tcase_add_test(live, test_tls);

@@ -16,7 +16,10 @@
  *                               (n of CATALYST_CACHE_TOP_LIMITS)  CATALYST_CACHE_TOP_TTL_S (300)
  *   candidates:top:keys         other candidates:top:* keys set through cache.v1
  *   candidates:generation       moves on at every candidate change
- *   KEY#v                       the version of KEY (scripts.h)
+ *   KEY#v                       only beside some values: a delete's tombstone, or the
+ *                               version of a value set through cache.v1 (scripts.h);
+ *                               a row's value carries its own version (its JSON's
+ *                               "version"), so one key holds both
  * A candidate change removes candidates:top:* and candidates:active (derived
  * lists; warm and rebuild make them again). A row whose id would land on
  * another key of the layout (an id starting "symbol:" or ending "#v") or
@@ -24,9 +27,11 @@
  * its message is dead-lettered with the reason, after the rest is applied.
  *
  * changes.v1: every change of a batch becomes one item of a PUT script call
- * (up to 64 items a call), the calls of the batch go out as one pipeline
- * (a new one past CATALYST_CACHE_PIPELINE_BYTES), and apply() returns only
- * once every reply is read.
+ * (up to 256 items a call: one MGET of their values, one SADD per symbol
+ * set), the calls go out as pipelines of CATALYST_CACHE_PIPELINE_BYTES, one
+ * sent while the next is encoded (its replies read before the next is sent),
+ * and apply() returns only once every reply is read. A row's JSON is written
+ * by cat_codec_record_json (no tree).
  *
  * cache.v1: set (version-checked when it carries a version), delete,
  * invalidate (SCAN MATCH + UNLINK, CATALYST_CACHE_SCAN_COUNT keys a step),

@@ -72,7 +72,7 @@ static const cat_config_def_t config_defs[] = {
 	{"CATALYST_CACHE_MAX_VALUE_BYTES", CAT_CFG_INT, "262144", false, false, 64, 536870912, NULL,
 	 "largest value cached; a larger one is dead-lettered"},
 	{"CATALYST_CACHE_PIPELINE_BYTES", CAT_CFG_INT, "262144", false, false, 4096, 268435456, NULL,
-	 "a batch's commands past this size go out as a further pipeline"},
+	 "a batch's commands go out as pipelines of this size, one sent while the next is prepared"},
 	{"CATALYST_CACHE_SCAN_COUNT", CAT_CFG_INT, "1000", false, false, 10, 100000, NULL,
 	 "keys an invalidation SCANs and UNLINKs per step"},
 	{"CATALYST_CACHE_REBUILD_CHUNK", CAT_CFG_INT, "1000", false, false, 10, 100000, NULL,

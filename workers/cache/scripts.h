@@ -41,8 +41,9 @@
  * order (a key twice in a call sees the first one's result); the members
  * added to a set go out as one SADD per set (before any SREM, so that the
  * order of set changes stays) and each set's TTL is renewed once.
- * Returns one entry per item: 1 applied, 0 older than what is cached, or an
- * error (that item only). */
+ * Returns one entry per item: 1 applied, 0 older than what is cached, or the
+ * error of a set command on a key of another type (that item only); a SET
+ * that fails (OOM) fails the call. */
 #define CACHE_SCRIPT_PUT                                                                           \
 	"local A = ARGV\n"                                                                          \
 	"local find, sub, byte, match = string.find, string.sub, string.byte, string.match\n"      \
