@@ -49,6 +49,18 @@ static utf8_result_t utf8_check(const char *text, size_t len, size_t *n_chars)
 		unsigned char lo = 0x80, hi = 0xbf;
 		size_t follow;
 
+		/* ASCII without NUL, 8 bytes at a time */
+		while (len - i >= 8) {
+			uint64_t w;
+
+			memcpy(&w, s + i, 8);
+			if ((w & 0x8080808080808080ULL) || ((w - 0x0101010101010101ULL) & ~w & 0x8080808080808080ULL))
+				break;
+			i += 8, n += 8;
+		}
+		if (i == len)
+			break;
+		c = s[i];
 		if (c == 0)
 			return UTF8_NUL;
 		if (c < 0x80) {
@@ -1047,13 +1059,6 @@ static bool jbuf_string(jbuf_t *b, const char *text)
 	const unsigned char *s = (const unsigned char *)text;
 	bool ascii = true;
 
-	for (size_t i = 0; i < len; i++)
-		if (s[i] >= 0x80) {
-			ascii = false;
-			break;
-		}
-	if (!ascii && utf8_check(text, len, NULL) != UTF8_OK)
-		return false;
 	/* worst case: every byte becomes \u00XX */
 	if (!jbuf_reserve(b, 6 * len + 2))
 		return false;
@@ -1062,8 +1067,11 @@ static bool jbuf_string(jbuf_t *b, const char *text)
 		unsigned char c = s[i];
 		char *o;
 
-		if (c >= 0x20 && c != '"' && c != '\\')
+		if (c >= 0x20 && c != '"' && c != '\\') {
+			if (c >= 0x80)
+				ascii = false;
 			continue;
+		}
 		memcpy(b->data + b->len, text + start, i - start);
 		b->len += i - start;
 		start = i + 1;
@@ -1105,7 +1113,7 @@ static bool jbuf_string(jbuf_t *b, const char *text)
 	memcpy(b->data + b->len, text + start, len - start);
 	b->len += len - start;
 	b->data[b->len++] = '"';
-	return true;
+	return ascii || utf8_check(text, len, NULL) == UTF8_OK;
 }
 
 /* Decimal digits of v into the end of buf (returns where they start). */
@@ -1133,9 +1141,11 @@ static void jbuf_int(jbuf_t *b, int64_t v)
  * A finite double as a JSON number that reads back as exactly `d`: the
  * fewest fraction digits k (0..22) such that m = round(d * 10^k) is below
  * 2^53 and m / 10^k == d (both exact doubles, so the division rounds the
- * decimal m * 10^-k exactly as strtod does); else the fewest significant
- * digits of %.*g that read back. Always shows a '.' or an exponent, so it
- * reads back as a real.
+ * decimal m * 10^-k exactly as strtod does); else %.15g, %.16g or %.17g,
+ * the first that reads back (fewer digits are not needed: the integer path
+ * takes every double of up to 15 significant digits within its range;
+ * outside it a few more digits than the fewest may show). Always shows a '.'
+ * or an exponent, so it reads back as a real.
  */
 static void jbuf_double(jbuf_t *b, double d)
 {
@@ -1179,11 +1189,13 @@ static void jbuf_double(jbuf_t *b, double d)
 		}
 	}
 	{
+		/* most doubles that get here need 16 or 17 digits (17 always read
+		 * back): try 15 and 16 only, rather than every count from 1 */
 		int n = 0;
 
-		for (int precision = 1; precision <= 17; precision++) {
+		for (int precision = 15; precision <= 17; precision++) {
 			n = snprintf(text, sizeof(text), "%.*g", precision, d);
-			if (strtod(text, NULL) == d)
+			if (precision == 17 || strtod(text, NULL) == d)
 				break;
 		}
 		if (n <= 0 || (size_t)n >= sizeof(text) - 3) {

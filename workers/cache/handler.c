@@ -62,6 +62,12 @@ static void layout_init(cache_t *cache, cat_metrics_t *metrics)
 		layout_t *layout = &cache->layouts[t];
 
 		layout->table = &cat_schema_tables[t];
+		layout->f_pk = cat_schema_field(layout->table,
+						cat_schema_column(layout->table, layout->table->primary_key));
+		layout->f_symbol = cat_schema_field(layout->table, cat_schema_column(layout->table, "symbol"));
+		layout->f_version = cat_schema_field(layout->table, cat_schema_column(layout->table, "version"));
+		if (layout->f_symbol && layout->f_symbol->type != PROTOBUF_C_TYPE_STRING)
+			layout->f_symbol = NULL;
 		for (size_t d = 0; d < sizeof(defs) / sizeof(defs[0]); d++) {
 			if (strcmp(defs[d].table, layout->table->name) != 0)
 				continue;
@@ -574,15 +580,21 @@ cat_err_t cache_flush_if_full(cache_t *cache, cat_batch_t *batch, char *errstr, 
 
 /* --- records ------------------------------------------------------------------------------------ */
 
-/* Text column `name` of the record's row, NULL when unset. */
-static const char *record_text(const cat_table_t *table, const ProtobufCMessage *row, const char *name)
+/* A text field of the row, NULL when unset (or no such field). */
+static const char *row_text(const ProtobufCMessage *row, const ProtobufCFieldDescriptor *field)
 {
-	const cat_column_t *column = cat_schema_column(table, name);
-	const ProtobufCFieldDescriptor *field = column ? cat_schema_field(table, column) : NULL;
-
 	if (!field || field->type != PROTOBUF_C_TYPE_STRING)
 		return NULL;
 	return *(const char *const *)(const void *)((const char *)row + field->offset);
+}
+
+/* The row's version, 0 when unset. */
+static int64_t row_version(const ProtobufCMessage *row, const ProtobufCFieldDescriptor *field)
+{
+	if (!field || field->type != PROTOBUF_C_TYPE_INT64 ||
+	    !*(const protobuf_c_boolean *)(const void *)((const char *)row + field->quantifier_offset))
+		return 0;
+	return *(const int64_t *)(const void *)((const char *)row + field->offset);
 }
 
 int cache_put_record(cache_t *cache, const Catalyst__V1__Record *record, bool is_delete, const char *op,
@@ -613,7 +625,13 @@ int cache_put_record(cache_t *cache, const Catalyst__V1__Record *record, bool is
 	}
 	if (!layout->prefix)
 		return 0;
-	pk = cat_codec_record_pk(record);
+	if (!row || row->descriptor != table->descriptor) {
+		snprintf(why, why_size, "a change whose row is not of its table %s", table->name);
+		return -1;
+	}
+	pk = row_text(row, layout->f_pk);
+	if (!pk)
+		pk = "";
 	pk_len = strlen(pk);
 	if (layout->set_prefix && strncmp(pk, "symbol:", 7) == 0) {
 		snprintf(why, why_size, "%s %.200s: an id starting with \"symbol:\" would be cached over the "
@@ -647,12 +665,12 @@ int cache_put_record(cache_t *cache, const Catalyst__V1__Record *record, bool is
 			return -1;
 		}
 		if (layout->set_prefix)
-			symbol = record_text(layout->table, row, "symbol");
+			symbol = row_text(row, layout->f_symbol);
 	}
 	op_char = is_delete ? 'd' : op[0];
 	if (layout->set_prefix)
 		op_char = (char)(op_char - 'a' + 'A'); /* a member of its symbol's set too */
-	cache_put(cache, op_char, key, (size_t)key_len, cat_codec_record_version(record),
+	cache_put(cache, op_char, key, (size_t)key_len, row_version(row, layout->f_version),
 		  ttl_override > 0 ? ttl_override : layout->ttl, json, json_len, symbol, pk, msg, t);
 	return 0;
 }

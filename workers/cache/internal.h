@@ -30,6 +30,8 @@ typedef struct layout {
 	long long ttl;
 	long long set_ttl;
 	bool derived_candidates; /* a change invalidates the candidates lists */
+	/* record fields read for every change (NULL: the table has none) */
+	const ProtobufCFieldDescriptor *f_pk, *f_symbol, *f_version;
 	cat_metric_t *m_applied;
 	cat_metric_t *m_stale;
 } layout_t;
