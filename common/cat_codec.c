@@ -1062,3 +1062,283 @@ void cat_codec_uuid(char *buf, size_t buf_size)
 		 b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14],
 		 b[15]);
 }
+
+/* --- JSON out, hand-written ------------------------------------------------ */
+
+/* A growable output buffer of cat_codec_record_json. */
+typedef struct jbuf {
+	char *data;
+	size_t len, cap;
+	bool oom;
+} jbuf_t;
+
+/* Room for `more` bytes at data + len. */
+static bool jbuf_reserve(jbuf_t *b, size_t more)
+{
+	size_t cap;
+	char *grown;
+
+	if (b->oom)
+		return false;
+	if (b->len + more <= b->cap)
+		return true;
+	cap = b->cap ? b->cap : 1024;
+	while (cap < b->len + more)
+		cap *= 2;
+	if (!(grown = realloc(b->data, cap))) {
+		b->oom = true;
+		return false;
+	}
+	b->data = grown;
+	b->cap = cap;
+	return true;
+}
+
+static void jbuf_put(jbuf_t *b, const char *s, size_t n)
+{
+	if (!jbuf_reserve(b, n))
+		return;
+	memcpy(b->data + b->len, s, n);
+	b->len += n;
+}
+
+/* `text` as a JSON string: '"', '\\' and control characters escaped
+ * (\b \f \n \r \t, else \u00XX), everything else as it is (UTF-8). False
+ * when the text is not valid UTF-8 (or holds a NUL). */
+static bool jbuf_string(jbuf_t *b, const char *text)
+{
+	static const char hex[] = "0123456789abcdef";
+	size_t len = strlen(text), start = 0;
+	const unsigned char *s = (const unsigned char *)text;
+	bool ascii = true;
+
+	/* worst case: every byte becomes \u00XX */
+	if (!jbuf_reserve(b, 6 * len + 2))
+		return false;
+	b->data[b->len++] = '"';
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = s[i];
+		char *o;
+
+		if (c >= 0x20 && c != '"' && c != '\\') {
+			if (c >= 0x80)
+				ascii = false;
+			continue;
+		}
+		memcpy(b->data + b->len, text + start, i - start);
+		b->len += i - start;
+		start = i + 1;
+		o = b->data + b->len;
+		o[0] = '\\';
+		switch (c) {
+		case '"':
+		case '\\':
+			o[1] = (char)c;
+			b->len += 2;
+			break;
+		case '\b':
+			o[1] = 'b';
+			b->len += 2;
+			break;
+		case '\f':
+			o[1] = 'f';
+			b->len += 2;
+			break;
+		case '\n':
+			o[1] = 'n';
+			b->len += 2;
+			break;
+		case '\r':
+			o[1] = 'r';
+			b->len += 2;
+			break;
+		case '\t':
+			o[1] = 't';
+			b->len += 2;
+			break;
+		default:
+			memcpy(o + 1, "u00", 3);
+			o[4] = hex[c >> 4];
+			o[5] = hex[c & 15];
+			b->len += 6;
+		}
+	}
+	memcpy(b->data + b->len, text + start, len - start);
+	b->len += len - start;
+	b->data[b->len++] = '"';
+	return ascii || utf8_check(text, len, NULL) == UTF8_OK;
+}
+
+/* Decimal digits of v into the end of buf (returns where they start). */
+static char *u64_digits(uint64_t v, char *end)
+{
+	do {
+		*--end = (char)('0' + v % 10);
+		v /= 10;
+	} while (v);
+	return end;
+}
+
+static void jbuf_int(jbuf_t *b, int64_t v)
+{
+	char text[24], *end = text + sizeof(text), *p;
+	uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+
+	p = u64_digits(u, end);
+	if (v < 0)
+		*--p = '-';
+	jbuf_put(b, p, (size_t)(end - p));
+}
+
+/*
+ * A finite double as a JSON number that reads back as exactly `d`: the
+ * fewest fraction digits k (0..22) such that m = round(d * 10^k) is below
+ * 2^53 and m / 10^k == d (both exact doubles, so the division rounds the
+ * decimal m * 10^-k exactly as strtod does); else %.15g, %.16g or %.17g,
+ * the first that reads back (fewer digits are not needed: the integer path
+ * takes every double of up to 15 significant digits within its range;
+ * outside it a few more digits than the fewest may show). Always shows a '.'
+ * or an exponent, so it reads back as a real.
+ */
+static void jbuf_double(jbuf_t *b, double d)
+{
+	static const double pow10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+				       1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+				       1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+	double a = fabs(d);
+	char text[48];
+
+	if (d == 0) {
+		jbuf_put(b, signbit(d) ? "-0.0" : "0.0", signbit(d) ? 4 : 3);
+		return;
+	}
+	if (a < 9007199254740992.0 && a >= 1e-7) {
+		for (int k = 0; k <= 22; k++) {
+			double scaled = a * pow10[k], m;
+
+			if (scaled >= 9007199254740992.0)
+				break;
+			m = nearbyint(scaled);
+			if (m / pow10[k] == a) {
+				char *end = text + sizeof(text), *p = end;
+				uint64_t u = (uint64_t)m;
+
+				if (k == 0) {
+					*--p = '0';
+					*--p = '.';
+				}
+				for (int i = 0; i < k; i++) {
+					*--p = (char)('0' + u % 10);
+					u /= 10;
+					if (i == k - 1)
+						*--p = '.';
+				}
+				p = u64_digits(u, p);
+				if (d < 0)
+					*--p = '-';
+				jbuf_put(b, p, (size_t)(end - p));
+				return;
+			}
+		}
+	}
+	{
+		/* most doubles that get here need 16 or 17 digits (17 always read
+		 * back): try 15 and 16 only, rather than every count from 1 */
+		int n = 0;
+
+		for (int precision = 15; precision <= 17; precision++) {
+			n = snprintf(text, sizeof(text), "%.*g", precision, d);
+			if (precision == 17 || strtod(text, NULL) == d)
+				break;
+		}
+		if (n <= 0 || (size_t)n >= sizeof(text) - 3) {
+			b->oom = true;
+			return;
+		}
+		if (!strpbrk(text, ".e"))
+			memcpy(text + n, ".0", 3), n += 2;
+		jbuf_put(b, text, (size_t)n);
+	}
+}
+
+ssize_t cat_codec_record_json(const Catalyst__V1__Record *record, char **buf, size_t *cap)
+{
+	const cat_table_t *table;
+	const ProtobufCMessage *row = record_row_checked(record, &table);
+	jbuf_t b = {*buf, 0, *cap, false};
+	bool ok = row != NULL;
+
+	if (ok) {
+		jbuf_put(&b, "{\"table\":", 9);
+		ok = jbuf_string(&b, table->name);
+	}
+	for (size_t i = 0; ok && i < table->n_columns; i++) {
+		const cat_column_t *column = &table->columns[i];
+		const ProtobufCFieldDescriptor *field = cat_schema_field(table, column);
+		size_t name_len = strlen(column->name);
+
+		if (!field) {
+			ok = false;
+			break;
+		}
+		if (!field_present(row, field))
+			continue;
+		if (jbuf_reserve(&b, name_len + 4)) {
+			b.data[b.len++] = ',';
+			b.data[b.len++] = '"';
+			memcpy(b.data + b.len, column->name, name_len);
+			b.len += name_len;
+			b.data[b.len++] = '"';
+			b.data[b.len++] = ':';
+		}
+		switch (column->type) {
+		case CAT_COL_TEXT:
+			ok = jbuf_string(&b, field_text(row, field));
+			break;
+		case CAT_COL_INT32:
+			jbuf_int(&b, *FIELD_CPTR(row, field->offset, int32_t));
+			break;
+		case CAT_COL_INT64:
+			jbuf_int(&b, *FIELD_CPTR(row, field->offset, int64_t));
+			break;
+		case CAT_COL_DOUBLE: {
+			double d = *FIELD_CPTR(row, field->offset, double);
+
+			if (!isfinite(d))
+				ok = false;
+			else
+				jbuf_double(&b, d);
+			break;
+		}
+		case CAT_COL_BOOL:
+			if (*FIELD_CPTR(row, field->offset, protobuf_c_boolean))
+				jbuf_put(&b, "true", 4);
+			else
+				jbuf_put(&b, "false", 5);
+			break;
+		case CAT_COL_TIMESTAMP: {
+			int64_t us = *FIELD_CPTR(row, field->offset, int64_t);
+			char text[40];
+
+			if (us < TIMESTAMP_MIN_US || us > TIMESTAMP_MAX_US) {
+				ok = false;
+				break;
+			}
+			cat_time_format_rfc3339(us, text, sizeof(text));
+			if (jbuf_reserve(&b, strlen(text) + 2)) {
+				b.data[b.len++] = '"';
+				jbuf_put(&b, text, strlen(text));
+				b.data[b.len++] = '"';
+			}
+			break;
+		}
+		}
+	}
+	if (ok)
+		jbuf_put(&b, "}", 2); /* with the NUL */
+	*buf = b.data;
+	*cap = b.cap;
+	if (!ok || b.oom)
+		return -1;
+	return (ssize_t)b.len - 1;
+}

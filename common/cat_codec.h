@@ -21,6 +21,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "catalyst/v1/commands.pb-c.h"
 #include "catalyst/v1/records.pb-c.h"
@@ -89,6 +90,14 @@ bool cat_codec_write_record_bytes(const void *buf, size_t len, const uint8_t **r
  * NUL-terminated; NULL on out of memory or when a value has no JSON form
  * (what cat_codec_record_validate rejects: invalid UTF-8, NaN, ...). */
 char *cat_codec_record_to_json(const Catalyst__V1__Record *record);
+
+/* The same object, written without building a tree, into *buf (of *cap
+ * bytes; grown with realloc, both updated; may start NULL/0), NUL-terminated;
+ * returns its length, or -1 as cat_codec_record_to_json returns NULL. Same
+ * keys in the same order; each double with the fewest digits that read back
+ * exactly as it (the same value as cat_codec_record_to_json's, not always
+ * the same text). Strings escape '"', '\\' and control characters only. */
+ssize_t cat_codec_record_json(const Catalyst__V1__Record *record, char **buf, size_t *cap);
 
 /* WriteCommand -> JSON write-line text (record columns plus "op",
  * "command_id", "producer", "trace_id", "issued_at_us"; a delete shows only

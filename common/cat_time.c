@@ -139,6 +139,24 @@ char *cat_time_format_rfc3339(int64_t us, char *buf, size_t buf_size)
 	if (rem < 0)
 		rem += 86400, days -= 1;
 	civil_from_days(days, &y, &m, &d);
+	if (y >= 0 && y <= 9999 && buf_size >= 28) {
+		/* the common case without snprintf (a hot path of catalyst-cache) */
+		static const int widths[7] = {4, 2, 2, 2, 2, 2, 6};
+		static const char seps[7] = {'-', '-', 'T', ':', ':', '.', 'Z'};
+		int64_t values[7] = {y, m, d, rem / 3600, rem / 60 % 60, rem % 60, frac};
+		char *o = buf;
+
+		for (int i = 0; i < 7; i++) {
+			for (int k = widths[i] - 1; k >= 0; k--) {
+				o[k] = (char)('0' + values[i] % 10);
+				values[i] /= 10;
+			}
+			o += widths[i];
+			*o++ = seps[i];
+		}
+		*o = '\0';
+		return buf;
+	}
 	snprintf(buf, buf_size, "%04lld-%02d-%02dT%02d:%02d:%02d.%06lldZ", (long long)y, m, d,
 		 (int)(rem / 3600), (int)(rem / 60 % 60), (int)(rem % 60), (long long)frac);
 	return buf;

@@ -3,6 +3,7 @@
  * at the trust boundary. Failure paths first, then the round trips.
  */
 #include <check.h>
+#include <jansson.h>
 #include <ctype.h>
 #include <math.h>
 #include <stdbool.h>
@@ -1745,6 +1746,187 @@ START_TEST(test_record_json_numbers)
 }
 END_TEST
 
+/* --- the hand-written encoder (cat_codec_record_json) ------------------------------ */
+
+/* The hand-written text parses as JSON and equals the tree's (jansson
+ * compares reals exactly), every table, every column or only the required. */
+START_TEST(test_record_json_same_as_tree)
+{
+	fixture_t f;
+	char *tree_text, *buf = NULL;
+	size_t cap = 0;
+	ssize_t len;
+	json_t *tree, *mine;
+	json_error_t jerr;
+
+	fixture_init(&f, _i / 2, _i % 2 == 0, CATALYST__V1__WRITE_OP__WRITE_OP_UPSERT);
+	tree_text = cat_codec_record_to_json(&f.record);
+	ck_assert_ptr_nonnull(tree_text);
+	len = cat_codec_record_json(&f.record, &buf, &cap);
+	ck_assert_int_gt(len, 0);
+	ck_assert_uint_eq(strlen(buf), (size_t)len);
+	ck_assert_uint_ge(cap, (size_t)len + 1);
+	tree = json_loads(tree_text, JSON_REJECT_DUPLICATES, &jerr);
+	mine = json_loadb(buf, (size_t)len, JSON_REJECT_DUPLICATES, &jerr);
+	ck_assert_msg(mine != NULL, "not JSON: %s (%s)", buf, jerr.text);
+	ck_assert_msg(json_equal(tree, mine), "%s\n!=\n%s", buf, tree_text);
+	/* the same keys in the same order */
+	{
+		const char *key;
+		json_t *value;
+		const char *p = buf;
+
+		json_object_foreach(tree, key, value) {
+			char quoted[80];
+
+			(void)value;
+			snprintf(quoted, sizeof(quoted), "\"%s\":", key);
+			ck_assert_ptr_nonnull(p = strstr(p, quoted));
+		}
+	}
+	/* a second record reuses the buffer */
+	ck_assert_int_eq(cat_codec_record_json(&f.record, &buf, &cap), len);
+	json_decref(tree);
+	json_decref(mine);
+	free(tree_text);
+	free(buf);
+}
+END_TEST
+
+START_TEST(test_record_json_escapes)
+{
+	fixture_t f;
+	char text[64], *buf = NULL;
+	size_t cap = 0;
+	ssize_t len;
+	json_t *parsed;
+	json_error_t jerr;
+
+	fixture_init(&f, 4, false, CATALYST__V1__WRITE_OP__WRITE_OP_UPSERT);
+	f.metric.source_name = "q\"b\\s/\b\f\n\r\t\x01\x1f\x7f é€😀";
+	len = cat_codec_record_json(&f.record, &buf, &cap);
+	ck_assert_int_gt(len, 0);
+	ck_assert_str_eq(buf, "{\"table\":\"source_metrics\",\"source_name\":"
+			      "\"q\\\"b\\\\s/\\b\\f\\n\\r\\t\\u0001\\u001f\x7f é€😀\",\"version\":99}");
+	parsed = json_loads(buf, 0, &jerr);
+	ck_assert_ptr_nonnull(parsed);
+	ck_assert_str_eq(json_string_value(json_object_get(parsed, "source_name")), f.metric.source_name);
+	json_decref(parsed);
+
+	/* every control character, each escaped */
+	for (int c = 1; c < 0x20; c++)
+		text[c - 1] = (char)c;
+	text[0x1f] = '\0';
+	f.metric.source_name = text;
+	len = cat_codec_record_json(&f.record, &buf, &cap);
+	ck_assert_int_gt(len, 0);
+	parsed = json_loads(buf, 0, &jerr);
+	ck_assert_msg(parsed != NULL, "%s", jerr.text);
+	ck_assert_str_eq(json_string_value(json_object_get(parsed, "source_name")), text);
+	json_decref(parsed);
+	for (ssize_t i = 0; i < len; i++)
+		ck_assert_int_ge((unsigned char)buf[i], 0x20);
+
+	/* invalid UTF-8 has no JSON form, as with the tree */
+	f.metric.source_name = "bad \xc3(";
+	ck_assert_int_eq(cat_codec_record_json(&f.record, &buf, &cap), -1);
+	f.metric.source_name = "\xed\xa0\x80"; /* a surrogate */
+	ck_assert_int_eq(cat_codec_record_json(&f.record, &buf, &cap), -1);
+	/* nor NaN, infinity, a timestamp out of range, a row of another table */
+	f.metric.source_name = "reuters";
+	f.metric.has_accuracy_rate = 1;
+	f.metric.accuracy_rate = NAN;
+	ck_assert_int_eq(cat_codec_record_json(&f.record, &buf, &cap), -1);
+	f.metric.accuracy_rate = -INFINITY;
+	ck_assert_int_eq(cat_codec_record_json(&f.record, &buf, &cap), -1);
+	f.metric.accuracy_rate = 1;
+	f.metric.has_last_updated = 1;
+	f.metric.last_updated = INT64_MIN;
+	ck_assert_int_eq(cat_codec_record_json(&f.record, &buf, &cap), -1);
+	f.record.row_case = CATALYST__V1__RECORD__ROW_NEWS_RAW;
+	ck_assert_int_eq(cat_codec_record_json(&f.record, &buf, &cap), -1);
+	free(buf);
+
+	/* a long text grows a small buffer */
+	{
+		char *big = repeat("\"\\\n", 3000);
+
+		fixture_init(&f, 4, false, CATALYST__V1__WRITE_OP__WRITE_OP_UPSERT);
+		f.metric.source_name = big;
+		cap = 8;
+		buf = malloc(cap);
+		len = cat_codec_record_json(&f.record, &buf, &cap);
+		ck_assert_int_gt(len, 18000);
+		parsed = json_loads(buf, 0, &jerr);
+		ck_assert_ptr_nonnull(parsed);
+		ck_assert_str_eq(json_string_value(json_object_get(parsed, "source_name")), big);
+		json_decref(parsed);
+		free(big);
+		free(buf);
+	}
+}
+END_TEST
+
+/* One double through the encoder: valid JSON, a real, read back exactly. */
+static void check_double(double d, const char *want)
+{
+	fixture_t f;
+	char *buf = NULL, *p, *end;
+	size_t cap = 0;
+	json_t *parsed, *value;
+	json_error_t jerr;
+
+	fixture_init(&f, 4, false, CATALYST__V1__WRITE_OP__WRITE_OP_UPSERT);
+	f.metric.has_accuracy_rate = 1;
+	f.metric.accuracy_rate = d;
+	ck_assert_int_gt(cat_codec_record_json(&f.record, &buf, &cap), 0);
+	parsed = json_loads(buf, 0, &jerr);
+	ck_assert_msg(parsed != NULL, "%.17g: %s: %s", d, buf, jerr.text);
+	value = json_object_get(parsed, "accuracy_rate");
+	ck_assert_msg(json_is_real(value), "%.17g: %s", d, buf);
+	ck_assert_msg(json_real_value(value) == d || (d == 0 && json_real_value(value) == 0), "%.17g: %s", d,
+		      buf);
+	p = strstr(buf, "\"accuracy_rate\":") + 16;
+	ck_assert_msg(strtod(p, &end) == d && *end == ',', "%.17g: %s", d, buf);
+	ck_assert_msg(signbit(strtod(p, NULL)) == signbit(d), "%.17g: %s", d, buf);
+	if (want) {
+		ck_assert_int_eq(strncmp(p, want, strlen(want)), 0);
+		ck_assert_int_eq(p[strlen(want)], ',');
+	}
+	json_decref(parsed);
+	free(buf);
+}
+
+START_TEST(test_record_json_doubles)
+{
+	static const struct {
+		double d;
+		const char *text;
+	} known[] = {
+		{0.8, "0.8"},	 {-0.25, "-0.25"},	  {123.45, "123.45"},	{130, "130.0"},
+		{0, "0.0"},	 {-0.0, "-0.0"},	  {1.5e-7, "0.00000015"}, {100.001, "100.001"},
+		{1e15, "1000000000000000.0"}, {0.1 + 0.2, NULL}, {1.0 / 3, NULL}, {5e-324, NULL},
+		{1e300, NULL},	 {-1.7976931348623157e308, NULL}, {9007199254740993.0, NULL},
+		{2.2250738585072014e-308, NULL}, {1e-7, "0.0000001"}, {9.99e-8, NULL},
+	};
+	uint64_t state = 0x9e3779b97f4a7c15ULL;
+
+	for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+		check_double(known[i].d, known[i].text);
+	/* random bit patterns, and prices with few decimals */
+	for (int i = 0; i < 20000; i++) {
+		double d;
+
+		state ^= state << 13, state ^= state >> 7, state ^= state << 17;
+		memcpy(&d, &state, sizeof(d));
+		if (isfinite(d))
+			check_double(d, NULL);
+		check_double((double)(int64_t)(state % 100000000) / 100.0, NULL);
+		check_double((double)(int64_t)(state % 1000000) / 1e6 - 0.5, NULL);
+	}
+}
+END_TEST
+
 START_TEST(test_write_to_json_needs_op_and_record)
 {
 	fixture_t f;
@@ -1865,6 +2047,9 @@ static Suite *codec_suite(void)
 	tcase_add_loop_test(good, test_json_round_trip, 0, (int)N_JSON_TRIPS);
 	tcase_add_loop_test(good, test_record_json_round_trip, 0, 10);
 	tcase_add_test(good, test_record_json_numbers);
+	tcase_add_loop_test(good, test_record_json_same_as_tree, 0, 10);
+	tcase_add_test(good, test_record_json_escapes);
+	tcase_add_test(good, test_record_json_doubles);
 	suite_add_tcase(s, good);
 	return s;
 }

@@ -4,6 +4,7 @@
  *   catalyst-publish write [FILE|-]   JSON lines -> WriteCommand -> write.v1
  *   catalyst-publish sync check|resync|replicate ...   SyncCommands -> sync.v1
  *   catalyst-publish backup ACTION    a BackupCommand -> backup.v1
+ *   catalyst-publish cache ...        one CacheCommand -> cache.v1
  */
 #include <stdbool.h>
 #include <stdio.h>
@@ -20,6 +21,10 @@ static const char usage[] =
 	"       catalyst-publish sync resync --table T [--replica NAME] [--command-id ID]\n"
 	"       catalyst-publish sync replicate [FILE|-] [--replica NAME]\n"
 	"       catalyst-publish backup [--database D] [--command-id ID] [--issued-at-us US] ACTION\n"
+	"       catalyst-publish cache set [--ttl SECONDS] [--version N] KEY VALUE|-\n"
+	"       catalyst-publish cache delete KEY...\n"
+	"       catalyst-publish cache invalidate PATTERN\n"
+	"       catalyst-publish cache warm market-open|rebuild\n"
 	"\n"
 	"  write   read JSON lines, one record each, e.g.\n"
 	"          {\"table\":\"news_raw\",\"news_id\":\"n1\",\"symbol\":\"AAPL\",\n"
@@ -43,6 +48,12 @@ static const char usage[] =
 	"            verify BACKUP_ID\n"
 	"            prune [--dry-run] [--now-us US]\n"
 	"          the same --command-id is the same backup (idempotent).\n"
+	"\n"
+	"  cache   publish one CacheCommand to cache.v1 for catalyst-cache: set a key\n"
+	"          (version-checked with --version; VALUE - reads stdin), delete keys,\n"
+	"          invalidate the keys matching a Redis glob (SCAN + UNLINK), or warm:\n"
+	"          market-open (pre-market news, active candidates) or rebuild (every key\n"
+	"          of the layout, from the primary). Returns after the delivery report.\n"
 	"\n"
 	"Exit status: 0 all published; 1 a line was rejected or not delivered;\n"
 	"2 usage or configuration error.";
@@ -70,6 +81,7 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	bool known = argc >= 2 && (strcmp(argv[1], "sync") == 0 || strcmp(argv[1], "backup") == 0 ||
+				   strcmp(argv[1], "cache") == 0 ||
 				   (strcmp(argv[1], "write") == 0 && argc <= 3));
 
 	if (!known) {
@@ -88,6 +100,8 @@ int main(int argc, char **argv)
 		rc = publish_sync(cfg, argc - 2, argv + 2);
 	else if (strcmp(argv[1], "backup") == 0)
 		rc = publish_backup(cfg, argc - 2, argv + 2);
+	else if (strcmp(argv[1], "cache") == 0)
+		rc = publish_cache(cfg, argc - 2, argv + 2);
 	else
 		rc = publish_write(cfg, argc == 3 ? argv[2] : "-");
 

@@ -17,4 +17,7 @@ int publish_sync(const cat_config_t *cfg, int argc, char **argv);
 /* catalyst-publish backup ACTION ...: argv after "backup" (see backup.c). */
 int publish_backup(const cat_config_t *cfg, int argc, char **argv);
 
+/* argv: the words after "cache" */
+int publish_cache(const cat_config_t *cfg, int argc, char **argv);
+
 #endif /* CATALYST_PUBLISH_H */

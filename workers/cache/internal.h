@@ -1,0 +1,144 @@
+/*
+ * catalyst-cache internals shared by handler.c and warm.c.
+ */
+#ifndef CACHE_INTERNAL_H
+#define CACHE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "cache.h"
+#include "cat_codec.h"
+#include "cat_schema.h"
+
+#define MAX_TABLES	8
+#define MAX_TOP_LIMITS	16
+#define PUT_ITEMS	256	   /* items of one PUT script call */
+#define PUT_CALL_BYTES	(1 << 20) /* a PUT call ends past this many argument bytes */
+#define PUT_ARGS	6
+#define PUT_TTL_SLOTS	9 /* distinct TTLs of one PUT call */
+#define MAX_KEY_BYTES	1024
+
+enum { SCRIPT_PUT, SCRIPT_INVALIDATE_CANDIDATES, SCRIPT_SET_IF_GENERATION, N_SCRIPTS };
+
+/* Where a table's rows live in Redis; prefix NULL: not cached row by row. */
+typedef struct layout {
+	const cat_table_t *table;
+	const char *prefix;	/* "news:" */
+	const char *set_prefix; /* "news:symbol:", NULL: no set */
+	long long ttl;
+	long long set_ttl;
+	bool derived_candidates; /* a change invalidates the candidates lists */
+	/* record fields read for every change (NULL: the table has none) */
+	const ProtobufCFieldDescriptor *f_pk, *f_symbol, *f_version;
+	cat_metric_t *m_applied;
+	cat_metric_t *m_stale;
+} layout_t;
+
+/* What a queued command is, to read its reply. */
+typedef enum cmd_kind {
+	CMD_PUT,	/* items [first, first + n) */
+	CMD_PLAIN,	/* any reply but an error; msg: whose */
+	CMD_INVALIDATE, /* INVALIDATE_CANDIDATES */
+} cmd_kind_t;
+
+typedef struct cmd {
+	cmd_kind_t kind;
+	int32_t msg; /* batch message, -1: none */
+	size_t first, n;
+} cmd_t;
+
+typedef struct item {
+	int32_t msg;	/* batch message, -1: none (warm) */
+	uint16_t table; /* layout index, for the counters */
+} item_t;
+
+typedef struct queue {
+	cmd_t *cmds;
+	size_t n_cmds, cap_cmds;
+	item_t *items;
+	size_t n_items, cap_items;
+} queue_t;
+
+struct cache {
+	const cat_config_t *cfg;
+	cat_redis_t *redis;
+	PGconn *pg;
+	cat_redis_t *probe; /* readiness, on the HTTP thread */
+	pthread_mutex_t probe_lock;
+	cat_redis_script_t scripts[N_SCRIPTS];
+	char changes_topic[256];
+	char cache_topic[256];
+
+	layout_t layouts[MAX_TABLES]; /* by index in cat_schema_tables */
+	char top_limits[MAX_TOP_LIMITS][16];
+	size_t n_top_limits;
+	long long top_max;
+	long long symbol_ttl, active_ttl, top_ttl, warm_news_ttl, max_value, pipeline_bytes, scan_count, rebuild_chunk;
+
+	/* the PUT call being filled: its arguments as protocol bulk strings */
+	char *arena;
+	size_t arena_len, arena_cap;
+	size_t n_call_items;
+	long long call_ttls[PUT_TTL_SLOTS];
+	int n_call_ttls;
+	/* a record's JSON (reused) */
+	char *json;
+	size_t json_cap;
+	/* the commands and items of two pipelines: q[fill] being filled, the
+	 * other sent and waiting for its replies (while cat_redis_in_flight) */
+	queue_t q[2];
+	int fill;
+	int64_t sent_at_us;
+	bool oom; /* an allocation failed while queuing */
+
+	uint64_t reloads_seen;
+	cat_metric_t *m_commands;
+	cat_metric_t *m_depth;
+	cat_metric_t *m_rtt;
+	cat_metric_t *m_reloads;
+	cat_metric_t *m_reconnects;
+	cat_metric_t *m_invalidated;
+	cat_metric_t *m_uncacheable;
+	cat_metric_t *m_warm_rows[2];
+	cat_metric_t *m_warm_seconds[2];
+	cat_metric_t *m_warm_conflicts;
+	atomic_bool redis_down;
+};
+
+/* Queues one PUT item (see scripts.h: op, key, version, ttl, value, symbol,
+ * member; NULL strings as ""); `msg` is the batch message it comes from
+ * (-1: none). Strings are copied. */
+void cache_put(cache_t *cache, char op, const char *key, size_t key_len, int64_t version, long long ttl,
+	       const char *value, size_t value_len, const char *symbol, const char *member, int32_t msg,
+	       uint16_t table);
+
+/* Queues a plain command (argv copied). */
+void cache_plain(cache_t *cache, int argc, const char *const *argv, const size_t *lens, int32_t msg);
+
+/* Queues the candidates invalidation. */
+void cache_invalidate_candidates(cache_t *cache);
+
+/* Sends what is queued as one pipeline and reads every reply (of the
+ * pipeline in flight too): marks
+ * `batch` messages whose items failed permanently (batch may be NULL: then
+ * such failures are counted and logged). Retriable/fatal for the pipeline. */
+cat_err_t cache_flush(cache_t *cache, cat_batch_t *batch, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+
+/* When the queue is past CATALYST_CACHE_PIPELINE_BYTES: reads the replies of
+ * the pipeline in flight, then sends the queue without waiting for its
+ * replies (the next cache_flush or cache_flush_if_full reads them), so that
+ * Redis runs one pipeline while the next one is prepared. */
+cat_err_t cache_flush_if_full(cache_t *cache, cat_batch_t *batch, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+
+/* A Redis connection that works (counts reconnects). */
+cat_err_t cache_redis_ensure(cache_t *cache, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+
+/* Queues the PUT of one record (an upsert, or a delete when is_delete):
+ * 0 queued or nothing to cache (a candidate: sets *candidates), else -1 with
+ * the reason it cannot be cached in `why`. */
+int cache_put_record(cache_t *cache, const Catalyst__V1__Record *record, bool is_delete, const char *op,
+		     long long ttl_override, int32_t msg, bool *candidates, char *why, size_t why_size);
+
+#endif /* CACHE_INTERNAL_H */

@@ -1,0 +1,196 @@
+/*
+ * catalyst-cache: changes.v1 + cache.v1 -> Redis.
+ *
+ * Consumes the rows the primary committed (changes.v1) and the explicit
+ * cache commands (cache.v1) as group catalyst-cache and applies them to
+ * Redis, version-checked and pipelined (handler.c); warms read the primary
+ * (warm.c). Serves /healthz, /readyz, /metrics.
+ *
+ * Exit codes: 0 stopped by SIGTERM/SIGINT, 1 failed (Redis or PostgreSQL
+ * credentials, Kafka), 2 bad usage or configuration.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cache.h"
+#include "cat_config.h"
+#include "cat_consumer.h"
+#include "cat_http.h"
+#include "cat_kafka.h"
+#include "cat_log.h"
+#include "cat_metrics.h"
+#include "cat_pg.h"
+#include "cat_redis.h"
+
+#define WORKER "catalyst-cache"
+
+static const char usage[] =
+	"usage: catalyst-cache\n"
+	"\n"
+	"Keeps Redis hot from the rows the PostgreSQL primary committed (changes.v1) and\n"
+	"applies the cache commands of cache.v1 (set, delete, invalidate, warm), consumer\n"
+	"group catalyst-cache. Writes are version-checked: an older change never replaces\n"
+	"a newer cached value. Values that cannot be cached go to dlq.v1 with the reason.\n"
+	"While Redis is unreachable nothing is acknowledged and the worker retries.\n"
+	"HTTP: /healthz, /readyz, /metrics.\n"
+	"\n"
+	"Exit status: 0 stopped by SIGTERM or SIGINT (a second one stops at once);\n"
+	"1 Redis or PostgreSQL refused the credentials, or Kafka failed; 2 usage or\n"
+	"configuration error.";
+
+static const cat_config_def_t config_defs[] = {
+	CAT_CONFIG_COMMON,
+	CAT_CONFIG_KAFKA,
+	CAT_CONFIG_PG,
+	CAT_CONFIG_REDIS,
+	CAT_CONFIG_CONSUMER("200"),
+	{"CATALYST_CACHE_GROUP", CAT_CFG_STRING, "catalyst-cache", false, false, 0, 0, NULL,
+	 "consumer group of changes.v1 and cache.v1"},
+	{"CATALYST_CACHE_PORT", CAT_CFG_INT, "5031", false, false, 0, 65535, NULL,
+	 "HTTP port of /healthz, /readyz and /metrics (0: any free port)"},
+	{"CATALYST_CACHE_BIND", CAT_CFG_STRING, "0.0.0.0", false, false, 0, 0, NULL,
+	 "address the HTTP server listens on"},
+	{"CATALYST_CACHE_NEWS_TTL_S", CAT_CFG_INT, "3600", false, false, 0, 31536000, NULL,
+	 "TTL of news:{news_id} (0: none)"},
+	{"CATALYST_CACHE_SYMBOL_TTL_S", CAT_CFG_INT, "3600", false, false, 0, 31536000, NULL,
+	 "TTL of news:symbol:{symbol}, signals:symbol:..., trades:symbol:..., renewed at each add"},
+	{"CATALYST_CACHE_SIGNAL_TTL_S", CAT_CFG_INT, "3600", false, false, 0, 31536000, NULL,
+	 "TTL of signals:{signal_id}"},
+	{"CATALYST_CACHE_TRADE_TTL_S", CAT_CFG_INT, "86400", false, false, 0, 31536000, NULL,
+	 "TTL of trades:{trade_id}"},
+	{"CATALYST_CACHE_SOURCE_TTL_S", CAT_CFG_INT, "86400", false, false, 0, 31536000, NULL,
+	 "TTL of sources:{source_name}"},
+	{"CATALYST_CACHE_ACTIVE_TTL_S", CAT_CFG_INT, "1800", false, false, 0, 31536000, NULL,
+	 "TTL of candidates:active"},
+	{"CATALYST_CACHE_TOP_TTL_S", CAT_CFG_INT, "300", false, false, 0, 31536000, NULL,
+	 "TTL of candidates:top:{n} made by a rebuild"},
+	{"CATALYST_CACHE_TOP_LIMITS", CAT_CFG_STRING, "5,10,20,50,100", false, false, 0, 0, NULL,
+	 "the n of candidates:top:{n}: removed at every candidate change, made by a rebuild"},
+	{"CATALYST_CACHE_WARM_NEWS_TTL_S", CAT_CFG_INT, "7200", false, false, 0, 31536000, NULL,
+	 "TTL of the news a market-open warm caches"},
+	{"CATALYST_CACHE_MAX_VALUE_BYTES", CAT_CFG_INT, "262144", false, false, 64, 536870912, NULL,
+	 "largest value cached; a larger one is dead-lettered"},
+	{"CATALYST_CACHE_PIPELINE_BYTES", CAT_CFG_INT, "262144", false, false, 4096, 268435456, NULL,
+	 "a batch's commands go out as pipelines of this size, one sent while the next is prepared"},
+	{"CATALYST_CACHE_SCAN_COUNT", CAT_CFG_INT, "1000", false, false, 10, 100000, NULL,
+	 "keys an invalidation SCANs and UNLINKs per step"},
+	{"CATALYST_CACHE_REBUILD_CHUNK", CAT_CFG_INT, "1000", false, false, 10, 100000, NULL,
+	 "rows a rebuild holds in memory at a time"},
+};
+
+#define N_CONFIG_DEFS (sizeof(config_defs) / sizeof(config_defs[0]))
+
+static volatile sig_atomic_t stop;
+
+static void on_signal(int signo)
+{
+	stop = signo;
+}
+
+int main(int argc, char **argv)
+{
+	static const char *const topics[] = {CAT_TOPIC_CHANGES, CAT_TOPIC_CACHE, NULL};
+	struct sigaction sa = {.sa_handler = on_signal, .sa_flags = SA_RESETHAND};
+	cat_config_t *cfg = NULL;
+	cat_metrics_t *metrics = NULL;
+	cat_redis_opts_t redis_opts;
+	cat_redis_t *redis = NULL;
+	PGconn *pg = NULL;
+	cache_t *cache = NULL;
+	cat_consumer_t *consumer = NULL;
+	cat_http_t *http = NULL;
+	cat_handler_t handler;
+	char errstr[1024];
+	cat_err_t err;
+	int rc = 1;
+
+	if (cat_config_wants_help(argc, argv)) {
+		cat_config_usage(stdout, usage, config_defs, N_CONFIG_DEFS);
+		return 0;
+	}
+	if (argc > 1) {
+		fprintf(stderr, WORKER ": unexpected argument %s (try --help)\n", argv[1]);
+		return 2;
+	}
+	if (cat_config_load(&cfg, config_defs, N_CONFIG_DEFS, NULL, errstr, sizeof(errstr)) != CAT_OK) {
+		fprintf(stderr, WORKER ": %s\n", errstr);
+		return 2;
+	}
+	cat_log_init(WORKER, (cat_log_level_t)cat_log_level_parse(cat_config_str(cfg, "CATALYST_LOG_LEVEL")));
+	metrics = cat_metrics_new();
+	if (!metrics || cat_metrics_add_process(metrics, "catalyst_cache") != CAT_OK) {
+		CAT_LOG_ERROR("METRICS", "could not create the metrics registry: out of memory");
+		goto out;
+	}
+
+	/* PostgreSQL (warms only) and Redis: refused credentials stop us here;
+	 * an unreachable server does not (batches retry, /readyz says why) */
+	err = cache_pg_connect(&pg, cfg, errstr, sizeof(errstr));
+	if (err == CAT_ERR_FATAL) {
+		CAT_LOG_ERROR("PG", "%s", errstr);
+		goto out;
+	}
+	if (err != CAT_OK)
+		CAT_LOG_WARN("PG", "%s: will retry at the next warm", errstr);
+	cat_redis_opts_from_config(&redis_opts, cfg, WORKER);
+	if (cat_redis_new(&redis, &redis_opts, errstr, sizeof(errstr)) != CAT_OK) {
+		CAT_LOG_ERROR("REDIS", "%s", errstr);
+		goto out;
+	}
+	err = cat_redis_ensure(redis, errstr, sizeof(errstr));
+	if (err == CAT_ERR_FATAL) {
+		CAT_LOG_ERROR("REDIS", "%s", errstr);
+		goto out;
+	}
+	if (err != CAT_OK)
+		CAT_LOG_WARN("REDIS", "%s: will retry", errstr);
+	err = cache_new(&cache, cfg, redis, pg, metrics, errstr, sizeof(errstr));
+	redis = NULL; /* owned by cache */
+	pg = NULL;
+	if (err != CAT_OK) {
+		CAT_LOG_ERROR("MAIN", "%s", errstr);
+		goto out;
+	}
+
+	/* changes.v1 + cache.v1, then the probes that report on them */
+	handler = (cat_handler_t){ cache_apply, cache_ready, cache, NULL };
+	if (cat_consumer_new(&consumer, cfg, WORKER, cat_config_str(cfg, "CATALYST_CACHE_GROUP"), topics, &handler,
+			     metrics, errstr, sizeof(errstr)) != CAT_OK) {
+		CAT_LOG_ERROR("KAFKA", "%s", errstr);
+		goto out;
+	}
+	if (cat_http_new(&http, cat_config_str(cfg, "CATALYST_CACHE_BIND"),
+			 (int)cat_config_int(cfg, "CATALYST_CACHE_PORT"), errstr, sizeof(errstr)) != CAT_OK) {
+		CAT_LOG_ERROR("HTTP", "%s", errstr);
+		goto out;
+	}
+	cat_http_set_metrics(http, metrics);
+	cat_http_set_ready_fn(http, cat_consumer_ready, consumer);
+	if (cat_http_start(http, errstr, sizeof(errstr)) != CAT_OK) {
+		CAT_LOG_ERROR("HTTP", "%s", errstr);
+		goto out;
+	}
+
+	/* the first SIGTERM/SIGINT drains and stops, a second one ends at once */
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+
+	if (cat_consumer_run(consumer, &stop, errstr, sizeof(errstr)) != CAT_OK) {
+		CAT_LOG_ERROR("CONSUMER", "%s", errstr);
+		goto out;
+	}
+	CAT_LOG_INFO("MAIN", "stopped on signal %d", (int)stop);
+	rc = 0;
+
+out:
+	cat_http_destroy(http);
+	cat_consumer_destroy(consumer);
+	cache_destroy(cache);
+	cat_redis_destroy(redis);
+	cat_pg_close(pg);
+	cat_metrics_destroy(metrics);
+	cat_config_destroy(cfg);
+	return rc;
+}
