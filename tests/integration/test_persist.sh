@@ -119,6 +119,16 @@ versions_and_xmin() {
 		UNION ALL SELECT 'trade_records', trade_id, version, xmin FROM trade_records
 		UNION ALL SELECT 'source_metrics', source_name, version, xmin FROM source_metrics ORDER BY 1, 2"
 }
+stop_persist() { # SIGTERM: exit 0; its log kept in all.log
+	kill -TERM "$pid"
+	set +e
+	wait "$pid"
+	rc=$?
+	set -e
+	pid=
+	assert_eq 0 "$rc" "exit code after SIGTERM: $(tail -3 "$work/persist.log")"
+	cat "$work/persist.log" >>"$work/all.log"
+}
 metric() { # metric NAME_WITH_LABELS: its value on /metrics (0 when absent)
 	curl -s "$base/metrics" | awk -v n="$1" '$1 == n { print $2; found = 1 } END { if (!found) print 0 }'
 }
@@ -265,14 +275,7 @@ run curl -s "$base/readyz"
 assert_eq "ready" "$out" "/readyz"
 
 # --- SIGTERM: exit 0 ---------------------------------------------------------------------
-kill -TERM "$pid"
-set +e
-wait "$pid"
-rc=$?
-set -e
-pid=
-assert_eq 0 "$rc" "exit code after SIGTERM: $(tail -3 "$work/persist.log")"
-cat "$work/persist.log" >>"$work/all.log"
+stop_persist
 
 # --- tombstones past their retention are pruned (at the first batch after a start) -----
 n_tombstones=$(psql_at "$db" "SELECT count(*) FROM row_tombstones")
@@ -288,14 +291,7 @@ assert_eq "$((n_tombstones - 100))" "$(psql_at "$db" "SELECT count(*) FROM row_t
 assert_eq 0 "$(psql_at "$db" "SELECT count(*) FROM row_tombstones WHERE deleted_at < now() - interval '7 days'")" \
 	"expired tombstones left"
 assert_contains "$(cat "$work/persist.log")" "pruned 100 tombstones older than 604800 s"
-kill -TERM "$pid"
-set +e
-wait "$pid"
-rc=$?
-set -e
-pid=
-assert_eq 0 "$rc" "exit code after SIGTERM: $(tail -3 "$work/persist.log")"
-cat "$work/persist.log" >>"$work/all.log"
+stop_persist
 grep '^{' "$work/all.log" | python3 -c 'import json, sys; [json.loads(l) for l in sys.stdin]' ||
 	fail "a log line is not JSON"
 [[ -z $pg_password ]] || assert_not_contains "$(cat "$work/all.log")" "$pg_password" "the output"
