@@ -1098,7 +1098,9 @@ cat_err_t cat_s3_upload_begin(cat_s3_t *s3, const char *key, const char *content
 		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
 		goto error;
 	}
-	if ((err = perform(s3, s3->curl, &req, &resp, errstr, errstr_size)) != CAT_OK)
+	/* the upload's own handle: uploads run on several threads at once, and
+	 * s3->curl belongs to the thread that created s3 */
+	if ((err = perform(s3, up->curl, &req, &resp, errstr, errstr_size)) != CAT_OK)
 		goto error;
 	if (!(up->upload_id = xml_value(resp.body.data, "UploadId", NULL))) {
 		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE,
@@ -1197,7 +1199,7 @@ cat_err_t cat_s3_upload_finish(cat_s3_upload_t *up, char *errstr, size_t errstr_
 				.body = xml.data, .body_len = xml.len, .content_type = "application/xml"};
 		s3_resp_t resp = {0};
 
-		err = perform(up->s3, up->s3->curl, &req, &resp, errstr, errstr_size);
+		err = perform(up->s3, up->curl, &req, &resp, errstr, errstr_size); /* its thread is stopped */
 		resp_free(&resp);
 		if (err != CAT_OK)
 			goto error;
@@ -1219,7 +1221,7 @@ void cat_s3_upload_abort(cat_s3_upload_t *up)
 		return;
 	stop_thread(up);
 	if (up->upload_id) {
-		if (abort_with(up->s3, up->s3->curl, up->key, up->upload_id, errstr, sizeof(errstr)) != CAT_OK)
+		if (abort_with(up->s3, up->curl, up->key, up->upload_id, errstr, sizeof(errstr)) != CAT_OK)
 			cat_log_write(CAT_LOG_LEVEL_WARN, "S3", "could not abort the upload of %s: %s", up->key,
 				      errstr);
 		else

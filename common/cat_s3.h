@@ -24,6 +24,10 @@
  * stays within the 10,000-part limit up to ~62,000 times the first part
  * size. An upload that fails or is abandoned is aborted (no orphaned
  * parts). The object only appears once the upload completes.
+ *
+ * Threads: several uploads of one cat_s3_t may run at once on different
+ * threads (each has its own connection); the other calls on a cat_s3_t are
+ * for one thread at a time.
  */
 #ifndef CAT_S3_H
 #define CAT_S3_H

@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,7 @@ struct cat_sink {
 	const cat_sink_ops_t *ops;
 	cat_s3_t *s3; /* s3 backend */
 	char *dir;    /* dir backend */
+	pthread_mutex_t lock; /* guards last_error: writers run on several threads */
 	char last_error[512];
 };
 
@@ -27,8 +29,11 @@ struct cat_sink_writer {
 
 static cat_err_t keep(cat_sink_t *sink, cat_err_t err, const char *errstr)
 {
-	if (err != CAT_OK)
+	if (err != CAT_OK) {
+		pthread_mutex_lock(&sink->lock);
 		snprintf(sink->last_error, sizeof(sink->last_error), "%s", errstr);
+		pthread_mutex_unlock(&sink->lock);
+	}
 	return err;
 }
 
@@ -503,6 +508,7 @@ cat_err_t cat_sink_new_s3(cat_sink_t **out, cat_s3_t *s3, char *errstr, size_t e
 		cat_s3_destroy(s3);
 		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
 	}
+	pthread_mutex_init(&sink->lock, NULL);
 	sink->ops = &s3_ops;
 	sink->s3 = s3;
 	*out = sink;
@@ -526,6 +532,7 @@ cat_err_t cat_sink_new_dir(cat_sink_t **out, const char *dir, char *errstr, size
 	}
 	make_parents(probe);
 	free(probe);
+	pthread_mutex_init(&sink->lock, NULL);
 	sink->ops = &dir_ops;
 	*out = sink;
 	return CAT_OK;
@@ -536,6 +543,7 @@ void cat_sink_free(cat_sink_t *sink)
 	if (!sink)
 		return;
 	sink->ops->free(sink);
+	pthread_mutex_destroy(&sink->lock);
 	free(sink);
 }
 
@@ -544,9 +552,12 @@ const char *cat_sink_name(const cat_sink_t *sink)
 	return sink->ops->name;
 }
 
-const char *cat_sink_last_error(const cat_sink_t *sink)
+const char *cat_sink_last_error(cat_sink_t *sink, char *buf, size_t buf_size)
 {
-	return sink->last_error;
+	pthread_mutex_lock(&sink->lock);
+	snprintf(buf, buf_size, "%s", sink->last_error);
+	pthread_mutex_unlock(&sink->lock);
+	return buf;
 }
 
 static cat_err_t bad_key(cat_sink_t *sink, const char *key, char *errstr, size_t errstr_size)

@@ -56,7 +56,8 @@ void cat_sink_free(cat_sink_t *sink);
 
 const char *cat_sink_name(const cat_sink_t *sink);
 /* The last error of any operation ("" when none yet). */
-const char *cat_sink_last_error(const cat_sink_t *sink);
+/* Copies the last error into buf (thread-safe); returns buf. */
+const char *cat_sink_last_error(cat_sink_t *sink, char *buf, size_t buf_size);
 /* True for a key this module accepts. */
 bool cat_sink_key_valid(const char *key);
 
