@@ -976,6 +976,19 @@ static size_t part_size_of(const cat_s3_upload_t *up, int part)
 	return up->s3->part_size << (step < 8 ? step : 8);
 }
 
+/* A part or the completion answered 404 NoSuchUpload: the store lost the
+ * upload (a restarted or failed-over endpoint, or the upload was aborted
+ * meanwhile). Not a fault of the request: the caller starts over. */
+static cat_err_t upload_vanished(const cat_s3_upload_t *up, char *errstr, size_t errstr_size)
+{
+	char was[512];
+
+	snprintf(was, sizeof(was), "%s", errstr);
+	return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE,
+			   "the multipart upload of %s/%s is gone (%s): it must start over", up->s3->bucket, up->key,
+			   was);
+}
+
 static void *upload_thread(void *opaque)
 {
 	cat_s3_upload_t *up = opaque;
@@ -998,6 +1011,8 @@ static void *upload_thread(void *opaque)
 		cat_err_t err = perform(up->s3, up->curl, &req, &resp, errstr, sizeof(errstr));
 		char *etag = NULL;
 
+		if (err == CAT_ERR_PERMANENT && resp.status == 404)
+			err = upload_vanished(up, errstr, sizeof(errstr));
 		if (err == CAT_OK && !resp.etag[0])
 			err = cat_err_set(errstr, sizeof(errstr), CAT_ERR_RETRIABLE,
 					  "could not PUT %s/%s part %d: no ETag in the reply", up->s3->bucket, up->key,
@@ -1201,6 +1216,8 @@ cat_err_t cat_s3_upload_finish(cat_s3_upload_t *up, char *errstr, size_t errstr_
 
 		err = perform(up->s3, up->curl, &req, &resp, errstr, errstr_size); /* its thread is stopped */
 		resp_free(&resp);
+		if (err == CAT_ERR_PERMANENT && resp.status == 404)
+			err = upload_vanished(up, errstr, errstr_size);
 		if (err != CAT_OK)
 			goto error;
 	}

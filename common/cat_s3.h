@@ -23,7 +23,10 @@
  * doubles every CAT_S3_PARTS_PER_STEP parts, so an upload of unknown length
  * stays within the 10,000-part limit up to ~62,000 times the first part
  * size. An upload that fails or is abandoned is aborted (no orphaned
- * parts). The object only appears once the upload completes.
+ * parts). The object only appears once the upload completes. An upload the
+ * store no longer knows (404 NoSuchUpload on a part or the completion, e.g.
+ * after the endpoint restarted) fails CAT_ERR_RETRIABLE: the caller starts
+ * a new one.
  *
  * Threads: several uploads of one cat_s3_t may run at once on different
  * threads (each has its own connection); the other calls on a cat_s3_t are

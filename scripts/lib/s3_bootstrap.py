@@ -6,7 +6,9 @@ moto keeps everything in memory, so this runs after every start:
  1. seed moto's random generator, so the IAM access key created below is the
     same after every restart of the emulator (workers keep working);
  2. while authentication is still off (moto's default), create an IAM user
-    with an inline s3:* policy and an access key, and the bucket;
+    with an inline s3:* policy and an access key, and the bucket (signed
+    with the key "bootstrap", the only one s3_server.py lets through until
+    step 3, so other clients cannot disturb the seeded generator);
  3. switch authentication on: POST /moto-api/reset-auth with 0, which sets
     moto's INITIAL_NO_AUTH_ACTION_COUNT to 0 so every later request must
     carry a valid SigV4 signature of a known access key;
@@ -86,7 +88,9 @@ def main(argv):
     )
     created = iam.create_access_key(UserName=USER)["AccessKey"]
     key, secret = created["AccessKeyId"], created["SecretAccessKey"]
-    client("s3", endpoint, region, key, secret).create_bucket(Bucket=bucket)
+    # with the bootstrap's credentials: s3_server.py serves no other until
+    # authentication is on
+    client("s3", endpoint, region, "bootstrap", "bootstrap").create_bucket(Bucket=bucket)
 
     moto_api(endpoint, "/moto-api/reset-auth", b"0")
 

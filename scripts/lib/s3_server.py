@@ -14,6 +14,14 @@ SigV4 signs every query value encoded (prefix=backups%2Fdb%2F), as AWS S3,
 Spaces and MinIO check it; so even boto3's own listings with a '/' in the
 prefix were refused. The query is re-encoded per SigV4 before moto signs it.
 
+Third: until s3_bootstrap.py has switched authentication on, only its own
+requests (signed with the access key "bootstrap") and /moto-api are served;
+anything else gets 503 SlowDown, as a store that is still starting. Clients
+that kept retrying through a restart of the emulator would otherwise run
+while authentication is off, and their requests would draw from moto's
+seeded random generator between the seed and the creation of the access
+key: the key would come out different and the clients' keys refused.
+
 Usage: s3_server.py HOST PORT
 """
 
@@ -35,6 +43,12 @@ DENIED = (
     b"<Message>Access Denied: request is not signed with AWS Signature V4 "
     b"in an Authorization header</Message></Error>"
 )
+STARTING = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n'
+    b"<Error><Code>SlowDown</Code>"
+    b"<Message>the store is starting</Message></Error>"
+)
+BOOTSTRAP_CREDENTIAL = "Credential=bootstrap/"
 
 
 class RequireSignature:
@@ -43,6 +57,20 @@ class RequireSignature:
 
     def __call__(self, environ, start_response):
         auth_on = settings.INITIAL_NO_AUTH_ACTION_COUNT != float("inf")
+        if (
+            not auth_on
+            and not environ.get("PATH_INFO", "").startswith("/moto-api")
+            and BOOTSTRAP_CREDENTIAL not in environ.get("HTTP_AUTHORIZATION", "")
+        ):
+            start_response(
+                "503 Service Unavailable",
+                [
+                    ("Content-Type", "application/xml"),
+                    ("Content-Length", str(len(STARTING))),
+                    ("Retry-After", "1"),
+                ],
+            )
+            return [STARTING]
         if (
             auth_on
             and not environ.get("PATH_INFO", "").startswith("/moto-api")

@@ -46,7 +46,10 @@ table_md5() { # URL TABLE PK
 	psql_at "$1" "SELECT count(*) || ':' || coalesce(md5(string_agg(t::text, '|' ORDER BY $3)), '') FROM $2 t"
 }
 pks=(news_raw:news_id trading_candidates:candidate_id trading_signals:signal_id trade_records:trade_id source_metrics:source_name)
-seed 1 3000 1000000
+# rows per table, and the rows the incremental adds (the issue's 1,000; both
+# CATALYST_TEST_SCALE_PCT percent of these)
+n_base=$(scaled 3000) n_incr=$(scaled 1000)
+seed 1 "$n_base" 1000000
 
 # --- failure paths first ----------------------------------------------------------------
 run env CATALYST_S3_PART_SIZE_MB=1 "$bin/catalyst-backup"
@@ -71,16 +74,19 @@ stop_worker() {
 	wait "$pid" || fail "catalyst-backup did not stop cleanly"
 	pid=
 }
-events() { "$bin/topic-dump" --topic "$events_topic" --type events --count 100000 --idle-ms 1500 --timeout-ms 20000 2>/dev/null || true; }
+# every event so far (read to the end of each partition, no idle wait)
+events() { "$bin/topic-dump" --topic "$events_topic" --type events --until-end --timeout-ms 20000 2>/dev/null || true; }
 wait_event() { # KIND SUBJECT-SUBSTRING
-	wait_for 120 "event $1 $2" bash -c "'$bin/topic-dump' --topic '$events_topic' --type events --count 100000 --idle-ms 800 --timeout-ms 10000 2>/dev/null | grep '\"kind\":\"$1\"' | grep -q '$2'"
+	wait_for 120 "event $1 $2" bash -c "'$bin/topic-dump' --topic '$events_topic' --type events --until-end --timeout-ms 10000 2>/dev/null | grep '\"kind\":\"$1\"' | grep -q '$2'"
 }
 state_of() { psql_at "$CATALYST_PG_URL" "SELECT state FROM backup_catalog WHERE command_id = '$1'"; }
 id_of() { psql_at "$CATALYST_PG_URL" "SELECT backup_id FROM backup_catalog WHERE command_id = '$1'"; }
 
 # 5. wrong secret key: refused by the endpoint, a clear error, readiness
 # false, nothing marked complete; the command is not lost
-start_worker "$work/wrong.log" CATALYST_S3_SECRET_KEY=wrong-secret-$$
+# (a SIGTERM while the command is being retried waits the consumer's grace
+# period for it: short here, the command stays in Kafka for the next worker)
+start_worker "$work/wrong.log" CATALYST_S3_SECRET_KEY=wrong-secret-$$ CATALYST_SHUTDOWN_GRACE_MS=1000
 "$bin/catalyst-publish" backup --command-id "full-$$" full --tag daily >/dev/null
 wait_for 60 "the refusal to be logged" grep -q "SignatureDoesNotMatch" "$work/wrong.log"
 assert_contains "$(grep -m1 SignatureDoesNotMatch "$work/wrong.log")" "check the access key and secret key"
@@ -102,7 +108,7 @@ prefix="backups/$src_db/$full_id"
 "$bin/s3-tool" get "$prefix/dump.sql.gz" >"$work/dump.sql.gz"
 assert_eq "$(sha256sum <"$work/dump.sql.gz" | cut -d' ' -f1)" \
 	"$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["sha256"])' "$work/manifest.json")" "sha256 of the dump"
-assert_eq 3000 "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["row_counts"]["news_raw"])' "$work/manifest.json")" "manifest row count"
+assert_eq "$n_base" "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["row_counts"]["news_raw"])' "$work/manifest.json")" "manifest row count"
 gzip -t "$work/dump.sql.gz"
 assert_eq "$(sha256sum <"$work/dump.sql.gz" | cut -d' ' -f1)" \
 	"$(psql_at "$CATALYST_PG_URL" "SELECT sha256 FROM backup_catalog WHERE backup_id = '$full_id'")" "catalog sha256"
@@ -130,17 +136,17 @@ assert_contains "$(cat "$work/backup.log")" "is not in CATALYST_BACKUP_RESTORE_T
 # both reproduces the table
 "$bin/catalyst-publish" backup --command-id "tables-$$" tables --tag hourly news_raw trade_records >/dev/null
 wait_event backup.completed "tables-"
-seed 3001 4000 2000000
+seed $((n_base + 1)) $((n_base + n_incr)) 2000000
 psql_at "$CATALYST_PG_URL" "UPDATE news_raw SET headline = 'updated', version = version + 5000000 WHERE news_id IN ('n1', 'n2')" >/dev/null
 "$bin/catalyst-publish" backup --command-id "incr-$$" tables --incremental --tag hourly news_raw trade_records >/dev/null
 wait_event backup.completed "incremental-"
 tables_id=$(id_of "tables-$$")
 incr_id=$(id_of "incr-$$")
 "$bin/s3-tool" get "backups/$src_db/$incr_id/manifest.json" >"$work/incr.json"
-assert_eq "1002 1000" "$(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print(m["row_counts"]["news_raw"], m["row_counts"]["trade_records"])' "$work/incr.json")" "incremental rows"
+assert_eq "$((n_incr + 2)) $n_incr" "$(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print(m["row_counts"]["news_raw"], m["row_counts"]["trade_records"])' "$work/incr.json")" "incremental rows"
 "$bin/s3-tool" get "backups/$src_db/$incr_id/trade_records.copy.gz" | gunzip >"$work/incr.copy"
-assert_eq 1000 "$(lines "$(cat "$work/incr.copy")")" "rows in the incremental object"
-assert_eq "t3001" "$(sort -t$'\t' -k1,1V "$work/incr.copy" | head -1 | cut -f1)" "first incremental row"
+assert_eq "$n_incr" "$(lines "$(cat "$work/incr.copy")")" "rows in the incremental object"
+assert_eq "t$((n_base + 1))" "$(sort -t$'\t' -k1,1V "$work/incr.copy" | head -1 | cut -f1)" "first incremental row"
 "$bin/catalyst-publish" backup restore "$tables_id" tables >/dev/null
 wait_event backup.restored "$tables_id"
 "$bin/catalyst-publish" backup restore "$incr_id" tables >/dev/null
@@ -158,7 +164,7 @@ wait_event backup.verified "$incr_id"
 assert_contains "$(events | grep '"kind":"backup.verified"' | grep "$incr_id")" '"ok":true'
 "$bin/s3-tool" flip "$prefix/dump.sql.gz" 4000
 "$bin/catalyst-publish" backup --command-id "verify2-$$" verify "$full_id" >/dev/null
-wait_for 120 "the second verification" bash -c "'$bin/topic-dump' --topic '$events_topic' --type events --count 100000 --idle-ms 800 --timeout-ms 10000 2>/dev/null | grep '\"kind\":\"backup.verified\"' | grep -q '\"ok\":false'"
+wait_for 120 "the second verification" bash -c "'$bin/topic-dump' --topic '$events_topic' --type events --until-end --timeout-ms 10000 2>/dev/null | grep '\"kind\":\"backup.verified\"' | grep -q '\"ok\":false'"
 assert_contains "$(events | grep '"kind":"backup.verified"' | grep '"ok":false')" "corrupt"
 assert_eq "f" "$(psql_at "$CATALYST_PG_URL" "SELECT verify_ok FROM backup_catalog WHERE backup_id = '$full_id'")" "verify_ok"
 for id in "$full_id" "$incr_id"; do

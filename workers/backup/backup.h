@@ -97,6 +97,7 @@ struct backup {
 	int parallel;
 	int compress_level;
 	volatile sig_atomic_t busy; /* a command is running (for /readyz) */
+	volatile sig_atomic_t failing; /* the last attempt failed: busy is a retry */
 	char last_error[512];	    /* the last failure, for /readyz */
 
 	cat_metrics_t *metrics;

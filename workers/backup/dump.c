@@ -73,6 +73,22 @@ cat_err_t table_stats(PGconn *conn, const char *table, const char *where, table_
 	return CAT_OK;
 }
 
+/* Closes a connection, first cancelling a query still running on it (a
+ * count on an error path), so the server does not scan on for nobody. */
+static void close_cancelling(PGconn *conn)
+{
+	if (conn && PQstatus(conn) == CONNECTION_OK && PQtransactionStatus(conn) == PQTRANS_ACTIVE) {
+		PGcancel *cancel = PQgetCancel(conn);
+		char buf[256];
+
+		if (cancel) {
+			(void)PQcancel(cancel, buf, sizeof(buf));
+			PQfreeCancel(cancel);
+		}
+	}
+	cat_pg_close(conn);
+}
+
 /* A REPEATABLE READ READ ONLY transaction on a new connection; with
  * snapshot NULL it exports its snapshot into snap_id. */
 static cat_err_t open_snapshot(backup_t *backup, const char *snapshot, char *snap_id, size_t snap_id_size,
@@ -211,7 +227,7 @@ cat_err_t dump_full(backup_t *backup, const char *prefix, backup_object_t *obj, 
 out:
 	child_kill(&child);
 	gz_out_free(gz);
-	cat_pg_close(stat_conn);
+	close_cancelling(stat_conn);
 	cat_pg_close(snap); /* ends the read-only transaction */
 	free(sql);
 	free(buf);
@@ -235,12 +251,60 @@ typedef struct table_job {
 	char errstr[512];
 } table_job_t;
 
+/* Sends the stats query of a table on conn (answer read by stats_receive). */
+static cat_err_t stats_send(PGconn *conn, const cat_table_t *t, const char *where, char *errstr,
+			    size_t errstr_size)
+{
+	char *sql = stats_sql(t, where);
+	int sent;
+
+	if (!sql)
+		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
+	sent = PQsendQuery(conn, sql);
+	free(sql);
+	if (!sent)
+		return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "could not count the rows of %s: %s",
+				   t->name, PQerrorMessage(conn));
+	return CAT_OK;
+}
+
+static cat_err_t stats_receive(PGconn *conn, const cat_table_t *t, table_stat_t *stat, char *errstr,
+			       size_t errstr_size)
+{
+	PGresult *res;
+	bool got = false;
+	cat_err_t err = CAT_OK;
+
+	while ((res = PQgetResult(conn))) {
+		if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+			if (err == CAT_OK)
+				err = cat_err_set(errstr, errstr_size, cat_pg_error_class(conn, res),
+						  "could not count the rows of %s: %s", t->name,
+						  PQresultErrorMessage(res));
+		} else if (!got) {
+			snprintf(stat->table, sizeof(stat->table), "%s", t->name);
+			stat->rows = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+			snprintf(stat->checksum, sizeof(stat->checksum), "%s", PQgetvalue(res, 0, 1));
+			stat->max_version = strtoll(PQgetvalue(res, 0, 2), NULL, 10);
+			got = true;
+		}
+		PQclear(res);
+	}
+	if (err == CAT_OK && !got)
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "could not count the rows of %s: %s",
+				  t->name, PQerrorMessage(conn));
+	return err;
+}
+
+/* One table: COPY on one connection while a second one, in the same
+ * snapshot, has the server count and checksum the rows (as the full backup
+ * does): the table is read twice at once, not one read after the other. */
 static cat_err_t dump_one_table(table_job_t *job, size_t i, char *errstr, size_t errstr_size)
 {
 	backup_t *backup = job->backup;
 	const cat_table_t *t = cat_schema_table(job->tables[i]);
 	backup_object_t *obj = &job->objs[i];
-	PGconn *conn = NULL;
+	PGconn *conn = NULL, *stat_conn = NULL;
 	gz_out_t *gz = NULL;
 	PGresult *res = NULL;
 	table_stat_t stat;
@@ -254,14 +318,13 @@ static cat_err_t dump_one_table(table_job_t *job, size_t i, char *errstr, size_t
 	snprintf(where, sizeof(where), "version > %lld", (long long)job->watermarks[i]);
 	if ((err = open_snapshot(backup, job->snap_id, NULL, 0, &conn, errstr, errstr_size)))
 		goto out;
-	if ((err = table_stats(conn, t->name, since ? where : NULL, &stat, errstr, errstr_size)))
+	if ((err = open_snapshot(backup, job->snap_id, NULL, 0, &stat_conn, errstr, errstr_size)))
+		goto out;
+	if ((err = stats_send(stat_conn, t, since ? where : NULL, errstr, errstr_size)))
 		goto out;
 	snprintf(obj->key, sizeof(obj->key), "%s%s.copy.gz", job->prefix, t->name);
 	snprintf(obj->table, sizeof(obj->table), "%s", t->name);
-	obj->rows = stat.rows;
-	snprintf(obj->checksum, sizeof(obj->checksum), "%s", stat.checksum);
 	obj->since_version = since ? job->watermarks[i] : -1;
-	obj->max_version = stat.max_version >= 0 ? stat.max_version : (since ? job->watermarks[i] : -1);
 	if (asprintf(&sql, "COPY (SELECT %s FROM %s%s%s) TO STDOUT", cols, t->name, since ? " WHERE " : "",
 		     since ? where : "") < 0) {
 		sql = NULL;
@@ -292,10 +355,16 @@ static cat_err_t dump_one_table(table_job_t *job, size_t i, char *errstr, size_t
 				  res ? PQresultErrorMessage(res) : PQerrorMessage(conn));
 		goto out;
 	}
+	if ((err = stats_receive(stat_conn, t, &stat, errstr, errstr_size)))
+		goto out;
+	obj->rows = stat.rows;
+	snprintf(obj->checksum, sizeof(obj->checksum), "%s", stat.checksum);
+	obj->max_version = stat.max_version >= 0 ? stat.max_version : (since ? job->watermarks[i] : -1);
 	err = gz_out_finish(gz, obj, errstr, errstr_size);
 out:
 	PQclear(res);
 	gz_out_free(gz);
+	close_cancelling(stat_conn);
 	cat_pg_close(conn);
 	free(sql);
 	free(cols);

@@ -88,8 +88,10 @@ bool backup_http_ready(void *opaque, char *reason, size_t reason_size)
 	/* a backup can run for minutes without the loop polling: while it
 	 * runs, the worker is busy, not stuck (librdkafka's own thread keeps
 	 * the group session; max.poll.interval.ms is sized for it) */
-	if (backup->busy)
+	if (backup->busy && !backup->failing)
 		return true;
+	/* a retry of a failing command is not "busy": the loop's answer
+	 * (not ready, with the failure) stays until an attempt succeeds */
 	return cat_consumer_ready(backup->consumer, reason, reason_size);
 }
 
@@ -763,6 +765,7 @@ cat_err_t backup_apply(void *opaque, cat_batch_t *batch, char *errstr, size_t er
 			snprintf(msg->reason, sizeof(msg->reason), "%s", errstr);
 			CAT_LOG_ERROR("BACKUP", "%s [%d] offset %lld: %s", batch->topic, (int)batch->partition,
 				      (long long)msg->rkm->offset, errstr);
+			backup->failing = 0;
 			continue;
 		}
 		if (err != CAT_OK) {
@@ -770,8 +773,10 @@ cat_err_t backup_apply(void *opaque, cat_batch_t *batch, char *errstr, size_t er
 			 * unreachable database keep the command and retry with
 			 * backoff while /readyz reports the reason */
 			snprintf(backup->last_error, sizeof(backup->last_error), "%s", errstr);
+			backup->failing = 1;
 			return CAT_ERR_RETRIABLE;
 		}
+		backup->failing = 0;
 	}
 	return CAT_OK;
 }
