@@ -14,7 +14,8 @@
 #   5. ResyncTable seeds an emptied replica table of 200,000 rows, equal
 #      afterwards, the worker's peak memory grows far less than the table
 #   ReplicateRows from sync.v1 applied; commands for another replica ignored;
-#   monitoring metrics present; SIGTERM -> 0.
+#   monitoring metrics present; the replica's expired tombstones pruned at the
+#   first batch after a start, not again within the interval; SIGTERM -> 0.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=tests/integration/lib.sh
@@ -317,6 +318,38 @@ echo "5. resync of 200,000 rows ($((table_kib / 1024)) MiB of table): peak memor
 kill -TERM "$sync_pid"
 wait "$sync_pid" || fail "catalyst-sync did not exit 0 on SIGTERM"
 sync_pid=
+
+# --- the replica's tombstones past their retention are pruned (at the first batch after a start,
+# then every CATALYST_TOMBSTONE_PRUNE_INTERVAL_S) ---------------------------------------------------
+backdate() { # backdate N: N more of the replica's tombstones 8 days old
+	psql_at "$replica" "UPDATE row_tombstones SET deleted_at = now() - interval '8 days'
+		WHERE (table_name, pk) IN (SELECT table_name, pk FROM row_tombstones
+			WHERE deleted_at > now() - interval '1 day' ORDER BY pk LIMIT $1)" >/dev/null
+}
+n_tombstones=$(psql_at "$replica" "SELECT count(*) FROM row_tombstones")
+(( n_tombstones > 110 )) || fail "only $n_tombstones tombstones on the replica"
+backdate 100
+CATALYST_TOMBSTONE_RETENTION_S=604800 "$sync_bin" 2>"$work/sync3.log" &
+sync_pid=$!
+python3 "$records" gen 10 43 950000 >"$work/after_restart.jsonl"
+publish "$work/after_restart.jsonl"
+caught_up
+assert_eq "$((n_tombstones - 100))" "$(psql_at "$replica" "SELECT count(*) FROM row_tombstones")" \
+	"replica tombstones after pruning those 8 days old"
+assert_eq 0 "$(psql_at "$replica" "SELECT count(*) FROM row_tombstones WHERE deleted_at < now() - interval '7 days'")" \
+	"expired tombstones left on the replica"
+assert_contains "$(cat "$work/sync3.log")" "pruned 100 tombstones older than 604800 s"
+# within the interval (600 s by default), later batches leave expired tombstones alone
+backdate 10
+python3 "$records" gen 10 44 960000 >"$work/after_prune.jsonl"
+publish "$work/after_prune.jsonl"
+caught_up
+assert_eq 10 "$(psql_at "$replica" "SELECT count(*) FROM row_tombstones WHERE deleted_at < now() - interval '7 days'")" \
+	"expired tombstones pruned again within the interval"
+echo "tombstones: 100 expired ones pruned on the replica after a start, none again within the interval"
+kill -TERM "$sync_pid"
+wait "$sync_pid" || fail "catalyst-sync did not exit 0 on SIGTERM"
+sync_pid=
 grep -q "$(python3 -c 'import sys, urllib.parse; print(urllib.parse.urlparse(sys.argv[1]).password or "no-password-here")' "$replica")" \
-	"$work/sync.log" "$work/sync2.log" && fail "a password in the log"
+	"$work/sync.log" "$work/sync2.log" "$work/sync3.log" && fail "a password in the log"
 echo "ok"

@@ -26,8 +26,6 @@
 #define PRODUCER_NAME	    "catalyst-persist"
 #define SCRATCH_KEEP_ROWS   512 /* per-batch memory kept between batches */
 #define SCRATCH_KEEP_BYTES  (64 * 1024)
-#define PRUNE_CHUNK	    5000	      /* tombstones per DELETE */
-#define PRUNE_MAX	    100000	      /* per interval: the batches wait meanwhile */
 #define IDLE_TRIM_US	    (2 * 1000 * 1000) /* idle this long: free memory goes back */
 
 /* How a resolved write goes out on changes.v1. */
@@ -95,10 +93,7 @@ struct persist {
 	cat_metric_t *m_reconnects;
 	cat_metric_t *m_pruned;
 
-	/* tombstone pruning, between batches */
-	int64_t tombstone_retention_s; /* 0: never */
-	int64_t prune_interval_us;
-	int64_t next_prune_us; /* monotonic */
+	cat_sql_pruner_t pruner; /* tombstone pruning, between batches */
 };
 
 static const double duration_buckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -313,9 +308,6 @@ cat_err_t persist_new(persist_t **out, const cat_config_t *cfg, PGconn *conn, ca
 	conn = NULL; /* owned by persist */
 	persist->producer = producer;
 	persist->changes_timeout_ms = (int)cat_config_int(cfg, "CATALYST_CHANGES_TIMEOUT_MS");
-	persist->tombstone_retention_s = cat_config_int(cfg, "CATALYST_TOMBSTONE_RETENTION_S");
-	persist->prune_interval_us = cat_config_int(cfg, "CATALYST_TOMBSTONE_PRUNE_INTERVAL_S") * 1000000;
-	persist->next_prune_us = 0; /* at the first batch */
 	cat_kafka_topic(cfg, CAT_TOPIC_CHANGES, persist->changes_topic, sizeof(persist->changes_topic));
 
 	if (cat_schema_n_tables > MAX_TABLES) {
@@ -329,6 +321,7 @@ cat_err_t persist_new(persist_t **out, const cat_config_t *cfg, PGconn *conn, ca
 	 * what the table holds instead */
 	cat_apply_read_skipped(persist->apply, true);
 	register_metrics(persist, metrics);
+	cat_sql_pruner_init(&persist->pruner, cfg, persist->m_pruned);
 
 	/* a missing topic is a configuration error; an unreachable cluster is
 	 * not: the first batch asks again */
@@ -836,33 +829,6 @@ cat_err_t persist_settle(void *opaque, int timeout_ms, char *errstr, size_t errs
 
 /* --- the handler ------------------------------------------------------------------------------ */
 
-/* Every CATALYST_TOMBSTONE_PRUNE_INTERVAL_S, between batches: tombstones past
- * their retention go, in bounded statements. A failure waits for the next
- * interval (the batch that follows finds out whether the connection is
- * broken). */
-static void prune_tombstones(persist_t *persist)
-{
-	int64_t total = 0, n = 0;
-	char errstr[512];
-
-	if (persist->tombstone_retention_s == 0 || cat_time_mono_us() < persist->next_prune_us ||
-	    !persist->conn || PQstatus(persist->conn) != CONNECTION_OK)
-		return;
-	persist->next_prune_us = 0; /* at the first batch */
-	do {
-		if (cat_sql_prune_tombstones(persist->conn, persist->tombstone_retention_s, PRUNE_CHUNK, &n,
-					     errstr, sizeof(errstr)) != CAT_OK) {
-			CAT_LOG_WARN("PG", "could not prune tombstones: %s", errstr);
-			break;
-		}
-		total += n;
-		cat_metrics_add(persist->m_pruned, n);
-	} while (n == PRUNE_CHUNK && total < PRUNE_MAX);
-	if (total > 0)
-		CAT_LOG_INFO("PG", "pruned %lld tombstones older than %lld s", (long long)total,
-			     (long long)persist->tombstone_retention_s);
-}
-
 cat_err_t persist_apply(void *opaque, cat_batch_t *batch, char *errstr, size_t errstr_size)
 {
 	persist_t *persist = opaque;
@@ -870,7 +836,7 @@ cat_err_t persist_apply(void *opaque, cat_batch_t *batch, char *errstr, size_t e
 	size_t n_valid = 0, last_valid = 0;
 	cat_err_t err;
 
-	prune_tombstones(persist);
+	cat_sql_pruner_run(&persist->pruner, persist->conn);
 	err = decode_batch(batch, &n_valid, &last_valid, errstr, errstr_size);
 	if (err != CAT_OK || n_valid == 0)
 		goto out;
