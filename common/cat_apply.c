@@ -37,6 +37,7 @@ struct cat_apply {
 	cat_sql_buf_t copy;
 	unsigned copy_backoff[MAX_TABLES];
 	unsigned copy_backoff_next[MAX_TABLES];
+	bool read_skipped;
 };
 
 cat_err_t cat_apply_new(cat_apply_t **out, char *errstr, size_t errstr_size)
@@ -83,6 +84,11 @@ void cat_apply_destroy(cat_apply_t *apply)
 const cat_sql_table_t *cat_apply_sql(const cat_apply_t *apply, size_t t)
 {
 	return t < apply->n_tables ? &apply->sql[t] : NULL;
+}
+
+void cat_apply_read_skipped(cat_apply_t *apply, bool on)
+{
+	apply->read_skipped = on;
 }
 
 size_t cat_apply_n(const cat_apply_t *apply)
@@ -334,22 +340,59 @@ static cat_err_t run_deletes(cat_apply_t *apply, PGconn *conn, size_t t, size_t 
 	return CAT_OK;
 }
 
-static cat_err_t any_tombstoned(cat_apply_t *apply, PGconn *conn, size_t t, size_t from, size_t to,
-				bool *tombstoned, char *errstr, size_t errstr_size)
+/* The keys of sorted[from, to) (only_skipped: of the writes not applied) as
+ * the one parameter $1. */
+static cat_err_t keys_param(cat_apply_t *apply, size_t from, size_t to, bool only_skipped, char *errstr,
+			    size_t errstr_size)
 {
 	static const cat_col_type_t types[] = {CAT_COL_TEXT};
-	PGresult *res = NULL;
 	cat_err_t err;
 
 	if ((err = cat_sql_arrays_begin(&apply->arrays, 1, types)) != CAT_OK)
 		return cat_err_set(errstr, errstr_size, err, "out of memory");
 	for (size_t i = from; i < to; i++)
-		if ((err = cat_sql_arrays_add_text(&apply->arrays, 0, apply->sorted[i]->pk)) != CAT_OK)
+		if (!(only_skipped && apply->sorted[i]->applied) &&
+		    (err = cat_sql_arrays_add_text(&apply->arrays, 0, apply->sorted[i]->pk)) != CAT_OK)
 			return cat_err_set(errstr, errstr_size, err, "out of memory");
 	cat_sql_arrays_finish(&apply->arrays);
-	err = cat_sql_exec(conn, "SELECT", apply->sql[t].tombstoned, &apply->arrays, &res, errstr,
-			   errstr_size);
-	if (err != CAT_OK)
+	return CAT_OK;
+}
+
+/* For the upserts of sorted[from, to) the statement skipped: what the table
+ * holds instead. */
+static cat_err_t read_skipped(cat_apply_t *apply, PGconn *conn, size_t t, size_t from, size_t to,
+			      char *errstr, size_t errstr_size)
+{
+	PGresult *res = NULL;
+	cat_err_t err;
+
+	if ((err = keys_param(apply, from, to, true, errstr, errstr_size)) != CAT_OK ||
+	    (err = cat_sql_exec(conn, "SELECT", apply->sql[t].state, &apply->arrays, &res, errstr,
+				errstr_size)) != CAT_OK)
+		return err;
+	for (int r = 0; r < PQntuples(res); r++) {
+		cat_apply_write_t *write =
+			write_find(apply, t, PQgetvalue(res, r, 0), apply->sorted[from]->round, false);
+
+		if (!write)
+			continue;
+		write->has_state = true;
+		write->stored = PQgetisnull(res, r, 1) ? -1 : strtoll(PQgetvalue(res, r, 1), NULL, 10);
+		write->tombstone = PQgetisnull(res, r, 2) ? -1 : strtoll(PQgetvalue(res, r, 2), NULL, 10);
+	}
+	PQclear(res);
+	return CAT_OK;
+}
+
+static cat_err_t any_tombstoned(cat_apply_t *apply, PGconn *conn, size_t t, size_t from, size_t to,
+				bool *tombstoned, char *errstr, size_t errstr_size)
+{
+	PGresult *res = NULL;
+	cat_err_t err;
+
+	if ((err = keys_param(apply, from, to, false, errstr, errstr_size)) != CAT_OK ||
+	    (err = cat_sql_exec(conn, "SELECT", apply->sql[t].tombstoned, &apply->arrays, &res, errstr,
+				errstr_size)) != CAT_OK)
 		return err;
 	*tombstoned = PQntuples(res) != 1 || strcmp(PQgetvalue(res, 0, 0), "f") != 0;
 	PQclear(res);
@@ -379,6 +422,7 @@ static cat_err_t run_upserts(cat_apply_t *apply, PGconn *conn, size_t t, size_t 
 {
 	const cat_sql_table_t *st = &apply->sql[t];
 	PGresult *res = NULL;
+	size_t n_applied;
 	bool tombstoned = true, conflict = false;
 	cat_err_t err;
 
@@ -413,7 +457,10 @@ static cat_err_t run_upserts(cat_apply_t *apply, PGconn *conn, size_t t, size_t 
 	if (err != CAT_OK)
 		return err;
 	mark_applied(apply, t, apply->sorted[from]->round, false, res);
+	n_applied = (size_t)PQntuples(res);
 	PQclear(res);
+	if (apply->read_skipped && n_applied < to - from)
+		return read_skipped(apply, conn, t, from, to, errstr, errstr_size);
 	return CAT_OK;
 }
 
@@ -421,8 +468,11 @@ cat_err_t cat_apply_run(cat_apply_t *apply, PGconn *conn, char *errstr, size_t e
 {
 	size_t i = 0;
 
-	for (size_t w = 0; w < apply->n_sorted; w++)
+	for (size_t w = 0; w < apply->n_sorted; w++) {
 		apply->sorted[w]->applied = false;
+		apply->sorted[w]->has_state = false;
+		apply->sorted[w]->stored = apply->sorted[w]->tombstone = -1;
+	}
 	while (i < apply->n_sorted) {
 		const cat_apply_write_t *first = apply->sorted[i];
 		size_t end = i;

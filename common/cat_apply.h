@@ -22,14 +22,14 @@
  *    next 8 sets, doubling at each conflict up to 1024)
  *  - rows are sorted by key, so that concurrent writers lock in one order
  *
- * The semantics are catalyst-persist's (workers/persist/handler.c); used by
- * catalyst-sync on a replica.
+ * Used by catalyst-persist on the primary and catalyst-sync on a replica.
  *
  *   cat_apply_begin(apply, n);                     at most n writes follow
  *   cat_apply_add(apply, source, record, is_delete) ...
  *   cat_apply_resolve(apply);
  *   BEGIN; cat_apply_run(apply, conn, ...); COMMIT;
- *   for each cat_apply_write(apply, i): ->source, ->applied
+ *   for each cat_apply_write(apply, i): ->source, ->applied (and ->stored,
+ *   ->tombstone with cat_apply_read_skipped())
  *
  * Records are borrowed: they must outlive the set (until the next begin).
  */
@@ -62,6 +62,11 @@ typedef struct cat_apply_write {
 	bool is_delete;
 	bool live;    /* part of the resolved set */
 	bool applied; /* the statement changed the database */
+	/* cat_apply_read_skipped(): for an upsert its statement skipped, what the
+	 * table held right after that statement (has_state false: not read) */
+	bool has_state;
+	int64_t stored;	   /* the stored row's version (-1: no row) */
+	int64_t tombstone; /* the key's tombstone's version (-1: none) */
 } cat_apply_write_t;
 
 typedef struct cat_apply cat_apply_t;
@@ -69,6 +74,12 @@ typedef struct cat_apply cat_apply_t;
 /* Builds the statements of every table of the schema. */
 cat_err_t cat_apply_new(cat_apply_t **out, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 void cat_apply_destroy(cat_apply_t *apply);
+
+/* With `on`, cat_apply_run() reads, right after each upsert statement that
+ * skipped some of its writes, what the table holds for their keys (the
+ * `state` statement: ->has_state, ->stored, ->tombstone), e.g. to decide
+ * what to publish for them. Off by default. */
+void cat_apply_read_skipped(cat_apply_t *apply, bool on);
 
 /* Starts an empty set of at most n writes (memory kept between sets). */
 cat_err_t cat_apply_begin(cat_apply_t *apply, size_t n, char *errstr, size_t errstr_size) CAT_MUST_CHECK;

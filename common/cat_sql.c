@@ -7,7 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cat_log.h"
 #include "cat_pg.h"
+#include "cat_time.h"
 
 #define COPY_CHUNK_BYTES (64 * 1024)
 
@@ -656,6 +658,40 @@ cat_err_t cat_sql_prune_tombstones(PGconn *conn, int64_t older_than_s, int limit
 	*n_pruned = strtoll(PQcmdTuples(res), NULL, 10);
 	PQclear(res);
 	return CAT_OK;
+}
+
+void cat_sql_pruner_init(cat_sql_pruner_t *pruner, const cat_config_t *cfg, cat_metric_t *pruned)
+{
+	*pruner = (cat_sql_pruner_t){
+		.retention_s = cat_config_int(cfg, "CATALYST_TOMBSTONE_RETENTION_S"),
+		.interval_us = cat_config_int(cfg, "CATALYST_TOMBSTONE_PRUNE_INTERVAL_S") * 1000000,
+		.next_us = 0, /* at the first batch */
+		.pruned = pruned,
+	};
+}
+
+void cat_sql_pruner_run(cat_sql_pruner_t *pruner, PGconn *conn)
+{
+	int64_t total = 0, n = 0;
+	char errstr[512];
+
+	if (pruner->retention_s == 0 || cat_time_mono_us() < pruner->next_us || !conn ||
+	    PQstatus(conn) != CONNECTION_OK)
+		return;
+	pruner->next_us = cat_time_mono_us() + pruner->interval_us;
+	do {
+		if (cat_sql_prune_tombstones(conn, pruner->retention_s, CAT_SQL_PRUNE_CHUNK, &n, errstr,
+					     sizeof(errstr)) != CAT_OK) {
+			CAT_LOG_WARN("PG", "could not prune tombstones: %s", errstr);
+			break;
+		}
+		total += n;
+		if (pruner->pruned)
+			cat_metrics_add(pruner->pruned, n);
+	} while (n == CAT_SQL_PRUNE_CHUNK && total < CAT_SQL_PRUNE_MAX);
+	if (total > 0)
+		CAT_LOG_INFO("PG", "pruned %lld tombstones older than %lld s", (long long)total,
+			     (long long)pruner->retention_s);
 }
 
 cat_err_t cat_sql_canonical_session(PGconn *conn, char *errstr, size_t errstr_size)

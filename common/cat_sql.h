@@ -45,6 +45,7 @@
 
 #include "cat_config.h"
 #include "cat_err.h"
+#include "cat_metrics.h"
 #include "cat_schema.h"
 
 /* A growable text buffer. */
@@ -155,6 +156,26 @@ cat_err_t cat_sql_copy(PGconn *conn, const cat_sql_table_t *st, cat_sql_buf_t *b
  * plausible delay of a write. */
 cat_err_t cat_sql_prune_tombstones(PGconn *conn, int64_t older_than_s, int limit, int64_t *n_pruned,
 				   char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+
+/* Tombstone pruning on a schedule, for a worker that writes with these
+ * statements (CAT_CONFIG_TOMBSTONES): cat_sql_pruner_run() between batches,
+ * outside a transaction, prunes at its first call and then every
+ * CATALYST_TOMBSTONE_PRUNE_INTERVAL_S, in statements of CAT_SQL_PRUNE_CHUNK
+ * tombstones, at most CAT_SQL_PRUNE_MAX a time (the batches wait meanwhile).
+ * A failure is logged and waits for the next interval (the batch that
+ * follows finds out whether the connection is broken). */
+#define CAT_SQL_PRUNE_CHUNK 5000
+#define CAT_SQL_PRUNE_MAX   100000
+
+typedef struct cat_sql_pruner {
+	int64_t retention_s; /* 0: never */
+	int64_t interval_us;
+	int64_t next_us;      /* monotonic; 0: at the next call */
+	cat_metric_t *pruned; /* counter of tombstones pruned; may be NULL */
+} cat_sql_pruner_t;
+
+void cat_sql_pruner_init(cat_sql_pruner_t *pruner, const cat_config_t *cfg, cat_metric_t *pruned);
+void cat_sql_pruner_run(cat_sql_pruner_t *pruner, PGconn *conn);
 
 /* Sets the session settings row_text depends on (TimeZone, DateStyle,
  * extra_float_digits). */

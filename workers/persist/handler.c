@@ -10,6 +10,7 @@
 #include <time.h>
 #include <zlib.h>
 
+#include "cat_apply.h"
 #include "cat_codec.h"
 #include "cat_log.h"
 #include "cat_pg.h"
@@ -23,13 +24,8 @@
 #define CHANGES_MAX_BYTES   (512 * 1024) /* and their encoded size */
 #define METADATA_TIMEOUT_MS 10000
 #define PRODUCER_NAME	    "catalyst-persist"
-#define COPY_MIN_ROWS	    64	 /* fewer upserts: one statement beats the round trips of COPY */
-#define COPY_BACKOFF_MIN    8	 /* batches of a table upserted before COPY is tried again, */
-#define COPY_BACKOFF_MAX    1024 /* doubling at each conflict (each one an ERROR in the server log) */
-#define SCRATCH_KEEP_ROWS   512	 /* per-batch memory kept between batches */
+#define SCRATCH_KEEP_ROWS   512 /* per-batch memory kept between batches */
 #define SCRATCH_KEEP_BYTES  (64 * 1024)
-#define PRUNE_CHUNK	    5000   /* tombstones per DELETE */
-#define PRUNE_MAX	    100000 /* per interval: the batches wait meanwhile */
 #define IDLE_TRIM_US	    (2 * 1000 * 1000) /* idle this long: free memory goes back */
 
 /* How a resolved write goes out on changes.v1. */
@@ -39,31 +35,12 @@ typedef enum publish_as {
 	PUBLISH_TOMBSTONE, /* a delete at the stored tombstone's version */
 } publish_as_t;
 
-/* One write the batch resolves to. */
-typedef struct write {
-	size_t msg;	/* its message in the batch */
-	const char *pk; /* borrowed from the decoded command */
-	int64_t version;
-	int64_t tombstone; /* PUBLISH_TOMBSTONE: the version of the stored delete */
-	int32_t partition; /* of changes.v1 */
-	int32_t prev;	   /* the key's writes, in message order (-1: none) */
-	int32_t next;
-	uint16_t table; /* index in cat_schema_tables */
-	uint16_t round; /* its place among the key's writes: statements run round by round */
-	bool is_delete;
-	bool live;    /* still part of the batch's outcome */
-	bool applied; /* the statement changed the database */
-	uint8_t publish;
-} write_t;
-
-/* A key of the batch and its writes (indices into writes). */
-typedef struct batch_key {
-	const char *pk; /* borrowed from the first command with this key */
-	uint32_t hash;
-	uint16_t table;
-	int32_t first;
-	int32_t last;
-} batch_key_t;
+/* A resolved write that goes out on changes.v1. */
+typedef struct change_out {
+	const cat_apply_write_t *write; /* ->source: its message in the batch */
+	int32_t partition;		/* of changes.v1 */
+	uint8_t publish;		/* PUBLISH_RECORD or PUBLISH_TOMBSTONE */
+} change_out_t;
 
 typedef struct table_metrics {
 	cat_metric_t *applied[2]; /* [is_delete] */
@@ -77,8 +54,7 @@ struct persist {
 	char changes_topic[256];
 	int32_t changes_partitions; /* 0 until read from the metadata */
 	int changes_timeout_ms;
-	cat_sql_table_t sql[MAX_TABLES];
-	size_t n_tables;
+	cat_apply_t *apply; /* the batch's writes, resolved, and their statements */
 
 	/* delivery reports of the current batch */
 	uint64_t delivery_failures; /* since the last settle */
@@ -86,21 +62,12 @@ struct persist {
 	uint64_t unsettled_changes; /* rows and messages published since the last settle */
 	uint64_t unsettled_messages;
 
-	/* per-batch scratch, kept at its largest size */
-	write_t *writes;
-	batch_key_t *keys;
-	size_t n_writes, n_keys, cap;
-	int32_t *slots; /* open addressing: index into keys, -1 free */
-	size_t n_slots;
-	write_t **sorted; /* the live writes */
-	size_t n_sorted;
-	cat_sql_arrays_t arrays;
-	cat_sql_buf_t copy;
-	unsigned copy_backoff[MAX_TABLES];	/* upsert batches before COPY is tried again */
-	unsigned copy_backoff_next[MAX_TABLES]; /* the backoff after the next conflict */
+	/* per-batch scratch of the publication, kept at its largest size */
+	size_t cap;
+	change_out_t *outs;
 	Catalyst__V1__ChangeView *changes; /* each record: a slice of its message, else owned */
 	Catalyst__V1__ChangeView **change_ptrs;
-	bool *change_owned;		   /* the record bytes were packed for it: free them */
+	bool *change_owned; /* the record bytes were packed for it: free them */
 	uint8_t *packed;
 	size_t cap_packed;
 
@@ -126,10 +93,7 @@ struct persist {
 	cat_metric_t *m_reconnects;
 	cat_metric_t *m_pruned;
 
-	/* tombstone pruning, between batches */
-	int64_t tombstone_retention_s; /* 0: never */
-	int64_t prune_interval_us;
-	int64_t next_prune_us; /* monotonic */
+	cat_sql_pruner_t pruner; /* tombstone pruning, between batches */
 };
 
 static const double duration_buckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -270,7 +234,7 @@ static void register_metrics(persist_t *persist, cat_metrics_t *metrics)
 {
 	static const char *const ops[2] = {"upsert", "delete"};
 
-	for (size_t t = 0; t < persist->n_tables; t++) {
+	for (size_t t = 0; t < cat_schema_n_tables; t++) {
 		for (int d = 0; d < 2; d++) {
 			persist->m_tables[t].applied[d] =
 				cat_metrics_counter(metrics, "catalyst_persist_rows_applied_total",
@@ -290,20 +254,28 @@ static void register_metrics(persist_t *persist, cat_metrics_t *metrics)
 						     "batch transactions", "result", "rolled_back", NULL);
 	persist->m_tx_seconds = cat_metrics_histogram(
 		metrics, "catalyst_persist_apply_duration_seconds",
-		"time to apply a batch (decode and resolve its commands, run its transaction, send its changes) and to settle (the changes acknowledged, several batches at once)", duration_buckets,
-		sizeof(duration_buckets) / sizeof(duration_buckets[0]), "stage", "transaction", NULL);
+		"time to apply a batch (decode and resolve its commands, run its transaction, send its "
+		"changes) and to settle (the changes acknowledged, several batches at once)",
+		duration_buckets, sizeof(duration_buckets) / sizeof(duration_buckets[0]), "stage",
+		"transaction", NULL);
 	persist->m_publish_seconds = cat_metrics_histogram(
 		metrics, "catalyst_persist_apply_duration_seconds",
-		"time to apply a batch (decode and resolve its commands, run its transaction, send its changes) and to settle (the changes acknowledged, several batches at once)", duration_buckets,
-		sizeof(duration_buckets) / sizeof(duration_buckets[0]), "stage", "publish", NULL);
+		"time to apply a batch (decode and resolve its commands, run its transaction, send its "
+		"changes) and to settle (the changes acknowledged, several batches at once)",
+		duration_buckets, sizeof(duration_buckets) / sizeof(duration_buckets[0]), "stage", "publish",
+		NULL);
 	persist->m_decode_seconds = cat_metrics_histogram(
 		metrics, "catalyst_persist_apply_duration_seconds",
-		"time to apply a batch (decode and resolve its commands, run its transaction, send its changes) and to settle (the changes acknowledged, several batches at once)",
-		duration_buckets, sizeof(duration_buckets) / sizeof(duration_buckets[0]), "stage", "decode", NULL);
+		"time to apply a batch (decode and resolve its commands, run its transaction, send its "
+		"changes) and to settle (the changes acknowledged, several batches at once)",
+		duration_buckets, sizeof(duration_buckets) / sizeof(duration_buckets[0]), "stage", "decode",
+		NULL);
 	persist->m_settle_seconds = cat_metrics_histogram(
 		metrics, "catalyst_persist_apply_duration_seconds",
-		"time to apply a batch (decode and resolve its commands, run its transaction, send its changes) and to settle (the changes acknowledged, several batches at once)", duration_buckets,
-		sizeof(duration_buckets) / sizeof(duration_buckets[0]), "stage", "settle", NULL);
+		"time to apply a batch (decode and resolve its commands, run its transaction, send its "
+		"changes) and to settle (the changes acknowledged, several batches at once)",
+		duration_buckets, sizeof(duration_buckets) / sizeof(duration_buckets[0]), "stage", "settle",
+		NULL);
 	persist->m_changes =
 		cat_metrics_counter(metrics, "catalyst_persist_changes_published_total",
 				    "committed rows published on changes.v1 (acknowledged)", NULL);
@@ -312,8 +284,9 @@ static void register_metrics(persist_t *persist, cat_metrics_t *metrics)
 				    "ChangeBatch messages acknowledged on changes.v1", NULL);
 	persist->m_reconnects = cat_metrics_counter(metrics, "catalyst_persist_pg_reconnects_total",
 						    "PostgreSQL connections reopened after a loss", NULL);
-	persist->m_pruned = cat_metrics_counter(metrics, "catalyst_persist_tombstones_pruned_total",
-						"tombstones deleted after CATALYST_TOMBSTONE_RETENTION_S", NULL);
+	persist->m_pruned =
+		cat_metrics_counter(metrics, "catalyst_persist_tombstones_pruned_total",
+				    "tombstones deleted after CATALYST_TOMBSTONE_RETENTION_S", NULL);
 }
 
 cat_err_t persist_new(persist_t **out, const cat_config_t *cfg, PGconn *conn, cat_producer_t *producer,
@@ -335,11 +308,6 @@ cat_err_t persist_new(persist_t **out, const cat_config_t *cfg, PGconn *conn, ca
 	conn = NULL; /* owned by persist */
 	persist->producer = producer;
 	persist->changes_timeout_ms = (int)cat_config_int(cfg, "CATALYST_CHANGES_TIMEOUT_MS");
-	persist->tombstone_retention_s = cat_config_int(cfg, "CATALYST_TOMBSTONE_RETENTION_S");
-	persist->prune_interval_us = cat_config_int(cfg, "CATALYST_TOMBSTONE_PRUNE_INTERVAL_S") * 1000000;
-	persist->next_prune_us = 0; /* at the first batch */
-	for (size_t t = 0; t < MAX_TABLES; t++)
-		persist->copy_backoff_next[t] = COPY_BACKOFF_MIN;
 	cat_kafka_topic(cfg, CAT_TOPIC_CHANGES, persist->changes_topic, sizeof(persist->changes_topic));
 
 	if (cat_schema_n_tables > MAX_TABLES) {
@@ -347,12 +315,13 @@ cat_err_t persist_new(persist_t **out, const cat_config_t *cfg, PGconn *conn, ca
 				  MAX_TABLES);
 		goto error;
 	}
-	persist->n_tables = cat_schema_n_tables;
-	for (size_t t = 0; t < persist->n_tables; t++)
-		if ((err = cat_sql_table_init(&persist->sql[t], &cat_schema_tables[t], errstr, errstr_size)) !=
-		    CAT_OK)
-			goto error;
+	if ((err = cat_apply_new(&persist->apply, errstr, errstr_size)) != CAT_OK)
+		goto error;
+	/* what an upsert the version check skipped is published as depends on
+	 * what the table holds instead */
+	cat_apply_read_skipped(persist->apply, true);
 	register_metrics(persist, metrics);
+	cat_sql_pruner_init(&persist->pruner, cfg, persist->m_pruned);
 
 	/* a missing topic is a configuration error; an unreachable cluster is
 	 * not: the first batch asks again */
@@ -388,14 +357,8 @@ void persist_destroy(persist_t *persist)
 	pthread_cond_destroy(&persist->trim_wake);
 	pthread_mutex_destroy(&persist->trim_lock);
 	cat_pg_close(persist->conn);
-	for (size_t t = 0; t < MAX_TABLES; t++)
-		cat_sql_table_free(&persist->sql[t]);
-	cat_sql_arrays_free(&persist->arrays);
-	free(persist->copy.data);
-	free(persist->writes);
-	free(persist->keys);
-	free(persist->slots);
-	free(persist->sorted);
+	cat_apply_destroy(persist->apply);
+	free(persist->outs);
 	free(persist->changes);
 	free(persist->change_ptrs);
 	free(persist->change_owned);
@@ -405,9 +368,9 @@ void persist_destroy(persist_t *persist)
 
 /* --- decoding and resolving ---------------------------------------------------------------- */
 
-static Catalyst__V1__WriteCommand *command_of(const cat_batch_t *batch, const write_t *write)
+static Catalyst__V1__WriteCommand *command_of(const cat_batch_t *batch, const cat_apply_write_t *write)
 {
-	return batch->msgs[write->msg].decoded;
+	return batch->msgs[write->source].decoded;
 }
 
 /* Decodes every message; marks the ones that do not decode or validate. */
@@ -445,437 +408,82 @@ static void free_decoded(cat_batch_t *batch)
 	}
 }
 
-static uint32_t key_hash(size_t table, const char *pk)
-{
-	uint32_t h = 2166136261u ^ (uint32_t)table; /* FNV-1a */
-
-	for (const unsigned char *c = (const unsigned char *)pk; *c; c++)
-		h = (h ^ *c) * 16777619u;
-	return h;
-}
-
-/* The key (table, pk) of the batch; NULL, with its free slot, when new. */
-static batch_key_t *key_find(persist_t *persist, size_t table, const char *pk, uint32_t hash,
-			     size_t *slot_out)
-{
-	size_t mask = persist->n_slots - 1;
-	size_t slot = hash & mask;
-
-	for (; persist->slots[slot] >= 0; slot = (slot + 1) & mask) {
-		batch_key_t *key = &persist->keys[persist->slots[slot]];
-
-		if (key->hash == hash && key->table == table && strcmp(key->pk, pk) == 0)
-			return key;
-	}
-	if (slot_out)
-		*slot_out = slot;
-	return NULL;
-}
-
 /* After a large batch, the scratch memory goes back (the next large batch
  * allocates afresh: a page fault per 4 KiB, against milliseconds of SQL),
  * so that an idle worker stays small. */
 static void release_scratch(persist_t *persist)
 {
+	cat_apply_release(persist->apply);
 	if (persist->cap > SCRATCH_KEEP_ROWS) {
-		free(persist->writes);
-		free(persist->keys);
-		free(persist->sorted);
+		free(persist->outs);
 		free(persist->changes);
 		free(persist->change_ptrs);
 		free(persist->change_owned);
-		free(persist->slots);
-		persist->change_owned = NULL;
-		persist->writes = NULL;
-		persist->keys = NULL;
-		persist->sorted = NULL;
+		persist->outs = NULL;
 		persist->changes = NULL;
 		persist->change_ptrs = NULL;
-		persist->slots = NULL;
-		persist->cap = persist->n_slots = 0;
-	}
-	if (persist->copy.cap > SCRATCH_KEEP_BYTES) {
-		free(persist->copy.data);
-		persist->copy = (cat_sql_buf_t){0};
+		persist->change_owned = NULL;
+		persist->cap = 0;
 	}
 	if (persist->cap_packed > SCRATCH_KEEP_BYTES) {
 		free(persist->packed);
 		persist->packed = NULL;
 		persist->cap_packed = 0;
 	}
-	cat_sql_arrays_shrink(&persist->arrays, SCRATCH_KEEP_BYTES);
 }
 
-static cat_err_t reserve_scratch(persist_t *persist, size_t n, char *errstr, size_t errstr_size)
+/* Room for the changes of n writes. */
+static cat_err_t reserve_changes(persist_t *persist, size_t n, char *errstr, size_t errstr_size)
 {
-	size_t n_slots = 16;
+	change_out_t *outs;
+	Catalyst__V1__ChangeView *changes;
+	Catalyst__V1__ChangeView **ptrs;
+	bool *owned;
 
-	while (n_slots < 2 * n)
-		n_slots *= 2;
-	if (n > persist->cap) {
-		write_t *writes = realloc(persist->writes, n * sizeof(*writes));
-		batch_key_t *keys = writes ? realloc(persist->keys, n * sizeof(*keys)) : NULL;
-		write_t **sorted = keys ? realloc(persist->sorted, n * sizeof(*sorted)) : NULL;
-		Catalyst__V1__ChangeView *changes =
-			sorted ? realloc(persist->changes, n * sizeof(*changes)) : NULL;
-		Catalyst__V1__ChangeView **ptrs =
-			changes ? realloc(persist->change_ptrs, n * sizeof(*ptrs)) : NULL;
-		bool *owned = ptrs ? realloc(persist->change_owned, n * sizeof(*owned)) : NULL;
-
-		if (writes)
-			persist->writes = writes;
-		if (keys)
-			persist->keys = keys;
-		if (sorted)
-			persist->sorted = sorted;
-		if (changes)
-			persist->changes = changes;
-		if (ptrs)
-			persist->change_ptrs = ptrs;
-		if (!owned)
-			return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "out of memory");
-		persist->change_owned = owned;
-		persist->cap = n;
-	}
-	if (n_slots > persist->n_slots) {
-		int32_t *slots = realloc(persist->slots, n_slots * sizeof(*slots));
-
-		if (!slots)
-			return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "out of memory");
-		persist->slots = slots;
-		persist->n_slots = n_slots;
-	}
-	memset(persist->slots, 0xff, persist->n_slots * sizeof(*persist->slots));
-	persist->n_writes = persist->n_keys = persist->n_sorted = 0;
+	if (n <= persist->cap)
+		return CAT_OK;
+	outs = realloc(persist->outs, n * sizeof(*outs));
+	changes = outs ? realloc(persist->changes, n * sizeof(*changes)) : NULL;
+	ptrs = changes ? realloc(persist->change_ptrs, n * sizeof(*ptrs)) : NULL;
+	owned = ptrs ? realloc(persist->change_owned, n * sizeof(*owned)) : NULL;
+	if (outs)
+		persist->outs = outs;
+	if (changes)
+		persist->changes = changes;
+	if (ptrs)
+		persist->change_ptrs = ptrs;
+	if (!owned)
+		return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "out of memory");
+	persist->change_owned = owned;
+	persist->cap = n;
 	return CAT_OK;
 }
 
-static void key_append(persist_t *persist, batch_key_t *key, size_t i, int64_t version, bool is_delete)
-{
-	int32_t index = (int32_t)persist->n_writes++;
-
-	persist->writes[index] = (write_t){.msg = i,
-					   .pk = key->pk,
-					   .version = version,
-					   .prev = key->last,
-					   .next = -1,
-					   .table = key->table,
-					   .is_delete = is_delete,
-					   .live = true};
-	if (key->last >= 0) {
-		persist->writes[index].round = (uint16_t)(persist->writes[key->last].round + 1);
-		persist->writes[key->last].next = index;
-	} else {
-		key->first = index;
-	}
-	key->last = index;
-}
-
-/*
- * Folds message i into its key's writes so that the batch leaves the row as
- * applying its messages one at a time would:
- *  - a versioned table keeps one write: the newest; at the same version a
- *    delete beats an upsert; between equal upserts the first stays
- *  - an insert-only table (DO NOTHING: the first insert stays) keeps the
- *    writes in order, merging neighbours where one makes the other moot: two
- *    deletes (the newer stays), an upsert after an upsert not newer than it,
- *    a delete after an upsert it covers, an upsert after a delete that covers
- *    it. What remains alternates (delete, upsert, ...) and runs round by round.
- */
-static void key_fold(persist_t *persist, batch_key_t *key, size_t i, int64_t version, bool is_delete)
-{
-	if (!cat_schema_tables[key->table].insert_only) {
-		write_t *current = key->first >= 0 ? &persist->writes[key->first] : NULL;
-
-		if (!current) {
-			key_append(persist, key, i, version, is_delete);
-		} else if (version > current->version ||
-			   (version == current->version && is_delete && !current->is_delete)) {
-			current->msg = i;
-			current->version = version;
-			current->is_delete = is_delete;
-		}
-		return;
-	}
-	key_append(persist, key, i, version, is_delete);
-	while (persist->writes[key->last].prev >= 0) {
-		write_t *b = &persist->writes[key->last], *a = &persist->writes[b->prev];
-
-		if (a->is_delete == b->is_delete
-			    ? (a->is_delete ? false : b->version > a->version)
-			    : (a->is_delete ? b->version > a->version : b->version < a->version))
-			break;
-		/* b is moot, or supersedes a (a newer delete) */
-		if (b->is_delete && (!a->is_delete || b->version > a->version)) {
-			a->msg = b->msg;
-			a->version = b->version;
-			a->is_delete = true;
-		}
-		b->live = false;
-		a->next = -1;
-		key->last = b->prev;
-	}
-}
-
-static int write_cmp(const void *a, const void *b)
-{
-	const write_t *x = *(write_t *const *)a, *y = *(write_t *const *)b;
-
-	if (x->table != y->table)
-		return x->table < y->table ? -1 : 1;
-	if (x->round != y->round)
-		return x->round < y->round ? -1 : 1;
-	if (x->is_delete != y->is_delete)
-		return x->is_delete ? -1 : 1; /* deletes first */
-	return strcmp(x->pk, y->pk);
-}
-
-/* The batch's writes, sorted by table, round, deletes first, then key. */
+/* The batch's writes, resolved per key (common/cat_apply). */
 static cat_err_t resolve(persist_t *persist, cat_batch_t *batch, char *errstr, size_t errstr_size)
 {
-	cat_err_t err = reserve_scratch(persist, batch->n, errstr, errstr_size);
+	cat_err_t err = cat_apply_begin(persist->apply, batch->n, errstr, errstr_size);
 
 	if (err != CAT_OK)
 		return err;
 	for (size_t i = 0; i < batch->n; i++) {
 		const Catalyst__V1__WriteCommand *cmd = batch->msgs[i].decoded;
-		const cat_table_t *table;
-		const char *pk;
-		size_t t, slot = 0;
-		uint32_t hash;
-		batch_key_t *key;
 
-		if (!cmd)
-			continue;
-		table = cat_codec_record_table(cmd->record);
-		t = (size_t)(table - cat_schema_tables);
-		pk = cat_sql_row_pk(&persist->sql[t], cat_codec_record_row(cmd->record));
-		hash = key_hash(t, pk);
-		key = key_find(persist, t, pk, hash, &slot);
-		if (!key) {
-			key = &persist->keys[persist->n_keys];
-			persist->slots[slot] = (int32_t)persist->n_keys++;
-			*key = (batch_key_t){
-				.pk = pk, .hash = hash, .table = (uint16_t)t, .first = -1, .last = -1};
-		}
-		key_fold(persist, key, i, cat_codec_record_version(cmd->record),
-			 cmd->op == CATALYST__V1__WRITE_OP__WRITE_OP_DELETE);
+		if (cmd && cat_apply_add(persist->apply, i, cmd->record,
+					 cmd->op == CATALYST__V1__WRITE_OP__WRITE_OP_DELETE) != CAT_OK)
+			return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL,
+					   "message %zu: a validated record without a table", i);
 	}
-	for (size_t w = 0; w < persist->n_writes; w++)
-		if (persist->writes[w].live)
-			persist->sorted[persist->n_sorted++] = &persist->writes[w];
-	qsort(persist->sorted, persist->n_sorted, sizeof(*persist->sorted), write_cmp);
+	cat_apply_resolve(persist->apply);
 	return CAT_OK;
 }
 
 /* --- the transaction ------------------------------------------------------------------------- */
 
-/* The batch's write of (table, pk) in `round`, of kind is_delete, or NULL. */
-static write_t *write_find(persist_t *persist, size_t table, const char *pk, unsigned round, bool is_delete)
-{
-	batch_key_t *key = key_find(persist, table, pk, key_hash(table, pk), NULL);
-
-	for (int32_t i = key ? key->first : -1; i >= 0; i = persist->writes[i].next)
-		if (persist->writes[i].round == round && persist->writes[i].is_delete == is_delete)
-			return &persist->writes[i];
-	return NULL;
-}
-
-/* Marks the writes whose keys `res` returns (column 0) as applied. */
-static void mark_applied(persist_t *persist, size_t table, unsigned round, bool is_delete,
-			 const PGresult *res)
-{
-	for (int r = 0; r < PQntuples(res); r++) {
-		write_t *write = write_find(persist, table, PQgetvalue(res, r, 0), round, is_delete);
-
-		if (write)
-			write->applied = true;
-	}
-}
-
-/* The deletes sorted[from, to) of table t. */
-static cat_err_t run_deletes(persist_t *persist, size_t t, size_t from, size_t to, char *errstr,
-			     size_t errstr_size)
-{
-	PGresult *res = NULL;
-	static const cat_col_type_t types[] = {CAT_COL_TEXT, CAT_COL_INT64};
-	cat_err_t err;
-
-	if ((err = cat_sql_arrays_begin(&persist->arrays, 2, types)) != CAT_OK)
-		return cat_err_set(errstr, errstr_size, err, "out of memory");
-	for (size_t i = from; i < to; i++) {
-		write_t *write = persist->sorted[i];
-
-		if ((err = cat_sql_arrays_add_text(&persist->arrays, 0, write->pk)) != CAT_OK ||
-		    (err = cat_sql_arrays_add_int64(&persist->arrays, 1, write->version)) != CAT_OK)
-			return cat_err_set(errstr, errstr_size, err, "out of memory");
-		write->publish = PUBLISH_RECORD; /* consumers check the version of a delete too */
-	}
-	cat_sql_arrays_finish(&persist->arrays);
-	err = cat_sql_exec(persist->conn, "DELETE", persist->sql[t].remove, &persist->arrays, &res, errstr,
-		       errstr_size);
-	if (err != CAT_OK)
-		return err;
-	mark_applied(persist, t, persist->sorted[from]->round, true, res);
-	PQclear(res);
-	return CAT_OK;
-}
-
-/* For the upserts of sorted[from, to) the statement skipped: what the
- * database holds instead decides what is published. */
-static cat_err_t resolve_skipped(persist_t *persist, size_t t, size_t from, size_t to, char *errstr,
-				 size_t errstr_size)
-{
-	static const cat_col_type_t types[] = {CAT_COL_TEXT};
-	const cat_sql_table_t *st = &persist->sql[t];
-	PGresult *res = NULL;
-	cat_err_t err;
-
-	if ((err = cat_sql_arrays_begin(&persist->arrays, 1, types)) != CAT_OK)
-		return cat_err_set(errstr, errstr_size, err, "out of memory");
-	for (size_t i = from; i < to; i++)
-		if (!persist->sorted[i]->applied &&
-		    (err = cat_sql_arrays_add_text(&persist->arrays, 0, persist->sorted[i]->pk)) != CAT_OK)
-			return cat_err_set(errstr, errstr_size, err, "out of memory");
-	cat_sql_arrays_finish(&persist->arrays);
-	err = cat_sql_exec(persist->conn, "SELECT", st->state, &persist->arrays, &res, errstr, errstr_size);
-	if (err != CAT_OK)
-		return err;
-	for (int r = 0; r < PQntuples(res); r++) {
-		write_t *write =
-			write_find(persist, t, PQgetvalue(res, r, 0), persist->sorted[from]->round, false);
-		int64_t row_version, tombstone;
-
-		if (!write)
-			continue;
-		row_version = PQgetisnull(res, r, 1) ? -1 : strtoll(PQgetvalue(res, r, 1), NULL, 10);
-		tombstone = PQgetisnull(res, r, 2) ? -1 : strtoll(PQgetvalue(res, r, 2), NULL, 10);
-		if (row_version >= 0) {
-			/* a newer row makes the replay harmless to consumers that
-			 * check versions; an insert-only row keeps whatever came
-			 * first, so only the very same version is repeated */
-			write->publish = !st->table->insert_only || row_version == write->version
-						 ? PUBLISH_RECORD
-						 : PUBLISH_NONE;
-		} else if (tombstone >= write->version) {
-			/* repeating the upsert would bring the row back in a cache */
-			write->publish = PUBLISH_TOMBSTONE;
-			write->tombstone = tombstone;
-		} else {
-			write->publish = PUBLISH_NONE;
-		}
-	}
-	PQclear(res);
-	return CAT_OK;
-}
-
-/* Whether a key of sorted[from, to) has a tombstone. */
-static cat_err_t any_tombstoned(persist_t *persist, size_t t, size_t from, size_t to, bool *tombstoned,
-				char *errstr, size_t errstr_size)
-{
-	static const cat_col_type_t types[] = {CAT_COL_TEXT};
-	PGresult *res = NULL;
-	cat_err_t err;
-
-	if ((err = cat_sql_arrays_begin(&persist->arrays, 1, types)) != CAT_OK)
-		return cat_err_set(errstr, errstr_size, err, "out of memory");
-	for (size_t i = from; i < to; i++)
-		if ((err = cat_sql_arrays_add_text(&persist->arrays, 0, persist->sorted[i]->pk)) != CAT_OK)
-			return cat_err_set(errstr, errstr_size, err, "out of memory");
-	cat_sql_arrays_finish(&persist->arrays);
-	err = cat_sql_exec(persist->conn, "SELECT", persist->sql[t].tombstoned, &persist->arrays, &res, errstr,
-		       errstr_size);
-	if (err != CAT_OK)
-		return err;
-	*tombstoned = PQntuples(res) != 1 || strcmp(PQgetvalue(res, 0, 0), "f") != 0;
-	PQclear(res);
-	return CAT_OK;
-}
-
-/* The upserts sorted[from, to) as plain inserts, by COPY; *conflict when a
- * key exists (nothing done then). */
-static cat_err_t run_copy(persist_t *persist, cat_batch_t *batch, size_t t, size_t from, size_t to,
-			  bool *conflict, char *errstr, size_t errstr_size)
-{
-	const cat_sql_table_t *st = &persist->sql[t];
-	cat_err_t err;
-
-	cat_sql_copy_begin(&persist->copy);
-	for (size_t i = from; i < to; i++) {
-		const Catalyst__V1__WriteCommand *cmd = command_of(batch, persist->sorted[i]);
-
-		if ((err = cat_sql_copy_add_row(&persist->copy, st, cat_codec_record_row(cmd->record))) != CAT_OK)
-			return cat_err_set(errstr, errstr_size, err, "out of memory");
-	}
-	err = cat_sql_copy(persist->conn, st, &persist->copy, conflict, errstr, errstr_size);
-	if (err != CAT_OK || *conflict)
-		return err;
-	for (size_t i = from; i < to; i++) {
-		persist->sorted[i]->applied = true;
-		persist->sorted[i]->publish = PUBLISH_RECORD;
-	}
-	return CAT_OK;
-}
-
-/* The upserts sorted[from, to) of table t: many of them by COPY while the
- * keys are new (no tombstone; a key the table holds makes the COPY fail and
- * skips it for this table's next 8, 16, ... 1024 batches, until a COPY goes
- * through), else set-based with the version and tombstone checks. */
-static cat_err_t run_upserts(persist_t *persist, cat_batch_t *batch, size_t t, size_t from, size_t to,
-			     char *errstr, size_t errstr_size)
-{
-	const cat_sql_table_t *st = &persist->sql[t];
-	PGresult *res = NULL;
-	size_t n_applied;
-	bool tombstoned = true, conflict = false;
-	cat_err_t err;
-
-	if (to - from < COPY_MIN_ROWS) {
-		/* small: the upsert below */
-	} else if (persist->copy_backoff[t] > 0) {
-		persist->copy_backoff[t]--;
-	} else {
-		if ((err = any_tombstoned(persist, t, from, to, &tombstoned, errstr, errstr_size)) != CAT_OK)
-			return err;
-		if (!tombstoned) {
-			err = run_copy(persist, batch, t, from, to, &conflict, errstr, errstr_size);
-			if (err == CAT_OK && !conflict)
-				persist->copy_backoff_next[t] = COPY_BACKOFF_MIN;
-			if (err != CAT_OK || !conflict)
-				return err;
-			/* a table that gets updates rather than new keys: COPY ever rarer */
-			persist->copy_backoff[t] = persist->copy_backoff_next[t];
-			if (persist->copy_backoff_next[t] < COPY_BACKOFF_MAX)
-				persist->copy_backoff_next[t] *= 2;
-		}
-	}
-
-	if ((err = cat_sql_arrays_begin(&persist->arrays, st->table->n_columns, st->types)) != CAT_OK)
-		return cat_err_set(errstr, errstr_size, err, "out of memory");
-	for (size_t i = from; i < to; i++) {
-		const Catalyst__V1__WriteCommand *cmd = command_of(batch, persist->sorted[i]);
-
-		if ((err = cat_sql_arrays_add_row(&persist->arrays, st, cat_codec_record_row(cmd->record))) !=
-		    CAT_OK)
-			return cat_err_set(errstr, errstr_size, err, "out of memory");
-		persist->sorted[i]->publish = PUBLISH_RECORD;
-	}
-	cat_sql_arrays_finish(&persist->arrays);
-	err = cat_sql_exec(persist->conn, "INSERT", st->upsert, &persist->arrays, &res, errstr, errstr_size);
-	if (err != CAT_OK)
-		return err;
-	mark_applied(persist, t, persist->sorted[from]->round, false, res);
-	n_applied = (size_t)PQntuples(res);
-	PQclear(res);
-	if (n_applied < to - from)
-		return resolve_skipped(persist, t, from, to, errstr, errstr_size);
-	return CAT_OK;
-}
-
 static void count_rows(persist_t *persist)
 {
-	for (size_t i = 0; i < persist->n_sorted; i++) {
-		const write_t *write = persist->sorted[i];
+	for (size_t i = 0; i < cat_apply_n(persist->apply); i++) {
+		const cat_apply_write_t *write = cat_apply_write(persist->apply, i);
 		const table_metrics_t *m = &persist->m_tables[write->table];
 
 		cat_metrics_inc(write->applied ? m->applied[write->is_delete] : m->skipped[write->is_delete]);
@@ -883,31 +491,15 @@ static void count_rows(persist_t *persist)
 }
 
 /* BEGIN, each table's deletes then upserts (round by round), COMMIT. */
-static cat_err_t transaction(persist_t *persist, cat_batch_t *batch, char *errstr, size_t errstr_size)
+static cat_err_t transaction(persist_t *persist, char *errstr, size_t errstr_size)
 {
 	cat_err_t err;
-	size_t i = 0;
 
 	if ((err = ensure_connected(persist, errstr, errstr_size)) != CAT_OK)
 		return err;
-	if ((err = cat_pg_begin(persist->conn, errstr, errstr_size)) != CAT_OK)
-		goto error;
-	while (i < persist->n_sorted) {
-		const write_t *first = persist->sorted[i];
-		size_t end = i;
-
-		while (end < persist->n_sorted && persist->sorted[end]->table == first->table &&
-		       persist->sorted[end]->round == first->round &&
-		       persist->sorted[end]->is_delete == first->is_delete)
-			end++;
-		err = first->is_delete
-			      ? run_deletes(persist, first->table, i, end, errstr, errstr_size)
-			      : run_upserts(persist, batch, first->table, i, end, errstr, errstr_size);
-		if (err != CAT_OK)
-			goto error;
-		i = end;
-	}
-	if ((err = cat_pg_commit(persist->conn, errstr, errstr_size)) != CAT_OK)
+	if ((err = cat_pg_begin(persist->conn, errstr, errstr_size)) != CAT_OK ||
+	    (err = cat_apply_run(persist->apply, persist->conn, errstr, errstr_size)) != CAT_OK ||
+	    (err = cat_pg_commit(persist->conn, errstr, errstr_size)) != CAT_OK)
 		goto error;
 	cat_metrics_inc(persist->m_committed);
 	count_rows(persist);
@@ -917,6 +509,30 @@ error:
 	cat_metrics_inc(persist->m_rolled_back);
 	after_failure(persist);
 	return err;
+}
+
+/*
+ * What a committed write goes out as. A delete, and an upsert the statement
+ * applied: its record (consumers check the version of a delete too). An
+ * upsert the version check skipped is published too (a redelivered batch
+ * must republish what a crash kept from going out), except where that would
+ * mislead a consumer, after what the table held right after its statement:
+ */
+static publish_as_t publish_as(const cat_apply_write_t *write)
+{
+	if (write->is_delete || write->applied || !write->has_state)
+		return PUBLISH_RECORD;
+	if (write->stored >= 0)
+		/* a newer row makes the replay harmless to consumers that check
+		 * versions; an insert-only row keeps whatever came first, so only
+		 * the very same version is repeated */
+		return !cat_schema_tables[write->table].insert_only || write->stored == write->version
+			       ? PUBLISH_RECORD
+			       : PUBLISH_NONE;
+	if (write->tombstone >= write->version)
+		/* repeating the upsert would bring the row back in a cache */
+		return PUBLISH_TOMBSTONE;
+	return PUBLISH_NONE;
 }
 
 /* --- publishing the changes ----------------------------------------------------------------- */
@@ -937,17 +553,17 @@ void persist_change_report(void *msg_opaque, rd_kafka_resp_err_t err, const rd_k
 /* Partition, then offset; a key's delete before the insert that follows it. */
 static int publish_cmp(const void *a, const void *b)
 {
-	const write_t *x = *(write_t *const *)a, *y = *(write_t *const *)b;
+	const change_out_t *x = a, *y = b;
 
 	if (x->partition != y->partition)
 		return x->partition < y->partition ? -1 : 1;
-	if (x->msg != y->msg)
-		return x->msg < y->msg ? -1 : 1;
+	if (x->write->source != y->write->source)
+		return x->write->source < y->write->source ? -1 : 1;
 	return 0;
 }
 
 /* "table:pk" into key; returns its length (truncated to the buffer). */
-static size_t change_key(const write_t *write, char *key, size_t key_size)
+static size_t change_key(const cat_apply_write_t *write, char *key, size_t key_size)
 {
 	int n = snprintf(key, key_size, "%s:%s", cat_schema_tables[write->table].name, write->pk);
 
@@ -957,9 +573,10 @@ static size_t change_key(const write_t *write, char *key, size_t key_size)
 /* A record holding only the key of `write` and `version`: the delete a
  * tombstone stands for. The key text stays borrowed: free it with
  * free_key_record(). */
-static Catalyst__V1__Record *key_record_new(const persist_t *persist, const write_t *write, int64_t version)
+static Catalyst__V1__Record *key_record_new(const persist_t *persist, const cat_apply_write_t *write,
+					    int64_t version)
 {
-	const cat_sql_table_t *st = &persist->sql[write->table];
+	const cat_sql_table_t *st = cat_apply_sql(persist->apply, write->table);
 	const ProtobufCFieldDescriptor *oneof = protobuf_c_message_descriptor_get_field(
 		&catalyst__v1__record__descriptor, st->table->record_case);
 	const ProtobufCFieldDescriptor *pk_field = st->fields[st->pk_column];
@@ -1003,10 +620,11 @@ static int record_pack(const Catalyst__V1__Record *record, ProtobufCBinaryData *
 /* Fills changes[k] for `write`: the record's bytes are those of its command
  * message, spliced as they are (the message stays alive until the batch
  * settles); 0, or -1 when out of memory. */
-static int change_fill(persist_t *persist, cat_batch_t *batch, size_t k, const write_t *write)
+static int change_fill(persist_t *persist, cat_batch_t *batch, size_t k, const change_out_t *out)
 {
+	const cat_apply_write_t *write = out->write;
 	const Catalyst__V1__WriteCommand *cmd = command_of(batch, write);
-	const rd_kafka_message_t *rkm = batch->msgs[write->msg].rkm;
+	const rd_kafka_message_t *rkm = batch->msgs[write->source].rkm;
 	Catalyst__V1__ChangeView *change = &persist->changes[k];
 	const uint8_t *bytes;
 	size_t len;
@@ -1016,7 +634,7 @@ static int change_fill(persist_t *persist, cat_batch_t *batch, size_t k, const w
 	change->op = cmd->op;
 	change->has_record = 1;
 	persist->change_owned[k] = false;
-	if (write->publish == PUBLISH_TOMBSTONE) {
+	if (out->publish == PUBLISH_TOMBSTONE) {
 		Catalyst__V1__Record *record = key_record_new(persist, write, write->tombstone);
 		int rc = record ? record_pack(record, &change->record) : -1;
 
@@ -1091,7 +709,7 @@ static cat_err_t send_change_batch(persist_t *persist, cat_batch_t *batch, int32
 		persist->cap_packed = len;
 	}
 	catalyst__v1__change_batch_view__pack(&change_batch, persist->packed);
-	key_len = change_key(persist->sorted[from], key, sizeof(key));
+	key_len = change_key(persist->outs[from].write, key, sizeof(key));
 	return cat_producer_send(persist->producer, persist->changes_topic, partition, key, key_len,
 				 persist->packed, len, NULL, persist, errstr, errstr_size);
 }
@@ -1117,21 +735,26 @@ static cat_err_t publish_changes(persist_t *persist, cat_batch_t *batch, int64_t
 	if (persist->changes_partitions == 0 &&
 	    (err = read_changes_partitions(persist, errstr, errstr_size)) != CAT_OK)
 		return err;
-	for (size_t i = 0; i < persist->n_sorted; i++) {
-		write_t *write = persist->sorted[i];
+	if ((err = reserve_changes(persist, cat_apply_n(persist->apply), errstr, errstr_size)) != CAT_OK)
+		return err;
+	for (size_t i = 0; i < cat_apply_n(persist->apply); i++) {
+		const cat_apply_write_t *write = cat_apply_write(persist->apply, i);
+		publish_as_t publish = publish_as(write);
 
-		if (write->publish == PUBLISH_NONE)
+		if (publish == PUBLISH_NONE)
 			continue;
-		write->partition =
-			(int32_t)(crc32(0L, (const Bytef *)key, (uInt)change_key(write, key, sizeof(key))) %
-				  (uint32_t)persist->changes_partitions);
-		persist->sorted[n++] = write;
+		persist->outs[n++] = (change_out_t){
+			.write = write,
+			.partition = (int32_t)(crc32(0L, (const Bytef *)key,
+						     (uInt)change_key(write, key, sizeof(key))) %
+					       (uint32_t)persist->changes_partitions),
+			.publish = (uint8_t)publish};
 	}
 	if (n == 0)
 		return CAT_OK;
-	qsort(persist->sorted, n, sizeof(*persist->sorted), publish_cmp);
+	qsort(persist->outs, n, sizeof(*persist->outs), publish_cmp);
 	for (k = 0; k < n; k++)
-		if (change_fill(persist, batch, k, persist->sorted[k])) {
+		if (change_fill(persist, batch, k, &persist->outs[k])) {
 			err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "out of memory");
 			goto out;
 		}
@@ -1139,7 +762,7 @@ static cat_err_t publish_changes(persist_t *persist, cat_batch_t *batch, int64_t
 	for (size_t from = 0; from < n;) {
 		size_t to = from, bytes = 0;
 
-		while (to < n && persist->sorted[to]->partition == persist->sorted[from]->partition &&
+		while (to < n && persist->outs[to].partition == persist->outs[from].partition &&
 		       to - from < CHANGES_MAX_ROWS) {
 			size_t size = change_size(&persist->changes[to]);
 
@@ -1148,7 +771,7 @@ static cat_err_t publish_changes(persist_t *persist, cat_batch_t *batch, int64_t
 			bytes += size;
 			to++;
 		}
-		err = send_change_batch(persist, batch, persist->sorted[from]->partition, from, to,
+		err = send_change_batch(persist, batch, persist->outs[from].partition, from, to,
 					committed_at_us, errstr, errstr_size);
 		if (err != CAT_OK)
 			goto out;
@@ -1193,7 +816,8 @@ cat_err_t persist_settle(void *opaque, int timeout_ms, char *errstr, size_t errs
 	} else {
 		cat_metrics_add(persist->m_changes, (int64_t)persist->unsettled_changes);
 		cat_metrics_add(persist->m_change_messages, (int64_t)persist->unsettled_messages);
-		cat_metrics_observe(persist->m_settle_seconds, (double)(cat_time_mono_us() - started_us) / 1e6);
+		cat_metrics_observe(persist->m_settle_seconds,
+				    (double)(cat_time_mono_us() - started_us) / 1e6);
 	}
 	/* a failure: the consumer applies every unsettled batch again, which
 	 * publishes their changes again */
@@ -1205,33 +829,6 @@ cat_err_t persist_settle(void *opaque, int timeout_ms, char *errstr, size_t errs
 
 /* --- the handler ------------------------------------------------------------------------------ */
 
-/* Every CATALYST_TOMBSTONE_PRUNE_INTERVAL_S, between batches: tombstones past
- * their retention go, in bounded statements. A failure waits for the next
- * interval (the batch that follows finds out whether the connection is
- * broken). */
-static void prune_tombstones(persist_t *persist)
-{
-	int64_t total = 0, n = 0;
-	char errstr[512];
-
-	if (persist->tombstone_retention_s == 0 || cat_time_mono_us() < persist->next_prune_us ||
-	    !persist->conn || PQstatus(persist->conn) != CONNECTION_OK)
-		return;
-	persist->next_prune_us = 0; /* at the first batch */
-	do {
-		if (cat_sql_prune_tombstones(persist->conn, persist->tombstone_retention_s, PRUNE_CHUNK, &n,
-					     errstr, sizeof(errstr)) != CAT_OK) {
-			CAT_LOG_WARN("PG", "could not prune tombstones: %s", errstr);
-			break;
-		}
-		total += n;
-		cat_metrics_add(persist->m_pruned, n);
-	} while (n == PRUNE_CHUNK && total < PRUNE_MAX);
-	if (total > 0)
-		CAT_LOG_INFO("PG", "pruned %lld tombstones older than %lld s", (long long)total,
-			     (long long)persist->tombstone_retention_s);
-}
-
 cat_err_t persist_apply(void *opaque, cat_batch_t *batch, char *errstr, size_t errstr_size)
 {
 	persist_t *persist = opaque;
@@ -1239,7 +836,7 @@ cat_err_t persist_apply(void *opaque, cat_batch_t *batch, char *errstr, size_t e
 	size_t n_valid = 0, last_valid = 0;
 	cat_err_t err;
 
-	prune_tombstones(persist);
+	cat_sql_pruner_run(&persist->pruner, persist->conn);
 	err = decode_batch(batch, &n_valid, &last_valid, errstr, errstr_size);
 	if (err != CAT_OK || n_valid == 0)
 		goto out;
@@ -1247,7 +844,7 @@ cat_err_t persist_apply(void *opaque, cat_batch_t *batch, char *errstr, size_t e
 		goto out;
 	decoded_us = cat_time_mono_us();
 	cat_metrics_observe(persist->m_decode_seconds, (double)(decoded_us - started_us) / 1e6);
-	err = transaction(persist, batch, errstr, errstr_size);
+	err = transaction(persist, errstr, errstr_size);
 	if (err == CAT_ERR_PERMANENT && n_valid == 1) {
 		/* the batch's only write is the one the database refuses */
 		batch->msgs[last_valid].result = CAT_ERR_PERMANENT;

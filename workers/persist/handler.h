@@ -6,7 +6,7 @@
  * apply():
  *  1. decodes every message (cat_codec_write_decode); one that does not
  *     decode or validate is marked permanent with the reason, the rest goes on
- *  2. resolves the batch to the writes that leave each row as applying its
+ *  2. resolves the batch (common/cat_apply) to the writes that leave each row as applying its
  *     messages one at a time would: per key of a versioned table, the
  *     highest version (an upsert and a delete of the same version: the
  *     delete; equal upserts: the first); in an insert-only table the writes

@@ -198,6 +198,9 @@ static void register_metrics(sync_t *sync, cat_metrics_t *metrics)
 						  "rows copied by resyncs", NULL);
 	sync->m_monitor_errors = cat_metrics_counter(metrics, "catalyst_sync_monitor_errors_total",
 						     "monitoring rounds that could not read a source", NULL);
+	sync->m_pruned =
+		cat_metrics_counter(metrics, "catalyst_sync_tombstones_pruned_total",
+				    "replica tombstones deleted after CATALYST_TOMBSTONE_RETENTION_S", NULL);
 }
 
 /* Renders: seconds since the newest applied change was committed. */
@@ -249,6 +252,7 @@ cat_err_t sync_new(sync_t **out, const cat_config_t *cfg, const char *group, PGc
 	if ((err = cat_apply_new(&sync->apply, errstr, errstr_size)) != CAT_OK)
 		goto error;
 	register_metrics(sync, metrics);
+	cat_sql_pruner_init(&sync->pruner, cfg, sync->m_pruned);
 	if ((err = cat_metrics_on_render(metrics, on_render, sync)) != CAT_OK) {
 		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
 		goto error;
@@ -605,6 +609,7 @@ cat_err_t sync_apply(void *opaque, cat_batch_t *batch, char *errstr, size_t errs
 	sync_t *sync = opaque;
 	cat_err_t err;
 
+	cat_sql_pruner_run(&sync->pruner, sync->replica);
 	if (is_changes(sync, batch))
 		return sync_apply_changes(sync, batch, errstr, errstr_size);
 	err = apply_commands(sync, batch, errstr, errstr_size);

@@ -25,6 +25,7 @@
 #include "cat_log.h"
 #include "cat_metrics.h"
 #include "cat_pg.h"
+#include "cat_sql.h"
 #include "sync.h"
 
 static const char usage[] =
@@ -48,6 +49,7 @@ static const cat_config_def_t config_defs[] = {
 	CAT_CONFIG_KAFKA,
 	CAT_CONFIG_PG,
 	CAT_CONFIG_CONSUMER("200"),
+	CAT_CONFIG_TOMBSTONES,
 	{"CATALYST_REPLICA_URL", CAT_CFG_PG_URL, NULL, true, true, 0, 0, NULL,
 	 "the replica this process keeps, libpq conninfo or URI (sslmode=verify-full in production)"},
 	{"CATALYST_REPLICA_NAME", CAT_CFG_STRING, NULL, true, false, 0, 0, NULL,
@@ -172,7 +174,7 @@ int main(int argc, char **argv)
 	}
 
 	/* changes.v1 + sync.v1, the monitor, then the probes */
-	handler = (cat_handler_t){ sync_apply, sync_ready, sync, NULL };
+	handler = (cat_handler_t){sync_apply, sync_ready, sync, NULL};
 	if (cat_consumer_new(&consumer, cfg, SYNC_WORKER, group, topics, &handler, metrics, errstr,
 			     sizeof(errstr)) != CAT_OK) {
 		CAT_LOG_ERROR("KAFKA", "%s", errstr);

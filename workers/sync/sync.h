@@ -64,6 +64,7 @@ typedef struct sync {
 	PGconn *replica; /* the loop's connection */
 	PGconn *primary; /* for checks and resyncs, opened when needed */
 	cat_apply_t *apply;
+	cat_sql_pruner_t pruner; /* the replica's tombstones, between batches */
 
 	/* changes.v1: the offset after the last one this process applied, per
 	 * partition (-1: none yet); written by the loop, read by the monitor */
@@ -110,6 +111,7 @@ typedef struct sync {
 	cat_metric_t *m_stmt_queryid[2][16];
 	int n_slow;
 	cat_metric_t *m_monitor_errors;
+	cat_metric_t *m_pruned;
 } sync_t;
 
 /* handler.c */
