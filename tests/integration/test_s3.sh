@@ -74,12 +74,20 @@ assert_eq "" "$("$bin/s3-tool" uploads "$prefix/")" "uploads after an abort"
 assert_not_contains "$("$bin/s3-tool" ls "$prefix/")" "aborted"
 
 # an upload whose process dies leaves an upload in progress, listed by prefix
-"$bin/s3-tool" upload "$prefix/killed" < <(head -c $((6 * 1024 * 1024)) /dev/zero; sleep 30) 2>/dev/null &
+# (the feeder holds the upload open; it is killed too, or it would hold the
+# test's output open for its whole sleep)
+mkfifo "$work/feed"
+(head -c $((6 * 1024 * 1024)) /dev/zero && exec sleep 30) >"$work/feed" 2>/dev/null &
+feeder=$!
+on_exit "kill $feeder 2>/dev/null; true"
+"$bin/s3-tool" upload "$prefix/killed" <"$work/feed" 2>/dev/null &
 pid=$!
 wait_for 20 "the interrupted upload to be listed" \
 	bash -c "[ -n \"\$('$bin/s3-tool' uploads '$prefix/')\" ]"
 kill -9 "$pid" 2>/dev/null || true
 wait "$pid" 2>/dev/null || true
+kill "$feeder" 2>/dev/null || true
+wait "$feeder" 2>/dev/null || true
 assert_contains "$("$bin/s3-tool" uploads "$prefix/")" "$prefix/killed"
 "$bin/s3-tool" abort-uploads "$prefix/"
 assert_eq "" "$("$bin/s3-tool" uploads "$prefix/")" "uploads after abort-uploads"
