@@ -11,6 +11,7 @@
  */
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cache.h"
@@ -34,6 +35,9 @@ static const char usage[] =
 	"a newer cached value. Values that cannot be cached go to dlq.v1 with the reason.\n"
 	"While Redis is unreachable nothing is acknowledged and the worker retries.\n"
 	"HTTP: /healthz, /readyz, /metrics.\n"
+	"A warm or rebuild runs inside the consume loop: unless\n"
+	"CATALYST_KAFKA_MAX_POLL_INTERVAL_MS is set, max.poll.interval.ms is 3600000 so\n"
+	"that a long rebuild keeps the group.\n"
 	"\n"
 	"Exit status: 0 stopped by SIGTERM or SIGINT (a second one stops at once);\n"
 	"1 Redis or PostgreSQL refused the credentials, or Kafka failed; 2 usage or\n"
@@ -111,6 +115,11 @@ int main(int argc, char **argv)
 	}
 	if (argc > 1) {
 		fprintf(stderr, WORKER ": unexpected argument %s (try --help)\n", argv[1]);
+		return 2;
+	}
+	/* a warm or rebuild runs inside the loop (see --help) */
+	if (setenv("CATALYST_KAFKA_MAX_POLL_INTERVAL_MS", "3600000", 0) != 0) {
+		fprintf(stderr, WORKER ": out of memory\n");
 		return 2;
 	}
 	if (cat_config_load(&cfg, config_defs, N_CONFIG_DEFS, NULL, errstr, sizeof(errstr)) != CAT_OK) {
