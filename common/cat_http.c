@@ -482,3 +482,22 @@ void cat_http_destroy(cat_http_t *http)
 	pthread_mutex_destroy(&http->ready_lock);
 	free(http);
 }
+
+cat_err_t cat_http_serve(cat_http_t **out, const char *bind, int port, cat_metrics_t *reg,
+			 cat_http_ready_fn ready, void *ready_opaque, char *errstr, size_t errstr_size)
+{
+	cat_http_t *http = NULL;
+	cat_err_t err;
+
+	*out = NULL;
+	if ((err = cat_http_new(&http, bind, port, errstr, errstr_size)) != CAT_OK)
+		return err;
+	cat_http_set_metrics(http, reg);
+	cat_http_set_ready_fn(http, ready, ready_opaque);
+	if ((err = cat_http_start(http, errstr, errstr_size)) != CAT_OK) {
+		cat_http_destroy(http);
+		return err;
+	}
+	*out = http;
+	return CAT_OK;
+}

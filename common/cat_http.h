@@ -92,6 +92,12 @@ void cat_http_set_ready(cat_http_t *http, bool ready, const char *reason);
 /* Binds and starts serving; logs the address (fac "HTTP", field "port"). */
 cat_err_t cat_http_start(cat_http_t *http, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 
+/* A worker's probes in one call: new, metrics, readiness callback, start.
+ * On failure *out is NULL and nothing listens. */
+cat_err_t cat_http_serve(cat_http_t **out, const char *bind, int port, cat_metrics_t *reg,
+			 cat_http_ready_fn ready, void *ready_opaque, char *errstr,
+			 size_t errstr_size) CAT_MUST_CHECK;
+
 /* The bound port once started (useful with port 0), else 0. */
 int cat_http_port(const cat_http_t *http);
 

@@ -284,6 +284,35 @@ START_TEST(test_handler_errors)
 }
 END_TEST
 
+/* serve: new + metrics + readiness + start in one; a failure leaves nothing */
+START_TEST(test_serve)
+{
+	cat_http_t *other = (cat_http_t *)&other;
+	reply_t reply;
+	char errstr[256], saved[256];
+
+	ck_assert_int_eq(cat_http_serve(&other, "127.0.0.1", cat_http_port(http), reg, not_ready, "busy",
+					errstr, sizeof(errstr)),
+			 CAT_ERR_FATAL); /* port in use */
+	ck_assert_ptr_null(other);
+	ck_assert_int_eq(cat_http_serve(&other, "127.0.0.1", 0, reg, not_ready, "replica down", errstr,
+					sizeof(errstr)),
+			 CAT_OK);
+	ck_assert_int_gt(cat_http_port(other), 0);
+	/* the request helper talks to `base`: point it at the new server */
+	snprintf(saved, sizeof(saved), "%s", base);
+	snprintf(base, sizeof(base), "http://127.0.0.1:%d", cat_http_port(other));
+	request("GET", "/readyz", NULL, 0, false, NULL, &reply);
+	ck_assert_int_eq(reply.status, 503);
+	ck_assert_str_eq(reply.body, "not ready: replica down\n");
+	request("GET", "/metrics", NULL, 0, false, NULL, &reply);
+	ck_assert_int_eq(reply.status, 200);
+	ck_assert_ptr_nonnull(strstr(reply.body, "catalyst_test_requests_total 3"));
+	snprintf(base, sizeof(base), "%s", saved);
+	cat_http_destroy(other);
+}
+END_TEST
+
 START_TEST(test_bad_bind)
 {
 	cat_http_t *other;
@@ -320,6 +349,7 @@ int main(void)
 	tcase_add_test(tc, test_body_limit);
 	tcase_add_test(tc, test_handler_errors);
 	tcase_add_test(tc, test_bad_bind);
+	tcase_add_test(tc, test_serve);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);

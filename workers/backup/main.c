@@ -160,14 +160,9 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	backup_set_consumer(backup, consumer);
-	if (cat_http_new(&http, cat_config_str(cfg, "CATALYST_BACKUP_BIND"),
-			 (int)cat_config_int(cfg, "CATALYST_BACKUP_PORT"), errstr, sizeof(errstr)) != CAT_OK) {
-		CAT_LOG_ERROR("HTTP", "%s", errstr);
-		goto out;
-	}
-	cat_http_set_metrics(http, metrics);
-	cat_http_set_ready_fn(http, backup_http_ready, backup);
-	if (cat_http_start(http, errstr, sizeof(errstr)) != CAT_OK) {
+	if (cat_http_serve(&http, cat_config_str(cfg, "CATALYST_BACKUP_BIND"),
+			   (int)cat_config_int(cfg, "CATALYST_BACKUP_PORT"), metrics, backup_http_ready, backup, errstr,
+			   sizeof(errstr)) != CAT_OK) {
 		CAT_LOG_ERROR("HTTP", "%s", errstr);
 		goto out;
 	}

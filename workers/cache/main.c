@@ -169,14 +169,9 @@ int main(int argc, char **argv)
 		CAT_LOG_ERROR("KAFKA", "%s", errstr);
 		goto out;
 	}
-	if (cat_http_new(&http, cat_config_str(cfg, "CATALYST_CACHE_BIND"),
-			 (int)cat_config_int(cfg, "CATALYST_CACHE_PORT"), errstr, sizeof(errstr)) != CAT_OK) {
-		CAT_LOG_ERROR("HTTP", "%s", errstr);
-		goto out;
-	}
-	cat_http_set_metrics(http, metrics);
-	cat_http_set_ready_fn(http, cat_consumer_ready, consumer);
-	if (cat_http_start(http, errstr, sizeof(errstr)) != CAT_OK) {
+	if (cat_http_serve(&http, cat_config_str(cfg, "CATALYST_CACHE_BIND"),
+			   (int)cat_config_int(cfg, "CATALYST_CACHE_PORT"), metrics, cat_consumer_ready, consumer, errstr,
+			   sizeof(errstr)) != CAT_OK) {
 		CAT_LOG_ERROR("HTTP", "%s", errstr);
 		goto out;
 	}

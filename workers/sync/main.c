@@ -184,14 +184,9 @@ int main(int argc, char **argv)
 		CAT_LOG_ERROR("MONITOR", "%s", errstr);
 		goto out;
 	}
-	if (cat_http_new(&http, cat_config_str(cfg, "CATALYST_SYNC_BIND"),
-			 (int)cat_config_int(cfg, "CATALYST_SYNC_PORT"), errstr, sizeof(errstr)) != CAT_OK) {
-		CAT_LOG_ERROR("HTTP", "%s", errstr);
-		goto out;
-	}
-	cat_http_set_metrics(http, metrics);
-	cat_http_set_ready_fn(http, cat_consumer_ready, consumer);
-	if (cat_http_start(http, errstr, sizeof(errstr)) != CAT_OK) {
+	if (cat_http_serve(&http, cat_config_str(cfg, "CATALYST_SYNC_BIND"),
+			   (int)cat_config_int(cfg, "CATALYST_SYNC_PORT"), metrics, cat_consumer_ready, consumer, errstr,
+			   sizeof(errstr)) != CAT_OK) {
 		CAT_LOG_ERROR("HTTP", "%s", errstr);
 		goto out;
 	}
