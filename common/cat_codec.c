@@ -12,7 +12,6 @@
 
 #include "cat_time.h"
 
-#define COMMAND_ID_MAX_CHARS 128 /* meta.command_id */
 #define META_TEXT_MAX_CHARS  256 /* meta.producer, meta.trace_id */
 #define WIRE_MAX_DEPTH	     16	 /* nesting of submessages scanned on the wire */
 #define QUOTE_MAX_BYTES	     60	 /* of input text repeated in an error message */
@@ -372,7 +371,7 @@ static cat_err_t meta_validate(const Catalyst__V1__CommandMeta *meta, char *errs
 				   (long long)meta->issued_at_us);
 	if (meta->command_id && !*meta->command_id)
 		return cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT, "\"command_id\" is empty");
-	if ((err = meta_text_check("command_id", meta->command_id, COMMAND_ID_MAX_CHARS, errstr,
+	if ((err = meta_text_check("command_id", meta->command_id, CAT_CODEC_COMMAND_ID_MAX, errstr,
 				   errstr_size)) ||
 	    (err = meta_text_check("producer", meta->producer, META_TEXT_MAX_CHARS, errstr, errstr_size)) ||
 	    (err = meta_text_check("trace_id", meta->trace_id, META_TEXT_MAX_CHARS, errstr, errstr_size)))

@@ -57,6 +57,9 @@ const char *cat_codec_record_pk(const Catalyst__V1__Record *record);
 /* version field of a record (0 if unset). */
 int64_t cat_codec_record_version(const Catalyst__V1__Record *record);
 
+/* the longest meta.command_id accepted, in characters */
+#define CAT_CODEC_COMMAND_ID_MAX 128
+
 /* protobuf bytes -> validated WriteCommand (op UPSERT or DELETE, the record
  * as cat_codec_record_validate, meta strings valid UTF-8, command_id
  * non-empty and at most 128 characters, producer and trace_id at most 256,

@@ -58,6 +58,12 @@ assert_contains "$err" "CATALYST_S3_PART_SIZE_MB"
 run env -u CATALYST_S3_BUCKET "$bin/catalyst-backup"
 assert_eq 2 "$rc" "without a bucket"
 assert_eq "catalyst-backup: CATALYST_S3_BUCKET: required but not set" "$err"
+# command ids: whole or refused, never cut short
+run "$bin/catalyst-publish" backup --command-id "$(printf 'x%.0s' {1..129})" verify some-id
+assert_eq 2 "$rc" "a 129-byte command id"
+assert_eq "catalyst-publish: --command-id must be 1 to 128 bytes" "$err"
+run "$bin/catalyst-publish" backup --issued-at-us 12a verify some-id
+assert_eq 2 "$rc" "a bad --issued-at-us"
 
 pid=
 on_exit '[[ -z $pid ]] || kill -9 "$pid" 2>/dev/null; true'

@@ -11,6 +11,7 @@
  * --command-id ID (default: a new UUID; the same id is the same backup),
  * --issued-at-us US (default: now).
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,7 +46,7 @@ int publish_backup(const cat_config_t *cfg, int argc, char **argv)
 	Catalyst__V1__BackupCommand__Restore restore = CATALYST__V1__BACKUP_COMMAND__RESTORE__INIT;
 	Catalyst__V1__BackupCommand__Verify verify = CATALYST__V1__BACKUP_COMMAND__VERIFY__INIT;
 	Catalyst__V1__BackupCommand__Prune prune = CATALYST__V1__BACKUP_COMMAND__PRUNE__INIT;
-	char command_id[64] = "", topic[256], errstr[512], *tag = NULL;
+	char command_id[CAT_CODEC_COMMAND_ID_MAX + 1] = "", topic[256], errstr[512], *tag = NULL;
 	const char *action;
 	cat_producer_t *producer = NULL;
 	uint8_t *buf = NULL;
@@ -60,11 +61,22 @@ int publish_backup(const cat_config_t *cfg, int argc, char **argv)
 	for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
 		if (strcmp(argv[i], "--database") == 0 && i + 1 < argc)
 			cmd.database = argv[++i];
-		else if (strcmp(argv[i], "--command-id") == 0 && i + 1 < argc)
-			snprintf(command_id, sizeof(command_id), "%s", argv[++i]);
-		else if (strcmp(argv[i], "--issued-at-us") == 0 && i + 1 < argc)
-			meta.issued_at_us = strtoll(argv[++i], NULL, 10);
-		else
+		else if (strcmp(argv[i], "--command-id") == 0 && i + 1 < argc) {
+			if (!argv[++i][0] || strlen(argv[i]) > CAT_CODEC_COMMAND_ID_MAX) {
+				fprintf(stderr, "catalyst-publish: --command-id must be 1 to %d bytes\n",
+					CAT_CODEC_COMMAND_ID_MAX);
+				return 2;
+			}
+			snprintf(command_id, sizeof(command_id), "%s", argv[i]);
+		} else if (strcmp(argv[i], "--issued-at-us") == 0 && i + 1 < argc) {
+			char *end;
+			errno = 0;
+			meta.issued_at_us = strtoll(argv[++i], &end, 10);
+			if (errno || end == argv[i] || *end || meta.issued_at_us <= 0) {
+				fprintf(stderr, "catalyst-publish: --issued-at-us must be a positive integer (µs)\n");
+				return 2;
+			}
+		} else
 			return bad_usage(argv[i]);
 	}
 	if (i >= argc)

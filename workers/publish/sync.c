@@ -67,6 +67,11 @@ static int parse(int argc, char **argv, const char *action, options_t *o)
 		} else if (strcmp(arg, "--replica") == 0) {
 			o->replica = value;
 		} else if (strcmp(arg, "--command-id") == 0 && strcmp(action, "replicate") != 0) {
+			if (!value[0] || strlen(value) > CAT_CODEC_COMMAND_ID_MAX) {
+				fprintf(stderr, "catalyst-publish: --command-id must be 1 to %d bytes\n",
+					CAT_CODEC_COMMAND_ID_MAX);
+				return 2;
+			}
 			o->command_id = value;
 		} else if (strcmp(arg, "--chunk-size") == 0 && strcmp(action, "check") == 0) {
 			if (parse_long(value, 0, 1000000, &o->chunk_size)) {
@@ -137,7 +142,7 @@ static int publish_one(const cat_config_t *cfg, cat_producer_t *producer, const 
 	Catalyst__V1__SyncCommand__CheckConsistency check =
 		CATALYST__V1__SYNC_COMMAND__CHECK_CONSISTENCY__INIT;
 	Catalyst__V1__SyncCommand__ResyncTable resync = CATALYST__V1__SYNC_COMMAND__RESYNC_TABLE__INIT;
-	char id[40], errstr[512];
+	char id[CAT_CODEC_COMMAND_ID_MAX + 1], errstr[512];
 	int timeout_ms = (int)cat_config_int(cfg, "CATALYST_PUBLISH_TIMEOUT_MS");
 
 	if (o->command_id)
