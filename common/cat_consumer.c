@@ -1,6 +1,7 @@
 #include "cat_consumer.h"
 
 #include <jansson.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -60,6 +61,8 @@ struct cat_consumer {
 	/* read by the HTTP thread */
 	atomic_bool retrying;
 	atomic_llong last_poll_us;
+	int64_t last_msg_us; /* when the last message arrived (monotonic µs) */
+	bool trimmed;	     /* the heap was trimmed since that message */
 	pthread_mutex_t reason_lock;
 	char retry_reason[256];
 
@@ -76,6 +79,7 @@ struct cat_consumer {
 };
 
 #define SETTLE_MAX_BATCHES 4 /* settle once this many batches' worth of messages are settling */
+#define IDLE_TRIM_US	   (2 * 1000000) /* idle this long after traffic: the free heap goes back to the OS */
 
 static const double batch_size_buckets[] = { 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000 };
 static const double latency_buckets[] = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
@@ -818,6 +822,27 @@ cat_err_t cat_consumer_run(cat_consumer_t *consumer, volatile sig_atomic_t *stop
 					break;
 				now = cat_time_mono_us();
 			}
+		}
+		if (got) {
+			consumer->last_msg_us = now;
+			consumer->trimmed = false;
+		} else if (!consumer->trimmed && consumer->n_settling == 0 &&
+			   now - consumer->last_msg_us >= IDLE_TRIM_US) {
+			/* a burst's buffers are free now, but glibc keeps them mapped:
+			 * hand them back, so an idle worker holds only what it uses */
+			for (size_t i = 0; i < consumer->n_parts; i++) {
+				part_buf_t *part = consumer->parts[i];
+
+				if (part->n == 0 && part->cap > 0) {
+					free(part->msgs);
+					free(part->issued);
+					part->msgs = NULL;
+					part->issued = NULL;
+					part->cap = 0;
+				}
+			}
+			malloc_trim(0);
+			consumer->trimmed = true;
 		}
 		/* applied batches settle once nothing more is at hand, or enough wait */
 		if (consumer->n_settling > 0 &&
