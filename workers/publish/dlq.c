@@ -1030,10 +1030,13 @@ static int replay(const cat_config_t *cfg, const opts_t *o, PGconn *conn, const 
 {
 	cat_producer_t *producer = NULL;
 	size_t n_replayed = 0, n_already = 0, n_refused = 0, n_failed = 0, n_sent = 0;
+	int n_parts_of[N_REPLAY_TARGETS];
 	char errstr[512], by[256];
 	int timeout_ms = (int)cat_config_int(cfg, "CATALYST_PUBLISH_TIMEOUT_MS");
 	int rc = 1;
 
+	for (size_t t = 0; t < N_REPLAY_TARGETS; t++)
+		n_parts_of[t] = -2; /* not asked yet */
 	if (o->by)
 		snprintf(by, sizeof(by), "%s", o->by);
 	else
@@ -1047,7 +1050,7 @@ static int replay(const cat_config_t *cfg, const opts_t *o, PGconn *conn, const 
 		letter_t *l = &ls->v[i];
 		rd_kafka_headers_t *headers;
 		char from[320];
-		int n_parts;
+		int n_parts = -1;
 
 		l->delivered = 0;
 		if (l->replayed == 1) {
@@ -1082,7 +1085,12 @@ static int replay(const cat_config_t *cfg, const opts_t *o, PGconn *conn, const 
 			n_replayed++;
 			continue;
 		}
-		n_parts = partition_count(cat_producer_handle(producer), l->source_topic);
+		for (size_t t = 0; t < N_REPLAY_TARGETS; t++)
+			if (l->suffix == replay_targets[t]) {
+				if (n_parts_of[t] == -2) /* one metadata request per topic */
+					n_parts_of[t] = partition_count(cat_producer_handle(producer), l->source_topic);
+				n_parts = n_parts_of[t];
+			}
 		if (n_parts <= l->source_partition) {
 			l->delivered = -2;
 			printf("refused %d:%" PRId64 ": %s has no partition %d\n", (int)l->partition, l->offset,
