@@ -78,6 +78,7 @@ struct cat_consumer {
 	cat_metric_t *m_abandoned;
 };
 
+#define LAG_HELP "messages behind the partition's end (from librdkafka statistics)"
 #define SETTLE_MAX_BATCHES 4 /* settle once this many batches' worth of messages are settling */
 #define IDLE_TRIM_US	   (2 * 1000000) /* idle this long after traffic: the free heap goes back to the OS */
 
@@ -113,9 +114,8 @@ static part_buf_t *part_get(cat_consumer_t *consumer, const char *topic, int32_t
 	consumer->parts = grown;
 	part->partition = partition;
 	snprintf(pstr, sizeof(pstr), "%d", (int)partition);
-	part->lag = cat_metrics_gauge(consumer->metrics, "catalyst_consumer_lag",
-				      "messages behind the partition's end (from librdkafka statistics)",
-				      "topic", topic, "partition", pstr, NULL);
+	part->lag = cat_metrics_gauge(consumer->metrics, "catalyst_consumer_lag", LAG_HELP, "group",
+				      consumer->group, "topic", topic, "partition", pstr, NULL);
 	consumer->parts[consumer->n_parts++] = part;
 	return part;
 }
@@ -335,6 +335,12 @@ cat_err_t cat_consumer_new(cat_consumer_t **out, const cat_config_t *cfg, const 
 			goto error;
 		}
 
+	/* one lag series per assigned partition, created on assignment: the
+	 * name is on /metrics from the start */
+	if (metrics && cat_metrics_declare_gauge(metrics, "catalyst_consumer_lag", LAG_HELP) != CAT_OK) {
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "could not declare catalyst_consumer_lag");
+		goto error;
+	}
 	consumer->m_consumed = cat_metrics_counter(metrics, "catalyst_messages_consumed_total",
 						   "messages polled from Kafka", NULL);
 	consumer->m_applied = cat_metrics_counter(metrics, "catalyst_messages_applied_total",

@@ -32,6 +32,7 @@ struct cat_http {
 	size_t n_routes;
 	size_t max_body;
 	cat_metrics_t *metrics;
+	cat_metric_t *m_ready; /* catalyst_ready in metrics */
 	cat_http_ready_fn ready_fn;
 	void *ready_opaque;
 	pthread_mutex_t ready_lock; /* guards the flag and its reason */
@@ -128,22 +129,27 @@ static void healthz(const cat_http_request_t *req, cat_http_response_t *resp, vo
 	cat_http_reply(resp, 200, "text/plain; charset=utf-8", "ok\n");
 }
 
+/* The readiness /readyz reports: the callback's, else the flag's. */
+static bool ready_now(cat_http_t *http, char *reason, size_t reason_size)
+{
+	bool ready;
+
+	if (http->ready_fn)
+		return http->ready_fn(http->ready_opaque, reason, reason_size);
+	pthread_mutex_lock(&http->ready_lock);
+	ready = http->ready;
+	snprintf(reason, reason_size, "%s", http->ready_reason);
+	pthread_mutex_unlock(&http->ready_lock);
+	return ready;
+}
+
 static void readyz(const cat_http_request_t *req, cat_http_response_t *resp, void *opaque)
 {
 	cat_http_t *http = opaque;
 	char reason[256] = "";
 	char body[300];
-	bool ready;
 
-	if (http->ready_fn) {
-		ready = http->ready_fn(http->ready_opaque, reason, sizeof(reason));
-	} else {
-		pthread_mutex_lock(&http->ready_lock);
-		ready = http->ready;
-		snprintf(reason, sizeof(reason), "%s", http->ready_reason);
-		pthread_mutex_unlock(&http->ready_lock);
-	}
-	if (ready) {
+	if (ready_now(http, reason, sizeof(reason))) {
 		cat_http_reply(resp, 200, "text/plain; charset=utf-8", "ready\n");
 		return;
 	}
@@ -161,6 +167,11 @@ static void metrics(const cat_http_request_t *req, cat_http_response_t *resp, vo
 	if (!http->metrics) {
 		cat_http_reply(resp, 200, "text/plain; version=0.0.4; charset=utf-8", "");
 		return;
+	}
+	if (http->m_ready) {
+		char reason[256] = "";
+
+		cat_metrics_set(http->m_ready, ready_now(http, reason, sizeof(reason)) ? 1 : 0);
 	}
 	if (cat_metrics_render(http->metrics, &text, &len, errstr, sizeof(errstr)) != CAT_OK) {
 		CAT_LOG_ERROR("HTTP", "%s", errstr);
@@ -226,6 +237,9 @@ cat_err_t cat_http_route(cat_http_t *http, const char *method, const char *path,
 void cat_http_set_metrics(cat_http_t *http, cat_metrics_t *reg)
 {
 	http->metrics = reg;
+	http->m_ready = reg ? cat_metrics_gauge(reg, "catalyst_ready",
+						"1 while /readyz answers ready, else 0 (as of this scrape)", NULL)
+			    : NULL;
 }
 
 void cat_http_set_ready_fn(cat_http_t *http, cat_http_ready_fn fn, void *opaque)

@@ -8,7 +8,8 @@
  *   GET /readyz   200 "ready", or 503 "not ready: <reason>", from the
  *                 readiness callback if one is set, else from the flag
  *                 (initially not ready, "starting")
- *   GET /metrics  the cat_metrics registry, text format 0.0.4
+ *   GET /metrics  the cat_metrics registry, text format 0.0.4, with the gauge
+ *                 catalyst_ready (1 or 0: what /readyz would answer now)
  * An unknown path is 404, a known path with another method 405, a body
  * past the limit (default 1 MiB) 413. HEAD is served as GET without body.
  *

@@ -310,6 +310,32 @@ out:
 	return metric;
 }
 
+static cat_err_t family_declare(cat_metrics_t *reg, const char *name, const char *help, metric_kind_t kind)
+{
+	family_t *family;
+
+	if (!reg)
+		return CAT_ERR_FATAL;
+	if (!valid_name(name, false)) {
+		CAT_LOG_ERROR("METRICS", "could not declare metric %s: invalid name", name ? name : "(null)");
+		return CAT_ERR_FATAL;
+	}
+	pthread_mutex_lock(&reg->lock);
+	family = family_get(reg, name, help, kind, NULL, 0);
+	pthread_mutex_unlock(&reg->lock);
+	return family ? CAT_OK : CAT_ERR_FATAL;
+}
+
+cat_err_t cat_metrics_declare_counter(cat_metrics_t *reg, const char *name, const char *help)
+{
+	return family_declare(reg, name, help, KIND_COUNTER);
+}
+
+cat_err_t cat_metrics_declare_gauge(cat_metrics_t *reg, const char *name, const char *help)
+{
+	return family_declare(reg, name, help, KIND_GAUGE);
+}
+
 cat_metric_t *cat_metrics_counter(cat_metrics_t *reg, const char *name, const char *help, ...)
 {
 	cat_metric_t *metric;
@@ -608,8 +634,6 @@ cat_err_t cat_metrics_render(cat_metrics_t *reg, char **out, size_t *out_len, ch
 				   "could not render metrics: out of memory");
 	pthread_mutex_lock(&reg->lock);
 	for (const family_t *family = reg->families; family; family = family->next) {
-		if (!family->series)
-			continue;
 		fprintf(stream, "# HELP %s ", family->name);
 		put_escaped(stream, family->help, false);
 		fprintf(stream, "\n# TYPE %s %s\n", family->name, kind_names[family->kind]);

@@ -12,8 +12,10 @@
  *
  * cat_metrics_render() writes the text exposition format (version 0.0.4):
  * HELP and TYPE once per family, families and series in creation order,
- * histograms as cumulative _bucket{le=...}, _sum and _count. Handles stay
- * valid until cat_metrics_destroy().
+ * histograms as cumulative _bucket{le=...}, _sum and _count. A family
+ * declared (cat_metrics_declare_*) before any of its series exists still has
+ * its HELP and TYPE lines, so dashboards and scrapers see every name from the
+ * start. Handles stay valid until cat_metrics_destroy().
  */
 #ifndef CAT_METRICS_H
 #define CAT_METRICS_H
@@ -55,6 +57,14 @@ cat_metric_t *cat_metrics_gauge_double(cat_metrics_t *reg, const char *name, con
  * copied; NULL takes CAT_METRICS_DEFAULT_BUCKETS. */
 cat_metric_t *cat_metrics_histogram(cat_metrics_t *reg, const char *name, const char *help,
 				    const double *bounds, size_t n_bounds, ...) CAT_METRICS_SENTINEL;
+
+/* Declares a family whose labelled series come later (one per partition,
+ * per backup tag...): rendered as its HELP and TYPE lines alone until the
+ * first series is created with the same name (and help). CAT_ERR_FATAL (and
+ * a line in the log) on an invalid name, the name taken by another type, or
+ * out of memory. */
+cat_err_t cat_metrics_declare_counter(cat_metrics_t *reg, const char *name, const char *help) CAT_MUST_CHECK;
+cat_err_t cat_metrics_declare_gauge(cat_metrics_t *reg, const char *name, const char *help) CAT_MUST_CHECK;
 
 /* Prometheus' default latency buckets, in seconds. */
 extern const double CAT_METRICS_DEFAULT_BUCKETS[];

@@ -44,7 +44,7 @@ typedef struct cat_table {
 } cat_table_t;
 
 /* Schema version (highest migration) the records need. */
-#define CAT_SCHEMA_VERSION 3
+#define CAT_SCHEMA_VERSION 4
 
 extern const cat_table_t cat_schema_tables[];
 extern const size_t cat_schema_n_tables;

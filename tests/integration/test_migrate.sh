@@ -61,9 +61,9 @@ for args in "" "frobnicate" "down" "down x" "down 0" "up --to" "up --to two" "st
 	assert_eq 2 "$rc" "usage error for [$args]"
 	assert_eq 1 "$(lines "$err")" "one line for [$args]"
 done
-run "$migrate" up --to 4
+run "$migrate" up --to 5
 assert_eq 2 "$rc" "up --to past the latest migration"
-assert_contains "$err" "up --to 4: no such migration, the latest is 3"
+assert_contains "$err" "up --to 5: no such migration, the latest is 4"
 
 run "$migrate" --help
 assert_eq 0 "$rc" "--help"
@@ -90,14 +90,15 @@ assert_contains "$err" "could not connect to PostgreSQL"
 # --- up on a fresh database --------------------------------------------------------
 run "$migrate" up
 assert_eq 0 "$rc" "up: $err"
-assert_eq 3 "$(grep -c '"applied migration ' "$work/err")" "applied lines"
+assert_eq 4 "$(grep -c '"applied migration ' "$work/err")" "applied lines"
 assert_contains "$err" "applied migration 0001_initial_schema in "
 assert_contains "$err" "applied migration 0002_add_source_alignment in "
 assert_contains "$err" "applied migration 0003_tombstones_and_checks in "
+assert_contains "$err" "applied migration 0004_dlq_replays in "
 run "$migrate" status --json
 assert_eq 0 "$rc" "status --json"
-assert_eq "3 3 0" "$(json_get "$out" '"%d %d %d" % (d["current_version"], d["latest_version"], d["pending"])')" "versions"
-assert_eq "True True True" "$(json_get "$out" '" ".join(str(m["applied"] and m["checksum_ok"]) for m in d["migrations"])')" "applied, checksums ok"
+assert_eq "4 4 0" "$(json_get "$out" '"%d %d %d" % (d["current_version"], d["latest_version"], d["pending"])')" "versions"
+assert_eq "True True True True" "$(json_get "$out" '" ".join(str(m["applied"] and m["checksum_ok"]) for m in d["migrations"])')" "applied, checksums ok"
 assert_eq "initial_schema" "$(json_get "$out" 'd["migrations"][0]["name"]')" "first name"
 assert_eq "$(sha256sum "$CATALYST_MIGRATIONS_DIR/0001_initial_schema.up.sql" | cut -d' ' -f1)" \
 	"$(json_get "$out" 'd["migrations"][0]["checksum"]')" "checksum is the up file's sha256"
@@ -106,9 +107,10 @@ run "$migrate" status
 assert_eq 0 "$rc" "status"
 assert_contains "$out" "0002     add_source_alignment"
 assert_contains "$out" "0003     tombstones_and_checks"
-assert_contains "$out" "schema version 3 of 3, 0 pending"
+assert_contains "$out" "0004     dlq_replays"
+assert_contains "$out" "schema version 4 of 4, 0 pending"
 
-tables="backup_catalog backup_watermarks news_raw row_tombstones source_metrics trade_records trading_candidates trading_signals"
+tables="backup_catalog backup_watermarks dlq_replays news_raw row_tombstones source_metrics trade_records trading_candidates trading_signals"
 table_list="SELECT string_agg(table_name, ' ' ORDER BY table_name) FROM information_schema.tables
 	WHERE table_schema = 'public' AND table_name <> 'schema_migrations'"
 assert_eq "$tables" "$(psql_at "$db" "$table_list")" "tables after up"
@@ -151,6 +153,11 @@ deleted_at:timestamp with time zone:not null" "$(columns row_tombstones)" "row_t
 assert_eq "table_name pk" "$(psql_at "$db" "SELECT string_agg(a.attname, ' ' ORDER BY a.attnum) FROM pg_index i
 	JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
 	WHERE i.indrelid = 'row_tombstones'::regclass AND i.indisprimary")" "row_tombstones primary key"
+assert_eq "dlq_topic:text:not null dlq_partition:integer:not null dlq_offset:bigint:not null \
+source_topic:text:not null source_partition:integer:not null source_offset:bigint:not null reason:text \
+replayed_partition:integer:not null replayed_offset:bigint:not null \
+replayed_at:timestamp with time zone:not null replayed_by:text:not null" "$(columns dlq_replays)" \
+	"dlq_replays columns"
 assert_eq "version:integer:not null name:text:not null checksum:text:not null \
 applied_at:timestamp with time zone:not null execution_ms:bigint:not null" "$(columns schema_migrations)" \
 	"schema_migrations columns"
@@ -161,7 +168,7 @@ assert_eq "5 unconfirmed false false" "$(psql_at "$db" "INSERT INTO news_raw (ne
 run psql_at "$db" "INSERT INTO backup_catalog (backup_id, kind, state) VALUES ('b1', 'weekly', 'running')"
 [[ $rc != 0 ]] || fail "backup_catalog accepted kind 'weekly'"
 assert_eq "idx_backup_catalog_state idx_backup_catalog_tag_finished idx_candidates_catalyst_score \
-idx_candidates_selection idx_news_pre_market_published idx_news_source_tier idx_news_symbol_published \
+idx_candidates_selection idx_dlq_replays_source idx_news_pre_market_published idx_news_source_tier idx_news_symbol_published \
 idx_trade_records_entry_news" "$(psql_at "$db" "SELECT string_agg(indexname, ' ' ORDER BY indexname)
 	FROM pg_indexes WHERE schemaname = 'public' AND indexname LIKE 'idx_%'")" "indexes"
 assert_eq "0" "$(psql_at "$db" "SELECT count(*) FROM pg_constraint WHERE contype = 'f'")" "no foreign keys"
@@ -194,29 +201,36 @@ for good in "trading_signals (signal_id, symbol, signal_type, confidence, versio
 	assert_eq 0 "$rc" "INSERT INTO $good: $err"
 done
 
-# a worker needing schema 3 may start; the applied rows are there
+# a worker needing schema 4 may start; the applied rows are there
 run "$migrate" up
 assert_eq 0 "$rc" "up again"
-assert_contains "$err" "nothing to apply: schema version 3"
+assert_contains "$err" "nothing to apply: schema version 4"
 run "$migrate" validate
 assert_eq 0 "$rc" "validate: $err"
 
 # --- down, up --to --------------------------------------------------------------------
-run "$migrate" down 4
-assert_eq 1 "$rc" "down 4 with 3 applied"
-assert_contains "$err" "cannot revert 4 migrations: 3 are applied"
+run "$migrate" down 5
+assert_eq 1 "$rc" "down 5 with 4 applied"
+assert_contains "$err" "cannot revert 5 migrations: 4 are applied"
 
-run "$migrate" down 3
-assert_eq 0 "$rc" "down 3: $err"
+run "$migrate" down 4
+assert_eq 0 "$rc" "down 4: $err"
+assert_contains "$err" "reverted migration 0004_dlq_replays in "
 assert_contains "$err" "reverted migration 0003_tombstones_and_checks in "
 assert_contains "$err" "reverted migration 0002_add_source_alignment in "
-assert_eq "" "$(psql_at "$db" "$table_list")" "tables after down 3"
-assert_eq "0" "$(psql_at "$db" "SELECT count(*) FROM schema_migrations")" "schema_migrations rows after down 3"
-assert_eq 0 "$(current_version)" "version after down 3"
+assert_eq "" "$(psql_at "$db" "$table_list")" "tables after down 4"
+assert_eq "0" "$(psql_at "$db" "SELECT count(*) FROM schema_migrations")" "schema_migrations rows after down 4"
+assert_eq 0 "$(current_version)" "version after down 4"
 
 run "$migrate" up
-assert_eq 0 "$rc" "up after down 3: $err"
-assert_eq 3 "$(current_version)" "version after up"
+assert_eq 0 "$rc" "up after down 4: $err"
+assert_eq 4 "$(current_version)" "version after up"
+
+run "$migrate" down 1
+assert_eq 0 "$rc" "down 1 from 4: $err"
+assert_eq 3 "$(current_version)" "version after down 1 from 4"
+assert_eq "" "$(psql_at "$db" "SELECT to_regclass('dlq_replays')")" "dlq_replays gone"
+assert_eq "row_tombstones" "$(psql_at "$db" "SELECT to_regclass('row_tombstones')")" "row_tombstones kept"
 
 run "$migrate" down 1
 assert_eq 0 "$rc" "down 1 from 3: $err"
@@ -241,13 +255,13 @@ assert_eq 0 "$rc" "up --to 1: $err"
 assert_eq 1 "$(grep -c '"applied migration ' "$work/err")" "one applied"
 assert_eq 1 "$(current_version)" "version after up --to 1"
 run "$migrate" status --json
-assert_eq "2 False" "$(json_get "$out" '"%d %s" % (d["pending"], d["migrations"][1]["applied"])')" "0002 pending"
+assert_eq "3 False" "$(json_get "$out" '"%d %s" % (d["pending"], d["migrations"][1]["applied"])')" "0002 pending"
 run "$migrate" up --to=2
 assert_eq 0 "$rc" "up --to=2: $err"
 assert_eq 2 "$(current_version)" "version after up --to=2"
 run "$migrate" up
 assert_eq 0 "$rc" "up from 2: $err"
-assert_eq 3 "$(current_version)" "version after up from 2"
+assert_eq 4 "$(current_version)" "version after up from 2"
 
 # --- drift: an applied file changed or missing -------------------------------------------
 cp -r "$CATALYST_MIGRATIONS_DIR" "$work/changed"
@@ -258,10 +272,10 @@ for cmd in validate up "down 1"; do
 	assert_eq 1 "$rc" "$cmd with a changed applied file"
 	assert_contains "$err" "migration 0001_initial_schema.up.sql: checksum changed since it was applied (recorded "
 done
-assert_eq 3 "$(current_version)" "nothing reverted"
+assert_eq 4 "$(current_version)" "nothing reverted"
 run env CATALYST_MIGRATIONS_DIR="$work/changed" "$migrate" status --json
 assert_eq 0 "$rc" "status shows drift"
-assert_eq "False True True" "$(json_get "$out" '" ".join(str(m["checksum_ok"]) for m in d["migrations"])')" "checksum_ok"
+assert_eq "False True True True" "$(json_get "$out" '" ".join(str(m["checksum_ok"]) for m in d["migrations"])')" "checksum_ok"
 
 mkdir "$work/older"
 cp "$CATALYST_MIGRATIONS_DIR"/0001_* "$work/older/"
@@ -294,56 +308,56 @@ assert_contains "$err" "migration file 3_Bad.up.sql: name must be NNNN_name.up.s
 
 mkdir "$work/commit"
 cp "$CATALYST_MIGRATIONS_DIR"/* "$work/commit/"
-printf 'CREATE TABLE t3 (a int);\nCOMMIT;\n' >"$work/commit/0004_commits.up.sql"
-printf 'DROP TABLE t3;\n' >"$work/commit/0004_commits.down.sql"
+printf 'CREATE TABLE t3 (a int);\nCOMMIT;\n' >"$work/commit/0005_commits.up.sql"
+printf 'DROP TABLE t3;\n' >"$work/commit/0005_commits.down.sql"
 run env CATALYST_MIGRATIONS_DIR="$work/commit" "$migrate" validate
 assert_eq 1 "$rc" "validate with transaction control"
-assert_contains "$err" "migration 0004_commits.up.sql: COMMIT at line 2"
+assert_contains "$err" "migration 0005_commits.up.sql: COMMIT at line 2"
 
 # --- a failing migration is rolled back whole ------------------------------------------
 mkdir "$work/failing"
 cp "$CATALYST_MIGRATIONS_DIR"/* "$work/failing/"
 printf 'CREATE TABLE half_done (a int);\n\nSELECT no_such_column FROM half_done;\n' \
-	>"$work/failing/0004_fails.up.sql"
-printf 'DROP TABLE half_done;\n' >"$work/failing/0004_fails.down.sql"
+	>"$work/failing/0005_fails.up.sql"
+printf 'DROP TABLE half_done;\n' >"$work/failing/0005_fails.down.sql"
 run env CATALYST_MIGRATIONS_DIR="$work/failing" "$migrate" up
 assert_eq 1 "$rc" "up with a failing migration"
-assert_contains "$err" "migration 0004_fails.up.sql: could not execute script: column \\\"no_such_column\\\" does not exist at line 3 (SQLSTATE 42703)"
+assert_contains "$err" "migration 0005_fails.up.sql: could not execute script: column \\\"no_such_column\\\" does not exist at line 3 (SQLSTATE 42703)"
 assert_eq "" "$(psql_at "$db" "SELECT to_regclass('half_done')")" "half_done rolled back"
-assert_eq 3 "$(current_version)" "version after the failed migration"
+assert_eq 4 "$(current_version)" "version after the failed migration"
 
 # --- no-transaction migrations: CREATE INDEX CONCURRENTLY ----------------------------
 mkdir "$work/concurrent"
 cp "$CATALYST_MIGRATIONS_DIR"/* "$work/concurrent/"
-cat >"$work/concurrent/0004_concurrent_index.up.sql" <<'EOF'
+cat >"$work/concurrent/0005_concurrent_index.up.sql" <<'EOF'
 -- catalyst:no-transaction
 -- built without blocking writers; each statement runs on its own
 CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_test_news_url ON news_raw (url);
 CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_test_trades_exit ON trade_records (exit_timestamp);
 EOF
-cat >"$work/concurrent/0004_concurrent_index.down.sql" <<'EOF'
+cat >"$work/concurrent/0005_concurrent_index.down.sql" <<'EOF'
 -- catalyst:no-transaction
 DROP INDEX CONCURRENTLY IF EXISTS idx_test_trades_exit;
 DROP INDEX CONCURRENTLY IF EXISTS idx_test_news_url;
 EOF
 cp -r "$work/concurrent" "$work/concurrent_tx"
-sed -i 1d "$work/concurrent_tx/0004_concurrent_index.up.sql"
+sed -i 1d "$work/concurrent_tx/0005_concurrent_index.up.sql"
 run env CATALYST_MIGRATIONS_DIR="$work/concurrent_tx" "$migrate" up
 assert_eq 1 "$rc" "CREATE INDEX CONCURRENTLY in a transaction"
 assert_contains "$err" "cannot run inside a transaction block"
 
 run env CATALYST_MIGRATIONS_DIR="$work/concurrent" "$migrate" up
 assert_eq 0 "$rc" "up with a no-transaction migration: $err"
-assert_contains "$err" "applied migration 0004_concurrent_index in "
+assert_contains "$err" "applied migration 0005_concurrent_index in "
 assert_eq "idx_test_news_url:true idx_test_trades_exit:true" "$(psql_at "$db" "SELECT string_agg(c.relname || ':' ||
 	i.indisvalid, ' ' ORDER BY c.relname) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
 	WHERE c.relname LIKE 'idx_test_%'")" "concurrent indexes valid"
 run env CATALYST_MIGRATIONS_DIR="$work/concurrent" "$migrate" status --json
-assert_eq 4 "$(json_get "$out" 'd["current_version"]')" "version 4"
+assert_eq 5 "$(json_get "$out" 'd["current_version"]')" "version 5"
 run env CATALYST_MIGRATIONS_DIR="$work/concurrent" "$migrate" down 1
 assert_eq 0 "$rc" "down a no-transaction migration: $err"
 assert_eq "0" "$(psql_at "$db" "SELECT count(*) FROM pg_class WHERE relname LIKE 'idx_test_%'")" "indexes dropped"
-assert_eq 3 "$(current_version)" "version after down"
+assert_eq 4 "$(current_version)" "version after down"
 
 # --- four concurrent runs on a fresh database ----------------------------------------
 scratch_db migrate_race
@@ -361,9 +375,9 @@ for i in 1 2 3 4; do
 	assert_eq 0 "$race_rc" "concurrent up #$i: $(cat "$work/race$i.err")"
 done
 cat "$work"/race*.err >>"$work/all.log"
-assert_eq 3 "$(cat "$work"/race*.err | grep -c '"applied migration ')" "applied lines across four runs"
+assert_eq 4 "$(cat "$work"/race*.err | grep -c '"applied migration ')" "applied lines across four runs"
 assert_eq 1 "$(cat "$work"/race*.err | grep -c '"applied migration 0001_initial_schema in ')" "0001 once"
-assert_eq "1 2 3" "$(psql_at "$race_db" "SELECT string_agg(version::text, ' ' ORDER BY version) FROM schema_migrations")" \
+assert_eq "1 2 3 4" "$(psql_at "$race_db" "SELECT string_agg(version::text, ' ' ORDER BY version) FROM schema_migrations")" \
 	"schema_migrations rows"
 
 # a run that cannot get the lock in time gives up with a clear message
@@ -407,10 +421,10 @@ http GET /healthz
 assert_eq "200 ok" "$code $body" "/healthz"
 http GET /readyz
 assert_eq 503 "$code" "/readyz with migrations pending"
-assert_contains "$body" "3 migrations pending"
+assert_contains "$body" "4 migrations pending"
 http GET /api/migrations
 assert_eq 200 "$code" "GET /api/migrations"
-assert_eq "0 3 3" "$(json_get "$body" '"%d %d %d" % (d["current_version"], d["latest_version"], d["pending"])')" \
+assert_eq "0 4 4" "$(json_get "$body" '"%d %d %d" % (d["current_version"], d["latest_version"], d["pending"])')" \
 	"status before up"
 http POST /api/migrations/up
 assert_eq 401 "$code" "POST up without a token"
@@ -422,7 +436,7 @@ assert_eq 401 "$code" "POST up with another scheme"
 assert_eq 0 "$(psql_at "$serve_db" "SELECT count(*) FROM pg_tables WHERE tablename = 'news_raw'")" "nothing applied"
 http POST /api/migrations/up -H "Authorization: Bearer $token"
 assert_eq 200 "$code" "POST up with the token: $body"
-assert_eq "3 0" "$(json_get "$body" '"%d %d" % (d["current_version"], d["pending"])')" "status after up"
+assert_eq "4 0" "$(json_get "$body" '"%d %d" % (d["current_version"], d["pending"])')" "status after up"
 http POST /api/migrations/up -H "Authorization: Bearer $token"
 assert_eq 200 "$code" "POST up again"
 http GET /readyz
@@ -433,7 +447,7 @@ http GET /nope
 assert_eq 404 "$code" "unknown path"
 http GET /metrics
 assert_eq 200 "$code" "/metrics"
-assert_contains "$body" $'\ncatalyst_migrate_schema_version 3\n'
+assert_contains "$body" $'\ncatalyst_migrate_schema_version 4\n'
 assert_contains "$body" $'\ncatalyst_migrate_pending 0\n'
 assert_contains "$body" 'catalyst_migrate_runs_total{result="success"} 2'
 assert_contains "$body" 'catalyst_migrate_runs_total{result="failure"} 0'

@@ -62,12 +62,12 @@ done
 run "$persist"
 assert_eq 1 "$rc" "on a database without migrations"
 assert_eq 1 "$(lines "$err")" "one line"
-assert_contains "$err" "no migration was applied to this database, this worker needs schema version 3"
-"$bin/catalyst-migrate" up --to 2 2>/dev/null
+assert_contains "$err" "no migration was applied to this database, this worker needs schema version 4"
+"$bin/catalyst-migrate" up --to 3 2>/dev/null
 run "$persist"
-assert_eq 1 "$rc" "on schema version 2"
+assert_eq 1 "$rc" "on schema version 3"
 assert_eq 1 "$(lines "$err")" "one line"
-assert_contains "$err" "schema version 2 is applied, this worker needs 3: run catalyst-migrate up"
+assert_contains "$err" "schema version 3 is applied, this worker needs 4: run catalyst-migrate up"
 wrong_url=$(python3 -c '
 import sys, urllib.parse
 u = urllib.parse.urlparse(sys.argv[1])

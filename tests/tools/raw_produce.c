@@ -3,7 +3,7 @@
  * so that tests can mix undecodable or invalid messages into a topic,
  * in order with good ones.
  *
- *   raw-produce --topic T < lines
+ *   raw-produce --topic T [--header NAME=VALUE]... < lines
  *
  * One message per input line, KEY<TAB>FORMAT<TAB>PAYLOAD:
  *   hex    PAYLOAD is the value in hexadecimal ("" for an empty value)
@@ -12,7 +12,8 @@
  *          (cat_codec_write_from_json; a line it refuses is an error)
  * An empty KEY publishes without a key; KEY "-" keys a write line as
  * catalyst-publish would (its symbol, else its primary key). Messages go out
- * in input order (partitioned by key); exits 0 once every one is
+ * in input order (partitioned by key), each with the --header headers (to
+ * make dead letters by hand, say); exits 0 once every one is
  * acknowledged, 1 otherwise, 2 on bad usage or input.
  */
 #include <stdint.h>
@@ -124,10 +125,15 @@ int main(int argc, char **argv)
 	unsigned long line_no = 0, sent = 0;
 	int rc = 1;
 
-	if (argc != 3 || strcmp(argv[1], "--topic") != 0) {
-		fprintf(stderr, "usage: raw-produce --topic T < KEY<TAB>hex|text|write<TAB>PAYLOAD lines\n");
+	if (argc < 3 || argc % 2 == 0 || strcmp(argv[1], "--topic") != 0) {
+		fprintf(stderr, "usage: raw-produce --topic T [--header NAME=VALUE]... < KEY<TAB>hex|text|write<TAB>PAYLOAD lines\n");
 		return 2;
 	}
+	for (int i = 3; i < argc; i += 2)
+		if (strcmp(argv[i], "--header") != 0 || !strchr(argv[i + 1], '=')) {
+			fprintf(stderr, "raw-produce: expected --header NAME=VALUE, got %s\n", argv[i]);
+			return 2;
+		}
 	if (cat_config_load(&cfg, config_defs, sizeof(config_defs) / sizeof(config_defs[0]), NULL, errstr,
 			    sizeof(errstr)) != CAT_OK) {
 		fprintf(stderr, "raw-produce: %s\n", errstr);
@@ -142,6 +148,7 @@ int main(int argc, char **argv)
 	}
 	while ((n = getline(&line, &cap, stdin)) > 0) {
 		void *value = NULL;
+		rd_kafka_headers_t *headers;
 		size_t len = 0, key_len = 0;
 		int owned = 0;
 		cat_err_t err;
@@ -153,8 +160,16 @@ int main(int argc, char **argv)
 			continue;
 		if ((rc = parse_line(line, line_no, key, &key_len, &value, &len, &owned)) != 0)
 			goto out;
+		headers = argc > 3 ? rd_kafka_headers_new((size_t)(argc - 3) / 2) : NULL;
+		for (int i = 3; i < argc; i += 2) {
+			const char *eq = strchr(argv[i + 1], '=');
+
+			rd_kafka_header_add(headers, argv[i + 1], eq - argv[i + 1], eq + 1, -1);
+		}
 		err = cat_producer_send(producer, argv[2], RD_KAFKA_PARTITION_UA, key_len ? key : NULL,
-					key_len, value, len, NULL, NULL, errstr, sizeof(errstr));
+					key_len, value, len, headers, NULL, errstr, sizeof(errstr));
+		if (err != CAT_OK && headers)
+			rd_kafka_headers_destroy(headers); /* still ours on failure */
 		if (owned)
 			free(value);
 		if (err != CAT_OK) {

@@ -219,6 +219,14 @@ START_TEST(test_metrics)
 	ck_assert_int_eq(reply.status, 200);
 	ck_assert_str_eq(reply.content_type, "text/plain; version=0.0.4; charset=utf-8");
 	ck_assert_msg(strstr(reply.body, "\ncatalyst_test_requests_total 3\n"), "%s", reply.body);
+	/* catalyst_ready follows what /readyz answers, at each scrape */
+	ck_assert_msg(strstr(reply.body, "# TYPE catalyst_ready gauge\ncatalyst_ready 0\n"), "%s", reply.body);
+	cat_http_set_ready(http, true, NULL);
+	request("GET", "/metrics", NULL, 0, false, NULL, &reply);
+	ck_assert_msg(strstr(reply.body, "\ncatalyst_ready 1\n"), "%s", reply.body);
+	cat_http_set_ready_fn(http, not_ready, "replica down");
+	request("GET", "/metrics", NULL, 0, false, NULL, &reply);
+	ck_assert_msg(strstr(reply.body, "\ncatalyst_ready 0\n"), "%s", reply.body);
 }
 END_TEST
 
@@ -308,6 +316,7 @@ START_TEST(test_serve)
 	request("GET", "/metrics", NULL, 0, false, NULL, &reply);
 	ck_assert_int_eq(reply.status, 200);
 	ck_assert_ptr_nonnull(strstr(reply.body, "catalyst_test_requests_total 3"));
+	ck_assert_ptr_nonnull(strstr(reply.body, "\ncatalyst_ready 0\n"));
 	snprintf(base, sizeof(base), "%s", saved);
 	cat_http_destroy(other);
 }

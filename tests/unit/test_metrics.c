@@ -79,6 +79,42 @@ START_TEST(test_render_exact)
 }
 END_TEST
 
+/* A declared family is on /metrics before its first series: HELP and TYPE
+ * alone, then with the series once they exist; a clash of types is refused. */
+START_TEST(test_declared_family_without_series)
+{
+	cat_metrics_t *reg = cat_metrics_new();
+	cat_metric_t *lag;
+	char *text;
+
+	ck_assert_int_eq(cat_metrics_declare_gauge(reg, "catalyst_consumer_lag", "Messages behind."), CAT_OK);
+	ck_assert_int_eq(cat_metrics_declare_counter(reg, "catalyst_done_total", "Done."), CAT_OK);
+	ck_assert_int_eq(cat_metrics_declare_gauge(reg, "catalyst_consumer_lag", "Messages behind."), CAT_OK);
+	ck_assert_int_eq(cat_metrics_declare_counter(reg, "catalyst_consumer_lag", "Clash."), CAT_ERR_FATAL);
+	ck_assert_int_eq(cat_metrics_declare_gauge(reg, "9bad", "Bad."), CAT_ERR_FATAL);
+	ck_assert_int_eq(cat_metrics_declare_gauge(NULL, "ok", "No registry."), CAT_ERR_FATAL);
+	text = render(reg);
+	ck_assert_str_eq(text, "# HELP catalyst_consumer_lag Messages behind.\n"
+			       "# TYPE catalyst_consumer_lag gauge\n"
+			       "# HELP catalyst_done_total Done.\n"
+			       "# TYPE catalyst_done_total counter\n");
+	free(text);
+
+	lag = cat_metrics_gauge(reg, "catalyst_consumer_lag", "Messages behind.", "partition", "3", NULL);
+	ck_assert_ptr_nonnull(lag);
+	cat_metrics_set(lag, 7);
+	ck_assert_ptr_null(cat_metrics_counter(reg, "catalyst_consumer_lag", "Clash.", NULL));
+	text = render(reg);
+	ck_assert_str_eq(text, "# HELP catalyst_consumer_lag Messages behind.\n"
+			       "# TYPE catalyst_consumer_lag gauge\n"
+			       "catalyst_consumer_lag{partition=\"3\"} 7\n"
+			       "# HELP catalyst_done_total Done.\n"
+			       "# TYPE catalyst_done_total counter\n");
+	free(text);
+	cat_metrics_destroy(reg);
+}
+END_TEST
+
 START_TEST(test_same_series_same_handle)
 {
 	cat_metrics_t *reg = cat_metrics_new();
@@ -238,6 +274,7 @@ int main(void)
 
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, test_render_exact);
+	tcase_add_test(tc, test_declared_family_without_series);
 	tcase_add_test(tc, test_same_series_same_handle);
 	tcase_add_test(tc, test_programming_errors);
 	tcase_add_test(tc, test_double_counter_and_gauge);

@@ -18,6 +18,9 @@
 #include "cat_schema.h"
 #include "cat_time.h"
 
+#define LAST_SUCCESS_NAME "catalyst_backup_last_success_timestamp_seconds"
+#define LAST_SUCCESS_HELP "when the last backup of a tag completed (Unix seconds; read from backup_catalog after a restart)"
+
 #define MANIFEST_MAX (16 * 1024 * 1024)
 #define EVENT_TIMEOUT_MS 30000
 
@@ -54,6 +57,11 @@ cat_err_t backup_new(backup_t **out, const cat_config_t *cfg, cat_sink_t *sink, 
 						 "backup.v1 commands that failed (each attempt)", NULL);
 	backup->m_completed = cat_metrics_counter(metrics, "catalyst_backups_completed_total",
 						  "backups completed", NULL);
+	/* one series per tag, as backups of it complete (or from the catalog) */
+	if (cat_metrics_declare_gauge(metrics, LAST_SUCCESS_NAME, LAST_SUCCESS_HELP) != CAT_OK) {
+		free(backup);
+		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "could not declare " LAST_SUCCESS_NAME);
+	}
 	*out = backup;
 	return CAT_OK;
 }
@@ -97,6 +105,32 @@ bool backup_http_ready(void *opaque, char *reason, size_t reason_size)
 
 /* --- helpers ------------------------------------------------------------------------------------ */
 
+/* After a (re)start, the last completed backup of each tag as the catalog
+ * has it, so that an alert on its age does not wait for the next backup. A
+ * value already newer (a backup of this process) is kept. */
+static void seed_last_success(backup_t *backup)
+{
+	PGresult *res = NULL;
+	char errstr[512];
+
+	if (cat_pg_exec(backup->conn,
+			"SELECT coalesce(tag, ''), extract(epoch FROM max(finished_at))::float8 FROM backup_catalog "
+			"WHERE state = 'completed' AND finished_at IS NOT NULL GROUP BY 1",
+			0, NULL, &res, errstr, sizeof(errstr)) != CAT_OK) {
+		CAT_LOG_WARN("PG", "could not read the last backups of the catalog: %s", errstr);
+		return;
+	}
+	for (int i = 0; i < PQntuples(res); i++) {
+		cat_metric_t *last = cat_metrics_gauge_double(backup->metrics, LAST_SUCCESS_NAME, LAST_SUCCESS_HELP,
+							      "tag", PQgetvalue(res, i, 0), NULL);
+		double finished = strtod(PQgetvalue(res, i, 1), NULL);
+
+		if (cat_metrics_value(last) < finished)
+			cat_metrics_set_double(last, finished);
+	}
+	PQclear(res);
+}
+
 static cat_err_t ensure_connected(backup_t *backup, char *errstr, size_t errstr_size)
 {
 	cat_err_t err;
@@ -115,6 +149,7 @@ static cat_err_t ensure_connected(backup_t *backup, char *errstr, size_t errstr_
 		backup->conn = NULL;
 		return CAT_ERR_RETRIABLE;
 	}
+	seed_last_success(backup);
 	return CAT_OK;
 }
 
@@ -426,8 +461,8 @@ static cat_err_t run_backup(backup_t *backup, const Catalyst__V1__BackupCommand 
 		cat_metrics_set_double(backup->m_rate, secs > 0 ? (double)raw / secs : 0);
 		cat_metrics_observe(backup->m_duration, secs);
 		cat_metrics_inc(backup->m_completed);
-		last = cat_metrics_gauge_double(backup->metrics, "catalyst_backup_last_success_timestamp_seconds",
-						"when the last backup of a tag completed", "tag", tag ? tag : "", NULL);
+		last = cat_metrics_gauge_double(backup->metrics, LAST_SUCCESS_NAME, LAST_SUCCESS_HELP, "tag",
+						tag ? tag : "", NULL);
 		cat_metrics_set_double(last, (double)finished_us / 1e6);
 		CAT_LOG_INFO("BACKUP", "backup %s completed: %lld bytes, %lld compressed, %lld rows, %.1f s (%.1f MB/s)",
 			     backup_id, (long long)raw, (long long)comp, (long long)rows, secs,

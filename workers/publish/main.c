@@ -5,6 +5,7 @@
  *   catalyst-publish sync check|resync|replicate ...   SyncCommands -> sync.v1
  *   catalyst-publish backup ACTION    a BackupCommand -> backup.v1
  *   catalyst-publish cache ...        one CacheCommand -> cache.v1
+ *   catalyst-publish dlq list|show|replay ...   dead letters of dlq.v1
  */
 #include <stdbool.h>
 #include <stdio.h>
@@ -25,6 +26,10 @@ static const char usage[] =
 	"       catalyst-publish cache delete KEY...\n"
 	"       catalyst-publish cache invalidate PATTERN\n"
 	"       catalyst-publish cache warm market-open|rebuild\n"
+	"       catalyst-publish dlq list [FILTER...] [--pending] [--json]\n"
+	"       catalyst-publish dlq show [FILTER...] [PARTITION:OFFSET...]\n"
+	"       catalyst-publish dlq replay [FILTER...] [--all] [--dry-run] [--by NAME]\n"
+	"                                   [PARTITION:OFFSET...]\n"
 	"\n"
 	"  write   read JSON lines, one record each, e.g.\n"
 	"          {\"table\":\"news_raw\",\"news_id\":\"n1\",\"symbol\":\"AAPL\",\n"
@@ -55,8 +60,32 @@ static const char usage[] =
 	"          market-open (pre-market news, active candidates) or rebuild (every key\n"
 	"          of the layout, from the primary). Returns after the delivery report.\n"
 	"\n"
-	"Exit status: 0 all published; 1 a line was rejected or not delivered;\n"
-	"2 usage or configuration error.";
+	"  dlq     the dead letters of dlq.v1 (messages a worker could never apply, with\n"
+	"          the reason and source headers), read from the beginning to the current\n"
+	"          end without a consumer group:\n"
+	"            list    one line each: DLQ partition:offset, when it failed, worker,\n"
+	"                    source topic:partition:offset, command kind, table, whether\n"
+	"                    it was replayed (when CATALYST_PG_URL is set), reason;\n"
+	"                    --json: one JSON object a line\n"
+	"            show    each selected letter as JSON: every header, and the original\n"
+	"                    message (a write line for write.v1, the command's fields for\n"
+	"                    the other topics, value_hex when it does not decode)\n"
+	"            replay  re-publish the selected letters' original bytes and key to\n"
+	"                    their source topic and partition, once the cause is fixed;\n"
+	"                    waits for the acknowledgements, then records them in\n"
+	"                    dlq_replays on the primary (CATALYST_PG_URL required), so a\n"
+	"                    second replay skips them. Needs PARTITION:OFFSET, a filter\n"
+	"                    or --all; --dry-run only prints what it would replay; --by\n"
+	"                    names the operator (default user@host). Only topics of this\n"
+	"                    fleet under CATALYST_TOPIC_PREFIX are replayed to.\n"
+	"          FILTER: --reason TEXT (substring, any case), --table T (the record's\n"
+	"          or command's table), --source-topic T (full name or write.v1),\n"
+	"          --worker W, --since TIME (RFC 3339, or 30m, 2h, 7d back from now);\n"
+	"          --pending: only letters not replayed yet.\n"
+	"\n"
+	"Exit status: 0 all published (dlq: done); 1 a line was rejected or not\n"
+	"delivered (dlq: a letter not found, refused or not delivered; Kafka or\n"
+	"PostgreSQL failed); 2 usage or configuration error.";
 
 static const cat_config_def_t config_defs[] = {
 	CAT_CONFIG_COMMON,
@@ -66,6 +95,11 @@ static const cat_config_def_t config_defs[] = {
 	  "not delivered" },
 	{ "CATALYST_PRODUCER", CAT_CFG_STRING, "catalyst-publish", false, false, 0, 0, NULL,
 	  "producer name put in each command's meta when the line has none" },
+	{ "CATALYST_PG_URL", CAT_CFG_PG_URL, NULL, false, true, 0, 0, NULL,
+	  "PostgreSQL primary, for dlq only: replay records what it replayed there (required), "
+	  "list and show mark the replayed letters (optional)" },
+	{ "CATALYST_PG_CONNECT_TIMEOUT_S", CAT_CFG_INT, "10", false, false, 1, 600, NULL,
+	  "seconds to wait for a PostgreSQL connection" },
 };
 
 #define N_CONFIG_DEFS (sizeof(config_defs) / sizeof(config_defs[0]))
@@ -81,7 +115,7 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	bool known = argc >= 2 && (strcmp(argv[1], "sync") == 0 || strcmp(argv[1], "backup") == 0 ||
-				   strcmp(argv[1], "cache") == 0 ||
+				   strcmp(argv[1], "cache") == 0 || strcmp(argv[1], "dlq") == 0 ||
 				   (strcmp(argv[1], "write") == 0 && argc <= 3));
 
 	if (!known) {
@@ -102,6 +136,8 @@ int main(int argc, char **argv)
 		rc = publish_backup(cfg, argc - 2, argv + 2);
 	else if (strcmp(argv[1], "cache") == 0)
 		rc = publish_cache(cfg, argc - 2, argv + 2);
+	else if (strcmp(argv[1], "dlq") == 0)
+		rc = publish_dlq(cfg, argc - 2, argv + 2);
 	else
 		rc = publish_write(cfg, argc == 3 ? argv[2] : "-");
 

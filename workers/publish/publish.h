@@ -20,4 +20,7 @@ int publish_backup(const cat_config_t *cfg, int argc, char **argv);
 /* argv: the words after "cache" */
 int publish_cache(const cat_config_t *cfg, int argc, char **argv);
 
+/* dlq list|show|replay ...: argv after "dlq" (see dlq.c). */
+int publish_dlq(const cat_config_t *cfg, int argc, char **argv);
+
 #endif /* CATALYST_PUBLISH_H */
