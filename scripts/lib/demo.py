@@ -294,11 +294,9 @@ def redis_count(pattern):
     return sum(1 for line in out.splitlines() if line)
 
 
-def topic_dump(bin_dir, topic, kind, headers=False):
+def topic_dump(bin_dir, topic, kind):
     args = [os.path.join(bin_dir, "topic-dump"), "--topic", topic, "--type", kind, "--until-end",
             "--timeout-ms", "20000"]
-    if headers:
-        args.append("--headers")
     out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
@@ -397,12 +395,14 @@ def summary(out_dir):
     else:
         problems.append("the table backup did not complete")
 
-    for d in topic_dump(bin_dir, prefix + "dlq.v1", "raw", headers=True):
-        h = d.get("headers", {})
-        s["dead_letters"].append({"key": d.get("key"), "reason": h.get("x-catalyst-error", ""),
-                                  "source": f"{h.get('x-catalyst-source-topic', '?')}"
-                                            f"[{h.get('x-catalyst-source-partition', '?')}]@"
-                                            f"{h.get('x-catalyst-source-offset', '?')}"})
+    out = subprocess.run([os.path.join(bin_dir, "catalyst-publish"), "dlq", "list", "--json"],
+                         check=True, capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        d = json.loads(line)
+        src = d.get("source", {})
+        s["dead_letters"].append({"key": d.get("key"), "reason": d.get("reason", ""),
+                                  "table": d.get("table"), "kind": d.get("kind"),
+                                  "source": f"{src.get('topic')}[{src.get('partition')}]@{src.get('offset')}"})
     got = {d["key"]: d["reason"] for d in s["dead_letters"]}
     for key, reason in expect["broken"].items():
         if key not in got:
@@ -448,9 +448,9 @@ def print_summary(s):
         print(f"\nbackup {b['backup_id']}: {b['object']} ({b['bytes_raw']} bytes raw, "
               f"{b['bytes_compressed']} compressed), {b['state']}; verify: "
               f"{'ok' if b['verified'] else 'FAILED'} ({b['verify_report']})")
-    print(f"\ndead letters ({len(s['dead_letters'])})")
+    print(f"\ndead letters ({len(s['dead_letters'])}; catalyst-publish dlq list|show|replay)")
     for d in s["dead_letters"]:
-        print(f"  {d['key']:<20} from {d['source']}: {d['reason']}")
+        print(f"  {d['key']:<20} {d['table'] or '-':<14} from {d['source']}: {d['reason']}")
     t = s["throughput"]
     print(f"\nthroughput: {t['writes']} writes published in {t['publish_s']:.1f} s, all applied on the primary, "
           f"replica and cache {t['applied_s']:.1f} s after the first ({t['writes_per_s']}/s); "
