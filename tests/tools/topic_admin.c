@@ -17,6 +17,12 @@
 #include "cat_kafka.h"
 #include "cat_log.h"
 
+static const char usage[] =
+	"usage: topic-admin create|delete [PREFIX]\n"
+	"\n"
+	"Creates (or deletes) the fleet's topics under PREFIX (default\n"
+	"CATALYST_TOPIC_PREFIX) with their partition counts; an existing topic is kept.";
+
 static const cat_config_def_t config_defs[] = {
 	CAT_CONFIG_COMMON,
 	CAT_CONFIG_KAFKA,
@@ -36,10 +42,12 @@ int main(int argc, char **argv)
 	size_t n = cat_kafka_n_topics;
 	int create, rc = 1;
 
+	if (cat_config_wants_help(argc, argv)) {
+		cat_config_usage(stdout, usage, config_defs, sizeof(config_defs) / sizeof(config_defs[0]));
+		return 0;
+	}
 	if (argc < 2 || (strcmp(argv[1], "create") != 0 && strcmp(argv[1], "delete") != 0)) {
-		fprintf(stderr, "usage: topic-admin create|delete [PREFIX]\n"
-				"  (CATALYST_BROKERS, CATALYST_TOPIC_PREFIX, CATALYST_KAFKA_*, "
-				"CATALYST_TOPIC_REPLICATION_FACTOR)\n");
+		fprintf(stderr, "usage: topic-admin create|delete [PREFIX] (try --help)\n");
 		return 2;
 	}
 	create = strcmp(argv[1], "create") == 0;

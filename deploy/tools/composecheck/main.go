@@ -4,7 +4,7 @@
 // undefined volumes and networks, durations, ...), offline, without a Docker
 // engine. It prints one line per problem and exits 1 on any.
 //
-//	composecheck -f docker-compose.yml [-env-file FILE] [-q]
+//	composecheck -f docker-compose.yml [-env-file FILE] [-project-directory DIR] [-q]
 //
 // Without -q it prints the loaded project as YAML (as `docker compose config`).
 package main
@@ -23,9 +23,13 @@ func main() {
 	file := flag.String("f", "docker-compose.yml", "compose file")
 	envFile := flag.String("env-file", "", "variables for interpolation (as docker compose --env-file)")
 	quiet := flag.Bool("q", false, "only validate")
+	projectDir := flag.String("project-directory", "", "directory relative paths start from (default: the file's)")
 	flag.Parse()
 
-	dir, err := filepath.Abs(filepath.Dir(*file))
+	if *projectDir == "" {
+		*projectDir = filepath.Dir(*file)
+	}
+	dir, err := filepath.Abs(*projectDir)
 	if err != nil {
 		fail(err)
 	}

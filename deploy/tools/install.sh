@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Installs the offline validators of docker-compose.yml and deploy/k8s, once
+# per version, into a cache directory outside the work tree:
+#   kustomize      sigs.k8s.io/kustomize/kustomize/v5  } pinned in go.mod,
+#   kubeconform    github.com/yannh/kubeconform        } hashes in go.sum
+#   composecheck   ./composecheck (compose-spec/compose-go, as Docker Compose v2)
+#   schemas/       JSON schemas from schema-sources (k8s_schemas.py)
+# Everything comes from the Go module proxy (Go >= 1.24 needed). Quick when
+# the cache holds this version already.
+#
+#   deploy/tools/install.sh              install (if needed), print the directory
+#   deploy/tools/install.sh --check      print the directory if installed, else exit 1
+#
+# The directory is $CATALYST_DEPLOY_TOOLS_DIR (default
+# ~/.cache/catalyst-deploy-tools)/<hash of this directory's pinned inputs>.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+readonly here
+cache=${CATALYST_DEPLOY_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/catalyst-deploy-tools}
+
+log() {
+	printf 'deploy tools: %s\n' "$*" >&2
+}
+die() {
+	printf 'deploy tools: %s\n' "$*" >&2
+	exit 1
+}
+
+key=$(cd "$here" && cat go.mod go.sum schema-sources k8s_schemas.py install.sh composecheck/*.go |
+	sha256sum | cut -c1-16)
+dir=$cache/$key
+
+if [[ -f $dir/ok ]]; then
+	echo "$dir"
+	exit 0
+fi
+[[ ${1:-} == --check ]] && exit 1
+
+command -v go >/dev/null 2>&1 || die "needs Go >= 1.24 (go not found)"
+gover=$(go env GOVERSION)
+gover=${gover#go}
+IFS=. read -r gomajor gominor _ <<<"$gover"
+((gomajor > 1 || (gomajor == 1 && gominor >= 24))) || die "needs Go >= 1.24 (found $gover)"
+python=
+for p in python3 /usr/bin/python3; do
+	if "$p" -c 'import yaml' 2>/dev/null; then
+		python=$p
+		break
+	fi
+done
+[[ -n $python ]] || die "needs python3 with PyYAML (Debian: python3-yaml)"
+
+t0=$SECONDS
+tmp=$cache/tmp.$$
+rm -rf "$tmp"
+mkdir -p "$tmp/bin"
+trap 'rm -rf "$tmp"' EXIT
+
+log "building kustomize, kubeconform, composecheck (Go $gover)"
+(
+	cd "$here"
+	GOFLAGS="${GOFLAGS:-} -mod=readonly -trimpath" go build -o "$tmp/bin/" \
+		sigs.k8s.io/kustomize/kustomize/v5 github.com/yannh/kubeconform/cmd/kubeconform ./composecheck
+)
+# `go build -o DIR/ .../kustomize/v5` names the binary after the last element
+# that is not a major version
+[[ -x $tmp/bin/kustomize && -x $tmp/bin/kubeconform && -x $tmp/bin/composecheck ]] ||
+	die "build produced $(ls "$tmp/bin")"
+
+log "fetching the schema sources"
+files=()
+while read -r module version sum file; do
+	[[ -z $module || $module == \#* ]] && continue
+	json=$(cd "$tmp" && GOFLAGS="${GOFLAGS:-} -modcacherw" go mod download -json "$module@$version") ||
+		die "go mod download $module@$version failed"
+	got=$(sed -n 's/^[[:space:]]*"Sum": "\(.*\)",*$/\1/p' <<<"$json")
+	moddir=$(sed -n 's/^[[:space:]]*"Dir": "\(.*\)",*$/\1/p' <<<"$json")
+	[[ $got == "$sum" ]] || die "$module@$version: hash $got, pinned $sum"
+	[[ -f $moddir/$file ]] || die "$module@$version has no $file"
+	files+=("$moddir/$file")
+done <"$here/schema-sources"
+"$python" "$here/k8s_schemas.py" "$tmp/schemas" "${files[@]}" >&2
+
+"$tmp/bin/kustomize" version >"$tmp/versions"
+"$tmp/bin/kubeconform" -v >>"$tmp/versions"
+rm -rf "$dir"
+touch "$tmp/ok"
+mv "$tmp" "$dir"
+trap - EXIT
+log "installed in $dir ($((SECONDS - t0)) s)"
+echo "$dir"
