@@ -37,6 +37,10 @@ if [[ -f $dir/ok ]]; then
 fi
 [[ ${1:-} == --check ]] && exit 1
 
+# the machine's Go may be installed outside the PATH of a non-login shell
+if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
+	PATH=/usr/local/go/bin:$PATH
+fi
 command -v go >/dev/null 2>&1 || die "needs Go >= 1.24 (go not found)"
 gover=$(go env GOVERSION)
 gover=${gover#go}
@@ -60,7 +64,7 @@ trap 'rm -rf "$tmp"' EXIT
 log "building kustomize, kubeconform, composecheck (Go $gover)"
 (
 	cd "$here"
-	GOFLAGS="${GOFLAGS:-} -mod=readonly -trimpath" go build -o "$tmp/bin/" \
+	GOFLAGS="${GOFLAGS:-} -mod=readonly -trimpath -buildvcs=false" go build -o "$tmp/bin/" \
 		sigs.k8s.io/kustomize/kustomize/v5 github.com/yannh/kubeconform/cmd/kubeconform ./composecheck
 )
 # `go build -o DIR/ .../kustomize/v5` names the binary after the last element
@@ -89,4 +93,6 @@ touch "$tmp/ok"
 mv "$tmp" "$dir"
 trap - EXIT
 log "installed in $dir ($((SECONDS - t0)) s)"
+# other versions' directories unused for a week
+find "$cache" -mindepth 1 -maxdepth 1 -type d ! -name "$key" -mtime +7 -exec rm -rf {} + 2>/dev/null || true
 echo "$dir"

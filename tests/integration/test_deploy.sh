@@ -12,8 +12,8 @@
 #      load (readelf + dpkg), pg_dump of the client's version, every COPY let
 #      in by .dockerignore, a numeric non-root USER.
 #   3. deploy/k8s: kustomize renders the base and both example overlays (and
-#      `kubectl kustomize deploy/k8s` renders the same, where kubectl embeds a
-#      kustomize >= v4); kubeconform -strict validates every object against
+#      `kubectl kustomize deploy/k8s` renders the same, where kubectl embeds
+#      kustomize v5); kubeconform -strict validates every object against
 #      the Kubernetes 1.34 OpenAPI schemas and the KEDA and Prometheus-operator
 #      CRDs (deploy/tools/schema-sources), none skipped; deploy_check.py:
 #      grace periods, probes, ports, static membership, PDBs, Services,
@@ -124,15 +124,16 @@ for k in deploy/k8s deploy/k8s/overlays/example deploy/k8s/overlays/example-hpa;
 	"$kustomize" build "$src/$k" >"$work/$name.yaml" || fail "kustomize build $k failed"
 	printf '   %s: %s objects\n' "$k" "$(grep -c '^kind:' "$work/$name.yaml")"
 done
-# `kubectl kustomize deploy/k8s`, where kubectl has a kustomize that reads
-# these files (Debian's kubernetes-client 1.20 embeds v2.0.3, too old)
+# `kubectl kustomize deploy/k8s`, where kubectl embeds kustomize v5 (kubectl
+# 1.27+; Debian's kubernetes-client 1.20 embeds v2.0.3, which knows neither
+# `labels` nor components)
 if command -v kubectl >/dev/null && kver=$(kubectl version --client 2>/dev/null | sed -n 's/^Kustomize Version: v\([0-9]*\).*/\1/p') &&
-	[[ -n $kver ]] && ((kver >= 4)); then
+	[[ -n $kver ]] && ((kver >= 5)); then
 	(cd "$src" && kubectl kustomize deploy/k8s) >"$work/kubectl.yaml" || fail "kubectl kustomize deploy/k8s failed"
 	cmp -s "$work/kubectl.yaml" "$work/k8s.yaml" || fail "kubectl kustomize renders deploy/k8s differently"
 	echo "   kubectl kustomize deploy/k8s: the same (kustomize v$kver)"
 else
-	echo "   kubectl with kustomize >= v4 not found: checked with kustomize $("$kustomize" version) only"
+	echo "   kubectl with kustomize v5 not found: rendered with kustomize $("$kustomize" version) only"
 fi
 for name in k8s example example-hpa; do
 	out=$(validate "$work/$name.yaml") || fail "kubeconform refused $name: $out"
