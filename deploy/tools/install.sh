@@ -4,7 +4,8 @@
 #   kustomize      sigs.k8s.io/kustomize/kustomize/v5  } pinned in go.mod,
 #   kubeconform    github.com/yannh/kubeconform        } hashes in go.sum
 #   composecheck   ./composecheck (compose-spec/compose-go, as Docker Compose v2)
-#   schemas/       JSON schemas from schema-sources (k8s_schemas.py)
+#   schemas/V/     JSON schemas of Kubernetes V and the CRDs, from
+#                  schema-sources (k8s_schemas.py)
 # Everything comes from the Go module proxy (Go >= 1.24 needed). Quick when
 # the cache holds this version already.
 #
@@ -32,6 +33,7 @@ key=$(cd "$here" && cat go.mod go.sum schema-sources k8s_schemas.py install.sh c
 dir=$cache/$key
 
 if [[ -f $dir/ok ]]; then
+	touch "$dir" 2>/dev/null || true # in use: not pruned below
 	echo "$dir"
 	exit 0
 fi
@@ -73,18 +75,28 @@ log "building kustomize, kubeconform, composecheck (Go $gover)"
 	die "build produced $(ls "$tmp/bin")"
 
 log "fetching the schema sources"
-files=()
-while read -r module version sum file; do
-	[[ -z $module || $module == \#* ]] && continue
+k8s_versions=() k8s_files=() crd_files=()
+while read -r use module version sum file; do
+	[[ -z $use || $use == \#* ]] && continue
 	json=$(cd "$tmp" && GOFLAGS="${GOFLAGS:-} -modcacherw" go mod download -json "$module@$version") ||
 		die "go mod download $module@$version failed"
 	got=$(sed -n 's/^[[:space:]]*"Sum": "\(.*\)",*$/\1/p' <<<"$json")
 	moddir=$(sed -n 's/^[[:space:]]*"Dir": "\(.*\)",*$/\1/p' <<<"$json")
 	[[ $got == "$sum" ]] || die "$module@$version: hash $got, pinned $sum"
 	[[ -f $moddir/$file ]] || die "$module@$version has no $file"
-	files+=("$moddir/$file")
+	case $use in
+	kubernetes)
+		k8s_versions+=("$version")
+		k8s_files+=("$moddir/$file")
+		;;
+	crd) crd_files+=("$moddir/$file") ;;
+	*) die "schema-sources: unknown use $use" ;;
+	esac
 done <"$here/schema-sources"
-"$python" "$here/k8s_schemas.py" "$tmp/schemas" "${files[@]}" >&2
+((${#k8s_versions[@]} > 0)) || die "schema-sources names no Kubernetes version"
+for i in "${!k8s_versions[@]}"; do
+	"$python" "$here/k8s_schemas.py" "$tmp/schemas/${k8s_versions[$i]}" "${k8s_files[$i]}" "${crd_files[@]}" >&2
+done
 
 "$tmp/bin/kustomize" version >"$tmp/versions"
 "$tmp/bin/kubeconform" -v >>"$tmp/versions"

@@ -14,8 +14,9 @@
 #   3. deploy/k8s: kustomize renders the base and both example overlays (and
 #      `kubectl kustomize deploy/k8s` renders the same, where kubectl embeds
 #      kustomize v5); kubeconform -strict validates every object against
-#      the Kubernetes 1.34 OpenAPI schemas and the KEDA and Prometheus-operator
-#      CRDs (deploy/tools/schema-sources), none skipped; deploy_check.py:
+#      the OpenAPI schemas of Kubernetes 1.27 (the oldest the manifests
+#      support) and 1.34, and the KEDA and Prometheus-operator CRDs
+#      (deploy/tools/schema-sources), none skipped; deploy_check.py:
 #      grace periods, probes, ports, static membership, PDBs, Services,
 #      maxReplicas <= partitions, variables known to the binaries; each
 #      CronJob's command is accepted by catalyst-publish (a usage error exits
@@ -68,10 +69,21 @@ tools=$("$src/deploy/tools/install.sh") || fail "deploy/tools/install.sh failed"
 kustomize=$tools/bin/kustomize
 kubeconform=$tools/bin/kubeconform
 composecheck=$tools/bin/composecheck
-schemas="$tools/schemas/{{ .Group }}/{{ .ResourceAPIVersion }}/{{ .ResourceKind }}.json"
+# one schema set per Kubernetes version of deploy/tools/schema-sources,
+# oldest first; mistakes are shown on the newest
+mapfile -t k8s_versions < <(ls "$tools/schemas" | sort -V)
+((${#k8s_versions[@]} > 0)) || fail "no schemas in $tools/schemas"
+newest=${k8s_versions[-1]}
 check=("$python" "$src/tests/integration/deploy_check.py")
+# validate [-k VERSION] FILE...
 validate() {
-	"$kubeconform" -strict -summary -schema-location "$schemas" "$@"
+	local version=$newest
+	if [[ $1 == -k ]]; then
+		version=$2
+		shift 2
+	fi
+	"$kubeconform" -strict -summary \
+		-schema-location "$tools/schemas/$version/{{ .Group }}/{{ .ResourceAPIVersion }}/{{ .ResourceKind }}.json" "$@"
 }
 
 # --- 1. docker-compose -------------------------------------------------------------
@@ -135,10 +147,12 @@ if command -v kubectl >/dev/null && kver=$(kubectl version --client 2>/dev/null 
 else
 	echo "   kubectl with kustomize v5 not found: rendered with kustomize $("$kustomize" version) only"
 fi
-for name in k8s example example-hpa; do
-	out=$(validate "$work/$name.yaml") || fail "kubeconform refused $name: $out"
-	[[ $out == *"Invalid: 0, Errors: 0, Skipped: 0"* ]] || fail "kubeconform: $out"
-	printf '   %s: %s\n' "$name" "$out"
+for version in "${k8s_versions[@]}"; do
+	for name in k8s example example-hpa; do
+		out=$(validate -k "$version" "$work/$name.yaml") || fail "kubeconform ($version) refused $name: $out"
+		[[ $out == *"Invalid: 0, Errors: 0, Skipped: 0"* ]] || fail "kubeconform ($version): $out"
+		printf '   %s, Kubernetes %s: %s\n' "$name" "$version" "$out"
+	done
 done
 "${check[@]}" k8s "$src" "$bin" "$work/k8s.yaml" "$work/example.yaml" "$work/example-hpa.yaml" ||
 	fail "deploy/k8s is not consistent with the binaries"
