@@ -4,6 +4,7 @@
 #   kustomize      sigs.k8s.io/kustomize/kustomize/v5  } pinned in go.mod,
 #   kubeconform    github.com/yannh/kubeconform        } hashes in go.sum
 #   composecheck   ./composecheck (compose-spec/compose-go, as Docker Compose v2)
+#   dockerfilecheck ./dockerfilecheck (BuildKit's Dockerfile parser and lint rules)
 #   schemas/V/     JSON schemas of Kubernetes V and the CRDs, from
 #                  schema-sources (k8s_schemas.py)
 # Everything comes from the Go module proxy (Go >= 1.24 needed). Quick when
@@ -28,7 +29,7 @@ die() {
 	exit 1
 }
 
-key=$(cd "$here" && cat go.mod go.sum schema-sources k8s_schemas.py install.sh composecheck/*.go |
+key=$(cd "$here" && cat go.mod go.sum schema-sources k8s_schemas.py install.sh composecheck/*.go dockerfilecheck/*.go |
 	sha256sum | cut -c1-16)
 dir=$cache/$key
 
@@ -63,15 +64,16 @@ rm -rf "$tmp"
 mkdir -p "$tmp/bin"
 trap 'rm -rf "$tmp"' EXIT
 
-log "building kustomize, kubeconform, composecheck (Go $gover)"
+log "building kustomize, kubeconform, composecheck, dockerfilecheck (Go $gover)"
 (
 	cd "$here"
 	GOFLAGS="${GOFLAGS:-} -mod=readonly -trimpath -buildvcs=false" go build -o "$tmp/bin/" \
-		sigs.k8s.io/kustomize/kustomize/v5 github.com/yannh/kubeconform/cmd/kubeconform ./composecheck
+		sigs.k8s.io/kustomize/kustomize/v5 github.com/yannh/kubeconform/cmd/kubeconform \
+		./composecheck ./dockerfilecheck
 )
 # `go build -o DIR/ .../kustomize/v5` names the binary after the last element
 # that is not a major version
-[[ -x $tmp/bin/kustomize && -x $tmp/bin/kubeconform && -x $tmp/bin/composecheck ]] ||
+[[ -x $tmp/bin/kustomize && -x $tmp/bin/kubeconform && -x $tmp/bin/composecheck && -x $tmp/bin/dockerfilecheck ]] ||
 	die "build produced $(ls "$tmp/bin")"
 
 log "fetching the schema sources"

@@ -7,7 +7,8 @@
 #      CATALYST_* variable is a setting of the service's binary, ports and
 #      healthchecks match the workers', stop_grace_period covers the shutdown
 #      grace, workers wait for topics and migrations.
-#   2. Dockerfile: deploy_check.py: the build stage has .ci/install's build
+#   2. Dockerfile: parsed by BuildKit's Dockerfile frontend and its lint rules
+#      (dockerfilecheck); deploy_check.py: the build stage has .ci/install's build
 #      packages, the runtime stage a package for every library the binaries
 #      load (readelf + dpkg), pg_dump of the client's version, every COPY let
 #      in by .dockerignore, a numeric non-root USER.
@@ -69,6 +70,7 @@ tools=$("$src/deploy/tools/install.sh") || fail "deploy/tools/install.sh failed"
 kustomize=$tools/bin/kustomize
 kubeconform=$tools/bin/kubeconform
 composecheck=$tools/bin/composecheck
+dockerfilecheck=$tools/bin/dockerfilecheck
 # one schema set per Kubernetes version of deploy/tools/schema-sources,
 # oldest first; mistakes are shown on the newest
 mapfile -t k8s_versions < <(ls "$tools/schemas" | sort -V)
@@ -120,7 +122,14 @@ refused "unknown variable" "${check[@]}" compose "$src" "$bin" "$work/c5-config.
 
 # --- 2. Dockerfile -------------------------------------------------------------------
 step "Dockerfile"
+"$dockerfilecheck" "$src/Dockerfile" || fail "BuildKit's parser refused the Dockerfile"
 "${check[@]}" dockerfile "$src" "$bin" || fail "the Dockerfile does not match the build"
+mutate "$src/Dockerfile" "$work/Dockerfile.1" 's/^COPY migrations/COPPY migrations/'
+refused "unknown instruction" "$dockerfilecheck" "$work/Dockerfile.1"
+mutate "$src/Dockerfile" "$work/Dockerfile.2" 's/^COPY --from=build/COPY --from=biuld/'
+refused "COPY from no stage" "$dockerfilecheck" "$work/Dockerfile.2"
+mutate "$src/Dockerfile" "$work/Dockerfile.3" 's/ AS build$/ as build/'
+refused "lint: FROM/AS casing" "$dockerfilecheck" "$work/Dockerfile.3"
 mkdir -p "$work/df"
 cp -r "$src/.ci" "$src/common" "$src/workers" "$src/migrations" "$src/.dockerignore" "$work/df/"
 mkdir -p "$work/df/tests" "$work/df/proto"
