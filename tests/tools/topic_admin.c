@@ -4,7 +4,10 @@
  *
  *   topic-admin create|delete [PREFIX]     (default: CATALYST_TOPIC_PREFIX)
  *
- * Creating a topic that exists is not an error.
+ * Creating a topic that exists is not an error. The partition counts are the
+ * fleet's (cat_kafka_topics); the replication factor is
+ * CATALYST_TOPIC_REPLICATION_FACTOR (default 1, the local stack's single
+ * broker; docker-compose and the Kubernetes topics Job run this too).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,9 +17,17 @@
 #include "cat_kafka.h"
 #include "cat_log.h"
 
+static const char usage[] =
+	"usage: topic-admin create|delete [PREFIX]\n"
+	"\n"
+	"Creates (or deletes) the fleet's topics under PREFIX (default\n"
+	"CATALYST_TOPIC_PREFIX) with their partition counts; an existing topic is kept.";
+
 static const cat_config_def_t config_defs[] = {
 	CAT_CONFIG_COMMON,
 	CAT_CONFIG_KAFKA,
+	{ "CATALYST_TOPIC_REPLICATION_FACTOR", CAT_CFG_INT, "1", false, false, 1, 10000, NULL,
+	  "create: replicas of each partition" },
 };
 
 int main(int argc, char **argv)
@@ -31,8 +42,12 @@ int main(int argc, char **argv)
 	size_t n = cat_kafka_n_topics;
 	int create, rc = 1;
 
+	if (cat_config_wants_help(argc, argv)) {
+		cat_config_usage(stdout, usage, config_defs, sizeof(config_defs) / sizeof(config_defs[0]));
+		return 0;
+	}
 	if (argc < 2 || (strcmp(argv[1], "create") != 0 && strcmp(argv[1], "delete") != 0)) {
-		fprintf(stderr, "usage: topic-admin create|delete [PREFIX]\n");
+		fprintf(stderr, "usage: topic-admin create|delete [PREFIX] (try --help)\n");
 		return 2;
 	}
 	create = strcmp(argv[1], "create") == 0;
@@ -65,9 +80,17 @@ int main(int argc, char **argv)
 	if (create) {
 		rd_kafka_NewTopic_t *topics[16];
 
-		for (size_t i = 0; i < n; i++)
-			topics[i] = rd_kafka_NewTopic_new(names[i], cat_kafka_topics[i].partitions, 1, errstr,
-							  sizeof(errstr));
+		for (size_t i = 0; i < n; i++) {
+			topics[i] = rd_kafka_NewTopic_new(names[i], cat_kafka_topics[i].partitions,
+							  (int)cat_config_int(cfg, "CATALYST_TOPIC_REPLICATION_FACTOR"),
+							  errstr, sizeof(errstr));
+			if (!topics[i]) {
+				fprintf(stderr, "topic-admin: %s: %s\n", names[i], errstr);
+				rd_kafka_NewTopic_destroy_array(topics, i);
+				rd_kafka_AdminOptions_destroy(options);
+				goto out;
+			}
+		}
 		rd_kafka_CreateTopics(rk, topics, n, options, queue);
 		rd_kafka_NewTopic_destroy_array(topics, n);
 	} else {
