@@ -7,7 +7,7 @@
 #   dockerfilecheck ./dockerfilecheck (BuildKit's Dockerfile parser and lint rules)
 #   schemas/V/     JSON schemas of Kubernetes V and the CRDs, from
 #                  schema-sources (k8s_schemas.py)
-# Everything comes from the Go module proxy (Go >= 1.24 needed). Quick when
+# Everything comes from the Go module proxy (Go >= 1.25 needed). Quick when
 # the cache holds this version already.
 #
 #   deploy/tools/install.sh              install (if needed), print the directory
@@ -44,11 +44,41 @@ fi
 if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
 	PATH=/usr/local/go/bin:$PATH
 fi
-command -v go >/dev/null 2>&1 || die "needs Go >= 1.24 (go not found)"
-gover=$(go env GOVERSION)
-gover=${gover#go}
-IFS=. read -r gomajor gominor _ <<<"$gover"
-((gomajor > 1 || (gomajor == 1 && gominor >= 24))) || die "needs Go >= 1.24 (found $gover)"
+# go_ok: the go on PATH is 1.25 or newer (the schema modules need 1.24.7)
+go_ok() {
+	local v major minor
+	command -v go >/dev/null 2>&1 || return 1
+	v=$(go env GOVERSION 2>/dev/null) || return 1
+	v=${v#go}
+	IFS=. read -r major minor _ <<<"$v"
+	((major > 1 || (major == 1 && minor >= 25)))
+}
+# Without a recent enough Go (Debian 12's is 1.19), the Go toolchain itself
+# comes from the module proxy (golang.org/toolchain, the module Go's own
+# toolchain switching downloads), pinned by version and checksum.
+readonly GO_TOOLCHAIN=v0.0.1-go1.25.5.linux-amd64
+readonly GO_TOOLCHAIN_SHA256=8cea6783dab64d68b38f5b81ecd38d45155a3c06638991acc6af19e0fca80edb
+if ! go_ok; then
+	[[ $(uname -m) == x86_64 ]] || die "needs Go >= 1.25 (none found, and no pinned toolchain for $(uname -m))"
+	tc=$cache/go-$GO_TOOLCHAIN
+	if [[ ! -x $tc/bin/go ]]; then
+		log "no Go >= 1.25 here: fetching the Go toolchain $GO_TOOLCHAIN from the module proxy"
+		mkdir -p "$cache"
+		curl -fsSL --retry 3 -o "$cache/go.zip.part" \
+			"https://proxy.golang.org/golang.org/toolchain/@v/$GO_TOOLCHAIN.zip" ||
+			die "could not download the Go toolchain $GO_TOOLCHAIN"
+		echo "$GO_TOOLCHAIN_SHA256  $cache/go.zip.part" | sha256sum -c --quiet ||
+			die "the Go toolchain download does not match its pinned checksum"
+		rm -rf "$tc.part" && mkdir -p "$tc.part"
+		unzip -q "$cache/go.zip.part" -d "$tc.part"
+		mv "$tc.part/golang.org/toolchain@$GO_TOOLCHAIN" "$tc"
+		rm -rf "$tc.part" "$cache/go.zip.part"
+		chmod +x "$tc"/bin/* "$tc"/pkg/tool/*/* 2>/dev/null || true
+	fi
+	PATH=$tc/bin:$PATH
+	export GOTOOLCHAIN=local
+	go_ok || die "needs Go >= 1.25 (the fetched toolchain does not run)"
+fi
 python=
 for p in python3 /usr/bin/python3; do
 	if "$p" -c 'import yaml' 2>/dev/null; then
@@ -64,7 +94,7 @@ rm -rf "$tmp"
 mkdir -p "$tmp/bin"
 trap 'rm -rf "$tmp"' EXIT
 
-log "building kustomize, kubeconform, composecheck, dockerfilecheck (Go $gover)"
+log "building kustomize, kubeconform, composecheck, dockerfilecheck ($(go env GOVERSION))"
 (
 	cd "$here"
 	GOFLAGS="${GOFLAGS:-} -mod=readonly -trimpath -buildvcs=false" go build -o "$tmp/bin/" \
@@ -108,5 +138,5 @@ mv "$tmp" "$dir"
 trap - EXIT
 log "installed in $dir ($((SECONDS - t0)) s)"
 # other versions' directories unused for a week
-find "$cache" -mindepth 1 -maxdepth 1 -type d ! -name "$key" -mtime +7 -exec rm -rf {} + 2>/dev/null || true
+find "$cache" -mindepth 1 -maxdepth 1 -type d ! -name "$key" ! -name "go-$GO_TOOLCHAIN" -mtime +7 -exec rm -rf {} + 2>/dev/null || true
 echo "$dir"

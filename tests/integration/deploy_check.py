@@ -204,8 +204,9 @@ def check_k8s(src, bin_dir, paths):
                     for var in ("CATALYST_BROKERS",):
                         if declared(bin_dir, binary, var) and var not in env and not (uses_config and var in config):
                             problem("%s %s/%s: %s not set" % (kind, name, c["name"], var))
-                    if binary != "catalyst-migrate" and declared(bin_dir, binary, "CATALYST_PG_URL") \
-                            and "CATALYST_PG_URL" not in env:
+                    # (migrate's comes per container; publish needs it for dlq only)
+                    if binary not in ("catalyst-migrate", "catalyst-publish") \
+                            and declared(bin_dir, binary, "CATALYST_PG_URL") and "CATALYST_PG_URL" not in env:
                         problem("%s %s/%s: CATALYST_PG_URL not set" % (kind, name, c["name"]))
                     if kind == "CronJob":
                         for arg in c.get("command", []) + c.get("args", []):
