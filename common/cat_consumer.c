@@ -126,6 +126,8 @@ static void part_drop(cat_consumer_t *consumer, part_buf_t *part, size_t n)
 	size_t unsettled = n < part->applied ? n : part->applied;
 	bool pending_dropped = n > part->applied;
 
+	if (n == 0)
+		return; /* (an idle partition's buffer may be freed: msgs NULL) */
 	for (size_t i = 0; i < n; i++)
 		rd_kafka_message_destroy(part->msgs[i]);
 	memmove(part->msgs, part->msgs + n, (part->n - n) * sizeof(*part->msgs));
