@@ -31,8 +31,8 @@ export CATALYST_BACKUP_RESTORE_TARGETS="empty=$dst_url;tables=$tdst_url"
 
 seed() { # FROM TO VERSION: rows FROM..TO in every table
 	psql_at "$CATALYST_PG_URL" "
-	INSERT INTO news_raw (news_id, symbol, headline, source, published_timestamp, sentiment_score, catalyst_score, is_pre_market, version)
-	  SELECT 'n' || i, 'S' || (i % 50), 'headline ''' || i || E'\\\\ tab\t', 'wire', now() - i * interval '1 minute', 0.5, 0.25, i % 2 = 0, $3 + i FROM generate_series($1, $2) i;
+	INSERT INTO news_raw (news_id, symbol, headline, source, published_timestamp, content_snippet, sentiment_score, catalyst_score, is_pre_market, version)
+	  SELECT 'n' || i, 'S' || (i % 50), 'headline ''' || i || E'\\\\ tab\t', 'wire', now() - i * interval '1 minute', repeat(md5(i::text), 64), 0.5, 0.25, i % 2 = 0, $3 + i FROM generate_series($1, $2) i;
 	INSERT INTO trading_candidates (candidate_id, symbol, catalyst_score, news_count, version)
 	  SELECT 'c' || i, 'S' || (i % 50), 0.5, i, $3 + i FROM generate_series($1, $2) i;
 	INSERT INTO trading_signals (signal_id, symbol, signal_type, confidence, entry_price, version)
@@ -110,6 +110,16 @@ assert_eq "$(sha256sum <"$work/dump.sql.gz" | cut -d' ' -f1)" \
 	"$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["sha256"])' "$work/manifest.json")" "sha256 of the dump"
 assert_eq "$n_base" "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["row_counts"]["news_raw"])' "$work/manifest.json")" "manifest row count"
 gzip -t "$work/dump.sql.gz"
+# compressed in 1 MiB chunks, a gzip member each: the restore below reads them all
+members=$(python3 -c '
+import sys, zlib
+data, n = open(sys.argv[1], "rb").read(), 0
+while data:
+    d = zlib.decompressobj(31)
+    d.decompress(data)
+    data, n = d.unused_data, n + 1
+print(n)' "$work/dump.sql.gz")
+[[ $members -gt 1 ]] || fail "the dump is $members gzip member(s): the data should span several chunks"
 assert_eq "$(sha256sum <"$work/dump.sql.gz" | cut -d' ' -f1)" \
 	"$(psql_at "$CATALYST_PG_URL" "SELECT sha256 FROM backup_catalog WHERE backup_id = '$full_id'")" "catalog sha256"
 wait_event backup.completed "$full_id"

@@ -96,6 +96,7 @@ struct backup {
 	const char *pg_dump, *psql;
 	int parallel;
 	int compress_level;
+	int compress_threads; /* per backup: a full dump's, shared by the tables running at once */
 	volatile sig_atomic_t busy; /* a command is running (for /readyz) */
 	volatile sig_atomic_t failing; /* the last attempt failed: busy is a retry */
 	char last_error[512];	    /* the last failure, for /readyz */
@@ -104,9 +105,11 @@ struct backup {
 	cat_metric_t *m_bytes, *m_rate, *m_duration, *m_failures, *m_completed;
 };
 
-/* stream.c: gzip + sha256 into a sink object, and the way back */
+/* stream.c: gzip + sha256 into a sink object, and the way back. The
+ * object is a series of gzip members of 1 MiB of input each, compressed by
+ * `threads` threads while the caller writes on. */
 typedef struct gz_out gz_out_t;
-cat_err_t gz_out_open(backup_t *backup, const char *key, gz_out_t **out, char *errstr,
+cat_err_t gz_out_open(backup_t *backup, const char *key, int threads, gz_out_t **out, char *errstr,
 		      size_t errstr_size) CAT_MUST_CHECK;
 cat_err_t gz_out_write(gz_out_t *gz, const void *data, size_t len, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 /* Completes the object; fills obj's sizes and sha256. */

@@ -181,7 +181,7 @@ cat_err_t dump_full(backup_t *backup, const char *prefix, backup_object_t *obj, 
 	snprintf(obj->key, sizeof(obj->key), "%sdump.sql.gz", prefix);
 	obj->rows = -1;
 	obj->since_version = -1;
-	if ((err = gz_out_open(backup, obj->key, &gz, errstr, errstr_size)))
+	if ((err = gz_out_open(backup, obj->key, backup->compress_threads, &gz, errstr, errstr_size)))
 		goto out;
 	for (;;) {
 		ssize_t n = read(child.fd, buf, READ_CHUNK);
@@ -244,6 +244,7 @@ typedef struct table_job {
 	size_t n;
 	bool incremental;
 	int64_t *watermarks; /* -1: none */
+	int compress_threads; /* of each table: the backup's, shared by the tables running at once */
 	backup_object_t *objs;
 	pthread_mutex_t lock;
 	size_t next;
@@ -339,7 +340,7 @@ static cat_err_t dump_one_table(table_job_t *job, size_t i, char *errstr, size_t
 	}
 	PQclear(res);
 	res = NULL;
-	if ((err = gz_out_open(backup, obj->key, &gz, errstr, errstr_size)))
+	if ((err = gz_out_open(backup, obj->key, job->compress_threads, &gz, errstr, errstr_size)))
 		goto out;
 	while ((n = PQgetCopyData(conn, &data, 0)) > 0) {
 		err = *backup->stop ? cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "interrupted by shutdown")
@@ -406,7 +407,8 @@ cat_err_t dump_tables(backup_t *backup, const char *prefix, const char *const *t
 	pthread_t threads[BACKUP_MAX_TABLES];
 	size_t n_threads = (size_t)backup->parallel < n_tables ? (size_t)backup->parallel : n_tables, started = 0;
 	table_job_t job = {.backup = backup, .snap_id = snap_id, .prefix = prefix, .tables = tables,
-			   .n = n_tables, .incremental = incremental, .watermarks = watermarks, .objs = objs};
+			   .n = n_tables, .incremental = incremental, .watermarks = watermarks, .objs = objs,
+			   .compress_threads = backup->compress_threads / (int)(n_threads ? n_threads : 1)};
 	cat_err_t err;
 
 	for (size_t i = 0; i < n_tables; i++) {

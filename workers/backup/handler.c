@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <jansson.h>
 #include <openssl/sha.h>
@@ -42,6 +43,12 @@ cat_err_t backup_new(backup_t **out, const cat_config_t *cfg, cat_sink_t *sink, 
 	backup->psql = cat_config_str(cfg, "CATALYST_BACKUP_PSQL");
 	backup->parallel = (int)cat_config_int(cfg, "CATALYST_BACKUP_PARALLEL");
 	backup->compress_level = (int)cat_config_int(cfg, "CATALYST_BACKUP_GZIP_LEVEL");
+	backup->compress_threads = (int)cat_config_int(cfg, "CATALYST_BACKUP_COMPRESS_THREADS");
+	if (backup->compress_threads == 0) {
+		long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+
+		backup->compress_threads = cpus < 1 ? 1 : cpus > 16 ? 16 : (int)cpus;
+	}
 	cat_kafka_topic(cfg, CAT_TOPIC_EVENTS, backup->events_topic, sizeof(backup->events_topic));
 	backup->m_bytes = cat_metrics_counter(metrics, "catalyst_backup_bytes_total",
 					      "uncompressed bytes backed up", NULL);
