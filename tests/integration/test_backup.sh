@@ -172,6 +172,37 @@ assert_contains "$(events | grep '"kind":"backup.verified"' | grep "$full_id")" 
 "$bin/catalyst-publish" backup verify "$incr_id" >/dev/null
 wait_event backup.verified "$incr_id"
 assert_contains "$(events | grep '"kind":"backup.verified"' | grep "$incr_id")" '"ok":true'
+# the checksums are compared: one changed in a copy of the manifest fails verify;
+# a manifest of format 1 (no checksum_algo: the server's checksums, here of
+# the full backup's restore) still verifies
+old_sums=$(for t in $("$bin/schema-dump" | cut -d' ' -f1 | uniq); do
+	cols=$("$bin/schema-dump" | awk -v t="$t" '$1 == t { print $2 }' | paste -sd,)
+	printf '%s=%s\n' "$t" "$(psql_at "$dst_url" "SELECT coalesce(sum(hashtextextended(ROW($cols)::text, 0)), 0)::text FROM $t")"
+done)
+python3 - "$work/manifest.json" "$work/bad-sum.json" "$work/format1.json" "$old_sums" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))
+assert m["format"] == 2 and m["checksum_algo"] == "sha256-sum64/copy-text-v1", m
+bad = json.loads(json.dumps(m))
+s = bad["checksums"]["news_raw"]
+bad["checksums"]["news_raw"] = s[:-1] + ("0" if s[-1] != "0" else "1")
+json.dump(bad, open(sys.argv[2], "w"))
+old = json.loads(json.dumps(m))
+old["format"] = 1
+del old["checksum_algo"], old["checksum_encoding"]
+old["checksums"] = dict(line.split("=", 1) for line in sys.argv[4].split("\n"))
+json.dump(old, open(sys.argv[3], "w"))
+PY
+"$bin/s3-tool" put "backups/$src_db/bad-sum-$$/manifest.json" <"$work/bad-sum.json"
+"$bin/s3-tool" put "backups/$src_db/format1-$$/manifest.json" <"$work/format1.json"
+"$bin/catalyst-publish" backup verify "bad-sum-$$" >/dev/null
+"$bin/catalyst-publish" backup verify "format1-$$" >/dev/null
+wait_event backup.verified "bad-sum-$$"
+wait_event backup.verified "format1-$$"
+line=$(events | grep '"kind":"backup.verified"' | grep "bad-sum-$$")
+assert_contains "$line" '"ok":false'
+assert_contains "$line" "news_raw: $n_base rows restored, $n_base backed up (checksums differ)"
+assert_contains "$(events | grep '"kind":"backup.verified"' | grep "format1-$$")" '"ok":true'
 "$bin/s3-tool" flip "$prefix/dump.sql.gz" 4000
 "$bin/catalyst-publish" backup --command-id "verify2-$$" verify "$full_id" >/dev/null
 wait_for 120 "the second verification" bash -c "'$bin/topic-dump' --topic '$events_topic' --type events --until-end --timeout-ms 10000 2>/dev/null | grep '\"kind\":\"backup.verified\"' | grep -q '\"ok\":false'"

@@ -16,6 +16,7 @@
 #include "cat_event.h"
 #include "cat_log.h"
 #include "cat_pg.h"
+#include "cat_rowsum.h"
 #include "cat_schema.h"
 #include "cat_time.h"
 
@@ -250,7 +251,9 @@ static json_t *manifest_json(backup_t *backup, const char *backup_id, const char
 		json_object_set_new(counts, stats[i].table, json_integer(stats[i].rows));
 		json_object_set_new(sums, stats[i].table, json_string(stats[i].checksum));
 	}
-	json_object_set_new(m, "format", json_integer(1));
+	/* 2: checksums as checksum_algo says (1: the server's sum of
+	 * hashtextextended(ROW(...)::text, 0), no checksum_algo) */
+	json_object_set_new(m, "format", json_integer(2));
 	json_object_set_new(m, "backup_id", json_string(backup_id));
 	json_object_set_new(m, "kind", json_string(kind));
 	json_object_set_new(m, "tag", tag ? json_string(tag) : json_null());
@@ -259,6 +262,8 @@ static json_t *manifest_json(backup_t *backup, const char *backup_id, const char
 	json_object_set_new(m, "tables", tables);
 	json_object_set_new(m, "row_counts", counts);
 	json_object_set_new(m, "checksums", sums);
+	json_object_set_new(m, "checksum_algo", json_string(CAT_ROWSUM_ALGO));
+	json_object_set_new(m, "checksum_encoding", json_string(n_objs ? objs[0].encoding : ""));
 	json_object_set_new(m, "bytes_raw", json_integer((json_int_t)raw));
 	json_object_set_new(m, "bytes_compressed", json_integer((json_int_t)comp));
 	json_object_set_new(m, "sha256", n_objs == 1 ? json_string(objs[0].sha256) : json_null());

@@ -404,7 +404,7 @@ cat_err_t gz_in_read(backup_t *backup, const char *key, const char *sha256, gz_i
 /* --- child processes ----------------------------------------------------------------------------- */
 
 /* PG* variables for a child from the connection's settings. */
-static char **child_env(PGconn *conn, const char *dbname)
+static char **child_env(PGconn *conn, const char *dbname, const char *const *extra_env)
 {
 	PQconninfoOption *opts = PQconninfo(conn), *o;
 	size_t n = 8;
@@ -414,6 +414,8 @@ static char **child_env(PGconn *conn, const char *dbname)
 	if (!opts)
 		return NULL;
 	for (o = opts; o->keyword; o++)
+		n++;
+	for (const char *const *e = extra_env; e && *e; e++)
 		n++;
 	if (!(env = calloc(n, sizeof(char *)))) {
 		PQconninfoFree(opts);
@@ -434,6 +436,9 @@ static char **child_env(PGconn *conn, const char *dbname)
 	}
 	if (asprintf(&env[i], "PGDATABASE=%s", dbname ? dbname : PQdb(conn)) >= 0)
 		i++;
+	for (const char *const *e = extra_env; e && *e && i + 1 < n; e++)
+		if ((env[i] = strdup(*e)))
+			i++;
 	env[i] = NULL;
 	PQconninfoFree(opts);
 	return env;
@@ -450,12 +455,12 @@ static void env_free(char **env)
 	free(env);
 }
 
-cat_err_t child_spawn(child_t *child, const char *const *argv, PGconn *conn, const char *dbname, bool to_child,
-		      char *errstr, size_t errstr_size)
+cat_err_t child_spawn(child_t *child, const char *const *argv, PGconn *conn, const char *dbname,
+		      const char *const *extra_env, bool to_child, char *errstr, size_t errstr_size)
 {
 	int io[2] = {-1, -1}, er[2] = {-1, -1}, rc;
 	posix_spawn_file_actions_t fa;
-	char **env = child_env(conn, dbname);
+	char **env = child_env(conn, dbname, extra_env);
 
 	memset(child, 0, sizeof(*child));
 	child->pid = -1;
