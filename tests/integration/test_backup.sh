@@ -25,6 +25,9 @@ tdst_url=$SCRATCH_PG_URL
 CATALYST_PG_URL=$tdst_url "$bin/catalyst-migrate" up >/dev/null
 scratch_db "bk_src_$$"
 src_db=$SCRATCH_DB
+# sessions on the source are not in UTC (the restores' are): the manifest's
+# checksums of COPY text must not depend on it
+psql_at "$SCRATCH_PG_URL" "ALTER DATABASE $src_db SET TimeZone = 'Asia/Tokyo'" >/dev/null
 export CATALYST_PG_URL=$SCRATCH_PG_URL
 "$bin/catalyst-migrate" up >/dev/null
 export CATALYST_BACKUP_RESTORE_TARGETS="empty=$dst_url;tables=$tdst_url"
@@ -43,7 +46,7 @@ seed() { # FROM TO VERSION: rows FROM..TO in every table
 	  SELECT 'src' || i, i, 0.5, $3 + i FROM generate_series($1, $2) i;" >/dev/null
 }
 table_md5() { # URL TABLE PK
-	psql_at "$1" "SELECT count(*) || ':' || coalesce(md5(string_agg(t::text, '|' ORDER BY $3)), '') FROM $2 t"
+	PGOPTIONS="-c TimeZone=UTC" psql_at "$1" "SELECT count(*) || ':' || coalesce(md5(string_agg(t::text, '|' ORDER BY $3)), '') FROM $2 t"
 }
 pks=(news_raw:news_id trading_candidates:candidate_id trading_signals:signal_id trade_records:trade_id source_metrics:source_name)
 # rows per table, and the rows the incremental adds (the issue's 1,000; both
@@ -215,7 +218,7 @@ done
 
 # 6. retention with an injected clock: 30 days of hourly incrementals (HH:05)
 # and daily fulls (00:00) from Thursday 2026-01-01; now = 2026-01-31 00:30
-psql_at "$CATALYST_PG_URL" "DELETE FROM backup_catalog;
+PGOPTIONS="-c TimeZone=UTC" psql_at "$CATALYST_PG_URL" "DELETE FROM backup_catalog;
 INSERT INTO backup_catalog (backup_id, kind, tag, database_name, state, started_at, finished_at, verify_ok)
   SELECT 'i-' || to_char(ts, 'YYYYMMDDHH24'), 'incremental', 'hourly', '$src_db', 'completed', ts, ts, NULL
   FROM generate_series(timestamptz '2026-01-01 00:05+00', '2026-01-31 00:05+00', interval '1 hour') ts;
