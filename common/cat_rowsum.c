@@ -22,11 +22,11 @@ void cat_rowsum_hex(const cat_rowsum_t *sum, char out[17])
 typedef struct line_hasher {
 	EVP_MD_CTX *ctx;
 	const EVP_MD *md;
-	size_t len;		/* bytes of the line so far */
-	unsigned char head[2];	/* its first two bytes (the "\." terminator) */
-	int version_field;	/* -1: none */
-	int field;		/* the field being read */
-	bool v_neg, v_bad;	/* the version field so far: '-'? not an integer? */
+	size_t len;	       /* bytes of the line so far */
+	unsigned char head[2]; /* its first two bytes (the "\." terminator) */
+	int version_field;     /* -1: none */
+	int field;	       /* the field being read */
+	bool v_neg, v_bad;     /* the version field so far: '-'? not an integer? */
 	int v_digits;
 	uint64_t v_abs;
 	bool v_any; /* sum.max_version holds a version */
@@ -105,8 +105,8 @@ static void lh_end(line_hasher_t *lh, bool row)
 			h = (h << 8) | md[i];
 		lh->sum.sum += h;
 		lh->sum.rows++;
-		if (lh->version_field >= 0 && lh->field >= lh->version_field && !lh->v_bad && lh->v_digits > 0 &&
-		    lh->v_abs <= (uint64_t)INT64_MAX) {
+		if (lh->version_field >= 0 && lh->field >= lh->version_field && !lh->v_bad &&
+		    lh->v_digits > 0 && lh->v_abs <= (uint64_t)INT64_MAX) {
 			int64_t v = lh->v_neg ? -(int64_t)lh->v_abs : (int64_t)lh->v_abs;
 
 			if (!lh->v_any || v > lh->sum.max_version)
@@ -165,7 +165,8 @@ void cat_rowscan_feed(cat_rowscan_t *scan, const void *data, size_t len)
 cat_err_t cat_rowscan_result(const cat_rowscan_t *scan, cat_rowsum_t *out, char *errstr, size_t errstr_size)
 {
 	if (scan->lh.len > 0)
-		return cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT, "the COPY data ended inside a row");
+		return cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT,
+				   "the COPY data ended inside a row");
 	*out = scan->lh.sum;
 	return CAT_OK;
 }
@@ -181,8 +182,8 @@ void cat_rowscan_free(cat_rowscan_t *scan)
 /* --- cat_dumpscan ---------------------------------------------------------------------------------- */
 
 #define NAME_MAX_LEN 128
-#define LINE_HEAD 64		  /* what is kept of a line that is not a COPY header */
-#define HEADER_MAX (256 * 1024) /* a COPY header longer than this is not read */
+#define LINE_HEAD    64		  /* what is kept of a line that is not a COPY header */
+#define HEADER_MAX   (256 * 1024) /* a COPY header longer than this is not read */
 
 typedef struct dump_table {
 	char schema[NAME_MAX_LEN], name[NAME_MAX_LEN];
@@ -238,8 +239,9 @@ static const char *parse_ident(const char *p, const char *end, char out[NAME_MAX
 			out[n++] = *p;
 		}
 	} else {
-		while (p < end && (*p == '_' || *p == '$' || (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
-				   (*p >= '0' && *p <= '9') || (unsigned char)*p >= 0x80)) {
+		while (p < end &&
+		       (*p == '_' || *p == '$' || (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+			(*p >= '0' && *p <= '9') || (unsigned char)*p >= 0x80)) {
 			if (n + 1 >= NAME_MAX_LEN)
 				return NULL;
 			out[n++] = *p++;
@@ -260,8 +262,8 @@ static bool starts(const char *p, const char *end, const char *s)
 
 /* `COPY schema.table (c1, c2) FROM stdin;` (no list for a table without
  * columns): the table, and the position of a column named version. */
-static bool parse_copy_header(const char *p, const char *end, char schema[NAME_MAX_LEN], char name[NAME_MAX_LEN],
-			      int *version_field)
+static bool parse_copy_header(const char *p, const char *end, char schema[NAME_MAX_LEN],
+			      char name[NAME_MAX_LEN], int *version_field)
 {
 	char col[NAME_MAX_LEN];
 
@@ -338,7 +340,8 @@ static bool copy_line(const cat_dumpscan_t *scan, const char *p, size_t n)
 
 /* Keeps bytes of a line outside the data: a COPY header whole (up to
  * HEADER_MAX), any other line its first LINE_HEAD bytes. */
-static cat_err_t keep_line_bytes(cat_dumpscan_t *scan, const char *p, size_t n, char *errstr, size_t errstr_size)
+static cat_err_t keep_line_bytes(cat_dumpscan_t *scan, const char *p, size_t n, char *errstr,
+				 size_t errstr_size)
 {
 	size_t want = scan->line_len + n;
 
@@ -366,7 +369,8 @@ static cat_err_t keep_line_bytes(cat_dumpscan_t *scan, const char *p, size_t n, 
 	return CAT_OK;
 }
 
-cat_err_t cat_dumpscan_feed(cat_dumpscan_t *scan, const void *data, size_t len, char *errstr, size_t errstr_size)
+cat_err_t cat_dumpscan_feed(cat_dumpscan_t *scan, const void *data, size_t len, char *errstr,
+			    size_t errstr_size)
 {
 	const char *p = data, *end = p + len;
 	cat_err_t err;
@@ -379,7 +383,8 @@ cat_err_t cat_dumpscan_feed(cat_dumpscan_t *scan, const void *data, size_t len, 
 			lh_bytes(&scan->lh, (const unsigned char *)p, n);
 			if (nl) {
 				/* "\." alone ends the section; data never has it unescaped */
-				bool terminator = scan->lh.len == 2 && scan->lh.head[0] == '\\' && scan->lh.head[1] == '.';
+				bool terminator = scan->lh.len == 2 && scan->lh.head[0] == '\\' &&
+						  scan->lh.head[1] == '.';
 
 				lh_end(&scan->lh, !terminator);
 				if (terminator) {
@@ -409,8 +414,8 @@ cat_err_t cat_dumpscan_finish(cat_dumpscan_t *scan, char *errstr, size_t errstr_
 {
 	if (scan->in_data)
 		return cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT,
-				   "the dump ended inside the data of %s.%s", scan->tables[scan->n_tables].schema,
-				   scan->tables[scan->n_tables].name);
+				   "the dump ended inside the data of %s.%s",
+				   scan->tables[scan->n_tables].schema, scan->tables[scan->n_tables].name);
 	if (scan->line_len > 0)
 		return cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT, "the dump ended inside a line");
 	return CAT_OK;

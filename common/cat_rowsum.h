@@ -35,8 +35,8 @@
 
 #define CAT_ROWSUM_ALGO "sha256-sum64/copy-text-v1"
 /* The session settings the checksummed COPY text is made under. */
-#define CAT_ROWSUM_SESSION_SQL                                                            \
-	"SET DateStyle = ISO; SET IntervalStyle = postgres; SET extra_float_digits = 3; " \
+#define CAT_ROWSUM_SESSION_SQL                                                                               \
+	"SET DateStyle = ISO; SET IntervalStyle = postgres; SET extra_float_digits = 3; "                    \
 	"SET TimeZone = 'UTC'"
 /* What a pg_dump child needs in its environment for the same settings. */
 #define CAT_ROWSUM_PG_DUMP_ENV "PGTZ=UTC"

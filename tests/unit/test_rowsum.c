@@ -131,7 +131,7 @@ END_TEST
 
 /* --- pg_dump's output ---------------------------------------------------------------------------- */
 
-#define NEWS_ROWS "n1\tS1\theadline \\\\ tab\\t\t17\nn2\tS2\t\\\\.\t18\n\\\\.\t\\N\t\\N\t5\n"
+#define NEWS_ROWS  "n1\tS1\theadline \\\\ tab\\t\t17\nn2\tS2\t\\\\.\t18\n\\\\.\t\\N\t\\N\t5\n"
 #define TRADE_ROWS "t1\t100\nt2\t-200\n"
 
 static const char dump_text[] =
@@ -145,7 +145,8 @@ static const char dump_text[] =
 	"-- a comment long enough to be cut at the kept head of a line, which is sixty-four bytes long\n"
 	"COPY public.news_raw (news_id, symbol, headline, version) FROM stdin;\n" NEWS_ROWS "\\.\n\n\n"
 	"COPY public.empty_one (a, b) FROM stdin;\n\\.\n\n"
-	"COPY \"Odd Schema\".\"trade \"\"records\"\"\" (trade_id, \"version\") FROM stdin;\n" TRADE_ROWS "\\.\n"
+	"COPY \"Odd Schema\".\"trade \"\"records\"\"\" (trade_id, \"version\") FROM stdin;\n" TRADE_ROWS
+	"\\.\n"
 	"COPY public.no_columns FROM stdin;\n\\.\n"
 	"COPY public.very_long_table_name_for_the_header_to_grow (a_column_with_a_long_name, "
 	"another_column_with_a_long_name, yet_another_one, version) FROM stdin;\nx\ty\tz\t7\n\\.\n"
@@ -158,8 +159,8 @@ static cat_dumpscan_t *scan_dump(const char *text, size_t len, size_t piece)
 
 	ck_assert_int_eq(cat_dumpscan_new(&scan, errstr, sizeof(errstr)), CAT_OK);
 	for (size_t off = 0; off < len; off += piece)
-		ck_assert_int_eq(cat_dumpscan_feed(scan, text + off, len - off < piece ? len - off : piece, errstr,
-						   sizeof(errstr)),
+		ck_assert_int_eq(cat_dumpscan_feed(scan, text + off, len - off < piece ? len - off : piece,
+						   errstr, sizeof(errstr)),
 				 CAT_OK);
 	return scan;
 }
@@ -189,7 +190,8 @@ START_TEST(test_dump_sections)
 		ck_assert_int_eq(s->max_version, -1);
 		ck_assert_ptr_nonnull(s = cat_dumpscan_table(scan, "public", "no_columns"));
 		ck_assert_int_eq(s->rows, 0);
-		ck_assert_ptr_nonnull(s = cat_dumpscan_table(scan, "public", "very_long_table_name_for_the_header_to_grow"));
+		ck_assert_ptr_nonnull(s = cat_dumpscan_table(scan, "public",
+							     "very_long_table_name_for_the_header_to_grow"));
 		ck_assert_int_eq(s->rows, 1);
 		ck_assert_int_eq(s->max_version, 7);
 		ck_assert_ptr_null(cat_dumpscan_table(scan, "public", "x"));
