@@ -208,8 +208,10 @@ assert_contains "$line" "news_raw: $n_base rows restored, $n_base backed up (che
 assert_contains "$(events | grep '"kind":"backup.verified"' | grep "format1-$$")" '"ok":true'
 "$bin/s3-tool" flip "$prefix/dump.sql.gz" 4000
 "$bin/catalyst-publish" backup --command-id "verify2-$$" verify "$full_id" >/dev/null
-wait_for 120 "the second verification" bash -c "'$bin/topic-dump' --topic '$events_topic' --type events --until-end --timeout-ms 10000 2>/dev/null | grep '\"kind\":\"backup.verified\"' | grep -q '\"ok\":false'"
-assert_contains "$(events | grep '"kind":"backup.verified"' | grep '"ok":false')" "corrupt"
+wait_for 120 "the second verification" bash -c "'$bin/topic-dump' --topic '$events_topic' --type events --until-end --timeout-ms 10000 2>/dev/null | grep '\"kind\":\"backup.verified\"' | grep -q '\"command_id\":\"verify2-$$\"'"
+line=$(events | grep '"kind":"backup.verified"' | grep "\"command_id\":\"verify2-$$\"")
+assert_contains "$line" '"ok":false'
+assert_contains "$line" "corrupt"
 assert_eq "f" "$(psql_at "$CATALYST_PG_URL" "SELECT verify_ok FROM backup_catalog WHERE backup_id = '$full_id'")" "verify_ok"
 for id in "$full_id" "$incr_id"; do
 	scratch=catalyst_verify_$(printf '%s' "$id" | sha256sum | cut -c1-12)
