@@ -25,14 +25,17 @@ tdst_url=$SCRATCH_PG_URL
 CATALYST_PG_URL=$tdst_url "$bin/catalyst-migrate" up >/dev/null
 scratch_db "bk_src_$$"
 src_db=$SCRATCH_DB
+# sessions on the source are not in UTC (the restores' are): the manifest's
+# checksums of COPY text must not depend on it
+psql_at "$SCRATCH_PG_URL" "ALTER DATABASE $src_db SET TimeZone = 'Asia/Tokyo'" >/dev/null
 export CATALYST_PG_URL=$SCRATCH_PG_URL
 "$bin/catalyst-migrate" up >/dev/null
 export CATALYST_BACKUP_RESTORE_TARGETS="empty=$dst_url;tables=$tdst_url"
 
 seed() { # FROM TO VERSION: rows FROM..TO in every table
 	psql_at "$CATALYST_PG_URL" "
-	INSERT INTO news_raw (news_id, symbol, headline, source, published_timestamp, sentiment_score, catalyst_score, is_pre_market, version)
-	  SELECT 'n' || i, 'S' || (i % 50), 'headline ''' || i || E'\\\\ tab\t', 'wire', now() - i * interval '1 minute', 0.5, 0.25, i % 2 = 0, $3 + i FROM generate_series($1, $2) i;
+	INSERT INTO news_raw (news_id, symbol, headline, source, published_timestamp, content_snippet, sentiment_score, catalyst_score, is_pre_market, version)
+	  SELECT 'n' || i, 'S' || (i % 50), 'headline ''' || i || E'\\\\ tab\t', 'wire', now() - i * interval '1 minute', repeat(md5(i::text), 64), 0.5, 0.25, i % 2 = 0, $3 + i FROM generate_series($1, $2) i;
 	INSERT INTO trading_candidates (candidate_id, symbol, catalyst_score, news_count, version)
 	  SELECT 'c' || i, 'S' || (i % 50), 0.5, i, $3 + i FROM generate_series($1, $2) i;
 	INSERT INTO trading_signals (signal_id, symbol, signal_type, confidence, entry_price, version)
@@ -43,7 +46,7 @@ seed() { # FROM TO VERSION: rows FROM..TO in every table
 	  SELECT 'src' || i, i, 0.5, $3 + i FROM generate_series($1, $2) i;" >/dev/null
 }
 table_md5() { # URL TABLE PK
-	psql_at "$1" "SELECT count(*) || ':' || coalesce(md5(string_agg(t::text, '|' ORDER BY $3)), '') FROM $2 t"
+	PGOPTIONS="-c TimeZone=UTC" psql_at "$1" "SELECT count(*) || ':' || coalesce(md5(string_agg(t::text, '|' ORDER BY $3)), '') FROM $2 t"
 }
 pks=(news_raw:news_id trading_candidates:candidate_id trading_signals:signal_id trade_records:trade_id source_metrics:source_name)
 # rows per table, and the rows the incremental adds (the issue's 1,000; both
@@ -116,6 +119,16 @@ assert_eq "$(sha256sum <"$work/dump.sql.gz" | cut -d' ' -f1)" \
 	"$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["sha256"])' "$work/manifest.json")" "sha256 of the dump"
 assert_eq "$n_base" "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["row_counts"]["news_raw"])' "$work/manifest.json")" "manifest row count"
 gzip -t "$work/dump.sql.gz"
+# compressed in 1 MiB chunks, a gzip member each: the restore below reads them all
+members=$(python3 -c '
+import sys, zlib
+data, n = open(sys.argv[1], "rb").read(), 0
+while data:
+    d = zlib.decompressobj(31)
+    d.decompress(data)
+    data, n = d.unused_data, n + 1
+print(n)' "$work/dump.sql.gz")
+[[ $members -gt 1 ]] || fail "the dump is $members gzip member(s): the data should span several chunks"
 assert_eq "$(sha256sum <"$work/dump.sql.gz" | cut -d' ' -f1)" \
 	"$(psql_at "$CATALYST_PG_URL" "SELECT sha256 FROM backup_catalog WHERE backup_id = '$full_id'")" "catalog sha256"
 wait_event backup.completed "$full_id"
@@ -168,10 +181,43 @@ assert_contains "$(events | grep '"kind":"backup.verified"' | grep "$full_id")" 
 "$bin/catalyst-publish" backup verify "$incr_id" >/dev/null
 wait_event backup.verified "$incr_id"
 assert_contains "$(events | grep '"kind":"backup.verified"' | grep "$incr_id")" '"ok":true'
+# the checksums are compared: one changed in a copy of the manifest fails verify;
+# a manifest of format 1 (no checksum_algo: the server's checksums, here of
+# the full backup's restore) still verifies
+old_sums=$(for t in $("$bin/schema-dump" | cut -d' ' -f1 | uniq); do
+	cols=$("$bin/schema-dump" | awk -v t="$t" '$1 == t { print $2 }' | paste -sd,)
+	printf '%s=%s\n' "$t" "$(psql_at "$dst_url" "SELECT coalesce(sum(hashtextextended(ROW($cols)::text, 0)), 0)::text FROM $t")"
+done)
+python3 - "$work/manifest.json" "$work/bad-sum.json" "$work/format1.json" "$old_sums" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))
+assert m["format"] == 2 and m["checksum_algo"] == "sha256-sum64/copy-text-v1", m
+bad = json.loads(json.dumps(m))
+s = bad["checksums"]["news_raw"]
+bad["checksums"]["news_raw"] = s[:-1] + ("0" if s[-1] != "0" else "1")
+json.dump(bad, open(sys.argv[2], "w"))
+old = json.loads(json.dumps(m))
+old["format"] = 1
+del old["checksum_algo"], old["checksum_encoding"]
+old["checksums"] = dict(line.split("=", 1) for line in sys.argv[4].split("\n"))
+json.dump(old, open(sys.argv[3], "w"))
+PY
+"$bin/s3-tool" put "backups/$src_db/bad-sum-$$/manifest.json" <"$work/bad-sum.json"
+"$bin/s3-tool" put "backups/$src_db/format1-$$/manifest.json" <"$work/format1.json"
+"$bin/catalyst-publish" backup verify "bad-sum-$$" >/dev/null
+"$bin/catalyst-publish" backup verify "format1-$$" >/dev/null
+wait_event backup.verified "bad-sum-$$"
+wait_event backup.verified "format1-$$"
+line=$(events | grep '"kind":"backup.verified"' | grep "bad-sum-$$")
+assert_contains "$line" '"ok":false'
+assert_contains "$line" "news_raw: $n_base rows restored, $n_base backed up (checksums differ)"
+assert_contains "$(events | grep '"kind":"backup.verified"' | grep "format1-$$")" '"ok":true'
 "$bin/s3-tool" flip "$prefix/dump.sql.gz" 4000
 "$bin/catalyst-publish" backup --command-id "verify2-$$" verify "$full_id" >/dev/null
-wait_for 120 "the second verification" bash -c "'$bin/topic-dump' --topic '$events_topic' --type events --until-end --timeout-ms 10000 2>/dev/null | grep '\"kind\":\"backup.verified\"' | grep -q '\"ok\":false'"
-assert_contains "$(events | grep '"kind":"backup.verified"' | grep '"ok":false')" "corrupt"
+wait_for 120 "the second verification" bash -c "'$bin/topic-dump' --topic '$events_topic' --type events --until-end --timeout-ms 10000 2>/dev/null | grep '\"kind\":\"backup.verified\"' | grep -q '\"command_id\":\"verify2-$$\"'"
+line=$(events | grep '"kind":"backup.verified"' | grep "\"command_id\":\"verify2-$$\"")
+assert_contains "$line" '"ok":false'
+assert_contains "$line" "corrupt"
 assert_eq "f" "$(psql_at "$CATALYST_PG_URL" "SELECT verify_ok FROM backup_catalog WHERE backup_id = '$full_id'")" "verify_ok"
 for id in "$full_id" "$incr_id"; do
 	scratch=catalyst_verify_$(printf '%s' "$id" | sha256sum | cut -c1-12)
@@ -180,7 +226,7 @@ done
 
 # 6. retention with an injected clock: 30 days of hourly incrementals (HH:05)
 # and daily fulls (00:00) from Thursday 2026-01-01; now = 2026-01-31 00:30
-psql_at "$CATALYST_PG_URL" "DELETE FROM backup_catalog;
+PGOPTIONS="-c TimeZone=UTC" psql_at "$CATALYST_PG_URL" "DELETE FROM backup_catalog;
 INSERT INTO backup_catalog (backup_id, kind, tag, database_name, state, started_at, finished_at, verify_ok)
   SELECT 'i-' || to_char(ts, 'YYYYMMDDHH24'), 'incremental', 'hourly', '$src_db', 'completed', ts, ts, NULL
   FROM generate_series(timestamptz '2026-01-01 00:05+00', '2026-01-31 00:05+00', interval '1 hour') ts;

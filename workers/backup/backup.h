@@ -6,17 +6,22 @@
  * One command per batch (CATALYST_BATCH_SIZE defaults to 1). A command:
  *   Full     pg_dump (spawned with argv, the password only in its
  *            environment) of a snapshot this worker exports and holds, its
- *            output gzip-compressed in memory-bounded chunks into one
- *            multipart upload; row counts and checksums of the schema's
- *            tables computed by the server in the same snapshot meanwhile
+ *            output gzip-compressed in memory-bounded chunks on
+ *            CATALYST_BACKUP_COMPRESS_THREADS threads into one multipart
+ *            upload; row counts, checksums and largest versions of the
+ *            schema's tables read from the dump's COPY sections as they
+ *            stream by (cat_rowsum)
  *   Tables   COPY (SELECT <columns> FROM <table> [WHERE version > watermark])
  *            TO STDOUT per table, in one exported snapshot, tables in
  *            parallel threads (CATALYST_BACKUP_PARALLEL), each into its own
- *            object
+ *            object, its rows counted and checksummed as they stream by
  *   Restore  only into a target named in CATALYST_BACKUP_RESTORE_TARGETS;
  *            sha256 checked while streaming; nothing committed on a mismatch
  *   Verify   restore into a scratch database on the primary's server,
- *            compare rows and checksums with the manifest, event, drop it
+ *            compare rows and checksums with the manifest (computed as its
+ *            checksum_algo says: COPY text of the restored tables; the
+ *            server's hashtextextended for manifests without one), event,
+ *            drop it
  *   Prune    retention tiers (retention.c), dry-run possible
  *
  * The manifest (backups/<db>/<backup_id>/manifest.json) is written last:
@@ -46,6 +51,7 @@
 #include "cat_err.h"
 #include "cat_kafka.h"
 #include "cat_metrics.h"
+#include "cat_schema.h"
 #include "cat_sink.h"
 #include "catalyst/v1/commands.pb-c.h"
 
@@ -61,7 +67,8 @@ typedef struct backup_object {
 	int64_t rows;	 /* -1: unknown (the full dump) */
 	uint64_t bytes_raw, bytes_compressed;
 	char sha256[65];
-	char checksum[64]; /* of the rows, as table_stats computes it */
+	char checksum[64]; /* of the rows (CAT_ROWSUM_ALGO, hex) */
+	char encoding[64]; /* the client_encoding of the COPY text the checksums are of */
 	int64_t since_version, max_version; /* incremental range (since: -1 for all) */
 } backup_object_t;
 
@@ -96,6 +103,7 @@ struct backup {
 	const char *pg_dump, *psql;
 	int parallel;
 	int compress_level;
+	int compress_threads; /* per backup: a full dump's, shared by the tables running at once */
 	volatile sig_atomic_t busy; /* a command is running (for /readyz) */
 	volatile sig_atomic_t failing; /* the last attempt failed: busy is a retry */
 	char last_error[512];	    /* the last failure, for /readyz */
@@ -104,9 +112,11 @@ struct backup {
 	cat_metric_t *m_bytes, *m_rate, *m_duration, *m_failures, *m_completed;
 };
 
-/* stream.c: gzip + sha256 into a sink object, and the way back */
+/* stream.c: gzip + sha256 into a sink object, and the way back. The
+ * object is a series of gzip members of 1 MiB of input each, compressed by
+ * `threads` threads while the caller writes on. */
 typedef struct gz_out gz_out_t;
-cat_err_t gz_out_open(backup_t *backup, const char *key, gz_out_t **out, char *errstr,
+cat_err_t gz_out_open(backup_t *backup, const char *key, int threads, gz_out_t **out, char *errstr,
 		      size_t errstr_size) CAT_MUST_CHECK;
 cat_err_t gz_out_write(gz_out_t *gz, const void *data, size_t len, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 /* Completes the object; fills obj's sizes and sha256. */
@@ -122,7 +132,8 @@ cat_err_t gz_in_read(backup_t *backup, const char *key, const char *sha256, gz_i
 
 /* A child process with its stdin or stdout on a pipe, spawned with argv and
  * the libpq connection settings of `conn` (dbname replaced when dbname is
- * not NULL) in its environment: nothing secret on its command line. */
+ * not NULL) in its environment, plus extra_env ("NAME=value", NULL-ended;
+ * NULL: none): nothing secret on its command line. */
 typedef struct child {
 	pid_t pid;
 	int fd;		 /* our end of its stdin (to_child) or stdout */
@@ -130,8 +141,8 @@ typedef struct child {
 	char err[512];	 /* the first line it wrote to stderr */
 	size_t err_len;
 } child_t;
-cat_err_t child_spawn(child_t *child, const char *const *argv, PGconn *conn, const char *dbname, bool to_child,
-		      char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+cat_err_t child_spawn(child_t *child, const char *const *argv, PGconn *conn, const char *dbname,
+		      const char *const *extra_env, bool to_child, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 /* Collects stderr, waits; CAT_OK when it exited 0. */
 cat_err_t child_wait(child_t *child, const char *what, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 void child_kill(child_t *child);
@@ -148,7 +159,9 @@ cat_err_t dump_full(backup_t *backup, const char *prefix, backup_object_t *obj, 
 		    size_t *n_stats, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 cat_err_t dump_tables(backup_t *backup, const char *prefix, const char *const *tables, size_t n_tables,
 		      bool incremental, backup_object_t *objs, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
-/* "SELECT count(*), checksum, max(version)" of a table, as the manifest records it. */
+/* Row count and checksum of a table as manifests without checksum_algo
+ * record them (computed by the server: sum(hashtextextended(ROW(...)::text, 0))). */
+int table_version_field(const cat_table_t *t);
 cat_err_t table_stats(PGconn *conn, const char *table, const char *where, table_stat_t *stat, char *errstr,
 		      size_t errstr_size) CAT_MUST_CHECK;
 

@@ -2,6 +2,11 @@
  * Full and table backups: one exported snapshot, streamed through gzip into
  * the sink. SQL is built only from cat_schema names; the snapshot id and
  * the watermark are values this worker read from the server.
+ *
+ * Row counts, checksums (CAT_ROWSUM_ALGO) and the largest version of each
+ * table come from the stream itself (cat_rowsum): the COPY sections of
+ * pg_dump's output, or the COPY data of a table backup. Nothing reads the
+ * tables a second time.
  */
 #define _GNU_SOURCE /* asprintf */
 #include <errno.h>
@@ -14,6 +19,7 @@
 #include "backup.h"
 #include "cat_log.h"
 #include "cat_pg.h"
+#include "cat_rowsum.h"
 #include "cat_schema.h"
 
 #define READ_CHUNK (128 * 1024)
@@ -73,22 +79,6 @@ cat_err_t table_stats(PGconn *conn, const char *table, const char *where, table_
 	return CAT_OK;
 }
 
-/* Closes a connection, first cancelling a query still running on it (a
- * count on an error path), so the server does not scan on for nobody. */
-static void close_cancelling(PGconn *conn)
-{
-	if (conn && PQstatus(conn) == CONNECTION_OK && PQtransactionStatus(conn) == PQTRANS_ACTIVE) {
-		PGcancel *cancel = PQgetCancel(conn);
-		char buf[256];
-
-		if (cancel) {
-			(void)PQcancel(cancel, buf, sizeof(buf));
-			PQfreeCancel(cancel);
-		}
-	}
-	cat_pg_close(conn);
-}
-
 /* A REPEATABLE READ READ ONLY transaction on a new connection; with
  * snapshot NULL it exports its snapshot into snap_id. */
 static cat_err_t open_snapshot(backup_t *backup, const char *snapshot, char *snap_id, size_t snap_id_size,
@@ -132,56 +122,66 @@ error:
 
 /* --- full ----------------------------------------------------------------------------------------- */
 
+/* The schema (as search_path finds it) of each schema table, in the
+ * snapshot: what pg_dump's COPY headers name them by. */
+static cat_err_t table_schemas(PGconn *conn, char schemas[][64], char *errstr, size_t errstr_size)
+{
+	for (size_t i = 0; i < cat_schema_n_tables; i++) {
+		const char *params[] = {cat_schema_tables[i].name};
+		PGresult *res = NULL;
+		cat_err_t err;
+
+		if ((err = cat_pg_exec(conn,
+				       "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+				       "WHERE c.oid = to_regclass($1)",
+				       1, params, &res, errstr, errstr_size)))
+			return err;
+		if (PQntuples(res) != 1) {
+			PQclear(res);
+			return cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT, "table %s does not exist",
+					   cat_schema_tables[i].name);
+		}
+		snprintf(schemas[i], 64, "%s", PQgetvalue(res, 0, 0));
+		PQclear(res);
+	}
+	return CAT_OK;
+}
+
 cat_err_t dump_full(backup_t *backup, const char *prefix, backup_object_t *obj, table_stat_t *stats,
 		    size_t *n_stats, char *errstr, size_t errstr_size)
 {
-	PGconn *snap = NULL, *stat_conn = NULL;
+	PGconn *snap = NULL;
 	char snap_id[128] = "", snap_arg[160], *buf = malloc(READ_CHUNK);
+	char(*schemas)[64] = calloc(cat_schema_n_tables, sizeof(*schemas));
 	child_t child = {.pid = -1, .fd = -1, .err_fd = -1};
+	cat_dumpscan_t *scan = NULL;
 	gz_out_t *gz = NULL;
-	PGresult *res;
 	cat_err_t err;
-	char *sql = NULL;
 
 	*n_stats = 0;
-	if (!buf)
-		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
-	if ((err = open_snapshot(backup, NULL, snap_id, sizeof(snap_id), &snap, errstr, errstr_size)))
-		goto out;
-	/* the manifest's counts and checksums: computed by the server in the
-	 * same snapshot while pg_dump runs */
-	if ((err = open_snapshot(backup, snap_id, NULL, 0, &stat_conn, errstr, errstr_size)))
-		goto out;
-	for (size_t i = 0; i < cat_schema_n_tables; i++) {
-		char *one = stats_sql(&cat_schema_tables[i], NULL), *joined = NULL;
-
-		if (!one || asprintf(&joined, "%s%s%s", sql ? sql : "", sql ? " UNION ALL " : "", one) < 0) {
-			free(one);
-			err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
-			goto out;
-		}
-		free(one);
-		free(sql);
-		sql = joined;
-	}
-	if (!PQsendQuery(stat_conn, sql)) {
-		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "could not count rows: %s",
-				  PQerrorMessage(stat_conn));
+	if (!buf || !schemas) {
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
 		goto out;
 	}
+	if ((err = open_snapshot(backup, NULL, snap_id, sizeof(snap_id), &snap, errstr, errstr_size)) ||
+	    (err = table_schemas(snap, schemas, errstr, errstr_size)) ||
+	    (err = cat_dumpscan_new(&scan, errstr, errstr_size)))
+		goto out;
 
 	snprintf(snap_arg, sizeof(snap_arg), "--snapshot=%s", snap_id);
 	{
 		const char *argv[] = {backup->pg_dump, "--format=plain", "--no-owner", "--no-privileges",
 				      snap_arg, NULL};
+		/* timestamptz in UTC: the session the checksums are defined for */
+		const char *env[] = {CAT_ROWSUM_PG_DUMP_ENV, NULL};
 
-		if ((err = child_spawn(&child, argv, backup->conn, NULL, false, errstr, errstr_size)))
+		if ((err = child_spawn(&child, argv, backup->conn, NULL, env, false, errstr, errstr_size)))
 			goto out;
 	}
 	snprintf(obj->key, sizeof(obj->key), "%sdump.sql.gz", prefix);
 	obj->rows = -1;
 	obj->since_version = -1;
-	if ((err = gz_out_open(backup, obj->key, &gz, errstr, errstr_size)))
+	if ((err = gz_out_open(backup, obj->key, backup->compress_threads, &gz, errstr, errstr_size)))
 		goto out;
 	for (;;) {
 		ssize_t n = read(child.fd, buf, READ_CHUNK);
@@ -199,37 +199,41 @@ cat_err_t dump_full(backup_t *backup, const char *prefix, backup_object_t *obj, 
 			err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "interrupted by shutdown");
 			goto out;
 		}
-		if ((err = gz_out_write(gz, buf, (size_t)n, errstr, errstr_size)))
+		if ((err = cat_dumpscan_feed(scan, buf, (size_t)n, errstr, errstr_size)) ||
+		    (err = gz_out_write(gz, buf, (size_t)n, errstr, errstr_size)))
 			goto out;
 	}
 	if ((err = child_wait(&child, "pg_dump", errstr, errstr_size)))
 		goto out;
-	while ((res = PQgetResult(stat_conn))) {
-		if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-			err = cat_err_set(errstr, errstr_size, cat_pg_error_class(stat_conn, res),
-					  "could not count rows: %s", PQresultErrorMessage(res));
-		} else {
-			for (int r = 0; r < PQntuples(res) && (size_t)r < cat_schema_n_tables; r++) {
-				table_stat_t *s = &stats[r];
-
-				snprintf(s->table, sizeof(s->table), "%s", cat_schema_tables[r].name);
-				s->rows = strtoll(PQgetvalue(res, r, 0), NULL, 10);
-				snprintf(s->checksum, sizeof(s->checksum), "%s", PQgetvalue(res, r, 1));
-				s->max_version = strtoll(PQgetvalue(res, r, 2), NULL, 10);
-				*n_stats = (size_t)r + 1;
-			}
-		}
-		PQclear(res);
-	}
-	if (err)
+	if ((err = cat_dumpscan_finish(scan, errstr, errstr_size)) != CAT_OK) {
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "pg_dump's output is incomplete: %s", errstr);
 		goto out;
+	}
+	for (size_t i = 0; i < cat_schema_n_tables; i++) {
+		const cat_rowsum_t *sum = cat_dumpscan_table(scan, schemas[i], cat_schema_tables[i].name);
+		table_stat_t *s = &stats[i];
+
+		if (!sum) {
+			err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "pg_dump wrote no data for table %s.%s",
+					  schemas[i], cat_schema_tables[i].name);
+			goto out;
+		}
+		snprintf(s->table, sizeof(s->table), "%s", cat_schema_tables[i].name);
+		s->rows = sum->rows;
+		cat_rowsum_hex(sum, s->checksum);
+		s->max_version = sum->max_version;
+	}
+	*n_stats = cat_schema_n_tables;
+	snprintf(obj->encoding, sizeof(obj->encoding), "%s",
+		 *cat_dumpscan_encoding(scan) ? cat_dumpscan_encoding(scan)
+					      : (PQparameterStatus(snap, "server_encoding") ?: ""));
 	err = gz_out_finish(gz, obj, errstr, errstr_size);
 out:
 	child_kill(&child);
 	gz_out_free(gz);
-	close_cancelling(stat_conn);
+	cat_dumpscan_free(scan);
 	cat_pg_close(snap); /* ends the read-only transaction */
-	free(sql);
+	free(schemas);
 	free(buf);
 	return err;
 }
@@ -244,6 +248,7 @@ typedef struct table_job {
 	size_t n;
 	bool incremental;
 	int64_t *watermarks; /* -1: none */
+	int compress_threads; /* of each table: the backup's, shared by the tables running at once */
 	backup_object_t *objs;
 	pthread_mutex_t lock;
 	size_t next;
@@ -251,63 +256,27 @@ typedef struct table_job {
 	char errstr[512];
 } table_job_t;
 
-/* Sends the stats query of a table on conn (answer read by stats_receive). */
-static cat_err_t stats_send(PGconn *conn, const cat_table_t *t, const char *where, char *errstr,
-			    size_t errstr_size)
+/* The position of the version column in a COPY of all of t's columns; -1: none. */
+int table_version_field(const cat_table_t *t)
 {
-	char *sql = stats_sql(t, where);
-	int sent;
-
-	if (!sql)
-		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
-	sent = PQsendQuery(conn, sql);
-	free(sql);
-	if (!sent)
-		return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "could not count the rows of %s: %s",
-				   t->name, PQerrorMessage(conn));
-	return CAT_OK;
+	for (size_t i = 0; i < t->n_columns; i++)
+		if (strcmp(t->columns[i].name, "version") == 0)
+			return (int)i;
+	return -1;
 }
 
-static cat_err_t stats_receive(PGconn *conn, const cat_table_t *t, table_stat_t *stat, char *errstr,
-			       size_t errstr_size)
-{
-	PGresult *res;
-	bool got = false;
-	cat_err_t err = CAT_OK;
-
-	while ((res = PQgetResult(conn))) {
-		if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
-			if (err == CAT_OK)
-				err = cat_err_set(errstr, errstr_size, cat_pg_error_class(conn, res),
-						  "could not count the rows of %s: %s", t->name,
-						  PQresultErrorMessage(res));
-		} else if (!got) {
-			snprintf(stat->table, sizeof(stat->table), "%s", t->name);
-			stat->rows = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
-			snprintf(stat->checksum, sizeof(stat->checksum), "%s", PQgetvalue(res, 0, 1));
-			stat->max_version = strtoll(PQgetvalue(res, 0, 2), NULL, 10);
-			got = true;
-		}
-		PQclear(res);
-	}
-	if (err == CAT_OK && !got)
-		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "could not count the rows of %s: %s",
-				  t->name, PQerrorMessage(conn));
-	return err;
-}
-
-/* One table: COPY on one connection while a second one, in the same
- * snapshot, has the server count and checksum the rows (as the full backup
- * does): the table is read twice at once, not one read after the other. */
+/* One table: COPY in the snapshot, its rows counted and checksummed as they
+ * stream by, under the session settings the checksum is defined for. */
 static cat_err_t dump_one_table(table_job_t *job, size_t i, char *errstr, size_t errstr_size)
 {
 	backup_t *backup = job->backup;
 	const cat_table_t *t = cat_schema_table(job->tables[i]);
 	backup_object_t *obj = &job->objs[i];
-	PGconn *conn = NULL, *stat_conn = NULL;
+	PGconn *conn = NULL;
 	gz_out_t *gz = NULL;
+	cat_rowscan_t *scan = NULL;
+	cat_rowsum_t sum;
 	PGresult *res = NULL;
-	table_stat_t stat;
 	char where[64], *cols = column_list(t), *sql = NULL, *data = NULL;
 	bool since = job->incremental && job->watermarks[i] >= 0;
 	cat_err_t err;
@@ -316,14 +285,13 @@ static cat_err_t dump_one_table(table_job_t *job, size_t i, char *errstr, size_t
 	if (!cols)
 		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
 	snprintf(where, sizeof(where), "version > %lld", (long long)job->watermarks[i]);
-	if ((err = open_snapshot(backup, job->snap_id, NULL, 0, &conn, errstr, errstr_size)))
-		goto out;
-	if ((err = open_snapshot(backup, job->snap_id, NULL, 0, &stat_conn, errstr, errstr_size)))
-		goto out;
-	if ((err = stats_send(stat_conn, t, since ? where : NULL, errstr, errstr_size)))
+	if ((err = open_snapshot(backup, job->snap_id, NULL, 0, &conn, errstr, errstr_size)) ||
+	    (err = cat_pg_exec_script(conn, CAT_ROWSUM_SESSION_SQL, errstr, errstr_size)) ||
+	    (err = cat_rowscan_new(&scan, table_version_field(t), errstr, errstr_size)))
 		goto out;
 	snprintf(obj->key, sizeof(obj->key), "%s%s.copy.gz", job->prefix, t->name);
 	snprintf(obj->table, sizeof(obj->table), "%s", t->name);
+	snprintf(obj->encoding, sizeof(obj->encoding), "%s", PQparameterStatus(conn, "client_encoding") ?: "");
 	obj->since_version = since ? job->watermarks[i] : -1;
 	if (asprintf(&sql, "COPY (SELECT %s FROM %s%s%s) TO STDOUT", cols, t->name, since ? " WHERE " : "",
 		     since ? where : "") < 0) {
@@ -339,11 +307,15 @@ static cat_err_t dump_one_table(table_job_t *job, size_t i, char *errstr, size_t
 	}
 	PQclear(res);
 	res = NULL;
-	if ((err = gz_out_open(backup, obj->key, &gz, errstr, errstr_size)))
+	if ((err = gz_out_open(backup, obj->key, job->compress_threads, &gz, errstr, errstr_size)))
 		goto out;
 	while ((n = PQgetCopyData(conn, &data, 0)) > 0) {
-		err = *backup->stop ? cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "interrupted by shutdown")
-				    : gz_out_write(gz, data, (size_t)n, errstr, errstr_size);
+		if (*backup->stop) {
+			err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "interrupted by shutdown");
+		} else {
+			cat_rowscan_feed(scan, data, (size_t)n);
+			err = gz_out_write(gz, data, (size_t)n, errstr, errstr_size);
+		}
 		PQfreemem(data);
 		data = NULL;
 		if (err)
@@ -355,16 +327,18 @@ static cat_err_t dump_one_table(table_job_t *job, size_t i, char *errstr, size_t
 				  res ? PQresultErrorMessage(res) : PQerrorMessage(conn));
 		goto out;
 	}
-	if ((err = stats_receive(stat_conn, t, &stat, errstr, errstr_size)))
+	if ((err = cat_rowscan_result(scan, &sum, errstr, errstr_size)) != CAT_OK) {
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "COPY of %s: %s", t->name, errstr);
 		goto out;
-	obj->rows = stat.rows;
-	snprintf(obj->checksum, sizeof(obj->checksum), "%s", stat.checksum);
-	obj->max_version = stat.max_version >= 0 ? stat.max_version : (since ? job->watermarks[i] : -1);
+	}
+	obj->rows = sum.rows;
+	cat_rowsum_hex(&sum, obj->checksum);
+	obj->max_version = sum.max_version >= 0 ? sum.max_version : (since ? job->watermarks[i] : -1);
 	err = gz_out_finish(gz, obj, errstr, errstr_size);
 out:
 	PQclear(res);
 	gz_out_free(gz);
-	close_cancelling(stat_conn);
+	cat_rowscan_free(scan);
 	cat_pg_close(conn);
 	free(sql);
 	free(cols);
@@ -406,7 +380,8 @@ cat_err_t dump_tables(backup_t *backup, const char *prefix, const char *const *t
 	pthread_t threads[BACKUP_MAX_TABLES];
 	size_t n_threads = (size_t)backup->parallel < n_tables ? (size_t)backup->parallel : n_tables, started = 0;
 	table_job_t job = {.backup = backup, .snap_id = snap_id, .prefix = prefix, .tables = tables,
-			   .n = n_tables, .incremental = incremental, .watermarks = watermarks, .objs = objs};
+			   .n = n_tables, .incremental = incremental, .watermarks = watermarks, .objs = objs,
+			   .compress_threads = backup->compress_threads / (int)(n_threads ? n_threads : 1)};
 	cat_err_t err;
 
 	for (size_t i = 0; i < n_tables; i++) {

@@ -60,6 +60,9 @@ static const cat_config_def_t config_defs[] = {
 	{"CATALYST_BACKUP_PARALLEL", CAT_CFG_INT, "2", false, false, 1, BACKUP_MAX_TABLES, NULL,
 	 "tables of a table backup compressed at once (memory: two upload parts each)"},
 	{"CATALYST_BACKUP_GZIP_LEVEL", CAT_CFG_INT, "6", false, false, 1, 9, NULL, "gzip compression level"},
+	{"CATALYST_BACKUP_COMPRESS_THREADS", CAT_CFG_INT, "0", false, false, 0, 16, NULL,
+	 "threads compressing a backup (shared by the tables backed up at once; 2 MiB each); 0: one per CPU, "
+	 "at most 4"},
 	{"CATALYST_BACKUP_PG_DUMP", CAT_CFG_STRING, "pg_dump", false, false, 0, 0, NULL,
 	 "pg_dump to run (its major version at least the server's)"},
 	{"CATALYST_BACKUP_PSQL", CAT_CFG_STRING, "psql", false, false, 0, 0, NULL, "psql to run for restores"},

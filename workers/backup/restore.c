@@ -19,6 +19,7 @@
 #include "backup.h"
 #include "cat_log.h"
 #include "cat_pg.h"
+#include "cat_rowsum.h"
 #include "cat_schema.h"
 
 static int to_fd(const void *data, size_t len, void *opaque)
@@ -63,7 +64,7 @@ static cat_err_t restore_full(backup_t *backup, json_t *obj, PGconn *target, cha
 	child_t child;
 	cat_err_t err;
 
-	if ((err = child_spawn(&child, argv, target, NULL, true, errstr, errstr_size)))
+	if ((err = child_spawn(&child, argv, target, NULL, NULL, true, errstr, errstr_size)))
 		return err;
 	err = gz_in_read(backup, key, sha, to_fd, &child.fd, NULL, errstr, errstr_size);
 	if (err != CAT_OK && strstr(errstr, "the reader failed")) {
@@ -260,9 +261,9 @@ static cat_err_t copy_schema(backup_t *backup, PGconn *scratch, char *errstr, si
 	char buf[65536];
 	cat_err_t err;
 
-	if ((err = child_spawn(&dump, dump_argv, backup->conn, NULL, false, errstr, errstr_size)))
+	if ((err = child_spawn(&dump, dump_argv, backup->conn, NULL, NULL, false, errstr, errstr_size)))
 		return err;
-	if ((err = child_spawn(&psql, psql_argv, scratch, NULL, true, errstr, errstr_size))) {
+	if ((err = child_spawn(&psql, psql_argv, scratch, NULL, NULL, true, errstr, errstr_size))) {
 		child_kill(&dump);
 		return err;
 	}
@@ -284,11 +285,82 @@ static cat_err_t copy_schema(backup_t *backup, PGconn *scratch, char *errstr, si
 	return err;
 }
 
+/* Row count and checksum of a restored table. algo NULL: as the server
+ * computes them for manifests of format 1 (table_stats); CAT_ROWSUM_ALGO:
+ * over COPY text (the session settings applied by the caller), of the whole
+ * table as pg_dump copies it (whole) or of the schema's columns as a table
+ * backup copies them. */
+static cat_err_t restored_stats(PGconn *conn, const char *algo, const char *table, bool whole, table_stat_t *st,
+				char *errstr, size_t errstr_size)
+{
+	const cat_table_t *t = cat_schema_table(table);
+	cat_rowscan_t *scan = NULL;
+	cat_rowsum_t sum;
+	PGresult *res = NULL;
+	char *sql = NULL, *cols = NULL, *data = NULL;
+	size_t len = 1;
+	cat_err_t err;
+	int n;
+
+	if (!algo)
+		return table_stats(conn, table, NULL, st, errstr, errstr_size);
+	if (!t)
+		return cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT, "unknown table %s", table);
+	for (size_t i = 0; i < t->n_columns; i++)
+		len += strlen(t->columns[i].name) + 2;
+	if (!(cols = calloc(1, len)))
+		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
+	for (size_t i = 0; i < t->n_columns; i++) {
+		if (i)
+			strcat(cols, ", ");
+		strcat(cols, t->columns[i].name);
+	}
+	if ((whole ? asprintf(&sql, "COPY %s TO STDOUT", t->name)
+		   : asprintf(&sql, "COPY (SELECT %s FROM %s) TO STDOUT", cols, t->name)) < 0) {
+		sql = NULL;
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
+		goto out;
+	}
+	if ((err = cat_rowscan_new(&scan, -1, errstr, errstr_size)))
+		goto out;
+	res = PQexec(conn, sql);
+	if (PQresultStatus(res) != PGRES_COPY_OUT) {
+		err = cat_err_set(errstr, errstr_size, cat_pg_error_class(conn, res), "could not read %s back: %s", table,
+				  PQresultErrorMessage(res));
+		goto out;
+	}
+	PQclear(res);
+	while ((n = PQgetCopyData(conn, &data, 0)) > 0) {
+		cat_rowscan_feed(scan, data, (size_t)n);
+		PQfreemem(data);
+	}
+	res = PQgetResult(conn);
+	if (n != -1 || PQresultStatus(res) != PGRES_COMMAND_OK) {
+		err = cat_err_set(errstr, errstr_size, cat_pg_error_class(conn, res), "could not read %s back: %s", table,
+				  res ? PQresultErrorMessage(res) : PQerrorMessage(conn));
+		goto out;
+	}
+	if ((err = cat_rowscan_result(scan, &sum, errstr, errstr_size)))
+		goto out;
+	snprintf(st->table, sizeof(st->table), "%s", table);
+	st->rows = sum.rows;
+	cat_rowsum_hex(&sum, st->checksum);
+	st->max_version = -1;
+out:
+	PQclear(res);
+	cat_rowscan_free(scan);
+	free(sql);
+	free(cols);
+	return err;
+}
+
 cat_err_t verify_backup(backup_t *backup, const char *backup_id, const void *manifest_v, bool *ok, char *report,
 			size_t report_size, char *errstr, size_t errstr_size)
 {
 	json_t *manifest = (json_t *)(uintptr_t)manifest_v;
 	const char *kind = json_string_value(json_object_get(manifest, "kind"));
+	const char *algo = json_string_value(json_object_get(manifest, "checksum_algo"));
+	const char *encoding = json_string_value(json_object_get(manifest, "checksum_encoding"));
 	unsigned char md[SHA256_DIGEST_LENGTH];
 	char scratch_db[64], restore_err[512] = "";
 	PGconn *scratch = NULL;
@@ -324,7 +396,20 @@ cat_err_t verify_backup(backup_t *backup, const char *backup_id, const void *man
 		goto out;
 	}
 
-	/* compare with the manifest, which holds the source's figures */
+	/* compare with the manifest, which holds the source's figures, computed
+	 * the way it says (manifests without checksum_algo: by the server) */
+	if (algo && strcmp(algo, CAT_ROWSUM_ALGO) != 0) {
+		snprintf(report, report_size, "unknown checksum algorithm %s", algo);
+		err = CAT_OK;
+		goto out;
+	}
+	if (algo && (err = cat_pg_exec_script(scratch, CAT_ROWSUM_SESSION_SQL, errstr, errstr_size)))
+		goto out;
+	if (algo && encoding && *encoding && PQsetClientEncoding(scratch, encoding) != 0) {
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "could not set client_encoding %s: %s", encoding,
+				  PQerrorMessage(scratch));
+		goto out;
+	}
 	*ok = true;
 	{
 		json_t *objects = json_object_get(manifest, "objects"), *obj;
@@ -339,33 +424,34 @@ cat_err_t verify_backup(backup_t *backup, const char *backup_id, const void *man
 			json_t *v;
 
 			if (table && *table) { /* table backups: one object per table */
+				const char *want = json_string_value(json_object_get(obj, "checksum")) ?: "";
+				int64_t want_rows = json_integer_value(json_object_get(obj, "rows"));
 				table_stat_t st;
 
-				if ((err = table_stats(scratch, table, NULL, &st, errstr, errstr_size)))
+				if ((err = restored_stats(scratch, algo, table, false, &st, errstr, errstr_size)))
 					goto out;
-				if (st.rows != json_integer_value(json_object_get(obj, "rows")) ||
-				    strcmp(st.checksum, json_string_value(json_object_get(obj, "checksum")) ?: "") != 0) {
+				if (st.rows != want_rows || strcmp(st.checksum, want) != 0) {
 					*ok = false;
 					used += (size_t)snprintf(report + used, used < report_size ? report_size - used : 0,
 								 "%s: %lld rows restored, %lld backed up (checksums %s); ",
-								 table, (long long)st.rows,
-								 (long long)json_integer_value(json_object_get(obj, "rows")),
-								 strcmp(st.checksum, json_string_value(json_object_get(obj, "checksum")) ?: "") == 0 ? "equal" : "differ");
+								 table, (long long)st.rows, (long long)want_rows,
+								 strcmp(st.checksum, want) == 0 ? "equal" : "differ");
 				}
 				continue;
 			}
 			json_object_foreach(counts, key, v)
 			{
+				const char *want = json_string_value(json_object_get(sums, key)) ?: "";
 				table_stat_t st;
 
-				if ((err = table_stats(scratch, key, NULL, &st, errstr, errstr_size)))
+				if ((err = restored_stats(scratch, algo, key, true, &st, errstr, errstr_size)))
 					goto out;
-				if (st.rows != json_integer_value(v) ||
-				    strcmp(st.checksum, json_string_value(json_object_get(sums, key)) ?: "") != 0) {
+				if (st.rows != json_integer_value(v) || strcmp(st.checksum, want) != 0) {
 					*ok = false;
 					used += (size_t)snprintf(report + used, used < report_size ? report_size - used : 0,
-								 "%s: %lld rows restored, %lld backed up; ", key,
-								 (long long)st.rows, (long long)json_integer_value(v));
+								 "%s: %lld rows restored, %lld backed up (checksums %s); ",
+								 key, (long long)st.rows, (long long)json_integer_value(v),
+								 strcmp(st.checksum, want) == 0 ? "equal" : "differ");
 				}
 			}
 		}
