@@ -19,7 +19,7 @@ RUN apt-get update \
 	&& DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
 		build-essential cmake ninja-build pkg-config \
 		librdkafka-dev libpq-dev libhiredis-dev libprotobuf-c-dev protobuf-c-compiler \
-		libcurl4-openssl-dev libssl-dev zlib1g-dev libmicrohttpd-dev libjansson-dev \
+		libcurl4-openssl-dev libssl-dev zlib1g-dev libdeflate-dev libmicrohttpd-dev libjansson-dev \
 		check libsubunit-dev \
 	&& rm -rf /var/lib/apt/lists/*
 WORKDIR /src
@@ -43,7 +43,7 @@ FROM debian:${DEBIAN_RELEASE}-slim AS runtime
 # server's), curl for docker-compose healthchecks, CA certificates for TLS
 RUN apt-get update \
 	&& DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-		librdkafka1 libpq5 libhiredis0.14 libprotobuf-c1 libcurl4 zlib1g \
+		librdkafka1 libpq5 libhiredis0.14 libprotobuf-c1 libcurl4 zlib1g libdeflate0 \
 		libmicrohttpd12 libjansson4 libssl3 \
 		postgresql-client-15 ca-certificates curl \
 	&& rm -rf /var/lib/apt/lists/* \
