@@ -364,6 +364,8 @@ def summary(out_dir):
         else:
             want = None
         s["cache"][pattern] = {"keys": n, "expected": want}
+        if pattern == "candidates:*":  # a handful, named: the generation counter, top-n lists, active
+            s["cache"][pattern]["names"] = sorted(redis_cli("--scan", "--pattern", pattern).split())[:8]
         if want is not None and n != want:
             problems.append(f"cache {pattern}: {n} keys, {want} expected")
 
@@ -442,6 +444,8 @@ def print_summary(s):
     print("\ncache keys")
     for pattern, c in s["cache"].items():
         want = "" if c["expected"] is None else f" (expected {c['expected']})"
+        if c.get("names"):
+            want += f" ({', '.join(c['names'])})"
         print(f"  {pattern:<20} {c['keys']:>8}{want}")
     b = s["backup"]
     if b:
