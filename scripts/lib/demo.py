@@ -32,6 +32,8 @@ import sys
 import urllib.parse
 import urllib.request
 
+import pbwire
+
 TABLES = ["news_raw", "trading_candidates", "trading_signals", "trade_records", "source_metrics"]
 PKS = {"news_raw": "news_id", "trading_candidates": "candidate_id", "trading_signals": "signal_id",
        "trade_records": "trade_id", "source_metrics": "source_name"}
@@ -189,22 +191,6 @@ def day(out_dir, n_news, seed):
           f"{len(symbols)} symbols, {len(broken)} broken records")
 
 
-def pb_varint(n):
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def pb_field(number, value):
-    if isinstance(value, int):
-        return pb_varint(number << 3) + pb_varint(value)
-    data = value.encode() if isinstance(value, str) else value
-    return pb_varint(number << 3 | 2) + pb_varint(len(data)) + data
-
-
 def broken_records(tag, now):
     """What a buggy producer sends: values the schema refuses, a symbol longer
     than its column (catalyst-publish would refuse it, so it is built by hand,
@@ -218,9 +204,7 @@ def broken_records(tag, now):
         r = dict(base, table=table, command_id=f"demo-broken-{key}", **row)
         return json.dumps(r)
 
-    long_row = pb_field(1, f"news-{tag}-broken-long") + pb_field(2, "BRKA.LONGSYM") + pb_field(15, v)
-    meta = pb_field(1, f"demo-broken-long-{tag}") + pb_field(2, v)
-    long_cmd = pb_field(1, meta) + pb_field(2, 1) + pb_field(3, pb_field(1, long_row))
+    long_cmd = pbwire.news_upsert_command(f"demo-broken-long-{tag}", f"news-{tag}-broken-long", "BRKA.LONGSYM", v)
     return [
         ("broken-sentiment", "write", write("news_raw", "sentiment", {
             "news_id": f"news-{tag}-broken-sentiment", "symbol": "ACME", "headline": "ACME sentiment overflow",

@@ -29,8 +29,12 @@ what came back from Kafka, or what a worker made of them, against them.
 """
 import datetime
 import json
+import os
 import random
 import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts", "lib"))
+import pbwire  # noqa: E402
 
 TABLES = {
     "news_raw": "news_id",
@@ -243,30 +247,10 @@ def sequences(path):
         print(json.dumps(w, ensure_ascii=False))
 
 
-def pb_varint(n):
-    out = bytearray()
-    n &= (1 << 64) - 1
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def pb_field(number, value):
-    if isinstance(value, int):
-        return pb_varint(number << 3) + pb_varint(value)
-    data = value.encode() if isinstance(value, str) else value
-    return pb_varint(number << 3 | 2) + pb_varint(len(data)) + data
-
-
 def long_symbol_command(i):
     """A WriteCommand upserting news_raw with an 11-character symbol, built by
     hand: catalyst-publish refuses to make one."""
-    row = pb_field(1, f"poison-news-{i}") + pb_field(2, "ABCDEFGHIJK") + pb_field(15, VERSION_BASE + i)
-    meta = pb_field(1, f"poison-long-{i}") + pb_field(2, VERSION_BASE + i)
-    return pb_field(1, meta) + pb_field(2, 1) + pb_field(3, pb_field(1, row))
+    return pbwire.news_upsert_command(f"poison-long-{i}", f"poison-news-{i}", "ABCDEFGHIJK", VERSION_BASE + i)
 
 
 CHECK_POISON = [
