@@ -63,6 +63,10 @@ struct cat_consumer {
 	atomic_llong last_poll_us;
 	int64_t last_msg_us; /* when the last message arrived (monotonic µs) */
 	bool trimmed;	     /* the heap was trimmed since that message */
+	int64_t dry_since_us;	  /* polls have returned nothing since (0: a message came) */
+	int64_t next_wake_us;	  /* no fetcher wake-up before */
+	int64_t wake_interval_us; /* between wake-ups; doubles while they bring nothing */
+	bool uncommitted;	  /* offsets stored since the last commit when idle */
 	pthread_mutex_t reason_lock;
 	char retry_reason[256];
 
@@ -76,11 +80,15 @@ struct cat_consumer {
 	cat_metric_t *m_latency;
 	cat_metric_t *m_assigned;
 	cat_metric_t *m_abandoned;
+	cat_metric_t *m_fetch_wakes;
 };
 
 #define LAG_HELP "messages behind the partition's end (from librdkafka statistics)"
 #define SETTLE_MAX_BATCHES 4 /* settle once this many batches' worth of messages are settling */
 #define IDLE_TRIM_US	   (2 * 1000000) /* idle this long after traffic: the free heap goes back to the OS */
+#define WAKE_DRY_US	   (50 * 1000)	 /* nothing polled this long while partitions lag: wake the fetcher */
+#define WAKE_INTERVAL_MIN_US (250 * 1000)
+#define WAKE_INTERVAL_MAX_US (8 * 1000000)
 
 static const double batch_size_buckets[] = { 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000 };
 static const double latency_buckets[] = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
@@ -319,6 +327,7 @@ cat_err_t cat_consumer_new(cat_consumer_t **out, const cat_config_t *cfg, const 
 	consumer->backoff_ms = (int)cat_config_int(cfg, "CATALYST_RETRY_BACKOFF_MS");
 	consumer->backoff_max_ms = (int)cat_config_int(cfg, "CATALYST_RETRY_BACKOFF_MAX_MS");
 	consumer->grace_ms = (int)cat_config_int(cfg, "CATALYST_SHUTDOWN_GRACE_MS");
+	consumer->wake_interval_us = WAKE_INTERVAL_MIN_US;
 	consumer->dlq_timeout_ms = (int)cat_config_int(cfg, "CATALYST_DLQ_TIMEOUT_MS");
 	cat_kafka_topic(cfg, CAT_TOPIC_DLQ, consumer->dlq_topic, sizeof(consumer->dlq_topic));
 	while (topics[n_topics])
@@ -356,6 +365,9 @@ cat_err_t cat_consumer_new(cat_consumer_t **out, const cat_config_t *cfg, const 
 	consumer->m_abandoned = cat_metrics_counter(metrics, "catalyst_batches_abandoned_total",
 						    "batches given up unstored (revoked, or shutdown grace over)",
 						    NULL);
+	consumer->m_fetch_wakes = cat_metrics_counter(
+		metrics, "catalyst_fetch_wakeups_total",
+		"fetchers woken after the local queue ran dry while the broker held more", NULL);
 	consumer->m_assigned = cat_metrics_gauge(metrics, "catalyst_assigned_partitions",
 						 "partitions this worker owns", NULL);
 	consumer->m_batch_size = cat_metrics_histogram(metrics, "catalyst_batch_size", "messages per batch",
@@ -384,8 +396,8 @@ cat_err_t cat_consumer_new(cat_consumer_t **out, const cat_config_t *cfg, const 
 				errstr_size)) ||
 	    (err = conf_default(conf, cfg, "auto.offset.reset", "earliest", errstr, errstr_size)) ||
 	    (err = conf_default(conf, cfg, "statistics.interval.ms", "5000", errstr, errstr_size)) ||
-	    /* bounded memory: what librdkafka prefetches per partition */
-	    (err = conf_default(conf, cfg, "queued.max.messages.kbytes", "16384", errstr, errstr_size)) ||
+	    /* bounded memory: what librdkafka prefetches (the consumer queue) */
+	    (err = conf_default(conf, cfg, "queued.max.messages.kbytes", "8192", errstr, errstr_size)) ||
 	    (err = conf_default(conf, cfg, "fetch.max.bytes", "4194304", errstr, errstr_size)) ||
 	    (err = conf_default(conf, cfg, "max.partition.fetch.bytes", "1048576", errstr, errstr_size)))
 		goto error;
@@ -508,6 +520,62 @@ static void pause_all(cat_consumer_t *consumer, bool pause)
 	rd_kafka_topic_partition_list_destroy(assignment);
 }
 
+/*
+ * Wakes a fetcher that sleeps while the broker holds messages for us.
+ *
+ * librdkafka (2.0, Debian's) stops fetching a partition once the local queue
+ * reaches queued.max.messages.kbytes and looks again only when its broker
+ * thread wakes, up to a second later: a worker faster than that drains the
+ * queue and waits out the rest of the second (later releases made this
+ * fetch.queue.backoff.ms). A seek of the partitions that lag to where the
+ * worker stands (the position after the last message polled) wakes the
+ * broker thread; with the queue empty it drops nothing, and what a fetch
+ * in flight brings meanwhile is fetched again from the same position. The
+ * high watermarks are librdkafka's cached ones (no request). Wake-ups that
+ * bring nothing (e.g. a compacted tail) come ever rarer.
+ */
+static void wake_fetcher(cat_consumer_t *consumer, int64_t now)
+{
+	rd_kafka_topic_partition_list_t *assignment = NULL, *behind = NULL;
+
+	consumer->next_wake_us = now + consumer->wake_interval_us;
+	if (rd_kafka_assignment(consumer->rk, &assignment) != RD_KAFKA_RESP_ERR_NO_ERROR || !assignment)
+		return;
+	if (assignment->cnt > 0 && rd_kafka_position(consumer->rk, assignment) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+		for (int i = 0; i < assignment->cnt; i++) {
+			const rd_kafka_topic_partition_t *tp = &assignment->elems[i];
+			int64_t low, high;
+
+			if (tp->offset < 0 || rd_kafka_get_watermark_offsets(consumer->rk, tp->topic, tp->partition,
+									      &low, &high) != RD_KAFKA_RESP_ERR_NO_ERROR ||
+			    high <= tp->offset)
+				continue;
+			if (!behind && !(behind = rd_kafka_topic_partition_list_new(assignment->cnt)))
+				break;
+			rd_kafka_topic_partition_list_add(behind, tp->topic, tp->partition)->offset = tp->offset;
+		}
+	}
+	if (behind) {
+		rd_kafka_error_t *error = rd_kafka_seek_partitions(consumer->rk, behind, 0);
+
+		if (error) {
+			cat_log_write(CAT_LOG_LEVEL_DEBUG, "KAFKA", "could not wake the fetcher: %s",
+				      rd_kafka_error_string(error));
+			rd_kafka_error_destroy(error);
+		} else {
+			cat_log_write(CAT_LOG_LEVEL_DEBUG, "KAFKA",
+				      "nothing to poll for %lld ms while %d partitions lag: fetching again",
+				      (long long)(now - consumer->dry_since_us) / 1000, behind->cnt);
+			cat_metrics_inc(consumer->m_fetch_wakes);
+		}
+		rd_kafka_topic_partition_list_destroy(behind);
+		consumer->wake_interval_us = consumer->wake_interval_us * 2 > WAKE_INTERVAL_MAX_US
+						     ? WAKE_INTERVAL_MAX_US
+						     : consumer->wake_interval_us * 2;
+	}
+	rd_kafka_topic_partition_list_destroy(assignment);
+}
+
 /* Polls (serving rebalances, keeping the membership) while waiting; returns
  * false when the wait should end early: the batch's partition was revoked,
  * or the shutdown grace period is over. */
@@ -544,6 +612,7 @@ static void part_settle(cat_consumer_t *consumer, part_buf_t *part)
 		part->msgs[n - 1]->offset + 1;
 	rd_kafka_offsets_store(consumer->rk, offsets);
 	rd_kafka_topic_partition_list_destroy(offsets);
+	consumer->uncommitted = true;
 	for (size_t i = 0; i < n; i++) {
 		if (part->issued[i] < 0)
 			n_dead++;
@@ -804,8 +873,27 @@ cat_err_t cat_consumer_run(cat_consumer_t *consumer, volatile sig_atomic_t *stop
 					timeout_ms = left < 0 ? 0 : (int)left;
 			}
 		}
+		/* a dry spell is looked into as soon as it is long enough */
+		if (consumer->dry_since_us && timeout_ms > WAKE_DRY_US / 1000)
+			timeout_ms = WAKE_DRY_US / 1000;
 		/* settling batches do not wait for more messages */
 		got = poll_once(consumer, consumer->n_settling > 0 ? 0 : timeout_ms);
+		if (got) {
+			consumer->dry_since_us = 0;
+			consumer->wake_interval_us = WAKE_INTERVAL_MIN_US;
+		} else if (!consumer->dry_since_us) {
+			consumer->dry_since_us = now;
+		} else if (cat_time_mono_us() - consumer->dry_since_us >= WAKE_DRY_US) {
+			/* caught up (or starved): what is stored is committed now
+			 * rather than at the next interval, so a restart replays less */
+			if (consumer->uncommitted && consumer->n_settling == 0) {
+				rd_kafka_commit(consumer->rk, NULL, 1);
+				consumer->uncommitted = false;
+			}
+			if (cat_time_mono_us() >= consumer->next_wake_us && !atomic_load(&consumer->retrying) &&
+			    consumer->settle_attempts == 0)
+				wake_fetcher(consumer, cat_time_mono_us());
+		}
 		if (rd_kafka_fatal_error(consumer->rk, fatal, sizeof(fatal))) {
 			result = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "kafka consumer failed: %s", fatal);
 			break;

@@ -41,7 +41,7 @@ static const cat_config_def_t config_defs[] = {
 	CAT_CONFIG_COMMON,
 	CAT_CONFIG_KAFKA,
 	CAT_CONFIG_PG,
-	CAT_CONFIG_CONSUMER("2000"),
+	CAT_CONFIG_CONSUMER("4000"),
 	CAT_CONFIG_TOMBSTONES,
 	{"CATALYST_PERSIST_GROUP", CAT_CFG_STRING, "catalyst-persist", false, false, 0, 0, NULL,
 	 "consumer group of write.v1 (one per environment sharing a Kafka cluster)"},
