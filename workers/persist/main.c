@@ -97,6 +97,10 @@ int main(int argc, char **argv)
 	 * own, and the heap is trimmed past 1 MiB free at its top */
 	mallopt(M_MMAP_THRESHOLD, 256 * 1024);
 	mallopt(M_TRIM_THRESHOLD, 1024 * 1024);
+	/* one heap for every thread (librdkafka's many, ours few): what a burst
+	 * leaves behind stays in one place, where the idle trim reaches it
+	 * (about 1 MiB less idle RSS, no throughput lost in scripts/bench) */
+	mallopt(M_ARENA_MAX, 1);
 	metrics = cat_metrics_new();
 	if (!metrics || cat_metrics_add_process(metrics, "catalyst_persist") != CAT_OK) {
 		CAT_LOG_ERROR("METRICS", "could not create the metrics registry: out of memory");
