@@ -24,6 +24,7 @@ typedef struct part_buf {
 	int64_t first_at_us; /* when the oldest message waiting for its batch arrived (monotonic) */
 	unsigned revokes;    /* bumped at each revocation: a batch begun before it is void */
 	cat_metric_t *lag;   /* catalyst_consumer_lag{topic,partition} */
+	int64_t stats_lag;   /* the lag the statistics last gave (-1: none yet) */
 } part_buf_t;
 
 /* How a batch ended. */
@@ -89,6 +90,8 @@ struct cat_consumer {
 #define WAKE_DRY_US	   (50 * 1000)	 /* nothing polled this long while partitions lag: wake the fetcher */
 #define WAKE_INTERVAL_MIN_US (250 * 1000)
 #define WAKE_INTERVAL_MAX_US (8 * 1000000)
+#define WAKE_MAX_QUERIES   16 /* partitions queried in one wake-up */
+#define WAKE_QUERY_TIMEOUT_MS 100
 
 static const double batch_size_buckets[] = { 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000 };
 static const double latency_buckets[] = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
@@ -121,6 +124,7 @@ static part_buf_t *part_get(cat_consumer_t *consumer, const char *topic, int32_t
 	}
 	consumer->parts = grown;
 	part->partition = partition;
+	part->stats_lag = -1;
 	snprintf(pstr, sizeof(pstr), "%d", (int)partition);
 	part->lag = cat_metrics_gauge(consumer->metrics, "catalyst_consumer_lag", LAG_HELP, "group",
 				      consumer->group, "topic", topic, "partition", pstr, NULL);
@@ -247,6 +251,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic
 			if (part) {
 				part->revokes++;
 				part_drop(consumer, part, part->n);
+				part->stats_lag = -1;
 				cat_metrics_set(part->lag, 0);
 			}
 		}
@@ -284,9 +289,13 @@ static int stats_cb(rd_kafka_t *rk, char *json, size_t json_len, void *opaque)
 
 			if (p < 0 || !json_is_integer(lag) || json_integer_value(lag) < 0)
 				continue;
-			part = part_find(consumer, topic_name, p);
-			if (part)
-				cat_metrics_set(part->lag, json_integer_value(lag));
+			/* (only assigned partitions have a lag: those nothing was
+			 * polled from yet get their buffer and gauge here) */
+			part = part_get(consumer, topic_name, p);
+			if (part) {
+				part->stats_lag = json_integer_value(lag);
+				cat_metrics_set(part->lag, part->stats_lag);
+			}
 		}
 	}
 	json_decref(root);
@@ -527,53 +536,52 @@ static void pause_all(cat_consumer_t *consumer, bool pause)
  * reaches queued.max.messages.kbytes and looks again only when its broker
  * thread wakes, up to a second later: a worker faster than that drains the
  * queue and waits out the rest of the second (later releases made this
- * fetch.queue.backoff.ms). A seek of the partitions that lag to where the
- * worker stands (the position after the last message polled) wakes the
- * broker thread; with the queue empty it drops nothing, and what a fetch
- * in flight brings meanwhile is fetched again from the same position. The
- * high watermarks are librdkafka's cached ones (no request). Wake-ups that
- * bring nothing (e.g. a compacted tail) come ever rarer.
+ * fetch.queue.backoff.ms). Any request to a broker wakes its thread, which
+ * then decides again which partitions to fetch: a watermark query of each
+ * partition that may be behind (its leader answers it) does that, without
+ * touching what is fetched or its position. Behind: the broker's end, as of
+ * the last fetch, is past the position after the last message polled; for
+ * a partition nothing was polled from yet, unless the statistics last said
+ * its lag was 0. Wake-ups that bring nothing (e.g. a compacted tail) come
+ * ever rarer.
  */
 static void wake_fetcher(cat_consumer_t *consumer, int64_t now)
 {
-	rd_kafka_topic_partition_list_t *assignment = NULL, *behind = NULL;
+	rd_kafka_topic_partition_list_t *assignment = NULL;
+	int woken = 0;
 
 	consumer->next_wake_us = now + consumer->wake_interval_us;
 	if (rd_kafka_assignment(consumer->rk, &assignment) != RD_KAFKA_RESP_ERR_NO_ERROR || !assignment)
 		return;
 	if (assignment->cnt > 0 && rd_kafka_position(consumer->rk, assignment) == RD_KAFKA_RESP_ERR_NO_ERROR) {
-		for (int i = 0; i < assignment->cnt; i++) {
+		for (int i = 0; i < assignment->cnt && woken < WAKE_MAX_QUERIES; i++) {
 			const rd_kafka_topic_partition_t *tp = &assignment->elems[i];
+			const part_buf_t *part = part_find(consumer, tp->topic, tp->partition);
 			int64_t low, high;
+			bool behind;
 
-			if (tp->offset < 0 || rd_kafka_get_watermark_offsets(consumer->rk, tp->topic, tp->partition,
-									      &low, &high) != RD_KAFKA_RESP_ERR_NO_ERROR ||
-			    high <= tp->offset)
+			if (tp->offset >= 0)
+				behind = rd_kafka_get_watermark_offsets(consumer->rk, tp->topic, tp->partition, &low,
+									&high) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+					 high > tp->offset;
+			else
+				behind = !part || part->stats_lag != 0;
+			if (!behind)
 				continue;
-			if (!behind && !(behind = rd_kafka_topic_partition_list_new(assignment->cnt)))
-				break;
-			rd_kafka_topic_partition_list_add(behind, tp->topic, tp->partition)->offset = tp->offset;
+			/* the answer does not matter: the request is the wake-up */
+			rd_kafka_query_watermark_offsets(consumer->rk, tp->topic, tp->partition, &low, &high,
+							 WAKE_QUERY_TIMEOUT_MS);
+			woken++;
 		}
-	}
-	if (behind) {
-		rd_kafka_error_t *error = rd_kafka_seek_partitions(consumer->rk, behind, 0);
-
-		if (error) {
-			cat_log_write(CAT_LOG_LEVEL_DEBUG, "KAFKA", "could not wake the fetcher: %s",
-				      rd_kafka_error_string(error));
-			rd_kafka_error_destroy(error);
-		} else {
-			cat_log_write(CAT_LOG_LEVEL_DEBUG, "KAFKA",
-				      "nothing to poll for %lld ms while %d partitions lag: fetching again",
-				      (long long)(now - consumer->dry_since_us) / 1000, behind->cnt);
-			cat_metrics_inc(consumer->m_fetch_wakes);
-		}
-		rd_kafka_topic_partition_list_destroy(behind);
-		consumer->wake_interval_us = consumer->wake_interval_us * 2 > WAKE_INTERVAL_MAX_US
-						     ? WAKE_INTERVAL_MAX_US
-						     : consumer->wake_interval_us * 2;
 	}
 	rd_kafka_topic_partition_list_destroy(assignment);
+	if (woken == 0)
+		return;
+	cat_log_write(CAT_LOG_LEVEL_DEBUG, "KAFKA", "nothing to poll for %lld ms while %d partitions may lag: fetcher woken",
+		      (long long)(now - consumer->dry_since_us) / 1000, woken);
+	cat_metrics_inc(consumer->m_fetch_wakes);
+	consumer->wake_interval_us = consumer->wake_interval_us * 2 > WAKE_INTERVAL_MAX_US ? WAKE_INTERVAL_MAX_US
+											: consumer->wake_interval_us * 2;
 }
 
 /* Polls (serving rebalances, keeping the membership) while waiting; returns

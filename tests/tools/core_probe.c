@@ -17,6 +17,7 @@
  *   flaky...         the first attempt of each batch holding it fails
  *                    transiently (the core must retry, never skip)
  *   down-while FILE  fails transiently while FILE exists
+ *   slow...          applied, after 0.2 ms (a downstream slower than the fetcher)
  *   anything else    applied
  */
 #include <errno.h>
@@ -81,6 +82,8 @@ static cat_err_t probe_apply(void *opaque, cat_batch_t *batch, char *errstr, siz
 			return cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT, "hidden poison in the batch");
 		if (text_is(rkm, "flaky", NULL))
 			flaky = true;
+		if (text_is(rkm, "slow", NULL))
+			usleep(200);
 		if (text_is(rkm, "down-while ", &rest)) {
 			char path[512];
 			size_t len = rkm->len - (size_t)(rest - (const char *)rkm->payload);
