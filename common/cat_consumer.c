@@ -90,8 +90,6 @@ struct cat_consumer {
 #define WAKE_DRY_US	   (50 * 1000)	 /* nothing polled this long while partitions lag: wake the fetcher */
 #define WAKE_INTERVAL_MIN_US (250 * 1000)
 #define WAKE_INTERVAL_MAX_US (8 * 1000000)
-#define WAKE_MAX_QUERIES   16 /* partitions queried in one wake-up */
-#define WAKE_QUERY_TIMEOUT_MS 100
 
 static const double batch_size_buckets[] = { 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000 };
 static const double latency_buckets[] = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
@@ -536,52 +534,64 @@ static void pause_all(cat_consumer_t *consumer, bool pause)
  * reaches queued.max.messages.kbytes and looks again only when its broker
  * thread wakes, up to a second later: a worker faster than that drains the
  * queue and waits out the rest of the second (later releases made this
- * fetch.queue.backoff.ms). Any request to a broker wakes its thread, which
- * then decides again which partitions to fetch: a watermark query of each
- * partition that may be behind (its leader answers it) does that, without
- * touching what is fetched or its position. Behind: the broker's end, as of
- * the last fetch, is past the position after the last message polled; for
- * a partition nothing was polled from yet, unless the statistics last said
- * its lag was 0. Wake-ups that bring nothing (e.g. a compacted tail) come
- * ever rarer.
+ * fetch.queue.backoff.ms). A seek wakes the thread of the partition's
+ * broker, which then decides again which of its partitions to fetch: each
+ * partition something was polled from is sought to where the worker stands
+ * (the position after the last message polled). The queue being empty, that
+ * drops nothing; what a fetch in flight brings meanwhile is fetched again
+ * from the same position. Done when some partition may be behind: the
+ * broker's end, as of the last fetch, is past the position, or, for a
+ * partition nothing was polled from yet, the statistics have not said its
+ * lag is 0. Wake-ups that bring nothing (e.g. a compacted tail) come ever
+ * rarer. (A request to the broker would wake it too, but waits behind a
+ * fetch in flight, and its timeout is only checked once a second.)
  */
 static void wake_fetcher(cat_consumer_t *consumer, int64_t now)
 {
-	rd_kafka_topic_partition_list_t *assignment = NULL;
-	int woken = 0;
+	rd_kafka_topic_partition_list_t *assignment = NULL, *known = NULL;
+	bool behind = false;
 
 	consumer->next_wake_us = now + consumer->wake_interval_us;
 	if (rd_kafka_assignment(consumer->rk, &assignment) != RD_KAFKA_RESP_ERR_NO_ERROR || !assignment)
 		return;
-	if (assignment->cnt > 0 && rd_kafka_position(consumer->rk, assignment) == RD_KAFKA_RESP_ERR_NO_ERROR) {
-		for (int i = 0; i < assignment->cnt && woken < WAKE_MAX_QUERIES; i++) {
+	if (assignment->cnt > 0 && rd_kafka_position(consumer->rk, assignment) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+	    (known = rd_kafka_topic_partition_list_new(assignment->cnt))) {
+		for (int i = 0; i < assignment->cnt; i++) {
 			const rd_kafka_topic_partition_t *tp = &assignment->elems[i];
-			const part_buf_t *part = part_find(consumer, tp->topic, tp->partition);
+			const part_buf_t *part;
 			int64_t low, high;
-			bool behind;
 
-			if (tp->offset >= 0)
-				behind = rd_kafka_get_watermark_offsets(consumer->rk, tp->topic, tp->partition, &low,
-									&high) == RD_KAFKA_RESP_ERR_NO_ERROR &&
-					 high > tp->offset;
-			else
-				behind = !part || part->stats_lag != 0;
-			if (!behind)
-				continue;
-			/* the answer does not matter: the request is the wake-up */
-			rd_kafka_query_watermark_offsets(consumer->rk, tp->topic, tp->partition, &low, &high,
-							 WAKE_QUERY_TIMEOUT_MS);
-			woken++;
+			if (tp->offset >= 0) {
+				rd_kafka_topic_partition_list_add(known, tp->topic, tp->partition)->offset = tp->offset;
+				behind = behind || (rd_kafka_get_watermark_offsets(consumer->rk, tp->topic, tp->partition,
+										   &low, &high) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+						    high > tp->offset);
+			} else {
+				part = part_find(consumer, tp->topic, tp->partition);
+				behind = behind || !part || part->stats_lag != 0;
+			}
 		}
 	}
+	if (behind && known->cnt > 0) {
+		rd_kafka_error_t *error = rd_kafka_seek_partitions(consumer->rk, known, 0);
+
+		if (error) {
+			cat_log_write(CAT_LOG_LEVEL_DEBUG, "KAFKA", "could not wake the fetcher: %s",
+				      rd_kafka_error_string(error));
+			rd_kafka_error_destroy(error);
+		} else {
+			cat_log_write(CAT_LOG_LEVEL_DEBUG, "KAFKA",
+				      "nothing to poll for %lld ms while partitions may lag: fetcher woken",
+				      (long long)(now - consumer->dry_since_us) / 1000);
+			cat_metrics_inc(consumer->m_fetch_wakes);
+		}
+		consumer->wake_interval_us = consumer->wake_interval_us * 2 > WAKE_INTERVAL_MAX_US
+						     ? WAKE_INTERVAL_MAX_US
+						     : consumer->wake_interval_us * 2;
+	}
+	if (known)
+		rd_kafka_topic_partition_list_destroy(known);
 	rd_kafka_topic_partition_list_destroy(assignment);
-	if (woken == 0)
-		return;
-	cat_log_write(CAT_LOG_LEVEL_DEBUG, "KAFKA", "nothing to poll for %lld ms while %d partitions may lag: fetcher woken",
-		      (long long)(now - consumer->dry_since_us) / 1000, woken);
-	cat_metrics_inc(consumer->m_fetch_wakes);
-	consumer->wake_interval_us = consumer->wake_interval_us * 2 > WAKE_INTERVAL_MAX_US ? WAKE_INTERVAL_MAX_US
-											: consumer->wake_interval_us * 2;
 }
 
 /* Polls (serving rebalances, keeping the membership) while waiting; returns
