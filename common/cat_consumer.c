@@ -7,6 +7,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "cat_log.h"
 #include "cat_time.h"
@@ -1011,6 +1013,60 @@ out:
 	return result;
 }
 
+/*
+ * librdkafka's teardown can hang for good (2.0: a consumer whose topic was
+ * deleted under it waits forever for its incremental unassign). By then the
+ * work is durable and the offsets committed or given up, so a process that
+ * is only ending does not wait past DESTROY_TIMEOUT_S for it.
+ */
+#define DESTROY_TIMEOUT_S 10
+
+typedef struct destroy_watch {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool done;
+} destroy_watch_t;
+
+static void *destroy_watchdog(void *opaque)
+{
+	destroy_watch_t *watch = opaque;
+	struct timespec until;
+	bool done;
+
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += DESTROY_TIMEOUT_S;
+	pthread_mutex_lock(&watch->lock);
+	while (!watch->done && pthread_cond_timedwait(&watch->cond, &watch->lock, &until) == 0)
+		;
+	done = watch->done;
+	pthread_mutex_unlock(&watch->lock);
+	if (!done) {
+		cat_log_write(CAT_LOG_LEVEL_ERROR, "KAFKA",
+			      "the Kafka client did not shut down within %d s (was its topic deleted?): exiting "
+			      "without it; what was applied is durable and its offsets were committed or will be "
+			      "redelivered",
+			      DESTROY_TIMEOUT_S);
+		_exit(0);
+	}
+	return NULL;
+}
+
+static void destroy_client(rd_kafka_t *rk)
+{
+	destroy_watch_t watch = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
+	pthread_t thread;
+	bool watched = pthread_create(&thread, NULL, destroy_watchdog, &watch) == 0;
+
+	rd_kafka_destroy(rk);
+	if (!watched)
+		return;
+	pthread_mutex_lock(&watch.lock);
+	watch.done = true;
+	pthread_cond_signal(&watch.cond);
+	pthread_mutex_unlock(&watch.lock);
+	pthread_join(thread, NULL);
+}
+
 void cat_consumer_destroy(cat_consumer_t *consumer)
 {
 	if (!consumer)
@@ -1019,7 +1075,7 @@ void cat_consumer_destroy(cat_consumer_t *consumer)
 		part_free(consumer, consumer->parts[i]);
 	free(consumer->parts);
 	if (consumer->rk)
-		rd_kafka_destroy(consumer->rk);
+		destroy_client(consumer->rk);
 	cat_producer_destroy(consumer->dlq);
 	if (consumer->topics)
 		for (size_t i = 0; consumer->topics[i]; i++)

@@ -147,4 +147,21 @@ wakes=$(curl -s "http://127.0.0.1:$port/metrics" | awk '$1 == "catalyst_fetch_wa
 [ "${wakes:-0}" -gt 0 ] || fail "the fetcher was never woken (catalyst_fetch_wakeups_total ${wakes:-missing})"
 kill -TERM "$probe_pid"
 wait "$probe_pid" || fail "sixth core-probe did not exit 0"
+
+# --- 6. the topic deleted under a running worker: SIGTERM still ends it ---------------------------
+# (librdkafka 2.0's teardown then waits forever for an unassign that cannot
+# complete; the worker gives it 10 s)
+: >"$work/applied"
+(
+	export CATALYST_TOPIC_PREFIX="${CATALYST_TOPIC_PREFIX}gone."
+	"$bin/topic-admin" create >/dev/null
+	start_probe seventh 0
+	echo "G:before-delete" | "$bin/core-probe" produce write.v1
+	wait_for 60 "the message before the deletion applied" grep -q before-delete "$work/applied"
+	"$bin/topic-admin" delete >/dev/null
+	sleep 5
+	kill -TERM "$probe_pid"
+	wait_for 40 "the worker to exit after SIGTERM" bash -c "! kill -0 $probe_pid 2>/dev/null"
+	wait "$probe_pid" || fail "core-probe did not exit 0 after its topic was deleted"
+)
 echo "ok: consumer core"
