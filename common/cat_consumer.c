@@ -57,7 +57,7 @@ struct cat_consumer {
 
 	volatile sig_atomic_t *stop;
 	int64_t stop_deadline_us; /* 0 until stop is seen */
-	cat_msg_t *msg_scratch;   /* batch_size entries (NULL while idle) */
+	cat_msg_t *msg_scratch;   /* batch_size entries, allocated by the first batch (NULL while idle) */
 	size_t n_settling;	  /* applied messages whose offsets wait for settle() */
 	int settle_attempts;	  /* consecutive settle() failures */
 
@@ -344,8 +344,7 @@ cat_err_t cat_consumer_new(cat_consumer_t **out, const cat_config_t *cfg, const 
 	consumer->worker = strdup(worker);
 	consumer->group = strdup(group);
 	consumer->topics = calloc(n_topics + 1, sizeof(char *));
-	consumer->msg_scratch = calloc((size_t)consumer->batch_size, sizeof(cat_msg_t));
-	if (!consumer->worker || !consumer->group || !consumer->topics || !consumer->msg_scratch) {
+	if (!consumer->worker || !consumer->group || !consumer->topics) {
 		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
 		goto error;
 	}
@@ -909,16 +908,16 @@ cat_err_t cat_consumer_run(cat_consumer_t *consumer, volatile sig_atomic_t *stop
 			consumer->wake_interval_us = WAKE_INTERVAL_MIN_US;
 		} else if (!consumer->dry_since_us) {
 			consumer->dry_since_us = now;
-		} else if (cat_time_mono_us() - consumer->dry_since_us >= WAKE_DRY_US) {
+		} else if ((now = cat_time_mono_us()) - consumer->dry_since_us >= WAKE_DRY_US) {
 			/* caught up (or starved): what is stored is committed now
 			 * rather than at the next interval, so a restart replays less */
 			if (consumer->uncommitted && consumer->n_settling == 0) {
 				rd_kafka_commit(consumer->rk, NULL, 1);
 				consumer->uncommitted = false;
 			}
-			if (cat_time_mono_us() >= consumer->next_wake_us && !atomic_load(&consumer->retrying) &&
+			if (now >= consumer->next_wake_us && !atomic_load(&consumer->retrying) &&
 			    consumer->settle_attempts == 0)
-				wake_fetcher(consumer, cat_time_mono_us());
+				wake_fetcher(consumer, now);
 		}
 		if (rd_kafka_fatal_error(consumer->rk, fatal, sizeof(fatal))) {
 			result = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "kafka consumer failed: %s", fatal);

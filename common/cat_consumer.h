@@ -27,15 +27,14 @@
  * Stored offsets are committed every CATALYST_COMMIT_INTERVAL_MS, as soon as
  * the worker has caught up (nothing polled for 50 ms, nothing settling),
  * synchronously when partitions are revoked (cooperative-sticky assignment),
- * and at close.
+ * and at close. Batches of revoked partitions are abandoned unstored: the new
+ * owner gets them again.
  *
  * Prefetch is bounded by queued.max.messages.kbytes (8 MiB by default,
  * CATALYST_KAFKA_QUEUED_MAX_MESSAGES_KBYTES). librdkafka 2.0 stops fetching
  * when that fills and looks again only up to a second later; when the queue
  * runs dry while the broker holds more, the loop wakes the fetcher at once
  * (catalyst_fetch_wakeups_total).
- * Batches of revoked partitions are abandoned unstored: the new owner gets
- * them again.
  */
 #ifndef CAT_CONSUMER_H
 #define CAT_CONSUMER_H
