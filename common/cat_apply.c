@@ -318,11 +318,15 @@ static void mark_applied(cat_apply_t *apply, size_t table, unsigned round, bool 
 	}
 }
 
+static cat_err_t read_skipped(cat_apply_t *apply, PGconn *conn, size_t t, size_t from, size_t to,
+			      char *errstr, size_t errstr_size);
+
 static cat_err_t run_deletes(cat_apply_t *apply, PGconn *conn, size_t t, size_t from, size_t to, char *errstr,
 			     size_t errstr_size)
 {
 	static const cat_col_type_t types[] = {CAT_COL_TEXT, CAT_COL_INT64};
 	PGresult *res = NULL;
+	size_t n_applied;
 	cat_err_t err;
 
 	if ((err = cat_sql_arrays_begin(&apply->arrays, 2, types)) != CAT_OK)
@@ -336,7 +340,10 @@ static cat_err_t run_deletes(cat_apply_t *apply, PGconn *conn, size_t t, size_t 
 	if (err != CAT_OK)
 		return err;
 	mark_applied(apply, t, apply->sorted[from]->round, true, res);
+	n_applied = (size_t)PQntuples(res);
 	PQclear(res);
+	if (apply->read_skipped && n_applied < to - from)
+		return read_skipped(apply, conn, t, from, to, errstr, errstr_size);
 	return CAT_OK;
 }
 
@@ -358,11 +365,13 @@ static cat_err_t keys_param(cat_apply_t *apply, size_t from, size_t to, bool onl
 	return CAT_OK;
 }
 
-/* For the upserts of sorted[from, to) the statement skipped: what the table
- * holds instead. */
+/* For the writes of sorted[from, to) the statement skipped (all upserts or
+ * all deletes): what the table holds instead. */
 static cat_err_t read_skipped(cat_apply_t *apply, PGconn *conn, size_t t, size_t from, size_t to,
 			      char *errstr, size_t errstr_size)
 {
+	bool is_delete = apply->sorted[from]->is_delete;
+
 	PGresult *res = NULL;
 	cat_err_t err;
 
@@ -372,7 +381,7 @@ static cat_err_t read_skipped(cat_apply_t *apply, PGconn *conn, size_t t, size_t
 		return err;
 	for (int r = 0; r < PQntuples(res); r++) {
 		cat_apply_write_t *write =
-			write_find(apply, t, PQgetvalue(res, r, 0), apply->sorted[from]->round, false);
+			write_find(apply, t, PQgetvalue(res, r, 0), apply->sorted[from]->round, is_delete);
 
 		if (!write)
 			continue;

@@ -62,8 +62,9 @@ typedef struct cat_apply_write {
 	bool is_delete;
 	bool live;    /* part of the resolved set */
 	bool applied; /* the statement changed the database */
-	/* cat_apply_read_skipped(): for an upsert its statement skipped, what the
-	 * table held right after that statement (has_state false: not read) */
+	/* cat_apply_read_skipped(): for a write its statement skipped (an upsert
+	 * not applied, or a delete that removed no row), what the table held
+	 * right after that statement (has_state false: not read) */
 	bool has_state;
 	int64_t stored;	   /* the stored row's version (-1: no row) */
 	int64_t tombstone; /* the key's tombstone's version (-1: none) */
@@ -75,8 +76,8 @@ typedef struct cat_apply cat_apply_t;
 cat_err_t cat_apply_new(cat_apply_t **out, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 void cat_apply_destroy(cat_apply_t *apply);
 
-/* With `on`, cat_apply_run() reads, right after each upsert statement that
- * skipped some of its writes, what the table holds for their keys (the
+/* With `on`, cat_apply_run() reads, right after each upsert or delete
+ * statement that skipped some of its writes, what the table holds for their keys (the
  * `state` statement: ->has_state, ->stored, ->tombstone), e.g. to decide
  * what to publish for them. Off by default. */
 void cat_apply_read_skipped(cat_apply_t *apply, bool on);

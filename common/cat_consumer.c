@@ -10,6 +10,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+
 #include "cat_log.h"
 #include "cat_time.h"
 
@@ -38,6 +40,9 @@ typedef enum batch_result {
 
 struct cat_consumer {
 	rd_kafka_t *rk;
+	bool rk_assigned; /* rk's group assigned it partitions at least once */
+	const cat_config_t *cfg; /* borrowed: the client is made again from it */
+	int recreations;	 /* consecutive recreations of the client */
 	cat_producer_t *dlq;
 	char dlq_topic[256];
 	char *worker;
@@ -84,6 +89,14 @@ struct cat_consumer {
 	cat_metric_t *m_assigned;
 	cat_metric_t *m_abandoned;
 	cat_metric_t *m_fetch_wakes;
+	cat_metric_t *m_recreated;
+
+	/* the dead letters of the batch being dead-lettered: their delivery
+	 * reports carry (generation << 32 | index) and land here while the
+	 * generation is current */
+	uint32_t dlq_generation;
+	uint8_t *dlq_states;
+	size_t dlq_n_states;
 };
 
 #define LAG_HELP "messages behind the partition's end (from librdkafka statistics)"
@@ -92,6 +105,15 @@ struct cat_consumer {
 #define WAKE_DRY_US	   (50 * 1000)	 /* nothing polled this long while partitions lag: wake the fetcher */
 #define WAKE_INTERVAL_MIN_US (250 * 1000)
 #define WAKE_INTERVAL_MAX_US (8 * 1000000)
+/* The DLQ producer takes any message the consumer can fetch; a letter the
+ * broker still refuses as too large goes out truncated to this much of its
+ * value (and DLQ_TRUNCATED_KEY of its key), with the original size and
+ * sha256 in headers. */
+#define DLQ_MESSAGE_MAX_BYTES "67108864"
+#define DLQ_TRUNCATED_VALUE   (64 * 1024)
+#define DLQ_TRUNCATED_KEY     1024
+#define RECREATE_BACKOFF_MIN_MS 500   /* before a failed client is made again; doubles */
+#define RECREATE_BACKOFF_MAX_MS 30000
 
 static const double batch_size_buckets[] = { 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000 };
 static const double latency_buckets[] = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
@@ -227,6 +249,8 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic
 	cat_metrics_inc(consumer->m_rebalances);
 	if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
 		cat_log_write(CAT_LOG_LEVEL_INFO, "KAFKA", "assigned %d partitions", list->cnt);
+		consumer->rk_assigned = true;
+		consumer->recreations = 0;
 		if (cooperative)
 			error = rd_kafka_incremental_assign(rk, list);
 		else
@@ -313,14 +337,80 @@ static cat_err_t conf_default(rd_kafka_conf_t *conf, const cat_config_t *cfg, co
 	return cat_kafka_conf_set(conf, name, value, errstr, errstr_size);
 }
 
+/* Makes the Kafka consumer of `consumer` and subscribes it (at start, and
+ * again after a fatal error). */
+static void dead_letter_report(void *msg_opaque, rd_kafka_resp_err_t err, const rd_kafka_message_t *rkm,
+			       void *opaque);
+
+static cat_err_t client_new(cat_consumer_t *consumer, char *errstr, size_t errstr_size)
+{
+	const cat_config_t *cfg = consumer->cfg;
+	rd_kafka_conf_t *conf = NULL;
+	rd_kafka_topic_partition_list_t *subscription = NULL;
+	char buf[64], kerr[512];
+	size_t n_topics = 0;
+	cat_err_t err;
+
+	consumer->rk_assigned = false;
+	if ((err = cat_kafka_conf_new(&conf, cfg, consumer->worker, errstr, errstr_size)) != CAT_OK)
+		goto error;
+	snprintf(buf, sizeof(buf), "%lld", cat_config_int(cfg, "CATALYST_COMMIT_INTERVAL_MS"));
+	/* the contract: offsets stored by us only, committed by librdkafka's timer */
+	if ((err = cat_kafka_conf_set(conf, "group.id", consumer->group, errstr, errstr_size)) ||
+	    (err = cat_kafka_conf_set(conf, "enable.auto.offset.store", "false", errstr, errstr_size)) ||
+	    (err = cat_kafka_conf_set(conf, "enable.auto.commit", "true", errstr, errstr_size)) ||
+	    (err = cat_kafka_conf_set(conf, "auto.commit.interval.ms", buf, errstr, errstr_size)) ||
+	    (err = conf_default(conf, cfg, "partition.assignment.strategy", "cooperative-sticky", errstr,
+				errstr_size)) ||
+	    (err = conf_default(conf, cfg, "auto.offset.reset", "earliest", errstr, errstr_size)) ||
+	    (err = conf_default(conf, cfg, "statistics.interval.ms", "5000", errstr, errstr_size)) ||
+	    /* bounded memory: what librdkafka prefetches (the consumer queue) */
+	    (err = conf_default(conf, cfg, "queued.max.messages.kbytes", "8192", errstr, errstr_size)) ||
+	    (err = conf_default(conf, cfg, "fetch.max.bytes", "4194304", errstr, errstr_size)) ||
+	    (err = conf_default(conf, cfg, "max.partition.fetch.bytes", "1048576", errstr, errstr_size)))
+		goto error;
+	if (cat_config_is_set(cfg, "CATALYST_GROUP_INSTANCE_ID") &&
+	    (err = cat_kafka_conf_set(conf, "group.instance.id",
+				      cat_config_str(cfg, "CATALYST_GROUP_INSTANCE_ID"), errstr, errstr_size)))
+		goto error;
+	rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
+	rd_kafka_conf_set_stats_cb(conf, stats_cb);
+	rd_kafka_conf_set_opaque(conf, consumer);
+
+	consumer->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, kerr, sizeof(kerr));
+	if (!consumer->rk) {
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "could not create kafka consumer: %s", kerr);
+		goto error;
+	}
+	conf = NULL; /* owned by consumer->rk */
+	rd_kafka_poll_set_consumer(consumer->rk);
+
+	while (consumer->topics[n_topics])
+		n_topics++;
+	subscription = rd_kafka_topic_partition_list_new((int)n_topics);
+	for (size_t i = 0; i < n_topics; i++)
+		rd_kafka_topic_partition_list_add(subscription, consumer->topics[i], RD_KAFKA_PARTITION_UA);
+	rd_kafka_resp_err_t kr = rd_kafka_subscribe(consumer->rk, subscription);
+	rd_kafka_topic_partition_list_destroy(subscription);
+	if (kr) {
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "could not subscribe: %s",
+				  rd_kafka_err2str(kr));
+		goto error;
+	}
+	return CAT_OK;
+
+error:
+	if (conf)
+		rd_kafka_conf_destroy(conf);
+	return err;
+}
+
 cat_err_t cat_consumer_new(cat_consumer_t **out, const cat_config_t *cfg, const char *worker,
 			   const char *group, const char *const *topics, const cat_handler_t *handler,
 			   cat_metrics_t *metrics, char *errstr, size_t errstr_size)
 {
 	cat_consumer_t *consumer;
-	rd_kafka_conf_t *conf = NULL;
-	rd_kafka_topic_partition_list_t *subscription = NULL;
-	char buf[256], kerr[512];
+	char buf[256];
 	size_t n_topics = 0;
 	cat_err_t err;
 
@@ -331,6 +421,7 @@ cat_err_t cat_consumer_new(cat_consumer_t **out, const cat_config_t *cfg, const 
 	pthread_mutex_init(&consumer->reason_lock, NULL);
 	consumer->handler = *handler;
 	consumer->metrics = metrics;
+	consumer->cfg = cfg;
 	consumer->batch_size = (int)cat_config_int(cfg, "CATALYST_BATCH_SIZE");
 	consumer->linger_ms = (int)cat_config_int(cfg, "CATALYST_BATCH_LINGER_MS");
 	consumer->backoff_ms = (int)cat_config_int(cfg, "CATALYST_RETRY_BACKOFF_MS");
@@ -387,72 +478,78 @@ cat_err_t cat_consumer_new(cat_consumer_t **out, const cat_config_t *cfg, const 
 		"from the command's issued_at_us to its effect being durable", latency_buckets,
 		sizeof(latency_buckets) / sizeof(latency_buckets[0]), NULL);
 
+	consumer->m_recreated = cat_metrics_counter(
+		metrics, "catalyst_kafka_consumer_recreated_total",
+		"Kafka consumers closed and made again after a fatal error (e.g. fenced by the broker)", NULL);
+
 	snprintf(buf, sizeof(buf), "%s-dlq", worker);
-	if ((err = cat_producer_new(&consumer->dlq, cfg, buf, consumer->dlq_timeout_ms, NULL, NULL, errstr,
-				    errstr_size)) != CAT_OK)
+	if ((err = cat_producer_new_with(&consumer->dlq, cfg, buf, consumer->dlq_timeout_ms, dead_letter_report,
+					 consumer, "message.max.bytes", DLQ_MESSAGE_MAX_BYTES, errstr, errstr_size)) !=
+	    CAT_OK)
 		goto error;
-
-	if ((err = cat_kafka_conf_new(&conf, cfg, worker, errstr, errstr_size)) != CAT_OK)
+	if ((err = client_new(consumer, errstr, errstr_size)) != CAT_OK)
 		goto error;
-	snprintf(buf, sizeof(buf), "%lld", cat_config_int(cfg, "CATALYST_COMMIT_INTERVAL_MS"));
-	/* the contract: offsets stored by us only, committed by librdkafka's timer */
-	if ((err = cat_kafka_conf_set(conf, "group.id", group, errstr, errstr_size)) ||
-	    (err = cat_kafka_conf_set(conf, "enable.auto.offset.store", "false", errstr, errstr_size)) ||
-	    (err = cat_kafka_conf_set(conf, "enable.auto.commit", "true", errstr, errstr_size)) ||
-	    (err = cat_kafka_conf_set(conf, "auto.commit.interval.ms", buf, errstr, errstr_size)) ||
-	    (err = conf_default(conf, cfg, "partition.assignment.strategy", "cooperative-sticky", errstr,
-				errstr_size)) ||
-	    (err = conf_default(conf, cfg, "auto.offset.reset", "earliest", errstr, errstr_size)) ||
-	    (err = conf_default(conf, cfg, "statistics.interval.ms", "5000", errstr, errstr_size)) ||
-	    /* bounded memory: what librdkafka prefetches (the consumer queue) */
-	    (err = conf_default(conf, cfg, "queued.max.messages.kbytes", "8192", errstr, errstr_size)) ||
-	    (err = conf_default(conf, cfg, "fetch.max.bytes", "4194304", errstr, errstr_size)) ||
-	    (err = conf_default(conf, cfg, "max.partition.fetch.bytes", "1048576", errstr, errstr_size)))
-		goto error;
-	if (cat_config_is_set(cfg, "CATALYST_GROUP_INSTANCE_ID") &&
-	    (err = cat_kafka_conf_set(conf, "group.instance.id",
-				      cat_config_str(cfg, "CATALYST_GROUP_INSTANCE_ID"), errstr, errstr_size)))
-		goto error;
-	rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
-	rd_kafka_conf_set_stats_cb(conf, stats_cb);
-	rd_kafka_conf_set_opaque(conf, consumer);
-
-	consumer->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, kerr, sizeof(kerr));
-	if (!consumer->rk) {
-		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "could not create kafka consumer: %s", kerr);
-		goto error;
-	}
-	conf = NULL; /* owned by consumer->rk */
-	rd_kafka_poll_set_consumer(consumer->rk);
-
-	subscription = rd_kafka_topic_partition_list_new((int)n_topics);
-	for (size_t i = 0; i < n_topics; i++)
-		rd_kafka_topic_partition_list_add(subscription, consumer->topics[i], RD_KAFKA_PARTITION_UA);
-	rd_kafka_resp_err_t kr = rd_kafka_subscribe(consumer->rk, subscription);
-	rd_kafka_topic_partition_list_destroy(subscription);
-	if (kr) {
-		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "could not subscribe: %s",
-				  rd_kafka_err2str(kr));
-		goto error;
-	}
 	*out = consumer;
 	return CAT_OK;
 
 error:
-	if (conf)
-		rd_kafka_conf_destroy(conf);
 	cat_consumer_destroy(consumer);
 	return err;
 }
 
 /* --- dead letters ------------------------------------------------------------------ */
 
-static cat_err_t dead_letter_send(cat_consumer_t *consumer, const cat_msg_t *msg, char *errstr,
-				  size_t errstr_size)
+/* How a dead letter fared (cat_msg_t.dlq_state). */
+enum {
+	DLQ_PENDING,
+	DLQ_DELIVERED,
+	DLQ_TOO_LARGE, /* refused for its size: goes again truncated */
+	DLQ_FAILED,
+};
+
+/* The DLQ producer's delivery reports (a late one, of a batch given up, is
+ * dropped). */
+static void dead_letter_report(void *msg_opaque, rd_kafka_resp_err_t err, const rd_kafka_message_t *rkm,
+			       void *opaque)
+{
+	cat_consumer_t *consumer = opaque;
+	uint64_t tag = (uint64_t)(uintptr_t)msg_opaque;
+	size_t i = (size_t)(tag & 0xffffffffu);
+
+	(void)rkm;
+	if (!consumer || !consumer->dlq_states || (uint32_t)(tag >> 32) != consumer->dlq_generation ||
+	    i >= consumer->dlq_n_states)
+		return;
+	consumer->dlq_states[i] = err == RD_KAFKA_RESP_ERR_NO_ERROR		  ? DLQ_DELIVERED
+			 : err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE ||
+				   err == RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE
+			     ? DLQ_TOO_LARGE
+			     : DLQ_FAILED;
+}
+
+/* Hex sha256 of `data` into hex (65 bytes). */
+static void sha256_hex(const void *data, size_t len, char *hex)
+{
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int md_len = 0;
+
+	hex[0] = '\0';
+	if (EVP_Digest(data, len, md, &md_len, EVP_sha256(), NULL) != 1)
+		return;
+	for (unsigned int i = 0; i < md_len && i < 32; i++)
+		snprintf(hex + 2 * i, 3, "%02x", md[i]);
+}
+
+/* Sends the dead letter of `msg`: the original key and value with the
+ * reason and source in headers; `truncated`: only the start of each, with
+ * the original sizes and sha256. */
+static cat_err_t dead_letter_send(cat_consumer_t *consumer, const cat_msg_t *msg, size_t i, bool truncated,
+				  char *errstr, size_t errstr_size)
 {
 	const rd_kafka_message_t *rkm = msg->rkm;
-	rd_kafka_headers_t *headers = rd_kafka_headers_new(6);
-	char partition[16], offset[32], failed_at[40];
+	rd_kafka_headers_t *headers = rd_kafka_headers_new(10);
+	char partition[16], offset[32], failed_at[40], size[32], key_size[32], sha[65];
+	size_t key_len = rkm->key_len, len = rkm->len;
 	cat_err_t err;
 
 	snprintf(partition, sizeof(partition), "%d", (int)rkm->partition);
@@ -464,22 +561,48 @@ static cat_err_t dead_letter_send(cat_consumer_t *consumer, const cat_msg_t *msg
 	rd_kafka_header_add(headers, "x-catalyst-source-offset", -1, offset, -1);
 	rd_kafka_header_add(headers, "x-catalyst-worker", -1, consumer->worker, -1);
 	rd_kafka_header_add(headers, "x-catalyst-failed-at", -1, failed_at, -1);
-	err = cat_producer_send(consumer->dlq, consumer->dlq_topic, RD_KAFKA_PARTITION_UA, rkm->key,
-				rkm->key_len, rkm->payload, rkm->len, headers, NULL, errstr, errstr_size);
+	if (truncated) {
+		snprintf(size, sizeof(size), "%zu", rkm->len);
+		snprintf(key_size, sizeof(key_size), "%zu", rkm->key_len);
+		sha256_hex(rkm->payload, rkm->len, sha);
+		rd_kafka_header_add(headers, "x-catalyst-truncated", -1, "true", -1);
+		rd_kafka_header_add(headers, "x-catalyst-original-size", -1, size, -1);
+		rd_kafka_header_add(headers, "x-catalyst-original-sha256", -1, sha, -1);
+		rd_kafka_header_add(headers, "x-catalyst-original-key-size", -1, key_size, -1);
+		if (key_len > DLQ_TRUNCATED_KEY)
+			key_len = DLQ_TRUNCATED_KEY;
+		if (len > DLQ_TRUNCATED_VALUE)
+			len = DLQ_TRUNCATED_VALUE;
+	}
+	consumer->dlq_states[i] = DLQ_PENDING;
+	err = cat_producer_send(consumer->dlq, consumer->dlq_topic, RD_KAFKA_PARTITION_UA, rkm->key, key_len,
+				rkm->payload, len, headers,
+				(void *)(uintptr_t)((uint64_t)consumer->dlq_generation << 32 | (uint64_t)i), errstr,
+				errstr_size);
 	if (err != CAT_OK)
 		rd_kafka_headers_destroy(headers); /* still ours on failure */
 	return err;
 }
 
 /* Sends every message marked permanent to dlq.v1 and waits for all the
- * acknowledgements. Anything short of that is retriable. */
+ * acknowledgements; a letter refused for its size goes again truncated.
+ * Anything short of every letter delivered is retriable. */
 static cat_err_t dead_letter_marked(cat_consumer_t *consumer, cat_batch_t *batch, size_t *n_dead,
 				    char *errstr, size_t errstr_size)
 {
-	uint64_t failed_before = cat_producer_failed(consumer->dlq);
-	cat_err_t err;
+	size_t n_again = 0;
+	cat_err_t err = CAT_OK;
 
 	*n_dead = 0;
+	for (size_t i = 0; i < batch->n; i++)
+		if (batch->msgs[i].result != CAT_OK)
+			(*n_dead)++;
+	if (*n_dead == 0)
+		return CAT_OK;
+	if (!(consumer->dlq_states = calloc(batch->n, 1)))
+		return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "out of memory");
+	consumer->dlq_n_states = batch->n;
+	consumer->dlq_generation++;
 	for (size_t i = 0; i < batch->n; i++) {
 		cat_msg_t *msg = &batch->msgs[i];
 
@@ -487,18 +610,38 @@ static cat_err_t dead_letter_marked(cat_consumer_t *consumer, cat_batch_t *batch
 			continue;
 		if (!msg->reason[0])
 			snprintf(msg->reason, sizeof(msg->reason), "rejected by %s", consumer->worker);
-		if ((err = dead_letter_send(consumer, msg, errstr, errstr_size)) != CAT_OK)
-			return err == CAT_ERR_FATAL ? err : CAT_ERR_RETRIABLE;
-		(*n_dead)++;
+		err = dead_letter_send(consumer, msg, i, false, errstr, errstr_size);
+		if (err == CAT_ERR_PERMANENT) /* larger than the producer takes */
+			err = dead_letter_send(consumer, msg, i, true, errstr, errstr_size);
+		if (err != CAT_OK)
+			goto out;
 	}
-	if (*n_dead == 0)
-		return CAT_OK;
 	if ((err = cat_producer_flush(consumer->dlq, consumer->dlq_timeout_ms + 5000, errstr, errstr_size)) !=
 	    CAT_OK)
-		return err;
-	if (cat_producer_failed(consumer->dlq) != failed_before)
-		return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE,
-				   "could not deliver a dead letter to %s", consumer->dlq_topic);
+		goto out;
+	for (size_t i = 0; i < batch->n; i++) {
+		const cat_msg_t *msg = &batch->msgs[i];
+
+		if (msg->result == CAT_OK || consumer->dlq_states[i] != DLQ_TOO_LARGE)
+			continue;
+		cat_log_write(CAT_LOG_LEVEL_WARN, "DLQ",
+			      "%s [%d] offset %lld: dead letter of %zu bytes refused for its size: sending it "
+			      "truncated",
+			      batch->topic, (int)batch->partition, (long long)msg->rkm->offset, msg->rkm->len);
+		if ((err = dead_letter_send(consumer, msg, i, true, errstr, errstr_size)) != CAT_OK)
+			goto out;
+		n_again++;
+	}
+	if (n_again > 0 &&
+	    (err = cat_producer_flush(consumer->dlq, consumer->dlq_timeout_ms + 5000, errstr, errstr_size)) !=
+		    CAT_OK)
+		goto out;
+	for (size_t i = 0; i < batch->n; i++)
+		if (batch->msgs[i].result != CAT_OK && consumer->dlq_states[i] != DLQ_DELIVERED) {
+			err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE,
+					  "could not deliver a dead letter to %s", consumer->dlq_topic);
+			goto out;
+		}
 	for (size_t i = 0; i < batch->n; i++) {
 		json_t *where;
 
@@ -509,7 +652,14 @@ static cat_err_t dead_letter_marked(cat_consumer_t *consumer, cat_batch_t *batch
 		cat_log_kv(CAT_LOG_LEVEL_WARN, "DLQ", where, "dead-lettered message: %s", batch->msgs[i].reason);
 		json_decref(where);
 	}
-	return CAT_OK;
+
+out:
+	free(consumer->dlq_states);
+	consumer->dlq_states = NULL;
+	consumer->dlq_n_states = 0;
+	if (err != CAT_OK && err != CAT_ERR_FATAL)
+		err = CAT_ERR_RETRIABLE;
+	return err;
 }
 
 /* --- the batch ------------------------------------------------------------------------ */
@@ -845,6 +995,65 @@ static cat_err_t settle_in_loop(cat_consumer_t *consumer, char *errstr, size_t e
 
 /* --- the loop ---------------------------------------------------------------------------- */
 
+static void destroy_client(rd_kafka_t *rk, bool assigned, int flags);
+
+/*
+ * After a fatal error of the Kafka consumer (a static member fenced when the
+ * broker restarted, say): what is buffered or applied but not stored is
+ * dropped, the client destroyed without a leave (it cannot commit any
+ * more) and made again after a backoff. The new client's group hands the
+ * partitions back from the committed offsets, so what was not committed is
+ * delivered again (the handlers' effects are idempotent). CAT_OK: recreated;
+ * CAT_ERR_RETRIABLE: stopped meanwhile; CAT_ERR_FATAL: it could not be made.
+ */
+static cat_err_t recreate_client(cat_consumer_t *consumer, const char *why, char *errstr, size_t errstr_size)
+{
+	int64_t backoff_ms = RECREATE_BACKOFF_MIN_MS, until;
+	char reason[384];
+
+	for (int i = 0; i < consumer->recreations && backoff_ms < RECREATE_BACKOFF_MAX_MS; i++)
+		backoff_ms *= 2;
+	if (backoff_ms > RECREATE_BACKOFF_MAX_MS)
+		backoff_ms = RECREATE_BACKOFF_MAX_MS;
+	consumer->recreations++;
+	cat_metrics_inc(consumer->m_recreated);
+	cat_log_write(CAT_LOG_LEVEL_ERROR, "KAFKA",
+		      "kafka consumer failed: %s; making it again in %lld ms (what was not committed is "
+		      "delivered again)",
+		      why, (long long)backoff_ms);
+	snprintf(reason, sizeof(reason), "kafka consumer failed, being made again: %s", why);
+	set_retrying(consumer, reason);
+	for (size_t i = 0; i < consumer->n_parts; i++) {
+		part_buf_t *part = consumer->parts[i];
+
+		part->revokes++;
+		part_drop(consumer, part, part->n);
+		part->stats_lag = -1;
+		cat_metrics_set(part->lag, 0);
+	}
+	consumer->n_settling = 0;
+	consumer->settle_attempts = 0;
+	consumer->uncommitted = false;
+	consumer->dry_since_us = 0;
+	cat_metrics_set(consumer->m_assigned, 0);
+	destroy_client(consumer->rk, consumer->rk_assigned, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+	consumer->rk = NULL;
+
+	until = cat_time_mono_us() + backoff_ms * 1000;
+	while (!*consumer->stop && cat_time_mono_us() < until) {
+		atomic_store(&consumer->last_poll_us, cat_time_mono_us());
+		usleep(50 * 1000);
+	}
+	if (*consumer->stop)
+		return CAT_ERR_RETRIABLE;
+	if (client_new(consumer, errstr, errstr_size) != CAT_OK)
+		return CAT_ERR_FATAL;
+	set_retrying(consumer, NULL);
+	cat_log_write(CAT_LOG_LEVEL_INFO, "KAFKA", "kafka consumer made again; rejoining group %s",
+		      consumer->group);
+	return CAT_OK;
+}
+
 /* Polls once; true when a message arrived. */
 static bool poll_once(cat_consumer_t *consumer, int timeout_ms)
 {
@@ -920,8 +1129,15 @@ cat_err_t cat_consumer_run(cat_consumer_t *consumer, volatile sig_atomic_t *stop
 				wake_fetcher(consumer, now);
 		}
 		if (rd_kafka_fatal_error(consumer->rk, fatal, sizeof(fatal))) {
-			result = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "kafka consumer failed: %s", fatal);
-			break;
+			cat_err_t err = recreate_client(consumer, fatal, errstr, errstr_size);
+
+			if (err == CAT_ERR_FATAL) {
+				result = err;
+				break;
+			}
+			if (err != CAT_OK)
+				break; /* stopped meanwhile */
+			continue;
 		}
 
 		now = cat_time_mono_us();
@@ -1000,7 +1216,9 @@ out:
 	}
 	for (size_t i = 0; i < consumer->n_parts; i++)
 		part_drop(consumer, consumer->parts[i], consumer->parts[i]->n);
-	{
+	if (!consumer->rk) /* stopped while it was being made again */
+		return result;
+	if (!rd_kafka_fatal_error(consumer->rk, NULL, 0)) {
 		rd_kafka_resp_err_t kr = rd_kafka_commit(consumer->rk, NULL, 0);
 
 		if (kr && kr != RD_KAFKA_RESP_ERR__NO_OFFSET)
@@ -1050,13 +1268,27 @@ static void *destroy_watchdog(void *opaque)
 	return NULL;
 }
 
-static void destroy_client(rd_kafka_t *rk)
+/*
+ * Destroys the client, within DESTROY_TIMEOUT_S. librdkafka 2.0 (fixed in
+ * 2.3) aborts the process when it destroys a cooperative-sticky consumer
+ * that joined its group but was never assigned (the assignor's state is
+ * still NULL): such a client, which holds nothing of ours, is left to the
+ * process's end instead.
+ */
+static void destroy_client(rd_kafka_t *rk, bool assigned, int flags)
 {
 	destroy_watch_t watch = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
 	pthread_t thread;
-	bool watched = pthread_create(&thread, NULL, destroy_watchdog, &watch) == 0;
+	bool watched;
 
-	rd_kafka_destroy(rk);
+	if (!assigned) {
+		cat_log_write(CAT_LOG_LEVEL_DEBUG, "KAFKA",
+			      "kafka consumer never assigned: left to the process's end (librdkafka 2.0 aborts "
+			      "destroying it)");
+		return;
+	}
+	watched = pthread_create(&thread, NULL, destroy_watchdog, &watch) == 0;
+	rd_kafka_destroy_flags(rk, flags);
 	if (!watched)
 		return;
 	pthread_mutex_lock(&watch.lock);
@@ -1074,7 +1306,7 @@ void cat_consumer_destroy(cat_consumer_t *consumer)
 		part_free(consumer, consumer->parts[i]);
 	free(consumer->parts);
 	if (consumer->rk)
-		destroy_client(consumer->rk);
+		destroy_client(consumer->rk, consumer->rk_assigned, 0);
 	cat_producer_destroy(consumer->dlq);
 	if (consumer->topics)
 		for (size_t i = 0; consumer->topics[i]; i++)

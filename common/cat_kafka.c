@@ -9,6 +9,7 @@
 
 struct cat_producer {
 	rd_kafka_t *rk;
+	rd_kafka_conf_t *conf; /* a copy, to make the client again after a fatal error */
 	cat_producer_report_fn report;
 	void *opaque;
 	uint64_t sent;
@@ -121,6 +122,14 @@ cat_err_t cat_producer_new(cat_producer_t **out, const cat_config_t *cfg, const 
 			   int delivery_timeout_ms, cat_producer_report_fn report, void *opaque,
 			   char *errstr, size_t errstr_size)
 {
+	return cat_producer_new_with(out, cfg, client_id, delivery_timeout_ms, report, opaque, NULL, NULL, errstr,
+				     errstr_size);
+}
+
+cat_err_t cat_producer_new_with(cat_producer_t **out, const cat_config_t *cfg, const char *client_id,
+				int delivery_timeout_ms, cat_producer_report_fn report, void *opaque,
+				const char *property, const char *value, char *errstr, size_t errstr_size)
+{
 	cat_producer_t *producer;
 	rd_kafka_conf_t *conf = NULL;
 	char timeout[32];
@@ -141,10 +150,15 @@ cat_err_t cat_producer_new(cat_producer_t **out, const cat_config_t *cfg, const 
 	 * these are set after it and win. */
 	if ((err = cat_kafka_conf_set(conf, "enable.idempotence", "true", errstr, errstr_size)) ||
 	    (err = cat_kafka_conf_set(conf, "acks", "all", errstr, errstr_size)) ||
-	    (err = cat_kafka_conf_set(conf, "message.timeout.ms", timeout, errstr, errstr_size)))
+	    (err = cat_kafka_conf_set(conf, "message.timeout.ms", timeout, errstr, errstr_size)) ||
+	    (property && (err = cat_kafka_conf_set(conf, property, value, errstr, errstr_size))))
 		goto error;
 	rd_kafka_conf_set_opaque(conf, producer);
 	rd_kafka_conf_set_dr_msg_cb(conf, producer_dr_cb);
+	if (!(producer->conf = rd_kafka_conf_dup(conf))) {
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
+		goto error;
+	}
 
 	producer->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, kerr, sizeof(kerr));
 	if (!producer->rk) {
@@ -159,6 +173,8 @@ cat_err_t cat_producer_new(cat_producer_t **out, const cat_config_t *cfg, const 
 error:
 	if (conf)
 		rd_kafka_conf_destroy(conf);
+	if (producer->conf)
+		rd_kafka_conf_destroy(producer->conf);
 	free(producer);
 	return err;
 }
@@ -169,7 +185,35 @@ void cat_producer_destroy(cat_producer_t *producer)
 		return;
 	if (producer->rk)
 		rd_kafka_destroy(producer->rk);
+	if (producer->conf)
+		rd_kafka_conf_destroy(producer->conf);
 	free(producer);
+}
+
+cat_err_t cat_producer_recover(cat_producer_t *producer, char *errstr, size_t errstr_size)
+{
+	rd_kafka_conf_t *conf;
+	char fatal[512], kerr[512];
+
+	if (!rd_kafka_fatal_error(producer->rk, fatal, sizeof(fatal)))
+		return CAT_OK;
+	cat_log_write(CAT_LOG_LEVEL_ERROR, "KAFKA",
+		      "kafka producer failed: %s; making it again (%llu messages outstanding are sent again)",
+		      fatal, (unsigned long long)cat_producer_outstanding(producer));
+	/* every outstanding message gets its (failed) report now */
+	rd_kafka_purge(producer->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+	rd_kafka_poll(producer->rk, 0);
+	rd_kafka_destroy(producer->rk);
+	producer->rk = NULL;
+	producer->failed = producer->sent - producer->delivered; /* reports that never came */
+	if (!(conf = rd_kafka_conf_dup(producer->conf)))
+		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
+	if (!(producer->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, kerr, sizeof(kerr)))) {
+		rd_kafka_conf_destroy(conf);
+		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "could not make the kafka producer again: %s",
+				   kerr);
+	}
+	return CAT_OK;
 }
 
 cat_err_t cat_producer_send(cat_producer_t *producer, const char *topic, int32_t partition,
@@ -199,6 +243,14 @@ cat_err_t cat_producer_send(cat_producer_t *producer, const char *topic, int32_t
 			producer->sent++;
 			return CAT_OK;
 		}
+		if (kerr == RD_KAFKA_RESP_ERR__FATAL) {
+			cat_err_t err = cat_producer_recover(producer, errstr, errstr_size);
+
+			if (err != CAT_OK)
+				return err;
+			return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE,
+					   "could not produce to %s: the producer failed and was made again", topic);
+		}
 		if (kerr != RD_KAFKA_RESP_ERR__QUEUE_FULL)
 			return cat_err_set(errstr, errstr_size,
 					   kerr == RD_KAFKA_RESP_ERR__FATAL ? CAT_ERR_FATAL
@@ -222,9 +274,14 @@ cat_err_t cat_producer_flush(cat_producer_t *producer, int timeout_ms, char *err
 	while (cat_producer_outstanding(producer) > 0) {
 		int64_t left_ms = (deadline - cat_time_mono_us()) / 1000;
 
-		if (rd_kafka_fatal_error(producer->rk, fatal, sizeof(fatal)))
-			return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "kafka producer failed: %s",
-					   fatal);
+		if (rd_kafka_fatal_error(producer->rk, fatal, sizeof(fatal))) {
+			cat_err_t err = cat_producer_recover(producer, errstr, errstr_size);
+
+			if (err != CAT_OK)
+				return err;
+			return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE,
+					   "kafka producer failed and was made again: %s", fatal);
+		}
 		if (left_ms <= 0)
 			return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE,
 					   "%llu messages still unacknowledged after %d ms",

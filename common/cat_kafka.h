@@ -64,7 +64,22 @@ cat_err_t cat_producer_new(cat_producer_t **out, const cat_config_t *cfg, const 
 			   int delivery_timeout_ms, cat_producer_report_fn report, void *opaque,
 			   char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 
+/* The same, with one more librdkafka property set after the others (e.g.
+ * a larger message.max.bytes for a producer that forwards what it fetched). */
+cat_err_t cat_producer_new_with(cat_producer_t **out, const cat_config_t *cfg, const char *client_id,
+				int delivery_timeout_ms, cat_producer_report_fn report, void *opaque,
+				const char *property, const char *value, char *errstr,
+				size_t errstr_size) CAT_MUST_CHECK;
+
 void cat_producer_destroy(cat_producer_t *producer);
+
+/* After a fatal error of the client (an idempotent producer fenced or out of
+ * sequence, e.g. across broker restarts): every message still outstanding is
+ * reported failed, and the client is made again from its configuration.
+ * CAT_OK when there was nothing to recover or it was made again; the caller
+ * retries what failed. cat_producer_send() and cat_producer_flush() do it
+ * themselves and return CAT_ERR_RETRIABLE. */
+cat_err_t cat_producer_recover(cat_producer_t *producer, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 
 /* Enqueues one message (key and value copied). `headers`, when not NULL, is
  * owned by the producer on success and stays the caller's on failure. Waits
@@ -79,7 +94,8 @@ void cat_producer_poll(cat_producer_t *producer, int timeout_ms);
 
 /* Waits until every message sent so far has its delivery report, up to
  * timeout_ms. CAT_ERR_RETRIABLE when some are still outstanding at the
- * deadline; CAT_ERR_FATAL when the producer hit a fatal error. Failed
+ * deadline, or the producer hit a fatal error and was made again
+ * (cat_producer_recover); CAT_ERR_FATAL when it could not be. Failed
  * deliveries are counted, not returned: see cat_producer_failed(). */
 cat_err_t cat_producer_flush(cat_producer_t *producer, int timeout_ms, char *errstr,
 			     size_t errstr_size) CAT_MUST_CHECK;

@@ -18,6 +18,10 @@ small RESP client of its own (no Redis module needed).
   cache_check.py present PG_URL REDIS_URL LINES.jsonl...
       every row those write lines touched that the table holds now is cached,
       equal to the row, and in its symbol set
+  cache_check.py not-older PG_URL REDIS_URL
+      every row value cached under news:/signals:/trades:/sources: is the row
+      the table holds now, at the same version: never an older version, never
+      a row the table does not hold (keys may be missing)
   cache_check.py redis REDIS_URL CMD ARG...   one command, the reply printed
 """
 import json
@@ -253,6 +257,33 @@ def warm(pg_url, redis_url, before_path):
     return 1 if problems else 0
 
 
+def not_older(pg_url, redis_url):
+    r = Redis(redis_url)
+    rows = records.db_rows(pg_url)
+    problems, n = [], 0
+    for table, (prefix, set_prefix) in CACHED.items():
+        keys = sorted(k for k in r.scan(prefix + "*")
+                      if not k.endswith("#v") and not (set_prefix and k.startswith(set_prefix)))
+        values = r.pipeline([("GET", k) for k in keys]) if keys else []
+        for key, value in zip(keys, values):
+            if value is None:
+                continue  # expired meanwhile
+            n += 1
+            have = json.loads(value)
+            want = rows.get((table, key[len(prefix):]))
+            if want is None:
+                problems.append(f"{key}: cached at version {have.get('version')}, the table has no such row")
+            elif str(have.get("version")) != str(want["version"]):
+                problems.append(f"{key}: cached at version {have.get('version')}, the primary holds "
+                                f"{want['version']}")
+    print(f"not-older: {n} cached rows checked")
+    for p in problems[:20]:
+        print("MISMATCH:", p, file=sys.stderr)
+    if len(problems) > 20:
+        print(f"... {len(problems)} mismatches in all", file=sys.stderr)
+    return 1 if problems else 0
+
+
 def main(argv):
     if len(argv) == 4 and argv[1] == "layout":
         return layout(argv[2], argv[3])
@@ -260,6 +291,8 @@ def main(argv):
         return warm_expect(argv[2])
     if len(argv) == 5 and argv[1] == "warm":
         return warm(argv[2], argv[3], argv[4])
+    if len(argv) == 4 and argv[1] == "not-older":
+        return not_older(argv[2], argv[3])
     if len(argv) >= 5 and argv[1] == "present":
         return present(argv[2], argv[3], argv[4:])
     if len(argv) >= 4 and argv[1] == "redis":

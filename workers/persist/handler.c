@@ -512,27 +512,29 @@ error:
 }
 
 /*
- * What a committed write goes out as. A delete, and an upsert the statement
- * applied: its record (consumers check the version of a delete too). An
- * upsert the version check skipped is published too (a redelivered batch
- * must republish what a crash kept from going out), except where that would
- * mislead a consumer, after what the table held right after its statement:
+ * What a committed write goes out as: changes.v1 carries only what the
+ * primary holds after the commit, never a version it does not (a consumer
+ * that lost a key, e.g. a Redis restarted empty, would take an older one).
+ *  - an upsert or a delete its statement applied: its record;
+ *  - one the version check skipped, after what the table held right after
+ *    its statement: the same version stored (a redelivered batch republishes
+ *    what a crash between commit and publish kept from going out): its
+ *    record; no row but a tombstone at least as new: that delete (what the
+ *    primary holds, so that a cache drops what it may still hold); a row of
+ *    another version: nothing (that row went out when it was written);
+ *  - one whose state was not read: nothing.
  */
 static publish_as_t publish_as(const cat_apply_write_t *write)
 {
-	if (write->is_delete || write->applied || !write->has_state)
+	if (write->applied)
 		return PUBLISH_RECORD;
+	if (!write->has_state)
+		return PUBLISH_NONE;
 	if (write->stored >= 0)
-		/* a newer row makes the replay harmless to consumers that check
-		 * versions; an insert-only row keeps whatever came first, so only
-		 * the very same version is repeated */
-		return !cat_schema_tables[write->table].insert_only || write->stored == write->version
-			       ? PUBLISH_RECORD
-			       : PUBLISH_NONE;
-	if (write->tombstone >= write->version)
-		/* repeating the upsert would bring the row back in a cache */
-		return PUBLISH_TOMBSTONE;
-	return PUBLISH_NONE;
+		return !write->is_delete && write->stored == write->version ? PUBLISH_RECORD : PUBLISH_NONE;
+	if (write->tombstone < 0 || write->tombstone < write->version)
+		return PUBLISH_NONE;
+	return write->is_delete && write->tombstone == write->version ? PUBLISH_RECORD : PUBLISH_TOMBSTONE;
 }
 
 /* --- publishing the changes ----------------------------------------------------------------- */
@@ -781,8 +783,9 @@ static cat_err_t publish_changes(persist_t *persist, cat_batch_t *batch, int64_t
 
 	/* sent at once, not after linger.ms: the next batch overlaps the round trip */
 	rd_kafka_poll(rk, 0);
-	if (rd_kafka_fatal_error(rk, fatal, sizeof(fatal)))
-		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "changes producer failed: %s", fatal);
+	if (rd_kafka_fatal_error(rk, fatal, sizeof(fatal)) &&
+	    (err = cat_producer_recover(persist->producer, errstr, errstr_size)) == CAT_OK)
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "changes producer failed: %s", fatal);
 	persist->unsettled_changes += n;
 	persist->unsettled_messages += n_messages;
 
@@ -804,7 +807,9 @@ cat_err_t persist_settle(void *opaque, int timeout_ms, char *errstr, size_t errs
 	/* flush serves the delivery reports */
 	rd_kafka_flush(rk, timeout_ms);
 	if (rd_kafka_fatal_error(rk, fatal, sizeof(fatal))) {
-		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "changes producer failed: %s", fatal);
+		if ((err = cat_producer_recover(persist->producer, errstr, errstr_size)) == CAT_OK)
+			err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "changes producer failed: %s",
+					  fatal);
 	} else if (cat_producer_outstanding(persist->producer) > 0) {
 		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE,
 				  "%llu change batches not acknowledged by %s within %d ms",
