@@ -1341,3 +1341,337 @@ ssize_t cat_codec_record_json(const Catalyst__V1__Record *record, char **buf, si
 		return -1;
 	return (ssize_t)b.len - 1;
 }
+
+/* --- the other commands: one decode boundary ---------------------------------------- */
+
+/* Whether field f of m holds a value (not for repeated fields). */
+static bool message_field_set(const ProtobufCMessage *m, const ProtobufCFieldDescriptor *f)
+{
+	const char *base = (const char *)m;
+
+	if (f->label == PROTOBUF_C_LABEL_REQUIRED)
+		return true;
+	if (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF)
+		return *(const uint32_t *)(const void *)(base + f->quantifier_offset) == f->id;
+	if (f->type == PROTOBUF_C_TYPE_MESSAGE || f->type == PROTOBUF_C_TYPE_STRING)
+		return *(void *const *)(const void *)(base + f->offset) != NULL;
+	return *(const protobuf_c_boolean *)(const void *)(base + f->quantifier_offset);
+}
+
+/* Every enum value of m, at any depth, is one its enum defines. */
+static cat_err_t enums_check(const ProtobufCMessage *m, int depth, char *errstr, size_t errstr_size)
+{
+	const ProtobufCMessageDescriptor *desc = m->descriptor;
+
+	if (depth > WIRE_MAX_DEPTH)
+		return cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT, "%s: nested too deeply",
+				   desc->short_name);
+	for (unsigned i = 0; i < desc->n_fields; i++) {
+		const ProtobufCFieldDescriptor *f = &desc->fields[i];
+		const char *slot = (const char *)m + f->offset;
+		size_t n = 1;
+		cat_err_t err;
+
+		if (f->type != PROTOBUF_C_TYPE_ENUM && f->type != PROTOBUF_C_TYPE_MESSAGE)
+			continue;
+		if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+			n = *(const size_t *)(const void *)((const char *)m + f->quantifier_offset);
+			slot = *(const char *const *)(const void *)slot;
+		} else if (!message_field_set(m, f)) {
+			continue;
+		}
+		for (size_t k = 0; k < n; k++) {
+			if (f->type == PROTOBUF_C_TYPE_ENUM) {
+				int value = ((const int *)(const void *)slot)[k];
+
+				if (!protobuf_c_enum_descriptor_get_value(f->descriptor, value))
+					return cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT,
+							   "field %s.%s: unknown value %d", desc->short_name, f->name,
+							   value);
+			} else {
+				const ProtobufCMessage *sub = ((const ProtobufCMessage *const *)(const void *)slot)[k];
+
+				if (sub && (err = enums_check(sub, depth + 1, errstr, errstr_size)) != CAT_OK)
+					return err;
+			}
+		}
+	}
+	return CAT_OK;
+}
+
+/*
+ * Decodes `buf` as a `desc` message: at most max_len bytes, protobuf that
+ * unpacks, every string at any depth valid UTF-8 without NUL bytes (checked
+ * on the wire), every enum value known, the meta (field 1, CommandMeta,
+ * when the message has one) as a WriteCommand's.
+ */
+static cat_err_t message_decode(const ProtobufCMessageDescriptor *desc, size_t max_len, const void *buf,
+				size_t len, ProtobufCMessage **out, char *errstr, size_t errstr_size)
+{
+	static const uint8_t no_bytes[1];
+	const ProtobufCFieldDescriptor *meta_field;
+	ProtobufCMessage *m;
+	cat_err_t err;
+
+	*out = NULL;
+	if (len > max_len)
+		return cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT,
+				   "%s of %zu bytes, larger than the limit of %zu", desc->short_name, len, max_len);
+	if (!buf) {
+		if (len > 0)
+			return cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT, "no message bytes");
+		buf = no_bytes;
+	}
+	if (!(m = protobuf_c_message_unpack(desc, NULL, len, buf)))
+		return cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT, "could not decode %s: invalid protobuf",
+				   desc->short_name);
+	err = wire_check_strings(desc, buf, len, 0, errstr, errstr_size);
+	if (!err)
+		err = enums_check(m, 0, errstr, errstr_size);
+	meta_field = protobuf_c_message_descriptor_get_field_by_name(desc, "meta");
+	if (!err && meta_field && meta_field->descriptor == &catalyst__v1__command_meta__descriptor)
+		err = meta_validate(*(Catalyst__V1__CommandMeta **)(void *)((char *)m + meta_field->offset), errstr,
+				    errstr_size);
+	if (err) {
+		protobuf_c_message_free_unpacked(m, NULL);
+		return err;
+	}
+	*out = m;
+	return CAT_OK;
+}
+
+/* A text field's length in bytes within [min, max]. */
+static cat_err_t text_check(const char *what, const char *text, size_t min, size_t max, char *errstr,
+			    size_t errstr_size)
+{
+	size_t n = text ? strlen(text) : 0;
+
+	if (n < min)
+		return cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT, "%s is %s", what,
+				   text ? "empty" : "missing");
+	if (n > max)
+		return cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT, "%s: %zu bytes, longer than %zu", what,
+				   n, max);
+	return CAT_OK;
+}
+
+/* The changes of a ChangeBatch or ReplicateRows: a known op and a record
+ * as a WriteCommand's. */
+static cat_err_t changes_check(Catalyst__V1__Change *const *changes, size_t n, char *errstr, size_t errstr_size)
+{
+	for (size_t i = 0; i < n; i++) {
+		const Catalyst__V1__Change *change = changes[i];
+		int op = change->has_op ? (int)change->op : 0;
+		char why[256];
+
+		if (op != CATALYST__V1__WRITE_OP__WRITE_OP_UPSERT && op != CATALYST__V1__WRITE_OP__WRITE_OP_DELETE)
+			return cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT, "change %zu: unknown write op %d",
+					   i, op);
+		if (cat_codec_record_validate(change->record, op == CATALYST__V1__WRITE_OP__WRITE_OP_DELETE, why,
+					      sizeof(why)) != CAT_OK)
+			return cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT, "change %zu: %s", i, why);
+		if (change->command_id && strlen(change->command_id) > CAT_CODEC_COMMAND_ID_MAX * 4)
+			return cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT, "change %zu: command_id too long",
+					   i);
+	}
+	return CAT_OK;
+}
+
+cat_err_t cat_codec_change_batch_decode(const void *buf, size_t len, Catalyst__V1__ChangeBatch **out, char *errstr,
+					size_t errstr_size)
+{
+	ProtobufCMessage *m;
+	cat_err_t err = message_decode(&catalyst__v1__change_batch__descriptor, CAT_CODEC_MAX_CHANGES_BYTES, buf, len,
+				       &m, errstr, errstr_size);
+	Catalyst__V1__ChangeBatch *batch = (Catalyst__V1__ChangeBatch *)m;
+
+	*out = NULL;
+	if (err)
+		return err;
+	if ((err = changes_check(batch->changes, batch->n_changes, errstr, errstr_size)) != CAT_OK) {
+		catalyst__v1__change_batch__free_unpacked(batch, NULL);
+		return err;
+	}
+	*out = batch;
+	return CAT_OK;
+}
+
+cat_err_t cat_codec_cache_command_decode(const void *buf, size_t len, Catalyst__V1__CacheCommand **out,
+					 char *errstr, size_t errstr_size)
+{
+	ProtobufCMessage *m;
+	cat_err_t err = message_decode(&catalyst__v1__cache_command__descriptor, CAT_CODEC_MAX_MESSAGE_BYTES, buf,
+				       len, &m, errstr, errstr_size);
+	Catalyst__V1__CacheCommand *cmd = (Catalyst__V1__CacheCommand *)m;
+	char what[64];
+
+	*out = NULL;
+	if (err)
+		return err;
+	switch (cmd->action_case) {
+	case CATALYST__V1__CACHE_COMMAND__ACTION_SET:
+		err = text_check("set: key", cmd->set->key, 1, CAT_CODEC_CACHE_KEY_MAX, errstr, errstr_size);
+		if (!err && cmd->set->has_ttl_seconds && cmd->set->ttl_seconds < 0)
+			err = cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT, "set: negative ttl_seconds %lld",
+					  (long long)cmd->set->ttl_seconds);
+		if (!err && cmd->set->has_version && cmd->set->version < 0)
+			err = cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT, "set: negative version %lld",
+					  (long long)cmd->set->version);
+		break;
+	case CATALYST__V1__CACHE_COMMAND__ACTION_DELETE:
+		if (cmd->delete_->n_keys == 0)
+			err = cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT, "delete: no keys");
+		for (size_t i = 0; !err && i < cmd->delete_->n_keys; i++) {
+			snprintf(what, sizeof(what), "delete: key %zu", i);
+			err = text_check(what, cmd->delete_->keys[i], 1, CAT_CODEC_CACHE_KEY_MAX, errstr, errstr_size);
+		}
+		break;
+	case CATALYST__V1__CACHE_COMMAND__ACTION_INVALIDATE:
+		err = text_check("invalidate: pattern", cmd->invalidate->pattern, 1, CAT_CODEC_CACHE_KEY_MAX, errstr,
+				 errstr_size);
+		break;
+	case CATALYST__V1__CACHE_COMMAND__ACTION_WARM:
+		break;
+	default:
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT, "CacheCommand without an action");
+	}
+	if (err) {
+		catalyst__v1__cache_command__free_unpacked(cmd, NULL);
+		return err;
+	}
+	*out = cmd;
+	return CAT_OK;
+}
+
+cat_err_t cat_codec_sync_command_decode(const void *buf, size_t len, Catalyst__V1__SyncCommand **out, char *errstr,
+					size_t errstr_size)
+{
+	ProtobufCMessage *m;
+	cat_err_t err = message_decode(&catalyst__v1__sync_command__descriptor, CAT_CODEC_MAX_MESSAGE_BYTES, buf,
+				       len, &m, errstr, errstr_size);
+	Catalyst__V1__SyncCommand *cmd = (Catalyst__V1__SyncCommand *)m;
+
+	*out = NULL;
+	if (err)
+		return err;
+	err = text_check("replica", cmd->replica ? cmd->replica : "", 0, CAT_CODEC_NAME_MAX, errstr, errstr_size);
+	switch (cmd->action_case) {
+	case CATALYST__V1__SYNC_COMMAND__ACTION_REPLICATE:
+		if (!err)
+			err = changes_check(cmd->replicate->changes, cmd->replicate->n_changes, errstr, errstr_size);
+		break;
+	case CATALYST__V1__SYNC_COMMAND__ACTION_CHECK:
+		if (!err)
+			err = text_check("check: table", cmd->check->table, 1, CAT_CODEC_NAME_MAX, errstr, errstr_size);
+		break;
+	case CATALYST__V1__SYNC_COMMAND__ACTION_RESYNC:
+		if (!err)
+			err = text_check("resync: table", cmd->resync->table, 1, CAT_CODEC_NAME_MAX, errstr,
+					 errstr_size);
+		break;
+	default:
+		break; /* the worker says what it makes of no action */
+	}
+	if (err) {
+		catalyst__v1__sync_command__free_unpacked(cmd, NULL);
+		return err;
+	}
+	*out = cmd;
+	return CAT_OK;
+}
+
+bool cat_codec_backup_tag_valid(const char *tag)
+{
+	size_t n = strlen(tag);
+
+	if (n < 1 || n > CAT_CODEC_TAG_MAX)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (!((tag[i] >= 'a' && tag[i] <= 'z') || (tag[i] >= '0' && tag[i] <= '9') || tag[i] == '_' ||
+		      tag[i] == '-'))
+			return false;
+	return true;
+}
+
+/* A backup tag, when given: [a-z0-9_-]{1,32} (it becomes a metric label). */
+static cat_err_t tag_check(const char *tag, char *errstr, size_t errstr_size)
+{
+	char quoted[QUOTE_MAX_BYTES + 4];
+
+	if (!tag || cat_codec_backup_tag_valid(tag))
+		return CAT_OK;
+	return cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT, "tag %s: must match [a-z0-9_-]{1,%d}",
+			   quote_text(tag, quoted, sizeof(quoted)), CAT_CODEC_TAG_MAX);
+}
+
+static cat_err_t names_check(const char *what, char *const *names, size_t n, char *errstr, size_t errstr_size)
+{
+	cat_err_t err = CAT_OK;
+
+	for (size_t i = 0; !err && i < n; i++)
+		err = text_check(what, names[i], 1, CAT_CODEC_NAME_MAX, errstr, errstr_size);
+	return err;
+}
+
+cat_err_t cat_codec_backup_command_decode(const void *buf, size_t len, Catalyst__V1__BackupCommand **out,
+					  char *errstr, size_t errstr_size)
+{
+	ProtobufCMessage *m;
+	cat_err_t err = message_decode(&catalyst__v1__backup_command__descriptor, CAT_CODEC_MAX_MESSAGE_BYTES, buf,
+				       len, &m, errstr, errstr_size);
+	Catalyst__V1__BackupCommand *cmd = (Catalyst__V1__BackupCommand *)m;
+
+	*out = NULL;
+	if (err)
+		return err;
+	err = text_check("database", cmd->database ? cmd->database : "", 0, CAT_CODEC_NAME_MAX, errstr,
+			 errstr_size);
+	switch (cmd->action_case) {
+	case CATALYST__V1__BACKUP_COMMAND__ACTION_FULL:
+		if (!err)
+			err = tag_check(cmd->full->tag, errstr, errstr_size);
+		break;
+	case CATALYST__V1__BACKUP_COMMAND__ACTION_TABLES:
+		if (!err)
+			err = tag_check(cmd->tables->tag, errstr, errstr_size);
+		if (!err)
+			err = names_check("tables: table", cmd->tables->tables, cmd->tables->n_tables, errstr,
+					  errstr_size);
+		break;
+	case CATALYST__V1__BACKUP_COMMAND__ACTION_RESTORE:
+		if (!err)
+			err = text_check("restore: backup_id", cmd->restore->backup_id, 1, CAT_CODEC_COMMAND_ID_MAX * 2,
+					 errstr, errstr_size);
+		if (!err)
+			err = text_check("restore: target", cmd->restore->target ? cmd->restore->target : "", 0,
+					 CAT_CODEC_NAME_MAX, errstr, errstr_size);
+		if (!err)
+			err = names_check("restore: table", cmd->restore->tables, cmd->restore->n_tables, errstr,
+					  errstr_size);
+		break;
+	case CATALYST__V1__BACKUP_COMMAND__ACTION_VERIFY:
+		if (!err)
+			err = text_check("verify: backup_id", cmd->verify->backup_id, 1, CAT_CODEC_COMMAND_ID_MAX * 2,
+					 errstr, errstr_size);
+		break;
+	default:
+		break;
+	}
+	if (err) {
+		catalyst__v1__backup_command__free_unpacked(cmd, NULL);
+		return err;
+	}
+	*out = cmd;
+	return CAT_OK;
+}
+
+cat_err_t cat_codec_version_check(int64_t version, int64_t max_ahead_s, int64_t now_us, char *errstr,
+				  size_t errstr_size)
+{
+	if (max_ahead_s <= 0 || version <= now_us || (version - now_us) / 1000000 <= max_ahead_s)
+		return CAT_OK;
+	return cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT,
+			   "version %lld is %lld s ahead of this worker's clock, more than "
+			   "CATALYST_VERSION_MAX_AHEAD_S=%lld (versions are event time in microseconds)",
+			   (long long)version, (long long)((version - now_us) / 1000000), (long long)max_ahead_s);
+}

@@ -111,6 +111,53 @@ ssize_t cat_codec_record_json(const Catalyst__V1__Record *record, char **buf, si
  * or without a record or a known op. */
 char *cat_codec_write_to_json(const Catalyst__V1__WriteCommand *cmd);
 
+/*
+ * The other messages workers consume, through the same boundary: at most
+ * their size limit, protobuf that unpacks, every string at any depth valid
+ * UTF-8 without NUL bytes (checked on the wire, so "news:1\0evil" is
+ * refused, not cut to "news:1"), every enum value one the .proto defines,
+ * the meta as a WriteCommand's; then what each type needs:
+ *  - ChangeBatch (at most CAT_CODEC_MAX_CHANGES_BYTES): each change a known
+ *    op and a record as cat_codec_record_validate;
+ *  - CacheCommand: an action; keys and patterns 1 to CAT_CODEC_CACHE_KEY_MAX
+ *    bytes; a delete with keys; ttl and version not negative (which key
+ *    families a worker serves is the worker's business);
+ *  - SyncCommand: table and replica names at most CAT_CODEC_NAME_MAX bytes,
+ *    ReplicateRows changes as a ChangeBatch's;
+ *  - BackupCommand: tags [a-z0-9_-]{1,32}, table, target and database names
+ *    at most CAT_CODEC_NAME_MAX bytes, backup ids present.
+ * CAT_ERR_PERMANENT with a one-line reason otherwise. Free *out with the
+ * type's free_unpacked.
+ */
+#define CAT_CODEC_MAX_CHANGES_BYTES (2 * CAT_CODEC_MAX_MESSAGE_BYTES)
+#define CAT_CODEC_CACHE_KEY_MAX	    1024
+#define CAT_CODEC_NAME_MAX	    63 /* PostgreSQL identifiers, replica and target names */
+#define CAT_CODEC_TAG_MAX	    32
+
+cat_err_t cat_codec_change_batch_decode(const void *buf, size_t len, Catalyst__V1__ChangeBatch **out,
+					char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+cat_err_t cat_codec_cache_command_decode(const void *buf, size_t len, Catalyst__V1__CacheCommand **out,
+					 char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+cat_err_t cat_codec_sync_command_decode(const void *buf, size_t len, Catalyst__V1__SyncCommand **out,
+					char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+cat_err_t cat_codec_backup_command_decode(const void *buf, size_t len, Catalyst__V1__BackupCommand **out,
+					  char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+
+/* A backup tag as the decode boundary takes it: [a-z0-9_-]{1,32}. */
+bool cat_codec_backup_tag_valid(const char *tag);
+
+/* Versions are event time in µs since the epoch; one far ahead of the
+ * clock would freeze its row (nothing newer could replace it). */
+#define CAT_CONFIG_VERSIONS                                                                            \
+	{ "CATALYST_VERSION_MAX_AHEAD_S", CAT_CFG_INT, "86400", false, false, 0, 3153600000LL, NULL,    \
+	  "dead-letter writes whose version (event time in µs) is more than this many seconds ahead "  \
+	  "of the worker's clock (0: no limit, for producers whose versions are counters)" }
+
+/* CAT_ERR_PERMANENT (with the reason) when `version` is more than
+ * max_ahead_s seconds past now_us; max_ahead_s 0 accepts any. */
+cat_err_t cat_codec_version_check(int64_t version, int64_t max_ahead_s, int64_t now_us, char *errstr,
+				  size_t errstr_size) CAT_MUST_CHECK;
+
 /* A new random (v4) UUID in canonical text form; buf needs 37 bytes. */
 void cat_codec_uuid(char *buf, size_t buf_size);
 

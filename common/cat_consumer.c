@@ -90,6 +90,8 @@ struct cat_consumer {
 	cat_metric_t *m_abandoned;
 	cat_metric_t *m_fetch_wakes;
 	cat_metric_t *m_recreated;
+	cat_metric_t *m_latency_future; /* issued_at_us samples left out of the histogram */
+	cat_metric_t *m_latency_absurd;
 
 	/* the dead letters of the batch being dead-lettered: their delivery
 	 * reports carry (generation << 32 | index) and land here while the
@@ -112,6 +114,11 @@ struct cat_consumer {
 #define DLQ_MESSAGE_MAX_BYTES "67108864"
 #define DLQ_TRUNCATED_VALUE   (64 * 1024)
 #define DLQ_TRUNCATED_KEY     1024
+/* A producer's issued_at_us feeds the latency histogram unless it is past
+ * the worker's clock by more than the skew allowed, or older than a year:
+ * those are counted apart (catalyst_latency_samples_ignored_total). */
+#define LATENCY_FUTURE_US (5LL * 1000000)
+#define LATENCY_ABSURD_US (365LL * 86400 * 1000000)
 #define RECREATE_BACKOFF_MIN_MS 500   /* before a failed client is made again; doubles */
 #define RECREATE_BACKOFF_MAX_MS 30000
 
@@ -478,6 +485,12 @@ cat_err_t cat_consumer_new(cat_consumer_t **out, const cat_config_t *cfg, const 
 		"from the command's issued_at_us to its effect being durable", latency_buckets,
 		sizeof(latency_buckets) / sizeof(latency_buckets[0]), NULL);
 
+	consumer->m_latency_future = cat_metrics_counter(
+		metrics, "catalyst_latency_samples_ignored_total",
+		"commands whose issued_at_us was left out of the latency histogram", "reason", "future", NULL);
+	consumer->m_latency_absurd = cat_metrics_counter(
+		metrics, "catalyst_latency_samples_ignored_total",
+		"commands whose issued_at_us was left out of the latency histogram", "reason", "absurd", NULL);
 	consumer->m_recreated = cat_metrics_counter(
 		metrics, "catalyst_kafka_consumer_recreated_total",
 		"Kafka consumers closed and made again after a fatal error (e.g. fenced by the broker)", NULL);
@@ -783,10 +796,18 @@ static void part_settle(cat_consumer_t *consumer, part_buf_t *part)
 	rd_kafka_topic_partition_list_destroy(offsets);
 	consumer->uncommitted = true;
 	for (size_t i = 0; i < n; i++) {
-		if (part->issued[i] < 0)
+		int64_t issued = part->issued[i];
+
+		if (issued < 0)
 			n_dead++;
-		else if (part->issued[i] > 0)
-			cat_metrics_observe(consumer->m_latency, (double)(now_us - part->issued[i]) / 1e6);
+		else if (issued == 0)
+			continue;
+		else if (issued > now_us + LATENCY_FUTURE_US)
+			cat_metrics_inc(consumer->m_latency_future);
+		else if (now_us - issued > LATENCY_ABSURD_US)
+			cat_metrics_inc(consumer->m_latency_absurd);
+		else
+			cat_metrics_observe(consumer->m_latency, issued > now_us ? 0 : (double)(now_us - issued) / 1e6);
 	}
 	cat_metrics_add(consumer->m_applied, (int64_t)n - n_dead);
 	cat_metrics_add(consumer->m_dead_lettered, n_dead);

@@ -2015,6 +2015,229 @@ START_TEST(test_record_bytes_in_change_view)
 }
 END_TEST
 
+/* --- the other commands' decode boundary --------------------------------------------- */
+
+/* Packs `m` into buf (malloc'd); *len its size. */
+static uint8_t *pack_message(const ProtobufCMessage *m, size_t *len)
+{
+	uint8_t *buf;
+
+	*len = protobuf_c_message_get_packed_size(m);
+	buf = malloc(*len ? *len : 1);
+	ck_assert_ptr_nonnull(buf);
+	protobuf_c_message_pack(m, buf);
+	return buf;
+}
+
+/* Replaces the first `from` byte of buf with `to` (a NUL or a bad byte
+ * smuggled into a string, as a hostile producer would). */
+static void poke(uint8_t *buf, size_t len, uint8_t from, uint8_t to)
+{
+	uint8_t *p = memchr(buf, from, len);
+
+	ck_assert_ptr_nonnull(p);
+	*p = to;
+}
+
+START_TEST(test_cache_command_decode)
+{
+	Catalyst__V1__CommandMeta meta = CATALYST__V1__COMMAND_META__INIT;
+	Catalyst__V1__CacheCommand cmd = CATALYST__V1__CACHE_COMMAND__INIT, *out = NULL;
+	Catalyst__V1__CacheCommand__Set set = CATALYST__V1__CACHE_COMMAND__SET__INIT;
+	Catalyst__V1__CacheCommand__Warm warm = CATALYST__V1__CACHE_COMMAND__WARM__INIT;
+	char errstr[256], long_key[CAT_CODEC_CACHE_KEY_MAX + 2];
+	uint8_t *buf;
+	size_t len;
+
+	meta.command_id = "c-1";
+	cmd.meta = &meta;
+	cmd.action_case = CATALYST__V1__CACHE_COMMAND__ACTION_SET;
+	cmd.set = &set;
+	set.key = "news:1~evil";
+	buf = pack_message(&cmd.base, &len);
+	ck_assert_int_eq(cat_codec_cache_command_decode(buf, len, &out, errstr, sizeof(errstr)), CAT_OK);
+	ck_assert_str_eq(out->set->key, "news:1~evil");
+	catalyst__v1__cache_command__free_unpacked(out, NULL);
+	/* "news:1\0evil" is refused, not cut to news:1 */
+	poke(buf, len, '~', 0);
+	ck_assert_int_eq(cat_codec_cache_command_decode(buf, len, &out, errstr, sizeof(errstr)), CAT_ERR_PERMANENT);
+	ck_assert_ptr_null(out);
+	ck_assert_str_eq(errstr, "field Set.key: contains a NUL byte");
+	poke(buf, len, 0, 0xff);
+	ck_assert_int_eq(cat_codec_cache_command_decode(buf, len, &out, errstr, sizeof(errstr)), CAT_ERR_PERMANENT);
+	ck_assert_str_eq(errstr, "field Set.key: invalid UTF-8");
+	free(buf);
+
+	/* an empty key, a key too long, a negative ttl */
+	set.key = "";
+	buf = pack_message(&cmd.base, &len);
+	ck_assert_int_eq(cat_codec_cache_command_decode(buf, len, &out, errstr, sizeof(errstr)), CAT_ERR_PERMANENT);
+	ck_assert_str_eq(errstr, "set: key is empty");
+	free(buf);
+	memset(long_key, 'k', sizeof(long_key) - 1);
+	long_key[sizeof(long_key) - 1] = '\0';
+	set.key = long_key;
+	buf = pack_message(&cmd.base, &len);
+	ck_assert_int_eq(cat_codec_cache_command_decode(buf, len, &out, errstr, sizeof(errstr)), CAT_ERR_PERMANENT);
+	ck_assert_str_eq(errstr, "set: key: 1025 bytes, longer than 1024");
+	free(buf);
+	set.key = "news:1";
+	set.has_ttl_seconds = 1;
+	set.ttl_seconds = -5;
+	buf = pack_message(&cmd.base, &len);
+	ck_assert_int_eq(cat_codec_cache_command_decode(buf, len, &out, errstr, sizeof(errstr)), CAT_ERR_PERMANENT);
+	ck_assert_str_eq(errstr, "set: negative ttl_seconds -5");
+	free(buf);
+
+	/* an enum value the .proto does not define */
+	cmd.action_case = CATALYST__V1__CACHE_COMMAND__ACTION_WARM;
+	cmd.warm = &warm;
+	warm.has_profile = 1;
+	warm.profile = (Catalyst__V1__CacheCommand__WarmProfile)77;
+	buf = pack_message(&cmd.base, &len);
+	ck_assert_int_eq(cat_codec_cache_command_decode(buf, len, &out, errstr, sizeof(errstr)), CAT_ERR_PERMANENT);
+	ck_assert_str_eq(errstr, "field Warm.profile: unknown value 77");
+	free(buf);
+
+	/* no action; a bad meta; not protobuf; too large */
+	cmd.action_case = CATALYST__V1__CACHE_COMMAND__ACTION__NOT_SET;
+	buf = pack_message(&cmd.base, &len);
+	ck_assert_int_eq(cat_codec_cache_command_decode(buf, len, &out, errstr, sizeof(errstr)), CAT_ERR_PERMANENT);
+	ck_assert_str_eq(errstr, "CacheCommand without an action");
+	free(buf);
+	meta.command_id = "";
+	cmd.action_case = CATALYST__V1__CACHE_COMMAND__ACTION_WARM;
+	warm.profile = CATALYST__V1__CACHE_COMMAND__WARM_PROFILE__WARM_PROFILE_REBUILD;
+	buf = pack_message(&cmd.base, &len);
+	ck_assert_int_eq(cat_codec_cache_command_decode(buf, len, &out, errstr, sizeof(errstr)), CAT_ERR_PERMANENT);
+	ck_assert_str_eq(errstr, "\"command_id\" is empty");
+	free(buf);
+	ck_assert_int_eq(cat_codec_cache_command_decode("\xff\xff\xff", 3, &out, errstr, sizeof(errstr)),
+			 CAT_ERR_PERMANENT);
+	ck_assert_str_eq(errstr, "could not decode CacheCommand: invalid protobuf");
+	ck_assert_int_eq(cat_codec_cache_command_decode("", CAT_CODEC_MAX_MESSAGE_BYTES + 1, &out, errstr,
+							 sizeof(errstr)),
+			 CAT_ERR_PERMANENT);
+	ck_assert_str_eq(errstr, "CacheCommand of 1048577 bytes, larger than the limit of 1048576");
+}
+END_TEST
+
+START_TEST(test_backup_command_decode)
+{
+	static const struct {
+		const char *tag;
+		bool ok;
+	} tags[] = {
+		{"daily", true},  {"a", true},	  {"hourly_2-x", true}, {"012345678901234567890123456789ab", true},
+		{"", false},	  {"Daily", false}, {"a b", false},	    {"012345678901234567890123456789abc", false},
+		{"é", false},	  {"x{y}", false},  {"a/b", false},
+	};
+	Catalyst__V1__CommandMeta meta = CATALYST__V1__COMMAND_META__INIT;
+	Catalyst__V1__BackupCommand cmd = CATALYST__V1__BACKUP_COMMAND__INIT, *out = NULL;
+	Catalyst__V1__BackupCommand__Full full = CATALYST__V1__BACKUP_COMMAND__FULL__INIT;
+	Catalyst__V1__BackupCommand__Verify verify = CATALYST__V1__BACKUP_COMMAND__VERIFY__INIT;
+	char errstr[256];
+	uint8_t *buf;
+	size_t len;
+
+	meta.command_id = "b-1";
+	cmd.meta = &meta;
+	cmd.action_case = CATALYST__V1__BACKUP_COMMAND__ACTION_FULL;
+	cmd.full = &full;
+	for (size_t i = 0; i < sizeof(tags) / sizeof(tags[0]); i++) {
+		full.tag = (char *)tags[i].tag;
+		ck_assert_int_eq(cat_codec_backup_tag_valid(tags[i].tag), tags[i].ok);
+		buf = pack_message(&cmd.base, &len);
+		ck_assert_int_eq(cat_codec_backup_command_decode(buf, len, &out, errstr, sizeof(errstr)),
+				 tags[i].ok ? CAT_OK : CAT_ERR_PERMANENT);
+		if (out)
+			catalyst__v1__backup_command__free_unpacked(out, NULL);
+		else
+			ck_assert_msg(strstr(errstr, "must match [a-z0-9_-]{1,32}"), "%s", errstr);
+		out = NULL;
+		free(buf);
+	}
+	/* a verify needs its backup */
+	cmd.action_case = CATALYST__V1__BACKUP_COMMAND__ACTION_VERIFY;
+	cmd.verify = &verify;
+	buf = pack_message(&cmd.base, &len);
+	ck_assert_int_eq(cat_codec_backup_command_decode(buf, len, &out, errstr, sizeof(errstr)), CAT_ERR_PERMANENT);
+	ck_assert_str_eq(errstr, "verify: backup_id is missing");
+	free(buf);
+}
+END_TEST
+
+START_TEST(test_sync_and_changes_decode)
+{
+	Catalyst__V1__SyncCommand cmd = CATALYST__V1__SYNC_COMMAND__INIT, *out = NULL;
+	Catalyst__V1__SyncCommand__ResyncTable resync = CATALYST__V1__SYNC_COMMAND__RESYNC_TABLE__INIT;
+	Catalyst__V1__ChangeBatch batch = CATALYST__V1__CHANGE_BATCH__INIT, *cb = NULL;
+	Catalyst__V1__Change change = CATALYST__V1__CHANGE__INIT, *changes[1] = {&change};
+	Catalyst__V1__Record record = CATALYST__V1__RECORD__INIT;
+	Catalyst__V1__NewsRaw news = CATALYST__V1__NEWS_RAW__INIT;
+	char errstr[256];
+	uint8_t *buf;
+	size_t len;
+
+	cmd.action_case = CATALYST__V1__SYNC_COMMAND__ACTION_RESYNC;
+	cmd.resync = &resync;
+	resync.table = "news_raw~";
+	buf = pack_message(&cmd.base, &len);
+	ck_assert_int_eq(cat_codec_sync_command_decode(buf, len, &out, errstr, sizeof(errstr)), CAT_OK);
+	catalyst__v1__sync_command__free_unpacked(out, NULL);
+	poke(buf, len, '~', 0);
+	ck_assert_int_eq(cat_codec_sync_command_decode(buf, len, &out, errstr, sizeof(errstr)), CAT_ERR_PERMANENT);
+	ck_assert_str_eq(errstr, "field ResyncTable.table: contains a NUL byte");
+	free(buf);
+
+	/* a ChangeBatch: a known op, a valid record */
+	news.news_id = "n1";
+	news.has_version = 1;
+	news.version = 5;
+	record.row_case = CATALYST__V1__RECORD__ROW_NEWS_RAW;
+	record.news_raw = &news;
+	change.record = &record;
+	change.has_op = 1;
+	change.op = CATALYST__V1__WRITE_OP__WRITE_OP_DELETE;
+	batch.n_changes = 1;
+	batch.changes = changes;
+	buf = pack_message(&batch.base, &len);
+	ck_assert_int_eq(cat_codec_change_batch_decode(buf, len, &cb, errstr, sizeof(errstr)), CAT_OK);
+	ck_assert_str_eq(cb->changes[0]->record->news_raw->news_id, "n1");
+	catalyst__v1__change_batch__free_unpacked(cb, NULL);
+	free(buf);
+	change.op = (Catalyst__V1__WriteOp)9;
+	buf = pack_message(&batch.base, &len);
+	ck_assert_int_eq(cat_codec_change_batch_decode(buf, len, &cb, errstr, sizeof(errstr)), CAT_ERR_PERMANENT);
+	ck_assert_str_eq(errstr, "field Change.op: unknown value 9");
+	free(buf);
+	change.op = CATALYST__V1__WRITE_OP__WRITE_OP_DELETE;
+	news.version = 0;
+	buf = pack_message(&batch.base, &len);
+	ck_assert_int_eq(cat_codec_change_batch_decode(buf, len, &cb, errstr, sizeof(errstr)), CAT_ERR_PERMANENT);
+	ck_assert_msg(strncmp(errstr, "change 0: ", 10) == 0, "%s", errstr);
+	free(buf);
+}
+END_TEST
+
+START_TEST(test_version_check)
+{
+	const int64_t now = 1764252312000000LL;
+	char errstr[256];
+
+	ck_assert_int_eq(cat_codec_version_check(1, 86400, now, errstr, sizeof(errstr)), CAT_OK);
+	ck_assert_int_eq(cat_codec_version_check(now + 86400LL * 1000000, 86400, now, errstr, sizeof(errstr)),
+			 CAT_OK);
+	ck_assert_int_eq(cat_codec_version_check(now + 86401LL * 1000000, 86400, now, errstr, sizeof(errstr)),
+			 CAT_ERR_PERMANENT);
+	ck_assert_int_eq(cat_codec_version_check(INT64_MAX, 86400, now, errstr, sizeof(errstr)), CAT_ERR_PERMANENT);
+	ck_assert_msg(strstr(errstr, "ahead of this worker's clock, more than CATALYST_VERSION_MAX_AHEAD_S=86400"),
+		      "%s", errstr);
+	/* 0: counters welcome */
+	ck_assert_int_eq(cat_codec_version_check(INT64_MAX, 0, now, errstr, sizeof(errstr)), CAT_OK);
+}
+END_TEST
+
 static Suite *codec_suite(void)
 {
 	Suite *s = suite_create("cat_codec");
@@ -2031,6 +2254,10 @@ static Suite *codec_suite(void)
 	tcase_add_test(bad, test_validate_lengths_in_characters);
 	tcase_add_test(bad, test_validate_records);
 	tcase_add_test(bad, test_write_to_json_needs_op_and_record);
+	tcase_add_test(bad, test_cache_command_decode);
+	tcase_add_test(bad, test_backup_command_decode);
+	tcase_add_test(bad, test_sync_and_changes_decode);
+	tcase_add_test(bad, test_version_check);
 	suite_add_tcase(s, bad);
 
 	tcase_add_test(good, test_decode_keeps_unknown_fields);

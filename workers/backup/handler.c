@@ -13,6 +13,7 @@
 #include <openssl/sha.h>
 
 #include "backup.h"
+#include "cat_codec.h"
 #include "cat_event.h"
 #include "cat_log.h"
 #include "cat_pg.h"
@@ -753,14 +754,13 @@ out:
 static cat_err_t apply_one(backup_t *backup, cat_msg_t *msg, char *errstr, size_t errstr_size)
 {
 	const rd_kafka_message_t *rkm = msg->rkm;
-	Catalyst__V1__BackupCommand *cmd =
-		catalyst__v1__backup_command__unpack(NULL, rkm->len, (const uint8_t *)rkm->payload);
+	Catalyst__V1__BackupCommand *cmd = NULL;
 	const char *tables[BACKUP_MAX_TABLES];
 	size_t n_tables = 0;
 	cat_err_t err = CAT_OK;
 
-	if (!cmd)
-		return cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT, "not a BackupCommand");
+	if ((err = cat_codec_backup_command_decode(rkm->payload, rkm->len, &cmd, errstr, errstr_size)) != CAT_OK)
+		return err;
 	if (!cmd->meta || !cmd->meta->command_id || !*cmd->meta->command_id) {
 		err = cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT, "meta.command_id is required");
 		goto out;

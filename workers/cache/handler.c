@@ -687,9 +687,9 @@ static cat_err_t apply_changes(cache_t *cache, cat_batch_t *batch, char *errstr,
 		Catalyst__V1__ChangeBatch *changes;
 		char why[256];
 
-		changes = catalyst__v1__change_batch__unpack(NULL, msg->rkm->len, msg->rkm->payload);
-		if (!changes) {
-			mark(batch, (int32_t)m, "undecodable ChangeBatch");
+		if (cat_codec_change_batch_decode(msg->rkm->payload, msg->rkm->len, &changes, why, sizeof(why)) !=
+		    CAT_OK) {
+			mark(batch, (int32_t)m, why);
 			continue;
 		}
 		if (changes->meta && changes->meta->has_issued_at_us)
@@ -906,11 +906,12 @@ static cat_err_t apply_commands(cache_t *cache, cat_batch_t *batch, char *errstr
 
 	for (size_t m = 0; m < batch->n && err == CAT_OK; m++) {
 		cat_msg_t *msg = &batch->msgs[m];
-		Catalyst__V1__CacheCommand *cmd =
-			catalyst__v1__cache_command__unpack(NULL, msg->rkm->len, msg->rkm->payload);
+		Catalyst__V1__CacheCommand *cmd = NULL;
+		char why[256];
 
-		if (!cmd) {
-			mark(batch, (int32_t)m, "undecodable CacheCommand");
+		if (cat_codec_cache_command_decode(msg->rkm->payload, msg->rkm->len, &cmd, why, sizeof(why)) !=
+		    CAT_OK) {
+			mark(batch, (int32_t)m, why);
 			continue;
 		}
 		if (cmd->meta && cmd->meta->has_issued_at_us)

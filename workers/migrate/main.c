@@ -16,13 +16,19 @@
 
 static const char usage[] =
 	"usage: catalyst-migrate up [--to N] | down N | status [--json] | validate | serve\n"
+	"       catalyst-migrate reset-version TABLE KEY VERSION\n"
 	"\n"
 	"  up [--to N]      apply pending migrations (up to version N)\n"
 	"  down N           revert the last N applied migrations, newest first\n"
 	"  status [--json]  every migration, applied or pending\n"
 	"  validate         check the files, and that applied files did not change\n"
 	"  serve            HTTP: GET /api/migrations, POST /api/migrations/up (bearer token),\n"
-	"                   /healthz, /readyz, /metrics";
+	"                   /healthz, /readyz, /metrics\n"
+	"  reset-version TABLE KEY VERSION\n"
+	"                   set the row's version (and its tombstone's, if above) to VERSION:\n"
+	"                   for a row frozen by a version far in the future; run it on the\n"
+	"                   primary and on every replica (CATALYST_PG_URL), then delete the\n"
+	"                   cached key";
 
 static const cat_config_def_t config_defs[] = {
 	CAT_CONFIG_COMMON,
@@ -41,6 +47,8 @@ static const cat_config_def_t config_defs[] = {
 
 typedef struct args {
 	const char *command;
+	const char *table, *key; /* reset-version */
+	int64_t version;
 	int number; /* up --to N, down N */
 	bool json;  /* status --json */
 } args_t;
@@ -65,9 +73,18 @@ static int parse_number(const char *text)
 /* Fills args; a one-line reason and false on bad usage. */
 static bool parse_args(int argc, char **argv, args_t *args, char *why, size_t why_size)
 {
-	*args = (args_t){argc > 1 ? argv[1] : NULL, 0, false};
+	*args = (args_t){.command = argc > 1 ? argv[1] : NULL};
 	if (!args->command)
 		return snprintf(why, why_size, "no command given"), false;
+	if (strcmp(args->command, "reset-version") == 0) {
+		if (argc != 5)
+			return snprintf(why, why_size, "reset-version: expects TABLE KEY VERSION"), false;
+		args->table = argv[2];
+		args->key = argv[3];
+		if (!migrate_parse_version(argv[4], &args->version))
+			return snprintf(why, why_size, "reset-version: VERSION must be an integer from 1"), false;
+		return true;
+	}
 	if (strcmp(args->command, "up") == 0 && argc == 4 && strcmp(argv[2], "--to") == 0)
 		args->number = parse_number(argv[3]);
 	else if (strcmp(args->command, "up") == 0 && argc == 3 && strncmp(argv[2], "--to=", 5) == 0)
@@ -148,6 +165,8 @@ int main(int argc, char **argv)
 		rc = migrate_cmd_status(&opts, set, args.json);
 	} else if (strcmp(args.command, "validate") == 0) {
 		rc = migrate_cmd_validate(&opts, set);
+	} else if (strcmp(args.command, "reset-version") == 0) {
+		rc = migrate_cmd_reset_version(&opts, args.table, args.key, args.version);
 	} else {
 		/* the first SIGTERM/SIGINT asks to stop, a second one ends at once */
 		struct sigaction sa = {.sa_handler = on_signal, .sa_flags = SA_RESETHAND};

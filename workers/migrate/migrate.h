@@ -118,6 +118,12 @@ int migrate_cmd_down(const migrate_opts_t *opts, const migrate_set_t *set, int c
 int migrate_cmd_status(const migrate_opts_t *opts, const migrate_set_t *set, bool json);
 int migrate_cmd_validate(const migrate_opts_t *opts, const migrate_set_t *set);
 
+/* reset-version (reset.c): sets a row's version, and its tombstone's when
+ * above it, to `version`, on the database opts names. Exit codes (0, 1, 2). */
+int migrate_cmd_reset_version(const migrate_opts_t *opts, const char *table, const char *key, int64_t version);
+/* A version argument: an integer from 1. */
+bool migrate_parse_version(const char *text, int64_t *version);
+
 typedef struct migrate_serve_opts {
 	const char *bind;
 	int port;

@@ -54,6 +54,7 @@ struct persist {
 	char changes_topic[256];
 	int32_t changes_partitions; /* 0 until read from the metadata */
 	int changes_timeout_ms;
+	int64_t version_max_ahead_s; /* CATALYST_VERSION_MAX_AHEAD_S */
 	cat_apply_t *apply; /* the batch's writes, resolved, and their statements */
 
 	/* delivery reports of the current batch */
@@ -308,6 +309,7 @@ cat_err_t persist_new(persist_t **out, const cat_config_t *cfg, PGconn *conn, ca
 	conn = NULL; /* owned by persist */
 	persist->producer = producer;
 	persist->changes_timeout_ms = (int)cat_config_int(cfg, "CATALYST_CHANGES_TIMEOUT_MS");
+	persist->version_max_ahead_s = cat_config_int(cfg, "CATALYST_VERSION_MAX_AHEAD_S");
 	cat_kafka_topic(cfg, CAT_TOPIC_CHANGES, persist->changes_topic, sizeof(persist->changes_topic));
 
 	if (cat_schema_n_tables > MAX_TABLES) {
@@ -374,9 +376,11 @@ static Catalyst__V1__WriteCommand *command_of(const cat_batch_t *batch, const ca
 }
 
 /* Decodes every message; marks the ones that do not decode or validate. */
-static cat_err_t decode_batch(cat_batch_t *batch, size_t *n_valid, size_t *last_valid, char *errstr,
-			      size_t errstr_size)
+static cat_err_t decode_batch(const persist_t *persist, cat_batch_t *batch, size_t *n_valid,
+			      size_t *last_valid, char *errstr, size_t errstr_size)
 {
+	int64_t now_us = cat_time_now_us();
+
 	*n_valid = 0;
 	for (size_t i = 0; i < batch->n; i++) {
 		cat_msg_t *msg = &batch->msgs[i];
@@ -391,6 +395,12 @@ static cat_err_t decode_batch(cat_batch_t *batch, size_t *n_valid, size_t *last_
 		}
 		if (err != CAT_OK)
 			return cat_err_set(errstr, errstr_size, err, "%s", msg->reason);
+		if (cat_codec_version_check(cat_codec_record_version(cmd->record), persist->version_max_ahead_s,
+					    now_us, msg->reason, sizeof(msg->reason)) != CAT_OK) {
+			catalyst__v1__write_command__free_unpacked(cmd, NULL);
+			msg->result = CAT_ERR_PERMANENT;
+			continue;
+		}
 		msg->decoded = cmd;
 		if (cmd->meta && cmd->meta->has_issued_at_us)
 			msg->issued_at_us = cmd->meta->issued_at_us;
@@ -842,7 +852,7 @@ cat_err_t persist_apply(void *opaque, cat_batch_t *batch, char *errstr, size_t e
 	cat_err_t err;
 
 	cat_sql_pruner_run(&persist->pruner, persist->conn);
-	err = decode_batch(batch, &n_valid, &last_valid, errstr, errstr_size);
+	err = decode_batch(persist, batch, &n_valid, &last_valid, errstr, errstr_size);
 	if (err != CAT_OK || n_valid == 0)
 		goto out;
 	if ((err = resolve(persist, batch, errstr, errstr_size)) != CAT_OK)

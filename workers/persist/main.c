@@ -17,6 +17,7 @@
 #include "cat_consumer.h"
 #include "cat_http.h"
 #include "cat_kafka.h"
+#include "cat_codec.h"
 #include "cat_log.h"
 #include "cat_metrics.h"
 #include "cat_pg.h"
@@ -43,6 +44,7 @@ static const cat_config_def_t config_defs[] = {
 	CAT_CONFIG_PG,
 	CAT_CONFIG_CONSUMER("4000"),
 	CAT_CONFIG_TOMBSTONES,
+	CAT_CONFIG_VERSIONS,
 	{"CATALYST_PERSIST_GROUP", CAT_CFG_STRING, "catalyst-persist", false, false, 0, 0, NULL,
 	 "consumer group of write.v1 (one per environment sharing a Kafka cluster)"},
 	{"CATALYST_PERSIST_PORT", CAT_CFG_INT, "5030", false, false, 0, 65535, NULL,

@@ -231,6 +231,7 @@ cat_err_t sync_new(sync_t **out, const cat_config_t *cfg, const char *group, PGc
 	sync->events = events;
 	sync->metrics = metrics;
 	sync->replica_name = cat_config_str(cfg, "CATALYST_REPLICA_NAME");
+	sync->version_max_ahead_s = cat_config_int(cfg, "CATALYST_VERSION_MAX_AHEAD_S");
 	snprintf(sync->group, sizeof(sync->group), "%s", group);
 	sync->events_timeout_ms = (int)cat_config_int(cfg, "CATALYST_EVENTS_TIMEOUT_MS");
 	sync->check_chunk = (int)cat_config_int(cfg, "CATALYST_SYNC_CHECK_CHUNK_SIZE");
@@ -321,10 +322,9 @@ static void decode_changes(cat_msg_t *msg)
 			 msg->rkm->len);
 		return;
 	}
-	cb = catalyst__v1__change_batch__unpack(NULL, msg->rkm->len, msg->rkm->payload);
-	if (!cb) {
+	if (cat_codec_change_batch_decode(msg->rkm->payload, msg->rkm->len, &cb, msg->reason, sizeof(msg->reason)) !=
+	    CAT_OK) {
 		msg->result = CAT_ERR_PERMANENT;
-		snprintf(msg->reason, sizeof(msg->reason), "undecodable ChangeBatch");
 		return;
 	}
 	if (validate_changes(cb->changes, cb->n_changes, msg->reason, sizeof(msg->reason)) != CAT_OK) {
@@ -349,10 +349,9 @@ static void decode_command(const sync_t *sync, cat_msg_t *msg)
 			 msg->rkm->len);
 		return;
 	}
-	cmd = catalyst__v1__sync_command__unpack(NULL, msg->rkm->len, msg->rkm->payload);
-	if (!cmd) {
+	if (cat_codec_sync_command_decode(msg->rkm->payload, msg->rkm->len, &cmd, msg->reason, sizeof(msg->reason)) !=
+	    CAT_OK) {
 		msg->result = CAT_ERR_PERMANENT;
-		snprintf(msg->reason, sizeof(msg->reason), "undecodable SyncCommand");
 		return;
 	}
 	if (cmd->replica && *cmd->replica && strcmp(cmd->replica, sync->replica_name) != 0) {
@@ -364,6 +363,13 @@ static void decode_command(const sync_t *sync, cat_msg_t *msg)
 		if (validate_changes(cmd->replicate->changes, cmd->replicate->n_changes, msg->reason,
 				     sizeof(msg->reason)) != CAT_OK)
 			goto bad;
+		/* rows from an operator's command, not from the primary: the
+		 * version rule of write.v1 applies */
+		for (size_t i = 0; i < cmd->replicate->n_changes; i++)
+			if (cat_codec_version_check(cat_codec_record_version(cmd->replicate->changes[i]->record),
+						    sync->version_max_ahead_s, cat_time_now_us(), msg->reason,
+						    sizeof(msg->reason)) != CAT_OK)
+				goto bad;
 		break;
 	case CATALYST__V1__SYNC_COMMAND__ACTION_CHECK:
 		table = cmd->check->table;

@@ -22,6 +22,7 @@
 #include "cat_consumer.h"
 #include "cat_http.h"
 #include "cat_kafka.h"
+#include "cat_codec.h"
 #include "cat_log.h"
 #include "cat_metrics.h"
 #include "cat_pg.h"
@@ -50,6 +51,7 @@ static const cat_config_def_t config_defs[] = {
 	CAT_CONFIG_PG,
 	CAT_CONFIG_CONSUMER("200"),
 	CAT_CONFIG_TOMBSTONES,
+	CAT_CONFIG_VERSIONS,
 	{"CATALYST_REPLICA_URL", CAT_CFG_PG_URL, NULL, true, true, 0, 0, NULL,
 	 "the replica this process keeps, libpq conninfo or URI (sslmode=verify-full in production)"},
 	{"CATALYST_REPLICA_NAME", CAT_CFG_STRING, NULL, true, false, 0, 0, NULL,

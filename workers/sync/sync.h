@@ -52,6 +52,7 @@ typedef struct sync_table_metrics {
 } sync_table_metrics_t;
 
 typedef struct sync {
+	int64_t version_max_ahead_s; /* CATALYST_VERSION_MAX_AHEAD_S: for ReplicateRows */
 	const cat_config_t *cfg;
 	const char *replica_name;
 	char group[256];
