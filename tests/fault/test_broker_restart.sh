@@ -18,7 +18,10 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 bin=$CATALYST_BIN_DIR
 records=$CATALYST_SOURCE_DIR/tests/integration/records.py
-stack=$CATALYST_SOURCE_DIR/scripts/stack
+# the stack's own commands see the stack's topic prefix, not this test's
+# (a restarted broker would otherwise be asked to create this test's topics
+# while it loads its metadata)
+stack() { env -u CATALYST_TOPIC_PREFIX "$CATALYST_SOURCE_DIR/scripts/stack" "$@"; }
 work=$(mktemp -d)
 on_exit "rm -rf '$work'"
 export CATALYST_TOPIC_PREFIX="test.brokerfault.$$.$RANDOM."
@@ -31,7 +34,7 @@ export CATALYST_KAFKA_SESSION_TIMEOUT_MS=10000 CATALYST_KAFKA_HEARTBEAT_INTERVAL
 export CATALYST_MIGRATIONS_DIR=$CATALYST_SOURCE_DIR/migrations
 sync_group=catalyst-sync-$CATALYST_REPLICA_NAME
 n_restarts=${CATALYST_BROKER_RESTARTS:-10}
-on_exit "'$stack' start-service kafka >/dev/null 2>&1 || true"
+on_exit "stack start-service kafka >/dev/null 2>&1 || true"
 on_exit "'$bin/topic-admin' delete >/dev/null 2>&1 || true"
 "$bin/topic-admin" create
 
@@ -47,11 +50,17 @@ pids=()
 on_exit 'for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done; true'
 
 # --- 1. SIGTERM at once and during the first join -----------------------------------
+handles_term() { # handles_term PID: the process catches SIGTERM (before that, it is the loader's)
+	local mask
+	mask=$(awk '$1 == "SigCgt:" { print $2 }' "/proc/$1/status" 2>/dev/null) || return 1
+	[[ -n $mask ]] && (((16#$mask >> 14) & 1))
+}
 for delay in 0 0.2 0.5 1 1.5 2 2.5 3 4; do
 	CATALYST_GROUP_INSTANCE_ID="persist-early-$$" CATALYST_PERSIST_GROUP="early-$$-$delay" \
 		"$bin/catalyst-persist" 2>"$work/early.log" &
 	pid=$!
 	pids+=("$pid")
+	wait_for 10 "catalyst-persist to catch SIGTERM" handles_term "$pid"
 	sleep "$delay"
 	kill -TERM "$pid"
 	rc=0
@@ -93,7 +102,7 @@ alive() { # alive: both workers still running
 }
 for ((i = 1; i <= n_restarts; i++)); do
 	sleep "$((1 + RANDOM % 3)).$((RANDOM % 10))"
-	"$stack" restart-service kafka >/dev/null || fail "could not restart Kafka ($i)"
+	stack restart-service kafka >/dev/null || fail "could not restart Kafka ($i)"
 	echo "kafka restarted ($i of $n_restarts)"
 	alive
 done

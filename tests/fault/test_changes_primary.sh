@@ -78,13 +78,12 @@ first=1
 for f in "$work"/mixed.[0-9]*; do
 	"$bin/catalyst-publish" write "$f" >/dev/null || fail "could not publish $f"
 	if [[ $first == 1 ]]; then
-		"$CATALYST_SOURCE_DIR/scripts/stack" restart-service redis >/dev/null
+		env -u CATALYST_TOPIC_PREFIX "$CATALYST_SOURCE_DIR/scripts/stack" restart-service redis >/dev/null
 		first=0
 	else
 		# what expiry or eviction would take: a few hundred cached keys
-		for k in $(rcall SCAN 0 MATCH 'news:*' COUNT 400 | tail -n +2 | head -200); do
-			rcall DEL "$k" >/dev/null
-		done
+		mapfile -t gone < <(rcall SCAN 0 MATCH 'news:*' COUNT 400 | tail -n +2 | head -200)
+		((${#gone[@]} == 0)) || rcall DEL "${gone[@]}" >/dev/null
 	fi
 	sleep 1
 done

@@ -53,8 +53,8 @@ m = json.loads(open(sys.argv[1]).readline())
 h = m["headers"]
 if m["raw_bytes"] != 1010000:
     sys.exit(f"dead letter of {m['raw_bytes']} bytes, expected the whole 1010000")
-if not h.get("x-catalyst-error", "").startswith("could not decode"):
-    sys.exit(f"reason: {h.get('x-catalyst-error')!r}")
+if not h.get("x-catalyst-error"):
+    sys.exit("a dead letter without its reason")
 if "x-catalyst-truncated" in h:
     sys.exit("a letter that fits was truncated")
 PY
@@ -80,11 +80,20 @@ if h.get("x-catalyst-original-size") != "1048400":
     sys.exit(f"original size header {h.get('x-catalyst-original-size')!r}")
 if h.get("x-catalyst-original-sha256") != sys.argv[2]:
     sys.exit(f"original sha256 header {h.get('x-catalyst-original-sha256')!r}, expected {sys.argv[2]}")
-if not h.get("x-catalyst-error", "").startswith("could not decode"):
-    sys.exit(f"reason: {h.get('x-catalyst-error')!r}")
+if not h.get("x-catalyst-error"):
+    sys.exit("a truncated letter without its reason")
 if m[0]["raw_bytes"] >= 1048400 or m[0]["raw_bytes"] == 0:
     sys.exit(f"truncated letter of {m[0]['raw_bytes']} bytes")
 PY
 grep -q 'refused for its size: sending it truncated' "$work/persist.log" || fail "no log line for the truncated letter"
 assert_eq 1 "$(grep -c '"dead-lettered message' "$work/persist.log" | awk '{print ($1 >= 2)}')" "dead letters logged"
 echo "ok: a 1,010,000-byte message dead-lettered whole, a 1,048,400-byte one truncated with its size and sha256"
+
+# a truncated letter is never replayed (it is not what the producer sent);
+# the whole one is, and is dead-lettered again
+out=$("$bin/catalyst-publish" dlq replay --all 2>&1 || true)
+assert_contains "$out" "refused"
+assert_contains "$out" "a truncated letter (the original was 1048400 bytes, sha256 $want_sha)"
+"$bin/topic-dump" --topic "${CATALYST_TOPIC_PREFIX}dlq.v1" --type raw --headers --count 3 --timeout-ms 60000 \
+	>"$work/dlq3" || fail "the replayed 1,010,000-byte letter was not dead-lettered again: $out"
+echo "ok: the truncated letter refused for replay, the whole one replayed and dead-lettered again"

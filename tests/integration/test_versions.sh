@@ -69,6 +69,20 @@ assert_eq 2 "$(grep -c 'ahead of this worker.s clock, more than CATALYST_VERSION
 assert_eq 0 "$(version_of "$primary" far-max)" "far-max applied"
 assert_eq 0 "$(version_of "$primary" far-2d)" "far-2d applied"
 
+# a producer's issued_at_us a day ahead, or from 1970, stays out of the
+# latency histogram, counted apart
+printf '{"table":"news_raw","news_id":"lat-future","symbol":"VER","version":1,"issued_at_us":%s}\n' \
+	$((now_us + 86400 * 1000000)) | "$bin/catalyst-publish" write - >/dev/null
+printf '{"table":"news_raw","news_id":"lat-absurd","symbol":"VER","version":1,"issued_at_us":5}\n' |
+	"$bin/catalyst-publish" write - >/dev/null
+wait_for 60 "lat-absurd applied" has_version "$primary" lat-absurd 1
+port=$(grep -o '"port":[0-9]*' "$work/persist.log" | head -1 | cut -d: -f2)
+metric() { curl -s "http://127.0.0.1:$port/metrics" | awk -v n="$1" '$1 == n { print $2 }'; }
+settled() { [[ $(metric 'catalyst_latency_samples_ignored_total{reason="absurd"}') == 1 ]]; }
+wait_for 30 "the absurd issued_at_us counted" settled
+assert_eq 1 "$(metric 'catalyst_latency_samples_ignored_total{reason="future"}')" "future samples ignored"
+assert_eq 1 "$(metric catalyst_end_to_end_latency_seconds_count)" "latency samples (only the write within bounds)"
+
 # --- 2. sync: ReplicateRows obeys the same rule ---------------------------------------------
 start sync
 sync_pid=$started

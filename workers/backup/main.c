@@ -113,6 +113,14 @@ int main(int argc, char **argv)
 	char errstr[1024], poll_ms[32];
 	int rc = 1;
 
+	/* signals first of all, so that one during start-up stops cleanly too
+	 * (exit 0): the first SIGTERM/SIGINT stops the running command (its
+	 * upload is aborted, the command redelivered later), a second one ends
+	 * at once */
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+
 	if (cat_config_wants_help(argc, argv)) {
 		cat_config_usage(stdout, usage, config_defs, N_CONFIG_DEFS);
 		return 0;
@@ -170,11 +178,6 @@ int main(int argc, char **argv)
 		goto out;
 	}
 
-	/* the first SIGTERM/SIGINT stops the running command (its upload is
-	 * aborted, the command redelivered later), a second one ends at once */
-	sigemptyset(&sa.sa_mask);
-	sigaction(SIGTERM, &sa, NULL);
-	sigaction(SIGINT, &sa, NULL);
 
 	if (cat_consumer_run(consumer, &stop, errstr, sizeof(errstr)) != CAT_OK) {
 		CAT_LOG_ERROR("CONSUMER", "%s", errstr);

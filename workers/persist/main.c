@@ -81,6 +81,13 @@ int main(int argc, char **argv)
 	cat_err_t err;
 	int rc = 1;
 
+	/* signals first of all, so that one during start-up stops cleanly too
+	 * (exit 0): the first SIGTERM/SIGINT drains and stops, a second one
+	 * ends at once */
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+
 	if (cat_config_wants_help(argc, argv)) {
 		cat_config_usage(stdout, usage, config_defs, N_CONFIG_DEFS);
 		return 0;
@@ -147,10 +154,6 @@ int main(int argc, char **argv)
 		goto out;
 	}
 
-	/* the first SIGTERM/SIGINT drains and stops, a second one ends at once */
-	sigemptyset(&sa.sa_mask);
-	sigaction(SIGTERM, &sa, NULL);
-	sigaction(SIGINT, &sa, NULL);
 
 	if (cat_consumer_run(consumer, &stop, errstr, sizeof(errstr)) != CAT_OK) {
 		CAT_LOG_ERROR("CONSUMER", "%s", errstr);

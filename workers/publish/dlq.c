@@ -1041,8 +1041,10 @@ static int replay(const cat_config_t *cfg, const opts_t *o, PGconn *conn, const 
 		snprintf(by, sizeof(by), "%s", o->by);
 	else
 		default_operator(by, sizeof(by));
-	if (!o->dry_run && cat_producer_new(&producer, cfg, "catalyst-publish-dlq", timeout_ms, replay_report, NULL,
-					    errstr, sizeof(errstr)) != CAT_OK) {
+	/* a letter may be as large as anything the workers fetched */
+	if (!o->dry_run &&
+	    cat_producer_new_with(&producer, cfg, "catalyst-publish-dlq", timeout_ms, replay_report, NULL,
+				  "message.max.bytes", "67108864", errstr, sizeof(errstr)) != CAT_OK) {
 		fprintf(stderr, PROG ": %s\n", errstr);
 		return 1;
 	}
@@ -1068,6 +1070,17 @@ static int replay(const cat_config_t *cfg, const opts_t *o, PGconn *conn, const 
 			printf("skipped %d:%" PRId64 ": the same source message as an earlier letter\n",
 			       (int)l->partition, l->offset);
 			n_already++;
+			continue;
+		}
+		if (strcmp(header_text(l, "x-catalyst-truncated"), "true") == 0) {
+			/* only the start of the message is here: replaying it would
+			 * publish something the producer never sent */
+			l->delivered = -2;
+			printf("refused %d:%" PRId64 ": a truncated letter (the original was %s bytes, sha256 %s); "
+			       "re-publish the original from its producer\n",
+			       (int)l->partition, l->offset, header_text(l, "x-catalyst-original-size"),
+			       header_text(l, "x-catalyst-original-sha256"));
+			n_refused++;
 			continue;
 		}
 		if (!l->suffix || !l->source_ok) {

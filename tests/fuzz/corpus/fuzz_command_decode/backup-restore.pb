@@ -1,0 +1,4 @@
+
+
+cmd-1€¬ç‚À’‘"
+full-abcscratch
