@@ -257,8 +257,10 @@ cat_err_t cat_http_new(cat_http_t **out, const char *bind, int port, char *errst
 		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "could not listen: bad port %d", port);
 	if (!(http = calloc(1, sizeof(*http))))
 		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
-	if (pthread_mutex_init(&http->ready_lock, NULL) != 0 || pthread_mutex_init(&http->conn_lock, NULL) != 0 ||
-	    pthread_mutex_init(&http->log_lock, NULL) != 0 || cond_init_monotonic(&http->sweep_cond) != 0) {
+	if (pthread_mutex_init(&http->ready_lock, NULL) != 0 ||
+	    pthread_mutex_init(&http->conn_lock, NULL) != 0 ||
+	    pthread_mutex_init(&http->log_lock, NULL) != 0 ||
+	    cond_init_monotonic(&http->sweep_cond) != 0) {
 		free(http); /* (only fails when out of resources; nothing to undo on Linux) */
 		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "could not create a mutex");
 	}
@@ -499,7 +501,8 @@ static void *sweeper_main(void *opaque)
 			http->overdue++;
 		}
 		if (http->overdue && now - http->overdue_logged_us >= LOG_WINDOW_US) {
-			CAT_LOG_WARN("HTTP", "closed %lu connection%s: request headers not complete within %u s",
+			CAT_LOG_WARN("HTTP",
+				     "closed %lu connection%s: request headers not complete within %u s",
 				     http->overdue, http->overdue == 1 ? "" : "s", http->limits.timeout_s);
 			http->overdue = 0;
 			http->overdue_logged_us = now;
@@ -651,9 +654,9 @@ cat_err_t cat_http_start(cat_http_t *http, char *errstr, size_t errstr_size)
 		flags, (uint16_t)http->port, NULL, NULL, access_handler, http, MHD_OPTION_EXTERNAL_LOGGER,
 		mhd_logger, http, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa, MHD_OPTION_NOTIFY_COMPLETED,
 		request_completed, http, MHD_OPTION_NOTIFY_CONNECTION, notify_connection, http,
-		MHD_OPTION_THREAD_POOL_SIZE, limits->threads, MHD_OPTION_CONNECTION_LIMIT, limits->max_connections,
-		MHD_OPTION_PER_IP_CONNECTION_LIMIT, limits->max_connections_per_ip, MHD_OPTION_CONNECTION_TIMEOUT,
-		limits->timeout_s, MHD_OPTION_END);
+		MHD_OPTION_THREAD_POOL_SIZE, limits->threads, MHD_OPTION_CONNECTION_LIMIT,
+		limits->max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT, limits->max_connections_per_ip,
+		MHD_OPTION_CONNECTION_TIMEOUT, limits->timeout_s, MHD_OPTION_END);
 	if (!http->daemon)
 		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL,
 				   "could not listen on %s port %d: address in use or not available",
@@ -667,10 +670,10 @@ cat_err_t cat_http_start(cat_http_t *http, char *errstr, size_t errstr_size)
 	info = MHD_get_daemon_info(http->daemon, MHD_DAEMON_INFO_BIND_PORT);
 	if (info)
 		http->port = info->port;
-	fields = json_pack("{s:s,s:i,s:i,s:i,s:i,s:i}", "bind", http->bind, "port", http->port, "max_connections",
-			   (int)limits->max_connections, "max_connections_per_ip",
-			   (int)limits->max_connections_per_ip, "timeout_s", (int)limits->timeout_s, "threads",
-			   (int)limits->threads);
+	fields = json_pack("{s:s,s:i,s:i,s:i,s:i,s:i}", "bind", http->bind, "port", http->port,
+			   "max_connections", (int)limits->max_connections, "max_connections_per_ip",
+			   (int)limits->max_connections_per_ip, "timeout_s", (int)limits->timeout_s,
+			   "threads", (int)limits->threads);
 	cat_log_kv(CAT_LOG_LEVEL_INFO, "HTTP", fields, "listening on %s port %d", http->bind, http->port);
 	json_decref(fields);
 	return CAT_OK;
@@ -706,8 +709,9 @@ void cat_http_destroy(cat_http_t *http)
 	free(http);
 }
 
-cat_err_t cat_http_serve(cat_http_t **out, const char *bind, int port, cat_metrics_t *reg,
-			 cat_http_ready_fn ready, void *ready_opaque, char *errstr, size_t errstr_size)
+cat_err_t cat_http_serve(cat_http_t **out, const cat_config_t *cfg, const char *bind, int port,
+			 cat_metrics_t *reg, cat_http_ready_fn ready, void *ready_opaque, char *errstr,
+			 size_t errstr_size)
 {
 	cat_http_t *http = NULL;
 	cat_err_t err;
@@ -715,6 +719,11 @@ cat_err_t cat_http_serve(cat_http_t **out, const char *bind, int port, cat_metri
 	*out = NULL;
 	if ((err = cat_http_new(&http, bind, port, errstr, errstr_size)) != CAT_OK)
 		return err;
+	if (cfg) {
+		cat_http_limits_t limits = cat_http_limits_from_config(cfg);
+
+		cat_http_set_limits(http, &limits);
+	}
 	cat_http_set_metrics(http, reg);
 	cat_http_set_ready_fn(http, ready, ready_opaque);
 	if ((err = cat_http_start(http, errstr, errstr_size)) != CAT_OK) {

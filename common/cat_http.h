@@ -67,16 +67,17 @@ typedef struct cat_http_limits {
 
 /* The limits as settings: add to a binary's table, read with
  * cat_http_limits_from_config(). */
-#define CAT_CONFIG_HTTP                                                                                     \
-	{"CATALYST_HTTP_MAX_CONNECTIONS", CAT_CFG_INT, CAT_HTTP_STR(CAT_HTTP_MAX_CONNECTIONS_DEFAULT), false,    \
-	 false, 4, 65536, NULL, "HTTP: open connections at most, all clients together"},                         \
-	{"CATALYST_HTTP_MAX_CONNECTIONS_PER_IP", CAT_CFG_INT,                                                   \
-	 CAT_HTTP_STR(CAT_HTTP_MAX_CONNECTIONS_PER_IP_DEFAULT), false, false, 0, 65536, NULL,                    \
-	 "HTTP: open connections at most from one client address (0: no limit)"},                               \
-	{"CATALYST_HTTP_TIMEOUT_S", CAT_CFG_INT, CAT_HTTP_STR(CAT_HTTP_TIMEOUT_S_DEFAULT), false, false, 1, 600, \
-	 NULL, "HTTP: seconds a client has to send a request's headers; an idle connection is closed after"},   \
-	{"CATALYST_HTTP_THREADS", CAT_CFG_INT, CAT_HTTP_STR(CAT_HTTP_THREADS_DEFAULT), false, false, 1, 64,      \
-	 NULL, "HTTP: event-loop threads serving the connections (a slow handler holds up one)"}
+#define CAT_CONFIG_HTTP                                                                               \
+	{"CATALYST_HTTP_MAX_CONNECTIONS", CAT_CFG_INT, CAT_HTTP_STR(CAT_HTTP_MAX_CONNECTIONS_DEFAULT),    \
+	 false, false, 4, 65536, NULL, "HTTP: open connections at most, all clients together"},           \
+	{"CATALYST_HTTP_MAX_CONNECTIONS_PER_IP", CAT_CFG_INT,                                             \
+	 CAT_HTTP_STR(CAT_HTTP_MAX_CONNECTIONS_PER_IP_DEFAULT), false, false, 0, 65536, NULL,              \
+	 "HTTP: open connections at most from one client address (0: no limit)"},                         \
+	{"CATALYST_HTTP_TIMEOUT_S", CAT_CFG_INT, CAT_HTTP_STR(CAT_HTTP_TIMEOUT_S_DEFAULT), false, false,  \
+	 1, 600, NULL,                                                                                     \
+	 "HTTP: seconds a client has to send a request's headers; an idle connection is closed after"},   \
+	{"CATALYST_HTTP_THREADS", CAT_CFG_INT, CAT_HTTP_STR(CAT_HTTP_THREADS_DEFAULT), false, false, 1,   \
+	 64, NULL, "HTTP: event-loop threads serving the connections (a slow handler holds up one)"}
 
 typedef struct cat_http_request {
 	const char *method; /* "GET", "POST", ... ("GET" for HEAD) */
@@ -142,10 +143,11 @@ void cat_http_set_ready(cat_http_t *http, bool ready, const char *reason);
 /* Binds and starts serving; logs the address (fac "HTTP", field "port"). */
 cat_err_t cat_http_start(cat_http_t *http, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 
-/* A worker's probes in one call: new, metrics, readiness callback, start.
+/* A worker's probes in one call: new, limits (the CAT_CONFIG_HTTP settings
+ * of cfg; NULL: the defaults), metrics, readiness callback, start.
  * On failure *out is NULL and nothing listens. */
-cat_err_t cat_http_serve(cat_http_t **out, const char *bind, int port, cat_metrics_t *reg,
-			 cat_http_ready_fn ready, void *ready_opaque, char *errstr,
+cat_err_t cat_http_serve(cat_http_t **out, const cat_config_t *cfg, const char *bind, int port,
+			 cat_metrics_t *reg, cat_http_ready_fn ready, void *ready_opaque, char *errstr,
 			 size_t errstr_size) CAT_MUST_CHECK;
 
 /* The bound port once started (useful with port 0), else 0. */

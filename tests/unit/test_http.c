@@ -306,11 +306,11 @@ START_TEST(test_serve)
 	reply_t reply;
 	char errstr[256], saved[256];
 
-	ck_assert_int_eq(cat_http_serve(&other, "127.0.0.1", cat_http_port(http), reg, not_ready, "busy",
-					errstr, sizeof(errstr)),
+	ck_assert_int_eq(cat_http_serve(&other, NULL, "127.0.0.1", cat_http_port(http), reg, not_ready,
+					"busy", errstr, sizeof(errstr)),
 			 CAT_ERR_FATAL); /* port in use */
 	ck_assert_ptr_null(other);
-	ck_assert_int_eq(cat_http_serve(&other, "127.0.0.1", 0, reg, not_ready, "replica down", errstr,
+	ck_assert_int_eq(cat_http_serve(&other, NULL, "127.0.0.1", 0, reg, not_ready, "replica down", errstr,
 					sizeof(errstr)),
 			 CAT_OK);
 	ck_assert_int_gt(cat_http_port(other), 0);
