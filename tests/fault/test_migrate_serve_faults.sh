@@ -8,7 +8,9 @@
 #   - the primary stopped: /readyz says "database unreachable" and nothing
 #     of libpq's message (host, port, user), /api/migrations 503 the same;
 #     the details are in the log; the primary back: ready again on a new
-#     connection, still one session.
+#     connection, still one session;
+#   - its session hanging (the backend stopped): not ready, "database
+#     unreachable", until it answers again.
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=tests/integration/lib.sh
 . "$here/../integration/lib.sh"
@@ -136,6 +138,19 @@ assert_contains "$(cat "$work/serve.log")" "could not read the migration status"
 wait_for 60 "/readyz to say ready again" is_ready
 assert_eq 1 "$(sessions)" "sessions of the server after the primary came back"
 assert_contains "$(cat "$work/serve.log")" "migration status readable again" "the log"
+
+# --- its session hangs (the backend stopped, as on a dead network): not ready -------------------
+backend=$(psql_at "$LIB_ADMIN_PG_URL" "SELECT pid FROM pg_stat_activity WHERE application_name = '$app'")
+[[ $backend =~ ^[0-9]+$ ]] || fail "no single session of the server: [$backend]"
+kill -STOP "$backend"
+on_exit "kill -CONT $backend 2>/dev/null"
+wait_for 60 "/readyz to say not ready while the status query hangs" not_ready
+http GET /readyz
+assert_eq "not ready: database unreachable" "$body" "/readyz body while the status query hangs"
+http GET /healthz
+assert_eq 200 "$code" "/healthz while the status query hangs"
+kill -CONT "$backend"
+wait_for 60 "/readyz to say ready again after the hang" is_ready
 
 kill -TERM "$serve_pid"
 set +e

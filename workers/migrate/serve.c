@@ -57,27 +57,46 @@ typedef struct serve_ctx {
 
 	PGconn *conn; /* the serving loop's only; NULL while disconnected */
 
+	int64_t stale_us; /* a status older than this is not trusted (the loop hangs) */
+
 	pthread_mutex_t lock; /* guards what follows */
 	serve_state_t state;
 	migrate_status_t *status; /* the last read, owned; NULL unless state OK */
+	int64_t read_at_us;	  /* when it was read (monotonic) */
+	unsigned long generation; /* bumped by each store: a slower read does not overwrite a newer one */
 } serve_ctx_t;
 
-/* Installs a newly read status (owned from here; NULL with a failed state)
- * and mirrors it in the gauges. */
-static void cache_store(serve_ctx_t *ctx, serve_state_t state, migrate_status_t *status)
+/* Installs a status read when the cache was at `generation` (owned from
+ * here; NULL with a failed state) and mirrors it in the gauges; dropped if
+ * another store came in meanwhile (POST up's, newer). */
+static void cache_store(serve_ctx_t *ctx, unsigned long generation, serve_state_t state,
+			migrate_status_t *status)
 {
-	migrate_status_t *old;
+	migrate_status_t *old = status;
 
-	if (status) {
-		cat_metrics_set(ctx->schema_version, status->current_version);
-		cat_metrics_set(ctx->pending, status->pending);
-	}
 	pthread_mutex_lock(&ctx->lock);
-	old = ctx->status;
-	ctx->status = status;
-	ctx->state = state;
+	if (ctx->generation == generation) {
+		old = ctx->status;
+		ctx->status = status;
+		ctx->state = state;
+		ctx->read_at_us = cat_time_mono_us();
+		ctx->generation++;
+		if (status) {
+			cat_metrics_set(ctx->schema_version, status->current_version);
+			cat_metrics_set(ctx->pending, status->pending);
+		}
+	}
 	pthread_mutex_unlock(&ctx->lock);
 	migrate_status_destroy(old);
+}
+
+/* The state as requests see it (under lock): a status the loop has not
+ * renewed for long (a query hanging on a dead network) is not trusted. */
+static serve_state_t cache_state(const serve_ctx_t *ctx)
+{
+	if (ctx->state == SERVE_STATE_OK && cat_time_mono_us() - ctx->read_at_us > ctx->stale_us)
+		return SERVE_STATE_UNREACHABLE;
+	return ctx->state;
 }
 
 /* The serving loop's refresh: (re)connects when needed and reads the
@@ -86,11 +105,13 @@ static void cache_refresh(serve_ctx_t *ctx)
 {
 	migrate_status_t *status = NULL;
 	serve_state_t before, state;
+	unsigned long generation;
 	char errstr[1024];
 	cat_err_t err = CAT_OK;
 
 	pthread_mutex_lock(&ctx->lock);
 	before = ctx->state;
+	generation = ctx->generation;
 	pthread_mutex_unlock(&ctx->lock);
 
 	if (ctx->conn && PQstatus(ctx->conn) != CONNECTION_OK) {
@@ -115,7 +136,7 @@ static void cache_refresh(serve_ctx_t *ctx)
 		CAT_LOG_WARN("MIGRATE", "could not read the migration status: %s", errstr);
 	else if (state == SERVE_STATE_OK && before != SERVE_STATE_OK && before != SERVE_STATE_UNKNOWN)
 		CAT_LOG_INFO("MIGRATE", "migration status readable again");
-	cache_store(ctx, state, status);
+	cache_store(ctx, generation, state, status);
 }
 
 static const char *state_reason(serve_state_t state)
@@ -140,7 +161,7 @@ static void reply_status(serve_ctx_t *ctx, cat_http_response_t *resp)
 	serve_state_t state;
 
 	pthread_mutex_lock(&ctx->lock);
-	state = ctx->state;
+	state = cache_state(ctx);
 	if (state == SERVE_STATE_OK)
 		doc = migrate_status_json(ctx->status);
 	pthread_mutex_unlock(&ctx->lock);
@@ -195,6 +216,7 @@ static void handle_up(const cat_http_request_t *req, cat_http_response_t *resp, 
 	serve_ctx_t *ctx = opaque;
 	migrate_status_t *status = NULL;
 	migrate_result_t result;
+	unsigned long generation;
 	char errstr[2048];
 	int64_t started;
 	cat_err_t err;
@@ -214,8 +236,11 @@ static void handle_up(const cat_http_request_t *req, cat_http_response_t *resp, 
 	CAT_LOG_INFO("MIGRATE", "schema version %d: applied %d migration%s on request", result.version,
 		     result.changed, result.changed == 1 ? "" : "s");
 	/* the answer shows what up did: read now, not at the next refresh */
+	pthread_mutex_lock(&ctx->lock);
+	generation = ctx->generation;
+	pthread_mutex_unlock(&ctx->lock);
 	if (migrate_status_read(ctx->opts, ctx->set, &status, errstr, sizeof(errstr)) == CAT_OK)
-		cache_store(ctx, SERVE_STATE_OK, status);
+		cache_store(ctx, generation, SERVE_STATE_OK, status);
 	else
 		CAT_LOG_WARN("MIGRATE", "could not read the migration status: %s", errstr);
 	reply_status(ctx, resp);
@@ -229,8 +254,8 @@ static bool ready(void *opaque, char *reason, size_t reason_size)
 	bool ok = false;
 
 	pthread_mutex_lock(&ctx->lock);
-	if (ctx->state != SERVE_STATE_OK)
-		snprintf(reason, reason_size, "%s", state_reason(ctx->state));
+	if (cache_state(ctx) != SERVE_STATE_OK)
+		snprintf(reason, reason_size, "%s", state_reason(cache_state(ctx)));
 	else if (migrate_status_check(ctx->status, errstr, sizeof(errstr)) != CAT_OK)
 		snprintf(reason, reason_size, "applied migrations differ from the files");
 	else if (ctx->status->pending > 0)
@@ -265,6 +290,8 @@ int migrate_serve(const migrate_opts_t *opts, const migrate_set_t *set, const mi
 		  const volatile sig_atomic_t *stop)
 {
 	serve_ctx_t ctx = {.opts = opts, .set = set, .token = serve->token};
+	/* three refreshes missed, and a connection attempt's time */
+	ctx.stale_us = ((int64_t)serve->refresh_s * 3 + opts->connect_timeout_s) * 1000000;
 	const int64_t refresh_us = (int64_t)serve->refresh_s * 1000000;
 	cat_metrics_t *reg = NULL;
 	cat_http_t *http = NULL;
@@ -290,11 +317,9 @@ int migrate_serve(const migrate_opts_t *opts, const migrate_set_t *set, const mi
 		snprintf(errstr, sizeof(errstr), "could not add routes");
 		goto error;
 	}
-	/* the first answers already come from the cache */
-	cache_refresh(&ctx);
-	next_refresh = cat_time_mono_us() + refresh_us;
 	if (cat_http_start(http, errstr, sizeof(errstr)) != CAT_OK)
 		goto error;
+	next_refresh = 0; /* until the first read: 503 "starting" */
 
 	while (!*stop) {
 		if (cat_time_mono_us() >= next_refresh) {
