@@ -533,11 +533,12 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *connecti
 
 	route = route_find(http, method, url, &path_known);
 	if (!state) {
-		/* the headers are in: no deadline while the request is served */
-		conn_deadline(http, connection, 0);
 		/* first call: headers only; refuse early what cannot succeed */
 		const char *length = MHD_lookup_connection_value(connection, MHD_HEADER_KIND,
 								 MHD_HTTP_HEADER_CONTENT_LENGTH);
+
+		/* the headers are in: no deadline while the request is served */
+		conn_deadline(http, connection, 0);
 
 		if (!route && !path_known)
 			return send_error(connection, method, url, 404, NULL, "no such path");
@@ -601,7 +602,7 @@ static void mhd_logger(void *cls, const char *fmt, va_list ap)
 	char msg[512];
 	size_t len;
 
-	/* refused connections are logged once each: bounded under a flood */
+	/* libmicrohttpd logs each refused connection: a flood gets a few lines */
 	pthread_mutex_lock(&http->log_lock);
 	if (now - http->log_window_us >= LOG_WINDOW_US) {
 		suppressed = http->log_suppressed;
@@ -632,7 +633,10 @@ cat_err_t cat_http_start(cat_http_t *http, char *errstr, size_t errstr_size)
 	struct addrinfo *addr = NULL;
 	struct sockaddr_storage sa;
 	const union MHD_DaemonInfo *info;
-	unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
+	/* event loops on epoll (Linux); poll elsewhere */
+	unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG |
+			     (MHD_is_feature_supported(MHD_FEATURE_EPOLL) == MHD_YES ? MHD_USE_EPOLL
+										   : MHD_USE_POLL);
 	const cat_http_limits_t *limits = &http->limits;
 	json_t *fields;
 	int rc;
