@@ -1,5 +1,6 @@
 #include "cat_http.h"
 
+#include <ctype.h>
 #include <jansson.h>
 #include <microhttpd.h>
 #include <netdb.h>
@@ -9,13 +10,16 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include "cat_log.h"
+#include "cat_time.h"
 
-#define MAX_ROUTES	     16
-#define DEFAULT_MAX_BODY     (1024 * 1024)
-#define CONNECTION_LIMIT     64
-#define CONNECTION_TIMEOUT_S 30
+#define MAX_ROUTES	 16
+#define DEFAULT_MAX_BODY (1024 * 1024)
+#define SWEEP_STEP_MS	 250		    /* how often overdue headers are looked for */
+#define LOG_WINDOW_US	 (10 * 1000000LL) /* libmicrohttpd's warnings: at most ... */
+#define LOG_PER_WINDOW	 5		    /* ... this many per window, then a count */
 
 typedef struct route {
 	char *method;
@@ -38,7 +42,30 @@ struct cat_http {
 	pthread_mutex_t ready_lock; /* guards the flag and its reason */
 	bool ready;
 	char ready_reason[256];
+	cat_http_limits_t limits;
+
+	/* connections waiting for their request headers, closed when overdue */
+	pthread_mutex_t conn_lock; /* guards the list, the deadlines, sweep_stop */
+	pthread_cond_t sweep_cond;
+	pthread_t sweeper;
+	bool sweeper_started;
+	bool sweep_stop;
+	struct conn_track *conns;
+	unsigned long overdue; /* closed since the last log line */
+	int64_t overdue_logged_us;
+
+	pthread_mutex_t log_lock; /* guards the warning rate limit */
+	int64_t log_window_us;
+	unsigned int log_lines;
+	unsigned long log_suppressed;
 };
+
+/* One open connection (its socket context), from accept to close. */
+typedef struct conn_track {
+	struct conn_track *prev, *next;
+	int fd;
+	int64_t deadline_us; /* its request headers are due by; 0: not waiting for headers */
+} conn_track_t;
 
 /* Per-request state across the access handler's calls. */
 typedef struct request_state {
@@ -183,6 +210,44 @@ static void metrics(const cat_http_request_t *req, cat_http_response_t *resp, vo
 
 /* --- server ------------------------------------------------------------ */
 
+static int cond_init_monotonic(pthread_cond_t *cond)
+{
+	pthread_condattr_t attr;
+	int rc;
+
+	if ((rc = pthread_condattr_init(&attr)) != 0)
+		return rc;
+	if ((rc = pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)) == 0)
+		rc = pthread_cond_init(cond, &attr);
+	pthread_condattr_destroy(&attr);
+	return rc;
+}
+
+cat_http_limits_t cat_http_limits_default(void)
+{
+	return (cat_http_limits_t){CAT_HTTP_MAX_CONNECTIONS_DEFAULT, CAT_HTTP_MAX_CONNECTIONS_PER_IP_DEFAULT,
+				   CAT_HTTP_TIMEOUT_S_DEFAULT, CAT_HTTP_THREADS_DEFAULT};
+}
+
+cat_http_limits_t cat_http_limits_from_config(const cat_config_t *cfg)
+{
+	return (cat_http_limits_t){(unsigned int)cat_config_int(cfg, "CATALYST_HTTP_MAX_CONNECTIONS"),
+				   (unsigned int)cat_config_int(cfg, "CATALYST_HTTP_MAX_CONNECTIONS_PER_IP"),
+				   (unsigned int)cat_config_int(cfg, "CATALYST_HTTP_TIMEOUT_S"),
+				   (unsigned int)cat_config_int(cfg, "CATALYST_HTTP_THREADS")};
+}
+
+void cat_http_set_limits(cat_http_t *http, const cat_http_limits_t *limits)
+{
+	http->limits = *limits;
+	if (http->limits.threads == 0)
+		http->limits.threads = 1;
+	if (http->limits.timeout_s == 0)
+		http->limits.timeout_s = CAT_HTTP_TIMEOUT_S_DEFAULT;
+	if (http->limits.max_connections < http->limits.threads)
+		http->limits.max_connections = http->limits.threads;
+}
+
 cat_err_t cat_http_new(cat_http_t **out, const char *bind, int port, char *errstr, size_t errstr_size)
 {
 	cat_http_t *http;
@@ -192,12 +257,16 @@ cat_err_t cat_http_new(cat_http_t **out, const char *bind, int port, char *errst
 		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "could not listen: bad port %d", port);
 	if (!(http = calloc(1, sizeof(*http))))
 		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
-	if (pthread_mutex_init(&http->ready_lock, NULL) != 0) {
-		free(http);
+	if (pthread_mutex_init(&http->ready_lock, NULL) != 0 ||
+	    pthread_mutex_init(&http->conn_lock, NULL) != 0 ||
+	    pthread_mutex_init(&http->log_lock, NULL) != 0 ||
+	    cond_init_monotonic(&http->sweep_cond) != 0) {
+		free(http); /* (only fails when out of resources; nothing to undo on Linux) */
 		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "could not create a mutex");
 	}
 	http->port = port;
 	http->max_body = DEFAULT_MAX_BODY;
+	http->limits = cat_http_limits_default();
 	snprintf(http->ready_reason, sizeof(http->ready_reason), "starting");
 	if (!(http->bind = strdup(bind ? bind : "0.0.0.0")) ||
 	    cat_http_route(http, "GET", "/healthz", healthz, http) != CAT_OK ||
@@ -355,6 +424,101 @@ static bool body_append(request_state_t *state, const char *data, size_t len, si
 	return true;
 }
 
+/* --- slow clients ----------------------------------------------------------- */
+
+/* Sets the deadline of connection's request headers (0: none). */
+static void conn_deadline(cat_http_t *http, struct MHD_Connection *connection, int64_t deadline_us)
+{
+	const union MHD_ConnectionInfo *info =
+		MHD_get_connection_info(connection, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+	conn_track_t *track = info ? info->socket_context : NULL;
+
+	if (!track)
+		return;
+	pthread_mutex_lock(&http->conn_lock);
+	track->deadline_us = deadline_us;
+	pthread_mutex_unlock(&http->conn_lock);
+}
+
+/* libmicrohttpd: a connection accepted or closed (before its socket is). */
+static void notify_connection(void *cls, struct MHD_Connection *connection, void **socket_context,
+			      enum MHD_ConnectionNotificationCode toe)
+{
+	cat_http_t *http = cls;
+	conn_track_t *track = *socket_context;
+
+	if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+		const union MHD_ConnectionInfo *info =
+			MHD_get_connection_info(connection, MHD_CONNECTION_INFO_CONNECTION_FD);
+
+		/* out of memory: the idle timeout still applies */
+		if (!info || !(track = calloc(1, sizeof(*track))))
+			return;
+		track->fd = info->connect_fd;
+		track->deadline_us = cat_time_mono_us() + (int64_t)http->limits.timeout_s * 1000000;
+		pthread_mutex_lock(&http->conn_lock);
+		track->next = http->conns;
+		if (http->conns)
+			http->conns->prev = track;
+		http->conns = track;
+		pthread_mutex_unlock(&http->conn_lock);
+		*socket_context = track;
+		return;
+	}
+	if (!track)
+		return;
+	pthread_mutex_lock(&http->conn_lock);
+	if (track->prev)
+		track->prev->next = track->next;
+	else
+		http->conns = track->next;
+	if (track->next)
+		track->next->prev = track->prev;
+	pthread_mutex_unlock(&http->conn_lock);
+	free(track);
+	*socket_context = NULL;
+}
+
+/* Closes the connections whose request headers are overdue: a client that
+ * trickles them a byte at a time defeats an idle timeout, not this. The
+ * socket is shut down, not closed: its event loop sees the end and closes
+ * it (and tells notify_connection first, under conn_lock, so the descriptor
+ * is still ours here). */
+static void *sweeper_main(void *opaque)
+{
+	cat_http_t *http = opaque;
+
+	pthread_mutex_lock(&http->conn_lock);
+	while (!http->sweep_stop) {
+		struct timespec until;
+		int64_t now = cat_time_mono_us();
+
+		for (conn_track_t *track = http->conns; track; track = track->next) {
+			if (track->deadline_us == 0 || track->deadline_us > now)
+				continue;
+			shutdown(track->fd, SHUT_RDWR);
+			track->deadline_us = 0;
+			http->overdue++;
+		}
+		if (http->overdue && now - http->overdue_logged_us >= LOG_WINDOW_US) {
+			CAT_LOG_WARN("HTTP",
+				     "closed %lu connection%s: request headers not complete within %u s",
+				     http->overdue, http->overdue == 1 ? "" : "s", http->limits.timeout_s);
+			http->overdue = 0;
+			http->overdue_logged_us = now;
+		}
+		clock_gettime(CLOCK_MONOTONIC, &until);
+		until.tv_nsec += SWEEP_STEP_MS * 1000000L;
+		if (until.tv_nsec >= 1000000000L) {
+			until.tv_sec++;
+			until.tv_nsec -= 1000000000L;
+		}
+		pthread_cond_timedwait(&http->sweep_cond, &http->conn_lock, &until);
+	}
+	pthread_mutex_unlock(&http->conn_lock);
+	return NULL;
+}
+
 static enum MHD_Result access_handler(void *cls, struct MHD_Connection *connection, const char *url,
 				      const char *http_method, const char *version, const char *upload_data,
 				      size_t *upload_data_size, void **con_cls)
@@ -372,6 +536,9 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *connecti
 		/* first call: headers only; refuse early what cannot succeed */
 		const char *length = MHD_lookup_connection_value(connection, MHD_HEADER_KIND,
 								 MHD_HTTP_HEADER_CONTENT_LENGTH);
+
+		/* the headers are in: no deadline while the request is served */
+		conn_deadline(http, connection, 0);
 
 		if (!route && !path_known)
 			return send_error(connection, method, url, 404, NULL, "no such path");
@@ -412,7 +579,11 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *connecti
 static void request_completed(void *cls, struct MHD_Connection *connection, void **con_cls,
 			      enum MHD_RequestTerminationCode toe)
 {
+	cat_http_t *http = cls;
 	request_state_t *state = *con_cls;
+
+	/* a kept-alive connection: the next request's headers are due in time */
+	conn_deadline(http, connection, cat_time_mono_us() + (int64_t)http->limits.timeout_s * 1000000);
 
 	if (state) {
 		free(state->body);
@@ -425,13 +596,34 @@ static void mhd_logger(void *cls, const char *fmt, va_list ap) CAT_PRINTF(2, 0);
 
 static void mhd_logger(void *cls, const char *fmt, va_list ap)
 {
+	cat_http_t *http = cls;
+	int64_t now = cat_time_mono_us();
+	unsigned long suppressed = 0;
 	char msg[512];
 	size_t len;
 
+	/* libmicrohttpd logs each refused connection: a flood gets a few lines */
+	pthread_mutex_lock(&http->log_lock);
+	if (now - http->log_window_us >= LOG_WINDOW_US) {
+		suppressed = http->log_suppressed;
+		http->log_window_us = now;
+		http->log_lines = 0;
+		http->log_suppressed = 0;
+	}
+	if (http->log_lines == LOG_PER_WINDOW) {
+		http->log_suppressed++;
+		pthread_mutex_unlock(&http->log_lock);
+		return;
+	}
+	http->log_lines++;
+	pthread_mutex_unlock(&http->log_lock);
+	if (suppressed)
+		CAT_LOG_WARN("HTTP", "%lu more warnings of the server not logged", suppressed);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	len = strlen(msg);
 	while (len > 0 && (msg[len - 1] == '\n' || msg[len - 1] == '.'))
 		msg[--len] = '\0';
+	msg[0] = (char)tolower((unsigned char)msg[0]); /* our style: lower-case messages */
 	CAT_LOG_WARN("HTTP", "%s", msg);
 }
 
@@ -441,8 +633,11 @@ cat_err_t cat_http_start(cat_http_t *http, char *errstr, size_t errstr_size)
 	struct addrinfo *addr = NULL;
 	struct sockaddr_storage sa;
 	const union MHD_DaemonInfo *info;
-	unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL |
-			     MHD_USE_ERROR_LOG;
+	/* event loops on epoll (Linux); poll elsewhere */
+	unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG |
+			     (MHD_is_feature_supported(MHD_FEATURE_EPOLL) == MHD_YES ? MHD_USE_EPOLL
+										   : MHD_USE_POLL);
+	const cat_http_limits_t *limits = &http->limits;
 	json_t *fields;
 	int rc;
 
@@ -462,16 +657,27 @@ cat_err_t cat_http_start(cat_http_t *http, char *errstr, size_t errstr_size)
 	http->daemon = MHD_start_daemon(
 		flags, (uint16_t)http->port, NULL, NULL, access_handler, http, MHD_OPTION_EXTERNAL_LOGGER,
 		mhd_logger, http, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa, MHD_OPTION_NOTIFY_COMPLETED,
-		request_completed, http, MHD_OPTION_CONNECTION_LIMIT, (unsigned int)CONNECTION_LIMIT,
-		MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)CONNECTION_TIMEOUT_S, MHD_OPTION_END);
+		request_completed, http, MHD_OPTION_NOTIFY_CONNECTION, notify_connection, http,
+		MHD_OPTION_THREAD_POOL_SIZE, limits->threads, MHD_OPTION_CONNECTION_LIMIT,
+		limits->max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT, limits->max_connections_per_ip,
+		MHD_OPTION_CONNECTION_TIMEOUT, limits->timeout_s, MHD_OPTION_END);
 	if (!http->daemon)
 		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL,
 				   "could not listen on %s port %d: address in use or not available",
 				   http->bind, http->port);
+	if (pthread_create(&http->sweeper, NULL, sweeper_main, http) != 0) {
+		MHD_stop_daemon(http->daemon);
+		http->daemon = NULL;
+		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "could not start a thread");
+	}
+	http->sweeper_started = true;
 	info = MHD_get_daemon_info(http->daemon, MHD_DAEMON_INFO_BIND_PORT);
 	if (info)
 		http->port = info->port;
-	fields = json_pack("{s:s,s:i}", "bind", http->bind, "port", http->port);
+	fields = json_pack("{s:s,s:i,s:i,s:i,s:i,s:i}", "bind", http->bind, "port", http->port,
+			   "max_connections", (int)limits->max_connections, "max_connections_per_ip",
+			   (int)limits->max_connections_per_ip, "timeout_s", (int)limits->timeout_s,
+			   "threads", (int)limits->threads);
 	cat_log_kv(CAT_LOG_LEVEL_INFO, "HTTP", fields, "listening on %s port %d", http->bind, http->port);
 	json_decref(fields);
 	return CAT_OK;
@@ -486,19 +692,30 @@ void cat_http_destroy(cat_http_t *http)
 {
 	if (!http)
 		return;
+	if (http->sweeper_started) {
+		pthread_mutex_lock(&http->conn_lock);
+		http->sweep_stop = true;
+		pthread_cond_signal(&http->sweep_cond);
+		pthread_mutex_unlock(&http->conn_lock);
+		pthread_join(http->sweeper, NULL);
+	}
 	if (http->daemon)
-		MHD_stop_daemon(http->daemon);
+		MHD_stop_daemon(http->daemon); /* closes every connection: conns empty */
 	for (size_t i = 0; i < http->n_routes; i++) {
 		free(http->routes[i].method);
 		free(http->routes[i].path);
 	}
 	free(http->bind);
 	pthread_mutex_destroy(&http->ready_lock);
+	pthread_mutex_destroy(&http->conn_lock);
+	pthread_cond_destroy(&http->sweep_cond);
+	pthread_mutex_destroy(&http->log_lock);
 	free(http);
 }
 
-cat_err_t cat_http_serve(cat_http_t **out, const char *bind, int port, cat_metrics_t *reg,
-			 cat_http_ready_fn ready, void *ready_opaque, char *errstr, size_t errstr_size)
+cat_err_t cat_http_serve(cat_http_t **out, const cat_config_t *cfg, const char *bind, int port,
+			 cat_metrics_t *reg, cat_http_ready_fn ready, void *ready_opaque, char *errstr,
+			 size_t errstr_size)
 {
 	cat_http_t *http = NULL;
 	cat_err_t err;
@@ -506,6 +723,11 @@ cat_err_t cat_http_serve(cat_http_t **out, const char *bind, int port, cat_metri
 	*out = NULL;
 	if ((err = cat_http_new(&http, bind, port, errstr, errstr_size)) != CAT_OK)
 		return err;
+	if (cfg) {
+		cat_http_limits_t limits = cat_http_limits_from_config(cfg);
+
+		cat_http_set_limits(http, &limits);
+	}
 	cat_http_set_metrics(http, reg);
 	cat_http_set_ready_fn(http, ready, ready_opaque);
 	if ((err = cat_http_start(http, errstr, errstr_size)) != CAT_OK) {

@@ -1,9 +1,10 @@
 /*
  * cat_http: the small HTTP server every long-running worker embeds.
  *
- * libmicrohttpd with its own listening thread and one thread per connection,
- * so a slow handler never holds up a probe. Routes map (method, path) to a
- * handler; /healthz, /readyz and /metrics are built in:
+ * libmicrohttpd, event-driven: a few threads (CATALYST_HTTP_THREADS), each
+ * an epoll loop serving many connections, so idle or slow clients cost a
+ * socket, not a thread. Routes map (method, path) to a handler; /healthz,
+ * /readyz and /metrics are built in:
  *   GET /healthz  200 "ok" while the process serves
  *   GET /readyz   200 "ready", or 503 "not ready: <reason>", from the
  *                 readiness callback if one is set, else from the flag
@@ -13,6 +14,14 @@
  * An unknown path is 404, a known path with another method 405, a body
  * past the limit (default 1 MiB) 413. HEAD is served as GET without body.
  *
+ * Limits (cat_http_limits_t, settings CAT_CONFIG_HTTP): connections in all
+ * and per client address (past them a connection is closed at once), and a
+ * timeout: a request's headers must be complete within it of the
+ * connection's start (or of the previous response on a kept-alive
+ * connection), and a connection idle for it is closed. So slow clients
+ * (slowloris) neither hold threads nor keep others out for long: a probe
+ * from another address is always served.
+ *
  *   cat_http_t *http;
  *   if (cat_http_new(&http, "0.0.0.0", 5020, errstr, sizeof(errstr)) != CAT_OK) ...
  *   cat_http_set_metrics(http, reg);
@@ -21,7 +30,9 @@
  *   ...
  *   cat_http_destroy(http);
  *
- * Handlers run on the connection's thread: whatever they share must be
+ * Handlers run on one of the server's threads, which serves no other
+ * connection meanwhile: they must be quick (a slow one holds up at most
+ * that thread's share of connections), and whatever they share must be
  * thread-safe.
  */
 #ifndef CAT_HTTP_H
@@ -30,12 +41,43 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "cat_config.h"
 #include "cat_err.h"
 #include "cat_metrics.h"
 
 #define CAT_HTTP_MAX_HEADERS 4
 
 typedef struct cat_http cat_http_t;
+
+/* Defaults of the limits (README "HTTP limits"). */
+#define CAT_HTTP_MAX_CONNECTIONS_DEFAULT	512
+#define CAT_HTTP_MAX_CONNECTIONS_PER_IP_DEFAULT 16
+#define CAT_HTTP_TIMEOUT_S_DEFAULT		5
+#define CAT_HTTP_THREADS_DEFAULT		4
+
+typedef struct cat_http_limits {
+	unsigned int max_connections;	     /* open connections in all */
+	unsigned int max_connections_per_ip; /* from one client address; 0: no limit */
+	unsigned int timeout_s;		     /* headers complete within, idle at most */
+	unsigned int threads;		     /* event loops */
+} cat_http_limits_t;
+
+#define CAT_HTTP_STR_(x) #x
+#define CAT_HTTP_STR(x)	 CAT_HTTP_STR_(x)
+
+/* The limits as settings: add to a binary's table, read with
+ * cat_http_limits_from_config(). */
+#define CAT_CONFIG_HTTP                                                                               \
+	{"CATALYST_HTTP_MAX_CONNECTIONS", CAT_CFG_INT, CAT_HTTP_STR(CAT_HTTP_MAX_CONNECTIONS_DEFAULT),    \
+	 false, false, 4, 65536, NULL, "HTTP: open connections at most, all clients together"},           \
+	{"CATALYST_HTTP_MAX_CONNECTIONS_PER_IP", CAT_CFG_INT,                                             \
+	 CAT_HTTP_STR(CAT_HTTP_MAX_CONNECTIONS_PER_IP_DEFAULT), false, false, 0, 65536, NULL,              \
+	 "HTTP: open connections at most from one client address (0: no limit)"},                         \
+	{"CATALYST_HTTP_TIMEOUT_S", CAT_CFG_INT, CAT_HTTP_STR(CAT_HTTP_TIMEOUT_S_DEFAULT), false, false,  \
+	 1, 600, NULL,                                                                                     \
+	 "HTTP: seconds a client has to send a request's headers; an idle connection is closed after"},   \
+	{"CATALYST_HTTP_THREADS", CAT_CFG_INT, CAT_HTTP_STR(CAT_HTTP_THREADS_DEFAULT), false, false, 1,   \
+	 64, NULL, "HTTP: event-loop threads serving the connections (a slow handler holds up one)"}
 
 typedef struct cat_http_request {
 	const char *method; /* "GET", "POST", ... ("GET" for HEAD) */
@@ -87,16 +129,25 @@ void cat_http_set_metrics(cat_http_t *http, cat_metrics_t *reg); /* borrowed */
 void cat_http_set_ready_fn(cat_http_t *http, cat_http_ready_fn fn, void *opaque);
 void cat_http_set_max_body(cat_http_t *http, size_t max_body);
 
+/* The defaults above. */
+cat_http_limits_t cat_http_limits_default(void);
+/* The CAT_CONFIG_HTTP settings of cfg (which must declare them). */
+cat_http_limits_t cat_http_limits_from_config(const cat_config_t *cfg);
+/* Before start. Threads 0 counts as 1, a timeout of 0 as the default, a
+ * total below the thread count is raised to it. */
+void cat_http_set_limits(cat_http_t *http, const cat_http_limits_t *limits);
+
 /* Any time, from any thread: the readiness flag (when no callback is set). */
 void cat_http_set_ready(cat_http_t *http, bool ready, const char *reason);
 
 /* Binds and starts serving; logs the address (fac "HTTP", field "port"). */
 cat_err_t cat_http_start(cat_http_t *http, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 
-/* A worker's probes in one call: new, metrics, readiness callback, start.
+/* A worker's probes in one call: new, limits (the CAT_CONFIG_HTTP settings
+ * of cfg; NULL: the defaults), metrics, readiness callback, start.
  * On failure *out is NULL and nothing listens. */
-cat_err_t cat_http_serve(cat_http_t **out, const char *bind, int port, cat_metrics_t *reg,
-			 cat_http_ready_fn ready, void *ready_opaque, char *errstr,
+cat_err_t cat_http_serve(cat_http_t **out, const cat_config_t *cfg, const char *bind, int port,
+			 cat_metrics_t *reg, cat_http_ready_fn ready, void *ready_opaque, char *errstr,
 			 size_t errstr_size) CAT_MUST_CHECK;
 
 /* The bound port once started (useful with port 0), else 0. */

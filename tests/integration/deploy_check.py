@@ -10,6 +10,7 @@ SRC is the repository, BIN the directory of the built binaries (their --help
 lists the CATALYST_* variables each reads, with defaults). Prints one line
 per problem and exits 1 if there is any; prints what it checked otherwise.
 """
+import ipaddress
 import os
 import re
 import subprocess
@@ -284,6 +285,23 @@ def check_k8s(src, bin_dir, paths):
                 for p in rule.get("ports", []):
                     if p.get("port") != "http":
                         problem("NetworkPolicy %s: ingress to port %s" % (o["metadata"]["name"], p.get("port")))
+                # only Prometheus (pods of a namespace) and the kubelet (the nodes' CIDR)
+                peers = rule.get("from", [])
+                if not peers:
+                    problem("NetworkPolicy %s: ingress from anywhere" % o["metadata"]["name"])
+                for peer in peers:
+                    if "ipBlock" in peer:
+                        try:
+                            net = ipaddress.ip_network(peer["ipBlock"]["cidr"])
+                        except ValueError as e:
+                            problem("NetworkPolicy %s: ipBlock %s" % (o["metadata"]["name"], e))
+                            continue
+                        if net.prefixlen == 0:
+                            problem("NetworkPolicy %s: ipBlock %s admits everyone" % (o["metadata"]["name"], net))
+                    elif not (peer.get("namespaceSelector", {}).get("matchLabels") and
+                              peer.get("podSelector", {}).get("matchLabels")):
+                        problem("NetworkPolicy %s: ingress from %s: not pods of one namespace"
+                                % (o["metadata"]["name"], peer))
         if len(images) != 1:
             problem("%s: containers use %d images: %s" % (path, len(images), sorted(map(str, images))))
         for so_name in by_kind.get("ScaledObject", {}):

@@ -3,7 +3,8 @@
 # fresh scratch database: bad configuration and usage, up/down/--to, the
 # schema it creates, checksum drift, broken migration sets, four concurrent
 # runs, a no-transaction migration, a failing migration rolled back, and the
-# HTTP server (/api/migrations, token, probes, metrics, SIGTERM).
+# HTTP server (/api/migrations, token, probes, metrics, SIGTERM; its faults:
+# tests/fault/test_migrate_serve_faults.sh).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=tests/integration/lib.sh
@@ -68,7 +69,8 @@ assert_contains "$err" "up --to 5: no such migration, the latest is 4"
 run "$migrate" --help
 assert_eq 0 "$rc" "--help"
 for name in CATALYST_PG_URL CATALYST_MIGRATIONS_DIR CATALYST_MIGRATE_LOCK_TIMEOUT_S CATALYST_MIGRATE_PORT \
-	CATALYST_MIGRATE_BIND CATALYST_MIGRATE_TOKEN; do
+	CATALYST_MIGRATE_BIND CATALYST_MIGRATE_TOKEN CATALYST_MIGRATE_STATUS_REFRESH_S CATALYST_HTTP_MAX_CONNECTIONS \
+	CATALYST_HTTP_MAX_CONNECTIONS_PER_IP CATALYST_HTTP_TIMEOUT_S CATALYST_HTTP_THREADS; do
 	assert_contains "$out" "$name" "--help"
 done
 
@@ -423,7 +425,12 @@ http GET /readyz
 assert_eq 503 "$code" "/readyz with migrations pending"
 assert_contains "$body" "4 migrations pending"
 http GET /api/migrations
-assert_eq 200 "$code" "GET /api/migrations"
+assert_eq 401 "$code" "GET /api/migrations without a token"
+assert_not_contains "$body" "checksum" "the 401 body"
+http GET /api/migrations -H "Authorization: Bearer wrong-$token"
+assert_eq 401 "$code" "GET /api/migrations with a wrong token"
+http GET /api/migrations -H "Authorization: Bearer $token"
+assert_eq 200 "$code" "GET /api/migrations with the token"
 assert_eq "0 4 4" "$(json_get "$body" '"%d %d %d" % (d["current_version"], d["latest_version"], d["pending"])')" \
 	"status before up"
 http POST /api/migrations/up

@@ -1,11 +1,18 @@
 /* Check suite for common/cat_http: a server on an ephemeral loopback port,
  * libcurl as the client. */
+#include <arpa/inet.h>
 #include <check.h>
 #include <curl/curl.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "cat_http.h"
 #include "cat_log.h"
@@ -299,11 +306,11 @@ START_TEST(test_serve)
 	reply_t reply;
 	char errstr[256], saved[256];
 
-	ck_assert_int_eq(cat_http_serve(&other, "127.0.0.1", cat_http_port(http), reg, not_ready, "busy",
-					errstr, sizeof(errstr)),
+	ck_assert_int_eq(cat_http_serve(&other, NULL, "127.0.0.1", cat_http_port(http), reg, not_ready,
+					"busy", errstr, sizeof(errstr)),
 			 CAT_ERR_FATAL); /* port in use */
 	ck_assert_ptr_null(other);
-	ck_assert_int_eq(cat_http_serve(&other, "127.0.0.1", 0, reg, not_ready, "replica down", errstr,
+	ck_assert_int_eq(cat_http_serve(&other, NULL, "127.0.0.1", 0, reg, not_ready, "replica down", errstr,
 					sizeof(errstr)),
 			 CAT_OK);
 	ck_assert_int_gt(cat_http_port(other), 0);
@@ -340,6 +347,238 @@ START_TEST(test_bad_bind)
 }
 END_TEST
 
+/* --- limits: slow and many clients ------------------------------------------------ */
+
+static const cat_config_def_t http_defs[] = {CAT_CONFIG_HTTP};
+
+START_TEST(test_limits_from_config)
+{
+	char *defaults_env[] = {NULL};
+	char *set_env[] = {"CATALYST_HTTP_MAX_CONNECTIONS=100", "CATALYST_HTTP_MAX_CONNECTIONS_PER_IP=0",
+			   "CATALYST_HTTP_TIMEOUT_S=3", "CATALYST_HTTP_THREADS=1", NULL};
+	char *bad_env[] = {"CATALYST_HTTP_THREADS=0", NULL};
+	cat_http_limits_t limits, defaults = cat_http_limits_default();
+	cat_config_t *cfg;
+	char errstr[256];
+
+	ck_assert_int_eq(cat_config_load(&cfg, http_defs, 4, defaults_env, errstr, sizeof(errstr)), CAT_OK);
+	limits = cat_http_limits_from_config(cfg);
+	ck_assert_int_eq(limits.max_connections, defaults.max_connections);
+	ck_assert_int_eq(limits.max_connections_per_ip, defaults.max_connections_per_ip);
+	ck_assert_int_eq(limits.timeout_s, defaults.timeout_s);
+	ck_assert_int_eq(limits.threads, defaults.threads);
+	ck_assert_int_eq(defaults.max_connections, 512);
+	ck_assert_int_eq(defaults.max_connections_per_ip, 16);
+	cat_config_destroy(cfg);
+
+	ck_assert_int_eq(cat_config_load(&cfg, http_defs, 4, set_env, errstr, sizeof(errstr)), CAT_OK);
+	limits = cat_http_limits_from_config(cfg);
+	ck_assert_int_eq(limits.max_connections, 100);
+	ck_assert_int_eq(limits.max_connections_per_ip, 0);
+	ck_assert_int_eq(limits.timeout_s, 3);
+	ck_assert_int_eq(limits.threads, 1);
+	cat_config_destroy(cfg);
+
+	ck_assert_int_eq(cat_config_load(&cfg, http_defs, 4, bad_env, errstr, sizeof(errstr)), CAT_ERR_FATAL);
+	ck_assert_msg(strstr(errstr, "CATALYST_HTTP_THREADS"), "%s", errstr);
+}
+END_TEST
+
+/* A raw connection from `source` that sends the start of a request. */
+static int slow_open(const char *source, int port)
+{
+	struct sockaddr_in from = {.sin_family = AF_INET}, to = {.sin_family = AF_INET};
+	static const char start[] = "GET /healthz HTTP/1.1\r\nHost: x\r\n";
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+	ck_assert_int_ge(fd, 0);
+	inet_pton(AF_INET, source, &from.sin_addr);
+	inet_pton(AF_INET, "127.0.0.1", &to.sin_addr);
+	to.sin_port = htons((uint16_t)port);
+	ck_assert_int_eq(bind(fd, (struct sockaddr *)&from, sizeof(from)), 0);
+	ck_assert_int_eq(connect(fd, (struct sockaddr *)&to, sizeof(to)), 0);
+	ck_assert_int_eq(send(fd, start, sizeof(start) - 1, MSG_NOSIGNAL), (ssize_t)(sizeof(start) - 1));
+	return fd;
+}
+
+/* Whether the server closed fd within wait_ms (EOF or reset). */
+static bool slow_closed(int fd, int wait_ms)
+{
+	struct pollfd pfd = {.fd = fd, .events = POLLIN};
+	char buf[256];
+
+	if (poll(&pfd, 1, wait_ms) <= 0)
+		return false;
+	return recv(fd, buf, sizeof(buf), MSG_DONTWAIT) <= 0;
+}
+
+static cat_http_t *limited_start(unsigned int per_ip, unsigned int timeout_s, unsigned int threads)
+{
+	cat_http_limits_t limits = {64, per_ip, timeout_s, threads};
+	cat_http_t *server;
+	char errstr[256];
+
+	ck_assert_int_eq(cat_http_new(&server, "127.0.0.1", 0, errstr, sizeof(errstr)), CAT_OK);
+	cat_http_set_limits(server, &limits);
+	ck_assert_int_eq(cat_http_start(server, errstr, sizeof(errstr)), CAT_OK);
+	snprintf(base, sizeof(base), "http://127.0.0.1:%d", cat_http_port(server));
+	return server;
+}
+
+/* past the per-IP limit a connection is closed at once; another address
+ * is still served */
+START_TEST(test_per_ip_limit)
+{
+	cat_http_t *server = limited_start(2, 60, 2);
+	int port = cat_http_port(server);
+	int held[2], extra;
+	reply_t reply;
+
+	held[0] = slow_open("127.0.0.2", port);
+	held[1] = slow_open("127.0.0.2", port);
+	extra = slow_open("127.0.0.2", port);
+	ck_assert(slow_closed(extra, 5000));
+	ck_assert(!slow_closed(held[0], 0));
+	ck_assert(!slow_closed(held[1], 0));
+	request("GET", "/healthz", NULL, 0, false, NULL, &reply);
+	ck_assert_int_eq(reply.status, 200);
+	/* once one is gone (when the server has seen it go), the address gets a
+	 * connection again */
+	close(held[0]);
+	for (int i = 0; i < 50; i++) { /* 5 s: a hang guard */
+		char buf[512];
+		ssize_t n;
+		int fd = slow_open("127.0.0.2", port);
+
+		if (slow_closed(fd, 100)) {
+			close(fd);
+			continue;
+		}
+		ck_assert_int_eq(send(fd, "\r\n", 2, MSG_NOSIGNAL), 2);
+		n = recv(fd, buf, sizeof(buf) - 1, 0);
+		ck_assert_int_gt(n, 0);
+		buf[n] = '\0';
+		ck_assert_ptr_nonnull(strstr(buf, "200 OK"));
+		close(fd);
+		held[0] = -1;
+		break;
+	}
+	ck_assert_int_eq(held[0], -1);
+	close(held[1]);
+	close(extra);
+	cat_http_destroy(server);
+}
+END_TEST
+
+/* headers trickling in a byte at a time are closed when overdue, although
+ * the connection is never idle for the timeout */
+START_TEST(test_header_deadline)
+{
+	cat_http_t *server = limited_start(0, 1, 1);
+	int fd = slow_open("127.0.0.1", cat_http_port(server));
+	bool closed = false;
+	int sent = 0;
+
+	for (int i = 0; i < 100 && !closed; i++) { /* 10 s: a hang guard */
+		if (send(fd, "X", 1, MSG_NOSIGNAL) == 1)
+			sent++;
+		closed = slow_closed(fd, 100);
+	}
+	ck_assert_msg(closed, "a connection trickling its headers stayed open");
+	ck_assert_int_ge(sent, 2);
+	close(fd);
+	cat_http_destroy(server);
+}
+END_TEST
+
+/* on a kept-alive connection, each request's headers have their own deadline */
+START_TEST(test_header_deadline_keep_alive)
+{
+	static const char done[] = "\r\n";
+	cat_http_t *server = limited_start(0, 1, 1);
+	int fd = slow_open("127.0.0.1", cat_http_port(server));
+	char buf[1024];
+	bool closed = false;
+	ssize_t n;
+
+	ck_assert_int_eq(send(fd, done, 2, MSG_NOSIGNAL), 2);
+	n = recv(fd, buf, sizeof(buf) - 1, 0); /* the answer; the connection stays open */
+	ck_assert_int_gt(n, 0);
+	buf[n] = '\0';
+	ck_assert_ptr_nonnull(strstr(buf, "200 OK"));
+	ck_assert_int_eq(send(fd, "GET /healthz HTTP/1.1\r\n", 23, MSG_NOSIGNAL), 23);
+	for (int i = 0; i < 100 && !closed; i++) {
+		(void)send(fd, "X", 1, MSG_NOSIGNAL);
+		closed = slow_closed(fd, 100);
+	}
+	ck_assert(closed);
+	close(fd);
+	cat_http_destroy(server);
+}
+END_TEST
+
+/* a handler that takes long holds up one thread; the others serve probes */
+static pthread_mutex_t slow_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t slow_cond = PTHREAD_COND_INITIALIZER;
+static bool slow_entered, slow_release;
+
+static void slow_handler(const cat_http_request_t *req, cat_http_response_t *resp, void *opaque)
+{
+	struct timespec until;
+
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += 10; /* a hang guard */
+	pthread_mutex_lock(&slow_lock);
+	slow_entered = true;
+	pthread_cond_broadcast(&slow_cond);
+	while (!slow_release && pthread_cond_timedwait(&slow_cond, &slow_lock, &until) != ETIMEDOUT)
+		;
+	pthread_mutex_unlock(&slow_lock);
+	cat_http_reply(resp, 200, "text/plain", "slow\n");
+}
+
+static void *slow_request(void *opaque)
+{
+	reply_t *reply = opaque;
+
+	request("GET", "/slow", NULL, 0, false, NULL, reply);
+	return NULL;
+}
+
+START_TEST(test_slow_handler)
+{
+	cat_http_limits_t limits = cat_http_limits_default();
+	cat_http_t *server;
+	reply_t slow_reply, reply;
+	pthread_t thread;
+	bool still_running;
+	char errstr[256];
+
+	ck_assert_int_gt(limits.threads, 1);
+	ck_assert_int_eq(cat_http_new(&server, "127.0.0.1", 0, errstr, sizeof(errstr)), CAT_OK);
+	ck_assert_int_eq(cat_http_route(server, "GET", "/slow", slow_handler, NULL), CAT_OK);
+	ck_assert_int_eq(cat_http_start(server, errstr, sizeof(errstr)), CAT_OK);
+	snprintf(base, sizeof(base), "http://127.0.0.1:%d", cat_http_port(server));
+	slow_entered = slow_release = false;
+	ck_assert_int_eq(pthread_create(&thread, NULL, slow_request, &slow_reply), 0);
+	pthread_mutex_lock(&slow_lock);
+	while (!slow_entered)
+		pthread_cond_wait(&slow_cond, &slow_lock);
+	pthread_mutex_unlock(&slow_lock);
+	request("GET", "/healthz", NULL, 0, false, NULL, &reply);
+	pthread_mutex_lock(&slow_lock);
+	still_running = !slow_release;
+	slow_release = true;
+	pthread_cond_broadcast(&slow_cond);
+	pthread_mutex_unlock(&slow_lock);
+	pthread_join(thread, NULL);
+	ck_assert_int_eq(reply.status, 200);
+	ck_assert_msg(still_running, "/healthz waited for the slow handler");
+	ck_assert_int_eq(slow_reply.status, 200);
+	cat_http_destroy(server);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("http");
@@ -359,6 +598,14 @@ int main(void)
 	tcase_add_test(tc, test_handler_errors);
 	tcase_add_test(tc, test_bad_bind);
 	tcase_add_test(tc, test_serve);
+	suite_add_tcase(s, tc);
+	tc = tcase_create("limits");
+	tcase_set_timeout(tc, 30);
+	tcase_add_test(tc, test_limits_from_config);
+	tcase_add_test(tc, test_per_ip_limit);
+	tcase_add_test(tc, test_header_deadline);
+	tcase_add_test(tc, test_header_deadline_keep_alive);
+	tcase_add_test(tc, test_slow_handler);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);

@@ -43,6 +43,7 @@ static const cat_config_def_t config_defs[] = {
 	CAT_CONFIG_COMMON,
 	CAT_CONFIG_KAFKA,
 	CAT_CONFIG_PG,
+	CAT_CONFIG_HTTP,
 	CAT_CONFIG_CONSUMER("1"),
 	CAT_CONFIG_S3,
 	{"CATALYST_BACKUP_GROUP", CAT_CFG_STRING, "catalyst-backup", false, false, 0, 0, NULL,
@@ -171,7 +172,7 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	backup_set_consumer(backup, consumer);
-	if (cat_http_serve(&http, cat_config_str(cfg, "CATALYST_BACKUP_BIND"),
+	if (cat_http_serve(&http, cfg, cat_config_str(cfg, "CATALYST_BACKUP_BIND"),
 			   (int)cat_config_int(cfg, "CATALYST_BACKUP_PORT"), metrics, backup_http_ready, backup, errstr,
 			   sizeof(errstr)) != CAT_OK) {
 		CAT_LOG_ERROR("HTTP", "%s", errstr);

@@ -47,6 +47,7 @@ static const cat_config_def_t config_defs[] = {
 	CAT_CONFIG_COMMON,
 	CAT_CONFIG_KAFKA,
 	CAT_CONFIG_PG,
+	CAT_CONFIG_HTTP,
 	CAT_CONFIG_REDIS,
 	CAT_CONFIG_CONSUMER("200"),
 	{"CATALYST_CACHE_GROUP", CAT_CFG_STRING, "catalyst-cache", false, false, 0, 0, NULL,
@@ -176,7 +177,7 @@ int main(int argc, char **argv)
 		CAT_LOG_ERROR("KAFKA", "%s", errstr);
 		goto out;
 	}
-	if (cat_http_serve(&http, cat_config_str(cfg, "CATALYST_CACHE_BIND"),
+	if (cat_http_serve(&http, cfg, cat_config_str(cfg, "CATALYST_CACHE_BIND"),
 			   (int)cat_config_int(cfg, "CATALYST_CACHE_PORT"), metrics, cat_consumer_ready, consumer, errstr,
 			   sizeof(errstr)) != CAT_OK) {
 		CAT_LOG_ERROR("HTTP", "%s", errstr);

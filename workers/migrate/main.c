@@ -22,8 +22,8 @@ static const char usage[] =
 	"  down N           revert the last N applied migrations, newest first\n"
 	"  status [--json]  every migration, applied or pending\n"
 	"  validate         check the files, and that applied files did not change\n"
-	"  serve            HTTP: GET /api/migrations, POST /api/migrations/up (bearer token),\n"
-	"                   /healthz, /readyz, /metrics\n"
+	"  serve            HTTP: GET /api/migrations, POST /api/migrations/up (both with the\n"
+	"                   bearer token), /healthz, /readyz, /metrics\n"
 	"  reset-version TABLE KEY VERSION\n"
 	"                   set the row's version (and its tombstone's, if above) to VERSION:\n"
 	"                   for a row frozen by a version far in the future; run it on the\n"
@@ -42,7 +42,10 @@ static const cat_config_def_t config_defs[] = {
 	{"CATALYST_MIGRATE_BIND", CAT_CFG_STRING, "0.0.0.0", false, false, 0, 0, NULL,
 	 "serve: address to listen on"},
 	{"CATALYST_MIGRATE_TOKEN", CAT_CFG_STRING, NULL, false, true, 0, 0, NULL,
-	 "serve: bearer token for POST /api/migrations/up; required for serve"},
+	 "serve: bearer token for GET /api/migrations and POST /api/migrations/up; required for serve"},
+	{"CATALYST_MIGRATE_STATUS_REFRESH_S", CAT_CFG_INT, "10", false, false, 1, 3600, NULL,
+	 "serve: seconds between two reads of the status (on one kept connection) that requests answer from"},
+	CAT_CONFIG_HTTP,
 };
 
 typedef struct args {
@@ -172,7 +175,9 @@ int main(int argc, char **argv)
 		struct sigaction sa = {.sa_handler = on_signal, .sa_flags = SA_RESETHAND};
 		migrate_serve_opts_t serve = {cat_config_str(cfg, "CATALYST_MIGRATE_BIND"),
 					      (int)cat_config_int(cfg, "CATALYST_MIGRATE_PORT"),
-					      cat_config_str(cfg, "CATALYST_MIGRATE_TOKEN")};
+					      cat_config_str(cfg, "CATALYST_MIGRATE_TOKEN"),
+					      (int)cat_config_int(cfg, "CATALYST_MIGRATE_STATUS_REFRESH_S"),
+					      cat_http_limits_from_config(cfg)};
 
 		sigemptyset(&sa.sa_mask);
 		sigaction(SIGTERM, &sa, NULL);

@@ -359,8 +359,7 @@ void migrate_status_destroy(migrate_status_t *status)
 	free(status);
 }
 
-/* Reads schema_migrations (absent: nothing applied) into a status. */
-static cat_err_t status_query(PGconn *conn, const migrate_set_t *set, migrate_status_t **out, char *errstr,
+cat_err_t migrate_status_query(PGconn *conn, const migrate_set_t *set, migrate_status_t **out, char *errstr,
 			      size_t errstr_size)
 {
 	migrate_status_t *status = NULL;
@@ -448,7 +447,7 @@ cat_err_t migrate_status_read(const migrate_opts_t *opts, const migrate_set_t *s
 	err = cat_pg_connect(&conn, opts->pg_url, opts->app_name, opts->connect_timeout_s, errstr,
 			     errstr_size);
 	if (err == CAT_OK)
-		err = status_query(conn, set, out, errstr, errstr_size);
+		err = migrate_status_query(conn, set, out, errstr, errstr_size);
 	cat_pg_close(conn);
 	return err;
 }
@@ -706,7 +705,7 @@ static cat_err_t begin_run(const migrate_opts_t *opts, const migrate_set_t *set,
 	*locked = true;
 	/* under the lock: another pod may have applied everything meanwhile */
 	if ((err = cat_pg_exec(*conn, CREATE_TABLE, 0, NULL, NULL, errstr, errstr_size)) != CAT_OK ||
-	    (err = status_query(*conn, set, status, errstr, errstr_size)) != CAT_OK)
+	    (err = migrate_status_query(*conn, set, status, errstr, errstr_size)) != CAT_OK)
 		return err;
 	result->version = (*status)->current_version;
 	if ((err = migrate_status_check(*status, errstr, errstr_size)) != CAT_OK)

@@ -24,7 +24,10 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include <libpq-fe.h>
+
 #include "cat_err.h"
+#include "cat_http.h"
 
 #define MIGRATE_NO_TRANSACTION "-- catalyst:no-transaction"
 
@@ -98,6 +101,9 @@ cat_err_t migrate_down(const migrate_opts_t *opts, const migrate_set_t *set, int
 /* The state of every version; takes no lock. */
 cat_err_t migrate_status_read(const migrate_opts_t *opts, const migrate_set_t *set, migrate_status_t **out,
 			      char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+/* The same on an open connection (schema_migrations absent: nothing applied). */
+cat_err_t migrate_status_query(PGconn *conn, const migrate_set_t *set, migrate_status_t **out, char *errstr,
+			       size_t errstr_size) CAT_MUST_CHECK;
 void migrate_status_destroy(migrate_status_t *status);
 
 /* CAT_ERR_FATAL and the first disagreement between files and database:
@@ -128,6 +134,8 @@ typedef struct migrate_serve_opts {
 	const char *bind;
 	int port;
 	const char *token;
+	int refresh_s; /* the cached status is read again after this */
+	cat_http_limits_t http_limits;
 } migrate_serve_opts_t;
 
 int migrate_serve(const migrate_opts_t *opts, const migrate_set_t *set, const migrate_serve_opts_t *serve,

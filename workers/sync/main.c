@@ -49,6 +49,7 @@ static const cat_config_def_t config_defs[] = {
 	CAT_CONFIG_COMMON,
 	CAT_CONFIG_KAFKA,
 	CAT_CONFIG_PG,
+	CAT_CONFIG_HTTP,
 	CAT_CONFIG_CONSUMER("200"),
 	CAT_CONFIG_TOMBSTONES,
 	CAT_CONFIG_VERSIONS,
@@ -193,7 +194,7 @@ int main(int argc, char **argv)
 		CAT_LOG_ERROR("MONITOR", "%s", errstr);
 		goto out;
 	}
-	if (cat_http_serve(&http, cat_config_str(cfg, "CATALYST_SYNC_BIND"),
+	if (cat_http_serve(&http, cfg, cat_config_str(cfg, "CATALYST_SYNC_BIND"),
 			   (int)cat_config_int(cfg, "CATALYST_SYNC_PORT"), metrics, cat_consumer_ready, consumer, errstr,
 			   sizeof(errstr)) != CAT_OK) {
 		CAT_LOG_ERROR("HTTP", "%s", errstr);
