@@ -65,6 +65,7 @@ struct cat_consumer {
 	cat_msg_t *msg_scratch;   /* batch_size entries, allocated by the first batch (NULL while idle) */
 	size_t n_settling;	  /* applied messages whose offsets wait for settle() */
 	int settle_attempts;	  /* consecutive settle() failures */
+	bool paused;		  /* pause_all(true) holds: partitions assigned now are paused too */
 
 	/* read by the HTTP thread */
 	atomic_bool retrying;
@@ -262,6 +263,12 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic
 			error = rd_kafka_incremental_assign(rk, list);
 		else
 			rd_kafka_assign(rk, list);
+		/* librdkafka keeps a partition's pause across an unassign: what
+		 * comes in follows the loop's state, not a pause of long ago */
+		if (consumer->paused)
+			rd_kafka_pause_partitions(rk, list);
+		else
+			rd_kafka_resume_partitions(rk, list);
 		cat_metrics_add(consumer->m_assigned, list->cnt);
 	} else {
 		bool lost = rd_kafka_assignment_lost(rk);
@@ -682,6 +689,7 @@ static void pause_all(cat_consumer_t *consumer, bool pause)
 {
 	rd_kafka_topic_partition_list_t *assignment = NULL;
 
+	consumer->paused = pause;
 	if (rd_kafka_assignment(consumer->rk, &assignment) != RD_KAFKA_RESP_ERR_NO_ERROR || !assignment)
 		return;
 	if (pause)
@@ -1054,6 +1062,7 @@ static cat_err_t recreate_client(cat_consumer_t *consumer, const char *why, char
 	}
 	consumer->n_settling = 0;
 	consumer->settle_attempts = 0;
+	consumer->paused = false;
 	consumer->uncommitted = false;
 	consumer->dry_since_us = 0;
 	cat_metrics_set(consumer->m_assigned, 0);
@@ -1127,6 +1136,15 @@ cat_err_t cat_consumer_run(cat_consumer_t *consumer, volatile sig_atomic_t *stop
 				if (left < timeout_ms)
 					timeout_ms = left < 0 ? 0 : (int)left;
 			}
+		}
+		/* settling batches failed, then their partitions went (revoked or
+		 * lost): nothing is left to settle again, so the retry is over */
+		if (consumer->settle_attempts > 0 && consumer->n_settling == 0) {
+			cat_log_write(CAT_LOG_LEVEL_INFO, "CONSUMER",
+				      "the batches that could not settle were revoked: resuming");
+			consumer->settle_attempts = 0;
+			pause_all(consumer, false);
+			set_retrying(consumer, NULL);
 		}
 		/* a dry spell is looked into as soon as it is long enough */
 		if (consumer->dry_since_us && timeout_ms > WAKE_DRY_US / 1000)

@@ -5,7 +5,8 @@
 #   1. SIGTERM at once and at moments of the first join (librdkafka 2.0
 #      aborts when it destroys a consumer that joined but was never
 #      assigned): exit 0 every time;
-#   2. the broker restarted 10 times (CATALYST_BROKER_RESTARTS) while
+#   2. the broker restarted 10 times (CATALYST_BROKER_RESTARTS; scaled by
+#      CATALYST_TEST_SCALE_PCT, at least twice) while
 #      writes, stale versions and deletes flow: no worker exits (a fenced
 #      consumer is made again), nothing is lost, nothing applied out of
 #      version order (the primary holds what applying the writes one at a
@@ -33,7 +34,8 @@ export CATALYST_RETRY_BACKOFF_MS=100 CATALYST_RETRY_BACKOFF_MAX_MS=2000 CATALYST
 export CATALYST_KAFKA_SESSION_TIMEOUT_MS=10000 CATALYST_KAFKA_HEARTBEAT_INTERVAL_MS=1000
 export CATALYST_MIGRATIONS_DIR=$CATALYST_SOURCE_DIR/migrations
 sync_group=catalyst-sync-$CATALYST_REPLICA_NAME
-n_restarts=${CATALYST_BROKER_RESTARTS:-10}
+n_restarts=${CATALYST_BROKER_RESTARTS:-$(scaled 10)}
+((n_restarts >= 2)) || n_restarts=2
 on_exit "stack start-service kafka >/dev/null 2>&1 || true"
 on_exit "'$bin/topic-admin' delete >/dev/null 2>&1 || true"
 "$bin/topic-admin" create
@@ -80,7 +82,7 @@ pids+=("$sync_pid")
 n=$(scaled 40000)
 python3 "$records" gen "$n" 11 >"$work/base.jsonl"
 python3 "$records" derive older "$work/base.jsonl" >"$work/older.jsonl"
-python3 "$records" derive deletes "$work/base.jsonl" >"$work/deletes.jsonl"
+python3 "$records" derive deletes-keyed "$work/base.jsonl" >"$work/deletes.jsonl"
 python3 "$records" derive stale "$work/base.jsonl" >"$work/stale.jsonl"
 python3 "$records" derive revive "$work/base.jsonl" >"$work/revive.jsonl"
 cat "$work"/{base,older,deletes,stale,revive}.jsonl >"$work/all.jsonl"

@@ -72,8 +72,8 @@ n=$(scaled "${CATALYST_CHAOS_RECORDS:-12000}")
 python3 "$records" poison "$n" "$seed" 0 >"$work/day.tsv"
 grep -v $'^-\twrite\t' "$work/day.tsv" | cut -f1 | sort >"$work/poison.keys"
 grep $'^-\twrite\t' "$work/day.tsv" | cut -f3 >"$work/base.jsonl"
-for kind in older deletes stale revive sequences; do
-	python3 "$records" derive "$kind" "$work/base.jsonl" >"$work/$kind.jsonl"
+for kind in older deletes-keyed stale revive sequences; do
+	python3 "$records" derive "$kind" "$work/base.jsonl" >"$work/${kind%-keyed}.jsonl"
 done
 # in the order published: the base day with its poison, newer then older
 # versions, deletes, writes older than those deletes, revivals

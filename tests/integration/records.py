@@ -8,6 +8,10 @@ what came back from Kafka, or what a worker made of them, against them.
   records.py derive KIND lines.jsonl > more.jsonl    writes about the same keys, same symbols:
       older    every record again, 1000 versions older, other content
       deletes  every 7th key deleted (version + 10)
+      deletes-keyed  the same deletes carrying the row's symbol, so that they share the
+               partition (and so the order) of the key's other writes, as the producer
+               contract asks: needed where the outcome depends on order across
+               redeliveries and restarts (news_raw keeps its first insert)
       stale    upserts of the deleted keys at version + 5 (older than the delete)
       revive   every 3rd deleted key upserted at version + 20, other content
       sequences  several writes of one key back to back (so mostly in one batch), in
@@ -181,9 +185,12 @@ def derive(kind, path):
             o = changed(r, rng, "older")
             o.update(version=r["version"] - 1000, command_id=f"{r['command_id']}-older")
             out.append(o)
-        elif kind == "deletes" and deleted:
-            out.append({"table": r["table"], "op": "delete", TABLES[r["table"]]: pk_of(r),
-                        "version": r["version"] + 10, "command_id": f"{r['command_id']}-delete"})
+        elif kind in ("deletes", "deletes-keyed") and deleted:
+            d = {"table": r["table"], "op": "delete", TABLES[r["table"]]: pk_of(r),
+                 "version": r["version"] + 10, "command_id": f"{r['command_id']}-delete"}
+            if kind == "deletes-keyed" and r.get("symbol"):
+                d["symbol"] = r["symbol"]
+            out.append(d)
         elif kind == "stale" and deleted:
             o = changed(r, rng, "stale")
             o.update(version=r["version"] + 5, command_id=f"{r['command_id']}-stale")
