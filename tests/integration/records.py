@@ -450,7 +450,7 @@ if __name__ == "__main__":
             print(json.dumps(record(i, rng), ensure_ascii=False))
     elif len(args) == 3 and args[0] == "check":
         check(args[1], args[2])
-    elif len(args) == 3 and args[0] == "derive" and args[1] in ("older", "deletes", "stale", "revive"):
+    elif len(args) == 3 and args[0] == "derive" and args[1] in ("older", "deletes", "deletes-keyed", "stale", "revive"):
         derive(args[1], args[2])
     elif len(args) == 3 and args[0] == "derive" and args[1] == "sequences":
         sequences(args[2])
