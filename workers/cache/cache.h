@@ -40,6 +40,14 @@
  * warm rebuild (every row of the cached tables, through a cursor,
  * CATALYST_CACHE_REBUILD_CHUNK rows at a time, and the candidates lists).
  *
+ * set, delete and invalidate reach only the layout's key families (news:,
+ * signals:, trades:, sources:, candidates:) and CATALYST_CACHE_KEY_NAMESPACE;
+ * any other key or pattern is dead-lettered with the reason (keys.h).
+ *
+ * Self-heal (heal.c): when Redis loses its data (its sentinel is gone or
+ * names another server), a thread of its own rebuilds it from the primary,
+ * rate-limited, while changes keep being applied; /readyz is 503 meanwhile.
+ *
  * Results: Redis unreachable, timeouts, LOADING/BUSY/OOM/READONLY and
  * PostgreSQL connection loss -> CAT_ERR_RETRIABLE (nothing is stored, the
  * loop retries with backoff); Redis or PostgreSQL refusing our credentials
