@@ -158,6 +158,7 @@ rebuilds_reach data_lost $((before + 1)) || fail "the rebuild after FLUSHDB was 
 # --- 4. a sentinel of another server; an unfinished rebuild ---------------------------------------------
 rcall SET catalyst-cache:sentinel 0000000000000000000000000000000000000000 >/dev/null
 wait_for 60 "a rebuild for a restart" rebuilds_reach restart 1
+wait_for 60 "the rebuild to complete" rebuild_complete
 rcall SET catalyst-cache:unfinished data_lost >/dev/null
 wait_for 60 "a rebuild for an unfinished one" rebuilds_reach unfinished 1
 wait_for 60 "the unfinished mark to go" rebuild_complete
@@ -178,6 +179,7 @@ r["version"] += 1
 r["exit_reason"] = "newer than the primary"
 print(json.dumps(r, separators=(",", ":")))' "$(rcall GET "$newer_key")")
 gone_version=$(version_of "$gone_key")
+wait_for 60 "the rebuild to complete" rebuild_complete
 rcall SET "$newer_key" "$newer" EX 3600 >/dev/null
 rcall UNLINK "$gone_key" >/dev/null
 rcall SET "$gone_key#v" "d$((gone_version + 1))" EX 3600 >/dev/null

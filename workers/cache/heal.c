@@ -71,6 +71,7 @@ struct cache_heal {
 	char run_id[64];
 	uint64_t connects_seen;
 	heal_state_t logged; /* the last state logged, so that each is logged once */
+	bool check_failing;  /* the last check failed (logged once) */
 	cat_metric_t *m_rebuilds[N_REASONS];
 	cat_metric_t *m_failures;
 	cat_metric_t *m_rebuilding;
@@ -211,6 +212,10 @@ static void rebuild(cache_heal_t *heal, int reason)
 	if (err == CAT_OK)
 		err = heal_script(heal, SCRIPT_HEAL_DONE, 1, (const char *[]){heal->owner}, done, sizeof(done),
 				  errstr, sizeof(errstr));
+	if (err != CAT_OK && atomic_load(&heal->stop)) {
+		CAT_LOG_INFO("REDIS", "rebuild from the primary abandoned: the worker is stopping");
+		return;
+	}
 	if (err != CAT_OK) {
 		cat_metrics_inc(heal->m_failures);
 		set_state(heal, HEAL_PENDING, reason);
@@ -230,7 +235,8 @@ static void rebuild(cache_heal_t *heal, int reason)
 static void check(cache_heal_t *heal)
 {
 	char errstr[512], reply[64], lease[24];
-	bool may_start = heal->last_start_us == 0 || cat_time_mono_us() - heal->last_start_us >= heal->min_interval_us;
+	bool may_start =
+		heal->last_start_us == 0 || cat_time_mono_us() - heal->last_start_us >= heal->min_interval_us;
 	heal_state_t state;
 	int reason = REASON_DATA_LOST;
 
@@ -240,11 +246,15 @@ static void check(cache_heal_t *heal)
 		return; /* the consume loop reports Redis down */
 	}
 	snprintf(lease, sizeof(lease), "%d", LEASE_MS);
-	if (heal_script(heal, SCRIPT_HEAL_CHECK, 4, (const char *[]){heal->run_id, heal->owner, lease, may_start ? "1" : "0"},
-			reply, sizeof(reply), errstr, sizeof(errstr)) != CAT_OK) {
-		CAT_LOG_WARN("REDIS", "could not check the sentinel: %s", errstr);
+	if (heal_script(heal, SCRIPT_HEAL_CHECK, 4,
+			(const char *[]){heal->run_id, heal->owner, lease, may_start ? "1" : "0"}, reply, sizeof(reply),
+			errstr, sizeof(errstr)) != CAT_OK) {
+		if (!heal->check_failing)
+			CAT_LOG_WARN("REDIS", "could not check the sentinel: %s: will retry", errstr);
+		heal->check_failing = true;
 		return;
 	}
+	heal->check_failing = false;
 	if (strncmp(reply, "claim:", 6) == 0) {
 		rebuild(heal, reason_parse(reply + 6));
 		return;
