@@ -11,7 +11,7 @@
 #      -> each dead-lettered with its reason, nothing of them applied (the
 #      other keys and the news key survive); set app:1 (the namespace) and
 #      invalidate 'news:*' apply, newsletter:1 stays;
-#   3. a namespace that is a pattern or covers the worker's keys: one line, exit 1.
+#   3. a namespace that is a pattern or covers the worker's keys: one line, exit 2.
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=tests/integration/lib.sh
 . "$here/../integration/lib.sh"
@@ -63,7 +63,7 @@ assert_contains "$err" "NOPERM" "another application's key as the ACL user"
 # --- 3. a namespace that would reach too far ------------------------------------------------------------
 for ns in 'app*' 'catalyst' 'catalyst-cache:x'; do
 	run env CATALYST_CACHE_KEY_NAMESPACE="$ns" CATALYST_CACHE_PORT=0 "$bin/catalyst-cache"
-	assert_eq 1 "$rc" "CATALYST_CACHE_KEY_NAMESPACE=$ns"
+	assert_eq 2 "$rc" "CATALYST_CACHE_KEY_NAMESPACE=$ns"
 	assert_eq 1 "$(lines "$err")" "one line for $ns"
 	assert_contains "$err" "CATALYST_CACHE_KEY_NAMESPACE: " "the error for $ns"
 done

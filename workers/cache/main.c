@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "cache.h"
+#include "keys.h"
 #include "cat_config.h"
 #include "cat_consumer.h"
 #include "cat_http.h"
@@ -118,6 +119,7 @@ int main(int argc, char **argv)
 	cat_http_t *http = NULL;
 	cat_handler_t handler;
 	char errstr[1024];
+	const char *why;
 	cat_err_t err;
 	int rc = 1;
 
@@ -136,6 +138,11 @@ int main(int argc, char **argv)
 	}
 	if (cat_config_load(&cfg, config_defs, N_CONFIG_DEFS, NULL, errstr, sizeof(errstr)) != CAT_OK) {
 		fprintf(stderr, WORKER ": %s\n", errstr);
+		return 2;
+	}
+	if ((why = cache_keys_namespace_refusal(cat_config_str(cfg, "CATALYST_CACHE_KEY_NAMESPACE")))) {
+		fprintf(stderr, WORKER ": CATALYST_CACHE_KEY_NAMESPACE: %s\n", why);
+		cat_config_destroy(cfg);
 		return 2;
 	}
 	cat_log_init(WORKER, (cat_log_level_t)cat_log_level_parse(cat_config_str(cfg, "CATALYST_LOG_LEVEL")));
