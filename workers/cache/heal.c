@@ -69,7 +69,6 @@ struct cache_heal {
 	int64_t last_start_us; /* monotonic; 0: none yet */
 	char owner[128];
 	char run_id[64];
-	uint64_t connects_seen;
 	heal_state_t logged; /* the last state logged, so that each is logged once */
 	bool check_failing;  /* the last check failed (logged once) */
 	cat_metric_t *m_rebuilds[N_REASONS];
@@ -123,7 +122,8 @@ static cat_err_t on_chunk(void *arg, char *errstr, size_t errstr_size)
 				 NULL, errstr, errstr_size);
 }
 
-/* The server's run_id, read again after each (re)connection. */
+/* The server's run_id, read at every check: a proxy may keep our connection
+ * across a failover. */
 static cat_err_t read_run_id(cache_heal_t *heal, char *errstr, size_t errstr_size)
 {
 	cat_redis_t *redis = heal->rebuilder->redis;
@@ -132,8 +132,6 @@ static cat_err_t read_run_id(cache_heal_t *heal, char *errstr, size_t errstr_siz
 	size_t len;
 	cat_err_t err;
 
-	if (cat_redis_connects(redis) == heal->connects_seen && heal->run_id[0])
-		return CAT_OK;
 	if ((err = cat_redis_command(redis, &reply, 2, (const char *[]){"INFO", "server"}, NULL, errstr,
 				     errstr_size)) != CAT_OK)
 		return err;
@@ -151,7 +149,6 @@ static cat_err_t read_run_id(cache_heal_t *heal, char *errstr, size_t errstr_siz
 	}
 	memcpy(heal->run_id, at, len);
 	heal->run_id[len] = '\0';
-	heal->connects_seen = cat_redis_connects(redis);
 	freeReplyObject(reply);
 	return CAT_OK;
 }
