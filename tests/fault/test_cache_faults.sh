@@ -25,6 +25,9 @@ export CATALYST_RETRY_BACKOFF_MS=100 CATALYST_RETRY_BACKOFF_MAX_MS=1000
 export CATALYST_REDIS_CONNECT_TIMEOUT_MS=1000 CATALYST_REDIS_TIMEOUT_MS=2000
 export CATALYST_MIGRATIONS_DIR=$CATALYST_SOURCE_DIR/migrations
 export CATALYST_REDIS_URL="${CATALYST_REDIS_URL%/*}/4"
+# no self-heal: this test shows what the restart lost and the rebuild a
+# command runs (tests/fault/test_cache_heal.sh: the self-heal)
+export CATALYST_CACHE_HEAL_CHECK_MS=0
 rcall() { python3 "$check" redis "$CATALYST_REDIS_URL" "$@"; }
 # whatever happens, the stack's Redis is left running
 on_exit "'$CATALYST_SOURCE_DIR/scripts/stack' start-service redis >/dev/null 2>&1 || true"

@@ -29,8 +29,11 @@ export CATALYST_PERSIST_GROUP="catalyst-persist-cache-test-$$" CATALYST_CACHE_GR
 export CATALYST_PERSIST_PORT=0 CATALYST_CACHE_PORT=0 CATALYST_PERSIST_BIND=127.0.0.1 CATALYST_CACHE_BIND=127.0.0.1
 export CATALYST_LOG_LEVEL=info CATALYST_BATCH_SIZE=500 CATALYST_COMMIT_INTERVAL_MS=200
 export CATALYST_MIGRATIONS_DIR=$CATALYST_SOURCE_DIR/migrations
-# a Redis database of this test's own
+# a Redis database of this test's own; cache.v1 may also touch custom:* keys;
+# no self-heal (a FLUSHDB below precedes a market-open warm whose keys are
+# checked exactly; tests/fault/test_cache_heal.sh tests the self-heal)
 export CATALYST_REDIS_URL="${CATALYST_REDIS_URL%/*}/3"
+export CATALYST_CACHE_KEY_NAMESPACE=custom: CATALYST_CACHE_HEAL_CHECK_MS=0
 redis_password=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.unquote(urllib.parse.urlparse(sys.argv[1]).password or ""))' \
 	"$CATALYST_REDIS_URL")
 rcall() { python3 "$check" redis "$CATALYST_REDIS_URL" "$@"; }

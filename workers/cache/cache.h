@@ -40,6 +40,14 @@
  * warm rebuild (every row of the cached tables, through a cursor,
  * CATALYST_CACHE_REBUILD_CHUNK rows at a time, and the candidates lists).
  *
+ * set, delete and invalidate reach only the layout's key families (news:,
+ * signals:, trades:, sources:, candidates:) and CATALYST_CACHE_KEY_NAMESPACE;
+ * any other key or pattern is dead-lettered with the reason (keys.h).
+ *
+ * Self-heal (heal.c): when Redis loses its data (its sentinel is gone or
+ * names another server), a thread of its own rebuilds it from the primary,
+ * rate-limited, while changes keep being applied; /readyz is 503 meanwhile.
+ *
  * Results: Redis unreachable, timeouts, LOADING/BUSY/OOM/READONLY and
  * PostgreSQL connection loss -> CAT_ERR_RETRIABLE (nothing is stored, the
  * loop retries with backoff); Redis or PostgreSQL refusing our credentials
@@ -77,6 +85,11 @@ cat_err_t cache_pg_connect(PGconn **out, const cat_config_t *cfg, char *errstr, 
  * HTTP thread: false while Redis does not answer a PING. */
 cat_err_t cache_apply(void *opaque, cat_batch_t *batch, char *errstr, size_t errstr_size);
 bool cache_ready(void *opaque, char *reason, size_t reason_size);
+
+/* heal.c: starts the self-heal thread when CATALYST_CACHE_HEAL_CHECK_MS is
+ * not 0 (it opens its own Redis and PostgreSQL connections when it needs
+ * them); cache_destroy() stops it. */
+cat_err_t cache_heal_start(cache_t *cache, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 
 /* warm.c: market-open and rebuild (cache.v1 warm). */
 cat_err_t cache_warm(cache_t *cache, int profile, char *errstr, size_t errstr_size) CAT_MUST_CHECK;

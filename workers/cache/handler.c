@@ -88,6 +88,23 @@ static void layout_init(cache_t *cache, cat_metrics_t *metrics)
 	}
 }
 
+/* The key families cache.v1 may touch: the layout's, candidates:, and
+ * CATALYST_CACHE_KEY_NAMESPACE. */
+static cat_err_t families_init(cache_t *cache, char *errstr, size_t errstr_size)
+{
+	const char *ns = cat_config_str(cache->cfg, "CATALYST_CACHE_KEY_NAMESPACE");
+	const char *why = cache_keys_namespace_refusal(ns);
+
+	if (why)
+		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "CATALYST_CACHE_KEY_NAMESPACE: %s", why);
+	for (size_t t = 0; t < MAX_TABLES && cache->layouts[t].table; t++)
+		if (cache->layouts[t].prefix && !cache_keys_add(&cache->keys, cache->layouts[t].prefix))
+			return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "too many key families");
+	if (!cache_keys_add(&cache->keys, "candidates:") || (ns && *ns && !cache_keys_add(&cache->keys, ns)))
+		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "too many key families");
+	return CAT_OK;
+}
+
 static void register_metrics(cache_t *cache, cat_metrics_t *metrics)
 {
 	static const char *const profiles[2] = {"market_open", "rebuild"};
@@ -139,12 +156,15 @@ cat_err_t cache_new(cache_t **out, const cat_config_t *cfg, cat_redis_t *redis, 
 		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
 	}
 	cache->cfg = cfg;
+	cache->metrics = metrics;
 	cache->redis = redis;
 	cache->pg = pg;
 	pthread_mutex_init(&cache->probe_lock, NULL);
 	cat_redis_script_init(&cache->scripts[SCRIPT_PUT], CACHE_SCRIPT_PUT);
 	cat_redis_script_init(&cache->scripts[SCRIPT_INVALIDATE_CANDIDATES], CACHE_SCRIPT_INVALIDATE_CANDIDATES);
 	cat_redis_script_init(&cache->scripts[SCRIPT_SET_IF_GENERATION], CACHE_SCRIPT_SET_IF_GENERATION);
+	cat_redis_script_init(&cache->scripts[SCRIPT_HEAL_CHECK], CACHE_SCRIPT_HEAL_CHECK);
+	cat_redis_script_init(&cache->scripts[SCRIPT_HEAL_DONE], CACHE_SCRIPT_HEAL_DONE);
 	cat_kafka_topic(cfg, CAT_TOPIC_CHANGES, cache->changes_topic, sizeof(cache->changes_topic));
 	cat_kafka_topic(cfg, CAT_TOPIC_CACHE, cache->cache_topic, sizeof(cache->cache_topic));
 	cache->symbol_ttl = cat_config_int(cfg, "CATALYST_CACHE_SYMBOL_TTL_S");
@@ -165,6 +185,8 @@ cat_err_t cache_new(cache_t **out, const cat_config_t *cfg, cat_redis_t *redis, 
 	}
 	layout_init(cache, metrics);
 	register_metrics(cache, metrics);
+	if ((err = families_init(cache, errstr, errstr_size)) != CAT_OK)
+		goto error;
 
 	/* readiness probes get a connection of their own, with short timeouts */
 	cat_redis_opts_from_config(&opts, cfg, WORKER "-probe");
@@ -184,6 +206,7 @@ void cache_destroy(cache_t *cache)
 {
 	if (!cache)
 		return;
+	cache_heal_destroy(cache->heal); /* first: its thread reads the settings */
 	cat_redis_destroy(cache->probe);
 	cat_redis_destroy(cache->redis);
 	cat_pg_close(cache->pg);
@@ -214,7 +237,7 @@ bool cache_ready(void *opaque, char *reason, size_t reason_size)
 		snprintf(reason, reason_size, "Redis: the last pipeline failed");
 		return false;
 	}
-	return true;
+	return !cache->heal || cache_heal_ready(cache->heal, reason, reason_size);
 }
 
 cat_err_t cache_redis_ensure(cache_t *cache, char *errstr, size_t errstr_size)
@@ -788,10 +811,18 @@ static cat_err_t invalidate_pattern(cache_t *cache, const char *pattern, char *e
 	return CAT_OK;
 }
 
-static bool valid_key(const char *key, size_t len, bool pattern)
+/* Marks message m permanent when `key` is not one cache.v1 may touch
+ * (keys.h); true when it may. */
+static bool key_allowed(cache_t *cache, cat_batch_t *batch, int32_t m, const char *action, const char *key,
+			bool pattern)
 {
-	(void)pattern;
-	return key && len > 0 && len <= MAX_KEY_BYTES;
+	char why[256], line[256];
+
+	if (!cache_keys_refusal(&cache->keys, key, key ? strlen(key) : 0, pattern, why, sizeof(why)))
+		return true;
+	snprintf(line, sizeof(line), "%s: %s", action, why);
+	mark(batch, m, line);
+	return false;
 }
 
 /* Queues set or delete; runs invalidate and warm at once (after what is
@@ -806,8 +837,10 @@ static cat_err_t apply_command(cache_t *cache, cat_batch_t *batch, int32_t m, co
 		const char *value = set->value.data ? (const char *)set->value.data : "";
 		char ttl[24], why[256];
 
-		if (!valid_key(set->key, key_len, false) || (key_len >= 2 && strcmp(set->key + key_len - 2, "#v") == 0)) {
-			mark(batch, m, "set: the key must be 1 to 1024 bytes and not end with \"#v\"");
+		if (!key_allowed(cache, batch, m, "set", set->key, false))
+			return CAT_OK;
+		if (key_len >= 2 && strcmp(set->key + key_len - 2, "#v") == 0) {
+			mark(batch, m, "set: the key must not end with \"#v\"");
 			return CAT_OK;
 		}
 		if (!set->has_value || (long long)set->value.len > cache->max_value) {
@@ -854,14 +887,12 @@ static cat_err_t apply_command(cache_t *cache, cat_batch_t *batch, int32_t m, co
 	case CATALYST__V1__CACHE_COMMAND__ACTION_DELETE: {
 		const Catalyst__V1__CacheCommand__Delete *del = cmd->delete_;
 
+		for (size_t k = 0; k < del->n_keys; k++)
+			if (!key_allowed(cache, batch, m, "delete", del->keys[k], false))
+				return CAT_OK; /* nothing of it is applied */
 		for (size_t k = 0; k < del->n_keys; k++) {
 			char vkey[MAX_KEY_BYTES + 3];
-			size_t len = del->keys[k] ? strlen(del->keys[k]) : 0;
 
-			if (!valid_key(del->keys[k], len, false)) {
-				mark(batch, m, "delete: every key must be 1 to 1024 bytes");
-				return CAT_OK;
-			}
 			snprintf(vkey, sizeof(vkey), "%s#v", del->keys[k]);
 			cache_plain(cache, 3, (const char *[]){"UNLINK", del->keys[k], vkey}, NULL, m);
 		}
@@ -873,10 +904,8 @@ static cat_err_t apply_command(cache_t *cache, cat_batch_t *batch, int32_t m, co
 		const char *pattern = cmd->invalidate->pattern;
 		cat_err_t err;
 
-		if (!valid_key(pattern, pattern ? strlen(pattern) : 0, true)) {
-			mark(batch, m, "invalidate: the pattern must be 1 to 1024 bytes");
+		if (!key_allowed(cache, batch, m, "invalidate", pattern, true))
 			return CAT_OK;
-		}
 		if ((err = cache_flush(cache, batch, errstr, errstr_size)) != CAT_OK)
 			return err;
 		return invalidate_pattern(cache, pattern, errstr, errstr_size);

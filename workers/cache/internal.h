@@ -11,6 +11,7 @@
 #include "cache.h"
 #include "cat_codec.h"
 #include "cat_schema.h"
+#include "keys.h"
 
 #define MAX_TABLES	8
 #define MAX_TOP_LIMITS	16
@@ -20,7 +21,14 @@
 #define PUT_TTL_SLOTS	9 /* distinct TTLs of one PUT call */
 #define MAX_KEY_BYTES	1024
 
-enum { SCRIPT_PUT, SCRIPT_INVALIDATE_CANDIDATES, SCRIPT_SET_IF_GENERATION, N_SCRIPTS };
+enum {
+	SCRIPT_PUT,
+	SCRIPT_INVALIDATE_CANDIDATES,
+	SCRIPT_SET_IF_GENERATION,
+	SCRIPT_HEAL_CHECK,
+	SCRIPT_HEAL_DONE,
+	N_SCRIPTS
+};
 
 /* Where a table's rows live in Redis; prefix NULL: not cached row by row. */
 typedef struct layout {
@@ -61,8 +69,11 @@ typedef struct queue {
 	size_t n_items, cap_items;
 } queue_t;
 
+typedef struct cache_heal cache_heal_t;
+
 struct cache {
 	const cat_config_t *cfg;
+	cat_metrics_t *metrics; /* borrowed */
 	cat_redis_t *redis;
 	PGconn *pg;
 	cat_redis_t *probe; /* readiness, on the HTTP thread */
@@ -75,6 +86,7 @@ struct cache {
 	char top_limits[MAX_TOP_LIMITS][16];
 	size_t n_top_limits;
 	long long top_max;
+	cache_keys_t keys; /* what cache.v1 may touch */
 	long long symbol_ttl, active_ttl, top_ttl, warm_news_ttl, max_value, pipeline_bytes, scan_count, rebuild_chunk;
 
 	/* the PUT call being filled: its arguments as protocol bulk strings */
@@ -105,7 +117,18 @@ struct cache {
 	cat_metric_t *m_warm_seconds[2];
 	cat_metric_t *m_warm_conflicts;
 	atomic_bool redis_down;
+
+	cache_heal_t *heal; /* the self-heal thread (heal.c), NULL: off */
+	/* called between the chunks of a rebuild (NULL: none): a failure ends
+	 * the rebuild with it */
+	cat_err_t (*on_chunk)(void *arg, char *errstr, size_t errstr_size);
+	void *on_chunk_arg;
 };
+
+/* heal.c: readiness of the self-heal (false while a rebuild is needed or
+ * running, with what it does in `reason`); stops and frees it. */
+bool cache_heal_ready(cache_heal_t *heal, char *reason, size_t reason_size);
+void cache_heal_destroy(cache_heal_t *heal);
 
 /* Queues one PUT item (see scripts.h: op, key, version, ttl, value, symbol,
  * member; NULL strings as ""); `msg` is the batch message it comes from

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "cache.h"
+#include "keys.h"
 #include "cat_config.h"
 #include "cat_consumer.h"
 #include "cat_http.h"
@@ -35,6 +36,10 @@ static const char usage[] =
 	"a newer cached value. Values that cannot be cached go to dlq.v1 with the reason.\n"
 	"While Redis is unreachable nothing is acknowledged and the worker retries.\n"
 	"HTTP: /healthz, /readyz, /metrics.\n"
+	"set, delete and invalidate reach only the layout's key families (and\n"
+	"CATALYST_CACHE_KEY_NAMESPACE); anything else is dead-lettered with the reason.\n"
+	"When Redis loses its data (restart, failover, FLUSHDB) the worker rebuilds it\n"
+	"from the primary by itself while changes keep flowing; /readyz is 503 meanwhile.\n"
 	"A warm or rebuild runs inside the consume loop: unless\n"
 	"CATALYST_KAFKA_MAX_POLL_INTERVAL_MS is set, max.poll.interval.ms is 3600000 so\n"
 	"that a long rebuild keeps the group.\n"
@@ -82,6 +87,14 @@ static const cat_config_def_t config_defs[] = {
 	 "keys an invalidation SCANs and UNLINKs per step"},
 	{"CATALYST_CACHE_REBUILD_CHUNK", CAT_CFG_INT, "1000", false, false, 10, 100000, NULL,
 	 "rows a rebuild holds in memory at a time"},
+	{"CATALYST_CACHE_HEAL_CHECK_MS", CAT_CFG_INT, "1000", false, false, 0, 3600000, NULL,
+	 "how often the worker checks that Redis still holds its data, and rebuilds it from the primary "
+	 "when not (0: no self-heal)"},
+	{"CATALYST_CACHE_REBUILD_MIN_INTERVAL_S", CAT_CFG_INT, "60", false, false, 1, 86400, NULL,
+	 "shortest time between two automatic rebuilds of this worker"},
+	{"CATALYST_CACHE_KEY_NAMESPACE", CAT_CFG_STRING, NULL, false, false, 0, 0, NULL,
+	 "a key prefix (e.g. app:) that cache.v1 set, delete and invalidate may touch besides the layout's "
+	 "families (news: signals: trades: sources: candidates:); other keys are dead-lettered"},
 };
 
 #define N_CONFIG_DEFS (sizeof(config_defs) / sizeof(config_defs[0]))
@@ -107,6 +120,7 @@ int main(int argc, char **argv)
 	cat_http_t *http = NULL;
 	cat_handler_t handler;
 	char errstr[1024];
+	const char *why;
 	cat_err_t err;
 	int rc = 1;
 
@@ -132,6 +146,11 @@ int main(int argc, char **argv)
 	}
 	if (cat_config_load(&cfg, config_defs, N_CONFIG_DEFS, NULL, errstr, sizeof(errstr)) != CAT_OK) {
 		fprintf(stderr, WORKER ": %s\n", errstr);
+		return 2;
+	}
+	if ((why = cache_keys_namespace_refusal(cat_config_str(cfg, "CATALYST_CACHE_KEY_NAMESPACE")))) {
+		fprintf(stderr, WORKER ": CATALYST_CACHE_KEY_NAMESPACE: %s\n", why);
+		cat_config_destroy(cfg);
 		return 2;
 	}
 	cat_log_init(WORKER, (cat_log_level_t)cat_log_level_parse(cat_config_str(cfg, "CATALYST_LOG_LEVEL")));
@@ -184,6 +203,11 @@ int main(int argc, char **argv)
 		goto out;
 	}
 
+	/* the self-heal runs beside the loop, on connections of its own */
+	if (cache_heal_start(cache, errstr, sizeof(errstr)) != CAT_OK) {
+		CAT_LOG_ERROR("MAIN", "%s", errstr);
+		goto out;
+	}
 
 	if (cat_consumer_run(consumer, &stop, errstr, sizeof(errstr)) != CAT_OK) {
 		CAT_LOG_ERROR("CONSUMER", "%s", errstr);

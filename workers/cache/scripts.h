@@ -195,4 +195,41 @@
 	"end\n"                                                                                     \
 	"return 1\n"
 
+/* HEAL_CHECK (heal.c, every CATALYST_CACHE_HEAL_CHECK_MS): KEYS[1] the
+ * sentinel (the run_id of the Redis server that holds our data), KEYS[2] the
+ * unfinished mark (set while a rebuild runs, removed when it completes),
+ * KEYS[3] the rebuilder's lease; ARGV[1] the server's run_id, ARGV[2] this
+ * worker's owner id, ARGV[3] the lease in ms, ARGV[4] "1" when this worker may
+ * start a rebuild now (its rate limit). Returns "ok" (the data is ours and
+ * complete), "busy" (another worker holds the lease), "wait:<reason>" (a
+ * rebuild is needed, not allowed yet) or "claim:<reason>" (a rebuild is
+ * needed and this worker now owns it: sentinel, mark and lease are set, so a
+ * FLUSHDB during the rebuild removes them and is noticed again). Reasons:
+ * data_lost (no sentinel: a first start, a restart without persistence, a
+ * failover to an empty replica, a FLUSHDB), restart (another server's
+ * run_id: restarted from a snapshot, or a failover, that may miss the latest
+ * writes), unfinished (a rebuild that did not complete). */
+#define CACHE_SCRIPT_HEAL_CHECK                                                                    \
+	"local s = redis.call('GET', KEYS[1])\n"                                                  \
+	"local u = redis.call('EXISTS', KEYS[2])\n"                                               \
+	"if s == ARGV[1] and u == 0 then return 'ok' end\n"                                        \
+	"local reason = 'unfinished'\n"                                                             \
+	"if not s then reason = 'data_lost' elseif s ~= ARGV[1] then reason = 'restart' end\n"    \
+	"local o = redis.call('GET', KEYS[3])\n"                                                  \
+	"if o and o ~= ARGV[2] then return 'busy' end\n"                                          \
+	"if ARGV[4] ~= '1' then return 'wait:' .. reason end\n"                                    \
+	"redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[3])\n"                                    \
+	"redis.call('SET', KEYS[1], ARGV[1])\n"                                                   \
+	"redis.call('SET', KEYS[2], reason)\n"                                                    \
+	"return 'claim:' .. reason\n"
+
+/* HEAL_DONE: KEYS as HEAL_CHECK's; ARGV[1] the owner id. The rebuild
+ * completed: removes the mark and the lease if the lease is still ours (a
+ * FLUSHDB meanwhile removed them, and the next check starts again). Returns
+ * 1 done, 0 the lease was lost. */
+#define CACHE_SCRIPT_HEAL_DONE                                                                     \
+	"if redis.call('GET', KEYS[3]) ~= ARGV[1] then return 0 end\n"                            \
+	"redis.call('DEL', KEYS[2], KEYS[3])\n"                                                   \
+	"return 1\n"
+
 #endif /* CACHE_SCRIPTS_H */

@@ -13,7 +13,14 @@
  * pipeline), in one read-only snapshot; then candidates:active and
  * candidates:top:{n} for each configured n (the seed's top query).
  * The candidates lists are stored only if no candidate changed since the
- * warm read candidates:generation (else read again, up to 3 times).
+ * warm read candidates:generation (else read again, up to 3 times); so they
+ * are read after the rows' snapshot ends, each query seeing what committed
+ * before it (a snapshot older than the generation read could hold a list a
+ * change already invalidated).
+ * Rows go through the PUT script with their versions, like changes.v1: a
+ * row the snapshot read never replaces a newer version (or a delete's
+ * tombstone) that a change stored meanwhile, so a rebuild may run while
+ * changes are applied (the self-heal does, heal.c).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -336,6 +343,8 @@ static cat_err_t rebuild(cache_t *cache, char *errstr, size_t errstr_size)
 			rows += n;
 			if ((err = cache_flush(cache, NULL, errstr, errstr_size)) != CAT_OK)
 				return err;
+			if (cache->on_chunk && (err = cache->on_chunk(cache->on_chunk_arg, errstr, errstr_size)) != CAT_OK)
+				return err;
 			if (n < cache->rebuild_chunk)
 				break;
 		}
@@ -343,9 +352,9 @@ static cat_err_t rebuild(cache_t *cache, char *errstr, size_t errstr_size)
 			return err;
 		CAT_LOG_INFO("REDIS", "rebuild: %lld rows of %s", rows, layout->table->name);
 	}
-	if ((err = warm_candidates(cache, true, 1, errstr, errstr_size)) != CAT_OK)
+	if ((err = cat_pg_exec(cache->pg, "COMMIT", 0, NULL, NULL, errstr, errstr_size)) != CAT_OK)
 		return err;
-	return cat_pg_exec(cache->pg, "COMMIT", 0, NULL, NULL, errstr, errstr_size);
+	return warm_candidates(cache, true, 1, errstr, errstr_size);
 }
 
 cat_err_t cache_warm(cache_t *cache, int profile, char *errstr, size_t errstr_size)
