@@ -432,6 +432,11 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *opaque)
 		return n;
 	}
 	size_t max = resp->req->body_max ? resp->req->body_max : ERROR_BODY_MAX;
+	if (resp->body.len + n > max && resp->req->body_max && status >= 200 && status < 300) {
+		/* a listing page larger than any store sends: stop reading now */
+		resp->body_truncated = true;
+		return 0;
+	}
 	if (resp->body.len + n > max) {
 		resp->body_truncated = true;
 		n = max > resp->body.len ? max - resp->body.len : 0;
@@ -694,6 +699,12 @@ static cat_err_t perform_once(cat_s3_t *s3, CURL *curl, const s3_req_t *req, s3_
 		err = CAT_ERR_PERMANENT;
 		goto out;
 	}
+	if (rc == CURLE_WRITE_ERROR && resp->body_truncated) {
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT,
+				  "could not %s %s/%s: a response larger than %zu bytes", req->method, s3->bucket,
+				  what_of(req), req->body_max);
+		goto out;
+	}
 	if (rc != CURLE_OK) {
 		err = cat_err_set(errstr, errstr_size, curl_error_fatal(rc) ? CAT_ERR_FATAL : CAT_ERR_RETRIABLE,
 				  "could not %s %s/%s: %s", req->method, s3->bucket, what_of(req),
@@ -909,7 +920,7 @@ cat_err_t cat_s3_list(cat_s3_t *s3, const char *prefix, cat_s3_list_fn fn, void 
 			params[n++] = (cat_s3_param_t){"continuation-token", token};
 		req.n_params = n;
 		err = perform(s3, s3->curl, &req, &resp, errstr, errstr_size);
-		if (err == CAT_OK && resp.body_truncated)
+		if (resp.body_truncated)
 			err = list_broken(s3, "objects", prefix, "a page larger than 16 MiB", errstr, errstr_size);
 		p = resp.body.data ? resp.body.data : "";
 		while (err == CAT_OK && !stop && (contents = xml_value(p, "Contents", &p))) {
@@ -983,7 +994,7 @@ cat_err_t cat_s3_list_uploads(cat_s3_t *s3, const char *prefix, cat_s3_uploads_f
 			params[n++] = (cat_s3_param_t){"upload-id-marker", id_marker};
 		req.n_params = n;
 		err = perform(s3, s3->curl, &req, &resp, errstr, errstr_size);
-		if (err == CAT_OK && resp.body_truncated)
+		if (resp.body_truncated)
 			err = list_broken(s3, "uploads", prefix, "a page larger than 16 MiB", errstr, errstr_size);
 		p = resp.body.data ? resp.body.data : "";
 		while (err == CAT_OK && !stop && (upload = xml_value(p, "Upload", &p))) {
