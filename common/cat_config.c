@@ -135,6 +135,10 @@ static cat_err_t validate(const cat_config_def_t *def, const char *text, long lo
 			PQfreemem(pqerr);
 			return CAT_ERR_FATAL;
 		}
+		/* libpq's copies hold the password: wiped before they go back to the heap */
+		for (PQconninfoOption *o = opts; o->keyword; o++)
+			if (o->val)
+				explicit_bzero(o->val, strlen(o->val));
 		PQconninfoFree(opts);
 		return CAT_OK;
 	}
