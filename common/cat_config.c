@@ -6,6 +6,8 @@
 #include <libpq-fe.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 
 extern char **environ;
 
@@ -133,6 +135,10 @@ static cat_err_t validate(const cat_config_def_t *def, const char *text, long lo
 			PQfreemem(pqerr);
 			return CAT_ERR_FATAL;
 		}
+		/* libpq's copies hold the password: wiped before they go back to the heap */
+		for (PQconninfoOption *o = opts; o->keyword; o++)
+			if (o->val)
+				explicit_bzero(o->val, strlen(o->val));
 		PQconninfoFree(opts);
 		return CAT_OK;
 	}
@@ -195,6 +201,20 @@ static cat_err_t load_kafka(cat_config_t *cfg, char *const *envp, char *errstr, 
 	return CAT_OK;
 }
 
+/* No core dump, no ptrace attach, unless CATALYST_CORE_DUMPS allows them. */
+static cat_err_t protect_process(const cat_config_t *cfg, char *errstr, size_t errstr_size)
+{
+	struct rlimit none = {0, 0};
+
+	for (size_t i = 0; i < cfg->n_values; i++)
+		if (strcmp(cfg->values[i].def->name, "CATALYST_CORE_DUMPS") == 0 && cfg->values[i].num)
+			return CAT_OK;
+	if (setrlimit(RLIMIT_CORE, &none) != 0 || prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0)
+		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "could not turn core dumps off: %s",
+				   strerror(errno));
+	return CAT_OK;
+}
+
 cat_err_t cat_config_load(cat_config_t **out, const cat_config_def_t *defs, size_t n_defs,
 			  char *const *envp, char *errstr, size_t errstr_size)
 {
@@ -243,6 +263,8 @@ cat_err_t cat_config_load(cat_config_t **out, const cat_config_def_t *defs, size
 			goto error;
 		}
 	}
+	if ((err = protect_process(cfg, errstr, errstr_size)) != CAT_OK)
+		goto error;
 	*out = cfg;
 	return CAT_OK;
 
@@ -251,16 +273,28 @@ error:
 	return err;
 }
 
+static void free_wiped(char *text)
+{
+	if (text) {
+		explicit_bzero(text, strlen(text));
+		free(text);
+	}
+}
+
 void cat_config_destroy(cat_config_t *cfg)
 {
 	if (!cfg)
 		return;
-	for (size_t i = 0; i < cfg->n_values; i++)
-		free(cfg->values[i].text);
+	for (size_t i = 0; i < cfg->n_values; i++) {
+		if (cfg->values[i].def && cfg->values[i].def->secret)
+			free_wiped(cfg->values[i].text);
+		else
+			free(cfg->values[i].text);
+	}
 	free(cfg->values);
 	for (size_t i = 0; i < cfg->n_kafka; i++) {
 		free(cfg->kafka_keys[i]);
-		free(cfg->kafka_vals[i]);
+		free_wiped(cfg->kafka_vals[i]); /* SASL and TLS key passwords */
 	}
 	free(cfg->kafka_keys);
 	free(cfg->kafka_vals);

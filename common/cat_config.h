@@ -54,7 +54,9 @@ typedef struct cat_config cat_config_t;
 /* Shared groups. */
 #define CAT_CONFIG_COMMON                                                                          \
 	{ "CATALYST_LOG_LEVEL", CAT_CFG_ENUM, "info", false, false, 0, 0, "debug|info|warn|error",  \
-	  "lowest level logged" }
+	  "lowest level logged" },                                                                   \
+	{ "CATALYST_CORE_DUMPS", CAT_CFG_BOOL, "false", false, false, 0, 0, NULL,                   \
+	  "allow core dumps and debuggers to attach (a core holds passwords and keys: debugging only)" }
 
 #define CAT_CONFIG_KAFKA                                                                           \
 	{ "CATALYST_BROKERS", CAT_CFG_STRING, NULL, true, false, 0, 0, NULL,                        \
@@ -75,7 +77,15 @@ typedef struct cat_config cat_config_t;
 /* Reads and validates every setting of `defs` from `envp` (NULL: the
  * process environment). On failure, errstr holds one line naming the
  * variable, e.g. `CATALYST_BATCH_SIZE: must be an integer from 1 to 100000`,
- * and CAT_ERR_FATAL is returned. */
+ * and CAT_ERR_FATAL is returned.
+ *
+ * Every binary passes here first, so this is also where the process stops
+ * a crash from writing its secrets to disk: unless CATALYST_CORE_DUMPS is
+ * declared and true, RLIMIT_CORE is set to 0 and the process is made
+ * non-dumpable (prctl PR_SET_DUMPABLE 0: no core, no ptrace attach by
+ * another process of the same user, /proc/<pid>/environ and mem closed to
+ * it). cat_config_destroy() wipes the values of secret settings and of the
+ * CATALYST_KAFKA_* pass-through (SASL passwords) before freeing them. */
 cat_err_t cat_config_load(cat_config_t **out, const cat_config_def_t *defs, size_t n_defs,
 			  char *const *envp, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 

@@ -24,6 +24,7 @@
 #include "cat_time.h"
 
 #define READ_CHUNK (64 * 1024)
+#define DEFAULT_MAX_REPLY_BYTES ((size_t)64 * 1024 * 1024)
 
 struct cat_redis {
 	cat_redis_url_t url;
@@ -32,6 +33,8 @@ struct cat_redis {
 	char *client_name;
 	int connect_timeout_ms;
 	int timeout_ms;
+	size_t max_reply_bytes;
+	char server_version[32];
 	SSL_CTX *ssl_ctx;
 	char *tls_server_name;
 
@@ -198,6 +201,7 @@ void cat_redis_opts_from_config(cat_redis_opts_t *opts, const cat_config_t *cfg,
 	opts->tls_key_file = cat_config_str(cfg, "CATALYST_REDIS_TLS_KEY_FILE");
 	opts->tls_server_name = cat_config_str(cfg, "CATALYST_REDIS_TLS_SERVER_NAME");
 	opts->tls_no_verify = !cat_config_bool(cfg, "CATALYST_REDIS_TLS_VERIFY");
+	opts->max_reply_bytes = (size_t)cat_config_int(cfg, "CATALYST_REDIS_MAX_REPLY_BYTES");
 	opts->client_name = client_name;
 }
 
@@ -269,6 +273,7 @@ cat_err_t cat_redis_new(cat_redis_t **out, const cat_redis_opts_t *opts, char *e
 		goto error;
 	redis->connect_timeout_ms = opts->connect_timeout_ms > 0 ? opts->connect_timeout_ms : 5000;
 	redis->timeout_ms = opts->timeout_ms > 0 ? opts->timeout_ms : 10000;
+	redis->max_reply_bytes = opts->max_reply_bytes > 0 ? opts->max_reply_bytes : DEFAULT_MAX_REPLY_BYTES;
 	if (opts->password || redis->url.password[0]) {
 		redis->password = strdup(opts->password ? opts->password : redis->url.password);
 		if (!redis->password) {
@@ -345,6 +350,11 @@ bool cat_redis_is_connected(const cat_redis_t *redis)
 const char *cat_redis_address(const cat_redis_t *redis)
 {
 	return redis->address;
+}
+
+const char *cat_redis_server_version(const cat_redis_t *redis)
+{
+	return redis->server_version;
 }
 
 uint64_t cat_redis_connects(const cat_redis_t *redis)
@@ -515,8 +525,9 @@ static cat_err_t write_all(cat_redis_t *redis, const char *buf, size_t len, int6
 	return CAT_OK;
 }
 
-/* Reads what arrives (at least one byte) into the reader. */
-static cat_err_t read_some(cat_redis_t *redis, int64_t deadline_us, char *errstr, size_t errstr_size)
+/* Reads what arrives (at least one byte) into the reader; *fed += bytes. */
+static cat_err_t read_some(cat_redis_t *redis, int64_t deadline_us, size_t *fed, char *errstr,
+			   size_t errstr_size)
 {
 	char buf[READ_CHUNK];
 
@@ -552,6 +563,7 @@ static cat_err_t read_some(cat_redis_t *redis, int64_t deadline_us, char *errstr
 			if (redisReaderFeed(redis->reader, buf, (size_t)n) != REDIS_OK)
 				return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE,
 						   "could not read from %s: out of memory", redis->address);
+			*fed += (size_t)n;
 			return CAT_OK;
 		}
 		if (errno == EINTR)
@@ -566,10 +578,18 @@ static cat_err_t read_some(cat_redis_t *redis, int64_t deadline_us, char *errstr
 	}
 }
 
-/* The next reply; the deadline restarts whenever bytes arrive. */
-static cat_err_t read_reply(cat_redis_t *redis, redisReply **out, char *errstr, size_t errstr_size)
+/* The next reply, whole before deadline_us (0: timeout_ms from now): a
+ * server sending a byte at a time does not hold the client past it. A reply
+ * over max_reply_bytes (what was read while it was awaited, which may hold
+ * up to one read of the next replies) fails. */
+static cat_err_t read_reply_by(cat_redis_t *redis, redisReply **out, int64_t deadline_us, char *errstr,
+			       size_t errstr_size)
 {
+	size_t fed = 0;
+
 	*out = NULL;
+	if (deadline_us == 0)
+		deadline_us = cat_time_mono_us() + (int64_t)redis->timeout_ms * 1000;
 	for (;;) {
 		void *reply = NULL;
 		cat_err_t err;
@@ -582,10 +602,20 @@ static cat_err_t read_reply(cat_redis_t *redis, redisReply **out, char *errstr, 
 			*out = reply;
 			return CAT_OK;
 		}
-		err = read_some(redis, cat_time_mono_us() + (int64_t)redis->timeout_ms * 1000, errstr, errstr_size);
+		if (fed > redis->max_reply_bytes + READ_CHUNK)
+			return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE,
+					   "could not read from %s: a reply larger than %zu bytes "
+					   "(CATALYST_REDIS_MAX_REPLY_BYTES)",
+					   redis->address, redis->max_reply_bytes);
+		err = read_some(redis, deadline_us, &fed, errstr, errstr_size);
 		if (err != CAT_OK)
 			return err;
 	}
+}
+
+static cat_err_t read_reply(cat_redis_t *redis, redisReply **out, char *errstr, size_t errstr_size)
+{
+	return read_reply_by(redis, out, 0, errstr, errstr_size);
 }
 
 /* --- classification -------------------------------------------------------------------- */
@@ -748,7 +778,111 @@ void cat_redis_replies_free(redisReply **replies, size_t n)
 	free(replies);
 }
 
-/* AUTH, SELECT, CLIENT SETNAME on a fresh connection. */
+/* The major and minor of a "7.0.15"-style version; false when it is not one. */
+static bool parse_version(const char *text, int *major, int *minor)
+{
+	char *end;
+	long a, b = 0;
+
+	if (!isdigit((unsigned char)text[0]))
+		return false;
+	a = strtol(text, &end, 10);
+	if (*end == '.') {
+		if (!isdigit((unsigned char)end[1]))
+			return false;
+		b = strtol(end + 1, &end, 10);
+	}
+	if (a > 1000 || b > 1000)
+		return false;
+	*major = (int)a;
+	*minor = (int)b;
+	return true;
+}
+
+/* The version in an INFO server reply ("redis_version:7.0.15\r\n") or in a
+ * HELLO 2 reply (a flat array "server" "redis" "version" "7.0.15" ...), into
+ * redis->server_version; false when the reply holds none. */
+static bool take_version(cat_redis_t *redis, const redisReply *reply)
+{
+	const char *v = NULL;
+	size_t len = 0;
+
+	if (reply->type == REDIS_REPLY_STRING || reply->type == REDIS_REPLY_STATUS) {
+		const char *at = reply->str ? strstr(reply->str, "redis_version:") : NULL;
+
+		if (at) {
+			v = at + strlen("redis_version:");
+			len = strcspn(v, "\r\n");
+		}
+	} else if (reply->type == REDIS_REPLY_ARRAY) {
+		for (size_t i = 0; i + 1 < reply->elements; i += 2) {
+			const redisReply *k = reply->element[i], *val = reply->element[i + 1];
+
+			if (k->type == REDIS_REPLY_STRING && k->str && strcmp(k->str, "version") == 0 &&
+			    val->type == REDIS_REPLY_STRING && val->str) {
+				v = val->str;
+				len = strlen(v);
+				break;
+			}
+		}
+	}
+	if (!v || len == 0 || len >= sizeof(redis->server_version))
+		return false;
+	for (size_t i = 0; i < len; i++)
+		if (!isprint((unsigned char)v[i]))
+			return false;
+	memcpy(redis->server_version, v, len);
+	redis->server_version[len] = '\0';
+	return true;
+}
+
+/* Refuses a server older than CAT_REDIS_MIN_VERSION. `info` is the reply to
+ * INFO server; when an ACL refused it, HELLO 2 is asked instead. */
+static cat_err_t check_version(cat_redis_t *redis, const redisReply *info, int64_t deadline_us, char *errstr,
+			       size_t errstr_size)
+{
+	int major = 0, minor = 0;
+	cat_err_t err;
+	bool found = take_version(redis, info);
+
+	if (!found) {
+		redisReply *hello = NULL;
+		char why[300];
+
+		if (info->type == REDIS_REPLY_ERROR)
+			snprintf(why, sizeof(why), "INFO: %.200s", info->str ? info->str : "");
+		else
+			snprintf(why, sizeof(why), "INFO names no redis_version");
+		if (cat_redis_append(redis, 2, (const char *[]){"HELLO", "2"}, NULL) != CAT_OK)
+			return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "out of memory");
+		err = write_all(redis, redis->obuf, redis->olen, deadline_us, errstr, errstr_size);
+		redis->olen = 0;
+		redis->n_pending = 0;
+		if (err == CAT_OK)
+			err = read_reply_by(redis, &hello, deadline_us, errstr, errstr_size);
+		if (err != CAT_OK)
+			return err;
+		found = take_version(redis, hello);
+		if (!found && hello->type == REDIS_REPLY_ERROR)
+			snprintf(why + strlen(why), sizeof(why) - strlen(why), ", HELLO: %.60s",
+				 hello->str ? hello->str : "");
+		freeReplyObject(hello);
+		if (!found)
+			return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL,
+					   "could not learn the version of Redis at %s (%s); catalyst needs Redis "
+					   "%s or newer: allow INFO or HELLO to its user",
+					   redis->address, why, CAT_REDIS_MIN_VERSION);
+	}
+	if (!parse_version(redis->server_version, &major, &minor) || major < CAT_REDIS_MIN_MAJOR)
+		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL,
+				   "Redis at %s is version %s; catalyst needs Redis %s or newer (its scripts use "
+				   "EXPIRE ... GT)",
+				   redis->address, redis->server_version, CAT_REDIS_MIN_VERSION);
+	return CAT_OK;
+}
+
+/* AUTH, SELECT, CLIENT SETNAME and INFO server on a fresh connection (one
+ * round trip), then the version check. */
 static cat_err_t handshake(cat_redis_t *redis, int64_t deadline_us, char *errstr, size_t errstr_size)
 {
 	const char *argv[3];
@@ -756,6 +890,7 @@ static cat_err_t handshake(cat_redis_t *redis, int64_t deadline_us, char *errstr
 	char db[16];
 	cat_err_t err;
 
+	redis->server_version[0] = '\0';
 	if (redis->password) {
 		argv[0] = "AUTH";
 		if (redis->url.user[0]) {
@@ -782,17 +917,25 @@ static cat_err_t handshake(cat_redis_t *redis, int64_t deadline_us, char *errstr
 			return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "out of memory");
 		n++;
 	}
-	if (n == 0)
-		return CAT_OK;
+	if (cat_redis_append(redis, 2, (const char *[]){"INFO", "server"}, NULL) != CAT_OK)
+		return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "out of memory");
+	n++;
 	err = write_all(redis, redis->obuf, redis->olen, deadline_us, errstr, errstr_size);
+	/* the AUTH command held the password */
+	explicit_bzero(redis->obuf, redis->olen);
 	redis->olen = 0;
 	redis->n_pending = 0;
 	for (size_t i = 0; err == CAT_OK && i < n; i++) {
 		redisReply *reply = NULL;
 		char msg[400];
 
-		if ((err = read_reply(redis, &reply, errstr, errstr_size)) != CAT_OK)
+		if ((err = read_reply_by(redis, &reply, deadline_us, errstr, errstr_size)) != CAT_OK)
 			break;
+		if (i == n - 1) { /* INFO server */
+			err = check_version(redis, reply, deadline_us, errstr, errstr_size);
+			freeReplyObject(reply);
+			break;
+		}
 		err = cat_redis_reply_class(reply, msg, sizeof(msg));
 		freeReplyObject(reply);
 		if (err == CAT_ERR_PERMANENT && i == 0 && redis->password)

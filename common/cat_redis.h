@@ -13,6 +13,15 @@
  * An I/O failure closes the connection; cat_redis_ensure() opens it again.
  * Error strings and cat_redis_address() never contain the password.
  *
+ * The server is not trusted blindly: each reply must arrive whole within
+ * CATALYST_REDIS_TIMEOUT_MS of the moment it is awaited (a server trickling
+ * a byte at a time does not extend it), and a reply larger than
+ * CATALYST_REDIS_MAX_REPLY_BYTES (to within one 64 KiB read) fails as a
+ * lost connection instead of growing the buffer. At connect the server's
+ * version is read (INFO server, or HELLO when an ACL refuses INFO): the
+ * scripts use EXPIRE ... GT, so a server older than CAT_REDIS_MIN_VERSION
+ * is refused, CAT_ERR_FATAL.
+ *
  *   cat_redis_t *redis;
  *   cat_redis_script_t set_if_newer;
  *   cat_redis_script_init(&set_if_newer, "return redis.call('SET', KEYS[1], ARGV[1])");
@@ -45,7 +54,9 @@
 	{ "CATALYST_REDIS_CONNECT_TIMEOUT_MS", CAT_CFG_INT, "5000", false, false, 1, 600000, NULL, \
 	  "how long connecting (TCP, TLS handshake, AUTH) may take" },                              \
 	{ "CATALYST_REDIS_TIMEOUT_MS", CAT_CFG_INT, "10000", false, false, 1, 600000, NULL,        \
-	  "how long one reply may take before the connection counts as lost" },                     \
+	  "how long one reply may take in total before the connection counts as lost" },            \
+	{ "CATALYST_REDIS_MAX_REPLY_BYTES", CAT_CFG_INT, "67108864", false, false, 1024, 536870912, \
+	  NULL, "largest reply accepted from Redis, bytes (a larger one fails the connection)" },   \
 	{ "CATALYST_REDIS_TLS_CA_FILE", CAT_CFG_STRING, NULL, false, false, 0, 0, NULL,             \
 	  "rediss://: CA certificates (PEM) the server's certificate must chain to (default: the "  \
 	  "system's)" },                                                                              \
@@ -57,6 +68,10 @@
 	  "rediss://: name the certificate must carry and SNI (default: the URL's host)" },         \
 	{ "CATALYST_REDIS_TLS_VERIFY", CAT_CFG_BOOL, "true", false, false, 0, 0, NULL,              \
 	  "rediss://: verify the server's certificate (false only for tests)" }
+
+/* The oldest Redis the cache scripts run on (EXPIRE ... GT). */
+#define CAT_REDIS_MIN_MAJOR 7
+#define CAT_REDIS_MIN_VERSION "7.0"
 
 /* A parsed redis:// or rediss:// URL. */
 typedef struct cat_redis_url {
@@ -78,13 +93,14 @@ typedef struct cat_redis_opts {
 	const char *url;	     /* required */
 	const char *password;	     /* overrides the URL's; NULL: the URL's */
 	int connect_timeout_ms;	     /* 0: 5000 */
-	int timeout_ms;		     /* 0: 10000 */
+	int timeout_ms;		     /* 0: 10000; total per reply */
 	const char *tls_ca_file;     /* NULL: the system's trust store */
 	const char *tls_cert_file;   /* client certificate, NULL: none */
 	const char *tls_key_file;
 	const char *tls_server_name; /* NULL: the URL's host */
 	bool tls_no_verify;	     /* tests only */
 	const char *client_name;     /* CLIENT SETNAME, NULL: none */
+	size_t max_reply_bytes;	     /* 0: 64 MiB */
 } cat_redis_opts_t;
 
 /* Options from the CAT_CONFIG_REDIS settings of `cfg` (strings borrowed). */
@@ -100,7 +116,10 @@ cat_err_t cat_redis_new(cat_redis_t **out, const cat_redis_opts_t *opts, char *e
 /* Closes and frees; accepts NULL. */
 void cat_redis_destroy(cat_redis_t *redis);
 
-/* Connects (TCP or TLS, AUTH, SELECT, CLIENT SETNAME) unless connected. */
+/* Connects (TCP or TLS, AUTH, SELECT, CLIENT SETNAME, the version check)
+ * unless connected. A server older than CAT_REDIS_MIN_VERSION is
+ * CAT_ERR_FATAL: "Redis at <address> is version 6.2.14; catalyst needs
+ * Redis 7.0 or newer (...)". */
 cat_err_t cat_redis_ensure(cat_redis_t *redis, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 
 /* Drops the connection (and anything pending); the next ensure reconnects. */
@@ -110,6 +129,10 @@ bool cat_redis_is_connected(const cat_redis_t *redis);
 
 /* "redis://user@host:port/db" (or rediss://), without the password. */
 const char *cat_redis_address(const cat_redis_t *redis);
+
+/* The server's version as it reported it at the last connect ("7.0.15";
+ * "" before the first). */
+const char *cat_redis_server_version(const cat_redis_t *redis);
 
 /* Connections opened so far (the first one included). */
 uint64_t cat_redis_connects(const cat_redis_t *redis);

@@ -12,13 +12,17 @@
 #include <curl/curl.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <openssl/crypto.h>
 #include <openssl/sha.h>
 
 #include "cat_log.h"
 #include "cat_time.h"
 
 #define ERROR_BODY_MAX (64 * 1024)  /* error and listing bodies kept in memory */
-#define SMALL_BODY_MAX (16 * 1024 * 1024)
+#define SMALL_BODY_MAX (16 * 1024 * 1024) /* one listing page */
+#define DEFAULT_REQUEST_TIMEOUT_MS 600000
+#define RESUME_PROGRESS_MIN (1024 * 1024) /* a GET attempt moving this much earns its retries back */
+#define EMPTY_PAGES_MAX 1000 /* truncated pages in a row without an object */
 #define EMPTY_SHA256 "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
 struct cat_s3 {
@@ -27,7 +31,7 @@ struct cat_s3 {
 	char *region, *bucket, *access_key, *secret_key, *session_token, *ca_file;
 	bool path_style, tls_verify;
 	size_t part_size;
-	int max_retries, backoff_ms, timeout_s;
+	int max_retries, backoff_ms, timeout_s, request_timeout_ms;
 	volatile sig_atomic_t *cancel;
 	CURL *curl; /* the caller's thread; an upload's thread has its own */
 };
@@ -259,10 +263,18 @@ char *cat_s3_sign(const char *access_key, const char *secret_key, const char *re
 		auth.data = NULL;
 	}
 out:
+	/* the secret key, the keys derived from it, and the canonical request
+	 * (it holds the session token) */
 	if (key0) {
-		memset(key0, 0, strlen(key0));
+		OPENSSL_cleanse(key0, strlen(key0));
 		free(key0);
 	}
+	OPENSSL_cleanse(k_date, sizeof(k_date));
+	OPENSSL_cleanse(k_region, sizeof(k_region));
+	OPENSSL_cleanse(k_service, sizeof(k_service));
+	OPENSSL_cleanse(k_signing, sizeof(k_signing));
+	if (creq.data)
+		OPENSSL_cleanse(creq.data, creq.cap);
 	free(query);
 	free(creq.data);
 	free(signed_headers.data);
@@ -288,6 +300,7 @@ void cat_s3_options_from_config(cat_s3_options_t *opts, const cat_config_t *cfg)
 	opts->max_retries = (int)cat_config_int(cfg, "CATALYST_S3_MAX_RETRIES");
 	opts->backoff_ms = (int)cat_config_int(cfg, "CATALYST_S3_RETRY_BACKOFF_MS");
 	opts->timeout_s = (int)cat_config_int(cfg, "CATALYST_S3_TIMEOUT_S");
+	opts->request_timeout_ms = (int)cat_config_int(cfg, "CATALYST_S3_REQUEST_TIMEOUT_MS");
 }
 
 static char *dup_or_null(const char *s)
@@ -340,6 +353,7 @@ cat_err_t cat_s3_new(cat_s3_t **out, const cat_s3_options_t *opts, char *errstr,
 	s3->max_retries = opts->max_retries;
 	s3->backoff_ms = opts->backoff_ms > 0 ? opts->backoff_ms : 200;
 	s3->timeout_s = opts->timeout_s > 0 ? opts->timeout_s : 60;
+	s3->request_timeout_ms = opts->request_timeout_ms > 0 ? opts->request_timeout_ms : DEFAULT_REQUEST_TIMEOUT_MS;
 	s3->cancel = opts->cancel;
 	s3->curl = curl_easy_init();
 	if (!s3->scheme || !s3->hostport || !s3->region || !s3->bucket || !s3->access_key || !s3->secret_key ||
@@ -364,11 +378,11 @@ void cat_s3_destroy(cat_s3_t *s3)
 	free(s3->bucket);
 	free(s3->access_key);
 	if (s3->secret_key) {
-		memset(s3->secret_key, 0, strlen(s3->secret_key));
+		OPENSSL_cleanse(s3->secret_key, strlen(s3->secret_key));
 		free(s3->secret_key);
 	}
 	if (s3->session_token) {
-		memset(s3->session_token, 0, strlen(s3->session_token));
+		OPENSSL_cleanse(s3->session_token, strlen(s3->session_token));
 		free(s3->session_token);
 	}
 	free(s3->ca_file);
@@ -418,6 +432,11 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *opaque)
 		return n;
 	}
 	size_t max = resp->req->body_max ? resp->req->body_max : ERROR_BODY_MAX;
+	if (resp->body.len + n > max && resp->req->body_max && status >= 200 && status < 300) {
+		/* a listing page larger than any store sends: stop reading now */
+		resp->body_truncated = true;
+		return 0;
+	}
 	if (resp->body.len + n > max) {
 		resp->body_truncated = true;
 		n = max > resp->body.len ? max - resp->body.len : 0;
@@ -518,11 +537,41 @@ static const char *what_of(const s3_req_t *req)
 	return req->key ? req->key : "";
 }
 
+/* Appends "name: value" to *list, built to its length (a session token
+ * from STS or IRSA runs to several KiB); the copy that libcurl does not own
+ * is wiped. False when out of memory (*list is kept for freeing). */
+static bool header_add(struct curl_slist **list, const char *name, const char *value)
+{
+	char *line = NULL;
+	struct curl_slist *grown;
+	int len = asprintf(&line, "%s: %s", name, value);
+
+	if (len < 0)
+		return false;
+	grown = curl_slist_append(*list, line);
+	OPENSSL_cleanse(line, (size_t)len);
+	free(line);
+	if (!grown)
+		return false;
+	*list = grown;
+	return true;
+}
+
+/* Frees a header list, wiping it first (it holds the signature and the
+ * session token). */
+static void headers_free(struct curl_slist *list)
+{
+	for (struct curl_slist *h = list; h; h = h->next)
+		if (h->data)
+			OPENSSL_cleanse(h->data, strlen(h->data));
+	curl_slist_free_all(list);
+}
+
 /* One attempt. Returns the class of the outcome. */
 static cat_err_t perform_once(cat_s3_t *s3, CURL *curl, const s3_req_t *req, s3_resp_t *resp, char *errstr,
 			      size_t errstr_size)
 {
-	char amz_date[17], hash[65], curl_err[CURL_ERROR_SIZE] = "", hdr[1024];
+	char amz_date[17], hash[65], curl_err[CURL_ERROR_SIZE] = "", range[64];
 	char *query = NULL, *enc_key = NULL, *auth = NULL, *url = NULL, *canonical_uri = NULL;
 	char host[512];
 	struct curl_slist *headers = NULL;
@@ -533,6 +582,7 @@ static cat_err_t perform_once(cat_s3_t *s3, CURL *curl, const s3_req_t *req, s3_
 	const char *content_type = req->content_type ? req->content_type : "application/octet-stream";
 	cat_err_t err;
 	CURLcode rc;
+	bool ok = true;
 
 	free(resp->body.data);
 	resp->body = (sbuf_t){0};
@@ -591,20 +641,21 @@ static cat_err_t perform_once(cat_s3_t *s3, CURL *curl, const s3_req_t *req, s3_
 		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
 		goto out;
 	}
-	for (size_t i = 0; i < n_sh; i++) {
-		snprintf(hdr, sizeof(hdr), "%s: %s", sh[i].name, sh[i].value);
-		headers = curl_slist_append(headers, hdr);
+	for (size_t i = 0; ok && i < n_sh; i++)
+		ok = header_add(&headers, sh[i].name, sh[i].value);
+	ok = ok && header_add(&headers, "Authorization", auth);
+	if (ok) { /* no "Expect: 100-continue" */
+		struct curl_slist *grown = curl_slist_append(headers, "Expect:");
+
+		ok = grown != NULL;
+		headers = grown ? grown : headers;
 	}
-	snprintf(hdr, sizeof(hdr), "Authorization: %s", auth);
-	headers = curl_slist_append(headers, hdr);
-	headers = curl_slist_append(headers, "Expect:");
-	if (req->fn && resp->delivered > 0) {
+	if (ok && req->fn && resp->delivered > 0) {
 		/* resume a broken download where it stopped */
-		snprintf(hdr, sizeof(hdr), "Range: bytes=%llu-", (unsigned long long)resp->delivered);
-		headers = curl_slist_append(headers, hdr);
+		snprintf(range, sizeof(range), "bytes=%llu-", (unsigned long long)resp->delivered);
+		ok = header_add(&headers, "Range", range);
 	}
-	memset(hdr, 0, sizeof(hdr));
-	if (!headers) {
+	if (!ok) {
 		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
 		goto out;
 	}
@@ -618,6 +669,8 @@ static cat_err_t perform_once(cat_s3_t *s3, CURL *curl, const s3_req_t *req, s3_
 	curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT, 10L);
 	curl_easy_setopt(curl, CURLOPT_LOW_SPEED_LIMIT, 1L);
 	curl_easy_setopt(curl, CURLOPT_LOW_SPEED_TIME, (long)s3->timeout_s);
+	/* the whole attempt, however the bytes trickle */
+	curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, (long)s3->request_timeout_ms);
 	curl_easy_setopt(curl, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
 	curl_easy_setopt(curl, CURLOPT_SSL_VERIFYPEER, s3->tls_verify ? 1L : 0L);
 	curl_easy_setopt(curl, CURLOPT_SSL_VERIFYHOST, s3->tls_verify ? 2L : 0L);
@@ -644,6 +697,12 @@ static cat_err_t perform_once(cat_s3_t *s3, CURL *curl, const s3_req_t *req, s3_
 			cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT, "could not %s %s/%s: stopped by the reader",
 				    req->method, s3->bucket, what_of(req));
 		err = CAT_ERR_PERMANENT;
+		goto out;
+	}
+	if (rc == CURLE_WRITE_ERROR && resp->body_truncated) {
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT,
+				  "could not %s %s/%s: a response larger than %zu bytes", req->method, s3->bucket,
+				  what_of(req), req->body_max);
 		goto out;
 	}
 	if (rc != CURLE_OK) {
@@ -693,9 +752,9 @@ static cat_err_t perform_once(cat_s3_t *s3, CURL *curl, const s3_req_t *req, s3_
 		free(msg);
 	}
 out:
-	curl_slist_free_all(headers);
+	headers_free(headers);
 	if (auth) {
-		memset(auth, 0, strlen(auth));
+		OPENSSL_cleanse(auth, strlen(auth));
 		free(auth);
 	}
 	free(url);
@@ -724,16 +783,24 @@ static bool backoff_sleep(cat_s3_t *s3, int attempt)
 	return true;
 }
 
-/* One request with retries of transient failures. */
+/* One request with retries of transient failures. Every attempt ends
+ * within request_timeout_ms; a streamed GET that delivered bytes before its
+ * attempt ended resumes where it stopped without using up a retry when it
+ * moved at least RESUME_PROGRESS_MIN bytes (an object larger than one
+ * deadline's worth still arrives; a trickle does not). */
 static cat_err_t perform(cat_s3_t *s3, CURL *curl, const s3_req_t *req, s3_resp_t *resp, char *errstr,
 			 size_t errstr_size)
 {
 	cat_err_t err;
 
 	for (int attempt = 0;; attempt++) {
+		uint64_t delivered = resp->delivered;
+
 		if (errstr_size)
 			errstr[0] = '\0';
 		err = perform_once(s3, curl, req, resp, errstr, errstr_size);
+		if (err == CAT_ERR_RETRIABLE && req->fn && resp->delivered >= delivered + RESUME_PROGRESS_MIN)
+			attempt = 0; /* progress: the retries start over */
 		if (err != CAT_ERR_RETRIABLE || attempt >= s3->max_retries)
 			return err;
 		cat_log_write(CAT_LOG_LEVEL_WARN, "S3", "%s: retry %d of %d", errstr, attempt + 1, s3->max_retries);
@@ -822,10 +889,22 @@ cat_err_t cat_s3_delete(cat_s3_t *s3, const char *key, char *errstr, size_t errs
 	return err;
 }
 
+/* A listing the store answered in a way that cannot be taken as complete
+ * (a page over SMALL_BODY_MAX, a continuation token repeated, keys going
+ * backwards, a truncated page without a way on): never retried, never
+ * taken as the whole listing. */
+static cat_err_t list_broken(const cat_s3_t *s3, const char *what, const char *prefix, const char *why,
+			     char *errstr, size_t errstr_size)
+{
+	return cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT, "could not list %s of %s/%s: %s", what,
+			   s3->bucket, prefix ? prefix : "", why);
+}
+
 cat_err_t cat_s3_list(cat_s3_t *s3, const char *prefix, cat_s3_list_fn fn, void *opaque, char *errstr,
 		      size_t errstr_size)
 {
-	char *token = NULL;
+	char *token = NULL, *last_key = NULL;
+	int empty_pages = 0;
 	cat_err_t err = CAT_OK;
 
 	for (;;) {
@@ -834,37 +913,63 @@ cat_err_t cat_s3_list(cat_s3_t *s3, const char *prefix, cat_s3_list_fn fn, void 
 		s3_req_t req = {.method = "GET", .params = params, .body_max = SMALL_BODY_MAX};
 		s3_resp_t resp = {0};
 		const char *p;
-		char *contents, *truncated;
-		bool stop = false;
+		char *contents, *truncated, *next = NULL;
+		bool stop = false, first = true, any = false;
 
 		if (token)
 			params[n++] = (cat_s3_param_t){"continuation-token", token};
 		req.n_params = n;
 		err = perform(s3, s3->curl, &req, &resp, errstr, errstr_size);
-		free(token);
-		token = NULL;
-		if (err != CAT_OK) {
-			resp_free(&resp);
-			break;
-		}
+		if (resp.body_truncated)
+			err = list_broken(s3, "objects", prefix, "a page larger than 16 MiB", errstr, errstr_size);
 		p = resp.body.data ? resp.body.data : "";
-		while (!stop && (contents = xml_value(p, "Contents", &p))) {
+		while (err == CAT_OK && !stop && (contents = xml_value(p, "Contents", &p))) {
 			char *k = xml_value(contents, "Key", NULL), *sz = xml_value(contents, "Size", NULL);
 
-			if (k)
+			if (k && first && last_key && strcmp(k, last_key) <= 0)
+				err = list_broken(s3, "objects", prefix,
+						  "a page starts at or before a key listed already (a listing that "
+						  "would not end)",
+						  errstr, errstr_size);
+			else if (k)
 				stop = fn(k, sz ? strtoull(sz, NULL, 10) : 0, opaque) != 0;
+			if (k) {
+				first = false;
+				any = true;
+				free(last_key);
+				last_key = k;
+				k = NULL;
+			}
 			free(k);
 			free(sz);
 			free(contents);
 		}
-		truncated = xml_value(resp.body.data, "IsTruncated", NULL);
-		if (!stop && truncated && strcmp(truncated, "true") == 0)
-			token = xml_value(resp.body.data, "NextContinuationToken", NULL);
+		truncated = err == CAT_OK ? xml_value(resp.body.data, "IsTruncated", NULL) : NULL;
+		if (!stop && truncated && strcmp(truncated, "true") == 0) {
+			next = xml_value(resp.body.data, "NextContinuationToken", NULL);
+			empty_pages = any ? 0 : empty_pages + 1;
+			if (!next || !*next)
+				err = list_broken(s3, "objects", prefix, "a truncated page without a continuation token",
+						  errstr, errstr_size);
+			else if (token && strcmp(next, token) == 0)
+				err = list_broken(s3, "objects", prefix,
+						  "the store repeated its continuation token (a listing that would not "
+						  "end)",
+						  errstr, errstr_size);
+			else if (empty_pages > EMPTY_PAGES_MAX)
+				err = list_broken(s3, "objects", prefix,
+						  "too many truncated pages without an object in a row", errstr,
+						  errstr_size);
+		}
 		free(truncated);
 		resp_free(&resp);
-		if (!token)
+		free(token);
+		token = next;
+		if (err != CAT_OK || !token)
 			break;
 	}
+	free(token);
+	free(last_key);
 	return err;
 }
 
@@ -880,7 +985,7 @@ cat_err_t cat_s3_list_uploads(cat_s3_t *s3, const char *prefix, cat_s3_uploads_f
 		s3_req_t req = {.method = "GET", .params = params, .body_max = SMALL_BODY_MAX};
 		s3_resp_t resp = {0};
 		const char *p;
-		char *upload, *truncated;
+		char *upload, *truncated, *next_key = NULL, *next_id = NULL;
 		bool stop = false;
 
 		if (key_marker)
@@ -889,15 +994,10 @@ cat_err_t cat_s3_list_uploads(cat_s3_t *s3, const char *prefix, cat_s3_uploads_f
 			params[n++] = (cat_s3_param_t){"upload-id-marker", id_marker};
 		req.n_params = n;
 		err = perform(s3, s3->curl, &req, &resp, errstr, errstr_size);
-		free(key_marker);
-		free(id_marker);
-		key_marker = id_marker = NULL;
-		if (err != CAT_OK) {
-			resp_free(&resp);
-			break;
-		}
+		if (resp.body_truncated)
+			err = list_broken(s3, "uploads", prefix, "a page larger than 16 MiB", errstr, errstr_size);
 		p = resp.body.data ? resp.body.data : "";
-		while (!stop && (upload = xml_value(p, "Upload", &p))) {
+		while (err == CAT_OK && !stop && (upload = xml_value(p, "Upload", &p))) {
 			char *k = xml_value(upload, "Key", NULL), *id = xml_value(upload, "UploadId", NULL);
 
 			if (k && id)
@@ -906,17 +1006,31 @@ cat_err_t cat_s3_list_uploads(cat_s3_t *s3, const char *prefix, cat_s3_uploads_f
 			free(id);
 			free(upload);
 		}
-		truncated = xml_value(resp.body.data, "IsTruncated", NULL);
+		truncated = err == CAT_OK ? xml_value(resp.body.data, "IsTruncated", NULL) : NULL;
 		if (!stop && truncated && strcmp(truncated, "true") == 0) {
-			key_marker = xml_value(resp.body.data, "NextKeyMarker", NULL);
-			id_marker = xml_value(resp.body.data, "NextUploadIdMarker", NULL);
+			next_key = xml_value(resp.body.data, "NextKeyMarker", NULL);
+			next_id = xml_value(resp.body.data, "NextUploadIdMarker", NULL);
+			if (!next_key || !*next_key)
+				err = list_broken(s3, "uploads", prefix, "a truncated page without a key marker", errstr,
+						  errstr_size);
+			else if (key_marker && strcmp(next_key, key_marker) == 0 &&
+				 strcmp(next_id ? next_id : "", id_marker ? id_marker : "") == 0)
+				err = list_broken(s3, "uploads", prefix,
+						  "the store repeated its markers (a listing that would not end)", errstr,
+						  errstr_size);
 		}
 		free(truncated);
 		resp_free(&resp);
-		if (!key_marker) {
-			free(id_marker);
+		free(key_marker);
+		free(id_marker);
+		key_marker = id_marker = NULL;
+		if (err != CAT_OK || !next_key) {
+			free(next_key);
+			free(next_id);
 			break;
 		}
+		key_marker = next_key;
+		id_marker = next_id;
 	}
 	return err;
 }

@@ -28,6 +28,17 @@
  * after the endpoint restarted) fails CAT_ERR_RETRIABLE: the caller starts
  * a new one.
  *
+ * The store is not trusted blindly: every attempt of a request ends within
+ * CATALYST_S3_REQUEST_TIMEOUT_MS however slowly the bytes arrive (a
+ * streamed GET that was still moving resumes with a Range request without
+ * using up a retry); a listing page over 16 MiB, a continuation token or
+ * upload marker the store repeats, a page that starts at or before a key
+ * already listed, or a truncated page without a way on fail the listing
+ * CAT_ERR_PERMANENT instead of looping or being taken as complete. Request
+ * headers are built to their length (a session token of several KiB is
+ * sent whole), and the secret key, session token and signatures are wiped
+ * from memory when freed.
+ *
  * Threads: several uploads of one cat_s3_t may run at once on different
  * threads (each has its own connection); the other calls on a cat_s3_t are
  * for one thread at a time.
@@ -71,7 +82,10 @@
 	{ "CATALYST_S3_RETRY_BACKOFF_MS", CAT_CFG_INT, "200", false, false, 1, 600000, NULL,       \
 	  "first retry delay of a request (doubles, full jitter, at most 30 s)" },                   \
 	{ "CATALYST_S3_TIMEOUT_S", CAT_CFG_INT, "60", false, false, 1, 3600, NULL,                 \
-	  "a request fails when it moves no byte for this long (and on connect after 10 s)" }
+	  "a request fails when it moves no byte for this long (and on connect after 10 s)" },       \
+	{ "CATALYST_S3_REQUEST_TIMEOUT_MS", CAT_CFG_INT, "600000", false, false, 1000, 86400000, NULL, \
+	  "an attempt of a request fails when it has not ended within this long, however the bytes " \
+	  "trickle (a multipart part must fit in it; a streamed GET resumes where it stopped)" }
 
 typedef struct cat_s3_options {
 	const char *endpoint;	   /* http(s)://host[:port] */
@@ -87,6 +101,7 @@ typedef struct cat_s3_options {
 	int max_retries;
 	int backoff_ms;
 	int timeout_s;
+	int request_timeout_ms;	   /* one attempt, in total; 0: 600000 */
 	volatile sig_atomic_t *cancel; /* non-zero: stop retrying (a signal); NULL: none */
 } cat_s3_options_t;
 

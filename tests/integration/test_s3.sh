@@ -3,7 +3,7 @@
 # and a missing bucket give a clear fatal error; put/get/list/delete; a
 # multipart upload of several parts reads back byte for byte; an aborted
 # upload and an interrupted one leave no upload behind once cleaned; a
-# prefix with '/' lists (canonical query string).
+# prefix with '/' lists (canonical query string); a listing of two pages.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=tests/integration/lib.sh
@@ -103,4 +103,12 @@ out=$("$bin/s3-tool" get "$prefix/small.txt" 2>&1); rc=$?
 set -e
 assert_eq 1 "$rc" "get of a deleted object"
 assert_contains "$out" "HTTP 404 NoSuchKey"
+# a listing of several pages (1,000 keys a page): every key once, in order
+# (each page continues after the last; the checks against a store that
+# repeats or cycles are in tests/unit/test_s3.c)
+seq -f "$prefix-pages/%04g" 0 1004 | xargs -P 4 -I{} sh -c 'echo x | "$0" put "$1"' "$bin/s3-tool" {}
+listing=$("$bin/s3-tool" ls "$prefix-pages/")
+assert_eq 1005 "$(lines "$listing")" "objects listed over two pages"
+assert_eq "$(seq -f "2 $prefix-pages/%04g" 0 1004)" "$listing" "the two pages in key order"
+
 echo "test_s3: ok"

@@ -2,6 +2,8 @@
 #include <check.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 
 #include "cat_config.h"
 
@@ -181,6 +183,44 @@ START_TEST(test_usage_hides_nothing_secret)
 }
 END_TEST
 
+/* Each test runs in its own forked process (Check's default), so the
+ * process state one sets does not reach the other. */
+START_TEST(test_core_dumps_allowed_when_asked)
+{
+	cat_config_t *cfg = NULL;
+	struct rlimit before, after;
+	char errstr[256];
+
+	ck_assert_int_eq(getrlimit(RLIMIT_CORE, &before), 0);
+	before.rlim_cur = before.rlim_max; /* whatever the runner had, raised to its hard limit */
+	ck_assert_int_eq(setrlimit(RLIMIT_CORE, &before), 0);
+	ck_assert_int_eq(prctl(PR_SET_DUMPABLE, 1, 0, 0, 0), 0);
+	ck_assert_int_eq(cat_config_load(&cfg, defs, N_DEFS, env_with("CATALYST_CORE_DUMPS", "CATALYST_CORE_DUMPS=true"),
+					 errstr, sizeof(errstr)),
+			 CAT_OK);
+	ck_assert_int_eq(getrlimit(RLIMIT_CORE, &after), 0);
+	ck_assert(after.rlim_cur == before.rlim_cur && after.rlim_max == before.rlim_max);
+	ck_assert_int_eq(prctl(PR_GET_DUMPABLE, 0, 0, 0, 0), 1);
+	cat_config_destroy(cfg);
+}
+END_TEST
+
+START_TEST(test_core_dumps_off_by_default)
+{
+	cat_config_t *cfg = NULL;
+	struct rlimit limit;
+	char errstr[256];
+
+	ck_assert_int_eq(prctl(PR_SET_DUMPABLE, 1, 0, 0, 0), 0);
+	ck_assert_int_eq(cat_config_load(&cfg, defs, N_DEFS, env_with(NULL, NULL), errstr, sizeof(errstr)), CAT_OK);
+	ck_assert_int_eq(getrlimit(RLIMIT_CORE, &limit), 0);
+	ck_assert_uint_eq(limit.rlim_cur, 0);
+	ck_assert_uint_eq(limit.rlim_max, 0);
+	ck_assert_int_eq(prctl(PR_GET_DUMPABLE, 0, 0, 0, 0), 0);
+	cat_config_destroy(cfg);
+}
+END_TEST
+
 START_TEST(test_wants_help)
 {
 	char *a[] = { "prog", "write", "--help", NULL };
@@ -205,6 +245,8 @@ int main(void)
 	tcase_add_test(tc, test_kafka_passthrough);
 	tcase_add_test(tc, test_usage_hides_nothing_secret);
 	tcase_add_test(tc, test_wants_help);
+	tcase_add_test(tc, test_core_dumps_allowed_when_asked);
+	tcase_add_test(tc, test_core_dumps_off_by_default);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);

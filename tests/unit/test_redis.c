@@ -2,7 +2,10 @@
  * server; then against redis-server processes the suite starts itself (a
  * plain one with a password, and one serving TLS with a CA the suite makes
  * with the openssl tool): AUTH, pipelines, NOSCRIPT reload, timeouts,
- * reconnects, certificate checks. Never the stack's Redis. */
+ * reconnects, certificate checks. Never the stack's Redis. Last, a fake
+ * server the suite forks (hostile or old): a reply trickled a byte at a
+ * time, an oversized reply, a version older than 7.0, an ACL that refuses
+ * INFO. */
 #include <check.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -335,6 +338,8 @@ START_TEST(test_pipeline_in_order)
 	char errstr[256], key[32], value[32];
 
 	ck_assert_int_eq(cat_redis_ensure(redis, errstr, sizeof(errstr)), CAT_OK);
+	/* the version read at connect (the suite's redis-server is 7.x) */
+	ck_assert_msg(strncmp(cat_redis_server_version(redis), "7.", 2) == 0, "%s", cat_redis_server_version(redis));
 	/* db 1 of the URL, and the client's name */
 	ck_assert_int_eq(cat_redis_command(redis, &reply, 2, (const char *[]){"CLIENT", "GETNAME"}, NULL, errstr,
 					   sizeof(errstr)),
@@ -599,11 +604,240 @@ START_TEST(test_tls)
 }
 END_TEST
 
+/* --- a fake server (forked): hostile or old ------------------------------------------------- */
+
+enum fake_mode { FAKE_OLD, FAKE_NO_INFO, FAKE_TRICKLE, FAKE_HUGE };
+
+static void send_all(int fd, const char *buf, size_t len)
+{
+	while (len > 0) {
+		ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
+
+		if (n <= 0)
+			_exit(0);
+		buf += n;
+		len -= (size_t)n;
+	}
+}
+
+/* Reads one command (RESP array of bulk strings) from fd; its first word
+ * upper-cased into cmd. False when the client went away. */
+static bool read_command(int fd, char *cmd, size_t cmd_size)
+{
+	char line[128];
+	long argc = 0;
+
+	for (int arg = -1;; arg++) {
+		size_t n = 0;
+		long len;
+
+		/* a line */
+		while (n + 1 < sizeof(line)) {
+			if (recv(fd, line + n, 1, 0) != 1)
+				return false;
+			if (line[n++] == '\n')
+				break;
+		}
+		line[n] = '\0';
+		if (arg == -1) {
+			argc = strtol(line + 1, NULL, 10);
+			if (argc <= 0)
+				return false;
+			continue;
+		}
+		len = strtol(line + 1, NULL, 10);
+		for (long i = 0; i < len + 2; i++) {
+			char c;
+
+			if (recv(fd, &c, 1, 0) != 1)
+				return false;
+			if (arg == 0 && i < len && (size_t)i + 1 < cmd_size) {
+				cmd[i] = (char)(c >= 'a' && c <= 'z' ? c - 32 : c);
+				cmd[i + 1] = '\0';
+			}
+		}
+		if (arg + 1 == argc)
+			return true;
+	}
+}
+
+static void fake_serve(int fd, enum fake_mode mode)
+{
+	char cmd[32];
+
+	while (read_command(fd, cmd, sizeof(cmd))) {
+		if (strcmp(cmd, "INFO") == 0) {
+			const char *version = mode == FAKE_OLD ? "6.2.14" : "7.0.15";
+			char body[256], out[300];
+			int len;
+
+			if (mode == FAKE_NO_INFO) {
+				const char *e = "-NOPERM this user has no permissions to run the 'info' command\r\n";
+				send_all(fd, e, strlen(e));
+				continue;
+			}
+			len = snprintf(body, sizeof(body), "# Server\r\nredis_version:%s\r\nredis_mode:standalone\r\n",
+				       version);
+			len = snprintf(out, sizeof(out), "$%d\r\n%s\r\n", len, body);
+			send_all(fd, out, (size_t)len);
+		} else if (strcmp(cmd, "HELLO") == 0) {
+			const char *r = "*6\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$5\r\n7.2.4\r\n"
+					"$5\r\nproto\r\n:2\r\n";
+			send_all(fd, r, strlen(r));
+		} else if (strcmp(cmd, "PING") == 0 && mode == FAKE_TRICKLE) {
+			/* a byte every 100 ms, never a whole reply */
+			send_all(fd, "+", 1);
+			for (;;) {
+				usleep(100000);
+				send_all(fd, "P", 1);
+			}
+		} else if (strcmp(cmd, "PING") == 0 && mode == FAKE_HUGE) {
+			/* a well-formed 32 MiB bulk string */
+			static char chunk[65536];
+			const char *head = "$33554432\r\n";
+
+			memset(chunk, 'x', sizeof(chunk));
+			send_all(fd, head, strlen(head));
+			for (int i = 0; i < 512; i++)
+				send_all(fd, chunk, sizeof(chunk));
+			send_all(fd, "\r\n", 2);
+		} else {
+			send_all(fd, "+OK\r\n", 5);
+		}
+	}
+}
+
+/* Forks a fake server on a free port; *pid to stop it. */
+static int fake_start(enum fake_mode mode, pid_t *pid)
+{
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t len = sizeof(sa);
+	int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+
+	ck_assert_int_ge(fd, 0);
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	ck_assert_int_eq(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	ck_assert_int_eq(listen(fd, 8), 0);
+	ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+	*pid = fork();
+	ck_assert_int_ge(*pid, 0);
+	if (*pid == 0) {
+		for (;;) {
+			int c = accept(fd, NULL, NULL);
+
+			if (c < 0)
+				_exit(0);
+			if (fork() == 0) {
+				close(fd);
+				fake_serve(c, mode);
+				_exit(0);
+			}
+			close(c);
+		}
+	}
+	close(fd);
+	return ntohs(sa.sin_port);
+}
+
+static void fake_stop(pid_t pid)
+{
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+}
+
+static cat_redis_t *fake_client(int port, int timeout_ms, size_t max_reply_bytes)
+{
+	char url[64], errstr[256];
+	cat_redis_opts_t opts = {.url = url, .password = PASSWORD, .connect_timeout_ms = 2000,
+				 .timeout_ms = timeout_ms, .client_name = "test-redis",
+				 .max_reply_bytes = max_reply_bytes};
+	cat_redis_t *redis = NULL;
+
+	snprintf(url, sizeof(url), "redis://127.0.0.1:%d/2", port);
+	ck_assert_int_eq(cat_redis_new(&redis, &opts, errstr, sizeof(errstr)), CAT_OK);
+	return redis;
+}
+
+START_TEST(test_old_server_is_refused)
+{
+	pid_t pid;
+	int port = fake_start(FAKE_OLD, &pid);
+	cat_redis_t *redis = fake_client(port, 2000, 0);
+	char errstr[512];
+
+	ck_assert_int_eq(cat_redis_ensure(redis, errstr, sizeof(errstr)), CAT_ERR_FATAL);
+	ck_assert_msg(strstr(errstr, "is version 6.2.14; catalyst needs Redis 7.0 or newer"), "%s", errstr);
+	ck_assert_msg(!strchr(errstr, '\n') && !strstr(errstr, PASSWORD), "%s", errstr);
+	ck_assert(!cat_redis_is_connected(redis));
+	cat_redis_destroy(redis);
+	fake_stop(pid);
+}
+END_TEST
+
+START_TEST(test_version_from_hello_when_info_refused)
+{
+	pid_t pid;
+	int port = fake_start(FAKE_NO_INFO, &pid);
+	cat_redis_t *redis = fake_client(port, 2000, 0);
+	char errstr[512];
+
+	ck_assert_msg(cat_redis_ensure(redis, errstr, sizeof(errstr)) == CAT_OK, "%s", errstr);
+	ck_assert_str_eq(cat_redis_server_version(redis), "7.2.4");
+	cat_redis_destroy(redis);
+	fake_stop(pid);
+}
+END_TEST
+
+START_TEST(test_trickled_reply_meets_the_deadline)
+{
+	pid_t pid;
+	int port = fake_start(FAKE_TRICKLE, &pid);
+	cat_redis_t *redis = fake_client(port, 700, 0);
+	char errstr[512];
+
+	/* bytes keep arriving, the reply never completes: the total deadline
+	 * ends it (before the fix every byte restarted the timeout: a hang) */
+	ck_assert_int_eq(cat_redis_command(redis, NULL, 1, (const char *[]){"PING"}, NULL, errstr, sizeof(errstr)),
+			 CAT_ERR_RETRIABLE);
+	ck_assert_msg(strstr(errstr, "no reply in time") && !strchr(errstr, '\n'), "%s", errstr);
+	ck_assert(!cat_redis_is_connected(redis));
+	cat_redis_destroy(redis);
+	fake_stop(pid);
+}
+END_TEST
+
+START_TEST(test_oversized_reply_is_refused)
+{
+	pid_t pid;
+	int port = fake_start(FAKE_HUGE, &pid);
+	cat_redis_t *redis = fake_client(port, 20000, 1024 * 1024);
+	redisReply *reply = NULL;
+	char errstr[512];
+
+	ck_assert_int_eq(cat_redis_command(redis, &reply, 1, (const char *[]){"PING"}, NULL, errstr, sizeof(errstr)),
+			 CAT_ERR_RETRIABLE);
+	ck_assert_ptr_null(reply);
+	ck_assert_msg(strstr(errstr, "a reply larger than 1048576 bytes") && !strchr(errstr, '\n'), "%s", errstr);
+	ck_assert(!cat_redis_is_connected(redis));
+	cat_redis_destroy(redis);
+	/* the default limit (64 MiB) takes the same reply */
+	redis = fake_client(port, 20000, 0);
+	ck_assert_msg(cat_redis_command(redis, &reply, 1, (const char *[]){"PING"}, NULL, errstr, sizeof(errstr)) ==
+			      CAT_OK,
+		      "%s", errstr);
+	ck_assert_uint_eq(reply->len, 32u * 1024 * 1024);
+	freeReplyObject(reply);
+	cat_redis_destroy(redis);
+	fake_stop(pid);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("redis");
 	TCase *offline = tcase_create("offline");
 	TCase *live = tcase_create("live");
+	TCase *fake = tcase_create("fake");
 	SRunner *sr;
 	int failed;
 
@@ -624,6 +858,13 @@ int main(void)
 	tcase_add_test(live, test_server_gone_is_retriable);
 	tcase_add_test(live, test_tls);
 	suite_add_tcase(s, live);
+
+	tcase_set_timeout(fake, 30);
+	tcase_add_test(fake, test_old_server_is_refused);
+	tcase_add_test(fake, test_version_from_hello_when_info_refused);
+	tcase_add_test(fake, test_trickled_reply_meets_the_deadline);
+	tcase_add_test(fake, test_oversized_reply_is_refused);
+	suite_add_tcase(s, fake);
 
 	sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
