@@ -908,6 +908,10 @@ static backup_attempt_t *attempt_of(backup_t *backup, int32_t partition, int64_t
 
 		if (a->partition == partition && a->offset == offset)
 			return a;
+		/* an earlier offset of the partition: done, or abandoned on a
+		 * revoke (a partition's commands run in order) */
+		if (a->partition == partition && a->offset < offset)
+			a->partition = -1;
 		if (a->partition < 0 && !slot)
 			slot = a;
 	}
