@@ -12,7 +12,8 @@
 #      max.poll.interval.ms default (CATALYST_BACKUP_MAX_COMMAND_S) reaches
 #      librdkafka (an explicit CATALYST_KAFKA_MAX_POLL_INTERVAL_MS wins), and
 #      the worker stays in its group: one assignment, one started, one
-#      completed.
+#      completed. CATALYST_TEST_BACKUP_SLOW_S (20) is how long the backup
+#      takes; over 300 it shows what librdkafka's own default (5 min) did.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=tests/integration/lib.sh
@@ -46,10 +47,11 @@ cat >"$work/full-disk-pg_dump" <<'EOF'
 echo "pg_dump: error: could not write to output file: No space left on device" >&2
 exit 1
 EOF
-cat >"$work/slow-pg_dump" <<'EOF'
+slow_s=${CATALYST_TEST_BACKUP_SLOW_S:-20}
+cat >"$work/slow-pg_dump" <<EOF
 #!/bin/sh
-sleep 20
-exec pg_dump "$@"
+sleep $slow_s
+exec pg_dump "\$@"
 EOF
 chmod +x "$work/full-disk-pg_dump" "$work/slow-pg_dump"
 
@@ -116,13 +118,13 @@ stop_worker
 
 # --- c. a backup longer than the session timeout --------------------------------------------------
 # the default reaches librdkafka (its configuration dump lists what was set)
-start_worker "$work/slow.log" CATALYST_BACKUP_PG_DUMP="$work/slow-pg_dump" CATALYST_BACKUP_MAX_COMMAND_S=60 \
+start_worker "$work/slow.log" CATALYST_BACKUP_PG_DUMP="$work/slow-pg_dump" CATALYST_BACKUP_MAX_COMMAND_S=$((slow_s + 60)) \
 	CATALYST_LOG_LEVEL=debug CATALYST_KAFKA_DEBUG=conf,cgrp
 "$bin/catalyst-publish" backup --command-id "full-c-$$" full >/dev/null
 is_completed() { [[ $(state_of "$1") == completed ]]; }
-wait_for 180 "the slow backup" is_completed "full-c-$$"
+wait_for $((slow_s + 160)) "the slow backup" is_completed "full-c-$$"
 caught_up
-assert_contains "$(cat "$work/slow.log")" "max.poll.interval.ms = 60000"
+assert_contains "$(cat "$work/slow.log")" "max.poll.interval.ms = $(((slow_s + 60) * 1000))"
 assert_eq 1 "$(lines "$(events_of backup.started "full-c-$$")")" "backup.started events (slow)"
 assert_eq 1 "$(lines "$(events_of backup.completed "full-c-$$")")" "backup.completed events (slow)"
 assert_not_contains "$(cat "$work/slow.log")" "maximum poll interval"
