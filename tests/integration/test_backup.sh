@@ -94,8 +94,10 @@ id_of() { psql_at "$CATALYST_PG_URL" "SELECT backup_id FROM backup_catalog WHERE
 # 5. wrong secret key: refused by the endpoint, a clear error, readiness
 # false, nothing marked complete; the command is not lost
 # (a SIGTERM while the command is being retried waits the consumer's grace
-# period for it: short here, the command stays in Kafka for the next worker)
-start_worker "$work/wrong.log" CATALYST_S3_SECRET_KEY=wrong-secret-$$ CATALYST_SHUTDOWN_GRACE_MS=1000
+# period for it: short here, the command stays in Kafka for the next worker;
+# attempts unbounded here, see tests/fault/test_backup_attempts.sh)
+start_worker "$work/wrong.log" CATALYST_S3_SECRET_KEY=wrong-secret-$$ CATALYST_SHUTDOWN_GRACE_MS=1000 \
+	CATALYST_BACKUP_MAX_ATTEMPTS=1000000
 "$bin/catalyst-publish" backup --command-id "full-$$" full --tag daily >/dev/null
 wait_for 60 "the refusal to be logged" grep -q "SignatureDoesNotMatch" "$work/wrong.log"
 assert_contains "$(grep -m1 SignatureDoesNotMatch "$work/wrong.log")" "check the access key and secret key"
@@ -107,8 +109,8 @@ assert_eq "" "$("$bin/s3-tool" ls "backups/$src_db/")" "objects after refused up
 stop_worker
 
 # 1. full backup -> object and manifest, sha256 matches; the same command
-# (still in Kafka) completes now
-start_worker "$work/backup.log"
+# (still in Kafka) completes now (the prunes of 6. bring their own clock)
+start_worker "$work/backup.log" CATALYST_BACKUP_ALLOW_PRUNE_NOW=1
 is_completed() { [[ $(state_of "$1") == completed ]]; }
 wait_for 120 "the full backup" is_completed "full-$$"
 full_id=$(id_of "full-$$")

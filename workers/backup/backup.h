@@ -32,8 +32,15 @@
  *
  * Results: a bad command (unknown table, target or backup) is marked
  * CAT_ERR_PERMANENT (dead-lettered); everything else that fails is
- * CAT_ERR_RETRIABLE, including refused credentials or a missing bucket, so
- * the command is never lost and /readyz says why while the loop backs off.
+ * CAT_ERR_RETRIABLE, including refused credentials, a missing bucket or a
+ * full disk, and /readyz says why while the loop backs off, for at most
+ * CATALYST_BACKUP_MAX_ATTEMPTS attempts of a command (attempts interrupted by
+ * a shutdown do not count; the count is this process's). Then the failure is
+ * permanent too. A command that fails for good gets exactly one event with
+ * ok=false (backup.failed, backup.restored, backup.verified or
+ * backup.pruned) besides its dead letter, and the partition moves on: a
+ * prune never waits behind a backup that cannot succeed. backup.started goes
+ * out on a backup's first attempt only.
  */
 #ifndef BACKUP_H
 #define BACKUP_H
@@ -57,6 +64,7 @@
 
 #define BACKUP_WORKER "catalyst-backup"
 #define BACKUP_MAX_TABLES 16
+#define BACKUP_ATTEMPT_SLOTS 64 /* commands being retried at once (one per partition) */
 
 typedef struct backup backup_t;
 
@@ -92,6 +100,14 @@ void backup_set_consumer(backup_t *backup, cat_consumer_t *consumer);
 
 /* --- shared by the handler's files ------------------------------------------------------------ */
 
+/* The attempts at one command (a partition's offset). */
+typedef struct backup_attempt {
+	int32_t partition; /* -1: free */
+	int64_t offset;
+	int failed;   /* attempts that failed */
+	bool started; /* backup.started went out */
+} backup_attempt_t;
+
 struct backup {
 	const cat_config_t *cfg;
 	cat_sink_t *sink;
@@ -107,6 +123,11 @@ struct backup {
 	volatile sig_atomic_t busy; /* a command is running (for /readyz) */
 	volatile sig_atomic_t failing; /* the last attempt failed: busy is a retry */
 	char last_error[512];	    /* the last failure, for /readyz */
+	int max_attempts;	    /* CATALYST_BACKUP_MAX_ATTEMPTS */
+	int keep_full;		    /* CATALYST_BACKUP_KEEP_FULL */
+	bool allow_prune_now;	    /* CATALYST_BACKUP_ALLOW_PRUNE_NOW (tests only) */
+	backup_attempt_t *attempt; /* the running command's */
+	backup_attempt_t attempts[BACKUP_ATTEMPT_SLOTS];
 
 	cat_metrics_t *metrics;
 	cat_metric_t *m_bytes, *m_rate, *m_duration, *m_failures, *m_completed;
@@ -181,7 +202,8 @@ typedef struct retention_item {
 	bool keep;     /* out */
 	const char *why; /* out: the tier that keeps it, or "" */
 } retention_item_t;
-/* items sorted oldest first. */
-void retention_select(retention_item_t *items, size_t n, int64_t now_us);
+/* items sorted oldest first; the newest keep_full full backups are kept
+ * whatever the tiers say. */
+void retention_select(retention_item_t *items, size_t n, int64_t now_us, int keep_full);
 
 #endif /* BACKUP_H */

@@ -71,6 +71,11 @@ cat_err_t backup_new(backup_t **out, const cat_config_t *cfg, cat_sink_t *sink, 
 	backup->parallel = (int)cat_config_int(cfg, "CATALYST_BACKUP_PARALLEL");
 	backup->compress_level = (int)cat_config_int(cfg, "CATALYST_BACKUP_GZIP_LEVEL");
 	backup->compress_threads = (int)cat_config_int(cfg, "CATALYST_BACKUP_COMPRESS_THREADS");
+	backup->max_attempts = (int)cat_config_int(cfg, "CATALYST_BACKUP_MAX_ATTEMPTS");
+	backup->keep_full = (int)cat_config_int(cfg, "CATALYST_BACKUP_KEEP_FULL");
+	backup->allow_prune_now = cat_config_bool(cfg, "CATALYST_BACKUP_ALLOW_PRUNE_NOW");
+	for (size_t i = 0; i < BACKUP_ATTEMPT_SLOTS; i++)
+		backup->attempts[i].partition = -1;
 	if (backup->compress_threads == 0) {
 		long cpus = sysconf(_SC_NPROCESSORS_ONLN);
 
@@ -392,12 +397,15 @@ static cat_err_t run_backup(backup_t *backup, const Catalyst__V1__BackupCommand 
 				       6, p, NULL, errstr, errstr_size)))
 			goto failed;
 	}
-	{
+	/* once: a retry is the same backup going on */
+	if (!backup->attempt->started) {
 		cat_event_attr_t a[] = {{"kind", kind}, {"tag", tag ? tag : ""}, {"database", database}};
 
 		publish_event(backup, "backup.started", backup_id, command_id, true, "backup started", a, 3, NULL, 0);
+		backup->attempt->started = true;
 	}
-	CAT_LOG_INFO("BACKUP", "backup %s (%s) started", backup_id, kind);
+	CAT_LOG_INFO("BACKUP", "backup %s (%s) started (attempt %d of %d)", backup_id, kind,
+		     backup->attempt->failed + 1, backup->max_attempts);
 
 	if (strcmp(kind, "full") == 0) {
 		err = dump_full(backup, prefix, &objs[0], stats, &n_stats, errstr, errstr_size);
@@ -509,8 +517,11 @@ static cat_err_t run_backup(backup_t *backup, const Catalyst__V1__BackupCommand 
 	goto out;
 
 failed:
+	/* the catalog says failed; the event goes out when the command fails
+	 * for good (apply_one), not on each attempt */
 	cat_metrics_inc(backup->m_failures);
-	CAT_LOG_ERROR("BACKUP", "backup %s failed: %s", backup_id, errstr);
+	CAT_LOG_ERROR("BACKUP", "backup %s failed (attempt %d of %d): %s", backup_id, backup->attempt->failed + 1,
+		      backup->max_attempts, errstr);
 	{
 		char why[512];
 		char cleanup_err[512];
@@ -528,9 +539,6 @@ failed:
 					2, p, NULL, cleanup_err, sizeof(cleanup_err)) != CAT_OK)
 				CAT_LOG_WARN("PG", "could not mark %s failed: %s", backup_id, cleanup_err);
 		}
-		cat_event_attr_t a[] = {{"kind", kind}, {"database", database}, {"class", cat_err_name(err)}};
-
-		publish_event(backup, "backup.failed", backup_id, command_id, false, why, a, 3, NULL, 0);
 		snprintf(errstr, errstr_size, "%s", why);
 	}
 out:
@@ -620,17 +628,16 @@ static cat_err_t run_restore(backup_t *backup, const Catalyst__V1__BackupCommand
 	/* psql failing on the script (exit 3) will fail again: permanent */
 	if (err == CAT_ERR_RETRIABLE && strstr(errstr, "psql failed (exit 3)"))
 		err = CAT_ERR_PERMANENT;
-	{
+	if (err == CAT_OK) {
 		cat_event_attr_t a[] = {{"target", r->target}};
 		cat_event_counter_t c[] = {{"rows", rows}};
 
-		if (err == CAT_OK || err == CAT_ERR_PERMANENT)
-			publish_event(backup, "backup.restored", r->backup_id, cmd->meta->command_id, err == CAT_OK,
-				      err == CAT_OK ? "restored" : errstr, a, 1, c, 1);
-	}
-	if (err == CAT_OK)
+		/* (a failure's event: apply_one) */
+		publish_event(backup, "backup.restored", r->backup_id, cmd->meta->command_id, true, "restored", a, 1,
+			      c, 1);
 		CAT_LOG_INFO("BACKUP", "backup %s restored into target %s (%lld table rows)", r->backup_id, r->target,
 			     (long long)rows);
+	}
 out:
 	cat_pg_close(target);
 	json_decref(manifest);
@@ -676,7 +683,7 @@ static cat_err_t run_prune(backup_t *backup, const Catalyst__V1__BackupCommand *
 			   size_t errstr_size)
 {
 	const Catalyst__V1__BackupCommand__Prune *pr = cmd->prune;
-	int64_t now_us = pr->has_now_us && pr->now_us > 0 ? pr->now_us : cat_time_now_us();
+	int64_t now_us = cat_time_now_us();
 	bool dry_run = pr->has_dry_run && pr->dry_run;
 	const char *database = database_of(backup, cmd);
 	const char *p[] = {database};
@@ -686,6 +693,17 @@ static cat_err_t run_prune(backup_t *backup, const Catalyst__V1__BackupCommand *
 	size_t n, kept_len = 0, pruned_len = 0, n_kept = 0, n_pruned = 0;
 	cat_err_t err;
 
+	/* the worker's clock decides: a command's "now" in 2100 would prune
+	 * all but the newest full backups (tests may allow it) */
+	if (pr->has_now_us && pr->now_us > 0) {
+		if (backup->allow_prune_now)
+			now_us = pr->now_us;
+		else
+			CAT_LOG_WARN("BACKUP",
+				     "prune %s: now_us ignored, the worker's clock decides "
+				     "(CATALYST_BACKUP_ALLOW_PRUNE_NOW is for tests)",
+				     cmd->meta->command_id);
+	}
 	if ((err = cat_pg_exec(backup->conn,
 			       "SELECT backup_id, kind, (extract(epoch FROM finished_at) * 1000000)::bigint, "
 			       "coalesce(verify_ok, false) FROM backup_catalog "
@@ -707,7 +725,7 @@ static cat_err_t run_prune(backup_t *backup, const Catalyst__V1__BackupCommand *
 		items[i].finished_us = strtoll(PQgetvalue(res, (int)i, 2), NULL, 10);
 		items[i].verified = PQgetvalue(res, (int)i, 3)[0] == 't';
 	}
-	retention_select(items, n, now_us);
+	retention_select(items, n, now_us, backup->keep_full);
 	for (size_t i = 0; i < n; i++) {
 		char prefix[400];
 
@@ -751,13 +769,56 @@ out:
 
 /* --- apply ---------------------------------------------------------------------------------------- */
 
+/* The one event of a command that failed for good (it is dead-lettered
+ * too), so that whoever waits on events.v1 for its answer gets one. */
+static void publish_failure(backup_t *backup, const Catalyst__V1__BackupCommand *cmd, cat_err_t cause,
+			    const char *why)
+{
+	const char *command_id = cmd->meta->command_id;
+	const char *database = cmd->database && *cmd->database ? cmd->database
+			       : backup->conn				? PQdb(backup->conn)
+									: "";
+	cat_event_counter_t c[] = {{"attempts", backup->attempt->failed}};
+	char backup_id[128];
+
+	switch (cmd->action_case) {
+	case CATALYST__V1__BACKUP_COMMAND__ACTION_FULL:
+	case CATALYST__V1__BACKUP_COMMAND__ACTION_TABLES: {
+		const char *kind = cmd->action_case == CATALYST__V1__BACKUP_COMMAND__ACTION_FULL ? "full"
+				   : cmd->tables->has_incremental && cmd->tables->incremental ? "incremental"
+											       : "tables";
+		cat_event_attr_t a[] = {{"kind", kind}, {"database", database}, {"class", cat_err_name(cause)}};
+
+		make_backup_id(cmd, kind, backup_id, sizeof(backup_id));
+		publish_event(backup, "backup.failed", backup_id, command_id, false, why, a, 3, c, 1);
+		break;
+	}
+	case CATALYST__V1__BACKUP_COMMAND__ACTION_RESTORE: {
+		cat_event_attr_t a[] = {{"target", cmd->restore->target ? cmd->restore->target : ""}};
+
+		publish_event(backup, "backup.restored", cmd->restore->backup_id ? cmd->restore->backup_id : "",
+			      command_id, false, why, a, 1, c, 1);
+		break;
+	}
+	case CATALYST__V1__BACKUP_COMMAND__ACTION_VERIFY:
+		publish_event(backup, "backup.verified", cmd->verify->backup_id ? cmd->verify->backup_id : "",
+			      command_id, false, why, NULL, 0, c, 1);
+		break;
+	case CATALYST__V1__BACKUP_COMMAND__ACTION_PRUNE:
+		publish_event(backup, "backup.pruned", database, command_id, false, why, NULL, 0, c, 1);
+		break;
+	default:
+		break;
+	}
+}
+
 static cat_err_t apply_one(backup_t *backup, cat_msg_t *msg, char *errstr, size_t errstr_size)
 {
 	const rd_kafka_message_t *rkm = msg->rkm;
 	Catalyst__V1__BackupCommand *cmd = NULL;
 	const char *tables[BACKUP_MAX_TABLES];
 	size_t n_tables = 0;
-	cat_err_t err = CAT_OK;
+	cat_err_t err = CAT_OK, cause = CAT_ERR_PERMANENT;
 
 	if ((err = cat_codec_backup_command_decode(rkm->payload, rkm->len, &cmd, errstr, errstr_size)) != CAT_OK)
 		return err;
@@ -767,8 +828,13 @@ static cat_err_t apply_one(backup_t *backup, cat_msg_t *msg, char *errstr, size_
 	}
 	if (cmd->meta->has_issued_at_us)
 		msg->issued_at_us = cmd->meta->issued_at_us;
-	if ((err = ensure_connected(backup, errstr, errstr_size)))
-		goto out;
+	/* without the catalog no command can run or even be marked failed:
+	 * the command waits for the primary, as every worker does, and the
+	 * attempt does not count */
+	if ((err = ensure_connected(backup, errstr, errstr_size))) {
+		catalyst__v1__backup_command__free_unpacked(cmd, NULL);
+		return err;
+	}
 	if (cmd->database && *cmd->database && strcmp(cmd->database, PQdb(backup->conn)) != 0) {
 		err = cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT,
 				  "database %s is not the one this worker backs up (%s)", cmd->database,
@@ -816,8 +882,43 @@ static cat_err_t apply_one(backup_t *backup, cat_msg_t *msg, char *errstr, size_
 		break;
 	}
 out:
+	if (err != CAT_OK && err != CAT_ERR_PERMANENT && !*backup->stop &&
+	    ++backup->attempt->failed >= backup->max_attempts) {
+		char why[512];
+
+		snprintf(why, sizeof(why), "%s", errstr);
+		cause = err;
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT, "gave up after %d attempts: %s",
+				  backup->attempt->failed, why);
+	}
+	if (err == CAT_ERR_PERMANENT && cmd->meta && cmd->meta->command_id && *cmd->meta->command_id)
+		publish_failure(backup, cmd, cause, errstr);
 	catalyst__v1__backup_command__free_unpacked(cmd, NULL);
 	return err;
+}
+
+/* The attempts at the command at partition:offset so far (a new count for
+ * a command not seen yet). */
+static backup_attempt_t *attempt_of(backup_t *backup, int32_t partition, int64_t offset)
+{
+	backup_attempt_t *slot = NULL;
+
+	for (size_t i = 0; i < BACKUP_ATTEMPT_SLOTS; i++) {
+		backup_attempt_t *a = &backup->attempts[i];
+
+		if (a->partition == partition && a->offset == offset)
+			return a;
+		/* an earlier offset of the partition: done, or abandoned on a
+		 * revoke (a partition's commands run in order) */
+		if (a->partition == partition && a->offset < offset)
+			a->partition = -1;
+		if (a->partition < 0 && !slot)
+			slot = a;
+	}
+	if (!slot) /* more commands retried at once than slots: one count starts over */
+		slot = &backup->attempts[(uint32_t)partition % BACKUP_ATTEMPT_SLOTS];
+	*slot = (backup_attempt_t){.partition = partition, .offset = offset};
+	return slot;
 }
 
 cat_err_t backup_apply(void *opaque, cat_batch_t *batch, char *errstr, size_t errstr_size)
@@ -828,9 +929,12 @@ cat_err_t backup_apply(void *opaque, cat_batch_t *batch, char *errstr, size_t er
 		cat_msg_t *msg = &batch->msgs[i];
 		cat_err_t err;
 
+		backup->attempt = attempt_of(backup, batch->partition, msg->rkm->offset);
 		backup->busy = 1;
 		err = apply_one(backup, msg, errstr, errstr_size);
 		backup->busy = 0;
+		if (err == CAT_OK || err == CAT_ERR_PERMANENT)
+			backup->attempt->partition = -1; /* done with it */
 		if (err == CAT_ERR_PERMANENT) {
 			msg->result = CAT_ERR_PERMANENT;
 			snprintf(msg->reason, sizeof(msg->reason), "%s", errstr);

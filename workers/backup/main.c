@@ -28,6 +28,8 @@
 #include "cat_s3.h"
 #include "cat_sink.h"
 
+extern char **environ;
+
 static const char usage[] =
 	"usage: catalyst-backup\n"
 	"\n"
@@ -68,7 +70,15 @@ static const cat_config_def_t config_defs[] = {
 	 "pg_dump to run (its major version at least the server's)"},
 	{"CATALYST_BACKUP_PSQL", CAT_CFG_STRING, "psql", false, false, 0, 0, NULL, "psql to run for restores"},
 	{"CATALYST_BACKUP_MAX_COMMAND_S", CAT_CFG_INT, "21600", false, false, 60, 86400, NULL,
-	 "longest a command may run without the group evicting the worker (max.poll.interval.ms)"},
+	 "longest a command may run without the group evicting the worker (the default of "
+	 "max.poll.interval.ms; CATALYST_KAFKA_MAX_POLL_INTERVAL_MS wins)"},
+	{"CATALYST_BACKUP_MAX_ATTEMPTS", CAT_CFG_INT, "5", false, false, 1, 1000000, NULL,
+	 "attempts at a command that keeps failing (store, disk, target) before it fails for good: one event "
+	 "with ok=false, a dead letter, the partition moves on"},
+	{"CATALYST_BACKUP_KEEP_FULL", CAT_CFG_INT, "2", false, false, 0, 10000, NULL,
+	 "newest full backups a prune never removes, whatever the retention tiers say"},
+	{"CATALYST_BACKUP_ALLOW_PRUNE_NOW", CAT_CFG_BOOL, "false", false, false, 0, 0, NULL,
+	 "tests only: a prune's now_us replaces the worker's clock (otherwise it is ignored)"},
 };
 
 #define N_CONFIG_DEFS (sizeof(config_defs) / sizeof(config_defs[0]))
@@ -78,6 +88,37 @@ static volatile sig_atomic_t stop;
 static void on_signal(int signo)
 {
 	stop = signo;
+}
+
+/* The settings, max.poll.interval.ms defaulting to CATALYST_BACKUP_MAX_COMMAND_S:
+ * a command runs for hours without the loop polling, and the group must not
+ * evict the worker meanwhile. The default is one more CATALYST_KAFKA_*
+ * variable of the environment the table is read from, so that it reaches
+ * librdkafka as the operator's own would; an explicit
+ * CATALYST_KAFKA_MAX_POLL_INTERVAL_MS wins. */
+static cat_err_t load_config(cat_config_t **out, char *errstr, size_t errstr_size)
+{
+	char max_poll[96], **envp;
+	size_t n = 0;
+	cat_err_t err;
+
+	if ((err = cat_config_load(out, config_defs, N_CONFIG_DEFS, NULL, errstr, errstr_size)))
+		return err;
+	if (cat_config_kafka(*out, "max.poll.interval.ms"))
+		return CAT_OK;
+	snprintf(max_poll, sizeof(max_poll), "CATALYST_KAFKA_MAX_POLL_INTERVAL_MS=%lld",
+		 cat_config_int(*out, "CATALYST_BACKUP_MAX_COMMAND_S") * 1000);
+	cat_config_destroy(*out);
+	*out = NULL;
+	while (environ[n])
+		n++;
+	if (!(envp = calloc(n + 2, sizeof(*envp))))
+		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
+	memcpy(envp, environ, n * sizeof(*envp));
+	envp[n] = max_poll;
+	err = cat_config_load(out, config_defs, N_CONFIG_DEFS, envp, errstr, errstr_size);
+	free(envp);
+	return err;
 }
 
 static cat_err_t open_sink(const cat_config_t *cfg, cat_sink_t **sink, char *errstr, size_t errstr_size)
@@ -111,7 +152,7 @@ int main(int argc, char **argv)
 	cat_consumer_t *consumer = NULL;
 	cat_http_t *http = NULL;
 	cat_handler_t handler;
-	char errstr[1024], poll_ms[32];
+	char errstr[1024];
 	int rc = 1;
 
 	/* signals first of all, so that one during start-up stops cleanly too
@@ -130,15 +171,10 @@ int main(int argc, char **argv)
 		fprintf(stderr, BACKUP_WORKER ": unexpected argument %s (try --help)\n", argv[1]);
 		return 2;
 	}
-	if (cat_config_load(&cfg, config_defs, N_CONFIG_DEFS, NULL, errstr, sizeof(errstr)) != CAT_OK) {
+	if (load_config(&cfg, errstr, sizeof(errstr)) != CAT_OK) {
 		fprintf(stderr, BACKUP_WORKER ": %s\n", errstr);
 		return 2;
 	}
-	/* a command may run for hours without the loop polling: the group
-	 * must not evict the worker meanwhile (an explicit
-	 * CATALYST_KAFKA_MAX_POLL_INTERVAL_MS wins) */
-	snprintf(poll_ms, sizeof(poll_ms), "%lld", cat_config_int(cfg, "CATALYST_BACKUP_MAX_COMMAND_S") * 1000);
-	setenv("CATALYST_KAFKA_MAX_POLL_INTERVAL_MS", poll_ms, 0);
 	cat_log_init(BACKUP_WORKER, (cat_log_level_t)cat_log_level_parse(cat_config_str(cfg, "CATALYST_LOG_LEVEL")));
 	signal(SIGPIPE, SIG_IGN); /* a child that dies early is an error return, not a signal */
 	if (open_sink(cfg, &sink, errstr, sizeof(errstr)) != CAT_OK) {

@@ -2,7 +2,9 @@
  * Restore and Verify. A full backup is replayed by psql (spawned with argv,
  * --single-transaction, ON_ERROR_STOP) fed from the decompressed stream; a
  * table backup goes through COPY into a temporary table, then a
- * version-checked upsert (the newer version wins, in every table). Every object's sha256 is
+ * version-checked upsert (the newer version wins, in every table) of the
+ * rows the target's row_tombstones do not hold deleted at their version or
+ * later (a delete stands, as it does for catalyst-persist). Every object's sha256 is
  * checked while it streams; on a mismatch nothing is committed (psql is
  * killed before its input ends; the COPY is failed and rolled back).
  */
@@ -146,6 +148,27 @@ static cat_err_t restore_table(backup_t *backup, json_t *obj, PGconn *target, in
 				  t->name, res ? PQresultErrorMessage(res) : PQerrorMessage(target));
 		goto rollback;
 	}
+	PQclear(res);
+	res = NULL;
+	free(sql);
+	/* a delete stands, as it does for catalyst-persist: a backed-up row no
+	 * newer than the target's tombstone of its key stays deleted */
+	if (asprintf(&sql,
+		     "DELETE FROM catalyst_restore_stage AS s USING row_tombstones AS d "
+		     "WHERE d.table_name = $1 AND d.pk = s.%s::text AND d.version >= s.version",
+		     t->primary_key) < 0) {
+		sql = NULL;
+		goto rollback;
+	}
+	{
+		const char *p[] = {t->name};
+
+		if ((err = cat_pg_exec(target, sql, 1, p, &res, errstr, errstr_size)))
+			goto rollback;
+	}
+	if (strtoll(PQcmdTuples(res), NULL, 10) > 0)
+		CAT_LOG_INFO("BACKUP", "restore of %s: %s rows not restored, deleted since (row_tombstones)", t->name,
+			     PQcmdTuples(res));
 	PQclear(res);
 	res = NULL;
 	free(sql);

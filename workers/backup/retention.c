@@ -10,6 +10,8 @@
  *   chain    what a kept incremental backup needs to be restored: the
  *            backups before it back to and including the last full or
  *            non-incremental table backup.
+ *   newest   the newest `keep_full` full backups (CATALYST_BACKUP_KEEP_FULL),
+ *            whatever their age and whatever `now` says.
  * Backups newer than `now` (a clock injected by a test) are kept.
  */
 #include <string.h>
@@ -51,8 +53,10 @@ static void keep_newest_per_bucket(retention_item_t *items, size_t n, int64_t no
 	}
 }
 
-void retention_select(retention_item_t *items, size_t n, int64_t now_us)
+void retention_select(retention_item_t *items, size_t n, int64_t now_us, int keep_full)
 {
+	int fulls = 0;
+
 	for (size_t i = 0; i < n; i++) {
 		items[i].keep = items[i].finished_us > now_us;
 		items[i].why = items[i].keep ? "future" : "";
@@ -69,6 +73,15 @@ void retention_select(retention_item_t *items, size_t n, int64_t now_us)
 			}
 			break;
 		}
+	for (size_t k = n; k-- > 0 && fulls < keep_full;) {
+		if (strcmp(items[k].kind, "full") != 0)
+			continue;
+		fulls++;
+		if (!items[k].keep) {
+			items[k].keep = true;
+			items[k].why = "newest";
+		}
+	}
 	/* a kept incremental keeps its chain */
 	for (size_t k = n; k-- > 0;) {
 		if (!items[k].keep || strcmp(items[k].kind, "incremental") != 0)

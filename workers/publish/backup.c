@@ -7,6 +7,8 @@
  *   backup restore BACKUP_ID TARGET [TABLE...]
  *   backup verify BACKUP_ID
  *   backup prune [--dry-run] [--now-us US]
+ *     (--now-us: tests only; a worker honours it only with
+ *     CATALYST_BACKUP_ALLOW_PRUNE_NOW=1, else its own clock decides)
  * Common options (before the action's arguments): --database D,
  * --command-id ID (default: a new UUID; the same id is the same backup),
  * --issued-at-us US (default: now).
