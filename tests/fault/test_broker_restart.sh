@@ -118,14 +118,6 @@ echo "consumers made again: persist $(grep -c 'making it again' "$work/persist.l
 	"sync $(grep -c 'making it again' "$work/sync.log" || true)"
 
 python3 "$records" db-check "$primary" "$work/all.jsonl" || fail "the primary lost or misapplied writes"
-table_dump() {
-	psql_at "$1" "
-		COPY (SELECT * FROM news_raw ORDER BY news_id) TO STDOUT;
-		COPY (SELECT * FROM trading_candidates ORDER BY candidate_id) TO STDOUT;
-		COPY (SELECT * FROM trading_signals ORDER BY signal_id) TO STDOUT;
-		COPY (SELECT * FROM trade_records ORDER BY trade_id) TO STDOUT;
-		COPY (SELECT * FROM source_metrics ORDER BY source_name) TO STDOUT"
-}
 table_dump "$primary" >"$work/primary.dump"
 table_dump "$replica" >"$work/replica.dump"
 cmp -s "$work/primary.dump" "$work/replica.dump" ||

@@ -154,14 +154,6 @@ lag "$sync_group" changes.v1 || fail "catalyst-sync did not catch up"
 lag "$CATALYST_CACHE_GROUP" changes.v1 || fail "catalyst-cache did not catch up"
 
 python3 "$records" db-check "$primary" "${files[@]}" || fail "the primary differs from the expected rows"
-table_dump() {
-	psql_at "$1" "
-		COPY (SELECT * FROM news_raw ORDER BY news_id) TO STDOUT;
-		COPY (SELECT * FROM trading_candidates ORDER BY candidate_id) TO STDOUT;
-		COPY (SELECT * FROM trading_signals ORDER BY signal_id) TO STDOUT;
-		COPY (SELECT * FROM trade_records ORDER BY trade_id) TO STDOUT;
-		COPY (SELECT * FROM source_metrics ORDER BY source_name) TO STDOUT"
-}
 table_dump "$primary" >"$work/primary.dump"
 table_dump "$replica" >"$work/replica.dump"
 cmp -s "$work/primary.dump" "$work/replica.dump" ||

@@ -152,6 +152,17 @@ scaled() {
 	echo $((v > 0 ? v : 1))
 }
 
+# table_dump URL: every row of the five tables, in key order (COPY text),
+# to compare two databases row by row.
+table_dump() {
+	psql_at "$1" "
+		COPY (SELECT * FROM news_raw ORDER BY news_id) TO STDOUT;
+		COPY (SELECT * FROM trading_candidates ORDER BY candidate_id) TO STDOUT;
+		COPY (SELECT * FROM trading_signals ORDER BY signal_id) TO STDOUT;
+		COPY (SELECT * FROM trade_records ORDER BY trade_id) TO STDOUT;
+		COPY (SELECT * FROM source_metrics ORDER BY source_name) TO STDOUT"
+}
+
 # scratch_replica_db NAME: as scratch_db, on the stack's replica server
 # (CATALYST_REPLICA_URL): a fresh database catalyst_test_NAME there, dropped
 # when the script exits. Sets SCRATCH_REPLICA_URL (exported).

@@ -316,12 +316,6 @@ static void decode_changes(cat_msg_t *msg)
 {
 	Catalyst__V1__ChangeBatch *cb;
 
-	if (msg->rkm->len > CAT_CODEC_MAX_MESSAGE_BYTES * 2) {
-		msg->result = CAT_ERR_PERMANENT;
-		snprintf(msg->reason, sizeof(msg->reason), "a ChangeBatch of %zu bytes is too large",
-			 msg->rkm->len);
-		return;
-	}
 	if (cat_codec_change_batch_decode(msg->rkm->payload, msg->rkm->len, &cb, msg->reason, sizeof(msg->reason)) !=
 	    CAT_OK) {
 		msg->result = CAT_ERR_PERMANENT;
@@ -343,12 +337,6 @@ static void decode_command(const sync_t *sync, cat_msg_t *msg)
 	Catalyst__V1__SyncCommand *cmd;
 	const char *table = NULL;
 
-	if (msg->rkm->len > CAT_CODEC_MAX_MESSAGE_BYTES) {
-		msg->result = CAT_ERR_PERMANENT;
-		snprintf(msg->reason, sizeof(msg->reason), "a SyncCommand of %zu bytes is too large",
-			 msg->rkm->len);
-		return;
-	}
 	if (cat_codec_sync_command_decode(msg->rkm->payload, msg->rkm->len, &cmd, msg->reason, sizeof(msg->reason)) !=
 	    CAT_OK) {
 		msg->result = CAT_ERR_PERMANENT;
