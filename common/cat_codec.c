@@ -469,6 +469,8 @@ bool cat_codec_write_record_bytes(const void *buf, size_t len, const uint8_t **r
  * bytes of every string field the descriptors know, at any depth, are
  * checked here, before anything trusts the unpacked message.
  */
+#define WIRE_MAX_FIELD ((1u << 29) - 1)
+
 static cat_err_t wire_check_strings(const ProtobufCMessageDescriptor *desc, const uint8_t *p, size_t len,
 				    int depth, char *errstr, size_t errstr_size)
 {
@@ -476,7 +478,9 @@ static cat_err_t wire_check_strings(const ProtobufCMessageDescriptor *desc, cons
 	uint64_t tag, n;
 
 	while (p < end) {
-		if (wire_varint(&p, end, &tag))
+		/* field numbers run from 1 to 2^29 - 1; protobuf-c keeps a field 0 as
+		 * unknown, and packs it again into bytes no decoder accepts */
+		if (wire_varint(&p, end, &tag) || tag >> 3 == 0 || tag >> 3 > WIRE_MAX_FIELD)
 			goto malformed;
 		switch (tag & 7) {
 		case PROTOBUF_C_WIRE_TYPE_VARINT:

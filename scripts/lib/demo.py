@@ -79,7 +79,7 @@ def day(out_dir, n_news, seed):
     writes, final = [], {t: {} for t in TABLES}
 
     def emit(table, row, t):
-        row = dict(row, table=table, version=us(t) * 10 + len(writes) % 10,
+        row = dict(row, table=table, version=us(t),
                    command_id=f"demo-{tag}-{len(writes)}")
         writes.append((us(t), row))
         final[table][row[PKS[table]]] = row
@@ -149,7 +149,7 @@ def day(out_dir, n_news, seed):
         final_c = dict(final["trading_candidates"][cid])
         del final_c["table"], final_c["version"], final_c["command_id"]
         emit("trading_candidates", dict(final_c, traded=True), max(t, datetime.datetime.fromtimestamp(
-            final["trading_candidates"][cid]["version"] // 10 / 1e6, datetime.timezone.utc)) + datetime.timedelta(seconds=1))
+            final["trading_candidates"][cid]["version"] / 1e6, datetime.timezone.utc)) + datetime.timedelta(seconds=1))
         t_exit = t + datetime.timedelta(minutes=rng.randint(5, 240))
         if t_exit < now:
             exit_price = round(price * rng.uniform(0.95, 1.07), 2)
@@ -197,7 +197,7 @@ def broken_records(tag, now):
     as a service bypassing the validation would), and bytes that are no
     protobuf at all. Each: key, raw-produce format, payload, the reason the
     dead letter must carry (a substring)."""
-    v = us(now) * 10
+    v = us(now)
     base = {"command_id": None, "version": v}
 
     def write(table, key, row):

@@ -261,7 +261,7 @@ for i, r in enumerate(trades[:n_updates]):
     out.append(r)
 for i in range(n_new):
     out.append({"table": "trade_records", "trade_id": f"flow-new-{i}", "symbol": "FLOW", "side": "long",
-                "quantity": 10, "version": 1_800_000_000_000_000 + i, "command_id": f"flow-new-{i}"})
+                "quantity": 10, "version": 1_780_000_000_000_000 + i, "command_id": f"flow-new-{i}"})
 for i, r in enumerate(trades[n_updates:n_updates + n_deletes]):
     out.append({"table": "trade_records", "op": "delete", "trade_id": r["trade_id"], "version": r["version"] + 600,
                 "command_id": f"flow-del-{i}"})
