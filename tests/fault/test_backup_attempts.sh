@@ -14,6 +14,7 @@
 #      the worker stays in its group: one assignment, one started, one
 #      completed. CATALYST_TEST_BACKUP_SLOW_S (20) is how long the backup
 #      takes; over 300 it shows what librdkafka's own default (5 min) did.
+# ctest: beside others (it restarts none of the stack's services)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=tests/integration/lib.sh

@@ -8,6 +8,7 @@
 #   b. a table restore honours row_tombstones: rows catalyst-persist deleted
 #      after the backup stay deleted, rows lost without a delete (or deleted
 #      before they were written again) come back.
+# ctest: beside others (it restarts none of the stack's services)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=tests/integration/lib.sh

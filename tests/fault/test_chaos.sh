@@ -21,6 +21,7 @@
 #     offset, at least once; nothing else).
 # The record count is CATALYST_TEST_SCALE_PCT percent of CATALYST_CHAOS_RECORDS
 # (default 12000).
+# ctest: label sanitize (the fault test the ASan+UBSan build runs: every fault at once)
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=tests/integration/lib.sh
 . "$here/../integration/lib.sh"

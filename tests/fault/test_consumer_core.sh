@@ -4,6 +4,7 @@
 # skipped, permanent ones isolated and dead-lettered with their reasons, a
 # downstream outage survived in the group, SIGTERM leaving nothing to
 # process twice, kill -9 losing nothing, two workers sharing partitions.
+# ctest: beside others (it restarts none of the stack's services)
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=tests/integration/lib.sh
 . "$here/../integration/lib.sh"

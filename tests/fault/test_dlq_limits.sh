@@ -8,6 +8,7 @@
 #      are added (the broker's default max.message.bytes, 1048588) goes out
 #      truncated, with the original size and sha256 in headers, and the
 #      partition moves on.
+# ctest: beside others (it restarts none of the stack's services)
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=tests/integration/lib.sh
 . "$here/../integration/lib.sh"

@@ -11,6 +11,7 @@
 #   - then 127.0.0.2 is served again.
 # (On Linux all of 127.0.0.0/8 is loopback: the second address is a second
 # client.)
+# ctest: beside others (it restarts none of the stack's services)
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=tests/integration/lib.sh
 . "$here/../integration/lib.sh"

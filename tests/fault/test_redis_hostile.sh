@@ -7,6 +7,7 @@
 #      never finishing: the readiness probe's PING gives up within
 #      CATALYST_REDIS_TIMEOUT_MS and /readyz says why (before, every byte
 #      restarted the timeout and the probe hung for good).
+# ctest: beside others (it restarts none of the stack's services)
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=tests/integration/lib.sh
 . "$here/../integration/lib.sh"
