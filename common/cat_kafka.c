@@ -38,6 +38,11 @@ static void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const
 			      : level <= 6 ? CAT_LOG_LEVEL_INFO
 					   : CAT_LOG_LEVEL_DEBUG;
 
+	/* CATALYST_KAFKA_* reaches every client of a process, so a consumer
+	 * property set there reaches its producers too, as intended: that
+	 * librdkafka ignores it there is no news */
+	if (strcmp(fac, "CONFWARN") == 0 && strstr(buf, "is a consumer property and will be ignored by this producer"))
+		lvl = CAT_LOG_LEVEL_DEBUG;
 	cat_log_write(lvl, "KAFKA", "%s: %s", fac, buf);
 }
 

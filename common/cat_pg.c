@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cat_log.h"
+#include "cat_metrics.h"
 
 /* Copies a libpq message into dst on one line: line breaks become "; ",
  * runs of blanks one space, trailing whitespace goes. */
@@ -162,29 +163,45 @@ static int line_of_position(const char *sql, long position)
 	return line;
 }
 
+/* "could not <what>: <message><where> (SQLSTATE x)", classed. */
+static cat_err_t result_error(const PGconn *conn, const PGresult *res, const char *what, const char *where,
+			      char *errstr, size_t errstr_size)
+{
+	const char *primary = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+	const char *sqlstate = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+	char msg[1024];
+	char state[32] = "";
+
+	flatten(msg, sizeof(msg), primary ? primary : conn ? PQerrorMessage(conn) : NULL);
+	if (sqlstate)
+		snprintf(state, sizeof(state), " (SQLSTATE %s)", sqlstate);
+	return cat_err_set(errstr, errstr_size, cat_pg_error_class(conn, res), "could not %s: %s%s%s", what,
+			   msg[0] ? msg : "no result from server", where, state);
+}
+
+cat_err_t cat_pg_result_error(const PGconn *conn, const PGresult *res, const char *what, char *errstr,
+			      size_t errstr_size)
+{
+	return result_error(conn, res, what, "", errstr, errstr_size);
+}
+
 /* Fills errstr for a failed statement and returns its class. */
 static cat_err_t statement_error(PGconn *conn, const PGresult *res, const char *sql, bool script,
 				 char *errstr, size_t errstr_size)
 {
-	const char *primary = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
-	const char *sqlstate = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
 	const char *position = res ? PQresultErrorField(res, PG_DIAG_STATEMENT_POSITION) : NULL;
-	char msg[1024];
-	char what[32];
+	char verb[32];
+	char what[48];
 	char where[32] = "";
-	char state[32] = "";
 
-	flatten(msg, sizeof(msg), primary ? primary : PQerrorMessage(conn));
 	if (script)
-		snprintf(what, sizeof(what), "script");
+		snprintf(verb, sizeof(verb), "script");
 	else
-		first_word(what, sizeof(what), sql);
+		first_word(verb, sizeof(verb), sql);
+	snprintf(what, sizeof(what), "execute %s", verb);
 	if (script && position)
 		snprintf(where, sizeof(where), " at line %d", line_of_position(sql, atol(position)));
-	if (sqlstate)
-		snprintf(state, sizeof(state), " (SQLSTATE %s)", sqlstate);
-	return cat_err_set(errstr, errstr_size, cat_pg_error_class(conn, res), "could not execute %s: %s%s%s",
-			   what, msg[0] ? msg : "no result from server", where, state);
+	return result_error(conn, res, what, where, errstr, errstr_size);
 }
 
 cat_err_t cat_pg_exec(PGconn *conn, const char *sql, int nparams, const char *const *params, PGresult **out,
@@ -266,6 +283,151 @@ cat_err_t cat_pg_require_schema(PGconn *conn, int version, char *errstr, size_t 
 out:
 	PQclear(res);
 	return err;
+}
+
+/* --- sessions ------------------------------------------------------------ */
+
+struct cat_pg_session {
+	char *url; /* a secret: wiped when freed */
+	char *app_name;
+	char *what;
+	int connect_timeout_s;
+	int schema_version;
+	cat_err_t (*on_connect)(PGconn *conn, char *errstr, size_t errstr_size);
+	cat_metric_t *reconnects;
+	PGconn *conn;
+	bool lost; /* the last connection was dropped: the next one is a reconnect */
+};
+
+static char *dup_or_empty(const char *s)
+{
+	return strdup(s ? s : "");
+}
+
+cat_err_t cat_pg_session_new(cat_pg_session_t **out, const cat_pg_session_opts_t *opts, char *errstr,
+			     size_t errstr_size)
+{
+	cat_pg_session_t *session = calloc(1, sizeof(*session));
+
+	*out = NULL;
+	if (!session)
+		goto oom;
+	session->url = dup_or_empty(opts->url);
+	session->app_name = dup_or_empty(opts->app_name);
+	session->what = dup_or_empty(opts->what ? opts->what : "database");
+	if (!session->url || !session->app_name || !session->what)
+		goto oom;
+	session->connect_timeout_s = opts->connect_timeout_s > 0 ? opts->connect_timeout_s : 10;
+	session->schema_version = opts->schema_version;
+	session->on_connect = opts->on_connect;
+	session->reconnects = opts->reconnects;
+	*out = session;
+	return CAT_OK;
+oom:
+	cat_pg_session_free(session);
+	return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
+}
+
+void cat_pg_session_free(cat_pg_session_t *session)
+{
+	if (!session)
+		return;
+	cat_pg_close(session->conn);
+	if (session->url) {
+		explicit_bzero(session->url, strlen(session->url));
+		free(session->url);
+	}
+	free(session->app_name);
+	free(session->what);
+	free(session);
+}
+
+cat_err_t cat_pg_session_ensure(cat_pg_session_t *session, PGconn **conn, char *errstr, size_t errstr_size)
+{
+	char inner[900];
+	PGconn *c = NULL;
+	cat_err_t err;
+
+	*conn = NULL;
+	if (session->conn && PQstatus(session->conn) == CONNECTION_OK) {
+		*conn = session->conn;
+		return CAT_OK;
+	}
+	if (session->conn) {
+		cat_pg_close(session->conn);
+		session->conn = NULL;
+		session->lost = true;
+	}
+	err = cat_pg_connect(&c, session->url, session->app_name, session->connect_timeout_s, inner,
+			     sizeof(inner));
+	if (err == CAT_OK && session->schema_version > 0)
+		err = cat_pg_require_schema(c, session->schema_version, inner, sizeof(inner));
+	if (err == CAT_OK && session->on_connect)
+		err = session->on_connect(c, inner, sizeof(inner));
+	if (err != CAT_OK) {
+		cat_pg_close(c);
+		return cat_err_set(errstr, errstr_size, err, "%s: %s", session->what, inner);
+	}
+	if (session->lost && session->reconnects)
+		cat_metrics_inc(session->reconnects);
+	session->lost = false;
+	session->conn = c;
+	CAT_LOG_INFO("PG", "connected to the %s", session->what);
+	*conn = c;
+	return CAT_OK;
+}
+
+PGconn *cat_pg_session_conn(const cat_pg_session_t *session)
+{
+	return session->conn;
+}
+
+void cat_pg_session_failed(cat_pg_session_t *session)
+{
+	PGconn *c = session->conn;
+
+	if (!c)
+		return;
+	if (PQstatus(c) == CONNECTION_OK) {
+		switch (PQtransactionStatus(c)) {
+		case PQTRANS_IDLE:
+			return;
+		case PQTRANS_INTRANS:
+		case PQTRANS_INERROR:
+			if (cat_pg_rollback(c, NULL, 0) == CAT_OK)
+				return;
+			break;
+		default: /* a command still active, or unknown: the connection cannot be trusted */
+			break;
+		}
+	}
+	cat_pg_close(c);
+	session->conn = NULL;
+	session->lost = true;
+}
+
+void cat_pg_session_close(cat_pg_session_t *session)
+{
+	cat_pg_close(session->conn);
+	session->conn = NULL;
+}
+
+bool cat_pg_session_ping(const cat_pg_session_t *session, char *reason, size_t reason_size)
+{
+	const char *const keywords[] = {"dbname", "connect_timeout", NULL};
+	const char *const values[] = {session->url, "2", NULL};
+
+	/* PQpingParams is thread-safe and needs no valid credentials */
+	switch (PQpingParams(keywords, values, 1)) {
+	case PQPING_OK:
+		return true;
+	case PQPING_REJECT:
+		snprintf(reason, reason_size, "PostgreSQL %s is not accepting connections", session->what);
+		return false;
+	default:
+		snprintf(reason, reason_size, "PostgreSQL %s does not answer", session->what);
+		return false;
+	}
 }
 
 /* --- script splitting ---------------------------------------------------- */

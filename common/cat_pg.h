@@ -20,6 +20,7 @@
 #include <libpq-fe.h>
 
 #include "cat_err.h"
+#include "cat_metrics.h"
 
 /* Connects to `url` (libpq conninfo or URI; TLS settings such as sslmode,
  * sslrootcert pass through as written). `app_name` becomes application_name
@@ -55,6 +56,13 @@ cat_err_t cat_pg_rollback(PGconn *conn, char *errstr, size_t errstr_size);
  * there is no result, else by the result's SQLSTATE. */
 cat_err_t cat_pg_error_class(const PGconn *conn, const PGresult *res);
 
+/* The one formatter of a failed result (res may be NULL: no result, the
+ * connection lost): fills errstr with "could not <what>: <primary message>
+ * (SQLSTATE xxxxx)", the message on one line (libpq's connection message
+ * when the result has none), and returns cat_pg_error_class(). */
+cat_err_t cat_pg_result_error(const PGconn *conn, const PGresult *res, const char *what, char *errstr,
+			      size_t errstr_size);
+
 /* Class of a failed connection attempt from libpq's message (libpq gives no
  * SQLSTATE for these): fatal for authentication, pg_hba, unknown database
  * or role, TLS and option errors; retriable otherwise. */
@@ -64,6 +72,69 @@ cat_err_t cat_pg_connect_error_class(const char *message);
  * "schema version 1 is applied, this worker needs 2: run catalyst-migrate up"
  * (or that no migration was ever applied). */
 cat_err_t cat_pg_require_schema(PGconn *conn, int version, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+
+/*
+ * A session: one connection to one database that a worker keeps, made again
+ * when it is lost. Every worker's PostgreSQL connection goes through here:
+ *
+ *   cat_pg_session_opts_t opts = { .url = url, .app_name = "catalyst-persist",
+ *           .what = "primary", .connect_timeout_s = 10, .schema_version = CAT_SCHEMA_VERSION,
+ *           .reconnects = metric };
+ *   cat_pg_session_new(&session, &opts, errstr, sizeof(errstr));
+ *   ...
+ *   if ((err = cat_pg_session_ensure(session, &conn, errstr, sizeof(errstr))) != CAT_OK)
+ *           return err;                        // retriable: unreachable; fatal: credentials, schema
+ *   if (... a statement on conn fails ...)
+ *           cat_pg_session_failed(session);     // rolled back, or dropped when broken
+ *
+ * A connection is checked once when made: the schema holds at least
+ * `schema_version` migrations (0: not checked), then `on_connect` runs (a
+ * session setting, say). Errors read "<what>: could not connect to
+ * PostgreSQL: ..." and never hold the URL. A session is used by one thread
+ * at a time; cat_pg_session_ping() may be called from any thread.
+ */
+typedef struct cat_pg_session cat_pg_session_t;
+
+typedef struct cat_pg_session_opts {
+	const char *url;	     /* conninfo or URI; copied, wiped when freed */
+	const char *app_name;	     /* application_name unless the URL sets one */
+	const char *what;	     /* "primary", "replica": names the side in errors and logs */
+	int connect_timeout_s;	     /* connect_timeout (default 10) */
+	int schema_version;	     /* the least migration applied, 0: no check */
+	cat_err_t (*on_connect)(PGconn *conn, char *errstr, size_t errstr_size); /* or NULL */
+	cat_metric_t *reconnects;    /* counted each time a lost connection is made again, or NULL */
+} cat_pg_session_opts_t;
+
+cat_err_t cat_pg_session_new(cat_pg_session_t **out, const cat_pg_session_opts_t *opts, char *errstr,
+			     size_t errstr_size) CAT_MUST_CHECK;
+
+/* Closes the connection and wipes the URL; accepts NULL. */
+void cat_pg_session_free(cat_pg_session_t *session);
+
+/* A working connection in *conn: the current one, or a new one (logged
+ * "connected to the <what>"). On failure *conn is NULL: retriable when the
+ * server is unreachable, fatal for credentials, a missing database or an
+ * older schema. */
+cat_err_t cat_pg_session_ensure(cat_pg_session_t *session, PGconn **conn, char *errstr,
+				size_t errstr_size) CAT_MUST_CHECK;
+
+/* The current connection, or NULL (none made yet, or dropped). */
+PGconn *cat_pg_session_conn(const cat_pg_session_t *session);
+
+/* After a failed statement: an open transaction is rolled back; a broken
+ * connection (or one whose rollback fails) is closed, for the next
+ * cat_pg_session_ensure() to make again. */
+void cat_pg_session_failed(cat_pg_session_t *session);
+
+/* Closes the connection (the next ensure makes a new one, not counted as a
+ * reconnect). */
+void cat_pg_session_close(cat_pg_session_t *session);
+
+/* Readiness, from any thread: whether the server accepts connections (a
+ * connection attempt of its own, 2 s at most, no credentials needed). When
+ * not, reason reads "PostgreSQL <what> does not answer" or "... is not
+ * accepting connections". */
+bool cat_pg_session_ping(const cat_pg_session_t *session, char *reason, size_t reason_size);
 
 /* Splits a SQL script into statements, for statements that may not run in a
  * multi-statement string (CREATE INDEX CONCURRENTLY, VACUUM). Statements end

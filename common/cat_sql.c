@@ -512,20 +512,10 @@ void cat_sql_arrays_free(cat_sql_arrays_t *arrays)
 static cat_err_t statement_error(PGconn *conn, const PGresult *res, const char *what, char *errstr,
 				 size_t errstr_size)
 {
-	const char *primary = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
-	const char *sqlstate = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-	char msg[512];
-	size_t len;
+	char action[64];
 
-	snprintf(msg, sizeof(msg), "%s", primary ? primary : PQerrorMessage(conn));
-	for (char *c = msg; *c; c++)
-		if (*c == '\n' || *c == '\r')
-			*c = ' ';
-	for (len = strlen(msg); len > 0 && msg[len - 1] == ' '; len--)
-		msg[len - 1] = '\0';
-	return cat_err_set(errstr, errstr_size, cat_pg_error_class(conn, res),
-			   "could not execute %s: %s%s%s%s", what, msg[0] ? msg : "no result from server",
-			   sqlstate ? " (SQLSTATE " : "", sqlstate ? sqlstate : "", sqlstate ? ")" : "");
+	snprintf(action, sizeof(action), "execute %s", what);
+	return cat_pg_result_error(conn, res, action, errstr, errstr_size);
 }
 
 cat_err_t cat_sql_exec(PGconn *conn, const char *what, const char *sql, const cat_sql_arrays_t *arrays,

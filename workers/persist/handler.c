@@ -49,7 +49,7 @@ typedef struct table_metrics {
 
 struct persist {
 	const cat_config_t *cfg;
-	PGconn *conn;
+	cat_pg_session_t *pg; /* the primary */
 	cat_producer_t *producer;
 	char changes_topic[256];
 	int32_t changes_partitions; /* 0 until read from the metadata */
@@ -102,75 +102,20 @@ static const double duration_buckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.0
 
 /* --- PostgreSQL ----------------------------------------------------------------------- */
 
-cat_err_t persist_pg_connect(PGconn **out, const cat_config_t *cfg, char *errstr, size_t errstr_size)
+cat_err_t persist_connect(persist_t *persist, char *errstr, size_t errstr_size)
 {
-	PGconn *conn = NULL;
-	cat_err_t err;
+	PGconn *conn;
 
-	*out = NULL;
-	err = cat_pg_connect(&conn, cat_config_str(cfg, "CATALYST_PG_URL"), PRODUCER_NAME,
-			     (int)cat_config_int(cfg, "CATALYST_PG_CONNECT_TIMEOUT_S"), errstr, errstr_size);
-	if (err != CAT_OK)
-		return err;
-	err = cat_pg_require_schema(conn, CAT_SCHEMA_VERSION, errstr, errstr_size);
-	if (err != CAT_OK) {
-		cat_pg_close(conn);
-		return err;
-	}
-	*out = conn;
-	return CAT_OK;
+	return cat_pg_session_ensure(persist->pg, &conn, errstr, errstr_size);
 }
 
 bool persist_ready(void *opaque, char *reason, size_t reason_size)
 {
 	persist_t *persist = opaque;
-	const char *const keywords[] = {"dbname", "connect_timeout", NULL};
-	const char *const values[] = {cat_config_str(persist->cfg, "CATALYST_PG_URL"), "2", NULL};
 
 	/* A batch failing on the database already makes the loop unready
-	 * ("retrying: ..."); this covers the time between batches, with a
-	 * connection attempt of its own (PQping is thread-safe, and needs no
-	 * valid credentials). */
-	switch (PQpingParams(keywords, values, 1)) {
-	case PQPING_OK:
-		return true;
-	case PQPING_REJECT:
-		snprintf(reason, reason_size, "PostgreSQL is not accepting connections");
-		return false;
-	default:
-		snprintf(reason, reason_size, "PostgreSQL does not answer");
-		return false;
-	}
-}
-
-/* A connection that works, opening one if needed. */
-static cat_err_t ensure_connected(persist_t *persist, char *errstr, size_t errstr_size)
-{
-	cat_err_t err;
-
-	if (persist->conn && PQstatus(persist->conn) == CONNECTION_OK)
-		return CAT_OK;
-	if (persist->conn) {
-		cat_pg_close(persist->conn);
-		persist->conn = NULL;
-		cat_metrics_inc(persist->m_reconnects);
-	}
-	err = persist_pg_connect(&persist->conn, persist->cfg, errstr, errstr_size);
-	if (err == CAT_OK)
-		CAT_LOG_INFO("PG", "connected to PostgreSQL");
-	return err;
-}
-
-/* After a failed statement: leave the connection usable or drop it. */
-static void after_failure(persist_t *persist)
-{
-	if (persist->conn && PQstatus(persist->conn) == CONNECTION_OK &&
-	    PQtransactionStatus(persist->conn) != PQTRANS_UNKNOWN) {
-		if (cat_pg_rollback(persist->conn, NULL, 0) == CAT_OK)
-			return;
-	}
-	cat_pg_close(persist->conn);
-	persist->conn = NULL;
+	 * ("retrying: ..."); this covers the time between batches. */
+	return cat_pg_session_ping(persist->pg, reason, reason_size);
 }
 
 /* --- set-up ------------------------------------------------------------------------------ */
@@ -290,23 +235,20 @@ static void register_metrics(persist_t *persist, cat_metrics_t *metrics)
 				    "tombstones deleted after CATALYST_TOMBSTONE_RETENTION_S", NULL);
 }
 
-cat_err_t persist_new(persist_t **out, const cat_config_t *cfg, PGconn *conn, cat_producer_t *producer,
-		      cat_metrics_t *metrics, char *errstr, size_t errstr_size)
+cat_err_t persist_new(persist_t **out, const cat_config_t *cfg, cat_producer_t *producer, cat_metrics_t *metrics,
+		      char *errstr, size_t errstr_size)
 {
 	persist_t *persist;
+	cat_pg_session_opts_t pg_opts;
 	cat_err_t err;
 
 	*out = NULL;
 	persist = calloc(1, sizeof(*persist));
-	if (!persist) {
-		cat_pg_close(conn);
+	if (!persist)
 		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
-	}
 	persist->cfg = cfg;
 	pthread_mutex_init(&persist->trim_lock, NULL);
 	pthread_cond_init(&persist->trim_wake, NULL);
-	persist->conn = conn;
-	conn = NULL; /* owned by persist */
 	persist->producer = producer;
 	persist->changes_timeout_ms = (int)cat_config_int(cfg, "CATALYST_CHANGES_TIMEOUT_MS");
 	persist->version_max_ahead_s = cat_config_int(cfg, "CATALYST_VERSION_MAX_AHEAD_S");
@@ -323,6 +265,16 @@ cat_err_t persist_new(persist_t **out, const cat_config_t *cfg, PGconn *conn, ca
 	 * what the table holds instead */
 	cat_apply_read_skipped(persist->apply, true);
 	register_metrics(persist, metrics);
+	pg_opts = (cat_pg_session_opts_t){
+		.url = cat_config_str(cfg, "CATALYST_PG_URL"),
+		.app_name = PRODUCER_NAME,
+		.what = "primary",
+		.connect_timeout_s = (int)cat_config_int(cfg, "CATALYST_PG_CONNECT_TIMEOUT_S"),
+		.schema_version = CAT_SCHEMA_VERSION,
+		.reconnects = persist->m_reconnects,
+	};
+	if ((err = cat_pg_session_new(&persist->pg, &pg_opts, errstr, errstr_size)) != CAT_OK)
+		goto error;
 	cat_sql_pruner_init(&persist->pruner, cfg, persist->m_pruned);
 
 	/* a missing topic is a configuration error; an unreachable cluster is
@@ -358,7 +310,7 @@ void persist_destroy(persist_t *persist)
 	}
 	pthread_cond_destroy(&persist->trim_wake);
 	pthread_mutex_destroy(&persist->trim_lock);
-	cat_pg_close(persist->conn);
+	cat_pg_session_free(persist->pg);
 	cat_apply_destroy(persist->apply);
 	free(persist->outs);
 	free(persist->changes);
@@ -503,13 +455,14 @@ static void count_rows(persist_t *persist)
 /* BEGIN, each table's deletes then upserts (round by round), COMMIT. */
 static cat_err_t transaction(persist_t *persist, char *errstr, size_t errstr_size)
 {
+	PGconn *conn;
 	cat_err_t err;
 
-	if ((err = ensure_connected(persist, errstr, errstr_size)) != CAT_OK)
+	if ((err = cat_pg_session_ensure(persist->pg, &conn, errstr, errstr_size)) != CAT_OK)
 		return err;
-	if ((err = cat_pg_begin(persist->conn, errstr, errstr_size)) != CAT_OK ||
-	    (err = cat_apply_run(persist->apply, persist->conn, errstr, errstr_size)) != CAT_OK ||
-	    (err = cat_pg_commit(persist->conn, errstr, errstr_size)) != CAT_OK)
+	if ((err = cat_pg_begin(conn, errstr, errstr_size)) != CAT_OK ||
+	    (err = cat_apply_run(persist->apply, conn, errstr, errstr_size)) != CAT_OK ||
+	    (err = cat_pg_commit(conn, errstr, errstr_size)) != CAT_OK)
 		goto error;
 	cat_metrics_inc(persist->m_committed);
 	count_rows(persist);
@@ -517,7 +470,7 @@ static cat_err_t transaction(persist_t *persist, char *errstr, size_t errstr_siz
 
 error:
 	cat_metrics_inc(persist->m_rolled_back);
-	after_failure(persist);
+	cat_pg_session_failed(persist->pg);
 	return err;
 }
 
@@ -851,7 +804,7 @@ cat_err_t persist_apply(void *opaque, cat_batch_t *batch, char *errstr, size_t e
 	size_t n_valid = 0, last_valid = 0;
 	cat_err_t err;
 
-	cat_sql_pruner_run(&persist->pruner, persist->conn);
+	cat_sql_pruner_run(&persist->pruner, cat_pg_session_conn(persist->pg));
 	err = decode_batch(persist, batch, &n_valid, &last_valid, errstr, errstr_size);
 	if (err != CAT_OK || n_valid == 0)
 		goto out;

@@ -56,23 +56,23 @@
 
 typedef struct persist persist_t;
 
-/* Connects to CATALYST_PG_URL and checks that the schema is migrated to
- * CAT_SCHEMA_VERSION. Retriable when the server cannot be reached; fatal for
- * authentication, an unknown database or an older schema. */
-cat_err_t persist_pg_connect(PGconn **out, const cat_config_t *cfg, char *errstr,
-			     size_t errstr_size) CAT_MUST_CHECK;
-
 /* Delivery reports of `producer` (give it to cat_producer_new with a NULL
  * opaque): each change batch carries its persist_t as msg_opaque. */
 void persist_change_report(void *msg_opaque, rd_kafka_resp_err_t err, const rd_kafka_message_t *msg,
 			   void *opaque);
 
-/* The handler state. `conn` is owned from this call on, also when it fails
- * (NULL: connect on the first batch); `producer` (changes.v1) and `metrics`
- * are borrowed and must outlive it. Reads the partition count of changes.v1:
- * fatal when the topic does not exist. */
-cat_err_t persist_new(persist_t **out, const cat_config_t *cfg, PGconn *conn, cat_producer_t *producer,
-		      cat_metrics_t *metrics, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+/* The handler state, with its session on CATALYST_PG_URL (not connected
+ * yet); `producer` (changes.v1) and `metrics` are borrowed and must outlive
+ * it. Reads the partition count of changes.v1: fatal when the topic does
+ * not exist. */
+cat_err_t persist_new(persist_t **out, const cat_config_t *cfg, cat_producer_t *producer, cat_metrics_t *metrics,
+		      char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+
+/* Connects to the primary now and checks that the schema is migrated to
+ * CAT_SCHEMA_VERSION (the first batch would otherwise). Retriable when the
+ * server cannot be reached; fatal for authentication, an unknown database
+ * or an older schema. */
+cat_err_t persist_connect(persist_t *persist, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 
 /* Closes the connection and frees; accepts NULL. */
 void persist_destroy(persist_t *persist);

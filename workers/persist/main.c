@@ -72,7 +72,6 @@ int main(int argc, char **argv)
 	struct sigaction sa = {.sa_handler = on_signal, .sa_flags = SA_RESETHAND};
 	cat_config_t *cfg = NULL;
 	cat_metrics_t *metrics = NULL;
-	PGconn *conn = NULL;
 	cat_producer_t *producer = NULL;
 	persist_t *persist = NULL;
 	cat_consumer_t *consumer = NULL;
@@ -117,29 +116,26 @@ int main(int argc, char **argv)
 		goto out;
 	}
 
+	/* changes.v1, then the handler */
+	if (cat_producer_new(&producer, cfg, WORKER, (int)cat_config_int(cfg, "CATALYST_CHANGES_TIMEOUT_MS"),
+			     persist_change_report, NULL, errstr, sizeof(errstr)) != CAT_OK) {
+		CAT_LOG_ERROR("KAFKA", "%s", errstr);
+		goto out;
+	}
+	if (persist_new(&persist, cfg, producer, metrics, errstr, sizeof(errstr)) != CAT_OK) {
+		CAT_LOG_ERROR("KAFKA", "%s", errstr);
+		goto out;
+	}
 	/* PostgreSQL: wrong credentials, no such database or an unmigrated
 	 * schema stop us here; an unreachable server does not (the loop
 	 * reconnects with backoff, /readyz says why) */
-	err = persist_pg_connect(&conn, cfg, errstr, sizeof(errstr));
+	err = persist_connect(persist, errstr, sizeof(errstr));
 	if (err == CAT_ERR_FATAL) {
 		CAT_LOG_ERROR("PG", "%s", errstr);
 		goto out;
 	}
 	if (err != CAT_OK)
 		CAT_LOG_WARN("PG", "%s: will retry", errstr);
-
-	/* changes.v1, then the handler that owns the connection from here */
-	if (cat_producer_new(&producer, cfg, WORKER, (int)cat_config_int(cfg, "CATALYST_CHANGES_TIMEOUT_MS"),
-			     persist_change_report, NULL, errstr, sizeof(errstr)) != CAT_OK) {
-		CAT_LOG_ERROR("KAFKA", "%s", errstr);
-		goto out;
-	}
-	err = persist_new(&persist, cfg, conn, producer, metrics, errstr, sizeof(errstr));
-	conn = NULL; /* owned by persist */
-	if (err != CAT_OK) {
-		CAT_LOG_ERROR("KAFKA", "%s", errstr);
-		goto out;
-	}
 
 	/* write.v1, then the probes that report on it */
 	handler = (cat_handler_t){ persist_apply, persist_ready, persist, persist_settle };
@@ -168,7 +164,6 @@ out:
 	cat_consumer_destroy(consumer);
 	persist_destroy(persist);
 	cat_producer_destroy(producer);
-	cat_pg_close(conn);
 	cat_metrics_destroy(metrics);
 	cat_config_destroy(cfg);
 	return rc;

@@ -185,13 +185,10 @@ static cat_err_t get_result(PGconn *conn, const char *what, PGresult **out, char
 			PQclear(res);
 	}
 	if (!first || PQresultStatus(first) != PGRES_TUPLES_OK) {
-		const char *msg = first ? PQresultErrorField(first, PG_DIAG_MESSAGE_PRIMARY) : NULL;
-		const char *sqlstate = first ? PQresultErrorField(first, PG_DIAG_SQLSTATE) : NULL;
+		char action[96];
 
-		err = cat_err_set(errstr, errstr_size, cat_pg_error_class(conn, first),
-				  "could not execute the %s query: %s%s%s%s", what,
-				  msg ? msg : "the connection was lost", sqlstate ? " (SQLSTATE " : "",
-				  sqlstate ? sqlstate : "", sqlstate ? ")" : "");
+		snprintf(action, sizeof(action), "execute the %s query", what);
+		err = cat_pg_result_error(conn, first, action, errstr, errstr_size);
 		PQclear(first);
 		return err;
 	}
@@ -423,7 +420,7 @@ nomem:
 	err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "out of memory");
 error:
 	PQclear(rows);
-	sync_after_failure(&sync->replica);
+	sync_after_failure(sync, &sync->replica);
 	return err;
 }
 
@@ -776,8 +773,8 @@ cat_err_t sync_check(sync_t *sync, const Catalyst__V1__SyncCommand__CheckConsist
 out:
 	if (err != CAT_OK && err != CAT_ERR_PERMANENT) {
 		/* a statement may still be running on either connection */
-		sync_after_failure(&sync->primary);
-		sync_after_failure(&sync->replica);
+		sync_after_failure(sync, &sync->primary);
+		sync_after_failure(sync, &sync->replica);
 	}
 	check_free(&c);
 	return err;

@@ -38,92 +38,33 @@ static const double check_buckets[] = {0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 360
 
 /* --- connections ------------------------------------------------------------------------ */
 
-static cat_err_t connect_checked(PGconn **out, const cat_config_t *cfg, const char *url_name, char *errstr,
-				 size_t errstr_size)
-{
-	PGconn *conn = NULL;
-	cat_err_t err;
-
-	*out = NULL;
-	err = cat_pg_connect(&conn, cat_config_str(cfg, url_name), SYNC_WORKER,
-			     (int)cat_config_int(cfg, "CATALYST_PG_CONNECT_TIMEOUT_S"), errstr, errstr_size);
-	if (err != CAT_OK)
-		return err;
-	if ((err = cat_pg_require_schema(conn, CAT_SCHEMA_VERSION, errstr, errstr_size)) != CAT_OK ||
-	    (err = cat_sql_canonical_session(conn, errstr, errstr_size)) != CAT_OK) {
-		cat_pg_close(conn);
-		return err;
-	}
-	*out = conn;
-	return CAT_OK;
-}
-
-cat_err_t sync_replica_connect(PGconn **out, const cat_config_t *cfg, char *errstr, size_t errstr_size)
-{
-	char inner[900];
-	cat_err_t err = connect_checked(out, cfg, "CATALYST_REPLICA_URL", inner, sizeof(inner));
-
-	return err == CAT_OK ? CAT_OK : cat_err_set(errstr, errstr_size, err, "replica: %s", inner);
-}
-
-static cat_err_t ensure(sync_t *sync, PGconn **conn, const char *url_name, const char *what, char *errstr,
-			size_t errstr_size)
-{
-	char inner[900];
-	cat_err_t err;
-
-	if (*conn && PQstatus(*conn) == CONNECTION_OK)
-		return CAT_OK;
-	if (*conn) {
-		cat_pg_close(*conn);
-		*conn = NULL;
-		cat_metrics_inc(sync->m_reconnects);
-	}
-	err = connect_checked(conn, sync->cfg, url_name, inner, sizeof(inner));
-	if (err != CAT_OK)
-		return cat_err_set(errstr, errstr_size, err, "%s: %s", what, inner);
-	CAT_LOG_INFO("PG", "connected to the %s", what);
-	return CAT_OK;
-}
-
+/* The sessions' current connections, kept in sync->replica and
+ * sync->primary for the statements of handler.c, check.c and resync.c. */
 cat_err_t sync_ensure_replica(sync_t *sync, char *errstr, size_t errstr_size)
 {
-	return ensure(sync, &sync->replica, "CATALYST_REPLICA_URL", "replica", errstr, errstr_size);
+	return cat_pg_session_ensure(sync->replica_pg, &sync->replica, errstr, errstr_size);
 }
 
 cat_err_t sync_ensure_primary(sync_t *sync, char *errstr, size_t errstr_size)
 {
-	return ensure(sync, &sync->primary, "CATALYST_PG_URL", "primary", errstr, errstr_size);
+	return cat_pg_session_ensure(sync->primary_pg, &sync->primary, errstr, errstr_size);
 }
 
-void sync_after_failure(PGconn **conn)
+void sync_after_failure(sync_t *sync, PGconn **side)
 {
-	if (*conn && PQstatus(*conn) == CONNECTION_OK && PQtransactionStatus(*conn) != PQTRANS_UNKNOWN) {
-		if (PQtransactionStatus(*conn) == PQTRANS_IDLE || cat_pg_rollback(*conn, NULL, 0) == CAT_OK)
-			return;
-	}
-	cat_pg_close(*conn);
-	*conn = NULL;
+	cat_pg_session_t *session = side == &sync->primary ? sync->primary_pg : sync->replica_pg;
+
+	cat_pg_session_failed(session);
+	*side = cat_pg_session_conn(session);
 }
 
 bool sync_ready(void *opaque, char *reason, size_t reason_size)
 {
 	sync_t *sync = opaque;
-	const char *const keywords[] = {"dbname", "connect_timeout", NULL};
-	const char *const values[] = {cat_config_str(sync->cfg, "CATALYST_REPLICA_URL"), "2", NULL};
 
 	/* a failing batch already makes the loop unready ("retrying: ..."); this
-	 * covers the time between batches (PQping needs no credentials) */
-	switch (PQpingParams(keywords, values, 1)) {
-	case PQPING_OK:
-		return true;
-	case PQPING_REJECT:
-		snprintf(reason, reason_size, "the replica is not accepting connections");
-		return false;
-	default:
-		snprintf(reason, reason_size, "the replica does not answer");
-		return false;
-	}
+	 * covers the time between batches */
+	return cat_pg_session_ping(sync->replica_pg, reason, reason_size);
 }
 
 /* --- set-up ---------------------------------------------------------------------------------- */
@@ -213,21 +154,18 @@ static void on_render(void *opaque)
 		cat_metrics_set_double(sync->m_since_commit, (double)(cat_time_now_us() - last) / 1e6);
 }
 
-cat_err_t sync_new(sync_t **out, const cat_config_t *cfg, const char *group, PGconn *replica,
-		   cat_producer_t *events, cat_metrics_t *metrics, char *errstr, size_t errstr_size)
+cat_err_t sync_new(sync_t **out, const cat_config_t *cfg, const char *group, cat_producer_t *events,
+		   cat_metrics_t *metrics, char *errstr, size_t errstr_size)
 {
+	cat_pg_session_opts_t pg_opts;
 	sync_t *sync;
 	cat_err_t err;
 
 	*out = NULL;
 	sync = calloc(1, sizeof(*sync));
-	if (!sync) {
-		cat_pg_close(replica);
+	if (!sync)
 		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
-	}
 	sync->cfg = cfg;
-	sync->replica = replica;
-	replica = NULL; /* owned by sync */
 	sync->events = events;
 	sync->metrics = metrics;
 	sync->replica_name = cat_config_str(cfg, "CATALYST_REPLICA_NAME");
@@ -253,6 +191,23 @@ cat_err_t sync_new(sync_t **out, const cat_config_t *cfg, const char *group, PGc
 	if ((err = cat_apply_new(&sync->apply, errstr, errstr_size)) != CAT_OK)
 		goto error;
 	register_metrics(sync, metrics);
+	/* both sides checked for the schema and set to the canonical session
+	 * settings the checksums depend on */
+	pg_opts = (cat_pg_session_opts_t){
+		.url = cat_config_str(cfg, "CATALYST_REPLICA_URL"),
+		.app_name = SYNC_WORKER,
+		.what = "replica",
+		.connect_timeout_s = (int)cat_config_int(cfg, "CATALYST_PG_CONNECT_TIMEOUT_S"),
+		.schema_version = CAT_SCHEMA_VERSION,
+		.on_connect = cat_sql_canonical_session,
+		.reconnects = sync->m_reconnects,
+	};
+	if ((err = cat_pg_session_new(&sync->replica_pg, &pg_opts, errstr, errstr_size)) != CAT_OK)
+		goto error;
+	pg_opts.url = cat_config_str(cfg, "CATALYST_PG_URL");
+	pg_opts.what = "primary";
+	if ((err = cat_pg_session_new(&sync->primary_pg, &pg_opts, errstr, errstr_size)) != CAT_OK)
+		goto error;
 	cat_sql_pruner_init(&sync->pruner, cfg, sync->m_pruned);
 	if ((err = cat_metrics_on_render(metrics, on_render, sync)) != CAT_OK) {
 		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
@@ -277,8 +232,8 @@ void sync_destroy(sync_t *sync)
 		rd_kafka_consumer_close(sync->pending_rk);
 		rd_kafka_destroy(sync->pending_rk);
 	}
-	cat_pg_close(sync->replica);
-	cat_pg_close(sync->primary);
+	cat_pg_session_free(sync->replica_pg);
+	cat_pg_session_free(sync->primary_pg);
 	cat_apply_destroy(sync->apply);
 	free(sync);
 }
@@ -486,7 +441,7 @@ static cat_err_t apply_range(sync_t *sync, cat_batch_t *batch, size_t from, size
 	    (err = cat_apply_run(sync->apply, sync->replica, errstr, errstr_size)) != CAT_OK ||
 	    (err = cat_pg_commit(sync->replica, errstr, errstr_size)) != CAT_OK) {
 		cat_metrics_inc(sync->m_rolled_back);
-		sync_after_failure(&sync->replica);
+		sync_after_failure(sync, &sync->replica);
 		if (err == CAT_ERR_PERMANENT && n_msgs == 1) {
 			/* the one message holding changes is the one the replica refuses */
 			batch->msgs[last].result = CAT_ERR_PERMANENT;

@@ -103,7 +103,6 @@ int main(int argc, char **argv)
 	struct sigaction sa = {.sa_handler = on_signal, .sa_flags = SA_RESETHAND};
 	cat_config_t *cfg = NULL;
 	cat_metrics_t *metrics = NULL;
-	PGconn *replica = NULL;
 	cat_producer_t *events = NULL;
 	sync_t *sync = NULL;
 	cat_consumer_t *consumer = NULL;
@@ -158,30 +157,27 @@ int main(int argc, char **argv)
 		goto out;
 	}
 
-	/* the replica: wrong credentials, no such database or an unmigrated
-	 * schema stop us here; an unreachable server does not (the loop
-	 * reconnects with backoff, /readyz says why) */
-	err = sync_replica_connect(&replica, cfg, errstr, sizeof(errstr));
-	if (err == CAT_ERR_FATAL) {
-		CAT_LOG_ERROR("PG", "%s", errstr);
-		goto out;
-	}
-	if (err != CAT_OK)
-		CAT_LOG_WARN("PG", "%s: will retry", errstr);
-
-	/* events.v1 for reports, then the handler that owns the connection */
+	/* events.v1 for reports, then the handler */
 	if (cat_producer_new(&events, cfg, SYNC_WORKER,
 			     (int)cat_config_int(cfg, "CATALYST_EVENTS_TIMEOUT_MS"), NULL, NULL, errstr,
 			     sizeof(errstr)) != CAT_OK) {
 		CAT_LOG_ERROR("KAFKA", "%s", errstr);
 		goto out;
 	}
-	err = sync_new(&sync, cfg, group, replica, events, metrics, errstr, sizeof(errstr));
-	replica = NULL; /* owned by sync */
-	if (err != CAT_OK) {
+	if (sync_new(&sync, cfg, group, events, metrics, errstr, sizeof(errstr)) != CAT_OK) {
 		CAT_LOG_ERROR("SYNC", "%s", errstr);
 		goto out;
 	}
+	/* the replica: wrong credentials, no such database or an unmigrated
+	 * schema stop us here; an unreachable server does not (the loop
+	 * reconnects with backoff, /readyz says why) */
+	err = sync_ensure_replica(sync, errstr, sizeof(errstr));
+	if (err == CAT_ERR_FATAL) {
+		CAT_LOG_ERROR("PG", "%s", errstr);
+		goto out;
+	}
+	if (err != CAT_OK)
+		CAT_LOG_WARN("PG", "%s: will retry", errstr);
 
 	/* changes.v1 + sync.v1, the monitor, then the probes */
 	handler = (cat_handler_t){sync_apply, sync_ready, sync, NULL};
@@ -214,7 +210,6 @@ out:
 	cat_consumer_destroy(consumer);
 	sync_destroy(sync);
 	cat_producer_destroy(events);
-	cat_pg_close(replica);
 	cat_metrics_destroy(metrics);
 	cat_config_destroy(cfg);
 	return rc;

@@ -33,13 +33,10 @@ static cat_err_t start_copy(PGconn *conn, const char *side, const char *sql, Exe
 	cat_err_t err = CAT_OK;
 
 	if (!res || PQresultStatus(res) != want) {
-		const char *msg = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
-		const char *sqlstate = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+		char action[64];
 
-		err = cat_err_set(errstr, errstr_size, cat_pg_error_class(conn, res),
-				  "could not start COPY on the %s: %s%s%s%s", side,
-				  msg ? msg : "the connection was lost", sqlstate ? " (SQLSTATE " : "",
-				  sqlstate ? sqlstate : "", sqlstate ? ")" : "");
+		snprintf(action, sizeof(action), "start COPY on the %s", side);
+		err = cat_pg_result_error(conn, res, action, errstr, errstr_size);
 	}
 	PQclear(res);
 	return err;
@@ -53,13 +50,10 @@ static cat_err_t end_copy(PGconn *conn, const char *side, long long *rows, char 
 
 	while ((res = PQgetResult(conn))) {
 		if (err == CAT_OK && PQresultStatus(res) != PGRES_COMMAND_OK) {
-			const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
-			const char *sqlstate = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+			char action[64];
 
-			err = cat_err_set(errstr, errstr_size, cat_pg_error_class(conn, res),
-					  "could not COPY on the %s: %s%s%s%s", side,
-					  msg ? msg : PQerrorMessage(conn), sqlstate ? " (SQLSTATE " : "",
-					  sqlstate ? sqlstate : "", sqlstate ? ")" : "");
+			snprintf(action, sizeof(action), "COPY on the %s", side);
+			err = cat_pg_result_error(conn, res, action, errstr, errstr_size);
 		} else if (err == CAT_OK && rows) {
 			*rows = strtoll(PQcmdTuples(res), NULL, 10);
 		}
@@ -157,11 +151,11 @@ cat_err_t sync_resync(sync_t *sync, const Catalyst__V1__SyncCommand__ResyncTable
 		     "COPY row_tombstones (table_name, pk, version, deleted_at) FROM STDIN (FORMAT binary)",
 		     &tombstones, &bytes, errstr, errstr_size)) != CAT_OK ||
 	    (err = cat_pg_commit(sync->replica, errstr, errstr_size)) != CAT_OK) {
-		sync_after_failure(&sync->primary);
-		sync_after_failure(&sync->replica);
+		sync_after_failure(sync, &sync->primary);
+		sync_after_failure(sync, &sync->replica);
 		return err;
 	}
-	sync_after_failure(&sync->primary); /* ends the read-only transaction */
+	sync_after_failure(sync, &sync->primary); /* ends the read-only transaction */
 	if (cat_pg_exec_script(sync->replica, analyze, message, sizeof(message)) != CAT_OK)
 		CAT_LOG_WARN("RESYNC", "%s", message);
 

@@ -36,6 +36,7 @@
 #include "cat_err.h"
 #include "cat_kafka.h"
 #include "cat_metrics.h"
+#include "cat_pg.h"
 
 #define SYNC_WORKER	    "catalyst-sync"
 #define SYNC_MAX_TABLES	    8
@@ -62,8 +63,10 @@ typedef struct sync {
 	cat_producer_t *events; /* borrowed */
 	int events_timeout_ms;
 
-	PGconn *replica; /* the loop's connection */
-	PGconn *primary; /* for checks and resyncs, opened when needed */
+	cat_pg_session_t *replica_pg; /* the loop's */
+	cat_pg_session_t *primary_pg; /* for checks and resyncs, connected when needed */
+	PGconn *replica;	      /* their current connections (sync_ensure_*, sync_after_failure) */
+	PGconn *primary;
 	cat_apply_t *apply;
 	cat_sql_pruner_t pruner; /* the replica's tombstones, between batches */
 
@@ -116,11 +119,10 @@ typedef struct sync {
 } sync_t;
 
 /* handler.c */
-cat_err_t sync_replica_connect(PGconn **out, const cat_config_t *cfg, char *errstr,
-			       size_t errstr_size) CAT_MUST_CHECK;
-cat_err_t sync_new(sync_t **out, const cat_config_t *cfg, const char *group, PGconn *replica,
-		   cat_producer_t *events, cat_metrics_t *metrics, char *errstr,
-		   size_t errstr_size) CAT_MUST_CHECK;
+/* The handler state, with its sessions on the replica and the primary (not
+ * connected yet). */
+cat_err_t sync_new(sync_t **out, const cat_config_t *cfg, const char *group, cat_producer_t *events,
+		   cat_metrics_t *metrics, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 void sync_destroy(sync_t *sync);
 cat_err_t sync_apply(void *opaque, cat_batch_t *batch, char *errstr, size_t errstr_size);
 bool sync_ready(void *opaque, char *reason, size_t reason_size);
@@ -128,11 +130,14 @@ bool sync_ready(void *opaque, char *reason, size_t reason_size);
  * transaction; messages that do not decode are marked permanent. */
 cat_err_t sync_apply_changes(sync_t *sync, cat_batch_t *batch, char *errstr,
 			     size_t errstr_size) CAT_MUST_CHECK;
-/* Working connections (opened when needed, the schema checked). */
+/* Working connections in sync->replica and sync->primary (opened when
+ * needed, the schema checked): retriable when unreachable, fatal for
+ * credentials or schema. */
 cat_err_t sync_ensure_replica(sync_t *sync, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 cat_err_t sync_ensure_primary(sync_t *sync, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
-/* After a failed statement: roll back, or drop a broken connection. */
-void sync_after_failure(PGconn **conn);
+/* After a failed statement on one side (&sync->replica or &sync->primary):
+ * rolled back, or a broken connection dropped (the side then NULL). */
+void sync_after_failure(sync_t *sync, PGconn **side);
 
 /* check.c: runs one CheckConsistency and publishes its report. */
 cat_err_t sync_check(sync_t *sync, const Catalyst__V1__SyncCommand__CheckConsistency *check,
