@@ -28,7 +28,8 @@ static const char *const sides[2] = {"primary", "replica"};
 
 typedef struct monitor {
 	sync_t *sync;
-	PGconn *conn[2];
+	cat_pg_session_t *pg[2]; /* primary, replica: sessions of its own */
+	PGconn *conn[2];	 /* their connections, for this round */
 	rd_kafka_t *rk;
 	char tables_literal[512]; /* {news_raw,...}: plain identifiers of the schema */
 	int interval_s;
@@ -63,17 +64,10 @@ static void register_metrics(sync_t *sync)
 
 static bool connected(monitor_t *m, int side)
 {
-	const char *url = cat_config_str(m->sync->cfg, side ? "CATALYST_REPLICA_URL" : "CATALYST_PG_URL");
 	char errstr[512];
 
-	if (m->conn[side] && PQstatus(m->conn[side]) == CONNECTION_OK)
-		return true;
-	cat_pg_close(m->conn[side]);
-	m->conn[side] = NULL;
-	if (cat_pg_connect(&m->conn[side], url, SYNC_WORKER "-monitor",
-			   (int)cat_config_int(m->sync->cfg, "CATALYST_PG_CONNECT_TIMEOUT_S"), errstr,
-			   sizeof(errstr)) != CAT_OK) {
-		CAT_LOG_DEBUG("MONITOR", "could not connect to the %s: %s", sides[side], errstr);
+	if (cat_pg_session_ensure(m->pg[side], &m->conn[side], errstr, sizeof(errstr)) != CAT_OK) {
+		CAT_LOG_DEBUG("MONITOR", "%s", errstr);
 		return false;
 	}
 	return true;
@@ -188,6 +182,15 @@ static void round_once(monitor_t *m)
 	cat_metrics_add(m->sync->m_monitor_errors, failures);
 }
 
+static void monitor_free(monitor_t *m)
+{
+	for (int side = 0; side < 2; side++)
+		cat_pg_session_free(m->pg[side]);
+	if (m->rk)
+		rd_kafka_destroy(m->rk);
+	free(m);
+}
+
 static void *monitor_main(void *opaque)
 {
 	monitor_t *m = opaque;
@@ -207,11 +210,7 @@ static void *monitor_main(void *opaque)
 			;
 	}
 	pthread_mutex_unlock(&sync->monitor_lock);
-	for (int side = 0; side < 2; side++)
-		cat_pg_close(m->conn[side]);
-	if (m->rk)
-		rd_kafka_destroy(m->rk);
-	free(m);
+	monitor_free(m);
 	return NULL;
 }
 
@@ -223,6 +222,19 @@ cat_err_t sync_monitor_start(sync_t *sync, char *errstr, size_t errstr_size)
 	if (!m)
 		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
 	m->sync = sync;
+	for (int side = 0; side < 2; side++) {
+		cat_pg_session_opts_t opts = {
+			.url = cat_config_str(sync->cfg, side ? "CATALYST_REPLICA_URL" : "CATALYST_PG_URL"),
+			.app_name = SYNC_WORKER "-monitor",
+			.what = sides[side],
+			.connect_timeout_s = (int)cat_config_int(sync->cfg, "CATALYST_PG_CONNECT_TIMEOUT_S"),
+		};
+
+		if (cat_pg_session_new(&m->pg[side], &opts, errstr, errstr_size) != CAT_OK) {
+			monitor_free(m);
+			return CAT_ERR_FATAL;
+		}
+	}
 	m->interval_s = (int)cat_config_int(sync->cfg, "CATALYST_SYNC_MONITOR_INTERVAL_S");
 	m->min_calls = (int)cat_config_int(sync->cfg, "CATALYST_SYNC_SLOW_MIN_CALLS");
 	len += (size_t)snprintf(m->tables_literal, sizeof(m->tables_literal), "{");
@@ -233,7 +245,7 @@ cat_err_t sync_monitor_start(sync_t *sync, char *errstr, size_t errstr_size)
 		snprintf(m->tables_literal + len, sizeof(m->tables_literal) - len, "}");
 	register_metrics(sync);
 	if (pthread_create(&sync->monitor, NULL, monitor_main, m) != 0) {
-		free(m);
+		monitor_free(m);
 		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL,
 				   "could not start the monitoring thread");
 	}
