@@ -114,6 +114,8 @@ wait_for 120 "readiness after PostgreSQL returned" is_ready "$p"
 wait "$publisher" || fail "publishing during the outage failed"
 caught_up
 kill -0 "$persist_pid" || fail "catalyst-persist exited after the outage"
+reconnects=$(curl -s "http://127.0.0.1:$p/metrics" | awk '$1 == "catalyst_persist_pg_reconnects_total" { print $2 }')
+(( reconnects >= 1 )) || fail "the lost primary connection was not counted as a reconnect"
 python3 "$records" db-check "$db" "$work/flow.jsonl" "$work/outage.jsonl" || fail "records lost around the outage"
 
 # --- 6. two workers share the partitions; kill -9 of one ------------------------------------------

@@ -93,6 +93,8 @@ cmp -s "$work/primary.dump" "$work/replica.dump" ||
 	fail "the replica differs from the primary: $(diff "$work/primary.dump" "$work/replica.dump" | head -5)"
 retries=$(curl -s "$base/metrics" | awk '$1 == "catalyst_retries_total" { print $2 }')
 (( retries > 0 )) || fail "no retry counted while the replica was down"
+reconnects=$(curl -s "$base/metrics" | awk '$1 == "catalyst_sync_pg_reconnects_total" { print $2 }')
+(( reconnects >= 1 )) || fail "the lost replica connection was not counted as a reconnect"
 dead=$(curl -s "$base/metrics" | awk '$1 == "catalyst_messages_dead_lettered_total" { print $2 }')
 assert_eq 0 "$dead" "messages dead-lettered"
 echo "replica back: equal to the primary ($(wc -l <"$work/primary.dump") lines), $retries retries, nothing dead-lettered"
