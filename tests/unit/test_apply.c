@@ -15,7 +15,10 @@
 #include "catalyst/v1/records.pb-c.h"
 
 #define MAX_WRITES 8
-#define END	   {0, NULL, 0, false}
+#define END                                                                                                  \
+	{                                                                                                    \
+		0, NULL, 0, false                                                                            \
+	}
 
 /* Tables by letter: N news_raw (insert-only), C trading_candidates and
  * S source_metrics (versioned). */
@@ -51,7 +54,10 @@ static const struct resolve_case {
 	 {{'S', "a", 6, true}, {'S', "a", 5, false}, END},
 	 1,
 	 {{0, 0}}},
-	{"newer upsert wins over an older delete", {{'S', "a", 5, true}, {'S', "a", 6, false}, END}, 1, {{1, 0}}},
+	{"newer upsert wins over an older delete",
+	 {{'S', "a", 5, true}, {'S', "a", 6, false}, END},
+	 1,
+	 {{1, 0}}},
 	{"older delete after a newer upsert is moot",
 	 {{'S', "a", 6, false}, {'S', "a", 5, true}, END},
 	 1,
@@ -76,9 +82,13 @@ static const struct resolve_case {
 	 {{'C', "x", 1, false}, {'S', "x", 2, false}, {'C', "x", 3, false}, END},
 	 2,
 	 {{2, 0}, {1, 0}}},
-	{"sorted by key", {{'S', "c", 1, false}, {'S', "a", 1, false}, {'S', "b", 1, false}, END}, 3,
+	{"sorted by key",
+	 {{'S', "c", 1, false}, {'S', "a", 1, false}, {'S', "b", 1, false}, END},
+	 3,
 	 {{1, 0}, {2, 0}, {0, 0}}},
-	{"sorted by table before deletes first", {{'S', "a", 1, true}, {'C', "b", 1, false}, END}, 2,
+	{"sorted by table before deletes first",
+	 {{'S', "a", 1, true}, {'C', "b", 1, false}, END},
+	 2,
 	 {{1, 0}, {0, 0}}},
 
 	/* news_raw (insert-only): the writes in order, merged where moot */
@@ -110,7 +120,10 @@ static const struct resolve_case {
 	 {{'N', "a", 5, true}, {'N', "a", 6, false}, END},
 	 2,
 	 {{0, 0}, {1, 1}}},
-	{"news_raw: two deletes, the newer (later)", {{'N', "a", 3, true}, {'N', "a", 5, true}, END}, 1, {{1, 0}}},
+	{"news_raw: two deletes, the newer (later)",
+	 {{'N', "a", 3, true}, {'N', "a", 5, true}, END},
+	 1,
+	 {{1, 0}}},
 	{"news_raw: two deletes, the newer (earlier)",
 	 {{'N', "a", 5, true}, {'N', "a", 3, true}, END},
 	 1,
@@ -235,7 +248,8 @@ START_TEST(test_resolve)
 			      c->name, r, (unsigned)write->round, c->resolved[r].round);
 		ck_assert_msg(write->version == c->writes[s].version, "%s: write %d version %lld", c->name, r,
 			      (long long)write->version);
-		ck_assert_msg(write->is_delete == c->writes[s].is_delete, "%s: write %d is_delete", c->name, r);
+		ck_assert_msg(write->is_delete == c->writes[s].is_delete, "%s: write %d is_delete", c->name,
+			      r);
 		ck_assert_msg(write->row == cat_codec_record_row(record), "%s: write %d row", c->name, r);
 		ck_assert_msg(write->table == table_index(record), "%s: write %d table", c->name, r);
 		ck_assert_str_eq(write->pk, c->writes[s].pk);

@@ -54,8 +54,9 @@ START_TEST(test_ceiling)
 	const struct ceiling_case *c = &ceiling_cases[_i];
 	int64_t ceiling = cat_backoff_ceiling(c->base, c->max, c->attempt);
 
-	ck_assert_msg(ceiling == c->ceiling, "ceiling(%lld, %lld, %d) = %lld, expected %lld", (long long)c->base,
-		      (long long)c->max, c->attempt, (long long)ceiling, (long long)c->ceiling);
+	ck_assert_msg(ceiling == c->ceiling, "ceiling(%lld, %lld, %d) = %lld, expected %lld",
+		      (long long)c->base, (long long)c->max, c->attempt, (long long)ceiling,
+		      (long long)c->ceiling);
 }
 END_TEST
 
@@ -80,8 +81,9 @@ START_TEST(test_delay_bounds)
 	for (int i = 0; i < DRAWS; i++) {
 		int64_t delay = cat_backoff_delay(c->base, c->max, c->attempt);
 
-		ck_assert_msg(delay >= lo && delay <= ceiling, "delay(%lld, %lld, %d) = %lld, not in [%lld, %lld]",
-			      (long long)c->base, (long long)c->max, c->attempt, (long long)delay, (long long)lo,
+		ck_assert_msg(delay >= lo && delay <= ceiling,
+			      "delay(%lld, %lld, %d) = %lld, not in [%lld, %lld]", (long long)c->base,
+			      (long long)c->max, c->attempt, (long long)delay, (long long)lo,
 			      (long long)ceiling);
 		low = low || delay <= mid;
 		high = high || delay > mid;
