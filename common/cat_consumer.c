@@ -12,6 +12,7 @@
 
 #include <openssl/evp.h>
 
+#include "cat_backoff.h"
 #include "cat_log.h"
 #include "cat_time.h"
 
@@ -854,7 +855,6 @@ static batch_result_t apply_range(cat_consumer_t *consumer, part_buf_t *part, ca
 {
 	cat_batch_t batch = { part->topic, part->partition, msgs, n };
 	unsigned revokes = part->revokes;
-	int64_t backoff_ms = consumer->backoff_ms;
 	int attempts = 0;
 	char errstr[512];
 
@@ -913,8 +913,7 @@ static batch_result_t apply_range(cat_consumer_t *consumer, part_buf_t *part, ca
 			return apply_range(consumer, part, msgs + half, n - half);
 		}
 		case CAT_ERR_RETRIABLE: {
-			/* full jitter: uniform in [backoff/2, backoff] */
-			int64_t wait_ms = backoff_ms / 2 + (int64_t)(rand() % (int)(backoff_ms / 2 + 1));
+			int64_t wait_ms = cat_backoff_delay(consumer->backoff_ms, consumer->backoff_max_ms, attempts);
 
 			attempts++;
 			cat_metrics_inc(consumer->m_retries);
@@ -929,8 +928,6 @@ static batch_result_t apply_range(cat_consumer_t *consumer, part_buf_t *part, ca
 				set_retrying(consumer, NULL);
 				return BATCH_ABANDONED;
 			}
-			backoff_ms = backoff_ms * 2 > consumer->backoff_max_ms ? consumer->backoff_max_ms
-									       : backoff_ms * 2;
 			continue;
 		}
 		case CAT_ERR_FATAL:
@@ -991,7 +988,7 @@ static cat_err_t settle_in_loop(cat_consumer_t *consumer, char *errstr, size_t e
 {
 	char reason[512];
 	cat_err_t err = settle_all(consumer, consumer->dlq_timeout_ms, reason, sizeof(reason));
-	int64_t backoff_ms = consumer->backoff_ms, wait_ms;
+	int64_t wait_ms;
 
 	if (err == CAT_OK) {
 		if (consumer->settle_attempts > 0) {
@@ -1006,11 +1003,7 @@ static cat_err_t settle_in_loop(cat_consumer_t *consumer, char *errstr, size_t e
 	if (err != CAT_ERR_RETRIABLE)
 		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "%s", reason);
 	consumer->settle_attempts++;
-	for (int i = 1; i < consumer->settle_attempts && backoff_ms < consumer->backoff_max_ms; i++)
-		backoff_ms *= 2;
-	if (backoff_ms > consumer->backoff_max_ms)
-		backoff_ms = consumer->backoff_max_ms;
-	wait_ms = backoff_ms / 2 + (int64_t)(rand() % (int)(backoff_ms / 2 + 1));
+	wait_ms = cat_backoff_delay(consumer->backoff_ms, consumer->backoff_max_ms, consumer->settle_attempts - 1);
 	cat_metrics_inc(consumer->m_retries);
 	set_retrying(consumer, reason);
 	cat_log_write(consumer->settle_attempts == 1 || consumer->settle_attempts % 10 == 0 ? CAT_LOG_LEVEL_WARN
@@ -1037,13 +1030,10 @@ static void destroy_client(rd_kafka_t *rk, bool assigned, int flags);
  */
 static cat_err_t recreate_client(cat_consumer_t *consumer, const char *why, char *errstr, size_t errstr_size)
 {
-	int64_t backoff_ms = RECREATE_BACKOFF_MIN_MS, until;
+	int64_t backoff_ms = cat_backoff_ceiling(RECREATE_BACKOFF_MIN_MS, RECREATE_BACKOFF_MAX_MS, consumer->recreations);
+	int64_t until;
 	char reason[384];
 
-	for (int i = 0; i < consumer->recreations && backoff_ms < RECREATE_BACKOFF_MAX_MS; i++)
-		backoff_ms *= 2;
-	if (backoff_ms > RECREATE_BACKOFF_MAX_MS)
-		backoff_ms = RECREATE_BACKOFF_MAX_MS;
 	consumer->recreations++;
 	cat_metrics_inc(consumer->m_recreated);
 	cat_log_write(CAT_LOG_LEVEL_ERROR, "KAFKA",

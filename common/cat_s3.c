@@ -15,6 +15,7 @@
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
 
+#include "cat_backoff.h"
 #include "cat_log.h"
 #include "cat_time.h"
 
@@ -23,6 +24,7 @@
 #define DEFAULT_REQUEST_TIMEOUT_MS 600000
 #define RESUME_PROGRESS_MIN (1024 * 1024) /* a GET attempt moving this much earns its retries back */
 #define EMPTY_PAGES_MAX 1000 /* truncated pages in a row without an object */
+#define RETRY_DELAY_MAX_MS 30000 /* a retry's delay, at most (CATALYST_S3_RETRY_BACKOFF_MS doubles up to it) */
 #define EMPTY_SHA256 "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
 struct cat_s3 {
@@ -764,17 +766,12 @@ out:
 	return err;
 }
 
-/* Sleeps the n-th retry's delay (equal jitter, at most 30 s); false when
- * cancelled meanwhile. */
+/* Sleeps the n-th retry's delay (cat_backoff_delay, at most 30 s); false
+ * when cancelled meanwhile. */
 static bool backoff_sleep(cat_s3_t *s3, int attempt)
 {
-	int64_t cap = (int64_t)s3->backoff_ms << (attempt < 16 ? attempt : 16);
-	int64_t delay_ms, until;
+	int64_t until = cat_time_mono_us() + cat_backoff_delay(s3->backoff_ms, RETRY_DELAY_MAX_MS, attempt) * 1000;
 
-	if (cap > 30000)
-		cap = 30000;
-	delay_ms = cap / 2 + (int64_t)(rand() % (int)(cap / 2 + 1));
-	until = cat_time_mono_us() + delay_ms * 1000;
 	while (cat_time_mono_us() < until) {
 		if (s3->cancel && *s3->cancel)
 			return false;

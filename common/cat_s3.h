@@ -10,8 +10,8 @@
  *
  * Failures are classed with cat_err_class_http(): no response, 408, 429,
  * 5xx, SlowDown and network errors are retried here with exponential
- * backoff and full jitter (up to max_retries times) and come back
- * CAT_ERR_RETRIABLE when they persist; 401/403 (wrong keys, signature
+ * backoff and equal jitter (cat_backoff_delay(), up to max_retries times)
+ * and come back CAT_ERR_RETRIABLE when they persist; 401/403 (wrong keys, signature
  * refused) and a missing bucket are CAT_ERR_FATAL; other 4xx
  * CAT_ERR_PERMANENT. Error strings read
  *   could not PUT catalyst-backups/backups/x: HTTP 403 SignatureDoesNotMatch: <message>
@@ -80,7 +80,7 @@
 	{ "CATALYST_S3_MAX_RETRIES", CAT_CFG_INT, "6", false, false, 0, 100, NULL,                 \
 	  "retries of a request failing transiently (5xx, throttling, network)" },                   \
 	{ "CATALYST_S3_RETRY_BACKOFF_MS", CAT_CFG_INT, "200", false, false, 1, 600000, NULL,       \
-	  "first retry delay of a request (doubles, full jitter, at most 30 s)" },                   \
+	  "first retry delay of a request (doubles, equal jitter, at most 30 s)" },                   \
 	{ "CATALYST_S3_TIMEOUT_S", CAT_CFG_INT, "60", false, false, 1, 3600, NULL,                 \
 	  "a request fails when it moves no byte for this long (and on connect after 10 s)" },       \
 	{ "CATALYST_S3_REQUEST_TIMEOUT_MS", CAT_CFG_INT, "600000", false, false, 1000, 86400000, NULL, \

@@ -42,8 +42,8 @@
  * prune never waits behind a backup that cannot succeed. backup.started goes
  * out on a backup's first attempt only.
  */
-#ifndef BACKUP_H
-#define BACKUP_H
+#ifndef BACKUP_BACKUP_H
+#define BACKUP_BACKUP_H
 
 #include <signal.h>
 #include <stdbool.h>
@@ -81,12 +81,12 @@ typedef struct backup_object {
 } backup_object_t;
 
 /* Row count and checksum of each schema table (in one snapshot). */
-typedef struct table_stat {
+typedef struct backup_table_stat {
 	char table[64];
 	int64_t rows;
 	char checksum[64];
 	int64_t max_version;
-} table_stat_t;
+} backup_table_stat_t;
 
 cat_err_t backup_new(backup_t **out, const cat_config_t *cfg, cat_sink_t *sink, cat_producer_t *producer,
 		     cat_metrics_t *metrics, volatile sig_atomic_t *stop, char *errstr,
@@ -136,74 +136,81 @@ struct backup {
 /* stream.c: gzip + sha256 into a sink object, and the way back. The
  * object is a series of gzip members of 1 MiB of input each, compressed by
  * `threads` threads while the caller writes on. */
-typedef struct gz_out gz_out_t;
-cat_err_t gz_out_open(backup_t *backup, const char *key, int threads, gz_out_t **out, char *errstr,
-		      size_t errstr_size) CAT_MUST_CHECK;
-cat_err_t gz_out_write(gz_out_t *gz, const void *data, size_t len, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+typedef struct backup_gz_out backup_gz_out_t;
+cat_err_t backup_gz_out_open(backup_t *backup, const char *key, int threads, backup_gz_out_t **out,
+			     char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+cat_err_t backup_gz_out_write(backup_gz_out_t *gz, const void *data, size_t len, char *errstr,
+			      size_t errstr_size) CAT_MUST_CHECK;
 /* Completes the object; fills obj's sizes and sha256. */
-cat_err_t gz_out_finish(gz_out_t *gz, backup_object_t *obj, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
-void gz_out_free(gz_out_t *gz); /* aborts an unfinished object */
+cat_err_t backup_gz_out_finish(backup_gz_out_t *gz, backup_object_t *obj, char *errstr,
+			       size_t errstr_size) CAT_MUST_CHECK;
+void backup_gz_out_free(backup_gz_out_t *gz); /* aborts an unfinished object */
 
 /* Streams an object, checking its sha256, decompressing into fn. A sha256
  * mismatch is reported after fn saw every byte: the caller must not commit
  * what it did with them before this returns CAT_OK. */
-typedef int (*gz_in_fn)(const void *data, size_t len, void *opaque);
-cat_err_t gz_in_read(backup_t *backup, const char *key, const char *sha256, gz_in_fn fn, void *opaque,
-		     uint64_t *bytes_raw, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+typedef int (*backup_gz_in_fn)(const void *data, size_t len, void *opaque);
+cat_err_t backup_gz_in_read(backup_t *backup, const char *key, const char *sha256, backup_gz_in_fn fn,
+			    void *opaque, uint64_t *bytes_raw, char *errstr,
+			    size_t errstr_size) CAT_MUST_CHECK;
 
 /* A child process with its stdin or stdout on a pipe, spawned with argv and
  * the libpq connection settings of `conn` (dbname replaced when dbname is
  * not NULL) in its environment, plus extra_env ("NAME=value", NULL-ended;
  * NULL: none): nothing secret on its command line. */
-typedef struct child {
+typedef struct backup_child {
 	pid_t pid;
 	int fd;		 /* our end of its stdin (to_child) or stdout */
 	int err_fd;	 /* its stderr */
 	char err[512];	 /* the first line it wrote to stderr */
 	size_t err_len;
-} child_t;
-cat_err_t child_spawn(child_t *child, const char *const *argv, PGconn *conn, const char *dbname,
-		      const char *const *extra_env, bool to_child, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+} backup_child_t;
+cat_err_t backup_child_spawn(backup_child_t *child, const char *const *argv, PGconn *conn, const char *dbname,
+			     const char *const *extra_env, bool to_child, char *errstr,
+			     size_t errstr_size) CAT_MUST_CHECK;
 /* Collects stderr, waits; CAT_OK when it exited 0. */
-cat_err_t child_wait(child_t *child, const char *what, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
-void child_kill(child_t *child);
+cat_err_t backup_child_wait(backup_child_t *child, const char *what, char *errstr,
+			    size_t errstr_size) CAT_MUST_CHECK;
+void backup_child_kill(backup_child_t *child);
 
 /* A new connection with the settings of `conn`, dbname replaced when not NULL. */
-cat_err_t pg_connect_like(PGconn *conn, const char *dbname, const char *app, PGconn **out, char *errstr,
-			  size_t errstr_size) CAT_MUST_CHECK;
+cat_err_t backup_pg_connect_like(PGconn *conn, const char *dbname, const char *app, PGconn **out,
+				 char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 /* The same for a conninfo/URI (restore targets). */
-cat_err_t pg_connect_url(const char *url, const char *app, PGconn **out, char *errstr,
-			 size_t errstr_size) CAT_MUST_CHECK;
+cat_err_t backup_pg_connect_url(const char *url, const char *app, PGconn **out, char *errstr,
+				size_t errstr_size) CAT_MUST_CHECK;
 
 /* dump.c */
-cat_err_t dump_full(backup_t *backup, const char *prefix, backup_object_t *obj, table_stat_t *stats,
-		    size_t *n_stats, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
-cat_err_t dump_tables(backup_t *backup, const char *prefix, const char *const *tables, size_t n_tables,
-		      bool incremental, backup_object_t *objs, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+cat_err_t backup_dump_full(backup_t *backup, const char *prefix, backup_object_t *obj,
+			   backup_table_stat_t *stats, size_t *n_stats, char *errstr,
+			   size_t errstr_size) CAT_MUST_CHECK;
+cat_err_t backup_dump_tables(backup_t *backup, const char *prefix, const char *const *tables, size_t n_tables,
+			     bool incremental, backup_object_t *objs, char *errstr,
+			     size_t errstr_size) CAT_MUST_CHECK;
 /* Row count and checksum of a table as manifests without checksum_algo
  * record them (computed by the server: sum(hashtextextended(ROW(...)::text, 0))). */
-int table_version_field(const cat_table_t *t);
-cat_err_t table_stats(PGconn *conn, const char *table, const char *where, table_stat_t *stat, char *errstr,
-		      size_t errstr_size) CAT_MUST_CHECK;
+int backup_table_version_field(const cat_table_t *t);
+cat_err_t backup_table_stats(PGconn *conn, const char *table, const char *where, backup_table_stat_t *stat,
+			     char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 
 /* restore.c: the manifest is parsed JSON (jansson json_t *, void here) */
-cat_err_t restore_backup(backup_t *backup, const void *manifest, PGconn *target, const char *target_url,
+cat_err_t backup_restore(backup_t *backup, const void *manifest, PGconn *target, const char *target_url,
 			 const char *target_db, const char *const *tables, size_t n_tables, int64_t *rows,
 			 char *errstr, size_t errstr_size) CAT_MUST_CHECK;
-cat_err_t verify_backup(backup_t *backup, const char *backup_id, const void *manifest, bool *ok, char *report,
+cat_err_t backup_verify(backup_t *backup, const char *backup_id, const void *manifest, bool *ok, char *report,
 			size_t report_size, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 
 /* retention.c: which completed backups the tiers keep. */
-typedef struct retention_item {
+typedef struct backup_retention_item {
 	const char *backup_id;
 	const char *kind; /* full | tables | incremental */
 	int64_t finished_us;
 	bool verified; /* verify_ok */
 	bool keep;     /* out */
 	const char *why; /* out: the tier that keeps it, or "" */
-} retention_item_t;
+} backup_retention_item_t;
 /* items sorted oldest first; the newest keep_full full backups are kept
  * whatever the tiers say. */
-void retention_select(retention_item_t *items, size_t n, int64_t now_us, int keep_full);
+void backup_retention_select(backup_retention_item_t *items, size_t n, int64_t now_us, int keep_full);
 
-#endif /* BACKUP_H */
+#endif /* BACKUP_BACKUP_H */

@@ -55,8 +55,8 @@ static char *stats_sql(const cat_table_t *t, const char *where)
 	return sql;
 }
 
-cat_err_t table_stats(PGconn *conn, const char *table, const char *where, table_stat_t *stat, char *errstr,
-		      size_t errstr_size)
+cat_err_t backup_table_stats(PGconn *conn, const char *table, const char *where, backup_table_stat_t *stat,
+			     char *errstr, size_t errstr_size)
 {
 	const cat_table_t *t = cat_schema_table(table);
 	char *sql;
@@ -89,7 +89,8 @@ static cat_err_t open_snapshot(backup_t *backup, const char *snapshot, char *sna
 	cat_err_t err;
 
 	*out = NULL;
-	if ((err = pg_connect_like(backup->conn, NULL, "catalyst-backup-snapshot", &conn, errstr, errstr_size)))
+	if ((err = backup_pg_connect_like(backup->conn, NULL, "catalyst-backup-snapshot", &conn, errstr,
+					  errstr_size)))
 		return err;
 	if ((err = cat_pg_exec(conn, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", 0, NULL, NULL, errstr,
 			       errstr_size)))
@@ -147,15 +148,15 @@ static cat_err_t table_schemas(PGconn *conn, char schemas[][64], char *errstr, s
 	return CAT_OK;
 }
 
-cat_err_t dump_full(backup_t *backup, const char *prefix, backup_object_t *obj, table_stat_t *stats,
-		    size_t *n_stats, char *errstr, size_t errstr_size)
+cat_err_t backup_dump_full(backup_t *backup, const char *prefix, backup_object_t *obj,
+			   backup_table_stat_t *stats, size_t *n_stats, char *errstr, size_t errstr_size)
 {
 	PGconn *snap = NULL;
 	char snap_id[128] = "", snap_arg[160], *buf = malloc(READ_CHUNK);
 	char(*schemas)[64] = calloc(cat_schema_n_tables, sizeof(*schemas));
-	child_t child = {.pid = -1, .fd = -1, .err_fd = -1};
+	backup_child_t child = {.pid = -1, .fd = -1, .err_fd = -1};
 	cat_dumpscan_t *scan = NULL;
-	gz_out_t *gz = NULL;
+	backup_gz_out_t *gz = NULL;
 	cat_err_t err;
 
 	*n_stats = 0;
@@ -175,13 +176,14 @@ cat_err_t dump_full(backup_t *backup, const char *prefix, backup_object_t *obj, 
 		/* timestamptz in UTC: the session the checksums are defined for */
 		const char *env[] = {CAT_ROWSUM_PG_DUMP_ENV, NULL};
 
-		if ((err = child_spawn(&child, argv, backup->conn, NULL, env, false, errstr, errstr_size)))
+		if ((err = backup_child_spawn(&child, argv, backup->conn, NULL, env, false, errstr,
+					      errstr_size)))
 			goto out;
 	}
 	snprintf(obj->key, sizeof(obj->key), "%sdump.sql.gz", prefix);
 	obj->rows = -1;
 	obj->since_version = -1;
-	if ((err = gz_out_open(backup, obj->key, backup->compress_threads, &gz, errstr, errstr_size)))
+	if ((err = backup_gz_out_open(backup, obj->key, backup->compress_threads, &gz, errstr, errstr_size)))
 		goto out;
 	for (;;) {
 		ssize_t n = read(child.fd, buf, READ_CHUNK);
@@ -200,10 +202,10 @@ cat_err_t dump_full(backup_t *backup, const char *prefix, backup_object_t *obj, 
 			goto out;
 		}
 		if ((err = cat_dumpscan_feed(scan, buf, (size_t)n, errstr, errstr_size)) ||
-		    (err = gz_out_write(gz, buf, (size_t)n, errstr, errstr_size)))
+		    (err = backup_gz_out_write(gz, buf, (size_t)n, errstr, errstr_size)))
 			goto out;
 	}
-	if ((err = child_wait(&child, "pg_dump", errstr, errstr_size)))
+	if ((err = backup_child_wait(&child, "pg_dump", errstr, errstr_size)))
 		goto out;
 	if ((err = cat_dumpscan_finish(scan, errstr, errstr_size)) != CAT_OK) {
 		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "pg_dump's output is incomplete: %s", errstr);
@@ -211,7 +213,7 @@ cat_err_t dump_full(backup_t *backup, const char *prefix, backup_object_t *obj, 
 	}
 	for (size_t i = 0; i < cat_schema_n_tables; i++) {
 		const cat_rowsum_t *sum = cat_dumpscan_table(scan, schemas[i], cat_schema_tables[i].name);
-		table_stat_t *s = &stats[i];
+		backup_table_stat_t *s = &stats[i];
 
 		if (!sum) {
 			err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "pg_dump wrote no data for table %s.%s",
@@ -227,10 +229,10 @@ cat_err_t dump_full(backup_t *backup, const char *prefix, backup_object_t *obj, 
 	snprintf(obj->encoding, sizeof(obj->encoding), "%s",
 		 *cat_dumpscan_encoding(scan) ? cat_dumpscan_encoding(scan)
 					      : (PQparameterStatus(snap, "server_encoding") ?: ""));
-	err = gz_out_finish(gz, obj, errstr, errstr_size);
+	err = backup_gz_out_finish(gz, obj, errstr, errstr_size);
 out:
-	child_kill(&child);
-	gz_out_free(gz);
+	backup_child_kill(&child);
+	backup_gz_out_free(gz);
 	cat_dumpscan_free(scan);
 	cat_pg_close(snap); /* ends the read-only transaction */
 	free(schemas);
@@ -257,7 +259,7 @@ typedef struct table_job {
 } table_job_t;
 
 /* The position of the version column in a COPY of all of t's columns; -1: none. */
-int table_version_field(const cat_table_t *t)
+int backup_table_version_field(const cat_table_t *t)
 {
 	for (size_t i = 0; i < t->n_columns; i++)
 		if (strcmp(t->columns[i].name, "version") == 0)
@@ -273,7 +275,7 @@ static cat_err_t dump_one_table(table_job_t *job, size_t i, char *errstr, size_t
 	const cat_table_t *t = cat_schema_table(job->tables[i]);
 	backup_object_t *obj = &job->objs[i];
 	PGconn *conn = NULL;
-	gz_out_t *gz = NULL;
+	backup_gz_out_t *gz = NULL;
 	cat_rowscan_t *scan = NULL;
 	cat_rowsum_t sum;
 	PGresult *res = NULL;
@@ -287,7 +289,7 @@ static cat_err_t dump_one_table(table_job_t *job, size_t i, char *errstr, size_t
 	snprintf(where, sizeof(where), "version > %lld", (long long)job->watermarks[i]);
 	if ((err = open_snapshot(backup, job->snap_id, NULL, 0, &conn, errstr, errstr_size)) ||
 	    (err = cat_pg_exec_script(conn, CAT_ROWSUM_SESSION_SQL, errstr, errstr_size)) ||
-	    (err = cat_rowscan_new(&scan, table_version_field(t), errstr, errstr_size)))
+	    (err = cat_rowscan_new(&scan, backup_table_version_field(t), errstr, errstr_size)))
 		goto out;
 	snprintf(obj->key, sizeof(obj->key), "%s%s.copy.gz", job->prefix, t->name);
 	snprintf(obj->table, sizeof(obj->table), "%s", t->name);
@@ -307,14 +309,14 @@ static cat_err_t dump_one_table(table_job_t *job, size_t i, char *errstr, size_t
 	}
 	PQclear(res);
 	res = NULL;
-	if ((err = gz_out_open(backup, obj->key, job->compress_threads, &gz, errstr, errstr_size)))
+	if ((err = backup_gz_out_open(backup, obj->key, job->compress_threads, &gz, errstr, errstr_size)))
 		goto out;
 	while ((n = PQgetCopyData(conn, &data, 0)) > 0) {
 		if (*backup->stop) {
 			err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "interrupted by shutdown");
 		} else {
 			cat_rowscan_feed(scan, data, (size_t)n);
-			err = gz_out_write(gz, data, (size_t)n, errstr, errstr_size);
+			err = backup_gz_out_write(gz, data, (size_t)n, errstr, errstr_size);
 		}
 		PQfreemem(data);
 		data = NULL;
@@ -334,10 +336,10 @@ static cat_err_t dump_one_table(table_job_t *job, size_t i, char *errstr, size_t
 	obj->rows = sum.rows;
 	cat_rowsum_hex(&sum, obj->checksum);
 	obj->max_version = sum.max_version >= 0 ? sum.max_version : (since ? job->watermarks[i] : -1);
-	err = gz_out_finish(gz, obj, errstr, errstr_size);
+	err = backup_gz_out_finish(gz, obj, errstr, errstr_size);
 out:
 	PQclear(res);
-	gz_out_free(gz);
+	backup_gz_out_free(gz);
 	cat_rowscan_free(scan);
 	cat_pg_close(conn);
 	free(sql);
@@ -371,8 +373,8 @@ static void *table_thread(void *opaque)
 	}
 }
 
-cat_err_t dump_tables(backup_t *backup, const char *prefix, const char *const *tables, size_t n_tables,
-		      bool incremental, backup_object_t *objs, char *errstr, size_t errstr_size)
+cat_err_t backup_dump_tables(backup_t *backup, const char *prefix, const char *const *tables, size_t n_tables,
+			     bool incremental, backup_object_t *objs, char *errstr, size_t errstr_size)
 {
 	PGconn *snap = NULL;
 	char snap_id[128];

@@ -283,8 +283,9 @@ static const char *database_of(backup_t *backup, const Catalyst__V1__BackupComma
 /* --- backups ---------------------------------------------------------------------------------- */
 
 static json_t *manifest_json(backup_t *backup, const char *backup_id, const char *kind, const char *tag,
-			     const char *database, const char *command_id, const backup_object_t *objs, size_t n_objs,
-			     const table_stat_t *stats, size_t n_stats, int64_t started_us, int64_t finished_us)
+			     const char *database, const char *command_id, const backup_object_t *objs,
+			     size_t n_objs, const backup_table_stat_t *stats, size_t n_stats,
+			     int64_t started_us, int64_t finished_us)
 {
 	json_t *m = json_object(), *tables = json_array(), *counts = json_object(), *sums = json_object(),
 	       *objects = json_array();
@@ -347,7 +348,7 @@ static cat_err_t run_backup(backup_t *backup, const Catalyst__V1__BackupCommand 
 	const char *command_id = cmd->meta->command_id, *database = database_of(backup, cmd);
 	char backup_id[128], prefix[400], manifest_key[512], tables_lit[1024] = "{";
 	backup_object_t objs[BACKUP_MAX_TABLES];
-	table_stat_t stats[32];
+	backup_table_stat_t stats[32];
 	size_t n_objs = 0, n_stats = 0;
 	int64_t started_us = cat_time_now_us(), mono0 = cat_time_mono_us(), finished_us;
 	json_t *manifest = NULL;
@@ -408,11 +409,11 @@ static cat_err_t run_backup(backup_t *backup, const Catalyst__V1__BackupCommand 
 		     backup->attempt->failed + 1, backup->max_attempts);
 
 	if (strcmp(kind, "full") == 0) {
-		err = dump_full(backup, prefix, &objs[0], stats, &n_stats, errstr, errstr_size);
+		err = backup_dump_full(backup, prefix, &objs[0], stats, &n_stats, errstr, errstr_size);
 		n_objs = 1;
 	} else {
-		err = dump_tables(backup, prefix, tables, n_tables, strcmp(kind, "incremental") == 0, objs, errstr,
-				  errstr_size);
+		err = backup_dump_tables(backup, prefix, tables, n_tables, strcmp(kind, "incremental") == 0,
+					 objs, errstr, errstr_size);
 		n_objs = n_tables;
 	}
 	if (err)
@@ -618,13 +619,13 @@ static cat_err_t run_restore(backup_t *backup, const Catalyst__V1__BackupCommand
 		}
 	if ((err = read_manifest(backup, cmd, r->backup_id, &manifest, errstr, errstr_size)))
 		goto out;
-	if ((err = pg_connect_url(url, "catalyst-backup-restore", &target, errstr, errstr_size))) {
+	if ((err = backup_pg_connect_url(url, "catalyst-backup-restore", &target, errstr, errstr_size))) {
 		if (err == CAT_ERR_FATAL)
 			err = CAT_ERR_RETRIABLE;
 		goto out;
 	}
-	err = restore_backup(backup, manifest, target, url, r->target, (const char *const *)r->tables, r->n_tables,
-			     &rows, errstr, errstr_size);
+	err = backup_restore(backup, manifest, target, url, r->target, (const char *const *)r->tables,
+			     r->n_tables, &rows, errstr, errstr_size);
 	/* psql failing on the script (exit 3) will fail again: permanent */
 	if (err == CAT_ERR_RETRIABLE && strstr(errstr, "psql failed (exit 3)"))
 		err = CAT_ERR_PERMANENT;
@@ -656,7 +657,7 @@ static cat_err_t run_verify(backup_t *backup, const Catalyst__V1__BackupCommand 
 
 	if ((err = read_manifest(backup, cmd, backup_id, &manifest, errstr, errstr_size)))
 		return err;
-	err = verify_backup(backup, backup_id, manifest, &ok, report, sizeof(report), errstr, errstr_size);
+	err = backup_verify(backup, backup_id, manifest, &ok, report, sizeof(report), errstr, errstr_size);
 	json_decref(manifest);
 	if (err != CAT_OK)
 		return err == CAT_ERR_FATAL ? CAT_ERR_RETRIABLE : err;
@@ -687,7 +688,7 @@ static cat_err_t run_prune(backup_t *backup, const Catalyst__V1__BackupCommand *
 	bool dry_run = pr->has_dry_run && pr->dry_run;
 	const char *database = database_of(backup, cmd);
 	const char *p[] = {database};
-	retention_item_t *items = NULL;
+	backup_retention_item_t *items = NULL;
 	PGresult *res = NULL;
 	char *kept = NULL, *pruned = NULL;
 	size_t n, kept_len = 0, pruned_len = 0, n_kept = 0, n_pruned = 0;
@@ -725,7 +726,7 @@ static cat_err_t run_prune(backup_t *backup, const Catalyst__V1__BackupCommand *
 		items[i].finished_us = strtoll(PQgetvalue(res, (int)i, 2), NULL, 10);
 		items[i].verified = PQgetvalue(res, (int)i, 3)[0] == 't';
 	}
-	retention_select(items, n, now_us, backup->keep_full);
+	backup_retention_select(items, n, now_us, backup->keep_full);
 	for (size_t i = 0; i < n; i++) {
 		char prefix[400];
 

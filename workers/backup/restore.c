@@ -63,22 +63,23 @@ static cat_err_t restore_full(backup_t *backup, json_t *obj, PGconn *target, cha
 			      NULL};
 	const char *key = json_string_value(json_object_get(obj, "key"));
 	const char *sha = json_string_value(json_object_get(obj, "sha256"));
-	child_t child;
+	backup_child_t child;
 	cat_err_t err;
 
-	if ((err = child_spawn(&child, argv, target, NULL, NULL, true, errstr, errstr_size)))
+	if ((err = backup_child_spawn(&child, argv, target, NULL, NULL, true, errstr, errstr_size)))
 		return err;
-	err = gz_in_read(backup, key, sha, to_fd, &child.fd, NULL, errstr, errstr_size);
+	err = backup_gz_in_read(backup, key, sha, to_fd, &child.fd, NULL, errstr, errstr_size);
 	if (err != CAT_OK && strstr(errstr, "the reader failed")) {
 		/* psql stopped reading: its own error says why */
-		return child_wait(&child, "psql", errstr, errstr_size) == CAT_OK ? err : CAT_ERR_RETRIABLE;
+		return backup_child_wait(&child, "psql", errstr, errstr_size) == CAT_OK ? err
+											: CAT_ERR_RETRIABLE;
 	}
 	if (err != CAT_OK) {
 		/* psql has not seen the end of its input: nothing was committed */
-		child_kill(&child);
+		backup_child_kill(&child);
 		return err;
 	}
-	return child_wait(&child, "psql", errstr, errstr_size);
+	return backup_child_wait(&child, "psql", errstr, errstr_size);
 }
 
 static cat_err_t restore_table(backup_t *backup, json_t *obj, PGconn *target, int64_t *rows, char *errstr,
@@ -137,7 +138,7 @@ static cat_err_t restore_table(backup_t *backup, json_t *obj, PGconn *target, in
 	}
 	PQclear(res);
 	res = NULL;
-	err = gz_in_read(backup, key, sha, to_copy, target, NULL, errstr, errstr_size);
+	err = backup_gz_in_read(backup, key, sha, to_copy, target, NULL, errstr, errstr_size);
 	if (err != CAT_OK) {
 		PQputCopyEnd(target, "the backup object failed its check");
 		PQclear(PQgetResult(target));
@@ -206,7 +207,7 @@ out:
 	return err;
 }
 
-cat_err_t restore_backup(backup_t *backup, const void *manifest_v, PGconn *target, const char *target_url,
+cat_err_t backup_restore(backup_t *backup, const void *manifest_v, PGconn *target, const char *target_url,
 			 const char *target_db, const char *const *tables, size_t n_tables, int64_t *rows,
 			 char *errstr, size_t errstr_size)
 {
@@ -280,14 +281,15 @@ static cat_err_t copy_schema(backup_t *backup, PGconn *scratch, char *errstr, si
 	const char *dump_argv[] = {backup->pg_dump, "--schema-only", "--no-owner", "--no-privileges", NULL};
 	const char *psql_argv[] = {backup->psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-f",
 				   "-", NULL};
-	child_t dump, psql;
+	backup_child_t dump, psql;
 	char buf[65536];
 	cat_err_t err;
 
-	if ((err = child_spawn(&dump, dump_argv, backup->conn, NULL, NULL, false, errstr, errstr_size)))
+	if ((err = backup_child_spawn(&dump, dump_argv, backup->conn, NULL, NULL, false, errstr,
+				      errstr_size)))
 		return err;
-	if ((err = child_spawn(&psql, psql_argv, scratch, NULL, NULL, true, errstr, errstr_size))) {
-		child_kill(&dump);
+	if ((err = backup_child_spawn(&psql, psql_argv, scratch, NULL, NULL, true, errstr, errstr_size))) {
+		backup_child_kill(&dump);
 		return err;
 	}
 	for (;;) {
@@ -300,21 +302,21 @@ static cat_err_t copy_schema(backup_t *backup, PGconn *scratch, char *errstr, si
 		if (to_fd(buf, (size_t)n, &psql.fd) != 0)
 			break;
 	}
-	err = child_wait(&dump, "pg_dump --schema-only", errstr, errstr_size);
+	err = backup_child_wait(&dump, "pg_dump --schema-only", errstr, errstr_size);
 	if (err == CAT_OK)
-		err = child_wait(&psql, "psql (schema)", errstr, errstr_size);
-	child_kill(&dump);
-	child_kill(&psql);
+		err = backup_child_wait(&psql, "psql (schema)", errstr, errstr_size);
+	backup_child_kill(&dump);
+	backup_child_kill(&psql);
 	return err;
 }
 
 /* Row count and checksum of a restored table. algo NULL: as the server
- * computes them for manifests of format 1 (table_stats); CAT_ROWSUM_ALGO:
+ * computes them for manifests of format 1 (backup_table_stats); CAT_ROWSUM_ALGO:
  * over COPY text (the session settings applied by the caller), of the whole
  * table as pg_dump copies it (whole) or of the schema's columns as a table
  * backup copies them. */
-static cat_err_t restored_stats(PGconn *conn, const char *algo, const char *table, bool whole, table_stat_t *st,
-				char *errstr, size_t errstr_size)
+static cat_err_t restored_stats(PGconn *conn, const char *algo, const char *table, bool whole,
+				backup_table_stat_t *st, char *errstr, size_t errstr_size)
 {
 	const cat_table_t *t = cat_schema_table(table);
 	cat_rowscan_t *scan = NULL;
@@ -326,7 +328,7 @@ static cat_err_t restored_stats(PGconn *conn, const char *algo, const char *tabl
 	int n;
 
 	if (!algo)
-		return table_stats(conn, table, NULL, st, errstr, errstr_size);
+		return backup_table_stats(conn, table, NULL, st, errstr, errstr_size);
 	if (!t)
 		return cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT, "unknown table %s", table);
 	for (size_t i = 0; i < t->n_columns; i++)
@@ -377,8 +379,8 @@ out:
 	return err;
 }
 
-cat_err_t verify_backup(backup_t *backup, const char *backup_id, const void *manifest_v, bool *ok, char *report,
-			size_t report_size, char *errstr, size_t errstr_size)
+cat_err_t backup_verify(backup_t *backup, const char *backup_id, const void *manifest_v, bool *ok,
+			char *report, size_t report_size, char *errstr, size_t errstr_size)
 {
 	json_t *manifest = (json_t *)(uintptr_t)manifest_v;
 	const char *kind = json_string_value(json_object_get(manifest, "kind"));
@@ -401,12 +403,13 @@ cat_err_t verify_backup(backup_t *backup, const char *backup_id, const void *man
 			      errstr_size)) ||
 	    (err = exec_ident(backup->conn, "CREATE DATABASE", scratch_db, "", errstr, errstr_size)))
 		return err;
-	if ((err = pg_connect_like(backup->conn, scratch_db, "catalyst-backup-verify", &scratch, errstr, errstr_size)))
+	if ((err = backup_pg_connect_like(backup->conn, scratch_db, "catalyst-backup-verify", &scratch,
+					  errstr, errstr_size)))
 		goto out;
 	if (kind && strcmp(kind, "full") != 0 && (err = copy_schema(backup, scratch, errstr, errstr_size)))
 		goto out;
 
-	err = restore_backup(backup, manifest, scratch, NULL, scratch_db, NULL, 0, &rows, restore_err,
+	err = backup_restore(backup, manifest, scratch, NULL, scratch_db, NULL, 0, &rows, restore_err,
 			     sizeof(restore_err));
 	if (err == CAT_ERR_PERMANENT || (err == CAT_ERR_RETRIABLE && strstr(restore_err, "psql"))) {
 		/* the backup is bad (corrupt object, or the dump does not replay) */
@@ -449,7 +452,7 @@ cat_err_t verify_backup(backup_t *backup, const char *backup_id, const void *man
 			if (table && *table) { /* table backups: one object per table */
 				const char *want = json_string_value(json_object_get(obj, "checksum")) ?: "";
 				int64_t want_rows = json_integer_value(json_object_get(obj, "rows"));
-				table_stat_t st;
+				backup_table_stat_t st;
 
 				if ((err = restored_stats(scratch, algo, table, false, &st, errstr, errstr_size)))
 					goto out;
@@ -465,7 +468,7 @@ cat_err_t verify_backup(backup_t *backup, const char *backup_id, const void *man
 			json_object_foreach(counts, key, v)
 			{
 				const char *want = json_string_value(json_object_get(sums, key)) ?: "";
-				table_stat_t st;
+				backup_table_stat_t st;
 
 				if ((err = restored_stats(scratch, algo, key, true, &st, errstr, errstr_size)))
 					goto out;

@@ -28,14 +28,14 @@ static int64_t floor_div(int64_t a, int64_t b)
 
 /* Keeps the newest item of each bucket among items[i] with finished_us in
  * (since, now] and kind matching (NULL: any). */
-static void keep_newest_per_bucket(retention_item_t *items, size_t n, int64_t now_us, int64_t since_us,
+static void keep_newest_per_bucket(backup_retention_item_t *items, size_t n, int64_t now_us, int64_t since_us,
 				   const char *kind, int64_t bucket_us, int64_t offset_us, const char *why)
 {
 	int64_t last_bucket = INT64_MIN;
 
 	/* newest first: the first item met in a bucket is its newest */
 	for (size_t k = n; k-- > 0;) {
-		retention_item_t *it = &items[k];
+		backup_retention_item_t *it = &items[k];
 		int64_t bucket;
 
 		if (it->finished_us > now_us || it->finished_us <= since_us)
@@ -53,7 +53,7 @@ static void keep_newest_per_bucket(retention_item_t *items, size_t n, int64_t no
 	}
 }
 
-void retention_select(retention_item_t *items, size_t n, int64_t now_us, int keep_full)
+void backup_retention_select(backup_retention_item_t *items, size_t n, int64_t now_us, int keep_full)
 {
 	int fulls = 0;
 

@@ -30,7 +30,7 @@ extern char **environ;
 /*
  * Compression: the input is cut into chunks of GZ_CHUNK bytes, each
  * compressed on its own into one gzip member (RFC 1952: members may follow
- * each other; gunzip and gz_in_read read them as one stream), by `threads`
+ * each other; gunzip and backup_gz_in_read read them as one stream), by `threads`
  * threads of the object while the caller reads on, and written to the sink
  * in order. libdeflate compresses a whole buffer at once, at the same
  * levels as gzip and zlib, faster and smaller: at level 6
@@ -50,7 +50,7 @@ typedef struct gz_slot {
 	enum slot_state state;
 } gz_slot_t;
 
-struct gz_out {
+struct backup_gz_out {
 	backup_t *backup;
 	cat_sink_writer_t *writer;
 	EVP_MD_CTX *sha;
@@ -94,7 +94,7 @@ static enum slot_state compress_slot(struct libdeflate_compressor *c, gz_slot_t 
 
 static void *compress_thread(void *opaque)
 {
-	gz_out_t *gz = opaque;
+	backup_gz_out_t *gz = opaque;
 	struct libdeflate_compressor *c = libdeflate_alloc_compressor(gz->level);
 
 	pthread_mutex_lock(&gz->lock);
@@ -120,7 +120,7 @@ static void *compress_thread(void *opaque)
 	return NULL;
 }
 
-static void stop_threads(gz_out_t *gz)
+static void stop_threads(backup_gz_out_t *gz)
 {
 	if (!gz->sync_init)
 		return;
@@ -133,10 +133,10 @@ static void stop_threads(gz_out_t *gz)
 	gz->n_threads = 0;
 }
 
-cat_err_t gz_out_open(backup_t *backup, const char *key, int threads, gz_out_t **out, char *errstr,
-		      size_t errstr_size)
+cat_err_t backup_gz_out_open(backup_t *backup, const char *key, int threads, backup_gz_out_t **out,
+			     char *errstr, size_t errstr_size)
 {
-	gz_out_t *gz = calloc(1, sizeof(*gz));
+	backup_gz_out_t *gz = calloc(1, sizeof(*gz));
 	cat_err_t err;
 
 	*out = NULL;
@@ -177,19 +177,19 @@ cat_err_t gz_out_open(backup_t *backup, const char *key, int threads, gz_out_t *
 			goto oom;
 	}
 	if ((err = cat_sink_open(backup->sink, key, "application/gzip", &gz->writer, errstr, errstr_size)) != CAT_OK) {
-		gz_out_free(gz);
+		backup_gz_out_free(gz);
 		return err;
 	}
 	*out = gz;
 	return CAT_OK;
 oom:
-	gz_out_free(gz);
+	backup_gz_out_free(gz);
 	return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "could not start gzip: out of memory");
 }
 
 /* Writes the oldest compressed slot to the sink; with wait, waits for it,
  * else returns CAT_OK at once when it is not compressed yet (*wrote false). */
-static cat_err_t drain_one(gz_out_t *gz, bool wait, bool *wrote, char *errstr, size_t errstr_size)
+static cat_err_t drain_one(backup_gz_out_t *gz, bool wait, bool *wrote, char *errstr, size_t errstr_size)
 {
 	gz_slot_t *slot = &gz->slots[gz->tail];
 	enum slot_state state;
@@ -219,7 +219,7 @@ static cat_err_t drain_one(gz_out_t *gz, bool wait, bool *wrote, char *errstr, s
 }
 
 /* Hands the slot being filled to the threads; makes the next one free. */
-static cat_err_t submit_head(gz_out_t *gz, char *errstr, size_t errstr_size)
+static cat_err_t submit_head(backup_gz_out_t *gz, char *errstr, size_t errstr_size)
 {
 	gz_slot_t *slot = &gz->slots[gz->head];
 	bool wrote;
@@ -243,7 +243,8 @@ static cat_err_t submit_head(gz_out_t *gz, char *errstr, size_t errstr_size)
 	return CAT_OK;
 }
 
-cat_err_t gz_out_write(gz_out_t *gz, const void *data, size_t len, char *errstr, size_t errstr_size)
+cat_err_t backup_gz_out_write(backup_gz_out_t *gz, const void *data, size_t len, char *errstr,
+			      size_t errstr_size)
 {
 	const unsigned char *p = data;
 	cat_err_t err;
@@ -263,7 +264,7 @@ cat_err_t gz_out_write(gz_out_t *gz, const void *data, size_t len, char *errstr,
 	return CAT_OK;
 }
 
-cat_err_t gz_out_finish(gz_out_t *gz, backup_object_t *obj, char *errstr, size_t errstr_size)
+cat_err_t backup_gz_out_finish(backup_gz_out_t *gz, backup_object_t *obj, char *errstr, size_t errstr_size)
 {
 	cat_err_t err;
 	bool wrote;
@@ -283,7 +284,7 @@ cat_err_t gz_out_finish(gz_out_t *gz, backup_object_t *obj, char *errstr, size_t
 	return CAT_OK;
 }
 
-void gz_out_free(gz_out_t *gz)
+void backup_gz_out_free(backup_gz_out_t *gz)
 {
 	if (!gz)
 		return;
@@ -309,7 +310,7 @@ void gz_out_free(gz_out_t *gz)
 typedef struct gz_in {
 	z_stream z;
 	EVP_MD_CTX *sha;
-	gz_in_fn fn;
+	backup_gz_in_fn fn;
 	void *opaque;
 	unsigned char out[CHUNK];
 	uint64_t raw;
@@ -359,8 +360,8 @@ static int gz_in_feed(const void *data, size_t len, void *opaque)
 	return 0;
 }
 
-cat_err_t gz_in_read(backup_t *backup, const char *key, const char *sha256, gz_in_fn fn, void *opaque,
-		     uint64_t *bytes_raw, char *errstr, size_t errstr_size)
+cat_err_t backup_gz_in_read(backup_t *backup, const char *key, const char *sha256, backup_gz_in_fn fn,
+			    void *opaque, uint64_t *bytes_raw, char *errstr, size_t errstr_size)
 {
 	gz_in_t *in = calloc(1, sizeof(*in));
 	char got[65];
@@ -455,8 +456,8 @@ static void env_free(char **env)
 	free(env);
 }
 
-cat_err_t child_spawn(child_t *child, const char *const *argv, PGconn *conn, const char *dbname,
-		      const char *const *extra_env, bool to_child, char *errstr, size_t errstr_size)
+cat_err_t backup_child_spawn(backup_child_t *child, const char *const *argv, PGconn *conn, const char *dbname,
+			     const char *const *extra_env, bool to_child, char *errstr, size_t errstr_size)
 {
 	int io[2] = {-1, -1}, er[2] = {-1, -1}, rc;
 	posix_spawn_file_actions_t fa;
@@ -499,7 +500,7 @@ cat_err_t child_spawn(child_t *child, const char *const *argv, PGconn *conn, con
 }
 
 /* Keeps the first line of the child's stderr, drains the rest. */
-static void child_drain_err(child_t *child)
+static void child_drain_err(backup_child_t *child)
 {
 	char buf[4096];
 	ssize_t n;
@@ -518,7 +519,7 @@ static void child_drain_err(child_t *child)
 	}
 }
 
-cat_err_t child_wait(child_t *child, const char *what, char *errstr, size_t errstr_size)
+cat_err_t backup_child_wait(backup_child_t *child, const char *what, char *errstr, size_t errstr_size)
 {
 	int status = 0;
 
@@ -554,13 +555,13 @@ cat_err_t child_wait(child_t *child, const char *what, char *errstr, size_t errs
 			   WEXITSTATUS(status), child->err[0] ? ": " : "", child->err);
 }
 
-void child_kill(child_t *child)
+void backup_child_kill(backup_child_t *child)
 {
 	char ignored[64];
 
 	if (child->pid > 0) {
 		kill(child->pid, SIGKILL);
-		if (child_wait(child, "child", ignored, sizeof(ignored)) != CAT_OK) {
+		if (backup_child_wait(child, "child", ignored, sizeof(ignored)) != CAT_OK) {
 			/* killed: that is what we asked for */
 		}
 	}
@@ -573,8 +574,8 @@ void child_kill(child_t *child)
 
 /* --- connections ------------------------------------------------------------------------------------ */
 
-cat_err_t pg_connect_like(PGconn *conn, const char *dbname, const char *app, PGconn **out, char *errstr,
-			  size_t errstr_size)
+cat_err_t backup_pg_connect_like(PGconn *conn, const char *dbname, const char *app, PGconn **out,
+				 char *errstr, size_t errstr_size)
 {
 	PQconninfoOption *opts = PQconninfo(conn), *o;
 	const char **keys, **vals;
@@ -622,7 +623,8 @@ cat_err_t pg_connect_like(PGconn *conn, const char *dbname, const char *app, PGc
 	return err;
 }
 
-cat_err_t pg_connect_url(const char *url, const char *app, PGconn **out, char *errstr, size_t errstr_size)
+cat_err_t backup_pg_connect_url(const char *url, const char *app, PGconn **out, char *errstr,
+				size_t errstr_size)
 {
 	return cat_pg_connect(out, url, app, 10, errstr, errstr_size);
 }

@@ -15,8 +15,8 @@
  * An applied migration whose file changed or vanished stops up, down and
  * validate.
  */
-#ifndef MIGRATE_H
-#define MIGRATE_H
+#ifndef MIGRATE_MIGRATE_H
+#define MIGRATE_MIGRATE_H
 
 #include <signal.h>
 #include <stdbool.h>
@@ -141,4 +141,4 @@ typedef struct migrate_serve_opts {
 int migrate_serve(const migrate_opts_t *opts, const migrate_set_t *set, const migrate_serve_opts_t *serve,
 		  const volatile sig_atomic_t *stop);
 
-#endif /* MIGRATE_H */
+#endif /* MIGRATE_MIGRATE_H */

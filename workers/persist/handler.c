@@ -1,13 +1,9 @@
 #include "handler.h"
 
-#include <malloc.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <zlib.h>
 
 #include "cat_apply.h"
@@ -26,7 +22,6 @@
 #define PRODUCER_NAME	    "catalyst-persist"
 #define SCRATCH_KEEP_ROWS   512 /* per-batch memory kept between batches */
 #define SCRATCH_KEEP_BYTES  (64 * 1024)
-#define IDLE_TRIM_US	    (2 * 1000 * 1000) /* idle this long: free memory goes back */
 
 /* How a resolved write goes out on changes.v1. */
 typedef enum publish_as {
@@ -71,16 +66,6 @@ struct persist {
 	bool *change_owned; /* the record bytes were packed for it: free them */
 	uint8_t *packed;
 	size_t cap_packed;
-
-	/* the trimmer thread: once the worker is idle, malloc_trim() returns what
-	 * a burst left free inside the heaps (fragmented, so never trimmed
-	 * otherwise) */
-	pthread_t trimmer;
-	bool trimmer_started;
-	pthread_mutex_t trim_lock;
-	pthread_cond_t trim_wake;
-	bool trim_stop;		    /* guarded by trim_lock */
-	atomic_llong last_batch_us; /* monotonic end of the last batch */
 
 	table_metrics_t m_tables[MAX_TABLES];
 	cat_metric_t *m_committed;
@@ -151,29 +136,6 @@ static cat_err_t read_changes_partitions(persist_t *persist, char *errstr, size_
 		rd_kafka_metadata_destroy(metadata);
 	rd_kafka_topic_destroy(rkt);
 	return err;
-}
-
-static void *trimmer_main(void *opaque)
-{
-	persist_t *persist = opaque;
-	long long trimmed_after = 0; /* the batch end the last trim followed */
-
-	pthread_mutex_lock(&persist->trim_lock);
-	while (!persist->trim_stop) {
-		struct timespec until;
-		long long last;
-
-		clock_gettime(CLOCK_REALTIME, &until);
-		until.tv_sec += 1;
-		pthread_cond_timedwait(&persist->trim_wake, &persist->trim_lock, &until);
-		last = atomic_load(&persist->last_batch_us);
-		if (!persist->trim_stop && last > trimmed_after && cat_time_mono_us() - last > IDLE_TRIM_US) {
-			malloc_trim(0);
-			trimmed_after = last;
-		}
-	}
-	pthread_mutex_unlock(&persist->trim_lock);
-	return NULL;
 }
 
 static void register_metrics(persist_t *persist, cat_metrics_t *metrics)
@@ -247,8 +209,6 @@ cat_err_t persist_new(persist_t **out, const cat_config_t *cfg, cat_producer_t *
 	if (!persist)
 		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
 	persist->cfg = cfg;
-	pthread_mutex_init(&persist->trim_lock, NULL);
-	pthread_cond_init(&persist->trim_wake, NULL);
 	persist->producer = producer;
 	persist->changes_timeout_ms = (int)cat_config_int(cfg, "CATALYST_CHANGES_TIMEOUT_MS");
 	persist->version_max_ahead_s = cat_config_int(cfg, "CATALYST_VERSION_MAX_AHEAD_S");
@@ -284,11 +244,6 @@ cat_err_t persist_new(persist_t **out, const cat_config_t *cfg, cat_producer_t *
 		goto error;
 	if (err != CAT_OK)
 		CAT_LOG_WARN("KAFKA", "%s: will ask again before publishing", errstr);
-	if (pthread_create(&persist->trimmer, NULL, trimmer_main, persist) != 0) {
-		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "could not start a thread");
-		goto error;
-	}
-	persist->trimmer_started = true;
 	*out = persist;
 	return CAT_OK;
 
@@ -301,15 +256,6 @@ void persist_destroy(persist_t *persist)
 {
 	if (!persist)
 		return;
-	if (persist->trimmer_started) {
-		pthread_mutex_lock(&persist->trim_lock);
-		persist->trim_stop = true;
-		pthread_cond_signal(&persist->trim_wake);
-		pthread_mutex_unlock(&persist->trim_lock);
-		pthread_join(persist->trimmer, NULL);
-	}
-	pthread_cond_destroy(&persist->trim_wake);
-	pthread_mutex_destroy(&persist->trim_lock);
 	cat_pg_session_free(persist->pg);
 	cat_apply_destroy(persist->apply);
 	free(persist->outs);
@@ -834,6 +780,5 @@ cat_err_t persist_apply(void *opaque, cat_batch_t *batch, char *errstr, size_t e
 out:
 	free_decoded(batch);
 	release_scratch(persist);
-	atomic_store(&persist->last_batch_us, cat_time_mono_us());
 	return err;
 }

@@ -2,8 +2,8 @@
  * catalyst-publish subcommands. Each returns the process exit code:
  * 0 all published, 1 something rejected or not delivered, 2 usage/config.
  */
-#ifndef CATALYST_PUBLISH_H
-#define CATALYST_PUBLISH_H
+#ifndef PUBLISH_PUBLISH_H
+#define PUBLISH_PUBLISH_H
 
 #include <stdio.h>
 
@@ -23,4 +23,4 @@ int publish_cache(const cat_config_t *cfg, int argc, char **argv);
 /* dlq list|show|replay ...: argv after "dlq" (see dlq.c). */
 int publish_dlq(const cat_config_t *cfg, int argc, char **argv);
 
-#endif /* CATALYST_PUBLISH_H */
+#endif /* PUBLISH_PUBLISH_H */
