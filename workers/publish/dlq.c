@@ -661,11 +661,10 @@ static cat_err_t scan(const cat_config_t *cfg, const char *dlq_topic, const opts
 {
 	rd_kafka_conf_t *conf = NULL;
 	rd_kafka_t *rk = NULL;
-	const rd_kafka_metadata_t *md = NULL;
-	rd_kafka_topic_t *rkt = NULL;
 	rd_kafka_topic_partition_list_t *assignment = NULL;
 	int64_t *ends = NULL;
 	int n_parts = 0, remaining = 0;
+	char reason[512];
 	int64_t deadline;
 	rd_kafka_resp_err_t kerr;
 	cat_err_t err;
@@ -682,17 +681,12 @@ static cat_err_t scan(const cat_config_t *cfg, const char *dlq_topic, const opts
 		goto out;
 	}
 	conf = NULL; /* owned by rk */
-	rkt = rd_kafka_topic_new(rk, dlq_topic, NULL);
-	kerr = rkt ? rd_kafka_metadata(rk, 0, rkt, &md, METADATA_TIMEOUT_MS) : RD_KAFKA_RESP_ERR__FAIL;
-	if (kerr || md->topic_cnt != 1 || md->topics[0].err || md->topics[0].partition_cnt == 0) {
+	if (cat_kafka_topic_partitions(rk, dlq_topic, METADATA_TIMEOUT_MS, &n_parts, reason, sizeof(reason)) !=
+	    CAT_OK) {
 		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "could not read the partitions of %s: %s",
-				  dlq_topic,
-				  rd_kafka_err2str(kerr		  ? kerr
-						   : md->topic_cnt != 1 ? RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC
-									: md->topics[0].err));
+				  dlq_topic, reason);
 		goto out;
 	}
-	n_parts = md->topics[0].partition_cnt;
 	ends = calloc((size_t)n_parts, sizeof(*ends));
 	assignment = rd_kafka_topic_partition_list_new(n_parts);
 	if (!ends || !assignment) {
@@ -792,10 +786,6 @@ out:
 	if (assignment)
 		rd_kafka_topic_partition_list_destroy(assignment);
 	free(ends);
-	if (md)
-		rd_kafka_metadata_destroy(md);
-	if (rkt)
-		rd_kafka_topic_destroy(rkt);
 	if (rk) {
 		rd_kafka_consumer_close(rk);
 		rd_kafka_destroy(rk);
@@ -1003,18 +993,12 @@ static void replay_report(void *msg_opaque, rd_kafka_resp_err_t err, const rd_ka
 /* Partitions of a topic, or -1 (the topic does not exist). */
 static int partition_count(rd_kafka_t *rk, const char *topic)
 {
-	rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
-	const rd_kafka_metadata_t *md = NULL;
-	int n = -1;
+	char errstr[512];
+	int n;
 
-	if (rkt && rd_kafka_metadata(rk, 0, rkt, &md, METADATA_TIMEOUT_MS) == RD_KAFKA_RESP_ERR_NO_ERROR &&
-	    md->topic_cnt == 1 && !md->topics[0].err)
-		n = md->topics[0].partition_cnt;
-	if (md)
-		rd_kafka_metadata_destroy(md);
-	if (rkt)
-		rd_kafka_topic_destroy(rkt);
-	return n;
+	return cat_kafka_topic_partitions(rk, topic, METADATA_TIMEOUT_MS, &n, errstr, sizeof(errstr)) == CAT_OK
+		       ? n
+		       : -1;
 }
 
 static void default_operator(char *buf, size_t size)
