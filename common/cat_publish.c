@@ -225,7 +225,7 @@ cat_err_t cat_publish_wait(cat_publish_t *publish, char *errstr, size_t errstr_s
 	if (err != CAT_OK)
 		return err;
 	if (failed > 0)
-		return cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT, "%llu commands not delivered",
+		return cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT, "commands not delivered: %llu",
 				   (unsigned long long)failed);
 	return CAT_OK;
 }
