@@ -52,13 +52,6 @@ int publish_backup(const cat_config_t *cfg, int argc, char **argv)
 	char errstr[512], *tag = NULL;
 	const char *action, *not_delivered = NULL;
 	cat_publish_t *publish = NULL;
-	const cat_publish_options_t options = {
-		.client_id = "catalyst-publish",
-		.producer = cat_config_str(cfg, "CATALYST_PRODUCER"),
-		.delivery_timeout_ms = (int)cat_config_int(cfg, "CATALYST_PUBLISH_TIMEOUT_MS"),
-		.report = on_report,
-		.opaque = &not_delivered,
-	};
 	cat_err_t err;
 	int i = 0, rc = 1;
 
@@ -132,8 +125,9 @@ int publish_backup(const cat_config_t *cfg, int argc, char **argv)
 	}
 	cmd.meta = &meta;
 
-	if (cat_publish_new(&publish, cfg, &options, errstr, sizeof(errstr)) != CAT_OK ||
-	    cat_publish_backup(publish, &cmd, NULL, errstr, sizeof(errstr)) != CAT_OK) {
+	if (!(publish = publish_open(cfg, on_report, &not_delivered)))
+		goto out;
+	if (cat_publish_backup(publish, &cmd, NULL, errstr, sizeof(errstr)) != CAT_OK) {
 		fprintf(stderr, "catalyst-publish: %s\n", errstr);
 		goto out;
 	}

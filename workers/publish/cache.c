@@ -80,12 +80,6 @@ int publish_cache(const cat_config_t *cfg, int argc, char **argv)
 	Catalyst__V1__CacheCommand__InvalidatePattern inv = CATALYST__V1__CACHE_COMMAND__INVALIDATE_PATTERN__INIT;
 	Catalyst__V1__CacheCommand__Warm warm = CATALYST__V1__CACHE_COMMAND__WARM__INIT;
 	cat_publish_t *publish = NULL;
-	const cat_publish_options_t options = {
-		.client_id = "catalyst-publish",
-		.producer = cat_config_str(cfg, "CATALYST_PRODUCER"),
-		.delivery_timeout_ms = (int)cat_config_int(cfg, "CATALYST_PUBLISH_TIMEOUT_MS"),
-		.report = report,
-	};
 	char errstr[512];
 	uint8_t *value = NULL;
 	cat_err_t err;
@@ -155,8 +149,7 @@ int publish_cache(const cat_config_t *cfg, int argc, char **argv)
 		return usage_error("unknown action: set, delete, invalidate or warm");
 	}
 
-	if (cat_publish_new(&publish, cfg, &options, errstr, sizeof(errstr)) != CAT_OK) {
-		fprintf(stderr, "catalyst-publish: %s\n", errstr);
+	if (!(publish = publish_open(cfg, report, NULL))) {
 		rc = 2;
 		goto out;
 	}

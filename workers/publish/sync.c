@@ -235,13 +235,6 @@ int publish_sync(const cat_config_t *cfg, int argc, char **argv)
 {
 	options_t o = {0};
 	cat_publish_t *publish = NULL;
-	const cat_publish_options_t options = {
-		.client_id = "catalyst-publish",
-		.producer = cat_config_str(cfg, "CATALYST_PRODUCER"),
-		.delivery_timeout_ms = (int)cat_config_int(cfg, "CATALYST_PUBLISH_TIMEOUT_MS"),
-		.report = report_delivery,
-	};
-	char errstr[512];
 	const char *action;
 	int rc;
 
@@ -253,10 +246,8 @@ int publish_sync(const cat_config_t *cfg, int argc, char **argv)
 	action = argv[0];
 	if ((rc = parse(argc - 1, argv + 1, action, &o)) != 0)
 		return rc;
-	if (cat_publish_new(&publish, cfg, &options, errstr, sizeof(errstr)) != CAT_OK) {
-		fprintf(stderr, "catalyst-publish: %s\n", errstr);
+	if (!(publish = publish_open(cfg, report_delivery, NULL)))
 		return 2;
-	}
 	rc = strcmp(action, "replicate") == 0 ? publish_replicate(cfg, publish, &o) : publish_one(publish, action, &o);
 	cat_publish_destroy(publish);
 	return rc;

@@ -29,12 +29,6 @@ int publish_write(const cat_config_t *cfg, const char *path)
 	unsigned long line_no = 0, rejected = 0;
 	char errstr[512];
 	const char *producer_name = cat_config_str(cfg, "CATALYST_PRODUCER");
-	const cat_publish_options_t options = {
-		.client_id = "catalyst-publish",
-		.producer = producer_name,
-		.delivery_timeout_ms = (int)cat_config_int(cfg, "CATALYST_PUBLISH_TIMEOUT_MS"),
-		.report = report_delivery,
-	};
 	cat_err_t err;
 	int rc = 1;
 
@@ -42,8 +36,7 @@ int publish_write(const cat_config_t *cfg, const char *path)
 		fprintf(stderr, "catalyst-publish: could not open %s: %s\n", path, strerror(errno));
 		return 2;
 	}
-	if (cat_publish_new(&publish, cfg, &options, errstr, sizeof(errstr)) != CAT_OK) {
-		fprintf(stderr, "catalyst-publish: %s\n", errstr);
+	if (!(publish = publish_open(cfg, report_delivery, NULL))) {
 		rc = 2;
 		goto out;
 	}
