@@ -1,5 +1,6 @@
 #include "cat_codec.h"
 
+#include <inttypes.h>
 #include <jansson.h>
 #include <math.h>
 #include <openssl/rand.h>
@@ -1678,4 +1679,154 @@ cat_err_t cat_codec_version_check(int64_t version, int64_t max_ahead_s, int64_t 
 			   "version %lld is %lld s ahead of this worker's clock, more than "
 			   "CATALYST_VERSION_MAX_AHEAD_S=%lld (versions are event time in microseconds)",
 			   (long long)version, (long long)((version - now_us) / 1000000), (long long)max_ahead_s);
+}
+
+/* --- any message as JSON ------------------------------------------------------------ */
+
+json_t *cat_codec_hex_json(const void *bytes, size_t len)
+{
+	static const char digits[] = "0123456789abcdef";
+	const uint8_t *data = bytes;
+	char *text = malloc(len * 2 + 1);
+	json_t *out;
+
+	if (!text)
+		return NULL;
+	for (size_t i = 0; i < len; i++) {
+		text[2 * i] = digits[data[i] >> 4];
+		text[2 * i + 1] = digits[data[i] & 15];
+	}
+	text[len * 2] = '\0';
+	out = json_string(text);
+	free(text);
+	return out;
+}
+
+/* One value of a field (element i of a repeated one: `member` points at it). */
+static json_t *field_value_json(const ProtobufCFieldDescriptor *f, const void *member)
+{
+	switch (f->type) {
+	case PROTOBUF_C_TYPE_INT32:
+	case PROTOBUF_C_TYPE_SINT32:
+	case PROTOBUF_C_TYPE_SFIXED32:
+		return json_integer(*(const int32_t *)member);
+	case PROTOBUF_C_TYPE_UINT32:
+	case PROTOBUF_C_TYPE_FIXED32:
+		return json_integer(*(const uint32_t *)member);
+	case PROTOBUF_C_TYPE_INT64:
+	case PROTOBUF_C_TYPE_SINT64:
+	case PROTOBUF_C_TYPE_SFIXED64:
+		return json_integer(*(const int64_t *)member);
+	case PROTOBUF_C_TYPE_UINT64:
+	case PROTOBUF_C_TYPE_FIXED64: {
+		uint64_t v = *(const uint64_t *)member;
+		char text[24];
+
+		if (v <= INT64_MAX)
+			return json_integer((json_int_t)v);
+		snprintf(text, sizeof(text), "%" PRIu64, v);
+		return json_string(text);
+	}
+	case PROTOBUF_C_TYPE_FLOAT:
+		return json_real(*(const float *)member); /* NaN/inf: NULL, shown as null */
+	case PROTOBUF_C_TYPE_DOUBLE:
+		return json_real(*(const double *)member);
+	case PROTOBUF_C_TYPE_BOOL:
+		return json_boolean(*(const protobuf_c_boolean *)member);
+	case PROTOBUF_C_TYPE_ENUM: {
+		const ProtobufCEnumValue *ev = protobuf_c_enum_descriptor_get_value(f->descriptor, *(const int *)member);
+
+		return ev ? json_string(ev->name) : json_integer(*(const int *)member);
+	}
+	case PROTOBUF_C_TYPE_STRING: {
+		const char *s = *(char *const *)member;
+		json_t *v = s ? json_string(s) : json_null();
+
+		return v ? v : cat_codec_hex_json(s, strlen(s)); /* invalid UTF-8 */
+	}
+	case PROTOBUF_C_TYPE_BYTES: {
+		const ProtobufCBinaryData *b = member;
+		json_t *v = json_stringn((const char *)b->data, b->len);
+
+		return v ? v : cat_codec_hex_json(b->data, b->len);
+	}
+	case PROTOBUF_C_TYPE_MESSAGE: {
+		const ProtobufCMessage *sub = *(ProtobufCMessage *const *)member;
+
+		if (!sub)
+			return json_null();
+		if (sub->descriptor == &catalyst__v1__record__descriptor) {
+			char *text = cat_codec_record_to_json((const Catalyst__V1__Record *)sub);
+			json_t *v = text ? json_loads(text, 0, NULL) : NULL;
+
+			free(text);
+			if (v)
+				return v;
+		}
+		return cat_codec_message_to_json(sub);
+	}
+	}
+	return json_null();
+}
+
+static size_t field_size(const ProtobufCFieldDescriptor *f)
+{
+	switch (f->type) {
+	case PROTOBUF_C_TYPE_INT64:
+	case PROTOBUF_C_TYPE_SINT64:
+	case PROTOBUF_C_TYPE_SFIXED64:
+	case PROTOBUF_C_TYPE_UINT64:
+	case PROTOBUF_C_TYPE_FIXED64:
+		return 8;
+	case PROTOBUF_C_TYPE_DOUBLE:
+		return sizeof(double);
+	case PROTOBUF_C_TYPE_BOOL:
+		return sizeof(protobuf_c_boolean);
+	case PROTOBUF_C_TYPE_STRING:
+		return sizeof(char *);
+	case PROTOBUF_C_TYPE_BYTES:
+		return sizeof(ProtobufCBinaryData);
+	case PROTOBUF_C_TYPE_MESSAGE:
+		return sizeof(ProtobufCMessage *);
+	default:
+		return 4;
+	}
+}
+
+json_t *cat_codec_message_to_json(const ProtobufCMessage *msg)
+{
+	const ProtobufCMessageDescriptor *d = msg->descriptor;
+	json_t *obj = json_object();
+
+	for (unsigned i = 0; obj && i < d->n_fields; i++) {
+		const ProtobufCFieldDescriptor *f = &d->fields[i];
+		const char *base = (const char *)msg;
+		const void *member = base + f->offset;
+
+		if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+			size_t n = *(const size_t *)(base + f->quantifier_offset);
+			const char *array = *(char *const *)member;
+			json_t *list = json_array();
+
+			for (size_t k = 0; list && k < n; k++)
+				json_array_append_new(list, field_value_json(f, array + k * field_size(f)));
+			json_object_set_new(obj, f->name, list);
+			continue;
+		}
+		if (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) {
+			if (*(const uint32_t *)(base + f->quantifier_offset) != f->id)
+				continue;
+		} else if (f->label == PROTOBUF_C_LABEL_OPTIONAL) {
+			if (f->type == PROTOBUF_C_TYPE_STRING || f->type == PROTOBUF_C_TYPE_MESSAGE) {
+				const void *p = *(void *const *)member;
+
+				if (!p || p == f->default_value)
+					continue;
+			} else if (!*(const protobuf_c_boolean *)(base + f->quantifier_offset)) {
+				continue;
+			}
+		}
+		json_object_set_new(obj, f->name, field_value_json(f, member));
+	}
+	return obj;
 }

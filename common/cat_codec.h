@@ -18,6 +18,7 @@
 #ifndef CAT_CODEC_H
 #define CAT_CODEC_H
 
+#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -157,6 +158,25 @@ bool cat_codec_backup_tag_valid(const char *tag);
  * max_ahead_s seconds past now_us; max_ahead_s 0 accepts any. */
 cat_err_t cat_codec_version_check(int64_t version, int64_t max_ahead_s, int64_t now_us, char *errstr,
 				  size_t errstr_size) CAT_MUST_CHECK;
+
+/* Any decoded protobuf message as a JSON object, for people reading what a
+ * message holds (catalyst-publish dlq show), not for reading back: the
+ * fields present by their .proto names (proto2 presence: an optional field
+ * unset or a string or message at its default, and a oneof member not
+ * chosen, are left out; repeated fields are arrays, empty ones included;
+ * a required string or message not set is null); integers as
+ * numbers (a uint64 above INT64_MAX as its decimal text); enums by name (a
+ * value the .proto does not define as its number); bytes and strings as
+ * text when valid UTF-8, else cat_codec_hex_json; a Record as
+ * cat_codec_record_to_json's object (or field by field when it has no JSON
+ * form); other messages recursively. A float or double NaN or infinity is
+ * left out. Unknown fields are not shown. The caller owns the result
+ * (json_decref); NULL on out of memory. */
+json_t *cat_codec_message_to_json(const ProtobufCMessage *msg);
+
+/* bytes as a JSON string of lower-case hex digits, two per byte; NULL on
+ * out of memory. */
+json_t *cat_codec_hex_json(const void *bytes, size_t len);
 
 /* A new random (v4) UUID in canonical text form; buf needs 37 bytes. */
 void cat_codec_uuid(char *buf, size_t buf_size);

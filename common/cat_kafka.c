@@ -31,6 +31,35 @@ char *cat_kafka_topic(const cat_config_t *cfg, const char *suffix, char *buf, si
 	return buf;
 }
 
+cat_err_t cat_kafka_topic_partitions(rd_kafka_t *rk, const char *topic, int timeout_ms, int *partitions,
+				     char *errstr, size_t errstr_size)
+{
+	rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
+	const struct rd_kafka_metadata *metadata = NULL;
+	rd_kafka_resp_err_t kerr;
+	cat_err_t err = CAT_OK;
+
+	*partitions = 0;
+	if (!rkt)
+		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "could not look up topic %s: %s", topic,
+				   rd_kafka_err2str(rd_kafka_last_error()));
+	kerr = rd_kafka_metadata(rk, 0, rkt, &metadata, timeout_ms);
+	if (kerr)
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "could not read the metadata of %s: %s",
+				  topic, rd_kafka_err2str(kerr));
+	else if (metadata->topic_cnt != 1 || metadata->topics[0].err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "topic %s does not exist", topic);
+	else if (metadata->topics[0].err || metadata->topics[0].partition_cnt <= 0)
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "could not read the metadata of %s: %s",
+				  topic, rd_kafka_err2str(metadata->topics[0].err));
+	else
+		*partitions = metadata->topics[0].partition_cnt;
+	if (metadata)
+		rd_kafka_metadata_destroy(metadata);
+	rd_kafka_topic_destroy(rkt);
+	return err;
+}
+
 static void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
 	cat_log_level_t lvl = level <= 3 ? CAT_LOG_LEVEL_ERROR

@@ -39,6 +39,15 @@ extern const size_t cat_kafka_n_topics;
 /* prefix + suffix into buf; returns buf. */
 char *cat_kafka_topic(const cat_config_t *cfg, const char *suffix, char *buf, size_t buf_size);
 
+/* The partition count of `topic`, from the cluster's metadata (one request
+ * on rk, any client type, waiting up to timeout_ms). *partitions is 0 on
+ * failure: CAT_ERR_FATAL "topic T does not exist" when the cluster says so
+ * (or librdkafka refuses the name), CAT_ERR_RETRIABLE "could not read the
+ * metadata of T: reason" when the request failed or the topic has no
+ * partitions yet (a leader election, a topic being created). */
+cat_err_t cat_kafka_topic_partitions(rd_kafka_t *rk, const char *topic, int timeout_ms, int *partitions,
+				     char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+
 /* A configuration with bootstrap.servers, client.id, librdkafka's logs routed
  * to cat_log (facility "KAFKA"), and every CATALYST_KAFKA_* pass-through
  * applied (a property librdkafka refuses is a fatal one-line error naming the

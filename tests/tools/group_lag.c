@@ -71,19 +71,11 @@ out:
 
 static int partition_count(rd_kafka_t *rk, const char *topic)
 {
-	rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
-	const struct rd_kafka_metadata *metadata = NULL;
-	int n = -1;
+	char errstr[512];
+	int n;
 
-	if (rkt &&
-	    rd_kafka_metadata(rk, 0, rkt, &metadata, REQUEST_TIMEOUT_MS) == RD_KAFKA_RESP_ERR_NO_ERROR &&
-	    metadata->topic_cnt == 1 && !metadata->topics[0].err)
-		n = metadata->topics[0].partition_cnt;
-	if (metadata)
-		rd_kafka_metadata_destroy(metadata);
-	if (rkt)
-		rd_kafka_topic_destroy(rkt);
-	return n;
+	return cat_kafka_topic_partitions(rk, topic, REQUEST_TIMEOUT_MS, &n, errstr, sizeof(errstr)) == CAT_OK ? n
+														: -1;
 }
 
 int main(int argc, char **argv)

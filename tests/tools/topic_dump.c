@@ -255,17 +255,10 @@ int main(int argc, char **argv)
 	}
 	rd_kafka_poll_set_consumer(rk);
 	if (until_end) {
-		rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
-		const struct rd_kafka_metadata *metadata = NULL;
+		char kerr[512];
 
-		if (rkt && rd_kafka_metadata(rk, 0, rkt, &metadata, 10000) == RD_KAFKA_RESP_ERR_NO_ERROR &&
-		    metadata->topic_cnt == 1 && metadata->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR)
-			n_partitions = metadata->topics[0].partition_cnt;
-		if (metadata)
-			rd_kafka_metadata_destroy(metadata);
-		if (rkt)
-			rd_kafka_topic_destroy(rkt);
-		if (n_partitions <= 0 || n_partitions > 1024) {
+		if (cat_kafka_topic_partitions(rk, topic, 10000, &n_partitions, kerr, sizeof(kerr)) != CAT_OK ||
+		    n_partitions <= 0 || n_partitions > 1024) {
 			fprintf(stderr, "topic-dump: could not read the partitions of %s\n", topic);
 			rd_kafka_destroy(rk);
 			cat_config_destroy(cfg);

@@ -2238,6 +2238,199 @@ START_TEST(test_version_check)
 }
 END_TEST
 
+/* --- any message as JSON (cat_codec_message_to_json) ------------------------------------------ */
+
+/* The parts a case builds its message from. */
+typedef struct reflect_parts {
+	Catalyst__V1__CommandMeta meta;
+	Catalyst__V1__CacheCommand cache;
+	Catalyst__V1__CacheCommand__Set set;
+	Catalyst__V1__CacheCommand__Delete del;
+	Catalyst__V1__CacheCommand__Warm warm;
+	Catalyst__V1__BackupCommand backup;
+	Catalyst__V1__BackupCommand__Tables tables;
+	Catalyst__V1__SyncCommand sync;
+	Catalyst__V1__SyncCommand__ReplicateRows rows;
+	Catalyst__V1__Change change, *changes[1];
+	fixture_t fixture;
+	char *keys[2];
+} reflect_parts_t;
+
+static void reflect_parts_init(reflect_parts_t *p)
+{
+	memset(p, 0, sizeof(*p));
+	catalyst__v1__command_meta__init(&p->meta);
+	catalyst__v1__cache_command__init(&p->cache);
+	catalyst__v1__cache_command__set__init(&p->set);
+	catalyst__v1__cache_command__delete__init(&p->del);
+	catalyst__v1__cache_command__warm__init(&p->warm);
+	catalyst__v1__backup_command__init(&p->backup);
+	catalyst__v1__backup_command__tables__init(&p->tables);
+	catalyst__v1__sync_command__init(&p->sync);
+	catalyst__v1__sync_command__replicate_rows__init(&p->rows);
+	catalyst__v1__change__init(&p->change);
+}
+
+static ProtobufCMessage *reflect_cache_set_text(reflect_parts_t *p)
+{
+	p->meta.command_id = "c-1";
+	p->meta.has_issued_at_us = 1;
+	p->meta.issued_at_us = ISSUED_AT;
+	p->cache.meta = &p->meta;
+	p->set.key = "news:1";
+	p->set.has_value = 1;
+	p->set.value.data = (uint8_t *)"héllo";
+	p->set.value.len = strlen("héllo");
+	p->set.has_ttl_seconds = 1; /* version unset: left out */
+	p->set.ttl_seconds = 0;
+	p->cache.action_case = CATALYST__V1__CACHE_COMMAND__ACTION_SET;
+	p->cache.set = &p->set;
+	return &p->cache.base;
+}
+
+static ProtobufCMessage *reflect_cache_set_binary(reflect_parts_t *p)
+{
+	static uint8_t value[] = {0xff, 0x00, 0x41};
+
+	p->set.key = "news:2";
+	p->set.has_value = 1;
+	p->set.value.data = value;
+	p->set.value.len = sizeof(value);
+	p->cache.action_case = CATALYST__V1__CACHE_COMMAND__ACTION_SET;
+	p->cache.set = &p->set;
+	return &p->cache.base;
+}
+
+static ProtobufCMessage *reflect_cache_delete(reflect_parts_t *p)
+{
+	p->keys[0] = "news:1";
+	p->keys[1] = "news:symbol:AAPL";
+	p->del.n_keys = 2;
+	p->del.keys = p->keys;
+	p->cache.action_case = CATALYST__V1__CACHE_COMMAND__ACTION_DELETE;
+	p->cache.delete_ = &p->del;
+	return &p->cache.base;
+}
+
+static ProtobufCMessage *reflect_cache_warm(reflect_parts_t *p)
+{
+	p->warm.has_profile = 1;
+	p->warm.profile = CATALYST__V1__CACHE_COMMAND__WARM_PROFILE__WARM_PROFILE_REBUILD;
+	p->cache.action_case = CATALYST__V1__CACHE_COMMAND__ACTION_WARM;
+	p->cache.warm = &p->warm;
+	return &p->cache.base;
+}
+
+static ProtobufCMessage *reflect_cache_warm_unknown_enum(reflect_parts_t *p)
+{
+	reflect_cache_warm(p);
+	p->warm.profile = (Catalyst__V1__CacheCommand__WarmProfile)99;
+	return &p->cache.base;
+}
+
+static ProtobufCMessage *reflect_backup_tables(reflect_parts_t *p)
+{
+	p->tables.has_incremental = 1;
+	p->tables.incremental = 1;
+	p->backup.action_case = CATALYST__V1__BACKUP_COMMAND__ACTION_TABLES;
+	p->backup.tables = &p->tables;
+	p->backup.database = "catalyst";
+	return &p->backup.base;
+}
+
+static ProtobufCMessage *reflect_sync_replicate(reflect_parts_t *p)
+{
+	fixture_init(&p->fixture, 0, false, CATALYST__V1__WRITE_OP__WRITE_OP_UPSERT);
+	p->change.has_op = 1;
+	p->change.op = CATALYST__V1__WRITE_OP__WRITE_OP_UPSERT;
+	p->change.record = &p->fixture.record;
+	p->changes[0] = &p->change;
+	p->rows.n_changes = 1;
+	p->rows.changes = p->changes;
+	p->sync.action_case = CATALYST__V1__SYNC_COMMAND__ACTION_REPLICATE;
+	p->sync.replicate = &p->rows;
+	return &p->sync.base;
+}
+
+/* "RECORD" in `expected` stands for the case's record as cat_codec_record_to_json writes it. */
+static const struct reflect_case {
+	const char *name;
+	ProtobufCMessage *(*build)(reflect_parts_t *p);
+	const char *expected;
+} reflect_cases[] = {
+	{ "set: meta, text bytes, an int64 0 that is present", reflect_cache_set_text,
+	  "{\"meta\":{\"command_id\":\"c-1\",\"issued_at_us\":1795788312000000},"
+	  "\"set\":{\"key\":\"news:1\",\"value\":\"héllo\",\"ttl_seconds\":0}}" },
+	{ "set: bytes that are not UTF-8 as hex", reflect_cache_set_binary,
+	  "{\"set\":{\"key\":\"news:2\",\"value\":\"ff0041\"}}" },
+	{ "delete: a repeated string", reflect_cache_delete,
+	  "{\"delete\":{\"keys\":[\"news:1\",\"news:symbol:AAPL\"]}}" },
+	{ "warm: an enum by name", reflect_cache_warm, "{\"warm\":{\"profile\":\"WARM_PROFILE_REBUILD\"}}" },
+	{ "warm: an enum value the .proto lacks as its number", reflect_cache_warm_unknown_enum,
+	  "{\"warm\":{\"profile\":99}}" },
+	{ "tables: an empty repeated field, a bool, a string outside the oneof", reflect_backup_tables,
+	  "{\"tables\":{\"tables\":[],\"incremental\":true},\"database\":\"catalyst\"}" },
+	{ "replicate: a record as its column JSON", reflect_sync_replicate,
+	  "{\"replicate\":{\"changes\":[{\"op\":\"WRITE_OP_UPSERT\",\"record\":RECORD}]}}" },
+};
+
+#define N_REFLECT_CASES (sizeof(reflect_cases) / sizeof(reflect_cases[0]))
+
+START_TEST(test_message_to_json)
+{
+	const struct reflect_case *c = &reflect_cases[_i];
+	reflect_parts_t *parts = malloc(sizeof(*parts));
+	ProtobufCMessage *msg;
+	json_t *got, *want;
+	json_error_t jerr;
+	char *expected, *got_text;
+	const char *slot;
+
+	ck_assert_ptr_nonnull(parts);
+	reflect_parts_init(parts);
+	msg = c->build(parts);
+	if ((slot = strstr(c->expected, "RECORD"))) {
+		char *record = cat_codec_record_to_json(&parts->fixture.record);
+
+		size_t size;
+
+		ck_assert_ptr_nonnull(record);
+		size = strlen(c->expected) + strlen(record) + 1;
+		expected = malloc(size);
+		ck_assert_ptr_nonnull(expected);
+		snprintf(expected, size, "%.*s%s%s", (int)(slot - c->expected), c->expected, record,
+			 slot + strlen("RECORD"));
+		free(record);
+	} else {
+		expected = strdup(c->expected);
+	}
+	want = json_loads(expected, 0, &jerr);
+	ck_assert_msg(want, "%s: bad expectation: %s", c->name, jerr.text);
+	got = cat_codec_message_to_json(msg);
+	ck_assert_ptr_nonnull(got);
+	got_text = json_dumps(got, JSON_COMPACT);
+	ck_assert_msg(json_equal(got, want), "%s: got %s, want %s", c->name, got_text, expected);
+	free(got_text);
+	json_decref(got);
+	json_decref(want);
+	free(expected);
+	free(parts);
+}
+END_TEST
+
+START_TEST(test_hex_json)
+{
+	static const uint8_t bytes[] = {0x00, 0x0f, 0xa5, 0xff};
+	json_t *hex = cat_codec_hex_json(bytes, sizeof(bytes));
+
+	ck_assert_str_eq(json_string_value(hex), "000fa5ff");
+	json_decref(hex);
+	hex = cat_codec_hex_json("", 0);
+	ck_assert_str_eq(json_string_value(hex), "");
+	json_decref(hex);
+}
+END_TEST
+
 static Suite *codec_suite(void)
 {
 	Suite *s = suite_create("cat_codec");
@@ -2277,6 +2470,8 @@ static Suite *codec_suite(void)
 	tcase_add_loop_test(good, test_record_json_same_as_tree, 0, 10);
 	tcase_add_test(good, test_record_json_escapes);
 	tcase_add_test(good, test_record_json_doubles);
+	tcase_add_loop_test(good, test_message_to_json, 0, (int)N_REFLECT_CASES);
+	tcase_add_test(good, test_hex_json);
 	suite_add_tcase(s, good);
 	return s;
 }

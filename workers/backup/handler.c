@@ -38,19 +38,13 @@ static const double duration_buckets[] = {1, 5, 15, 30, 60, 120, 300, 600, 1800,
 static void warm_events_topic(backup_t *backup)
 {
 	rd_kafka_t *rk = cat_producer_handle(backup->producer);
-	rd_kafka_topic_t *rkt = rk ? rd_kafka_topic_new(rk, backup->events_topic, NULL) : NULL;
-	const struct rd_kafka_metadata *md = NULL;
-	rd_kafka_resp_err_t rerr;
+	char errstr[512];
+	int partitions;
 
-	if (!rkt)
-		return;
-	rerr = rd_kafka_metadata(rk, 0, rkt, &md, EVENT_WARM_TIMEOUT_MS);
-	if (rerr != RD_KAFKA_RESP_ERR_NO_ERROR)
+	if (rk && cat_kafka_topic_partitions(rk, backup->events_topic, EVENT_WARM_TIMEOUT_MS, &partitions, errstr,
+					     sizeof(errstr)) != CAT_OK)
 		CAT_LOG_WARN("KAFKA", "could not look up %s yet: %s (the first event will)", backup->events_topic,
-			     rd_kafka_err2str(rerr));
-	if (md)
-		rd_kafka_metadata_destroy(md);
-	rd_kafka_topic_destroy(rkt);
+			     errstr);
 }
 
 cat_err_t backup_new(backup_t **out, const cat_config_t *cfg, cat_sink_t *sink, cat_producer_t *producer,

@@ -47,7 +47,7 @@ struct persist {
 	cat_pg_session_t *pg; /* the primary */
 	cat_producer_t *producer;
 	char changes_topic[256];
-	int32_t changes_partitions; /* 0 until read from the metadata */
+	int changes_partitions; /* 0 until read from the metadata */
 	int changes_timeout_ms;
 	int64_t version_max_ahead_s; /* CATALYST_VERSION_MAX_AHEAD_S */
 	cat_apply_t *apply; /* the batch's writes, resolved, and their statements */
@@ -108,34 +108,8 @@ bool persist_ready(void *opaque, char *reason, size_t reason_size)
 /* The partition count of changes.v1, from the cluster's metadata. */
 static cat_err_t read_changes_partitions(persist_t *persist, char *errstr, size_t errstr_size)
 {
-	rd_kafka_t *rk = cat_producer_handle(persist->producer);
-	rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, persist->changes_topic, NULL);
-	const struct rd_kafka_metadata *metadata = NULL;
-	rd_kafka_resp_err_t kerr;
-	cat_err_t err = CAT_OK;
-
-	if (!rkt)
-		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "could not look up topic %s: %s",
-				   persist->changes_topic, rd_kafka_err2str(rd_kafka_last_error()));
-	kerr = rd_kafka_metadata(rk, 0, rkt, &metadata, METADATA_TIMEOUT_MS);
-	if (kerr)
-		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE,
-				  "could not read the metadata of %s: %s", persist->changes_topic,
-				  rd_kafka_err2str(kerr));
-	else if (metadata->topic_cnt != 1 ||
-		 metadata->topics[0].err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
-		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "topic %s does not exist",
-				  persist->changes_topic);
-	else if (metadata->topics[0].err || metadata->topics[0].partition_cnt <= 0)
-		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE,
-				  "could not read the metadata of %s: %s", persist->changes_topic,
-				  rd_kafka_err2str(metadata->topics[0].err));
-	else
-		persist->changes_partitions = metadata->topics[0].partition_cnt;
-	if (metadata)
-		rd_kafka_metadata_destroy(metadata);
-	rd_kafka_topic_destroy(rkt);
-	return err;
+	return cat_kafka_topic_partitions(cat_producer_handle(persist->producer), persist->changes_topic,
+					  METADATA_TIMEOUT_MS, &persist->changes_partitions, errstr, errstr_size);
 }
 
 static void register_metrics(persist_t *persist, cat_metrics_t *metrics)

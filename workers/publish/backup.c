@@ -19,18 +19,19 @@
 #include <string.h>
 
 #include "cat_codec.h"
-#include "cat_kafka.h"
-#include "cat_log.h"
+#include "cat_publish.h"
 #include "cat_schema.h"
-#include "cat_time.h"
 #include "catalyst/v1/commands.pb-c.h"
 #include "publish.h"
 
-static int delivered_err = -1;
-
-static void on_report(void *msg_opaque, rd_kafka_resp_err_t err, const rd_kafka_message_t *msg, void *opaque)
+/* The reason the command was not delivered, printed once the wait is over. */
+static void on_report(void *ref, const char *error, void *opaque)
 {
-	delivered_err = (int)err;
+	const char **not_delivered = opaque;
+
+	(void)ref;
+	if (error)
+		*not_delivered = error;
 }
 
 static int bad_usage(const char *what)
@@ -48,17 +49,12 @@ int publish_backup(const cat_config_t *cfg, int argc, char **argv)
 	Catalyst__V1__BackupCommand__Restore restore = CATALYST__V1__BACKUP_COMMAND__RESTORE__INIT;
 	Catalyst__V1__BackupCommand__Verify verify = CATALYST__V1__BACKUP_COMMAND__VERIFY__INIT;
 	Catalyst__V1__BackupCommand__Prune prune = CATALYST__V1__BACKUP_COMMAND__PRUNE__INIT;
-	char command_id[CAT_CODEC_COMMAND_ID_MAX + 1] = "", topic[256], errstr[512], *tag = NULL;
-	const char *action;
-	cat_producer_t *producer = NULL;
-	uint8_t *buf = NULL;
-	size_t len;
+	char errstr[512], *tag = NULL;
+	const char *action, *not_delivered = NULL;
+	cat_publish_t *publish = NULL;
+	cat_err_t err;
 	int i = 0, rc = 1;
-	int timeout_ms = (int)cat_config_int(cfg, "CATALYST_PUBLISH_TIMEOUT_MS");
 
-	meta.issued_at_us = cat_time_now_us();
-	meta.has_issued_at_us = 1;
-	meta.producer = (char *)(uintptr_t)cat_config_str(cfg, "CATALYST_PRODUCER");
 	/* common options */
 	for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
 		if (strcmp(argv[i], "--database") == 0 && i + 1 < argc)
@@ -69,11 +65,12 @@ int publish_backup(const cat_config_t *cfg, int argc, char **argv)
 					CAT_CODEC_COMMAND_ID_MAX);
 				return 2;
 			}
-			snprintf(command_id, sizeof(command_id), "%s", argv[i]);
+			meta.command_id = argv[i];
 		} else if (strcmp(argv[i], "--issued-at-us") == 0 && i + 1 < argc) {
 			char *end;
 			errno = 0;
 			meta.issued_at_us = strtoll(argv[++i], &end, 10);
+			meta.has_issued_at_us = 1;
 			if (errno || end == argv[i] || *end || meta.issued_at_us <= 0) {
 				fprintf(stderr, "catalyst-publish: --issued-at-us must be a positive integer (µs)\n");
 				return 2;
@@ -126,43 +123,24 @@ int publish_backup(const cat_config_t *cfg, int argc, char **argv)
 	} else {
 		return bad_usage("unknown action or wrong arguments");
 	}
-	if (!command_id[0])
-		cat_codec_uuid(command_id, sizeof(command_id));
-	meta.command_id = command_id;
 	cmd.meta = &meta;
 
-	len = catalyst__v1__backup_command__get_packed_size(&cmd);
-	if (!(buf = malloc(len ? len : 1))) {
-		fprintf(stderr, "catalyst-publish: out of memory\n");
-		return 1;
-	}
-	catalyst__v1__backup_command__pack(&cmd, buf);
-	cat_kafka_topic(cfg, CAT_TOPIC_BACKUP, topic, sizeof(topic));
-	if (cat_producer_new(&producer, cfg, "catalyst-publish", timeout_ms, on_report, NULL, errstr,
-			     sizeof(errstr)) != CAT_OK) {
+	if (!(publish = publish_open(cfg, on_report, &not_delivered)))
+		goto out;
+	if (cat_publish_backup(publish, &cmd, NULL, errstr, sizeof(errstr)) != CAT_OK) {
 		fprintf(stderr, "catalyst-publish: %s\n", errstr);
 		goto out;
 	}
-	{
-		/* one backup per database at a time: keyed by the database */
-		const char *key = cmd.database && *cmd.database ? cmd.database : "primary";
-
-		if (cat_producer_send(producer, topic, RD_KAFKA_PARTITION_UA, key, strlen(key), buf, len, NULL, NULL,
-				      errstr, sizeof(errstr)) != CAT_OK ||
-		    cat_producer_flush(producer, timeout_ms + 5000, errstr, sizeof(errstr)) != CAT_OK) {
-			fprintf(stderr, "catalyst-publish: %s\n", errstr);
-			goto out;
-		}
-	}
-	if (delivered_err != 0) {
-		fprintf(stderr, "catalyst-publish: not delivered: %s\n",
-			rd_kafka_err2str((rd_kafka_resp_err_t)delivered_err));
+	err = cat_publish_wait(publish, errstr, sizeof(errstr));
+	if (err == CAT_ERR_PERMANENT)
+		fprintf(stderr, "catalyst-publish: not delivered: %s\n", not_delivered);
+	else if (err != CAT_OK)
+		fprintf(stderr, "catalyst-publish: %s\n", errstr);
+	if (err != CAT_OK)
 		goto out;
-	}
-	printf("%s\n", command_id);
+	printf("%s\n", cat_publish_command_id(publish));
 	rc = 0;
 out:
-	cat_producer_destroy(producer);
-	free(buf);
+	cat_publish_destroy(publish);
 	return rc;
 }

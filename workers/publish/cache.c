@@ -13,8 +13,7 @@
 #include <string.h>
 
 #include "cat_codec.h"
-#include "cat_kafka.h"
-#include "cat_time.h"
+#include "cat_publish.h"
 #include "publish.h"
 
 #define MAX_VALUE_BYTES CAT_CODEC_MAX_MESSAGE_BYTES
@@ -65,26 +64,25 @@ static uint8_t *read_stdin(size_t *len)
 	return buf;
 }
 
-static void report(void *msg_opaque, rd_kafka_resp_err_t err, const rd_kafka_message_t *msg, void *opaque)
+static void report(void *ref, const char *error, void *opaque)
 {
-	if (err)
-		fprintf(stderr, "catalyst-publish cache: not delivered: %s\n", rd_kafka_err2str(err));
+	(void)ref;
+	(void)opaque;
+	if (error)
+		fprintf(stderr, "catalyst-publish cache: not delivered: %s\n", error);
 }
 
 int publish_cache(const cat_config_t *cfg, int argc, char **argv)
 {
 	Catalyst__V1__CacheCommand cmd = CATALYST__V1__CACHE_COMMAND__INIT;
-	Catalyst__V1__CommandMeta meta = CATALYST__V1__COMMAND_META__INIT;
 	Catalyst__V1__CacheCommand__Set set = CATALYST__V1__CACHE_COMMAND__SET__INIT;
 	Catalyst__V1__CacheCommand__Delete del = CATALYST__V1__CACHE_COMMAND__DELETE__INIT;
 	Catalyst__V1__CacheCommand__InvalidatePattern inv = CATALYST__V1__CACHE_COMMAND__INVALIDATE_PATTERN__INIT;
 	Catalyst__V1__CacheCommand__Warm warm = CATALYST__V1__CACHE_COMMAND__WARM__INIT;
-	cat_producer_t *producer = NULL;
-	int timeout_ms = (int)cat_config_int(cfg, "CATALYST_PUBLISH_TIMEOUT_MS");
-	char command_id[40], topic[256], errstr[512];
-	const char *key = NULL;
-	uint8_t *value = NULL, *buf = NULL;
-	size_t len;
+	cat_publish_t *publish = NULL;
+	char errstr[512];
+	uint8_t *value = NULL;
+	cat_err_t err;
 	int rc = 1;
 
 	if (argc < 1)
@@ -110,7 +108,7 @@ int publish_cache(const cat_config_t *cfg, int argc, char **argv)
 		}
 		if (argc - i != 2)
 			return usage_error("set needs KEY and VALUE (- reads the value from stdin)");
-		key = set.key = argv[i];
+		set.key = argv[i];
 		if (strcmp(argv[i + 1], "-") == 0) {
 			if (!(value = read_stdin(&set.value.len))) {
 				fprintf(stderr, "catalyst-publish cache: the value on stdin is larger than %d bytes\n",
@@ -130,13 +128,12 @@ int publish_cache(const cat_config_t *cfg, int argc, char **argv)
 			return usage_error("delete needs at least one KEY");
 		del.n_keys = (size_t)(argc - 1);
 		del.keys = argv + 1;
-		key = argv[1];
 		cmd.action_case = CATALYST__V1__CACHE_COMMAND__ACTION_DELETE;
 		cmd.delete_ = &del;
 	} else if (strcmp(argv[0], "invalidate") == 0) {
 		if (argc != 2 || !argv[1][0])
 			return usage_error("invalidate needs one PATTERN, e.g. 'candidates:*'");
-		key = inv.pattern = argv[1];
+		inv.pattern = argv[1];
 		cmd.action_case = CATALYST__V1__CACHE_COMMAND__ACTION_INVALIDATE;
 		cmd.invalidate = &inv;
 	} else if (strcmp(argv[0], "warm") == 0) {
@@ -146,52 +143,31 @@ int publish_cache(const cat_config_t *cfg, int argc, char **argv)
 		warm.profile = strcmp(argv[1], "rebuild") == 0
 				       ? CATALYST__V1__CACHE_COMMAND__WARM_PROFILE__WARM_PROFILE_REBUILD
 				       : CATALYST__V1__CACHE_COMMAND__WARM_PROFILE__WARM_PROFILE_MARKET_OPEN;
-		key = "warm";
 		cmd.action_case = CATALYST__V1__CACHE_COMMAND__ACTION_WARM;
 		cmd.warm = &warm;
 	} else {
 		return usage_error("unknown action: set, delete, invalidate or warm");
 	}
 
-	cat_codec_uuid(command_id, sizeof(command_id));
-	meta.command_id = command_id;
-	meta.has_issued_at_us = 1;
-	meta.issued_at_us = cat_time_now_us();
-	meta.producer = (char *)cat_config_str(cfg, "CATALYST_PRODUCER");
-	cmd.meta = &meta;
-	len = catalyst__v1__cache_command__get_packed_size(&cmd);
-	if (len > CAT_CODEC_MAX_MESSAGE_BYTES) {
-		fprintf(stderr, "catalyst-publish cache: the command is larger than %d bytes\n",
-			CAT_CODEC_MAX_MESSAGE_BYTES);
-		goto out;
-	}
-	if (!(buf = malloc(len ? len : 1))) {
-		fprintf(stderr, "catalyst-publish cache: out of memory\n");
-		goto out;
-	}
-	catalyst__v1__cache_command__pack(&cmd, buf);
-	if (cat_producer_new(&producer, cfg, "catalyst-publish", timeout_ms, report, NULL, errstr, sizeof(errstr)) !=
-	    CAT_OK) {
-		fprintf(stderr, "catalyst-publish: %s\n", errstr);
+	if (!(publish = publish_open(cfg, report, NULL))) {
 		rc = 2;
 		goto out;
 	}
-	cat_kafka_topic(cfg, CAT_TOPIC_CACHE, topic, sizeof(topic));
-	if (cat_producer_send(producer, topic, RD_KAFKA_PARTITION_UA, key, strlen(key), buf, len, NULL, NULL, errstr,
-			      sizeof(errstr)) != CAT_OK) {
+	if (cat_publish_cache(publish, &cmd, NULL, errstr, sizeof(errstr)) != CAT_OK) {
 		fprintf(stderr, "catalyst-publish cache: %s\n", errstr);
 		goto out;
 	}
-	if (cat_producer_flush(producer, timeout_ms + 5000, errstr, sizeof(errstr)) != CAT_OK)
+	/* a command not delivered was reported already */
+	err = cat_publish_wait(publish, errstr, sizeof(errstr));
+	if (err != CAT_OK && err != CAT_ERR_PERMANENT)
 		fprintf(stderr, "catalyst-publish cache: %s\n", errstr);
-	if (cat_producer_delivered(producer) == 1) {
-		printf("published %s %s\n", argv[0], command_id);
+	if (err == CAT_OK) {
+		printf("published %s %s\n", argv[0], cat_publish_command_id(publish));
 		rc = 0;
 	}
 
 out:
-	cat_producer_destroy(producer);
-	free(buf);
+	cat_publish_destroy(publish);
 	free(value);
 	return rc;
 }

@@ -344,158 +344,6 @@ static void describe(letter_t *l)
 		snprintf(tables, ts, "-");
 }
 
-static json_t *hex_json(const uint8_t *data, size_t len)
-{
-	static const char digits[] = "0123456789abcdef";
-	char *text = malloc(len * 2 + 1);
-	json_t *out;
-
-	if (!text)
-		return NULL;
-	for (size_t i = 0; i < len; i++) {
-		text[2 * i] = digits[data[i] >> 4];
-		text[2 * i + 1] = digits[data[i] & 15];
-	}
-	text[len * 2] = '\0';
-	out = json_string(text);
-	free(text);
-	return out;
-}
-
-static json_t *proto_json(const ProtobufCMessage *msg);
-
-/* One value of a field (element i of a repeated one: `member` points at it). */
-static json_t *field_value_json(const ProtobufCFieldDescriptor *f, const void *member)
-{
-	switch (f->type) {
-	case PROTOBUF_C_TYPE_INT32:
-	case PROTOBUF_C_TYPE_SINT32:
-	case PROTOBUF_C_TYPE_SFIXED32:
-		return json_integer(*(const int32_t *)member);
-	case PROTOBUF_C_TYPE_UINT32:
-	case PROTOBUF_C_TYPE_FIXED32:
-		return json_integer(*(const uint32_t *)member);
-	case PROTOBUF_C_TYPE_INT64:
-	case PROTOBUF_C_TYPE_SINT64:
-	case PROTOBUF_C_TYPE_SFIXED64:
-		return json_integer(*(const int64_t *)member);
-	case PROTOBUF_C_TYPE_UINT64:
-	case PROTOBUF_C_TYPE_FIXED64: {
-		uint64_t v = *(const uint64_t *)member;
-		char text[24];
-
-		if (v <= INT64_MAX)
-			return json_integer((json_int_t)v);
-		snprintf(text, sizeof(text), "%" PRIu64, v);
-		return json_string(text);
-	}
-	case PROTOBUF_C_TYPE_FLOAT:
-		return json_real(*(const float *)member); /* NaN/inf: NULL, shown as null */
-	case PROTOBUF_C_TYPE_DOUBLE:
-		return json_real(*(const double *)member);
-	case PROTOBUF_C_TYPE_BOOL:
-		return json_boolean(*(const protobuf_c_boolean *)member);
-	case PROTOBUF_C_TYPE_ENUM: {
-		const ProtobufCEnumValue *ev = protobuf_c_enum_descriptor_get_value(f->descriptor, *(const int *)member);
-
-		return ev ? json_string(ev->name) : json_integer(*(const int *)member);
-	}
-	case PROTOBUF_C_TYPE_STRING: {
-		const char *s = *(char *const *)member;
-		json_t *v = s ? json_string(s) : json_null();
-
-		return v ? v : hex_json((const uint8_t *)s, strlen(s)); /* invalid UTF-8 */
-	}
-	case PROTOBUF_C_TYPE_BYTES: {
-		const ProtobufCBinaryData *b = member;
-		json_t *v = json_stringn((const char *)b->data, b->len);
-
-		return v ? v : hex_json(b->data, b->len);
-	}
-	case PROTOBUF_C_TYPE_MESSAGE: {
-		const ProtobufCMessage *sub = *(ProtobufCMessage *const *)member;
-
-		if (!sub)
-			return json_null();
-		if (sub->descriptor == &catalyst__v1__record__descriptor) {
-			char *text = cat_codec_record_to_json((const Catalyst__V1__Record *)sub);
-			json_t *v = text ? json_loads(text, 0, NULL) : NULL;
-
-			free(text);
-			if (v)
-				return v;
-		}
-		return proto_json(sub);
-	}
-	}
-	return json_null();
-}
-
-static size_t field_size(const ProtobufCFieldDescriptor *f)
-{
-	switch (f->type) {
-	case PROTOBUF_C_TYPE_INT64:
-	case PROTOBUF_C_TYPE_SINT64:
-	case PROTOBUF_C_TYPE_SFIXED64:
-	case PROTOBUF_C_TYPE_UINT64:
-	case PROTOBUF_C_TYPE_FIXED64:
-		return 8;
-	case PROTOBUF_C_TYPE_DOUBLE:
-		return sizeof(double);
-	case PROTOBUF_C_TYPE_BOOL:
-		return sizeof(protobuf_c_boolean);
-	case PROTOBUF_C_TYPE_STRING:
-		return sizeof(char *);
-	case PROTOBUF_C_TYPE_BYTES:
-		return sizeof(ProtobufCBinaryData);
-	case PROTOBUF_C_TYPE_MESSAGE:
-		return sizeof(ProtobufCMessage *);
-	default:
-		return 4;
-	}
-}
-
-/* Any decoded message as JSON: the fields present, by their proto names;
- * enums by name, bytes as text when UTF-8 else hex, records as their
- * column JSON. */
-static json_t *proto_json(const ProtobufCMessage *msg)
-{
-	const ProtobufCMessageDescriptor *d = msg->descriptor;
-	json_t *obj = json_object();
-
-	for (unsigned i = 0; obj && i < d->n_fields; i++) {
-		const ProtobufCFieldDescriptor *f = &d->fields[i];
-		const char *base = (const char *)msg;
-		const void *member = base + f->offset;
-
-		if (f->label == PROTOBUF_C_LABEL_REPEATED) {
-			size_t n = *(const size_t *)(base + f->quantifier_offset);
-			const char *array = *(char *const *)member;
-			json_t *list = json_array();
-
-			for (size_t k = 0; list && k < n; k++)
-				json_array_append_new(list, field_value_json(f, array + k * field_size(f)));
-			json_object_set_new(obj, f->name, list);
-			continue;
-		}
-		if (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) {
-			if (*(const uint32_t *)(base + f->quantifier_offset) != f->id)
-				continue;
-		} else if (f->label == PROTOBUF_C_LABEL_OPTIONAL) {
-			if (f->type == PROTOBUF_C_TYPE_STRING || f->type == PROTOBUF_C_TYPE_MESSAGE) {
-				const void *p = *(void *const *)member;
-
-				if (!p || p == f->default_value)
-					continue;
-			} else if (!*(const protobuf_c_boolean *)(base + f->quantifier_offset)) {
-				continue;
-			}
-		}
-		json_object_set_new(obj, f->name, field_value_json(f, member));
-	}
-	return obj;
-}
-
 /* The original message as JSON for show: a write line for write.v1 (what
  * `catalyst-publish write` reads back), else the command's fields; NULL when
  * it does not decode (then it is shown in hex). */
@@ -527,7 +375,7 @@ static json_t *message_json(const letter_t *l)
 		free(text);
 	}
 	if (!out)
-		out = proto_json(msg);
+		out = cat_codec_message_to_json(msg);
 	protobuf_c_message_free_unpacked(msg, NULL);
 	return out;
 }
@@ -580,7 +428,7 @@ static cat_err_t letter_from(letter_t *l, const rd_kafka_message_t *m, const cat
 		for (size_t i = 0; rd_kafka_header_get_all(headers, i, &name, &value, &size) == 0; i++) {
 			json_t *text = value ? json_stringn(value, size) : json_null();
 
-			json_object_set_new(l->headers, name, text ? text : hex_json(value, size));
+			json_object_set_new(l->headers, name, text ? text : cat_codec_hex_json(value, size));
 		}
 	l->reason = header_text(l, "x-catalyst-error");
 	l->source_topic = header_text(l, "x-catalyst-source-topic");
@@ -661,11 +509,10 @@ static cat_err_t scan(const cat_config_t *cfg, const char *dlq_topic, const opts
 {
 	rd_kafka_conf_t *conf = NULL;
 	rd_kafka_t *rk = NULL;
-	const rd_kafka_metadata_t *md = NULL;
-	rd_kafka_topic_t *rkt = NULL;
 	rd_kafka_topic_partition_list_t *assignment = NULL;
 	int64_t *ends = NULL;
 	int n_parts = 0, remaining = 0;
+	char reason[512];
 	int64_t deadline;
 	rd_kafka_resp_err_t kerr;
 	cat_err_t err;
@@ -682,17 +529,12 @@ static cat_err_t scan(const cat_config_t *cfg, const char *dlq_topic, const opts
 		goto out;
 	}
 	conf = NULL; /* owned by rk */
-	rkt = rd_kafka_topic_new(rk, dlq_topic, NULL);
-	kerr = rkt ? rd_kafka_metadata(rk, 0, rkt, &md, METADATA_TIMEOUT_MS) : RD_KAFKA_RESP_ERR__FAIL;
-	if (kerr || md->topic_cnt != 1 || md->topics[0].err || md->topics[0].partition_cnt == 0) {
+	if (cat_kafka_topic_partitions(rk, dlq_topic, METADATA_TIMEOUT_MS, &n_parts, reason, sizeof(reason)) !=
+	    CAT_OK) {
 		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "could not read the partitions of %s: %s",
-				  dlq_topic,
-				  rd_kafka_err2str(kerr		  ? kerr
-						   : md->topic_cnt != 1 ? RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC
-									: md->topics[0].err));
+				  dlq_topic, reason);
 		goto out;
 	}
-	n_parts = md->topics[0].partition_cnt;
 	ends = calloc((size_t)n_parts, sizeof(*ends));
 	assignment = rd_kafka_topic_partition_list_new(n_parts);
 	if (!ends || !assignment) {
@@ -792,10 +634,6 @@ out:
 	if (assignment)
 		rd_kafka_topic_partition_list_destroy(assignment);
 	free(ends);
-	if (md)
-		rd_kafka_metadata_destroy(md);
-	if (rkt)
-		rd_kafka_topic_destroy(rkt);
 	if (rk) {
 		rd_kafka_consumer_close(rk);
 		rd_kafka_destroy(rk);
@@ -908,7 +746,7 @@ static json_t *letter_summary_json(const letter_t *l, const char *dlq_topic)
 	json_object_set_new(j, "source", source);
 	json_object_set_new(j, "key", l->key ? json_stringn(l->key, l->key_len) : json_null());
 	if (!json_object_get(j, "key") && l->key)
-		json_object_set_new(j, "key", hex_json((const uint8_t *)l->key, l->key_len));
+		json_object_set_new(j, "key", cat_codec_hex_json((const uint8_t *)l->key, l->key_len));
 	json_object_set_new(j, "replayed", l->replayed < 0 ? json_null() : json_boolean(l->replayed));
 	return j;
 }
@@ -977,7 +815,7 @@ static void show(const letters_t *ls, const char *dlq_topic)
 		if (message)
 			json_object_set_new(j, "message", message);
 		else
-			json_object_set_new(j, "value_hex", hex_json(l->value, l->value_len));
+			json_object_set_new(j, "value_hex", cat_codec_hex_json(l->value, l->value_len));
 		print_json_line(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
 	}
 }
@@ -1003,18 +841,12 @@ static void replay_report(void *msg_opaque, rd_kafka_resp_err_t err, const rd_ka
 /* Partitions of a topic, or -1 (the topic does not exist). */
 static int partition_count(rd_kafka_t *rk, const char *topic)
 {
-	rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
-	const rd_kafka_metadata_t *md = NULL;
-	int n = -1;
+	char errstr[512];
+	int n;
 
-	if (rkt && rd_kafka_metadata(rk, 0, rkt, &md, METADATA_TIMEOUT_MS) == RD_KAFKA_RESP_ERR_NO_ERROR &&
-	    md->topic_cnt == 1 && !md->topics[0].err)
-		n = md->topics[0].partition_cnt;
-	if (md)
-		rd_kafka_metadata_destroy(md);
-	if (rkt)
-		rd_kafka_topic_destroy(rkt);
-	return n;
+	return cat_kafka_topic_partitions(rk, topic, METADATA_TIMEOUT_MS, &n, errstr, sizeof(errstr)) == CAT_OK
+		       ? n
+		       : -1;
 }
 
 static void default_operator(char *buf, size_t size)

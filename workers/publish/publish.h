@@ -8,6 +8,12 @@
 #include <stdio.h>
 
 #include "cat_config.h"
+#include "cat_publish.h"
+
+/* The publisher of every subcommand: client.id catalyst-publish,
+ * CATALYST_PRODUCER, CATALYST_PUBLISH_TIMEOUT_MS; `report` sees each
+ * delivery report. NULL after printing why it could not be made. */
+cat_publish_t *publish_open(const cat_config_t *cfg, cat_publish_report_fn report, void *opaque);
 
 int publish_write(const cat_config_t *cfg, const char *path);
 

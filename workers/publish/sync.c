@@ -16,10 +16,8 @@
 #include <string.h>
 
 #include "cat_codec.h"
-#include "cat_kafka.h"
-#include "cat_log.h"
+#include "cat_publish.h"
 #include "cat_schema.h"
-#include "cat_time.h"
 #include "publish.h"
 
 typedef struct options {
@@ -32,12 +30,13 @@ typedef struct options {
 	int repair;
 } options_t;
 
-static void report_delivery(void *msg_opaque, rd_kafka_resp_err_t err, const rd_kafka_message_t *msg,
-			    void *opaque)
+/* Delivery report: ref is the command's number (its line for replicate). */
+static void report_delivery(void *ref, const char *error, void *opaque)
 {
-	if (err)
-		fprintf(stderr, "catalyst-publish: command %lu not delivered: %s\n",
-			(unsigned long)(uintptr_t)msg_opaque, rd_kafka_err2str(err));
+	(void)opaque;
+	if (error)
+		fprintf(stderr, "catalyst-publish: command %lu not delivered: %s\n", (unsigned long)(uintptr_t)ref,
+			error);
 }
 
 static int parse_long(const char *text, long min, long max, long *out)
@@ -116,43 +115,17 @@ static int parse(int argc, char **argv, const char *action, options_t *o)
 	return 0;
 }
 
-static cat_err_t send_command(cat_producer_t *producer, const char *topic, const char *key,
-			      const Catalyst__V1__SyncCommand *cmd, unsigned long n, char *errstr,
-			      size_t errstr_size)
-{
-	size_t len = catalyst__v1__sync_command__get_packed_size(cmd);
-	uint8_t *buf = malloc(len ? len : 1);
-	cat_err_t err;
-
-	if (!buf)
-		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
-	catalyst__v1__sync_command__pack(cmd, buf);
-	err = cat_producer_send(producer, topic, RD_KAFKA_PARTITION_UA, key, strlen(key), buf, len, NULL,
-				(void *)(uintptr_t)n, errstr, errstr_size);
-	free(buf);
-	return err;
-}
-
 /* check / resync: one command. */
-static int publish_one(const cat_config_t *cfg, cat_producer_t *producer, const char *topic,
-		       const char *action, const options_t *o)
+static int publish_one(cat_publish_t *publish, const char *action, const options_t *o)
 {
 	Catalyst__V1__SyncCommand cmd = CATALYST__V1__SYNC_COMMAND__INIT;
 	Catalyst__V1__CommandMeta meta = CATALYST__V1__COMMAND_META__INIT;
 	Catalyst__V1__SyncCommand__CheckConsistency check =
 		CATALYST__V1__SYNC_COMMAND__CHECK_CONSISTENCY__INIT;
 	Catalyst__V1__SyncCommand__ResyncTable resync = CATALYST__V1__SYNC_COMMAND__RESYNC_TABLE__INIT;
-	char id[CAT_CODEC_COMMAND_ID_MAX + 1], errstr[512];
-	int timeout_ms = (int)cat_config_int(cfg, "CATALYST_PUBLISH_TIMEOUT_MS");
+	char errstr[512];
 
-	if (o->command_id)
-		snprintf(id, sizeof(id), "%s", o->command_id);
-	else
-		cat_codec_uuid(id, sizeof(id));
-	meta.command_id = id;
-	meta.has_issued_at_us = 1;
-	meta.issued_at_us = cat_time_now_us();
-	meta.producer = (char *)cat_config_str(cfg, "CATALYST_PRODUCER");
+	meta.command_id = (char *)o->command_id; /* NULL: a new one */
 	cmd.meta = &meta;
 	cmd.replica = (char *)o->replica;
 	if (strcmp(action, "check") == 0) {
@@ -170,22 +143,20 @@ static int publish_one(const cat_config_t *cfg, cat_producer_t *producer, const 
 		cmd.action_case = CATALYST__V1__SYNC_COMMAND__ACTION_RESYNC;
 		cmd.resync = &resync;
 	}
-	if (send_command(producer, topic, o->table, &cmd, 1, errstr, sizeof(errstr)) != CAT_OK) {
+	if (cat_publish_sync(publish, &cmd, (void *)(uintptr_t)1, errstr, sizeof(errstr)) != CAT_OK) {
 		fprintf(stderr, "catalyst-publish: %s\n", errstr);
 		return 1;
 	}
-	if (cat_producer_flush(producer, timeout_ms + 5000, errstr, sizeof(errstr)) != CAT_OK ||
-	    cat_producer_failed(producer) > 0) {
+	if (cat_publish_wait(publish, errstr, sizeof(errstr)) != CAT_OK) {
 		fprintf(stderr, "catalyst-publish: the %s command was not delivered\n", action);
 		return 1;
 	}
-	printf("published %s of %s: command_id %s\n", action, o->table, id);
+	printf("published %s of %s: command_id %s\n", action, o->table, cat_publish_command_id(publish));
 	return 0;
 }
 
 /* replicate: JSON write lines, one ReplicateRows each. */
-static int publish_replicate(const cat_config_t *cfg, cat_producer_t *producer, const char *topic,
-			     const options_t *o)
+static int publish_replicate(const cat_config_t *cfg, cat_publish_t *publish, const options_t *o)
 {
 	const char *path = o->path ? o->path : "-";
 	FILE *in = stdin;
@@ -193,7 +164,7 @@ static int publish_replicate(const cat_config_t *cfg, cat_producer_t *producer, 
 	size_t line_cap = 0;
 	ssize_t line_len;
 	unsigned long line_no = 0, rejected = 0;
-	int timeout_ms = (int)cat_config_int(cfg, "CATALYST_PUBLISH_TIMEOUT_MS");
+	cat_err_t err;
 	int rc;
 
 	if (strcmp(path, "-") != 0 && !(in = fopen(path, "r"))) {
@@ -206,10 +177,7 @@ static int publish_replicate(const cat_config_t *cfg, cat_producer_t *producer, 
 		Catalyst__V1__SyncCommand__ReplicateRows rows =
 			CATALYST__V1__SYNC_COMMAND__REPLICATE_ROWS__INIT;
 		Catalyst__V1__Change change = CATALYST__V1__CHANGE__INIT, *changes[1] = {&change};
-		const cat_table_t *table;
-		char key[400];
 		size_t len = (size_t)line_len;
-		cat_err_t err;
 
 		line_no++;
 		while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
@@ -236,9 +204,7 @@ static int publish_replicate(const cat_config_t *cfg, cat_producer_t *producer, 
 		cmd.replica = (char *)o->replica;
 		cmd.action_case = CATALYST__V1__SYNC_COMMAND__ACTION_REPLICATE;
 		cmd.replicate = &rows;
-		table = cat_codec_record_table(wc->record);
-		snprintf(key, sizeof(key), "%s:%s", table->name, cat_codec_record_pk(wc->record));
-		err = send_command(producer, topic, key, &cmd, line_no, errstr, sizeof(errstr));
+		err = cat_publish_sync(publish, &cmd, (void *)(uintptr_t)line_no, errstr, sizeof(errstr));
 		catalyst__v1__write_command__free_unpacked(wc, NULL);
 		if (err != CAT_OK) {
 			fprintf(stderr, "line %lu: %s\n", line_no, errstr);
@@ -246,16 +212,17 @@ static int publish_replicate(const cat_config_t *cfg, cat_producer_t *producer, 
 			if (err == CAT_ERR_FATAL)
 				break;
 		}
-		cat_producer_poll(producer, 0);
 	}
 	if (ferror(in))
 		fprintf(stderr, "catalyst-publish: could not read %s: %s\n", path, strerror(errno));
-	if (cat_producer_flush(producer, timeout_ms + 5000, errstr, sizeof(errstr)) != CAT_OK)
+	/* a command not delivered was reported on its line already */
+	err = cat_publish_wait(publish, errstr, sizeof(errstr));
+	if (err != CAT_OK && err != CAT_ERR_PERMANENT)
 		fprintf(stderr, "catalyst-publish: %s\n", errstr);
-	printf("published %llu, rejected %lu\n", (unsigned long long)cat_producer_delivered(producer),
+	printf("published %llu, rejected %lu\n", (unsigned long long)cat_publish_delivered(publish),
 	       rejected);
-	rc = rejected == 0 && !ferror(in) && cat_producer_failed(producer) == 0 &&
-			     cat_producer_outstanding(producer) == 0
+	rc = rejected == 0 && !ferror(in) && cat_publish_failed(publish) == 0 &&
+			     cat_publish_outstanding(publish) == 0
 		     ? 0
 		     : 1;
 	free(line);
@@ -267,8 +234,7 @@ static int publish_replicate(const cat_config_t *cfg, cat_producer_t *producer, 
 int publish_sync(const cat_config_t *cfg, int argc, char **argv)
 {
 	options_t o = {0};
-	cat_producer_t *producer = NULL;
-	char topic[256], errstr[512];
+	cat_publish_t *publish = NULL;
 	const char *action;
 	int rc;
 
@@ -280,15 +246,9 @@ int publish_sync(const cat_config_t *cfg, int argc, char **argv)
 	action = argv[0];
 	if ((rc = parse(argc - 1, argv + 1, action, &o)) != 0)
 		return rc;
-	if (cat_producer_new(&producer, cfg, "catalyst-publish",
-			     (int)cat_config_int(cfg, "CATALYST_PUBLISH_TIMEOUT_MS"), report_delivery, NULL,
-			     errstr, sizeof(errstr)) != CAT_OK) {
-		fprintf(stderr, "catalyst-publish: %s\n", errstr);
+	if (!(publish = publish_open(cfg, report_delivery, NULL)))
 		return 2;
-	}
-	cat_kafka_topic(cfg, CAT_TOPIC_SYNC, topic, sizeof(topic));
-	rc = strcmp(action, "replicate") == 0 ? publish_replicate(cfg, producer, topic, &o)
-					      : publish_one(cfg, producer, topic, action, &o);
-	cat_producer_destroy(producer);
+	rc = strcmp(action, "replicate") == 0 ? publish_replicate(cfg, publish, &o) : publish_one(publish, action, &o);
+	cat_publish_destroy(publish);
 	return rc;
 }

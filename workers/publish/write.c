@@ -8,64 +8,38 @@
 #include <string.h>
 
 #include "cat_codec.h"
-#include "cat_kafka.h"
-#include "cat_log.h"
+#include "cat_publish.h"
 #include "publish.h"
 
-/* Delivery report: msg_opaque is the line number. */
-static void report_delivery(void *msg_opaque, rd_kafka_resp_err_t err, const rd_kafka_message_t *msg,
-			    void *opaque)
+/* Delivery report: ref is the line number. */
+static void report_delivery(void *ref, const char *error, void *opaque)
 {
-	if (err)
-		fprintf(stderr, "line %lu: not delivered: %s\n", (unsigned long)(uintptr_t)msg_opaque,
-			rd_kafka_err2str(err));
-}
-
-/* Publishes one accepted command; CAT_OK or an error with errstr set. */
-static cat_err_t publish_one(cat_producer_t *producer, const char *topic,
-			     const Catalyst__V1__WriteCommand *cmd, unsigned long line_no, char *errstr,
-			     size_t errstr_size)
-{
-	char key[256];
-	size_t key_len = cat_codec_record_key(cmd->record, key, sizeof(key));
-	size_t len = catalyst__v1__write_command__get_packed_size(cmd);
-	uint8_t *buf = malloc(len ? len : 1);
-	cat_err_t err;
-
-	if (!buf)
-		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
-	catalyst__v1__write_command__pack(cmd, buf);
-	err = cat_producer_send(producer, topic, RD_KAFKA_PARTITION_UA, key, key_len, buf, len, NULL,
-				(void *)(uintptr_t)line_no, errstr, errstr_size);
-	free(buf);
-	return err;
+	(void)opaque;
+	if (error)
+		fprintf(stderr, "line %lu: not delivered: %s\n", (unsigned long)(uintptr_t)ref, error);
 }
 
 int publish_write(const cat_config_t *cfg, const char *path)
 {
 	FILE *in = stdin;
-	cat_producer_t *producer = NULL;
+	cat_publish_t *publish = NULL;
 	char *line = NULL;
 	size_t line_cap = 0;
 	ssize_t line_len;
 	unsigned long line_no = 0, rejected = 0;
-	char topic[256];
 	char errstr[512];
-	int timeout_ms = (int)cat_config_int(cfg, "CATALYST_PUBLISH_TIMEOUT_MS");
 	const char *producer_name = cat_config_str(cfg, "CATALYST_PRODUCER");
+	cat_err_t err;
 	int rc = 1;
 
 	if (strcmp(path, "-") != 0 && !(in = fopen(path, "r"))) {
 		fprintf(stderr, "catalyst-publish: could not open %s: %s\n", path, strerror(errno));
 		return 2;
 	}
-	if (cat_producer_new(&producer, cfg, "catalyst-publish", timeout_ms, report_delivery, NULL, errstr,
-			     sizeof(errstr)) != CAT_OK) {
-		fprintf(stderr, "catalyst-publish: %s\n", errstr);
+	if (!(publish = publish_open(cfg, report_delivery, NULL))) {
 		rc = 2;
 		goto out;
 	}
-	cat_kafka_topic(cfg, CAT_TOPIC_WRITE, topic, sizeof(topic));
 
 	while ((line_len = getline(&line, &line_cap, in)) != -1) {
 		Catalyst__V1__WriteCommand *cmd = NULL;
@@ -86,7 +60,7 @@ int publish_write(const cat_config_t *cfg, const char *path)
 			rejected++;
 			continue;
 		}
-		cat_err_t err = publish_one(producer, topic, cmd, line_no, errstr, sizeof(errstr));
+		err = cat_publish_write(publish, cmd, (void *)(uintptr_t)line_no, errstr, sizeof(errstr));
 		catalyst__v1__write_command__free_unpacked(cmd, NULL);
 		if (err != CAT_OK) {
 			fprintf(stderr, "line %lu: %s\n", line_no, errstr);
@@ -95,27 +69,27 @@ int publish_write(const cat_config_t *cfg, const char *path)
 				break;
 			continue;
 		}
-		cat_producer_poll(producer, 0);
 	}
 	if (ferror(in))
 		fprintf(stderr, "catalyst-publish: could not read %s: %s\n", path, strerror(errno));
 
-	/* message.timeout.ms fails every report by then; the margin covers the last poll */
-	if (cat_producer_flush(producer, timeout_ms + 5000, errstr, sizeof(errstr)) != CAT_OK)
+	/* a command not delivered was reported on its line already */
+	err = cat_publish_wait(publish, errstr, sizeof(errstr));
+	if (err != CAT_OK && err != CAT_ERR_PERMANENT)
 		fprintf(stderr, "catalyst-publish: %s\n", errstr);
 
-	printf("published %llu, rejected %lu", (unsigned long long)cat_producer_delivered(producer), rejected);
-	if (cat_producer_failed(producer) || cat_producer_outstanding(producer))
+	printf("published %llu, rejected %lu", (unsigned long long)cat_publish_delivered(publish), rejected);
+	if (cat_publish_failed(publish) || cat_publish_outstanding(publish))
 		printf(", not delivered %llu",
-		       (unsigned long long)(cat_producer_failed(producer) + cat_producer_outstanding(producer)));
+		       (unsigned long long)(cat_publish_failed(publish) + cat_publish_outstanding(publish)));
 	printf("\n");
-	rc = rejected == 0 && cat_producer_failed(producer) == 0 && cat_producer_outstanding(producer) == 0 &&
+	rc = rejected == 0 && cat_publish_failed(publish) == 0 && cat_publish_outstanding(publish) == 0 &&
 			     !ferror(in)
 		     ? 0
 		     : 1;
 
 out:
-	cat_producer_destroy(producer);
+	cat_publish_destroy(publish);
 	free(line);
 	if (in && in != stdin)
 		fclose(in);

@@ -24,34 +24,12 @@
 
 cat_err_t sync_topic_partitions(rd_kafka_t *rk, const char *topic, int *n, char *errstr, size_t errstr_size)
 {
-	rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
-	const struct rd_kafka_metadata *metadata = NULL;
-	rd_kafka_resp_err_t kerr;
-	cat_err_t err = CAT_OK;
-
-	*n = 0;
-	if (!rkt)
-		return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "could not look up topic %s",
-				   topic);
-	kerr = rd_kafka_metadata(rk, 0, rkt, &metadata, REQUEST_TIMEOUT_MS);
-	if (kerr)
-		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE,
-				  "could not read the metadata of %s: %s", topic, rd_kafka_err2str(kerr));
-	else if (metadata->topic_cnt != 1 || metadata->topics[0].err ||
-		 metadata->topics[0].partition_cnt <= 0)
-		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE,
-				  "could not read the metadata of %s: %s", topic,
-				  rd_kafka_err2str(metadata->topic_cnt == 1
-							   ? metadata->topics[0].err
-							   : RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC));
-	else
-		*n = metadata->topics[0].partition_cnt < SYNC_MAX_PARTITIONS
-			     ? metadata->topics[0].partition_cnt
-			     : SYNC_MAX_PARTITIONS;
-	if (metadata)
-		rd_kafka_metadata_destroy(metadata);
-	rd_kafka_topic_destroy(rkt);
-	return err;
+	/* the topic may be created after the worker starts: never fatal here */
+	if (cat_kafka_topic_partitions(rk, topic, REQUEST_TIMEOUT_MS, n, errstr, errstr_size) != CAT_OK)
+		return CAT_ERR_RETRIABLE;
+	if (*n > SYNC_MAX_PARTITIONS)
+		*n = SYNC_MAX_PARTITIONS;
+	return CAT_OK;
 }
 
 cat_err_t sync_offsets_client(rd_kafka_t **out, const cat_config_t *cfg, const char *group,
