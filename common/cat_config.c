@@ -74,6 +74,32 @@ static bool enum_has(const char *choices, const char *word)
 	return false;
 }
 
+/* "5,10,20": each number within the row's bounds, at most max_items of
+ * them; stores up to `max` in `out` (NULL: none) and their count in *n. */
+static int parse_int_list(const cat_config_def_t *def, const char *text, long long *out, size_t max,
+			  size_t *n)
+{
+	const char *p = text;
+
+	*n = 0;
+	while (*p) {
+		char *end;
+		long long v;
+
+		errno = 0;
+		v = strtoll(p, &end, 10);
+		if (errno || end == p || (*end && *end != ',') ||
+		    ((def->min || def->max) && (v < def->min || v > def->max)) ||
+		    (def->max_items && *n == def->max_items))
+			return -1;
+		if (out && *n < max)
+			out[*n] = v;
+		(*n)++;
+		p = *end ? end + 1 : end;
+	}
+	return *n ? 0 : -1;
+}
+
 /* Validates one value; `shown` is how the value may appear in the error. */
 static cat_err_t validate(const cat_config_def_t *def, const char *text, long long *num,
 			  char *errstr, size_t errstr_size)
@@ -157,8 +183,62 @@ static cat_err_t validate(const cat_config_def_t *def, const char *text, long lo
 			return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL,
 					   "%s: must be an http:// or https:// URL %s", def->name, shown);
 		return CAT_OK;
+	case CAT_CFG_INT_LIST: {
+		size_t n;
+		char most[48] = "";
+
+		if (parse_int_list(def, text, NULL, 0, &n) == 0)
+			return CAT_OK;
+		if (def->max_items)
+			snprintf(most, sizeof(most), "up to %zu ", def->max_items);
+		if (def->min || def->max)
+			return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL,
+					   "%s: must be %sintegers from %lld to %lld separated by commas %s",
+					   def->name, most, def->min, def->max, shown);
+		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL,
+				   "%s: must be %sintegers separated by commas %s", def->name, most, shown);
+	}
 	}
 	return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "%s: unknown setting type", def->name);
+}
+
+/* The type's rules, then the row's own check. */
+static cat_err_t validate_row(const cat_config_def_t *def, const char *text, long long *num, char *errstr,
+			      size_t errstr_size)
+{
+	char why[256] = "";
+	cat_err_t err;
+
+	if ((err = validate(def, text, num, errstr, errstr_size)) != CAT_OK)
+		return err;
+	if (!def->check || def->check(text, why, sizeof(why)) == 0)
+		return CAT_OK;
+	if (def->secret)
+		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "%s: %s (value hidden)", def->name, why);
+	return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "%s: %s (got \"%.64s\")", def->name, why, text);
+}
+
+/* Whether a row's requirement holds: always, or when the setting its
+ * required_if names has the value given there. */
+static bool required_now(const cat_config_t *cfg, const cat_config_def_t *def)
+{
+	const char *eq;
+	size_t len;
+
+	if (!def->required)
+		return false;
+	if (!def->required_if)
+		return true;
+	eq = strchr(def->required_if, '=');
+	len = eq ? (size_t)(eq - def->required_if) : strlen(def->required_if);
+	for (size_t i = 0; i < cfg->n_values; i++) {
+		const config_value_t *value = &cfg->values[i];
+
+		if (value->def && strlen(value->def->name) == len &&
+		    strncmp(value->def->name, def->required_if, len) == 0)
+			return value->text && eq && strcmp(value->text, eq + 1) == 0;
+	}
+	return false;
 }
 
 /* "CATALYST_KAFKA_SSL_CA_LOCATION" -> "ssl.ca.location" */
@@ -248,20 +328,28 @@ cat_err_t cat_config_load(cat_config_t **out, const cat_config_def_t *defs, size
 			text = NULL; /* set but empty reads as unset */
 		if (!text)
 			text = def->def;
-		if (!text) {
-			if (def->required) {
-				err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL,
-						  "%s: required but not set", def->name);
-				goto error;
-			}
-			continue;
+		if (!text && def->required && !def->required_if) {
+			err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "%s: required but not set",
+					  def->name);
+			goto error;
 		}
-		if ((err = validate(def, text, &value->num, errstr, errstr_size)) != CAT_OK)
+		if (!text)
+			continue; /* a required_if row: known once all are read */
+		if ((err = validate_row(def, text, &value->num, errstr, errstr_size)) != CAT_OK)
 			goto error;
 		if (!(value->text = strdup(text))) {
 			err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
 			goto error;
 		}
+	}
+	for (size_t i = 0; i < n_defs; i++) {
+		const cat_config_def_t *def = &defs[i];
+
+		if (is_wildcard(def) || cfg->values[i].text || !required_now(cfg, def))
+			continue;
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "%s: required when %s", def->name,
+				  def->required_if);
+		goto error;
 	}
 	if ((err = protect_process(cfg, errstr, errstr_size)) != CAT_OK)
 		goto error;
@@ -330,6 +418,17 @@ bool cat_config_is_set(const cat_config_t *cfg, const char *name)
 	return find(cfg, name)->text != NULL;
 }
 
+size_t cat_config_int_list(const cat_config_t *cfg, const char *name, long long *out, size_t max)
+{
+	const config_value_t *value = find(cfg, name);
+	size_t n = 0;
+
+	if (value->def->type != CAT_CFG_INT_LIST || !value->text ||
+	    parse_int_list(value->def, value->text, out, max, &n) != 0)
+		return 0;
+	return n;
+}
+
 int cat_config_each_kafka(const cat_config_t *cfg,
 			  int (*fn)(const char *key, const char *value, void *opaque), void *opaque)
 {
@@ -359,10 +458,14 @@ void cat_config_usage(FILE *out, const char *usage, const cat_config_def_t *defs
 		fprintf(out, "  %s\n      %s", def->name, def->help);
 		if (def->type == CAT_CFG_ENUM)
 			fprintf(out, " (%s)", def->choices);
-		if (def->type == CAT_CFG_INT && (def->min || def->max))
+		if ((def->type == CAT_CFG_INT || def->type == CAT_CFG_INT_LIST) && (def->min || def->max))
 			fprintf(out, " [%lld..%lld]", def->min, def->max);
+		if (def->type == CAT_CFG_INT_LIST && def->max_items)
+			fprintf(out, " (at most %zu)", def->max_items);
 		if (def->def)
 			fprintf(out, "; default %s", def->def);
+		else if (def->required && def->required_if)
+			fprintf(out, "; required when %s", def->required_if);
 		else if (def->required)
 			fprintf(out, "; required");
 		if (def->secret)

@@ -47,38 +47,44 @@ static const cat_config_def_t config_defs[] = {
 	CAT_CONFIG_PG,
 	CAT_CONFIG_HTTP,
 	CAT_CONFIG_CONSUMER("1"),
-	CAT_CONFIG_S3,
-	{"CATALYST_BACKUP_GROUP", CAT_CFG_STRING, "catalyst-backup", false, false, 0, 0, NULL,
-	 "consumer group of backup.v1"},
-	{"CATALYST_BACKUP_PORT", CAT_CFG_INT, "5021", false, false, 0, 65535, NULL,
-	 "HTTP port of /healthz, /readyz and /metrics (0: any free port)"},
-	{"CATALYST_BACKUP_BIND", CAT_CFG_STRING, "0.0.0.0", false, false, 0, 0, NULL,
-	 "address the HTTP server listens on"},
-	{"CATALYST_BACKUP_STORE", CAT_CFG_ENUM, "s3", false, false, 0, 0, "s3|dir",
-	 "where backups go: the S3 bucket, or CATALYST_BACKUP_DIR"},
-	{"CATALYST_BACKUP_DIR", CAT_CFG_STRING, NULL, false, false, 0, 0, NULL,
-	 "directory of backups when CATALYST_BACKUP_STORE=dir"},
-	{"CATALYST_BACKUP_RESTORE_TARGETS", CAT_CFG_STRING, NULL, false, true, 0, 0, NULL,
-	 "databases a Restore may write to: name=postgresql://...;name2=... (a command names one)"},
-	{"CATALYST_BACKUP_PARALLEL", CAT_CFG_INT, "2", false, false, 1, BACKUP_MAX_TABLES, NULL,
-	 "tables of a table backup compressed at once (memory: two upload parts each)"},
-	{"CATALYST_BACKUP_GZIP_LEVEL", CAT_CFG_INT, "6", false, false, 1, 9, NULL, "gzip compression level"},
-	{"CATALYST_BACKUP_COMPRESS_THREADS", CAT_CFG_INT, "0", false, false, 0, 16, NULL,
-	 "threads compressing a backup (shared by the tables backed up at once; 2 MiB each); 0: one per CPU, "
-	 "at most 4"},
-	{"CATALYST_BACKUP_PG_DUMP", CAT_CFG_STRING, "pg_dump", false, false, 0, 0, NULL,
-	 "pg_dump to run (its major version at least the server's)"},
-	{"CATALYST_BACKUP_PSQL", CAT_CFG_STRING, "psql", false, false, 0, 0, NULL, "psql to run for restores"},
-	{"CATALYST_BACKUP_MAX_COMMAND_S", CAT_CFG_INT, "21600", false, false, 60, 86400, NULL,
-	 "longest a command may run without the group evicting the worker (the default of "
-	 "max.poll.interval.ms; CATALYST_KAFKA_MAX_POLL_INTERVAL_MS wins)"},
-	{"CATALYST_BACKUP_MAX_ATTEMPTS", CAT_CFG_INT, "5", false, false, 1, 1000000, NULL,
-	 "attempts at a command that keeps failing (store, disk, target) before it fails for good: one event "
-	 "with ok=false, a dead letter, the partition moves on"},
-	{"CATALYST_BACKUP_KEEP_FULL", CAT_CFG_INT, "2", false, false, 0, 10000, NULL,
-	 "newest full backups a prune never removes, whatever the retention tiers say"},
-	{"CATALYST_BACKUP_ALLOW_PRUNE_NOW", CAT_CFG_BOOL, "false", false, false, 0, 0, NULL,
-	 "tests only: a prune's now_us replaces the worker's clock (otherwise it is ignored)"},
+	CAT_CONFIG_S3_IF("CATALYST_BACKUP_STORE=s3"),
+	{ .name = "CATALYST_BACKUP_GROUP", .type = CAT_CFG_STRING, .def = "catalyst-backup",
+	  .help = "consumer group of backup.v1" },
+	{ .name = "CATALYST_BACKUP_PORT", .type = CAT_CFG_INT, .def = "5021", .max = 65535,
+	  .help = "HTTP port of /healthz, /readyz and /metrics (0: any free port)" },
+	{ .name = "CATALYST_BACKUP_BIND", .type = CAT_CFG_STRING, .def = "0.0.0.0",
+	  .help = "address the HTTP server listens on" },
+	{ .name = "CATALYST_BACKUP_STORE", .type = CAT_CFG_ENUM, .def = "s3", .choices = "s3|dir",
+	  .help = "where backups go: the S3 bucket, or CATALYST_BACKUP_DIR" },
+	{ .name = "CATALYST_BACKUP_DIR", .type = CAT_CFG_STRING, .required = true,
+	  .required_if = "CATALYST_BACKUP_STORE=dir",
+	  .help = "directory of backups (the dir store)" },
+	{ .name = "CATALYST_BACKUP_RESTORE_TARGETS", .type = CAT_CFG_STRING, .secret = true,
+	  .help = "databases a Restore may write to: name=postgresql://...;name2=... (a command names one)" },
+	{ .name = "CATALYST_BACKUP_PARALLEL", .type = CAT_CFG_INT, .def = "2", .min = 1,
+	  .max = BACKUP_MAX_TABLES,
+	  .help = "tables of a table backup compressed at once (memory: two upload parts each)" },
+	{ .name = "CATALYST_BACKUP_GZIP_LEVEL", .type = CAT_CFG_INT, .def = "6", .min = 1, .max = 9,
+	  .help = "gzip compression level" },
+	{ .name = "CATALYST_BACKUP_COMPRESS_THREADS", .type = CAT_CFG_INT, .def = "0", .max = 16,
+	  .help = "threads compressing a backup (shared by the tables backed up at once; 2 MiB each); 0: one per CPU, "
+	          "at most 4" },
+	{ .name = "CATALYST_BACKUP_PG_DUMP", .type = CAT_CFG_STRING, .def = "pg_dump",
+	  .help = "pg_dump to run (its major version at least the server's)" },
+	{ .name = "CATALYST_BACKUP_PSQL", .type = CAT_CFG_STRING, .def = "psql",
+	  .help = "psql to run for restores" },
+	{ .name = "CATALYST_BACKUP_MAX_COMMAND_S", .type = CAT_CFG_INT, .def = "21600", .min = 60,
+	  .max = 86400,
+	  .help = "longest a command may run without the group evicting the worker (the default of "
+	          "max.poll.interval.ms; CATALYST_KAFKA_MAX_POLL_INTERVAL_MS wins)" },
+	{ .name = "CATALYST_BACKUP_MAX_ATTEMPTS", .type = CAT_CFG_INT, .def = "5", .min = 1,
+	  .max = 1000000,
+	  .help = "attempts at a command that keeps failing (store, disk, target) before it fails for good: one event "
+	          "with ok=false, a dead letter, the partition moves on" },
+	{ .name = "CATALYST_BACKUP_KEEP_FULL", .type = CAT_CFG_INT, .def = "2", .max = 10000,
+	  .help = "newest full backups a prune never removes, whatever the retention tiers say" },
+	{ .name = "CATALYST_BACKUP_ALLOW_PRUNE_NOW", .type = CAT_CFG_BOOL, .def = "false",
+	  .help = "tests only: a prune's now_us replaces the worker's clock (otherwise it is ignored)" },
 };
 
 #define N_CONFIG_DEFS (sizeof(config_defs) / sizeof(config_defs[0]))
@@ -127,12 +133,8 @@ static cat_err_t open_sink(const cat_config_t *cfg, cat_sink_t **sink, char *err
 	cat_s3_t *s3 = NULL;
 	cat_err_t err;
 
-	if (strcmp(cat_config_str(cfg, "CATALYST_BACKUP_STORE"), "dir") == 0) {
-		if (!cat_config_is_set(cfg, "CATALYST_BACKUP_DIR"))
-			return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL,
-					   "CATALYST_BACKUP_DIR: required when CATALYST_BACKUP_STORE=dir");
+	if (strcmp(cat_config_str(cfg, "CATALYST_BACKUP_STORE"), "dir") == 0)
 		return cat_sink_new_dir(sink, cat_config_str(cfg, "CATALYST_BACKUP_DIR"), errstr, errstr_size);
-	}
 	cat_s3_options_from_config(&opts, cfg);
 	opts.cancel = &stop;
 	if ((err = cat_s3_new(&s3, &opts, errstr, errstr_size)))

@@ -67,11 +67,13 @@
 #include "cat_metrics.h"
 #include "cat_redis.h"
 
+/* Most n of candidates:top:{n} (CATALYST_CACHE_TOP_LIMITS). */
+#define CACHE_MAX_TOP_LIMITS 16
+
 typedef struct cache cache_t;
 
 /* The handler state: `redis` and `pg` (may be NULL: connect when needed)
- * are owned from this call on, also when it fails; `metrics` is borrowed.
- * Fatal for a bad CATALYST_CACHE_TOP_LIMITS. */
+ * are owned from this call on, also when it fails; `metrics` is borrowed. */
 cat_err_t cache_new(cache_t **out, const cat_config_t *cfg, cat_redis_t *redis, PGconn *pg,
 		    cat_metrics_t *metrics, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 

@@ -24,26 +24,19 @@ cat_err_t cache_pg_connect(PGconn **out, const cat_config_t *cfg, char *errstr, 
 			      (int)cat_config_int(cfg, "CATALYST_PG_CONNECT_TIMEOUT_S"), errstr, errstr_size);
 }
 
-/* "5,10,20" -> top_limits */
-static cat_err_t parse_top_limits(cache_t *cache, const char *text, char *errstr, size_t errstr_size)
+/* CATALYST_CACHE_TOP_LIMITS (validated by the config table) -> top_limits */
+static void top_limits_init(cache_t *cache, const cat_config_t *cfg)
 {
-	const char *p = text;
+	long long limits[MAX_TOP_LIMITS];
 
-	while (*p) {
-		char *end;
-		long long n = strtoll(p, &end, 10);
-
-		if (end == p || n < 1 || n > 1000 || (*end && *end != ',') || cache->n_top_limits == MAX_TOP_LIMITS)
-			return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL,
-					   "CATALYST_CACHE_TOP_LIMITS: must be up to %d numbers from 1 to 1000, "
-					   "separated by commas",
-					   MAX_TOP_LIMITS);
-		snprintf(cache->top_limits[cache->n_top_limits++], sizeof(cache->top_limits[0]), "%lld", n);
-		if (n > cache->top_max)
-			cache->top_max = n;
-		p = *end ? end + 1 : end;
+	cache->n_top_limits = cat_config_int_list(cfg, "CATALYST_CACHE_TOP_LIMITS", limits, MAX_TOP_LIMITS);
+	if (cache->n_top_limits > MAX_TOP_LIMITS)
+		cache->n_top_limits = MAX_TOP_LIMITS;
+	for (size_t i = 0; i < cache->n_top_limits; i++) {
+		snprintf(cache->top_limits[i], sizeof(cache->top_limits[0]), "%lld", limits[i]);
+		if (limits[i] > cache->top_max)
+			cache->top_max = limits[i];
 	}
-	return CAT_OK;
 }
 
 static void layout_init(cache_t *cache, cat_metrics_t *metrics)
@@ -175,9 +168,7 @@ cat_err_t cache_new(cache_t **out, const cat_config_t *cfg, cat_redis_t *redis, 
 	cache->pipeline_bytes = cat_config_int(cfg, "CATALYST_CACHE_PIPELINE_BYTES");
 	cache->scan_count = cat_config_int(cfg, "CATALYST_CACHE_SCAN_COUNT");
 	cache->rebuild_chunk = cat_config_int(cfg, "CATALYST_CACHE_REBUILD_CHUNK");
-	if ((err = parse_top_limits(cache, cat_config_str(cfg, "CATALYST_CACHE_TOP_LIMITS"), errstr,
-				    errstr_size)) != CAT_OK)
-		goto error;
+	top_limits_init(cache, cfg);
 	if (cat_schema_n_tables > MAX_TABLES) {
 		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "the schema has more than %d tables",
 				  MAX_TABLES);
