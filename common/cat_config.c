@@ -281,6 +281,38 @@ static cat_err_t load_kafka(cat_config_t *cfg, char *const *envp, char *errstr, 
 	return CAT_OK;
 }
 
+/* The defaults rows give librdkafka properties the environment leaves
+ * unset: the first row with a value wins. */
+static cat_err_t load_kafka_defaults(cat_config_t *cfg, char *errstr, size_t errstr_size)
+{
+	for (size_t i = 0; i < cfg->n_values; i++) {
+		const config_value_t *value = &cfg->values[i];
+		char scaled[32], **keys, **vals;
+		const char *text = value->text;
+
+		if (!value->def || !value->def->kafka || !text || cat_config_kafka(cfg, value->def->kafka))
+			continue;
+		if (value->def->kafka_scale) {
+			snprintf(scaled, sizeof(scaled), "%lld", value->num * value->def->kafka_scale);
+			text = scaled;
+		}
+		keys = realloc(cfg->kafka_keys, (cfg->n_kafka + 1) * sizeof(char *));
+		if (keys)
+			cfg->kafka_keys = keys;
+		vals = realloc(cfg->kafka_vals, (cfg->n_kafka + 1) * sizeof(char *));
+		if (vals)
+			cfg->kafka_vals = vals;
+		if (!keys || !vals)
+			return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
+		cfg->kafka_keys[cfg->n_kafka] = strdup(value->def->kafka);
+		cfg->kafka_vals[cfg->n_kafka] = strdup(text);
+		cfg->n_kafka++;
+		if (!cfg->kafka_keys[cfg->n_kafka - 1] || !cfg->kafka_vals[cfg->n_kafka - 1])
+			return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
+	}
+	return CAT_OK;
+}
+
 /* No core dump, no ptrace attach, unless CATALYST_CORE_DUMPS allows them. */
 static cat_err_t protect_process(const cat_config_t *cfg, char *errstr, size_t errstr_size)
 {
@@ -351,7 +383,8 @@ cat_err_t cat_config_load(cat_config_t **out, const cat_config_def_t *defs, size
 				  def->required_if);
 		goto error;
 	}
-	if ((err = protect_process(cfg, errstr, errstr_size)) != CAT_OK)
+	if ((err = load_kafka_defaults(cfg, errstr, errstr_size)) != CAT_OK ||
+	    (err = protect_process(cfg, errstr, errstr_size)) != CAT_OK)
 		goto error;
 	*out = cfg;
 	return CAT_OK;
@@ -470,6 +503,9 @@ void cat_config_usage(FILE *out, const char *usage, const cat_config_def_t *defs
 			fprintf(out, "; required");
 		if (def->secret)
 			fprintf(out, "; secret");
+		if (def->kafka && strncmp(def->name, KAFKA_PREFIX, strlen(KAFKA_PREFIX)) != 0)
+			fprintf(out, "; times %lld, the default of librdkafka's %s", def->kafka_scale ? def->kafka_scale : 1,
+				def->kafka);
 		fputc('\n', out);
 	}
 }

@@ -57,6 +57,10 @@ typedef struct cat_config_def {
 	size_t max_items;      /* CAT_CFG_INT_LIST: most numbers (0: no limit) */
 	const char *choices;   /* CAT_CFG_ENUM: "a|b|c" */
 	cat_config_check_fn check; /* NULL: the type's rules only */
+	const char *kafka;     /* a librdkafka property ("max.poll.interval.ms") whose default
+				* is this row's value (times kafka_scale when not 0), unless
+				* the operator set CATALYST_KAFKA_<PROPERTY> */
+	long long kafka_scale;
 	const char *help;
 } cat_config_def_t;
 
@@ -118,12 +122,14 @@ size_t cat_config_int_list(const cat_config_t *cfg, const char *name, long long 
 
 /* Calls fn(key, value, opaque) for each environment variable
  * CATALYST_KAFKA_<NAME>=value, with key the librdkafka property name
- * ("security.protocol"). Stops at and returns fn's first non-zero result. */
+ * ("security.protocol"), then for each default the table gives a property
+ * the environment does not set (rows with `kafka`). Stops at and returns
+ * fn's first non-zero result. */
 int cat_config_each_kafka(const cat_config_t *cfg,
 			  int (*fn)(const char *key, const char *value, void *opaque), void *opaque);
 
-/* The value given through CATALYST_KAFKA_<NAME> for librdkafka property
- * `key` ("queued.max.messages.kbytes"), or NULL. */
+/* The value given through CATALYST_KAFKA_<NAME> (or the table's default)
+ * for librdkafka property `key` ("queued.max.messages.kbytes"), or NULL. */
 const char *cat_config_kafka(const cat_config_t *cfg, const char *key);
 
 /* Writes `usage` then the settings table (name, default, required, help). */

@@ -51,8 +51,12 @@
 #include "cat_kafka.h"
 #include "cat_metrics.h"
 
-/* Settings of the loop, spliced into a worker's config table. */
-#define CAT_CONFIG_CONSUMER(default_batch)                                                          \
+/* Settings of the loop, spliced into a worker's config table, with the
+ * worker's defaults: its batch size, and its max.poll.interval.ms (NULL:
+ * librdkafka's) for a worker whose handler may run for long without the
+ * loop polling (a warm, a check); CATALYST_KAFKA_MAX_POLL_INTERVAL_MS
+ * overrides it like any librdkafka property. */
+#define CAT_CONFIG_CONSUMER(default_batch, default_max_poll_ms)                                     \
 	{ .name = "CATALYST_BATCH_SIZE", .type = CAT_CFG_INT, .def = default_batch, .min = 1,       \
 	  .max = 100000, .help = "most messages of one partition handled as one batch" },           \
 	{ .name = "CATALYST_BATCH_LINGER_MS", .type = CAT_CFG_INT, .def = "20", .max = 60000,       \
@@ -69,7 +73,11 @@
 	  .help = "static group membership (set it to the pod name) so a restart does not rebalance" }, \
 	{ .name = "CATALYST_DLQ_TIMEOUT_MS", .type = CAT_CFG_INT, .def = "30000", .min = 1000,      \
 	  .max = 3600000,                                                                           \
-	  .help = "how long a dead letter may wait for its acknowledgement before the batch is retried" }
+	  .help = "how long a dead letter may wait for its acknowledgement before the batch is retried" }, \
+	{ .name = "CATALYST_KAFKA_MAX_POLL_INTERVAL_MS", .type = CAT_CFG_INT, .def = default_max_poll_ms, \
+	  .min = 1, .max = 86400000, .kafka = "max.poll.interval.ms",                               \
+	  .help = "librdkafka's max.poll.interval.ms: longest a batch may be handled without the loop " \
+	          "polling before the group evicts the worker" }
 
 /* One message of a batch. */
 typedef struct cat_msg {

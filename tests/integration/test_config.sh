@@ -66,6 +66,26 @@ kill -TERM "$pid"
 wait "$pid" || fail "catalyst-backup: SIGTERM exit $?"
 pid=
 
+# max.poll.interval.ms: each worker's default from its table, the operator's
+# CATALYST_KAFKA_MAX_POLL_INTERVAL_MS wins (librdkafka's configuration dump
+# says what it was given)
+max_poll() { # WORKER [NAME=VALUE...]: the value librdkafka's consumer got
+	local worker=$1
+	shift
+	timeout 3 "${closed_env[@]}" CATALYST_BACKUP_STORE=dir "CATALYST_BACKUP_DIR=$work" CATALYST_LOG_LEVEL=debug \
+		CATALYST_KAFKA_DEBUG=conf "CATALYST_${worker^^}_PORT=0" "CATALYST_${worker^^}_BIND=127.0.0.1" "$@" \
+		"$bin/catalyst-$worker" 2>&1 | grep -o -m1 'max.poll.interval.ms = [0-9]*' | cut -d' ' -f3 || true
+}
+for case in "cache 3600000" "sync 3600000" "backup 21600000" \
+	"backup 120000 CATALYST_BACKUP_MAX_COMMAND_S=120" "cache 70000 CATALYST_KAFKA_MAX_POLL_INTERVAL_MS=70000" \
+	"sync 70000 CATALYST_KAFKA_MAX_POLL_INTERVAL_MS=70000" "backup 70000 CATALYST_KAFKA_MAX_POLL_INTERVAL_MS=70000"; do
+	read -r worker expect settings <<<"$case"
+	# shellcheck disable=SC2086
+	got=$(max_poll "$worker" $settings)
+	[[ $got == "$expect" ]] || fail "catalyst-$worker $settings: max.poll.interval.ms $got, not $expect"
+done
+expect_usage_error cache CATALYST_KAFKA_MAX_POLL_INTERVAL_MS CATALYST_KAFKA_MAX_POLL_INTERVAL_MS=soon
+
 # the other consumers: a bad shared consumer setting, a bad setting of their own
 for worker in persist sync cache backup; do
 	expect_usage_error "$worker" CATALYST_BATCH_SIZE CATALYST_BATCH_SIZE=0

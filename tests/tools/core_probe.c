@@ -36,7 +36,7 @@
 static const cat_config_def_t config_defs[] = {
 	CAT_CONFIG_COMMON,
 	CAT_CONFIG_KAFKA,
-	CAT_CONFIG_CONSUMER("100"),
+	CAT_CONFIG_CONSUMER("100", NULL),
 	{ .name = "CATALYST_GROUP", .type = CAT_CFG_STRING, .def = "core-probe", .help = "consumer group" },
 	{ .name = "CATALYST_PROBE_PORT", .type = CAT_CFG_INT, .def = "0", .max = 65535,
 	  .help = "HTTP port (0: none)" },

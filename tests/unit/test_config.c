@@ -33,6 +33,10 @@ static const cat_config_def_t defs[] = {
 	{ .name = "CATALYST_BUCKET", .type = CAT_CFG_STRING, .required = true,
 	  .required_if = "CATALYST_STORE=s3", .help = "bucket" },
 	{ .name = "CATALYST_STORE", .type = CAT_CFG_ENUM, .def = "dir", .choices = "s3|dir", .help = "store" },
+	{ .name = "CATALYST_MAX_COMMAND_S", .type = CAT_CFG_INT, .def = "60", .min = 1, .max = 86400,
+	  .kafka = "max.poll.interval.ms", .kafka_scale = 1000, .help = "a command's longest run" },
+	{ .name = "CATALYST_KAFKA_FETCH_WAIT_MAX_MS", .type = CAT_CFG_INT, .def = "250", .min = 1, .max = 10000,
+	  .kafka = "fetch.wait.max.ms", .help = "a librdkafka property with this binary's default" },
 	{ .name = "CATALYST_CHECKED", .type = CAT_CFG_STRING, .check = starts_with_ok, .help = "checked" },
 	{ .name = "CATALYST_CHECKED_SECRET", .type = CAT_CFG_STRING, .secret = true, .check = starts_with_ok,
 	  .help = "checked, secret" },
@@ -211,6 +215,47 @@ static int collect(const char *key, const char *value, void *opaque)
 	return 0;
 }
 
+/* Defaults of librdkafka properties are data in the table; the operator's
+ * CATALYST_KAFKA_<PROPERTY> wins. */
+START_TEST(test_kafka_defaults)
+{
+	static const struct {
+		const char *name, *assignment, *max_poll, *fetch_wait;
+	} cases[] = {
+		{ NULL, NULL, "60000", "250" },
+		{ "CATALYST_MAX_COMMAND_S", "CATALYST_MAX_COMMAND_S=100", "100000", "250" },
+		{ "CATALYST_KAFKA_MAX_POLL_INTERVAL_MS", "CATALYST_KAFKA_MAX_POLL_INTERVAL_MS=70000", "70000", "250" },
+		{ "CATALYST_KAFKA_FETCH_WAIT_MAX_MS", "CATALYST_KAFKA_FETCH_WAIT_MAX_MS=5", "60000", "5" },
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		cat_config_t *cfg = NULL;
+		char errstr[256] = "", seen[512] = "";
+
+		ck_assert_msg(cat_config_load(&cfg, defs, N_DEFS, env_with(cases[i].name, cases[i].assignment), errstr,
+					      sizeof(errstr)) == CAT_OK,
+			      "case %zu: %s", i, errstr);
+		ck_assert_str_eq(cat_config_kafka(cfg, "max.poll.interval.ms"), cases[i].max_poll);
+		ck_assert_str_eq(cat_config_kafka(cfg, "fetch.wait.max.ms"), cases[i].fetch_wait);
+		ck_assert_int_eq(cat_config_each_kafka(cfg, collect, seen), 0);
+		ck_assert_msg(!strstr(strstr(seen, "max.poll.interval.ms=") + 1, "max.poll.interval.ms="),
+			      "case %zu: set twice: %s", i, seen);
+		cat_config_destroy(cfg);
+	}
+	/* the operator's value of a declared property is validated like any row */
+	{
+		cat_config_t *cfg = NULL;
+		char errstr[256] = "";
+
+		ck_assert_int_eq(cat_config_load(&cfg, defs, N_DEFS,
+						 env_with("CATALYST_KAFKA_FETCH_WAIT_MAX_MS", "CATALYST_KAFKA_FETCH_WAIT_MAX_MS=x"),
+						 errstr, sizeof(errstr)),
+				 CAT_ERR_FATAL);
+		ck_assert_ptr_nonnull(strstr(errstr, "CATALYST_KAFKA_FETCH_WAIT_MAX_MS: must be an integer"));
+	}
+}
+END_TEST
+
 START_TEST(test_kafka_passthrough)
 {
 	char *env[] = { "CATALYST_BROKERS=b:9092", "CATALYST_PG_URL=dbname=x", "CATALYST_REDIS_URL=redis://h",
@@ -221,7 +266,9 @@ START_TEST(test_kafka_passthrough)
 
 	ck_assert_int_eq(cat_config_load(&cfg, defs, N_DEFS, env, errstr, sizeof(errstr)), CAT_OK);
 	ck_assert_int_eq(cat_config_each_kafka(cfg, collect, seen), 0);
-	ck_assert_str_eq(seen, "security.protocol=sasl_ssl;ssl.ca.location=/etc/ca.pem;");
+	/* the operator's, then the table's defaults of the properties they leave unset */
+	ck_assert_str_eq(seen, "security.protocol=sasl_ssl;ssl.ca.location=/etc/ca.pem;"
+			       "max.poll.interval.ms=60000;fetch.wait.max.ms=250;");
 	cat_config_destroy(cfg);
 }
 END_TEST
@@ -307,6 +354,7 @@ int main(void)
 	tcase_add_test(tc, test_values_parsed);
 	tcase_add_test(tc, test_int_list_and_required_if);
 	tcase_add_test(tc, test_kafka_passthrough);
+	tcase_add_test(tc, test_kafka_defaults);
 	tcase_add_test(tc, test_usage_hides_nothing_secret);
 	tcase_add_test(tc, test_wants_help);
 	tcase_add_test(tc, test_core_dumps_allowed_when_asked);

@@ -28,8 +28,6 @@
 #include "cat_s3.h"
 #include "cat_sink.h"
 
-extern char **environ;
-
 static const char usage[] =
 	"usage: catalyst-backup\n"
 	"\n"
@@ -46,7 +44,7 @@ static const cat_config_def_t config_defs[] = {
 	CAT_CONFIG_KAFKA,
 	CAT_CONFIG_PG,
 	CAT_CONFIG_HTTP,
-	CAT_CONFIG_CONSUMER("1"),
+	CAT_CONFIG_CONSUMER("1", NULL),
 	CAT_CONFIG_S3_IF("CATALYST_BACKUP_STORE=s3"),
 	{ .name = "CATALYST_BACKUP_GROUP", .type = CAT_CFG_STRING, .def = "catalyst-backup",
 	  .help = "consumer group of backup.v1" },
@@ -74,9 +72,9 @@ static const cat_config_def_t config_defs[] = {
 	{ .name = "CATALYST_BACKUP_PSQL", .type = CAT_CFG_STRING, .def = "psql",
 	  .help = "psql to run for restores" },
 	{ .name = "CATALYST_BACKUP_MAX_COMMAND_S", .type = CAT_CFG_INT, .def = "21600", .min = 60,
-	  .max = 86400,
-	  .help = "longest a command may run without the group evicting the worker (the default of "
-	          "max.poll.interval.ms; CATALYST_KAFKA_MAX_POLL_INTERVAL_MS wins)" },
+	  .max = 86400, .kafka = "max.poll.interval.ms", .kafka_scale = 1000,
+	  .help = "longest a command may run without the group evicting the worker "
+	          "(CATALYST_KAFKA_MAX_POLL_INTERVAL_MS wins)" },
 	{ .name = "CATALYST_BACKUP_MAX_ATTEMPTS", .type = CAT_CFG_INT, .def = "5", .min = 1,
 	  .max = 1000000,
 	  .help = "attempts at a command that keeps failing (store, disk, target) before it fails for good: one event "
@@ -94,37 +92,6 @@ static volatile sig_atomic_t stop;
 static void on_signal(int signo)
 {
 	stop = signo;
-}
-
-/* The settings, max.poll.interval.ms defaulting to CATALYST_BACKUP_MAX_COMMAND_S:
- * a command runs for hours without the loop polling, and the group must not
- * evict the worker meanwhile. The default is one more CATALYST_KAFKA_*
- * variable of the environment the table is read from, so that it reaches
- * librdkafka as the operator's own would; an explicit
- * CATALYST_KAFKA_MAX_POLL_INTERVAL_MS wins. */
-static cat_err_t load_config(cat_config_t **out, char *errstr, size_t errstr_size)
-{
-	char max_poll[96], **envp;
-	size_t n = 0;
-	cat_err_t err;
-
-	if ((err = cat_config_load(out, config_defs, N_CONFIG_DEFS, NULL, errstr, errstr_size)))
-		return err;
-	if (cat_config_kafka(*out, "max.poll.interval.ms"))
-		return CAT_OK;
-	snprintf(max_poll, sizeof(max_poll), "CATALYST_KAFKA_MAX_POLL_INTERVAL_MS=%lld",
-		 cat_config_int(*out, "CATALYST_BACKUP_MAX_COMMAND_S") * 1000);
-	cat_config_destroy(*out);
-	*out = NULL;
-	while (environ[n])
-		n++;
-	if (!(envp = calloc(n + 2, sizeof(*envp))))
-		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
-	memcpy(envp, environ, n * sizeof(*envp));
-	envp[n] = max_poll;
-	err = cat_config_load(out, config_defs, N_CONFIG_DEFS, envp, errstr, errstr_size);
-	free(envp);
-	return err;
 }
 
 static cat_err_t open_sink(const cat_config_t *cfg, cat_sink_t **sink, char *errstr, size_t errstr_size)
@@ -173,7 +140,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, BACKUP_WORKER ": unexpected argument %s (try --help)\n", argv[1]);
 		return 2;
 	}
-	if (load_config(&cfg, errstr, sizeof(errstr)) != CAT_OK) {
+	if (cat_config_load(&cfg, config_defs, N_CONFIG_DEFS, NULL, errstr, sizeof(errstr)) != CAT_OK) {
 		fprintf(stderr, BACKUP_WORKER ": %s\n", errstr);
 		return 2;
 	}

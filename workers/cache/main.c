@@ -54,7 +54,7 @@ static const cat_config_def_t config_defs[] = {
 	CAT_CONFIG_PG,
 	CAT_CONFIG_HTTP,
 	CAT_CONFIG_REDIS,
-	CAT_CONFIG_CONSUMER("200"),
+	CAT_CONFIG_CONSUMER("200", "3600000"),
 	{ .name = "CATALYST_CACHE_GROUP", .type = CAT_CFG_STRING, .def = "catalyst-cache",
 	  .help = "consumer group of changes.v1 and cache.v1" },
 	{ .name = "CATALYST_CACHE_PORT", .type = CAT_CFG_INT, .def = "5031", .max = 65535,
@@ -138,11 +138,6 @@ int main(int argc, char **argv)
 	}
 	if (argc > 1) {
 		fprintf(stderr, WORKER ": unexpected argument %s (try --help)\n", argv[1]);
-		return 2;
-	}
-	/* a warm or rebuild runs inside the loop (see --help) */
-	if (setenv("CATALYST_KAFKA_MAX_POLL_INTERVAL_MS", "3600000", 0) != 0) {
-		fprintf(stderr, WORKER ": out of memory\n");
 		return 2;
 	}
 	if (cat_config_load(&cfg, config_defs, N_CONFIG_DEFS, NULL, errstr, sizeof(errstr)) != CAT_OK) {

@@ -43,7 +43,7 @@ static const cat_config_def_t config_defs[] = {
 	CAT_CONFIG_KAFKA,
 	CAT_CONFIG_PG,
 	CAT_CONFIG_HTTP,
-	CAT_CONFIG_CONSUMER("4000"),
+	CAT_CONFIG_CONSUMER("4000", NULL),
 	CAT_CONFIG_TOMBSTONES,
 	CAT_CONFIG_VERSIONS,
 	{ .name = "CATALYST_PERSIST_GROUP", .type = CAT_CFG_STRING, .def = "catalyst-persist",

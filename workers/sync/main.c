@@ -45,17 +45,31 @@ static const char usage[] =
 	"1 the replica refused the credentials or its schema is not migrated, or Kafka\n"
 	"failed; 2 usage or configuration error.";
 
+/* CATALYST_REPLICA_NAME names a consumer group and appears in reports. */
+static int plain_name(const char *name, char *why, size_t why_size)
+{
+	bool plain = strlen(name) <= 100;
+
+	for (const char *c = name; *c; c++)
+		if (!(isalnum((unsigned char)*c) || *c == '-' || *c == '_' || *c == '.'))
+			plain = false;
+	if (plain)
+		return 0;
+	snprintf(why, why_size, "must be 1 to 100 letters, digits, '-', '_' or '.'");
+	return -1;
+}
+
 static const cat_config_def_t config_defs[] = {
 	CAT_CONFIG_COMMON,
 	CAT_CONFIG_KAFKA,
 	CAT_CONFIG_PG,
 	CAT_CONFIG_HTTP,
-	CAT_CONFIG_CONSUMER("200"),
+	CAT_CONFIG_CONSUMER("200", "3600000"),
 	CAT_CONFIG_TOMBSTONES,
 	CAT_CONFIG_VERSIONS,
 	{ .name = "CATALYST_REPLICA_URL", .type = CAT_CFG_PG_URL, .required = true, .secret = true,
 	  .help = "the replica this process keeps, libpq conninfo or URI (sslmode=verify-full in production)" },
-	{ .name = "CATALYST_REPLICA_NAME", .type = CAT_CFG_STRING, .required = true,
+	{ .name = "CATALYST_REPLICA_NAME", .type = CAT_CFG_STRING, .required = true, .check = plain_name,
 	  .help = "the replica's name: consumer group catalyst-sync-<name>, SyncCommand.replica, reports" },
 	{ .name = "CATALYST_SYNC_GROUP", .type = CAT_CFG_STRING,
 	  .help = "consumer group (default catalyst-sync-<CATALYST_REPLICA_NAME>)" },
@@ -91,14 +105,6 @@ static void on_signal(int signo)
 	stop = signo;
 }
 
-static bool plain_name(const char *name)
-{
-	for (const char *c = name; *c; c++)
-		if (!(isalnum((unsigned char)*c) || *c == '-' || *c == '_' || *c == '.'))
-			return false;
-	return *name && strlen(name) <= 100;
-}
-
 int main(int argc, char **argv)
 {
 	static const char *const topics[] = {CAT_TOPIC_CHANGES, CAT_TOPIC_SYNC, NULL};
@@ -130,19 +136,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, SYNC_WORKER ": unexpected argument %s (try --help)\n", argv[1]);
 		return 2;
 	}
-	/* a check or resync runs inside the loop (see --help) */
-	if (setenv("CATALYST_KAFKA_MAX_POLL_INTERVAL_MS", "3600000", 0) != 0) {
-		fprintf(stderr, SYNC_WORKER ": out of memory\n");
-		return 2;
-	}
 	if (cat_config_load(&cfg, config_defs, N_CONFIG_DEFS, NULL, errstr, sizeof(errstr)) != CAT_OK) {
 		fprintf(stderr, SYNC_WORKER ": %s\n", errstr);
-		return 2;
-	}
-	if (!plain_name(cat_config_str(cfg, "CATALYST_REPLICA_NAME"))) {
-		fprintf(stderr, SYNC_WORKER
-			": CATALYST_REPLICA_NAME: must be 1 to 100 letters, digits, '-', '_' or '.'\n");
-		cat_config_destroy(cfg);
 		return 2;
 	}
 	if (cat_config_is_set(cfg, "CATALYST_SYNC_GROUP"))
