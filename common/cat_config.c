@@ -1,5 +1,4 @@
 #include "cat_config.h"
-#include "cat_redis.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -166,16 +165,6 @@ static cat_err_t validate(const cat_config_def_t *def, const char *text, long lo
 			if (o->val)
 				explicit_bzero(o->val, strlen(o->val));
 		PQconninfoFree(opts);
-		return CAT_OK;
-	}
-	case CAT_CFG_REDIS_URL: {
-		cat_redis_url_t url;
-		char why[256];
-		cat_err_t err = cat_redis_url_parse(text, &url, why, sizeof(why));
-
-		explicit_bzero(url.password, sizeof(url.password));
-		if (err != CAT_OK)
-			return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "%s: %s", def->name, why);
 		return CAT_OK;
 	}
 	case CAT_CFG_HTTP_URL:

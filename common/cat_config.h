@@ -34,7 +34,6 @@ typedef enum cat_config_type {
 	CAT_CFG_BOOL,     /* true/false, 1/0, yes/no, on/off */
 	CAT_CFG_ENUM,     /* one of the '|'-separated words in `choices` */
 	CAT_CFG_PG_URL,   /* libpq connection string or URI */
-	CAT_CFG_REDIS_URL, /* redis://[:password@]host[:port][/db] or rediss:// */
 	CAT_CFG_HTTP_URL, /* http:// or https:// */
 	CAT_CFG_INT_LIST, /* comma-separated integers within [min, max], at most max_items */
 } cat_config_type_t;

@@ -47,7 +47,8 @@
 
 /* The settings every Redis client shares, spliced into a config table. */
 #define CAT_CONFIG_REDIS                                                                           \
-	{ .name = "CATALYST_REDIS_URL", .type = CAT_CFG_REDIS_URL, .required = true, .secret = true, \
+	{ .name = "CATALYST_REDIS_URL", .type = CAT_CFG_STRING, .required = true, .secret = true,    \
+	  .check = cat_redis_url_check,                                                             \
 	  .help = "Redis, redis://[user[:password]@]host[:port][/db] or rediss:// for TLS" },       \
 	{ .name = "CATALYST_REDIS_PASSWORD", .type = CAT_CFG_STRING, .secret = true,                \
 	  .help = "Redis password; overrides the URL's (keeps it out of the URL)" },                \
@@ -87,6 +88,10 @@ typedef struct cat_redis_url {
 /* Parses redis[s]://[user[:password]@]host[:port][/db]; user and password
  * may be percent-encoded, host may be [IPv6]. Fatal, naming the part that
  * is wrong and never echoing the password. */
+/* The config table's check of a Redis URL (cat_config_check_fn): 0 when
+ * cat_redis_url_parse() takes it, else -1 and why (never the password). */
+int cat_redis_url_check(const char *url, char *why, size_t why_size);
+
 cat_err_t cat_redis_url_parse(const char *url, cat_redis_url_t *out, char *errstr,
 			      size_t errstr_size) CAT_MUST_CHECK;
 

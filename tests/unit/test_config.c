@@ -6,6 +6,7 @@
 #include <sys/resource.h>
 
 #include "cat_config.h"
+#include "cat_redis.h" /* its URL check, a row's validator */
 
 static int starts_with_ok(const char *text, char *why, size_t why_size)
 {
@@ -22,8 +23,8 @@ static const cat_config_def_t defs[] = {
 	{ .name = "CATALYST_BATCH_SIZE", .type = CAT_CFG_INT, .def = "500", .min = 1, .max = 100000,
 	  .help = "batch size" },
 	{ .name = "CATALYST_FLAG", .type = CAT_CFG_BOOL, .def = "false", .help = "a flag" },
-	{ .name = "CATALYST_REDIS_URL", .type = CAT_CFG_REDIS_URL, .required = true, .secret = true,
-	  .help = "redis" },
+	{ .name = "CATALYST_REDIS_URL", .type = CAT_CFG_STRING, .required = true, .secret = true,
+	  .check = cat_redis_url_check, .help = "redis" },
 	{ .name = "CATALYST_S3_ENDPOINT", .type = CAT_CFG_HTTP_URL, .def = "https://s3.amazonaws.com",
 	  .help = "s3" },
 	{ .name = "CATALYST_OPTIONAL", .type = CAT_CFG_STRING, .help = "optional, no default" },
