@@ -411,6 +411,45 @@ void cat_config_destroy(cat_config_t *cfg)
 	free(cfg);
 }
 
+void cat_config_fill(const cat_config_t *cfg, void *settings)
+{
+	for (size_t i = 0; i < cfg->n_values; i++) {
+		const config_value_t *value = &cfg->values[i];
+		char *field = (char *)settings + value->def->offset;
+
+		if (!value->def->bound)
+			continue;
+		switch (value->def->type) {
+		case CAT_CFG_INT:
+			memcpy(field, &value->num, sizeof(value->num));
+			break;
+		case CAT_CFG_BOOL: {
+			bool b = value->num != 0;
+
+			memcpy(field, &b, sizeof(b));
+			break;
+		}
+		case CAT_CFG_INT_LIST: {
+			cat_config_int_list_t list = { .n = 0 };
+
+			if (value->text &&
+			    parse_int_list(value->def, value->text, list.v, CAT_CONFIG_INT_LIST_MAX, &list.n) != 0)
+				list.n = 0;
+			if (list.n > CAT_CONFIG_INT_LIST_MAX)
+				list.n = CAT_CONFIG_INT_LIST_MAX;
+			memcpy(field, &list, sizeof(list));
+			break;
+		}
+		default: {
+			const char *text = value->text;
+
+			memcpy(field, &text, sizeof(text));
+			break;
+		}
+		}
+	}
+}
+
 static const config_value_t *find(const cat_config_t *cfg, const char *name)
 {
 	for (size_t i = 0; i < cfg->n_values; i++)

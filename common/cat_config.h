@@ -38,6 +38,20 @@ typedef enum cat_config_type {
 	CAT_CFG_INT_LIST, /* comma-separated integers within [min, max], at most max_items */
 } cat_config_type_t;
 
+/* The numbers of a CAT_CFG_INT_LIST row bound to a settings field. */
+#define CAT_CONFIG_INT_LIST_MAX 32
+typedef struct cat_config_int_list {
+	long long v[CAT_CONFIG_INT_LIST_MAX];
+	size_t n;
+} cat_config_int_list_t;
+
+/* Binds a row to a field of the binary's settings struct, which
+ * cat_config_fill() writes: CAT_CFG_INT -> long long, CAT_CFG_BOOL -> bool,
+ * CAT_CFG_INT_LIST -> cat_config_int_list_t (max_items at most
+ * CAT_CONFIG_INT_LIST_MAX), any other type -> const char * (NULL when
+ * unset; borrowed from the cat_config_t, valid until it is destroyed). */
+#define CAT_CONFIG_FIELD(settings_type, member) .bound = true, .offset = offsetof(settings_type, member)
+
 /* A row's own check, after its type's: returns 0 if `text` is acceptable,
  * else non-zero with `why` saying what is accepted ("must be ..."), without
  * quoting the value (the caller names the variable and, unless the row is
@@ -60,6 +74,8 @@ typedef struct cat_config_def {
 				* is this row's value (times kafka_scale when not 0), unless
 				* the operator set CATALYST_KAFKA_<PROPERTY> */
 	long long kafka_scale;
+	bool bound;            /* CAT_CONFIG_FIELD(): offset is a settings field's */
+	size_t offset;
 	const char *help;
 } cat_config_def_t;
 
@@ -106,6 +122,10 @@ cat_err_t cat_config_load(cat_config_t **out, const cat_config_def_t *defs, size
 			  char *const *envp, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 
 void cat_config_destroy(cat_config_t *cfg);
+
+/* Writes the value of every bound row (CAT_CONFIG_FIELD) into `settings`,
+ * the struct the table's offsets are of. */
+void cat_config_fill(const cat_config_t *cfg, void *settings);
 
 /* Values of settings declared in the table; asking for an undeclared name
  * is a programming error and aborts. A setting without a value (optional,

@@ -205,6 +205,50 @@ START_TEST(test_int_list_and_required_if)
 }
 END_TEST
 
+/* Rows bound to a settings struct (offsetof) fill it with typed values. */
+typedef struct settings {
+	long long batch_size;
+	bool flag;
+	const char *optional, *log_level;
+	cat_config_int_list_t limits;
+} settings_t;
+
+static const cat_config_def_t bound_defs[] = {
+	{ .name = "CATALYST_BATCH_SIZE", CAT_CONFIG_FIELD(settings_t, batch_size), .type = CAT_CFG_INT, .def = "500",
+	  .min = 1, .max = 100000, .help = "batch size" },
+	{ .name = "CATALYST_FLAG", CAT_CONFIG_FIELD(settings_t, flag), .type = CAT_CFG_BOOL, .def = "false",
+	  .help = "a flag" },
+	{ .name = "CATALYST_OPTIONAL", CAT_CONFIG_FIELD(settings_t, optional), .type = CAT_CFG_STRING,
+	  .help = "optional" },
+	{ .name = "CATALYST_LOG_LEVEL", CAT_CONFIG_FIELD(settings_t, log_level), .type = CAT_CFG_ENUM, .def = "info",
+	  .choices = "debug|info", .help = "level" },
+	{ .name = "CATALYST_LIMITS", CAT_CONFIG_FIELD(settings_t, limits), .type = CAT_CFG_INT_LIST, .def = "5,10",
+	  .min = 1, .max = 1000, .max_items = 3, .help = "a list" },
+	{ .name = "CATALYST_UNBOUND", .type = CAT_CFG_STRING, .def = "x", .help = "read by name" },
+};
+
+START_TEST(test_fill_settings)
+{
+	char *env[] = { "CATALYST_FLAG=on", "CATALYST_LIMITS=7,8,9", "CATALYST_BATCH_SIZE=42", NULL };
+	settings_t settings = { .optional = "untouched?" };
+	cat_config_t *cfg = NULL;
+	char errstr[256] = "";
+
+	ck_assert_int_eq(cat_config_load(&cfg, bound_defs, sizeof(bound_defs) / sizeof(bound_defs[0]), env, errstr,
+					 sizeof(errstr)),
+			 CAT_OK);
+	cat_config_fill(cfg, &settings);
+	ck_assert_int_eq(settings.batch_size, 42);
+	ck_assert(settings.flag);
+	ck_assert_ptr_null(settings.optional); /* unset, no default */
+	ck_assert_str_eq(settings.log_level, "info");
+	ck_assert_uint_eq(settings.limits.n, 3);
+	ck_assert(settings.limits.v[0] == 7 && settings.limits.v[2] == 9);
+	ck_assert_str_eq(cat_config_str(cfg, "CATALYST_UNBOUND"), "x");
+	cat_config_destroy(cfg);
+}
+END_TEST
+
 static int collect(const char *key, const char *value, void *opaque)
 {
 	char *buf = opaque;
@@ -354,6 +398,7 @@ int main(void)
 	tcase_add_test(tc, test_good_env_and_defaults);
 	tcase_add_test(tc, test_values_parsed);
 	tcase_add_test(tc, test_int_list_and_required_if);
+	tcase_add_test(tc, test_fill_settings);
 	tcase_add_test(tc, test_kafka_passthrough);
 	tcase_add_test(tc, test_kafka_defaults);
 	tcase_add_test(tc, test_usage_hides_nothing_secret);

@@ -73,6 +73,7 @@ typedef struct cache_heal cache_heal_t;
 
 struct cache {
 	const cat_config_t *cfg;
+	cache_settings_t settings;
 	cat_metrics_t *metrics; /* borrowed */
 	cat_redis_t *redis;
 	PGconn *pg;
