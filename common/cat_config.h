@@ -1,14 +1,25 @@
 /*
  * cat_config: one declarative table of settings per binary.
  *
- * Each binary lists its settings (name, type, default, required, secret,
- * help); cat_config_load() reads them from the environment and validates
- * every one before any connection opens, and cat_config_usage() writes the
+ * Each binary lists its settings as rows with designated initializers
+ * (name, type, default, required, secret, range or check, help);
+ * cat_config_load() reads them from the environment and validates every
+ * one before any connection opens, and cat_config_usage() writes the
  * --help text from the same table. Secrets are never printed: not in
  * errors, not in --help, not in logs.
  *
+ * A row may also say
+ *   - when it is required: .required_if = "CATALYST_BACKUP_STORE=s3";
+ *   - how its value is checked beyond its type: .check (a cat_config_check_fn,
+ *     e.g. cat_redis_url_check), or CAT_CFG_INT_LIST with .min/.max/.max_items;
+ *   - the default of a librdkafka property it gives: .kafka, .kafka_scale
+ *     (an operator's CATALYST_KAFKA_<PROPERTY> wins), so a worker's Kafka
+ *     defaults are data, never setenv;
+ *   - the field of the binary's settings struct it fills:
+ *     CAT_CONFIG_FIELD(type, member), written by cat_config_fill().
+ *
  * Groups every worker shares are macros (CAT_CONFIG_KAFKA, CAT_CONFIG_PG,
- * ...) to splice into a table:
+ * CAT_CONFIG_CONSUMER(batch, max_poll_ms), ...) to splice into a table:
  *
  *   static const cat_config_def_t defs[] = {
  *       CAT_CONFIG_COMMON, CAT_CONFIG_KAFKA, CAT_CONFIG_PG,
