@@ -51,6 +51,9 @@ expect_usage_error cache CATALYST_CACHE_NEWS_TTL_S CATALYST_CACHE_NEWS_TTL_S=-1
 expect_usage_error backup CATALYST_S3_ENDPOINT
 expect_usage_error backup CATALYST_S3_BUCKET CATALYST_S3_ENDPOINT=http://127.0.0.1:1
 expect_usage_error backup CATALYST_BACKUP_DIR CATALYST_BACKUP_STORE=dir
+for bad in "a=postgresql://u:hunter2@h/db;=x" "a=postgresql://u:hunter2@h/db;b" "a=postgresql://u:hunter2@[::1/db"; do
+	expect_usage_error backup CATALYST_BACKUP_RESTORE_TARGETS "CATALYST_BACKUP_RESTORE_TARGETS=$bad"
+done
 expect_usage_error backup CATALYST_BACKUP_GZIP_LEVEL CATALYST_BACKUP_STORE=dir "CATALYST_BACKUP_DIR=$work" \
 	CATALYST_BACKUP_GZIP_LEVEL=99
 "${closed_env[@]}" CATALYST_BACKUP_STORE=dir "CATALYST_BACKUP_DIR=$work" CATALYST_BACKUP_PORT=0 \

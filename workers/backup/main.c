@@ -58,6 +58,7 @@ static const cat_config_def_t config_defs[] = {
 	  .required_if = "CATALYST_BACKUP_STORE=dir",
 	  .help = "directory of backups (the dir store)" },
 	{ .name = "CATALYST_BACKUP_RESTORE_TARGETS", .type = CAT_CFG_STRING, .secret = true,
+	  .check = backup_restore_targets_check,
 	  .help = "databases a Restore may write to: name=postgresql://...;name2=... (a command names one)" },
 	{ .name = "CATALYST_BACKUP_PARALLEL", .type = CAT_CFG_INT, .def = "2", .min = 1,
 	  .max = BACKUP_MAX_TABLES,
