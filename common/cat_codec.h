@@ -150,9 +150,10 @@ bool cat_codec_backup_tag_valid(const char *tag);
 /* Versions are event time in µs since the epoch; one far ahead of the
  * clock would freeze its row (nothing newer could replace it). */
 #define CAT_CONFIG_VERSIONS                                                                            \
-	{ "CATALYST_VERSION_MAX_AHEAD_S", CAT_CFG_INT, "86400", false, false, 0, 3153600000LL, NULL,    \
-	  "dead-letter writes whose version (event time in µs) is more than this many seconds ahead "  \
-	  "of the worker's clock (0: no limit, for producers whose versions are counters)" }
+	{ .name = "CATALYST_VERSION_MAX_AHEAD_S", .type = CAT_CFG_INT, .def = "86400",              \
+	  .max = 3153600000LL,                                                                      \
+	  .help = "dead-letter writes whose version (event time in µs) is more than this many seconds ahead " \
+	          "of the worker's clock (0: no limit, for producers whose versions are counters)" }
 
 /* CAT_ERR_PERMANENT (with the reason) when `version` is more than
  * max_ahead_s seconds past now_us; max_ahead_s 0 accepts any. */

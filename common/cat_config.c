@@ -1,5 +1,4 @@
 #include "cat_config.h"
-#include "cat_redis.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -74,6 +73,32 @@ static bool enum_has(const char *choices, const char *word)
 	return false;
 }
 
+/* "5,10,20": each number within the row's bounds, at most max_items of
+ * them; stores up to `max` in `out` (NULL: none) and their count in *n. */
+static int parse_int_list(const cat_config_def_t *def, const char *text, long long *out, size_t max,
+			  size_t *n)
+{
+	const char *p = text;
+
+	*n = 0;
+	while (*p) {
+		char *end;
+		long long v;
+
+		errno = 0;
+		v = strtoll(p, &end, 10);
+		if (errno || end == p || (*end && *end != ',') ||
+		    ((def->min || def->max) && (v < def->min || v > def->max)) ||
+		    (def->max_items && *n == def->max_items))
+			return -1;
+		if (out && *n < max)
+			out[*n] = v;
+		(*n)++;
+		p = *end ? end + 1 : end;
+	}
+	return *n ? 0 : -1;
+}
+
 /* Validates one value; `shown` is how the value may appear in the error. */
 static cat_err_t validate(const cat_config_def_t *def, const char *text, long long *num,
 			  char *errstr, size_t errstr_size)
@@ -142,23 +167,67 @@ static cat_err_t validate(const cat_config_def_t *def, const char *text, long lo
 		PQconninfoFree(opts);
 		return CAT_OK;
 	}
-	case CAT_CFG_REDIS_URL: {
-		cat_redis_url_t url;
-		char why[256];
-		cat_err_t err = cat_redis_url_parse(text, &url, why, sizeof(why));
-
-		explicit_bzero(url.password, sizeof(url.password));
-		if (err != CAT_OK)
-			return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "%s: %s", def->name, why);
-		return CAT_OK;
-	}
 	case CAT_CFG_HTTP_URL:
 		if (strncmp(text, "http://", 7) != 0 && strncmp(text, "https://", 8) != 0)
 			return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL,
 					   "%s: must be an http:// or https:// URL %s", def->name, shown);
 		return CAT_OK;
+	case CAT_CFG_INT_LIST: {
+		size_t n;
+		char most[48] = "";
+
+		if (parse_int_list(def, text, NULL, 0, &n) == 0)
+			return CAT_OK;
+		if (def->max_items)
+			snprintf(most, sizeof(most), "up to %zu ", def->max_items);
+		if (def->min || def->max)
+			return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL,
+					   "%s: must be %sintegers from %lld to %lld separated by commas %s",
+					   def->name, most, def->min, def->max, shown);
+		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL,
+				   "%s: must be %sintegers separated by commas %s", def->name, most, shown);
+	}
 	}
 	return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "%s: unknown setting type", def->name);
+}
+
+/* The type's rules, then the row's own check. */
+static cat_err_t validate_row(const cat_config_def_t *def, const char *text, long long *num, char *errstr,
+			      size_t errstr_size)
+{
+	char why[256] = "";
+	cat_err_t err;
+
+	if ((err = validate(def, text, num, errstr, errstr_size)) != CAT_OK)
+		return err;
+	if (!def->check || def->check(text, why, sizeof(why)) == 0)
+		return CAT_OK;
+	if (def->secret)
+		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "%s: %s (value hidden)", def->name, why);
+	return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "%s: %s (got \"%.64s\")", def->name, why, text);
+}
+
+/* Whether a row's requirement holds: always, or when the setting its
+ * required_if names has the value given there. */
+static bool required_now(const cat_config_t *cfg, const cat_config_def_t *def)
+{
+	const char *eq;
+	size_t len;
+
+	if (!def->required)
+		return false;
+	if (!def->required_if)
+		return true;
+	eq = strchr(def->required_if, '=');
+	len = eq ? (size_t)(eq - def->required_if) : strlen(def->required_if);
+	for (size_t i = 0; i < cfg->n_values; i++) {
+		const config_value_t *value = &cfg->values[i];
+
+		if (value->def && strlen(value->def->name) == len &&
+		    strncmp(value->def->name, def->required_if, len) == 0)
+			return value->text && eq && strcmp(value->text, eq + 1) == 0;
+	}
+	return false;
 }
 
 /* "CATALYST_KAFKA_SSL_CA_LOCATION" -> "ssl.ca.location" */
@@ -194,6 +263,38 @@ static cat_err_t load_kafka(cat_config_t *cfg, char *const *envp, char *errstr, 
 					   "%s: names no librdkafka property", KAFKA_PREFIX);
 		cfg->kafka_keys[cfg->n_kafka] = kafka_key(*e, (size_t)(eq - *e));
 		cfg->kafka_vals[cfg->n_kafka] = strdup(eq + 1);
+		cfg->n_kafka++;
+		if (!cfg->kafka_keys[cfg->n_kafka - 1] || !cfg->kafka_vals[cfg->n_kafka - 1])
+			return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
+	}
+	return CAT_OK;
+}
+
+/* The defaults rows give librdkafka properties the environment leaves
+ * unset: the first row with a value wins. */
+static cat_err_t load_kafka_defaults(cat_config_t *cfg, char *errstr, size_t errstr_size)
+{
+	for (size_t i = 0; i < cfg->n_values; i++) {
+		const config_value_t *value = &cfg->values[i];
+		char scaled[32], **keys, **vals;
+		const char *text = value->text;
+
+		if (!value->def || !value->def->kafka || !text || cat_config_kafka(cfg, value->def->kafka))
+			continue;
+		if (value->def->kafka_scale) {
+			snprintf(scaled, sizeof(scaled), "%lld", value->num * value->def->kafka_scale);
+			text = scaled;
+		}
+		keys = realloc(cfg->kafka_keys, (cfg->n_kafka + 1) * sizeof(char *));
+		if (keys)
+			cfg->kafka_keys = keys;
+		vals = realloc(cfg->kafka_vals, (cfg->n_kafka + 1) * sizeof(char *));
+		if (vals)
+			cfg->kafka_vals = vals;
+		if (!keys || !vals)
+			return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
+		cfg->kafka_keys[cfg->n_kafka] = strdup(value->def->kafka);
+		cfg->kafka_vals[cfg->n_kafka] = strdup(text);
 		cfg->n_kafka++;
 		if (!cfg->kafka_keys[cfg->n_kafka - 1] || !cfg->kafka_vals[cfg->n_kafka - 1])
 			return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
@@ -248,22 +349,31 @@ cat_err_t cat_config_load(cat_config_t **out, const cat_config_def_t *defs, size
 			text = NULL; /* set but empty reads as unset */
 		if (!text)
 			text = def->def;
-		if (!text) {
-			if (def->required) {
-				err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL,
-						  "%s: required but not set", def->name);
-				goto error;
-			}
-			continue;
+		if (!text && def->required && !def->required_if) {
+			err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "%s: required but not set",
+					  def->name);
+			goto error;
 		}
-		if ((err = validate(def, text, &value->num, errstr, errstr_size)) != CAT_OK)
+		if (!text)
+			continue; /* a required_if row: known once all are read */
+		if ((err = validate_row(def, text, &value->num, errstr, errstr_size)) != CAT_OK)
 			goto error;
 		if (!(value->text = strdup(text))) {
 			err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
 			goto error;
 		}
 	}
-	if ((err = protect_process(cfg, errstr, errstr_size)) != CAT_OK)
+	for (size_t i = 0; i < n_defs; i++) {
+		const cat_config_def_t *def = &defs[i];
+
+		if (is_wildcard(def) || cfg->values[i].text || !required_now(cfg, def))
+			continue;
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "%s: required when %s", def->name,
+				  def->required_if);
+		goto error;
+	}
+	if ((err = load_kafka_defaults(cfg, errstr, errstr_size)) != CAT_OK ||
+	    (err = protect_process(cfg, errstr, errstr_size)) != CAT_OK)
 		goto error;
 	*out = cfg;
 	return CAT_OK;
@@ -301,6 +411,45 @@ void cat_config_destroy(cat_config_t *cfg)
 	free(cfg);
 }
 
+void cat_config_fill(const cat_config_t *cfg, void *settings)
+{
+	for (size_t i = 0; i < cfg->n_values; i++) {
+		const config_value_t *value = &cfg->values[i];
+		char *field = (char *)settings + value->def->offset;
+
+		if (!value->def->bound)
+			continue;
+		switch (value->def->type) {
+		case CAT_CFG_INT:
+			memcpy(field, &value->num, sizeof(value->num));
+			break;
+		case CAT_CFG_BOOL: {
+			bool b = value->num != 0;
+
+			memcpy(field, &b, sizeof(b));
+			break;
+		}
+		case CAT_CFG_INT_LIST: {
+			cat_config_int_list_t list = { .n = 0 };
+
+			if (value->text &&
+			    parse_int_list(value->def, value->text, list.v, CAT_CONFIG_INT_LIST_MAX, &list.n) != 0)
+				list.n = 0;
+			if (list.n > CAT_CONFIG_INT_LIST_MAX)
+				list.n = CAT_CONFIG_INT_LIST_MAX;
+			memcpy(field, &list, sizeof(list));
+			break;
+		}
+		default: {
+			const char *text = value->text;
+
+			memcpy(field, &text, sizeof(text));
+			break;
+		}
+		}
+	}
+}
+
 static const config_value_t *find(const cat_config_t *cfg, const char *name)
 {
 	for (size_t i = 0; i < cfg->n_values; i++)
@@ -328,6 +477,17 @@ bool cat_config_bool(const cat_config_t *cfg, const char *name)
 bool cat_config_is_set(const cat_config_t *cfg, const char *name)
 {
 	return find(cfg, name)->text != NULL;
+}
+
+size_t cat_config_int_list(const cat_config_t *cfg, const char *name, long long *out, size_t max)
+{
+	const config_value_t *value = find(cfg, name);
+	size_t n = 0;
+
+	if (value->def->type != CAT_CFG_INT_LIST || !value->text ||
+	    parse_int_list(value->def, value->text, out, max, &n) != 0)
+		return 0;
+	return n;
 }
 
 int cat_config_each_kafka(const cat_config_t *cfg,
@@ -359,14 +519,21 @@ void cat_config_usage(FILE *out, const char *usage, const cat_config_def_t *defs
 		fprintf(out, "  %s\n      %s", def->name, def->help);
 		if (def->type == CAT_CFG_ENUM)
 			fprintf(out, " (%s)", def->choices);
-		if (def->type == CAT_CFG_INT && (def->min || def->max))
+		if ((def->type == CAT_CFG_INT || def->type == CAT_CFG_INT_LIST) && (def->min || def->max))
 			fprintf(out, " [%lld..%lld]", def->min, def->max);
+		if (def->type == CAT_CFG_INT_LIST && def->max_items)
+			fprintf(out, " (at most %zu)", def->max_items);
 		if (def->def)
 			fprintf(out, "; default %s", def->def);
+		else if (def->required && def->required_if)
+			fprintf(out, "; required when %s", def->required_if);
 		else if (def->required)
 			fprintf(out, "; required");
 		if (def->secret)
 			fprintf(out, "; secret");
+		if (def->kafka && strncmp(def->name, KAFKA_PREFIX, strlen(KAFKA_PREFIX)) != 0)
+			fprintf(out, "; times %lld, the default of librdkafka's %s", def->kafka_scale ? def->kafka_scale : 1,
+				def->kafka);
 		fputc('\n', out);
 	}
 }

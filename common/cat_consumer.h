@@ -55,24 +55,33 @@
 #include "cat_kafka.h"
 #include "cat_metrics.h"
 
-/* Settings of the loop, spliced into a worker's config table. */
-#define CAT_CONFIG_CONSUMER(default_batch)                                                          \
-	{ "CATALYST_BATCH_SIZE", CAT_CFG_INT, default_batch, false, false, 1, 100000, NULL,         \
-	  "most messages of one partition handled as one batch" },                                   \
-	{ "CATALYST_BATCH_LINGER_MS", CAT_CFG_INT, "20", false, false, 0, 60000, NULL,            \
-	  "how long a partial batch waits for more messages" },                                       \
-	{ "CATALYST_COMMIT_INTERVAL_MS", CAT_CFG_INT, "1000", false, false, 100, 600000, NULL,     \
-	  "how often stored offsets are committed" },                                                  \
-	{ "CATALYST_RETRY_BACKOFF_MS", CAT_CFG_INT, "100", false, false, 1, 600000, NULL,           \
-	  "first retry delay of a transient failure (doubles, with jitter)" },                         \
-	{ "CATALYST_RETRY_BACKOFF_MAX_MS", CAT_CFG_INT, "10000", false, false, 1, 3600000, NULL,   \
-	  "longest retry delay" },                                                                     \
-	{ "CATALYST_SHUTDOWN_GRACE_MS", CAT_CFG_INT, "25000", false, false, 0, 3600000, NULL,      \
-	  "on SIGTERM, how long the in-flight batch may take before it is abandoned unstored" },       \
-	{ "CATALYST_GROUP_INSTANCE_ID", CAT_CFG_STRING, NULL, false, false, 0, 0, NULL,             \
-	  "static group membership (set it to the pod name) so a restart does not rebalance" },        \
-	{ "CATALYST_DLQ_TIMEOUT_MS", CAT_CFG_INT, "30000", false, false, 1000, 3600000, NULL,      \
-	  "how long a dead letter may wait for its acknowledgement before the batch is retried" }
+/* Settings of the loop, spliced into a worker's config table, with the
+ * worker's defaults: its batch size, and its max.poll.interval.ms (NULL:
+ * librdkafka's) for a worker whose handler may run for long without the
+ * loop polling (a warm, a check); CATALYST_KAFKA_MAX_POLL_INTERVAL_MS
+ * overrides it like any librdkafka property. */
+#define CAT_CONFIG_CONSUMER(default_batch, default_max_poll_ms)                                     \
+	{ .name = "CATALYST_BATCH_SIZE", .type = CAT_CFG_INT, .def = default_batch, .min = 1,       \
+	  .max = 100000, .help = "most messages of one partition handled as one batch" },           \
+	{ .name = "CATALYST_BATCH_LINGER_MS", .type = CAT_CFG_INT, .def = "20", .max = 60000,       \
+	  .help = "how long a partial batch waits for more messages" },                             \
+	{ .name = "CATALYST_COMMIT_INTERVAL_MS", .type = CAT_CFG_INT, .def = "1000", .min = 100,    \
+	  .max = 600000, .help = "how often stored offsets are committed" },                        \
+	{ .name = "CATALYST_RETRY_BACKOFF_MS", .type = CAT_CFG_INT, .def = "100", .min = 1,         \
+	  .max = 600000, .help = "first retry delay of a transient failure (doubles, with jitter)" }, \
+	{ .name = "CATALYST_RETRY_BACKOFF_MAX_MS", .type = CAT_CFG_INT, .def = "10000", .min = 1,   \
+	  .max = 3600000, .help = "longest retry delay" },                                          \
+	{ .name = "CATALYST_SHUTDOWN_GRACE_MS", .type = CAT_CFG_INT, .def = "25000", .max = 3600000, \
+	  .help = "on SIGTERM, how long the in-flight batch may take before it is abandoned unstored" }, \
+	{ .name = "CATALYST_GROUP_INSTANCE_ID", .type = CAT_CFG_STRING,                             \
+	  .help = "static group membership (set it to the pod name) so a restart does not rebalance" }, \
+	{ .name = "CATALYST_DLQ_TIMEOUT_MS", .type = CAT_CFG_INT, .def = "30000", .min = 1000,      \
+	  .max = 3600000,                                                                           \
+	  .help = "how long a dead letter may wait for its acknowledgement before the batch is retried" }, \
+	{ .name = "CATALYST_KAFKA_MAX_POLL_INTERVAL_MS", .type = CAT_CFG_INT, .def = default_max_poll_ms, \
+	  .min = 1, .max = 86400000, .kafka = "max.poll.interval.ms",                               \
+	  .help = "librdkafka's max.poll.interval.ms: longest a batch may be handled without the loop " \
+	          "polling before the group evicts the worker" }
 
 /* One message of a batch. */
 typedef struct cat_msg {

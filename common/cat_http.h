@@ -68,16 +68,18 @@ typedef struct cat_http_limits {
 /* The limits as settings: add to a binary's table, read with
  * cat_http_limits_from_config(). */
 #define CAT_CONFIG_HTTP                                                                               \
-	{"CATALYST_HTTP_MAX_CONNECTIONS", CAT_CFG_INT, CAT_HTTP_STR(CAT_HTTP_MAX_CONNECTIONS_DEFAULT),    \
-	 false, false, 4, 65536, NULL, "HTTP: open connections at most, all clients together"},           \
-	{"CATALYST_HTTP_MAX_CONNECTIONS_PER_IP", CAT_CFG_INT,                                             \
-	 CAT_HTTP_STR(CAT_HTTP_MAX_CONNECTIONS_PER_IP_DEFAULT), false, false, 0, 65536, NULL,              \
-	 "HTTP: open connections at most from one client address (0: no limit)"},                         \
-	{"CATALYST_HTTP_TIMEOUT_S", CAT_CFG_INT, CAT_HTTP_STR(CAT_HTTP_TIMEOUT_S_DEFAULT), false, false,  \
-	 1, 600, NULL,                                                                                     \
-	 "HTTP: seconds a client has to send a request's headers; an idle connection is closed after"},   \
-	{"CATALYST_HTTP_THREADS", CAT_CFG_INT, CAT_HTTP_STR(CAT_HTTP_THREADS_DEFAULT), false, false, 1,   \
-	 64, NULL, "HTTP: event-loop threads serving the connections (a slow handler holds up one)"}
+	{ .name = "CATALYST_HTTP_MAX_CONNECTIONS", .type = CAT_CFG_INT,                             \
+	  .def = CAT_HTTP_STR(CAT_HTTP_MAX_CONNECTIONS_DEFAULT), .min = 4, .max = 65536,            \
+	  .help = "HTTP: open connections at most, all clients together" },                         \
+	{ .name = "CATALYST_HTTP_MAX_CONNECTIONS_PER_IP", .type = CAT_CFG_INT,                      \
+	  .def = CAT_HTTP_STR(CAT_HTTP_MAX_CONNECTIONS_PER_IP_DEFAULT), .max = 65536,               \
+	  .help = "HTTP: open connections at most from one client address (0: no limit)" },         \
+	{ .name = "CATALYST_HTTP_TIMEOUT_S", .type = CAT_CFG_INT,                                   \
+	  .def = CAT_HTTP_STR(CAT_HTTP_TIMEOUT_S_DEFAULT), .min = 1, .max = 600,                    \
+	  .help = "HTTP: seconds a client has to send a request's headers; an idle connection is closed after" }, \
+	{ .name = "CATALYST_HTTP_THREADS", .type = CAT_CFG_INT,                                     \
+	  .def = CAT_HTTP_STR(CAT_HTTP_THREADS_DEFAULT), .min = 1, .max = 64,                       \
+	  .help = "HTTP: event-loop threads serving the connections (a slow handler holds up one)" }
 
 typedef struct cat_http_request {
 	const char *method; /* "GET", "POST", ... ("GET" for HEAD) */

@@ -93,6 +93,15 @@ static int pct_decode(char *dst, size_t dst_size, const char *src, size_t len)
 	return 0;
 }
 
+int cat_redis_url_check(const char *url, char *why, size_t why_size)
+{
+	cat_redis_url_t parsed;
+	cat_err_t err = cat_redis_url_parse(url, &parsed, why, why_size);
+
+	explicit_bzero(parsed.password, sizeof(parsed.password));
+	return err == CAT_OK ? 0 : -1;
+}
+
 cat_err_t cat_redis_url_parse(const char *url, cat_redis_url_t *out, char *errstr, size_t errstr_size)
 {
 	const char *p, *auth_end, *host_end, *end;

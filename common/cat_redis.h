@@ -47,27 +47,29 @@
 
 /* The settings every Redis client shares, spliced into a config table. */
 #define CAT_CONFIG_REDIS                                                                           \
-	{ "CATALYST_REDIS_URL", CAT_CFG_REDIS_URL, NULL, true, true, 0, 0, NULL,                    \
-	  "Redis, redis://[user[:password]@]host[:port][/db] or rediss:// for TLS" },               \
-	{ "CATALYST_REDIS_PASSWORD", CAT_CFG_STRING, NULL, false, true, 0, 0, NULL,                 \
-	  "Redis password; overrides the URL's (keeps it out of the URL)" },                        \
-	{ "CATALYST_REDIS_CONNECT_TIMEOUT_MS", CAT_CFG_INT, "5000", false, false, 1, 600000, NULL, \
-	  "how long connecting (TCP, TLS handshake, AUTH) may take" },                              \
-	{ "CATALYST_REDIS_TIMEOUT_MS", CAT_CFG_INT, "10000", false, false, 1, 600000, NULL,        \
-	  "how long one reply may take in total before the connection counts as lost" },            \
-	{ "CATALYST_REDIS_MAX_REPLY_BYTES", CAT_CFG_INT, "67108864", false, false, 1024, 536870912, \
-	  NULL, "largest reply accepted from Redis, bytes (a larger one fails the connection)" },   \
-	{ "CATALYST_REDIS_TLS_CA_FILE", CAT_CFG_STRING, NULL, false, false, 0, 0, NULL,             \
-	  "rediss://: CA certificates (PEM) the server's certificate must chain to (default: the "  \
-	  "system's)" },                                                                              \
-	{ "CATALYST_REDIS_TLS_CERT_FILE", CAT_CFG_STRING, NULL, false, false, 0, 0, NULL,           \
-	  "rediss://: client certificate (PEM), for servers that require one" },                    \
-	{ "CATALYST_REDIS_TLS_KEY_FILE", CAT_CFG_STRING, NULL, false, false, 0, 0, NULL,            \
-	  "rediss://: the client certificate's private key (PEM)" },                                \
-	{ "CATALYST_REDIS_TLS_SERVER_NAME", CAT_CFG_STRING, NULL, false, false, 0, 0, NULL,         \
-	  "rediss://: name the certificate must carry and SNI (default: the URL's host)" },         \
-	{ "CATALYST_REDIS_TLS_VERIFY", CAT_CFG_BOOL, "true", false, false, 0, 0, NULL,              \
-	  "rediss://: verify the server's certificate (false only for tests)" }
+	{ .name = "CATALYST_REDIS_URL", .type = CAT_CFG_STRING, .required = true, .secret = true,    \
+	  .check = cat_redis_url_check,                                                             \
+	  .help = "Redis, redis://[user[:password]@]host[:port][/db] or rediss:// for TLS" },       \
+	{ .name = "CATALYST_REDIS_PASSWORD", .type = CAT_CFG_STRING, .secret = true,                \
+	  .help = "Redis password; overrides the URL's (keeps it out of the URL)" },                \
+	{ .name = "CATALYST_REDIS_CONNECT_TIMEOUT_MS", .type = CAT_CFG_INT, .def = "5000", .min = 1, \
+	  .max = 600000, .help = "how long connecting (TCP, TLS handshake, AUTH) may take" },       \
+	{ .name = "CATALYST_REDIS_TIMEOUT_MS", .type = CAT_CFG_INT, .def = "10000", .min = 1,       \
+	  .max = 600000, .help = "how long one reply may take in total before the connection counts as lost" }, \
+	{ .name = "CATALYST_REDIS_MAX_REPLY_BYTES", .type = CAT_CFG_INT, .def = "67108864", .min = 1024, \
+	  .max = 536870912,                                                                         \
+	  .help = "largest reply accepted from Redis, bytes (a larger one fails the connection)" }, \
+	{ .name = "CATALYST_REDIS_TLS_CA_FILE", .type = CAT_CFG_STRING,                             \
+	  .help = "rediss://: CA certificates (PEM) the server's certificate must chain to (default: the " \
+	          "system's)" },                                                                    \
+	{ .name = "CATALYST_REDIS_TLS_CERT_FILE", .type = CAT_CFG_STRING,                           \
+	  .help = "rediss://: client certificate (PEM), for servers that require one" },            \
+	{ .name = "CATALYST_REDIS_TLS_KEY_FILE", .type = CAT_CFG_STRING,                            \
+	  .help = "rediss://: the client certificate's private key (PEM)" },                        \
+	{ .name = "CATALYST_REDIS_TLS_SERVER_NAME", .type = CAT_CFG_STRING,                         \
+	  .help = "rediss://: name the certificate must carry and SNI (default: the URL's host)" }, \
+	{ .name = "CATALYST_REDIS_TLS_VERIFY", .type = CAT_CFG_BOOL, .def = "true",                 \
+	  .help = "rediss://: verify the server's certificate (false only for tests)" }
 
 /* The oldest Redis the cache scripts run on (EXPIRE ... GT). */
 #define CAT_REDIS_MIN_MAJOR 7
@@ -86,6 +88,10 @@ typedef struct cat_redis_url {
 /* Parses redis[s]://[user[:password]@]host[:port][/db]; user and password
  * may be percent-encoded, host may be [IPv6]. Fatal, naming the part that
  * is wrong and never echoing the password. */
+/* The config table's check of a Redis URL (cat_config_check_fn): 0 when
+ * cat_redis_url_parse() takes it, else -1 and why (never the password). */
+int cat_redis_url_check(const char *url, char *why, size_t why_size);
+
 cat_err_t cat_redis_url_parse(const char *url, cat_redis_url_t *out, char *errstr,
 			      size_t errstr_size) CAT_MUST_CHECK;
 

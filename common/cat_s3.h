@@ -58,34 +58,42 @@
 #define CAT_S3_MAX_PARTS 10000
 #define CAT_S3_PARTS_PER_STEP 2000
 
-/* Settings of an S3 connection, spliced into a worker's config table. */
-#define CAT_CONFIG_S3                                                                               \
-	{ "CATALYST_S3_ENDPOINT", CAT_CFG_HTTP_URL, NULL, true, false, 0, 0, NULL,                  \
-	  "object store endpoint, e.g. https://sgp1.digitaloceanspaces.com (https in production)" }, \
-	{ "CATALYST_S3_REGION", CAT_CFG_STRING, "us-east-1", false, false, 0, 0, NULL,             \
-	  "region the requests are signed for (Spaces: the datacenter, e.g. sgp1)" },               \
-	{ "CATALYST_S3_BUCKET", CAT_CFG_STRING, NULL, true, false, 0, 0, NULL, "bucket" },          \
-	{ "CATALYST_S3_ACCESS_KEY", CAT_CFG_STRING, NULL, true, false, 0, 0, NULL, "access key id" }, \
-	{ "CATALYST_S3_SECRET_KEY", CAT_CFG_STRING, NULL, true, true, 0, 0, NULL, "secret access key" }, \
-	{ "CATALYST_S3_SESSION_TOKEN", CAT_CFG_STRING, NULL, false, true, 0, 0, NULL,              \
-	  "temporary credentials' session token (x-amz-security-token)" },                           \
-	{ "CATALYST_S3_PATH_STYLE", CAT_CFG_BOOL, "false", false, false, 0, 0, NULL,                \
-	  "address objects as endpoint/bucket/key instead of bucket.endpoint/key" },                 \
-	{ "CATALYST_S3_CA_FILE", CAT_CFG_STRING, NULL, false, false, 0, 0, NULL,                    \
-	  "PEM bundle of the certificate authorities to trust (default: the system's)" },            \
-	{ "CATALYST_S3_TLS_VERIFY", CAT_CFG_BOOL, "true", false, false, 0, 0, NULL,                 \
-	  "verify the endpoint's certificate and host name (never false in production)" },           \
-	{ "CATALYST_S3_PART_SIZE_MB", CAT_CFG_INT, "8", false, false, 5, 1024, NULL,               \
-	  "first part size of multipart uploads, MiB (memory: two parts per upload)" },              \
-	{ "CATALYST_S3_MAX_RETRIES", CAT_CFG_INT, "6", false, false, 0, 100, NULL,                 \
-	  "retries of a request failing transiently (5xx, throttling, network)" },                   \
-	{ "CATALYST_S3_RETRY_BACKOFF_MS", CAT_CFG_INT, "200", false, false, 1, 600000, NULL,       \
-	  "first retry delay of a request (doubles, equal jitter, at most 30 s)" },                   \
-	{ "CATALYST_S3_TIMEOUT_S", CAT_CFG_INT, "60", false, false, 1, 3600, NULL,                 \
-	  "a request fails when it moves no byte for this long (and on connect after 10 s)" },       \
-	{ "CATALYST_S3_REQUEST_TIMEOUT_MS", CAT_CFG_INT, "600000", false, false, 1000, 86400000, NULL, \
-	  "an attempt of a request fails when it has not ended within this long, however the bytes " \
-	  "trickle (a multipart part must fit in it; a streamed GET resumes where it stopped)" }
+/* Settings of an S3 connection, spliced into a worker's config table;
+ * CAT_CONFIG_S3_IF("CATALYST_X=s3") requires them only when that setting
+ * says so (cat_config_def_t.required_if). */
+#define CAT_CONFIG_S3 CAT_CONFIG_S3_IF(NULL)
+#define CAT_CONFIG_S3_IF(required_when)                                                             \
+	{ .name = "CATALYST_S3_ENDPOINT", .type = CAT_CFG_HTTP_URL, .required = true,               \
+	  .required_if = required_when,                                                             \
+	  .help = "object store endpoint, e.g. https://sgp1.digitaloceanspaces.com (https in production)" }, \
+	{ .name = "CATALYST_S3_REGION", .type = CAT_CFG_STRING, .def = "us-east-1",                 \
+	  .help = "region the requests are signed for (Spaces: the datacenter, e.g. sgp1)" },       \
+	{ .name = "CATALYST_S3_BUCKET", .type = CAT_CFG_STRING, .required = true,                   \
+	  .required_if = required_when, .help = "bucket" },                                         \
+	{ .name = "CATALYST_S3_ACCESS_KEY", .type = CAT_CFG_STRING, .required = true,               \
+	  .required_if = required_when, .help = "access key id" },                                  \
+	{ .name = "CATALYST_S3_SECRET_KEY", .type = CAT_CFG_STRING, .required = true, .secret = true, \
+	  .required_if = required_when, .help = "secret access key" },                              \
+	{ .name = "CATALYST_S3_SESSION_TOKEN", .type = CAT_CFG_STRING, .secret = true,              \
+	  .help = "temporary credentials' session token (x-amz-security-token)" },                  \
+	{ .name = "CATALYST_S3_PATH_STYLE", .type = CAT_CFG_BOOL, .def = "false",                   \
+	  .help = "address objects as endpoint/bucket/key instead of bucket.endpoint/key" },        \
+	{ .name = "CATALYST_S3_CA_FILE", .type = CAT_CFG_STRING,                                    \
+	  .help = "PEM bundle of the certificate authorities to trust (default: the system's)" },   \
+	{ .name = "CATALYST_S3_TLS_VERIFY", .type = CAT_CFG_BOOL, .def = "true",                    \
+	  .help = "verify the endpoint's certificate and host name (never false in production)" },  \
+	{ .name = "CATALYST_S3_PART_SIZE_MB", .type = CAT_CFG_INT, .def = "8", .min = 5, .max = 1024, \
+	  .help = "first part size of multipart uploads, MiB (memory: two parts per upload)" },     \
+	{ .name = "CATALYST_S3_MAX_RETRIES", .type = CAT_CFG_INT, .def = "6", .max = 100,           \
+	  .help = "retries of a request failing transiently (5xx, throttling, network)" },          \
+	{ .name = "CATALYST_S3_RETRY_BACKOFF_MS", .type = CAT_CFG_INT, .def = "200", .min = 1,      \
+	  .max = 600000, .help = "first retry delay of a request (doubles, equal jitter, at most 30 s)" }, \
+	{ .name = "CATALYST_S3_TIMEOUT_S", .type = CAT_CFG_INT, .def = "60", .min = 1, .max = 3600, \
+	  .help = "a request fails when it moves no byte for this long (and on connect after 10 s)" }, \
+	{ .name = "CATALYST_S3_REQUEST_TIMEOUT_MS", .type = CAT_CFG_INT, .def = "600000", .min = 1000, \
+	  .max = 86400000,                                                                          \
+	  .help = "an attempt of a request fails when it has not ended within this long, however the bytes " \
+	          "trickle (a multipart part must fit in it; a streamed GET resumes where it stopped)" }
 
 typedef struct cat_s3_options {
 	const char *endpoint;	   /* http(s)://host[:port] */

@@ -143,11 +143,12 @@ cat_err_t cat_sql_copy(PGconn *conn, const cat_sql_table_t *st, cat_sql_buf_t *b
 /* Tombstone retention, spliced into the config table of a worker that
  * writes with these statements. */
 #define CAT_CONFIG_TOMBSTONES                                                                          \
-	{ "CATALYST_TOMBSTONE_RETENTION_S", CAT_CFG_INT, "604800", false, false, 0, 315360000, NULL,  \
-	  "how long a delete's tombstone is kept, blocking older upserts that arrive after the "      \
-	  "delete (0: forever)" },                                                                     \
-	{ "CATALYST_TOMBSTONE_PRUNE_INTERVAL_S", CAT_CFG_INT, "600", false, false, 1, 86400, NULL,    \
-	  "how often tombstones older than the retention are pruned" }
+	{ .name = "CATALYST_TOMBSTONE_RETENTION_S", .type = CAT_CFG_INT, .def = "604800",           \
+	  .max = 315360000,                                                                         \
+	  .help = "how long a delete's tombstone is kept, blocking older upserts that arrive after the " \
+	          "delete (0: forever)" },                                                          \
+	{ .name = "CATALYST_TOMBSTONE_PRUNE_INTERVAL_S", .type = CAT_CFG_INT, .def = "600", .min = 1, \
+	  .max = 86400, .help = "how often tombstones older than the retention are pruned" }
 
 /* Deletes up to `limit` tombstones (row_tombstones) recorded more than
  * older_than_s seconds ago, in one statement (autocommit: call it outside a

@@ -58,8 +58,9 @@ for bad in "CATALYST_REDIS_URL=redis://:hunter2@h:99999" CATALYST_REDIS_URL=http
 	assert_not_contains "$err" "hunter2" "the error for $bad"
 done
 run env CATALYST_CACHE_TOP_LIMITS=5,x "$cache"
-assert_eq 1 "$rc" "bad CATALYST_CACHE_TOP_LIMITS"
-assert_contains "$err" "CATALYST_CACHE_TOP_LIMITS"
+assert_eq 2 "$rc" "bad CATALYST_CACHE_TOP_LIMITS"
+assert_eq 1 "$(lines "$err")" "one line for a bad CATALYST_CACHE_TOP_LIMITS"
+assert_contains "$err" "catalyst-cache: CATALYST_CACHE_TOP_LIMITS: " "its error"
 run "$cache" --help
 assert_eq 0 "$rc" "--help"
 for name in CATALYST_REDIS_URL CATALYST_REDIS_PASSWORD CATALYST_REDIS_TLS_CA_FILE CATALYST_CACHE_NEWS_TTL_S \

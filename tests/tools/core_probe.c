@@ -36,9 +36,10 @@
 static const cat_config_def_t config_defs[] = {
 	CAT_CONFIG_COMMON,
 	CAT_CONFIG_KAFKA,
-	CAT_CONFIG_CONSUMER("100"),
-	{ "CATALYST_GROUP", CAT_CFG_STRING, "core-probe", false, false, 0, 0, NULL, "consumer group" },
-	{ "CATALYST_PROBE_PORT", CAT_CFG_INT, "0", false, false, 0, 65535, NULL, "HTTP port (0: none)" },
+	CAT_CONFIG_CONSUMER("100", NULL),
+	{ .name = "CATALYST_GROUP", .type = CAT_CFG_STRING, .def = "core-probe", .help = "consumer group" },
+	{ .name = "CATALYST_PROBE_PORT", .type = CAT_CFG_INT, .def = "0", .max = 65535,
+	  .help = "HTTP port (0: none)" },
 };
 #define N_DEFS (sizeof(config_defs) / sizeof(config_defs[0]))
 

@@ -26,8 +26,8 @@ static const char usage[] =
 static const cat_config_def_t config_defs[] = {
 	CAT_CONFIG_COMMON,
 	CAT_CONFIG_KAFKA,
-	{ "CATALYST_TOPIC_REPLICATION_FACTOR", CAT_CFG_INT, "1", false, false, 1, 10000, NULL,
-	  "create: replicas of each partition" },
+	{ .name = "CATALYST_TOPIC_REPLICATION_FACTOR", .type = CAT_CFG_INT, .def = "1", .min = 1,
+	  .max = 10000, .help = "create: replicas of each partition" },
 };
 
 int main(int argc, char **argv)

@@ -6,17 +6,41 @@
 #include <sys/resource.h>
 
 #include "cat_config.h"
+#include "cat_redis.h" /* its URL check, a row's validator */
+
+static int starts_with_ok(const char *text, char *why, size_t why_size)
+{
+	if (strncmp(text, "ok", 2) == 0)
+		return 0;
+	snprintf(why, why_size, "must start with ok");
+	return -1;
+}
 
 static const cat_config_def_t defs[] = {
 	CAT_CONFIG_COMMON,
 	CAT_CONFIG_KAFKA,
 	CAT_CONFIG_PG,
-	{ "CATALYST_BATCH_SIZE", CAT_CFG_INT, "500", false, false, 1, 100000, NULL, "batch size" },
-	{ "CATALYST_FLAG", CAT_CFG_BOOL, "false", false, false, 0, 0, NULL, "a flag" },
-	{ "CATALYST_REDIS_URL", CAT_CFG_REDIS_URL, NULL, true, true, 0, 0, NULL, "redis" },
-	{ "CATALYST_S3_ENDPOINT", CAT_CFG_HTTP_URL, "https://s3.amazonaws.com", false, false, 0, 0, NULL,
-	  "s3" },
-	{ "CATALYST_OPTIONAL", CAT_CFG_STRING, NULL, false, false, 0, 0, NULL, "optional, no default" },
+	{ .name = "CATALYST_BATCH_SIZE", .type = CAT_CFG_INT, .def = "500", .min = 1, .max = 100000,
+	  .help = "batch size" },
+	{ .name = "CATALYST_FLAG", .type = CAT_CFG_BOOL, .def = "false", .help = "a flag" },
+	{ .name = "CATALYST_REDIS_URL", .type = CAT_CFG_STRING, .required = true, .secret = true,
+	  .check = cat_redis_url_check, .help = "redis" },
+	{ .name = "CATALYST_S3_ENDPOINT", .type = CAT_CFG_HTTP_URL, .def = "https://s3.amazonaws.com",
+	  .help = "s3" },
+	{ .name = "CATALYST_OPTIONAL", .type = CAT_CFG_STRING, .help = "optional, no default" },
+	{ .name = "CATALYST_LIMITS", .type = CAT_CFG_INT_LIST, .def = "5,10", .min = 1, .max = 1000,
+	  .max_items = 3, .help = "a list" },
+	/* required only when the store (declared after it) is s3 */
+	{ .name = "CATALYST_BUCKET", .type = CAT_CFG_STRING, .required = true,
+	  .required_if = "CATALYST_STORE=s3", .help = "bucket" },
+	{ .name = "CATALYST_STORE", .type = CAT_CFG_ENUM, .def = "dir", .choices = "s3|dir", .help = "store" },
+	{ .name = "CATALYST_MAX_COMMAND_S", .type = CAT_CFG_INT, .def = "60", .min = 1, .max = 86400,
+	  .kafka = "max.poll.interval.ms", .kafka_scale = 1000, .help = "a command's longest run" },
+	{ .name = "CATALYST_KAFKA_FETCH_WAIT_MAX_MS", .type = CAT_CFG_INT, .def = "250", .min = 1, .max = 10000,
+	  .kafka = "fetch.wait.max.ms", .help = "a librdkafka property with this binary's default" },
+	{ .name = "CATALYST_CHECKED", .type = CAT_CFG_STRING, .check = starts_with_ok, .help = "checked" },
+	{ .name = "CATALYST_CHECKED_SECRET", .type = CAT_CFG_STRING, .secret = true, .check = starts_with_ok,
+	  .help = "checked, secret" },
 };
 #define N_DEFS (sizeof(defs) / sizeof(defs[0]))
 
@@ -75,6 +99,9 @@ START_TEST(test_values_parsed)
 		{ "CATALYST_LOG_LEVEL", "CATALYST_LOG_LEVEL=debug", "debug", 0 },
 		{ "CATALYST_PG_URL", "CATALYST_PG_URL=host=db port=5432 sslmode=verify-full", NULL, 0 },
 		{ "CATALYST_REDIS_URL", "CATALYST_REDIS_URL=rediss://h:6380", "rediss://h:6380", 0 },
+		{ "CATALYST_LIMITS", "CATALYST_LIMITS=1,1000,7", "1,1000,7", 0 },
+		{ "CATALYST_STORE", "CATALYST_STORE=dir", "dir", 0 },
+		{ "CATALYST_CHECKED", "CATALYST_CHECKED=okay", "okay", 0 },
 		/* set but empty reads as unset: the default applies */
 		{ "CATALYST_BATCH_SIZE", "CATALYST_BATCH_SIZE=", "500", 500 },
 	};
@@ -122,6 +149,17 @@ START_TEST(test_bad_settings)
 		{ "CATALYST_LOG_LEVEL", "CATALYST_LOG_LEVEL=loud", "CATALYST_LOG_LEVEL: must be one of debug|info|warn|error" },
 		{ "CATALYST_S3_ENDPOINT", "CATALYST_S3_ENDPOINT=ftp://x", "CATALYST_S3_ENDPOINT: must be an http:// or https:// URL" },
 		{ "CATALYST_KAFKA_", "CATALYST_KAFKA_=x", "CATALYST_KAFKA_: names no librdkafka property" },
+		{ "CATALYST_LIMITS", "CATALYST_LIMITS=abc",
+		  "CATALYST_LIMITS: must be up to 3 integers from 1 to 1000 separated by commas (got \"abc\")" },
+		{ "CATALYST_LIMITS", "CATALYST_LIMITS=5,x", "CATALYST_LIMITS: must be up to 3 integers" },
+		{ "CATALYST_LIMITS", "CATALYST_LIMITS=5,,6", "CATALYST_LIMITS: must be up to 3 integers" },
+		{ "CATALYST_LIMITS", "CATALYST_LIMITS=0", "CATALYST_LIMITS: must be up to 3 integers" },
+		{ "CATALYST_LIMITS", "CATALYST_LIMITS=1001", "CATALYST_LIMITS: must be up to 3 integers" },
+		{ "CATALYST_LIMITS", "CATALYST_LIMITS=1,2,3,4", "CATALYST_LIMITS: must be up to 3 integers" },
+		{ "CATALYST_STORE", "CATALYST_STORE=s3", "CATALYST_BUCKET: required when CATALYST_STORE=s3" },
+		{ "CATALYST_CHECKED", "CATALYST_CHECKED=bad", "CATALYST_CHECKED: must start with ok (got \"bad\")" },
+		{ "CATALYST_CHECKED_SECRET", "CATALYST_CHECKED_SECRET=hunter2",
+		  "CATALYST_CHECKED_SECRET: must start with ok (value hidden)" },
 	};
 
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -139,6 +177,78 @@ START_TEST(test_bad_settings)
 }
 END_TEST
 
+START_TEST(test_int_list_and_required_if)
+{
+	cat_config_t *cfg = NULL;
+	long long limits[3] = {0};
+	char errstr[256] = "";
+	char **env = env_with("CATALYST_LIMITS", "CATALYST_LIMITS=20,5,1000");
+
+	ck_assert_int_eq(cat_config_load(&cfg, defs, N_DEFS, env, errstr, sizeof(errstr)), CAT_OK);
+	ck_assert_uint_eq(cat_config_int_list(cfg, "CATALYST_LIMITS", limits, 3), 3);
+	ck_assert(limits[0] == 20 && limits[1] == 5 && limits[2] == 1000);
+	ck_assert_uint_eq(cat_config_int_list(cfg, "CATALYST_LIMITS", limits, 1), 3); /* how many it holds */
+	ck_assert(!cat_config_is_set(cfg, "CATALYST_BUCKET")); /* not required with the dir store */
+	cat_config_destroy(cfg);
+
+	/* the store s3 with its bucket */
+	env = env_with("CATALYST_STORE", "CATALYST_STORE=s3");
+	for (size_t n = 0;; n++)
+		if (!env[n]) {
+			env[n] = "CATALYST_BUCKET=b";
+			env[n + 1] = NULL;
+			break;
+		}
+	ck_assert_msg(cat_config_load(&cfg, defs, N_DEFS, env, errstr, sizeof(errstr)) == CAT_OK, "%s", errstr);
+	ck_assert_str_eq(cat_config_str(cfg, "CATALYST_BUCKET"), "b");
+	cat_config_destroy(cfg);
+}
+END_TEST
+
+/* Rows bound to a settings struct (offsetof) fill it with typed values. */
+typedef struct settings {
+	long long batch_size;
+	bool flag;
+	const char *optional, *log_level;
+	cat_config_int_list_t limits;
+} settings_t;
+
+static const cat_config_def_t bound_defs[] = {
+	{ .name = "CATALYST_BATCH_SIZE", CAT_CONFIG_FIELD(settings_t, batch_size), .type = CAT_CFG_INT, .def = "500",
+	  .min = 1, .max = 100000, .help = "batch size" },
+	{ .name = "CATALYST_FLAG", CAT_CONFIG_FIELD(settings_t, flag), .type = CAT_CFG_BOOL, .def = "false",
+	  .help = "a flag" },
+	{ .name = "CATALYST_OPTIONAL", CAT_CONFIG_FIELD(settings_t, optional), .type = CAT_CFG_STRING,
+	  .help = "optional" },
+	{ .name = "CATALYST_LOG_LEVEL", CAT_CONFIG_FIELD(settings_t, log_level), .type = CAT_CFG_ENUM, .def = "info",
+	  .choices = "debug|info", .help = "level" },
+	{ .name = "CATALYST_LIMITS", CAT_CONFIG_FIELD(settings_t, limits), .type = CAT_CFG_INT_LIST, .def = "5,10",
+	  .min = 1, .max = 1000, .max_items = 3, .help = "a list" },
+	{ .name = "CATALYST_UNBOUND", .type = CAT_CFG_STRING, .def = "x", .help = "read by name" },
+};
+
+START_TEST(test_fill_settings)
+{
+	char *env[] = { "CATALYST_FLAG=on", "CATALYST_LIMITS=7,8,9", "CATALYST_BATCH_SIZE=42", NULL };
+	settings_t settings = { .optional = "untouched?" };
+	cat_config_t *cfg = NULL;
+	char errstr[256] = "";
+
+	ck_assert_int_eq(cat_config_load(&cfg, bound_defs, sizeof(bound_defs) / sizeof(bound_defs[0]), env, errstr,
+					 sizeof(errstr)),
+			 CAT_OK);
+	cat_config_fill(cfg, &settings);
+	ck_assert_int_eq(settings.batch_size, 42);
+	ck_assert(settings.flag);
+	ck_assert_ptr_null(settings.optional); /* unset, no default */
+	ck_assert_str_eq(settings.log_level, "info");
+	ck_assert_uint_eq(settings.limits.n, 3);
+	ck_assert(settings.limits.v[0] == 7 && settings.limits.v[2] == 9);
+	ck_assert_str_eq(cat_config_str(cfg, "CATALYST_UNBOUND"), "x");
+	cat_config_destroy(cfg);
+}
+END_TEST
+
 static int collect(const char *key, const char *value, void *opaque)
 {
 	char *buf = opaque;
@@ -150,6 +260,47 @@ static int collect(const char *key, const char *value, void *opaque)
 	return 0;
 }
 
+/* Defaults of librdkafka properties are data in the table; the operator's
+ * CATALYST_KAFKA_<PROPERTY> wins. */
+START_TEST(test_kafka_defaults)
+{
+	static const struct {
+		const char *name, *assignment, *max_poll, *fetch_wait;
+	} cases[] = {
+		{ NULL, NULL, "60000", "250" },
+		{ "CATALYST_MAX_COMMAND_S", "CATALYST_MAX_COMMAND_S=100", "100000", "250" },
+		{ "CATALYST_KAFKA_MAX_POLL_INTERVAL_MS", "CATALYST_KAFKA_MAX_POLL_INTERVAL_MS=70000", "70000", "250" },
+		{ "CATALYST_KAFKA_FETCH_WAIT_MAX_MS", "CATALYST_KAFKA_FETCH_WAIT_MAX_MS=5", "60000", "5" },
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		cat_config_t *cfg = NULL;
+		char errstr[256] = "", seen[512] = "";
+
+		ck_assert_msg(cat_config_load(&cfg, defs, N_DEFS, env_with(cases[i].name, cases[i].assignment), errstr,
+					      sizeof(errstr)) == CAT_OK,
+			      "case %zu: %s", i, errstr);
+		ck_assert_str_eq(cat_config_kafka(cfg, "max.poll.interval.ms"), cases[i].max_poll);
+		ck_assert_str_eq(cat_config_kafka(cfg, "fetch.wait.max.ms"), cases[i].fetch_wait);
+		ck_assert_int_eq(cat_config_each_kafka(cfg, collect, seen), 0);
+		ck_assert_msg(!strstr(strstr(seen, "max.poll.interval.ms=") + 1, "max.poll.interval.ms="),
+			      "case %zu: set twice: %s", i, seen);
+		cat_config_destroy(cfg);
+	}
+	/* the operator's value of a declared property is validated like any row */
+	{
+		cat_config_t *cfg = NULL;
+		char errstr[256] = "";
+
+		ck_assert_int_eq(cat_config_load(&cfg, defs, N_DEFS,
+						 env_with("CATALYST_KAFKA_FETCH_WAIT_MAX_MS", "CATALYST_KAFKA_FETCH_WAIT_MAX_MS=x"),
+						 errstr, sizeof(errstr)),
+				 CAT_ERR_FATAL);
+		ck_assert_ptr_nonnull(strstr(errstr, "CATALYST_KAFKA_FETCH_WAIT_MAX_MS: must be an integer"));
+	}
+}
+END_TEST
+
 START_TEST(test_kafka_passthrough)
 {
 	char *env[] = { "CATALYST_BROKERS=b:9092", "CATALYST_PG_URL=dbname=x", "CATALYST_REDIS_URL=redis://h",
@@ -160,7 +311,9 @@ START_TEST(test_kafka_passthrough)
 
 	ck_assert_int_eq(cat_config_load(&cfg, defs, N_DEFS, env, errstr, sizeof(errstr)), CAT_OK);
 	ck_assert_int_eq(cat_config_each_kafka(cfg, collect, seen), 0);
-	ck_assert_str_eq(seen, "security.protocol=sasl_ssl;ssl.ca.location=/etc/ca.pem;");
+	/* the operator's, then the table's defaults of the properties they leave unset */
+	ck_assert_str_eq(seen, "security.protocol=sasl_ssl;ssl.ca.location=/etc/ca.pem;"
+			       "max.poll.interval.ms=60000;fetch.wait.max.ms=250;");
 	cat_config_destroy(cfg);
 }
 END_TEST
@@ -178,6 +331,8 @@ START_TEST(test_usage_hides_nothing_secret)
 	ck_assert_ptr_nonnull(strstr(text, "CATALYST_BATCH_SIZE"));
 	ck_assert_ptr_nonnull(strstr(text, "default 500"));
 	ck_assert_ptr_nonnull(strstr(text, "CATALYST_PG_URL"));
+	ck_assert_ptr_nonnull(strstr(text, "[1..1000] (at most 3); default 5,10"));
+	ck_assert_ptr_nonnull(strstr(text, "required when CATALYST_STORE=s3"));
 	ck_assert_ptr_null(strstr(text, "hunter2"));
 	free(text);
 }
@@ -242,7 +397,10 @@ int main(void)
 	tcase_add_test(tc, test_bad_settings);
 	tcase_add_test(tc, test_good_env_and_defaults);
 	tcase_add_test(tc, test_values_parsed);
+	tcase_add_test(tc, test_int_list_and_required_if);
+	tcase_add_test(tc, test_fill_settings);
 	tcase_add_test(tc, test_kafka_passthrough);
+	tcase_add_test(tc, test_kafka_defaults);
 	tcase_add_test(tc, test_usage_hides_nothing_secret);
 	tcase_add_test(tc, test_wants_help);
 	tcase_add_test(tc, test_core_dumps_allowed_when_asked);

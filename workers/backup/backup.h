@@ -88,6 +88,10 @@ typedef struct backup_table_stat {
 	int64_t max_version;
 } backup_table_stat_t;
 
+/* The config table's check of CATALYST_BACKUP_RESTORE_TARGETS
+ * (cat_config_check_fn): "name=url;name2=url2", each url one libpq takes. */
+int backup_restore_targets_check(const char *list, char *why, size_t why_size);
+
 cat_err_t backup_new(backup_t **out, const cat_config_t *cfg, cat_sink_t *sink, cat_producer_t *producer,
 		     cat_metrics_t *metrics, volatile sig_atomic_t *stop, char *errstr,
 		     size_t errstr_size) CAT_MUST_CHECK;

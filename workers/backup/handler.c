@@ -572,6 +572,41 @@ static cat_err_t read_manifest(backup_t *backup, const Catalyst__V1__BackupComma
 	return CAT_OK;
 }
 
+int backup_restore_targets_check(const char *list, char *why, size_t why_size)
+{
+	size_t entry = 0;
+
+	for (const char *p = list; *p;) {
+		const char *end = strchr(p, ';');
+		size_t len = end ? (size_t)(end - p) : strlen(p);
+		const char *eq = memchr(p, '=', len);
+		PQconninfoOption *opts = NULL;
+		char *url, *pqerr = NULL;
+
+		entry++;
+		if (eq && eq > p && (size_t)(eq + 1 - p) < len && (url = strndup(eq + 1, len - (size_t)(eq + 1 - p)))) {
+			opts = PQconninfoParse(url, &pqerr);
+			explicit_bzero(url, strlen(url));
+			free(url);
+			if (pqerr) {
+				explicit_bzero(pqerr, strlen(pqerr)); /* it may quote the URL */
+				PQfreemem(pqerr);
+			}
+		}
+		if (!opts) {
+			snprintf(why, why_size,
+				 "must be name=<libpq URL or conninfo>;name2=...; entry %zu is not", entry);
+			return -1;
+		}
+		for (PQconninfoOption *o = opts; o->keyword; o++)
+			if (o->val)
+				explicit_bzero(o->val, strlen(o->val));
+		PQconninfoFree(opts);
+		p += len + (end ? 1 : 0);
+	}
+	return 0;
+}
+
 /* The URL of a restore target named in CATALYST_BACKUP_RESTORE_TARGETS
  * ("name=url;name=url"), malloc'd; NULL when not listed. */
 static char *target_url(backup_t *backup, const char *name)

@@ -28,8 +28,6 @@
 #include "cat_s3.h"
 #include "cat_sink.h"
 
-extern char **environ;
-
 static const char usage[] =
 	"usage: catalyst-backup\n"
 	"\n"
@@ -46,39 +44,46 @@ static const cat_config_def_t config_defs[] = {
 	CAT_CONFIG_KAFKA,
 	CAT_CONFIG_PG,
 	CAT_CONFIG_HTTP,
-	CAT_CONFIG_CONSUMER("1"),
-	CAT_CONFIG_S3,
-	{"CATALYST_BACKUP_GROUP", CAT_CFG_STRING, "catalyst-backup", false, false, 0, 0, NULL,
-	 "consumer group of backup.v1"},
-	{"CATALYST_BACKUP_PORT", CAT_CFG_INT, "5021", false, false, 0, 65535, NULL,
-	 "HTTP port of /healthz, /readyz and /metrics (0: any free port)"},
-	{"CATALYST_BACKUP_BIND", CAT_CFG_STRING, "0.0.0.0", false, false, 0, 0, NULL,
-	 "address the HTTP server listens on"},
-	{"CATALYST_BACKUP_STORE", CAT_CFG_ENUM, "s3", false, false, 0, 0, "s3|dir",
-	 "where backups go: the S3 bucket, or CATALYST_BACKUP_DIR"},
-	{"CATALYST_BACKUP_DIR", CAT_CFG_STRING, NULL, false, false, 0, 0, NULL,
-	 "directory of backups when CATALYST_BACKUP_STORE=dir"},
-	{"CATALYST_BACKUP_RESTORE_TARGETS", CAT_CFG_STRING, NULL, false, true, 0, 0, NULL,
-	 "databases a Restore may write to: name=postgresql://...;name2=... (a command names one)"},
-	{"CATALYST_BACKUP_PARALLEL", CAT_CFG_INT, "2", false, false, 1, BACKUP_MAX_TABLES, NULL,
-	 "tables of a table backup compressed at once (memory: two upload parts each)"},
-	{"CATALYST_BACKUP_GZIP_LEVEL", CAT_CFG_INT, "6", false, false, 1, 9, NULL, "gzip compression level"},
-	{"CATALYST_BACKUP_COMPRESS_THREADS", CAT_CFG_INT, "0", false, false, 0, 16, NULL,
-	 "threads compressing a backup (shared by the tables backed up at once; 2 MiB each); 0: one per CPU, "
-	 "at most 4"},
-	{"CATALYST_BACKUP_PG_DUMP", CAT_CFG_STRING, "pg_dump", false, false, 0, 0, NULL,
-	 "pg_dump to run (its major version at least the server's)"},
-	{"CATALYST_BACKUP_PSQL", CAT_CFG_STRING, "psql", false, false, 0, 0, NULL, "psql to run for restores"},
-	{"CATALYST_BACKUP_MAX_COMMAND_S", CAT_CFG_INT, "21600", false, false, 60, 86400, NULL,
-	 "longest a command may run without the group evicting the worker (the default of "
-	 "max.poll.interval.ms; CATALYST_KAFKA_MAX_POLL_INTERVAL_MS wins)"},
-	{"CATALYST_BACKUP_MAX_ATTEMPTS", CAT_CFG_INT, "5", false, false, 1, 1000000, NULL,
-	 "attempts at a command that keeps failing (store, disk, target) before it fails for good: one event "
-	 "with ok=false, a dead letter, the partition moves on"},
-	{"CATALYST_BACKUP_KEEP_FULL", CAT_CFG_INT, "2", false, false, 0, 10000, NULL,
-	 "newest full backups a prune never removes, whatever the retention tiers say"},
-	{"CATALYST_BACKUP_ALLOW_PRUNE_NOW", CAT_CFG_BOOL, "false", false, false, 0, 0, NULL,
-	 "tests only: a prune's now_us replaces the worker's clock (otherwise it is ignored)"},
+	CAT_CONFIG_CONSUMER("1", NULL),
+	CAT_CONFIG_S3_IF("CATALYST_BACKUP_STORE=s3"),
+	{ .name = "CATALYST_BACKUP_GROUP", .type = CAT_CFG_STRING, .def = "catalyst-backup",
+	  .help = "consumer group of backup.v1" },
+	{ .name = "CATALYST_BACKUP_PORT", .type = CAT_CFG_INT, .def = "5021", .max = 65535,
+	  .help = "HTTP port of /healthz, /readyz and /metrics (0: any free port)" },
+	{ .name = "CATALYST_BACKUP_BIND", .type = CAT_CFG_STRING, .def = "0.0.0.0",
+	  .help = "address the HTTP server listens on" },
+	{ .name = "CATALYST_BACKUP_STORE", .type = CAT_CFG_ENUM, .def = "s3", .choices = "s3|dir",
+	  .help = "where backups go: the S3 bucket, or CATALYST_BACKUP_DIR" },
+	{ .name = "CATALYST_BACKUP_DIR", .type = CAT_CFG_STRING, .required = true,
+	  .required_if = "CATALYST_BACKUP_STORE=dir",
+	  .help = "directory of backups (the dir store)" },
+	{ .name = "CATALYST_BACKUP_RESTORE_TARGETS", .type = CAT_CFG_STRING, .secret = true,
+	  .check = backup_restore_targets_check,
+	  .help = "databases a Restore may write to: name=postgresql://...;name2=... (a command names one)" },
+	{ .name = "CATALYST_BACKUP_PARALLEL", .type = CAT_CFG_INT, .def = "2", .min = 1,
+	  .max = BACKUP_MAX_TABLES,
+	  .help = "tables of a table backup compressed at once (memory: two upload parts each)" },
+	{ .name = "CATALYST_BACKUP_GZIP_LEVEL", .type = CAT_CFG_INT, .def = "6", .min = 1, .max = 9,
+	  .help = "gzip compression level" },
+	{ .name = "CATALYST_BACKUP_COMPRESS_THREADS", .type = CAT_CFG_INT, .def = "0", .max = 16,
+	  .help = "threads compressing a backup (shared by the tables backed up at once; 2 MiB each); 0: one per CPU, "
+	          "at most 4" },
+	{ .name = "CATALYST_BACKUP_PG_DUMP", .type = CAT_CFG_STRING, .def = "pg_dump",
+	  .help = "pg_dump to run (its major version at least the server's)" },
+	{ .name = "CATALYST_BACKUP_PSQL", .type = CAT_CFG_STRING, .def = "psql",
+	  .help = "psql to run for restores" },
+	{ .name = "CATALYST_BACKUP_MAX_COMMAND_S", .type = CAT_CFG_INT, .def = "21600", .min = 60,
+	  .max = 86400, .kafka = "max.poll.interval.ms", .kafka_scale = 1000,
+	  .help = "longest a command may run without the group evicting the worker "
+	          "(CATALYST_KAFKA_MAX_POLL_INTERVAL_MS wins)" },
+	{ .name = "CATALYST_BACKUP_MAX_ATTEMPTS", .type = CAT_CFG_INT, .def = "5", .min = 1,
+	  .max = 1000000,
+	  .help = "attempts at a command that keeps failing (store, disk, target) before it fails for good: one event "
+	          "with ok=false, a dead letter, the partition moves on" },
+	{ .name = "CATALYST_BACKUP_KEEP_FULL", .type = CAT_CFG_INT, .def = "2", .max = 10000,
+	  .help = "newest full backups a prune never removes, whatever the retention tiers say" },
+	{ .name = "CATALYST_BACKUP_ALLOW_PRUNE_NOW", .type = CAT_CFG_BOOL, .def = "false",
+	  .help = "tests only: a prune's now_us replaces the worker's clock (otherwise it is ignored)" },
 };
 
 #define N_CONFIG_DEFS (sizeof(config_defs) / sizeof(config_defs[0]))
@@ -90,49 +95,14 @@ static void on_signal(int signo)
 	stop = signo;
 }
 
-/* The settings, max.poll.interval.ms defaulting to CATALYST_BACKUP_MAX_COMMAND_S:
- * a command runs for hours without the loop polling, and the group must not
- * evict the worker meanwhile. The default is one more CATALYST_KAFKA_*
- * variable of the environment the table is read from, so that it reaches
- * librdkafka as the operator's own would; an explicit
- * CATALYST_KAFKA_MAX_POLL_INTERVAL_MS wins. */
-static cat_err_t load_config(cat_config_t **out, char *errstr, size_t errstr_size)
-{
-	char max_poll[96], **envp;
-	size_t n = 0;
-	cat_err_t err;
-
-	if ((err = cat_config_load(out, config_defs, N_CONFIG_DEFS, NULL, errstr, errstr_size)))
-		return err;
-	if (cat_config_kafka(*out, "max.poll.interval.ms"))
-		return CAT_OK;
-	snprintf(max_poll, sizeof(max_poll), "CATALYST_KAFKA_MAX_POLL_INTERVAL_MS=%lld",
-		 cat_config_int(*out, "CATALYST_BACKUP_MAX_COMMAND_S") * 1000);
-	cat_config_destroy(*out);
-	*out = NULL;
-	while (environ[n])
-		n++;
-	if (!(envp = calloc(n + 2, sizeof(*envp))))
-		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
-	memcpy(envp, environ, n * sizeof(*envp));
-	envp[n] = max_poll;
-	err = cat_config_load(out, config_defs, N_CONFIG_DEFS, envp, errstr, errstr_size);
-	free(envp);
-	return err;
-}
-
 static cat_err_t open_sink(const cat_config_t *cfg, cat_sink_t **sink, char *errstr, size_t errstr_size)
 {
 	cat_s3_options_t opts;
 	cat_s3_t *s3 = NULL;
 	cat_err_t err;
 
-	if (strcmp(cat_config_str(cfg, "CATALYST_BACKUP_STORE"), "dir") == 0) {
-		if (!cat_config_is_set(cfg, "CATALYST_BACKUP_DIR"))
-			return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL,
-					   "CATALYST_BACKUP_DIR: required when CATALYST_BACKUP_STORE=dir");
+	if (strcmp(cat_config_str(cfg, "CATALYST_BACKUP_STORE"), "dir") == 0)
 		return cat_sink_new_dir(sink, cat_config_str(cfg, "CATALYST_BACKUP_DIR"), errstr, errstr_size);
-	}
 	cat_s3_options_from_config(&opts, cfg);
 	opts.cancel = &stop;
 	if ((err = cat_s3_new(&s3, &opts, errstr, errstr_size)))
@@ -171,7 +141,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, BACKUP_WORKER ": unexpected argument %s (try --help)\n", argv[1]);
 		return 2;
 	}
-	if (load_config(&cfg, errstr, sizeof(errstr)) != CAT_OK) {
+	if (cat_config_load(&cfg, config_defs, N_CONFIG_DEFS, NULL, errstr, sizeof(errstr)) != CAT_OK) {
 		fprintf(stderr, BACKUP_WORKER ": %s\n", errstr);
 		return 2;
 	}

@@ -67,12 +67,30 @@
 #include "cat_metrics.h"
 #include "cat_redis.h"
 
+/* Most n of candidates:top:{n} (CATALYST_CACHE_TOP_LIMITS). */
+#define CACHE_MAX_TOP_LIMITS 16
+
+/* The worker's own settings, filled from its config table (main.c binds
+ * each CATALYST_CACHE_* row to a field); strings are borrowed from the
+ * cat_config_t. The shared blocks (PostgreSQL, Redis, consumer, HTTP) are
+ * read by their modules. */
+typedef struct cache_settings {
+	const char *group, *bind, *key_namespace;
+	long long port;
+	long long news_ttl_s, symbol_ttl_s, signal_ttl_s, trade_ttl_s, source_ttl_s, active_ttl_s, top_ttl_s,
+		warm_news_ttl_s;
+	cat_config_int_list_t top_limits;
+	long long max_value_bytes, pipeline_bytes, scan_count, rebuild_chunk;
+	long long heal_check_ms, rebuild_min_interval_s;
+} cache_settings_t;
+
 typedef struct cache cache_t;
 
 /* The handler state: `redis` and `pg` (may be NULL: connect when needed)
- * are owned from this call on, also when it fails; `metrics` is borrowed.
- * Fatal for a bad CATALYST_CACHE_TOP_LIMITS. */
-cat_err_t cache_new(cache_t **out, const cat_config_t *cfg, cat_redis_t *redis, PGconn *pg,
+ * are owned from this call on, also when it fails; `metrics` is borrowed;
+ * `settings` is copied (`cfg` must outlive the cache: its strings). */
+cat_err_t cache_new(cache_t **out, const cat_config_t *cfg, const cache_settings_t *settings,
+		    cat_redis_t *redis, PGconn *pg,
 		    cat_metrics_t *metrics, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 
 void cache_destroy(cache_t *cache);

@@ -24,37 +24,29 @@ cat_err_t cache_pg_connect(PGconn **out, const cat_config_t *cfg, char *errstr, 
 			      (int)cat_config_int(cfg, "CATALYST_PG_CONNECT_TIMEOUT_S"), errstr, errstr_size);
 }
 
-/* "5,10,20" -> top_limits */
-static cat_err_t parse_top_limits(cache_t *cache, const char *text, char *errstr, size_t errstr_size)
+/* CATALYST_CACHE_TOP_LIMITS (validated by the config table) -> top_limits */
+static void top_limits_init(cache_t *cache)
 {
-	const char *p = text;
+	const cat_config_int_list_t *limits = &cache->settings.top_limits;
 
-	while (*p) {
-		char *end;
-		long long n = strtoll(p, &end, 10);
-
-		if (end == p || n < 1 || n > 1000 || (*end && *end != ',') || cache->n_top_limits == MAX_TOP_LIMITS)
-			return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL,
-					   "CATALYST_CACHE_TOP_LIMITS: must be up to %d numbers from 1 to 1000, "
-					   "separated by commas",
-					   MAX_TOP_LIMITS);
-		snprintf(cache->top_limits[cache->n_top_limits++], sizeof(cache->top_limits[0]), "%lld", n);
-		if (n > cache->top_max)
-			cache->top_max = n;
-		p = *end ? end + 1 : end;
+	cache->n_top_limits = limits->n < MAX_TOP_LIMITS ? limits->n : MAX_TOP_LIMITS;
+	for (size_t i = 0; i < cache->n_top_limits; i++) {
+		snprintf(cache->top_limits[i], sizeof(cache->top_limits[0]), "%lld", limits->v[i]);
+		if (limits->v[i] > cache->top_max)
+			cache->top_max = limits->v[i];
 	}
-	return CAT_OK;
 }
 
 static void layout_init(cache_t *cache, cat_metrics_t *metrics)
 {
-	static const struct {
-		const char *table, *prefix, *set_prefix, *ttl_setting;
+	const struct {
+		const char *table, *prefix, *set_prefix;
+		const long long *ttl_s;
 	} defs[] = {
-		{"news_raw", "news:", "news:symbol:", "CATALYST_CACHE_NEWS_TTL_S"},
-		{"trading_signals", "signals:", "signals:symbol:", "CATALYST_CACHE_SIGNAL_TTL_S"},
-		{"trade_records", "trades:", "trades:symbol:", "CATALYST_CACHE_TRADE_TTL_S"},
-		{"source_metrics", "sources:", NULL, "CATALYST_CACHE_SOURCE_TTL_S"},
+		{"news_raw", "news:", "news:symbol:", &cache->settings.news_ttl_s},
+		{"trading_signals", "signals:", "signals:symbol:", &cache->settings.signal_ttl_s},
+		{"trade_records", "trades:", "trades:symbol:", &cache->settings.trade_ttl_s},
+		{"source_metrics", "sources:", NULL, &cache->settings.source_ttl_s},
 		{"trading_candidates", NULL, NULL, NULL},
 	};
 
@@ -73,8 +65,8 @@ static void layout_init(cache_t *cache, cat_metrics_t *metrics)
 				continue;
 			layout->prefix = defs[d].prefix;
 			layout->set_prefix = defs[d].set_prefix;
-			layout->ttl = defs[d].ttl_setting ? cat_config_int(cache->cfg, defs[d].ttl_setting) : 0;
-			layout->set_ttl = cat_config_int(cache->cfg, "CATALYST_CACHE_SYMBOL_TTL_S");
+			layout->ttl = defs[d].ttl_s ? *defs[d].ttl_s : 0;
+			layout->set_ttl = cache->settings.symbol_ttl_s;
 			layout->derived_candidates = !defs[d].prefix;
 		}
 		layout->m_applied = cat_metrics_counter(metrics, "catalyst_cache_changes_total",
@@ -92,11 +84,8 @@ static void layout_init(cache_t *cache, cat_metrics_t *metrics)
  * CATALYST_CACHE_KEY_NAMESPACE. */
 static cat_err_t families_init(cache_t *cache, char *errstr, size_t errstr_size)
 {
-	const char *ns = cat_config_str(cache->cfg, "CATALYST_CACHE_KEY_NAMESPACE");
-	const char *why = cache_keys_namespace_refusal(ns);
+	const char *ns = cache->settings.key_namespace; /* checked by the config table */
 
-	if (why)
-		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "CATALYST_CACHE_KEY_NAMESPACE: %s", why);
 	for (size_t t = 0; t < MAX_TABLES && cache->layouts[t].table; t++)
 		if (cache->layouts[t].prefix && !cache_keys_add(&cache->keys, cache->layouts[t].prefix))
 			return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "too many key families");
@@ -142,7 +131,8 @@ static void register_metrics(cache_t *cache, cat_metrics_t *metrics)
 		"candidates lists a warm did not store because a candidate changed meanwhile", NULL);
 }
 
-cat_err_t cache_new(cache_t **out, const cat_config_t *cfg, cat_redis_t *redis, PGconn *pg,
+cat_err_t cache_new(cache_t **out, const cat_config_t *cfg, const cache_settings_t *settings,
+		    cat_redis_t *redis, PGconn *pg,
 		    cat_metrics_t *metrics, char *errstr, size_t errstr_size)
 {
 	cache_t *cache = calloc(1, sizeof(*cache));
@@ -156,6 +146,7 @@ cat_err_t cache_new(cache_t **out, const cat_config_t *cfg, cat_redis_t *redis, 
 		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
 	}
 	cache->cfg = cfg;
+	cache->settings = *settings;
 	cache->metrics = metrics;
 	cache->redis = redis;
 	cache->pg = pg;
@@ -167,17 +158,15 @@ cat_err_t cache_new(cache_t **out, const cat_config_t *cfg, cat_redis_t *redis, 
 	cat_redis_script_init(&cache->scripts[SCRIPT_HEAL_DONE], CACHE_SCRIPT_HEAL_DONE);
 	cat_kafka_topic(cfg, CAT_TOPIC_CHANGES, cache->changes_topic, sizeof(cache->changes_topic));
 	cat_kafka_topic(cfg, CAT_TOPIC_CACHE, cache->cache_topic, sizeof(cache->cache_topic));
-	cache->symbol_ttl = cat_config_int(cfg, "CATALYST_CACHE_SYMBOL_TTL_S");
-	cache->active_ttl = cat_config_int(cfg, "CATALYST_CACHE_ACTIVE_TTL_S");
-	cache->top_ttl = cat_config_int(cfg, "CATALYST_CACHE_TOP_TTL_S");
-	cache->warm_news_ttl = cat_config_int(cfg, "CATALYST_CACHE_WARM_NEWS_TTL_S");
-	cache->max_value = cat_config_int(cfg, "CATALYST_CACHE_MAX_VALUE_BYTES");
-	cache->pipeline_bytes = cat_config_int(cfg, "CATALYST_CACHE_PIPELINE_BYTES");
-	cache->scan_count = cat_config_int(cfg, "CATALYST_CACHE_SCAN_COUNT");
-	cache->rebuild_chunk = cat_config_int(cfg, "CATALYST_CACHE_REBUILD_CHUNK");
-	if ((err = parse_top_limits(cache, cat_config_str(cfg, "CATALYST_CACHE_TOP_LIMITS"), errstr,
-				    errstr_size)) != CAT_OK)
-		goto error;
+	cache->symbol_ttl = settings->symbol_ttl_s;
+	cache->active_ttl = settings->active_ttl_s;
+	cache->top_ttl = settings->top_ttl_s;
+	cache->warm_news_ttl = settings->warm_news_ttl_s;
+	cache->max_value = settings->max_value_bytes;
+	cache->pipeline_bytes = settings->pipeline_bytes;
+	cache->scan_count = settings->scan_count;
+	cache->rebuild_chunk = settings->rebuild_chunk;
+	top_limits_init(cache);
 	if (cat_schema_n_tables > MAX_TABLES) {
 		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "the schema has more than %d tables",
 				  MAX_TABLES);

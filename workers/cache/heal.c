@@ -300,7 +300,7 @@ static void *heal_main(void *arg)
 
 cat_err_t cache_heal_start(cache_t *cache, char *errstr, size_t errstr_size)
 {
-	long long check_ms = cat_config_int(cache->cfg, "CATALYST_CACHE_HEAL_CHECK_MS");
+	long long check_ms = cache->settings.heal_check_ms;
 	cache_heal_t *heal;
 	cat_redis_opts_t opts;
 	cat_redis_t *redis = NULL;
@@ -314,7 +314,7 @@ cat_err_t cache_heal_start(cache_t *cache, char *errstr, size_t errstr_size)
 	if (!(heal = calloc(1, sizeof(*heal))))
 		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
 	heal->check_us = check_ms * 1000;
-	heal->min_interval_us = cat_config_int(cache->cfg, "CATALYST_CACHE_REBUILD_MIN_INTERVAL_S") * 1000000;
+	heal->min_interval_us = cache->settings.rebuild_min_interval_s * 1000000;
 	gethostname(host, sizeof(host) - 1);
 	snprintf(heal->owner, sizeof(heal->owner), "%s:%ld:%lld", host, (long)getpid(),
 		 (long long)(cat_time_now_us() % 1000000000));
@@ -332,7 +332,7 @@ cat_err_t cache_heal_start(cache_t *cache, char *errstr, size_t errstr_size)
 
 	cat_redis_opts_from_config(&opts, cache->cfg, "catalyst-cache-heal");
 	if ((err = cat_redis_new(&redis, &opts, errstr, errstr_size)) != CAT_OK ||
-	    (err = cache_new(&heal->rebuilder, cache->cfg, redis, NULL, cache->metrics, errstr, errstr_size)) !=
+	    (err = cache_new(&heal->rebuilder, cache->cfg, &cache->settings, redis, NULL, cache->metrics, errstr, errstr_size)) !=
 		    CAT_OK) {
 		free(heal);
 		return err; /* redis owned by cache_new, also when it fails */

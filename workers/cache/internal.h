@@ -14,7 +14,7 @@
 #include "keys.h"
 
 #define MAX_TABLES	8
-#define MAX_TOP_LIMITS	16
+#define MAX_TOP_LIMITS	CACHE_MAX_TOP_LIMITS
 #define PUT_ITEMS	256	   /* items of one PUT script call */
 #define PUT_CALL_BYTES	(1 << 20) /* a PUT call ends past this many argument bytes */
 #define PUT_ARGS	6
@@ -73,6 +73,7 @@ typedef struct cache_heal cache_heal_t;
 
 struct cache {
 	const cat_config_t *cfg;
+	cache_settings_t settings;
 	cat_metrics_t *metrics; /* borrowed */
 	cat_redis_t *redis;
 	PGconn *pg;

@@ -38,6 +38,16 @@ const char *cache_keys_namespace_refusal(const char *ns)
 	return NULL;
 }
 
+int cache_keys_namespace_check(const char *ns, char *why, size_t why_size)
+{
+	const char *refusal = cache_keys_namespace_refusal(ns);
+
+	if (!refusal)
+		return 0;
+	snprintf(why, why_size, "%s", refusal);
+	return -1;
+}
+
 const char *cache_keys_refusal(const cache_keys_t *keys, const char *key, size_t len, bool pattern, char *why,
 			       size_t why_size)
 {

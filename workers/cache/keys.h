@@ -36,6 +36,10 @@ bool cache_keys_add(cache_keys_t *keys, const char *prefix);
  * not (a static string). */
 const char *cache_keys_namespace_refusal(const char *ns);
 
+/* The same as the config table's check of CATALYST_CACHE_KEY_NAMESPACE
+ * (cat_config_check_fn): 0 when usable, else -1 and why. */
+int cache_keys_namespace_check(const char *ns, char *why, size_t why_size);
+
 /* NULL when `key` (a pattern when `pattern`) of `len` bytes stays inside the
  * families, else why not, written into `why`. */
 const char *cache_keys_refusal(const cache_keys_t *keys, const char *key, size_t len, bool pattern, char *why,

@@ -48,53 +48,63 @@ static const char usage[] =
 	"1 Redis or PostgreSQL refused the credentials, or Kafka failed; 2 usage or\n"
 	"configuration error.";
 
+/* Each CATALYST_CACHE_* row fills a field of cache_settings_t. */
+#define FIELD(member) CAT_CONFIG_FIELD(cache_settings_t, member)
+
 static const cat_config_def_t config_defs[] = {
 	CAT_CONFIG_COMMON,
 	CAT_CONFIG_KAFKA,
 	CAT_CONFIG_PG,
 	CAT_CONFIG_HTTP,
 	CAT_CONFIG_REDIS,
-	CAT_CONFIG_CONSUMER("200"),
-	{"CATALYST_CACHE_GROUP", CAT_CFG_STRING, "catalyst-cache", false, false, 0, 0, NULL,
-	 "consumer group of changes.v1 and cache.v1"},
-	{"CATALYST_CACHE_PORT", CAT_CFG_INT, "5031", false, false, 0, 65535, NULL,
-	 "HTTP port of /healthz, /readyz and /metrics (0: any free port)"},
-	{"CATALYST_CACHE_BIND", CAT_CFG_STRING, "0.0.0.0", false, false, 0, 0, NULL,
-	 "address the HTTP server listens on"},
-	{"CATALYST_CACHE_NEWS_TTL_S", CAT_CFG_INT, "3600", false, false, 0, 31536000, NULL,
-	 "TTL of news:{news_id} (0: none)"},
-	{"CATALYST_CACHE_SYMBOL_TTL_S", CAT_CFG_INT, "3600", false, false, 0, 31536000, NULL,
-	 "TTL of news:symbol:{symbol}, signals:symbol:..., trades:symbol:..., renewed at each add"},
-	{"CATALYST_CACHE_SIGNAL_TTL_S", CAT_CFG_INT, "3600", false, false, 0, 31536000, NULL,
-	 "TTL of signals:{signal_id}"},
-	{"CATALYST_CACHE_TRADE_TTL_S", CAT_CFG_INT, "86400", false, false, 0, 31536000, NULL,
-	 "TTL of trades:{trade_id}"},
-	{"CATALYST_CACHE_SOURCE_TTL_S", CAT_CFG_INT, "86400", false, false, 0, 31536000, NULL,
-	 "TTL of sources:{source_name}"},
-	{"CATALYST_CACHE_ACTIVE_TTL_S", CAT_CFG_INT, "1800", false, false, 0, 31536000, NULL,
-	 "TTL of candidates:active"},
-	{"CATALYST_CACHE_TOP_TTL_S", CAT_CFG_INT, "300", false, false, 0, 31536000, NULL,
-	 "TTL of candidates:top:{n} made by a rebuild"},
-	{"CATALYST_CACHE_TOP_LIMITS", CAT_CFG_STRING, "5,10,20,50,100", false, false, 0, 0, NULL,
-	 "the n of candidates:top:{n}: removed at every candidate change, made by a rebuild"},
-	{"CATALYST_CACHE_WARM_NEWS_TTL_S", CAT_CFG_INT, "7200", false, false, 0, 31536000, NULL,
-	 "TTL of the news a market-open warm caches"},
-	{"CATALYST_CACHE_MAX_VALUE_BYTES", CAT_CFG_INT, "262144", false, false, 64, 536870912, NULL,
-	 "largest value cached; a larger one is dead-lettered"},
-	{"CATALYST_CACHE_PIPELINE_BYTES", CAT_CFG_INT, "262144", false, false, 4096, 268435456, NULL,
-	 "a batch's commands go out as pipelines of this size, one sent while the next is prepared"},
-	{"CATALYST_CACHE_SCAN_COUNT", CAT_CFG_INT, "1000", false, false, 10, 100000, NULL,
-	 "keys an invalidation SCANs and UNLINKs per step"},
-	{"CATALYST_CACHE_REBUILD_CHUNK", CAT_CFG_INT, "1000", false, false, 10, 100000, NULL,
-	 "rows a rebuild holds in memory at a time"},
-	{"CATALYST_CACHE_HEAL_CHECK_MS", CAT_CFG_INT, "1000", false, false, 0, 3600000, NULL,
-	 "how often the worker checks that Redis still holds its data, and rebuilds it from the primary "
-	 "when not (0: no self-heal)"},
-	{"CATALYST_CACHE_REBUILD_MIN_INTERVAL_S", CAT_CFG_INT, "60", false, false, 1, 86400, NULL,
-	 "shortest time between two automatic rebuilds of this worker"},
-	{"CATALYST_CACHE_KEY_NAMESPACE", CAT_CFG_STRING, NULL, false, false, 0, 0, NULL,
-	 "a key prefix (e.g. app:) that cache.v1 set, delete and invalidate may touch besides the layout's "
-	 "families (news: signals: trades: sources: candidates:); other keys are dead-lettered"},
+	CAT_CONFIG_CONSUMER("200", "3600000"),
+	{ .name = "CATALYST_CACHE_GROUP", FIELD(group), .type = CAT_CFG_STRING, .def = "catalyst-cache",
+	  .help = "consumer group of changes.v1 and cache.v1" },
+	{ .name = "CATALYST_CACHE_PORT", FIELD(port), .type = CAT_CFG_INT, .def = "5031", .max = 65535,
+	  .help = "HTTP port of /healthz, /readyz and /metrics (0: any free port)" },
+	{ .name = "CATALYST_CACHE_BIND", FIELD(bind), .type = CAT_CFG_STRING, .def = "0.0.0.0",
+	  .help = "address the HTTP server listens on" },
+	{ .name = "CATALYST_CACHE_NEWS_TTL_S", FIELD(news_ttl_s), .type = CAT_CFG_INT, .def = "3600",
+	  .max = 31536000, .help = "TTL of news:{news_id} (0: none)" },
+	{ .name = "CATALYST_CACHE_SYMBOL_TTL_S", FIELD(symbol_ttl_s), .type = CAT_CFG_INT, .def = "3600",
+	  .max = 31536000,
+	  .help = "TTL of news:symbol:{symbol}, signals:symbol:..., trades:symbol:..., renewed at each add" },
+	{ .name = "CATALYST_CACHE_SIGNAL_TTL_S", FIELD(signal_ttl_s), .type = CAT_CFG_INT, .def = "3600",
+	  .max = 31536000, .help = "TTL of signals:{signal_id}" },
+	{ .name = "CATALYST_CACHE_TRADE_TTL_S", FIELD(trade_ttl_s), .type = CAT_CFG_INT, .def = "86400",
+	  .max = 31536000, .help = "TTL of trades:{trade_id}" },
+	{ .name = "CATALYST_CACHE_SOURCE_TTL_S", FIELD(source_ttl_s), .type = CAT_CFG_INT, .def = "86400",
+	  .max = 31536000, .help = "TTL of sources:{source_name}" },
+	{ .name = "CATALYST_CACHE_ACTIVE_TTL_S", FIELD(active_ttl_s), .type = CAT_CFG_INT, .def = "1800",
+	  .max = 31536000, .help = "TTL of candidates:active" },
+	{ .name = "CATALYST_CACHE_TOP_TTL_S", FIELD(top_ttl_s), .type = CAT_CFG_INT, .def = "300",
+	  .max = 31536000, .help = "TTL of candidates:top:{n} made by a rebuild" },
+	{ .name = "CATALYST_CACHE_TOP_LIMITS", FIELD(top_limits), .type = CAT_CFG_INT_LIST,
+	  .def = "5,10,20,50,100", .min = 1, .max = 1000, .max_items = CACHE_MAX_TOP_LIMITS,
+	  .help = "the n of candidates:top:{n}: removed at every candidate change, made by a rebuild" },
+	{ .name = "CATALYST_CACHE_WARM_NEWS_TTL_S", FIELD(warm_news_ttl_s), .type = CAT_CFG_INT,
+	  .def = "7200", .max = 31536000, .help = "TTL of the news a market-open warm caches" },
+	{ .name = "CATALYST_CACHE_MAX_VALUE_BYTES", FIELD(max_value_bytes), .type = CAT_CFG_INT,
+	  .def = "262144", .min = 64, .max = 536870912,
+	  .help = "largest value cached; a larger one is dead-lettered" },
+	{ .name = "CATALYST_CACHE_PIPELINE_BYTES", FIELD(pipeline_bytes), .type = CAT_CFG_INT,
+	  .def = "262144", .min = 4096, .max = 268435456,
+	  .help = "a batch's commands go out as pipelines of this size, one sent while the next is prepared" },
+	{ .name = "CATALYST_CACHE_SCAN_COUNT", FIELD(scan_count), .type = CAT_CFG_INT, .def = "1000",
+	  .min = 10, .max = 100000, .help = "keys an invalidation SCANs and UNLINKs per step" },
+	{ .name = "CATALYST_CACHE_REBUILD_CHUNK", FIELD(rebuild_chunk), .type = CAT_CFG_INT, .def = "1000",
+	  .min = 10, .max = 100000, .help = "rows a rebuild holds in memory at a time" },
+	{ .name = "CATALYST_CACHE_HEAL_CHECK_MS", FIELD(heal_check_ms), .type = CAT_CFG_INT, .def = "1000",
+	  .max = 3600000,
+	  .help = "how often the worker checks that Redis still holds its data, and rebuilds it from the primary "
+	          "when not (0: no self-heal)" },
+	{ .name = "CATALYST_CACHE_REBUILD_MIN_INTERVAL_S", FIELD(rebuild_min_interval_s), .type = CAT_CFG_INT,
+	  .def = "60", .min = 1, .max = 86400,
+	  .help = "shortest time between two automatic rebuilds of this worker" },
+	{ .name = "CATALYST_CACHE_KEY_NAMESPACE", FIELD(key_namespace), .type = CAT_CFG_STRING,
+	  .check = cache_keys_namespace_check,
+	  .help = "a key prefix (e.g. app:) that cache.v1 set, delete and invalidate may touch besides the layout's "
+	          "families (news: signals: trades: sources: candidates:); other keys are dead-lettered" },
 };
 
 #define N_CONFIG_DEFS (sizeof(config_defs) / sizeof(config_defs[0]))
@@ -115,12 +125,12 @@ int main(int argc, char **argv)
 	cat_redis_opts_t redis_opts;
 	cat_redis_t *redis = NULL;
 	PGconn *pg = NULL;
+	cache_settings_t settings = { 0 };
 	cache_t *cache = NULL;
 	cat_consumer_t *consumer = NULL;
 	cat_http_t *http = NULL;
 	cat_handler_t handler;
 	char errstr[1024];
-	const char *why;
 	cat_err_t err;
 	int rc = 1;
 
@@ -139,20 +149,11 @@ int main(int argc, char **argv)
 		fprintf(stderr, WORKER ": unexpected argument %s (try --help)\n", argv[1]);
 		return 2;
 	}
-	/* a warm or rebuild runs inside the loop (see --help) */
-	if (setenv("CATALYST_KAFKA_MAX_POLL_INTERVAL_MS", "3600000", 0) != 0) {
-		fprintf(stderr, WORKER ": out of memory\n");
-		return 2;
-	}
 	if (cat_config_load(&cfg, config_defs, N_CONFIG_DEFS, NULL, errstr, sizeof(errstr)) != CAT_OK) {
 		fprintf(stderr, WORKER ": %s\n", errstr);
 		return 2;
 	}
-	if ((why = cache_keys_namespace_refusal(cat_config_str(cfg, "CATALYST_CACHE_KEY_NAMESPACE")))) {
-		fprintf(stderr, WORKER ": CATALYST_CACHE_KEY_NAMESPACE: %s\n", why);
-		cat_config_destroy(cfg);
-		return 2;
-	}
+	cat_config_fill(cfg, &settings);
 	cat_log_init(WORKER, (cat_log_level_t)cat_log_level_parse(cat_config_str(cfg, "CATALYST_LOG_LEVEL")));
 	metrics = cat_metrics_new();
 	if (!metrics || cat_metrics_add_process(metrics, "catalyst_cache") != CAT_OK) {
@@ -181,7 +182,7 @@ int main(int argc, char **argv)
 	}
 	if (err != CAT_OK)
 		CAT_LOG_WARN("REDIS", "%s: will retry", errstr);
-	err = cache_new(&cache, cfg, redis, pg, metrics, errstr, sizeof(errstr));
+	err = cache_new(&cache, cfg, &settings, redis, pg, metrics, errstr, sizeof(errstr));
 	redis = NULL; /* owned by cache */
 	pg = NULL;
 	if (err != CAT_OK) {
@@ -191,13 +192,13 @@ int main(int argc, char **argv)
 
 	/* changes.v1 + cache.v1, then the probes that report on them */
 	handler = (cat_handler_t){ cache_apply, cache_ready, cache, NULL };
-	if (cat_consumer_new(&consumer, cfg, WORKER, cat_config_str(cfg, "CATALYST_CACHE_GROUP"), topics, &handler,
+	if (cat_consumer_new(&consumer, cfg, WORKER, settings.group, topics, &handler,
 			     metrics, errstr, sizeof(errstr)) != CAT_OK) {
 		CAT_LOG_ERROR("KAFKA", "%s", errstr);
 		goto out;
 	}
-	if (cat_http_serve(&http, cfg, cat_config_str(cfg, "CATALYST_CACHE_BIND"),
-			   (int)cat_config_int(cfg, "CATALYST_CACHE_PORT"), metrics, cat_consumer_ready, consumer, errstr,
+	if (cat_http_serve(&http, cfg, settings.bind,
+			   (int)settings.port, metrics, cat_consumer_ready, consumer, errstr,
 			   sizeof(errstr)) != CAT_OK) {
 		CAT_LOG_ERROR("HTTP", "%s", errstr);
 		goto out;

@@ -43,18 +43,19 @@ static const cat_config_def_t config_defs[] = {
 	CAT_CONFIG_KAFKA,
 	CAT_CONFIG_PG,
 	CAT_CONFIG_HTTP,
-	CAT_CONFIG_CONSUMER("4000"),
+	CAT_CONFIG_CONSUMER("4000", NULL),
 	CAT_CONFIG_TOMBSTONES,
 	CAT_CONFIG_VERSIONS,
-	{"CATALYST_PERSIST_GROUP", CAT_CFG_STRING, "catalyst-persist", false, false, 0, 0, NULL,
-	 "consumer group of write.v1 (one per environment sharing a Kafka cluster)"},
-	{"CATALYST_PERSIST_PORT", CAT_CFG_INT, "5030", false, false, 0, 65535, NULL,
-	 "HTTP port of /healthz, /readyz and /metrics (0: any free port)"},
-	{"CATALYST_PERSIST_BIND", CAT_CFG_STRING, "0.0.0.0", false, false, 0, 0, NULL,
-	 "address the HTTP server listens on"},
-	{"CATALYST_CHANGES_TIMEOUT_MS", CAT_CFG_INT, "30000", false, false, 1000, 3600000, NULL,
-	 "how long a batch's changes may wait for their acknowledgement on changes.v1 before the "
-	 "batch is retried"},
+	{ .name = "CATALYST_PERSIST_GROUP", .type = CAT_CFG_STRING, .def = "catalyst-persist",
+	  .help = "consumer group of write.v1 (one per environment sharing a Kafka cluster)" },
+	{ .name = "CATALYST_PERSIST_PORT", .type = CAT_CFG_INT, .def = "5030", .max = 65535,
+	  .help = "HTTP port of /healthz, /readyz and /metrics (0: any free port)" },
+	{ .name = "CATALYST_PERSIST_BIND", .type = CAT_CFG_STRING, .def = "0.0.0.0",
+	  .help = "address the HTTP server listens on" },
+	{ .name = "CATALYST_CHANGES_TIMEOUT_MS", .type = CAT_CFG_INT, .def = "30000", .min = 1000,
+	  .max = 3600000,
+	  .help = "how long a batch's changes may wait for their acknowledgement on changes.v1 before the "
+	          "batch is retried" },
 };
 
 #define N_CONFIG_DEFS (sizeof(config_defs) / sizeof(config_defs[0]))

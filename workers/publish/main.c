@@ -90,16 +90,17 @@ static const char usage[] =
 static const cat_config_def_t config_defs[] = {
 	CAT_CONFIG_COMMON,
 	CAT_CONFIG_KAFKA,
-	{ "CATALYST_PUBLISH_TIMEOUT_MS", CAT_CFG_INT, "30000", false, false, 1000, 3600000, NULL,
-	  "how long a record may wait for the broker's acknowledgement before it counts as "
-	  "not delivered" },
-	{ "CATALYST_PRODUCER", CAT_CFG_STRING, "catalyst-publish", false, false, 0, 0, NULL,
-	  "producer name put in each command's meta when the line has none" },
-	{ "CATALYST_PG_URL", CAT_CFG_PG_URL, NULL, false, true, 0, 0, NULL,
-	  "PostgreSQL primary, for dlq only: replay records what it replayed there (required), "
-	  "list and show mark the replayed letters (optional)" },
-	{ "CATALYST_PG_CONNECT_TIMEOUT_S", CAT_CFG_INT, "10", false, false, 1, 600, NULL,
-	  "seconds to wait for a PostgreSQL connection" },
+	{ .name = "CATALYST_PUBLISH_TIMEOUT_MS", .type = CAT_CFG_INT, .def = "30000", .min = 1000,
+	  .max = 3600000,
+	  .help = "how long a record may wait for the broker's acknowledgement before it counts as "
+	          "not delivered" },
+	{ .name = "CATALYST_PRODUCER", .type = CAT_CFG_STRING, .def = "catalyst-publish",
+	  .help = "producer name put in each command's meta when the line has none" },
+	{ .name = "CATALYST_PG_URL", .type = CAT_CFG_PG_URL, .secret = true,
+	  .help = "PostgreSQL primary, for dlq only: replay records what it replayed there (required), "
+	          "list and show mark the replayed letters (optional)" },
+	{ .name = "CATALYST_PG_CONNECT_TIMEOUT_S", .type = CAT_CFG_INT, .def = "10", .min = 1,
+	  .max = 600, .help = "seconds to wait for a PostgreSQL connection" },
 };
 
 #define N_CONFIG_DEFS (sizeof(config_defs) / sizeof(config_defs[0]))

@@ -45,39 +45,55 @@ static const char usage[] =
 	"1 the replica refused the credentials or its schema is not migrated, or Kafka\n"
 	"failed; 2 usage or configuration error.";
 
+/* CATALYST_REPLICA_NAME names a consumer group and appears in reports. */
+static int plain_name(const char *name, char *why, size_t why_size)
+{
+	bool plain = strlen(name) <= 100;
+
+	for (const char *c = name; *c; c++)
+		if (!(isalnum((unsigned char)*c) || *c == '-' || *c == '_' || *c == '.'))
+			plain = false;
+	if (plain)
+		return 0;
+	snprintf(why, why_size, "must be 1 to 100 letters, digits, '-', '_' or '.'");
+	return -1;
+}
+
 static const cat_config_def_t config_defs[] = {
 	CAT_CONFIG_COMMON,
 	CAT_CONFIG_KAFKA,
 	CAT_CONFIG_PG,
 	CAT_CONFIG_HTTP,
-	CAT_CONFIG_CONSUMER("200"),
+	CAT_CONFIG_CONSUMER("200", "3600000"),
 	CAT_CONFIG_TOMBSTONES,
 	CAT_CONFIG_VERSIONS,
-	{"CATALYST_REPLICA_URL", CAT_CFG_PG_URL, NULL, true, true, 0, 0, NULL,
-	 "the replica this process keeps, libpq conninfo or URI (sslmode=verify-full in production)"},
-	{"CATALYST_REPLICA_NAME", CAT_CFG_STRING, NULL, true, false, 0, 0, NULL,
-	 "the replica's name: consumer group catalyst-sync-<name>, SyncCommand.replica, reports"},
-	{"CATALYST_SYNC_GROUP", CAT_CFG_STRING, NULL, false, false, 0, 0, NULL,
-	 "consumer group (default catalyst-sync-<CATALYST_REPLICA_NAME>)"},
-	{"CATALYST_SYNC_PORT", CAT_CFG_INT, "5022", false, false, 0, 65535, NULL,
-	 "HTTP port of /healthz, /readyz and /metrics (0: any free port)"},
-	{"CATALYST_SYNC_BIND", CAT_CFG_STRING, "0.0.0.0", false, false, 0, 0, NULL,
-	 "address the HTTP server listens on"},
-	{"CATALYST_SYNC_CHECK_CHUNK_SIZE", CAT_CFG_INT, "10000", false, false, 10, 1000000, NULL,
-	 "rows per checksum chunk of a check whose command gives none"},
-	{"CATALYST_SYNC_CHECK_SETTLE_MS", CAT_CFG_INT, "2000", false, false, 0, 600000, NULL,
-	 "how long after reading a differing row a check waits before catching up and reading it "
-	 "again (covers catalyst-persist publishing what it committed)"},
-	{"CATALYST_SYNC_CHECK_MAX_SUSPECTS", CAT_CFG_INT, "100000", false, false, 100, 10000000, NULL,
-	 "differing rows a check holds before it settles them (memory bound)"},
-	{"CATALYST_SYNC_MONITOR_INTERVAL_S", CAT_CFG_INT, "15", false, false, 1, 3600, NULL,
-	 "how often the monitoring gauges (lag, table sizes, slow statements) are refreshed"},
-	{"CATALYST_SYNC_SLOW_STATEMENTS", CAT_CFG_INT, "5", false, false, 0, 16, NULL,
-	 "slowest pg_stat_statements entries exposed per side"},
-	{"CATALYST_SYNC_SLOW_MIN_CALLS", CAT_CFG_INT, "100", false, false, 0, 1000000000, NULL,
-	 "calls a statement needs to rank among the slowest"},
-	{"CATALYST_EVENTS_TIMEOUT_MS", CAT_CFG_INT, "30000", false, false, 1000, 3600000, NULL,
-	 "how long a report may wait for its acknowledgement on events.v1 before the command is retried"},
+	{ .name = "CATALYST_REPLICA_URL", .type = CAT_CFG_PG_URL, .required = true, .secret = true,
+	  .help = "the replica this process keeps, libpq conninfo or URI (sslmode=verify-full in production)" },
+	{ .name = "CATALYST_REPLICA_NAME", .type = CAT_CFG_STRING, .required = true, .check = plain_name,
+	  .help = "the replica's name: consumer group catalyst-sync-<name>, SyncCommand.replica, reports" },
+	{ .name = "CATALYST_SYNC_GROUP", .type = CAT_CFG_STRING,
+	  .help = "consumer group (default catalyst-sync-<CATALYST_REPLICA_NAME>)" },
+	{ .name = "CATALYST_SYNC_PORT", .type = CAT_CFG_INT, .def = "5022", .max = 65535,
+	  .help = "HTTP port of /healthz, /readyz and /metrics (0: any free port)" },
+	{ .name = "CATALYST_SYNC_BIND", .type = CAT_CFG_STRING, .def = "0.0.0.0",
+	  .help = "address the HTTP server listens on" },
+	{ .name = "CATALYST_SYNC_CHECK_CHUNK_SIZE", .type = CAT_CFG_INT, .def = "10000", .min = 10,
+	  .max = 1000000, .help = "rows per checksum chunk of a check whose command gives none" },
+	{ .name = "CATALYST_SYNC_CHECK_SETTLE_MS", .type = CAT_CFG_INT, .def = "2000", .max = 600000,
+	  .help = "how long after reading a differing row a check waits before catching up and reading it "
+	          "again (covers catalyst-persist publishing what it committed)" },
+	{ .name = "CATALYST_SYNC_CHECK_MAX_SUSPECTS", .type = CAT_CFG_INT, .def = "100000", .min = 100,
+	  .max = 10000000, .help = "differing rows a check holds before it settles them (memory bound)" },
+	{ .name = "CATALYST_SYNC_MONITOR_INTERVAL_S", .type = CAT_CFG_INT, .def = "15", .min = 1,
+	  .max = 3600,
+	  .help = "how often the monitoring gauges (lag, table sizes, slow statements) are refreshed" },
+	{ .name = "CATALYST_SYNC_SLOW_STATEMENTS", .type = CAT_CFG_INT, .def = "5", .max = 16,
+	  .help = "slowest pg_stat_statements entries exposed per side" },
+	{ .name = "CATALYST_SYNC_SLOW_MIN_CALLS", .type = CAT_CFG_INT, .def = "100", .max = 1000000000,
+	  .help = "calls a statement needs to rank among the slowest" },
+	{ .name = "CATALYST_EVENTS_TIMEOUT_MS", .type = CAT_CFG_INT, .def = "30000", .min = 1000,
+	  .max = 3600000,
+	  .help = "how long a report may wait for its acknowledgement on events.v1 before the command is retried" },
 };
 
 #define N_CONFIG_DEFS (sizeof(config_defs) / sizeof(config_defs[0]))
@@ -87,14 +103,6 @@ static volatile sig_atomic_t stop;
 static void on_signal(int signo)
 {
 	stop = signo;
-}
-
-static bool plain_name(const char *name)
-{
-	for (const char *c = name; *c; c++)
-		if (!(isalnum((unsigned char)*c) || *c == '-' || *c == '_' || *c == '.'))
-			return false;
-	return *name && strlen(name) <= 100;
 }
 
 int main(int argc, char **argv)
@@ -127,19 +135,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, SYNC_WORKER ": unexpected argument %s (try --help)\n", argv[1]);
 		return 2;
 	}
-	/* a check or resync runs inside the loop (see --help) */
-	if (setenv("CATALYST_KAFKA_MAX_POLL_INTERVAL_MS", "3600000", 0) != 0) {
-		fprintf(stderr, SYNC_WORKER ": out of memory\n");
-		return 2;
-	}
 	if (cat_config_load(&cfg, config_defs, N_CONFIG_DEFS, NULL, errstr, sizeof(errstr)) != CAT_OK) {
 		fprintf(stderr, SYNC_WORKER ": %s\n", errstr);
-		return 2;
-	}
-	if (!plain_name(cat_config_str(cfg, "CATALYST_REPLICA_NAME"))) {
-		fprintf(stderr, SYNC_WORKER
-			": CATALYST_REPLICA_NAME: must be 1 to 100 letters, digits, '-', '_' or '.'\n");
-		cat_config_destroy(cfg);
 		return 2;
 	}
 	if (cat_config_is_set(cfg, "CATALYST_SYNC_GROUP"))
