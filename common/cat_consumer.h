@@ -1,6 +1,6 @@
 /*
  * cat_consumer: the at-least-once consume loop every worker runs
- * (DESIGN.md, "The at-least-once contract").
+ * (docs/ARCHITECTURE.md, "The at-least-once contract").
  *
  * A worker is a handler plugged into this loop. The loop polls Kafka,
  * gathers per-partition batches (CATALYST_BATCH_SIZE messages or

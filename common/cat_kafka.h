@@ -17,7 +17,7 @@
 #include "cat_config.h"
 #include "cat_err.h"
 
-/* Topic suffixes (DESIGN.md "Topics and keys"). */
+/* Topic suffixes (docs/ARCHITECTURE.md, "Topics and their contracts"). */
 #define CAT_TOPIC_WRITE "write.v1"
 #define CAT_TOPIC_CHANGES "changes.v1"
 #define CAT_TOPIC_CACHE "cache.v1"

@@ -34,7 +34,7 @@
 
 #define PROGRAM "catalyst-devbroker"
 
-/* topic (without prefix) and partition count, DESIGN.md "Topics and keys" */
+/* topic (without prefix) and partition count, docs/ARCHITECTURE.md, "Topics and their contracts" */
 static const struct {
 	const char *name;
 	int partitions;

@@ -1,5 +1,5 @@
 /*
- * Retention tiers (DESIGN.md: hourly 24 h, daily 7 d, weekly 90 d). A
+ * Retention tiers (the seed's: hourly 24 h, daily 7 d, weekly 90 d). A
  * completed backup is kept when any tier keeps it:
  *   hourly   the newest backup of each clock hour of the last 24 hours
  *            (any kind);
