@@ -86,18 +86,18 @@ typedef struct cache_settings {
 
 typedef struct cache cache_t;
 
-/* The handler state: `redis` and `pg` (may be NULL: connect when needed)
- * are owned from this call on, also when it fails; `metrics` is borrowed;
- * `settings` is copied (`cfg` must outlive the cache: its strings). */
+/* The handler state, with a session on CATALYST_PG_URL for warms (not
+ * connected yet): `redis` is owned from this call on, also when it fails;
+ * `metrics` is borrowed; `settings` is copied (`cfg` must outlive the
+ * cache: its strings). */
 cat_err_t cache_new(cache_t **out, const cat_config_t *cfg, const cache_settings_t *settings,
-		    cat_redis_t *redis, PGconn *pg,
-		    cat_metrics_t *metrics, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+		    cat_redis_t *redis, cat_metrics_t *metrics, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 
 void cache_destroy(cache_t *cache);
 
-/* Connects to CATALYST_PG_URL (retriable when unreachable, fatal for
- * credentials or a database that does not exist). */
-cat_err_t cache_pg_connect(PGconn **out, const cat_config_t *cfg, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+/* Connects to CATALYST_PG_URL now (a warm would otherwise): retriable when
+ * unreachable, fatal for credentials or a database that does not exist. */
+cat_err_t cache_pg_connect(cache_t *cache, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 
 /* cat_handler_t.apply and .ready (opaque: the cache_t). ready() runs on the
  * HTTP thread: false while Redis does not answer a PING. */

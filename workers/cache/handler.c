@@ -18,10 +18,11 @@ static const double depth_buckets[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 10
 
 /* --- set-up ------------------------------------------------------------------------------ */
 
-cat_err_t cache_pg_connect(PGconn **out, const cat_config_t *cfg, char *errstr, size_t errstr_size)
+cat_err_t cache_pg_connect(cache_t *cache, char *errstr, size_t errstr_size)
 {
-	return cat_pg_connect(out, cat_config_str(cfg, "CATALYST_PG_URL"), WORKER,
-			      (int)cat_config_int(cfg, "CATALYST_PG_CONNECT_TIMEOUT_S"), errstr, errstr_size);
+	PGconn *conn;
+
+	return cat_pg_session_ensure(cache->pg, &conn, errstr, errstr_size);
 }
 
 /* CATALYST_CACHE_TOP_LIMITS (validated by the config table) -> top_limits */
@@ -132,25 +133,32 @@ static void register_metrics(cache_t *cache, cat_metrics_t *metrics)
 }
 
 cat_err_t cache_new(cache_t **out, const cat_config_t *cfg, const cache_settings_t *settings,
-		    cat_redis_t *redis, PGconn *pg,
-		    cat_metrics_t *metrics, char *errstr, size_t errstr_size)
+		    cat_redis_t *redis, cat_metrics_t *metrics, char *errstr, size_t errstr_size)
 {
 	cache_t *cache = calloc(1, sizeof(*cache));
+	cat_pg_session_opts_t pg_opts = {
+		.url = cat_config_str(cfg, "CATALYST_PG_URL"),
+		.app_name = WORKER,
+		.what = "primary",
+		.connect_timeout_s = (int)cat_config_int(cfg, "CATALYST_PG_CONNECT_TIMEOUT_S"),
+	};
 	cat_redis_opts_t opts;
 	cat_err_t err;
 
 	*out = NULL;
 	if (!cache) {
 		cat_redis_destroy(redis);
-		cat_pg_close(pg);
 		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
 	}
 	cache->cfg = cfg;
 	cache->settings = *settings;
 	cache->metrics = metrics;
 	cache->redis = redis;
-	cache->pg = pg;
 	pthread_mutex_init(&cache->probe_lock, NULL);
+	if ((err = cat_pg_session_new(&cache->pg, &pg_opts, errstr, errstr_size)) != CAT_OK) {
+		cache_destroy(cache);
+		return err;
+	}
 	cat_redis_script_init(&cache->scripts[SCRIPT_PUT], CACHE_SCRIPT_PUT);
 	cat_redis_script_init(&cache->scripts[SCRIPT_INVALIDATE_CANDIDATES], CACHE_SCRIPT_INVALIDATE_CANDIDATES);
 	cat_redis_script_init(&cache->scripts[SCRIPT_SET_IF_GENERATION], CACHE_SCRIPT_SET_IF_GENERATION);
@@ -198,7 +206,7 @@ void cache_destroy(cache_t *cache)
 	cache_heal_destroy(cache->heal); /* first: its thread reads the settings */
 	cat_redis_destroy(cache->probe);
 	cat_redis_destroy(cache->redis);
-	cat_pg_close(cache->pg);
+	cat_pg_session_free(cache->pg);
 	pthread_mutex_destroy(&cache->probe_lock);
 	free(cache->arena);
 	free(cache->json);

@@ -332,7 +332,7 @@ cat_err_t cache_heal_start(cache_t *cache, char *errstr, size_t errstr_size)
 
 	cat_redis_opts_from_config(&opts, cache->cfg, "catalyst-cache-heal");
 	if ((err = cat_redis_new(&redis, &opts, errstr, errstr_size)) != CAT_OK ||
-	    (err = cache_new(&heal->rebuilder, cache->cfg, &cache->settings, redis, NULL, cache->metrics, errstr, errstr_size)) !=
+	    (err = cache_new(&heal->rebuilder, cache->cfg, &cache->settings, redis, cache->metrics, errstr, errstr_size)) !=
 		    CAT_OK) {
 		free(heal);
 		return err; /* redis owned by cache_new, also when it fails */

@@ -10,6 +10,7 @@
 
 #include "cache.h"
 #include "cat_codec.h"
+#include "cat_pg.h"
 #include "cat_schema.h"
 #include "keys.h"
 
@@ -76,7 +77,7 @@ struct cache {
 	cache_settings_t settings;
 	cat_metrics_t *metrics; /* borrowed */
 	cat_redis_t *redis;
-	PGconn *pg;
+	cat_pg_session_t *pg; /* the primary, for warms */
 	cat_redis_t *probe; /* readiness, on the HTTP thread */
 	pthread_mutex_t probe_lock;
 	cat_redis_script_t scripts[N_SCRIPTS];

@@ -124,7 +124,6 @@ int main(int argc, char **argv)
 	cat_metrics_t *metrics = NULL;
 	cat_redis_opts_t redis_opts;
 	cat_redis_t *redis = NULL;
-	PGconn *pg = NULL;
 	cache_settings_t settings = { 0 };
 	cache_t *cache = NULL;
 	cat_consumer_t *consumer = NULL;
@@ -161,15 +160,9 @@ int main(int argc, char **argv)
 		goto out;
 	}
 
-	/* PostgreSQL (warms only) and Redis: refused credentials stop us here;
-	 * an unreachable server does not (batches retry, /readyz says why) */
-	err = cache_pg_connect(&pg, cfg, errstr, sizeof(errstr));
-	if (err == CAT_ERR_FATAL) {
-		CAT_LOG_ERROR("PG", "%s", errstr);
-		goto out;
-	}
-	if (err != CAT_OK)
-		CAT_LOG_WARN("PG", "%s: will retry at the next warm", errstr);
+	/* Redis, then PostgreSQL (warms only): refused credentials stop us
+	 * here; an unreachable server does not (batches retry, /readyz says
+	 * why) */
 	cat_redis_opts_from_config(&redis_opts, cfg, WORKER);
 	if (cat_redis_new(&redis, &redis_opts, errstr, sizeof(errstr)) != CAT_OK) {
 		CAT_LOG_ERROR("REDIS", "%s", errstr);
@@ -182,13 +175,19 @@ int main(int argc, char **argv)
 	}
 	if (err != CAT_OK)
 		CAT_LOG_WARN("REDIS", "%s: will retry", errstr);
-	err = cache_new(&cache, cfg, &settings, redis, pg, metrics, errstr, sizeof(errstr));
+	err = cache_new(&cache, cfg, &settings, redis, metrics, errstr, sizeof(errstr));
 	redis = NULL; /* owned by cache */
-	pg = NULL;
 	if (err != CAT_OK) {
 		CAT_LOG_ERROR("MAIN", "%s", errstr);
 		goto out;
 	}
+	err = cache_pg_connect(cache, errstr, sizeof(errstr));
+	if (err == CAT_ERR_FATAL) {
+		CAT_LOG_ERROR("PG", "%s", errstr);
+		goto out;
+	}
+	if (err != CAT_OK)
+		CAT_LOG_WARN("PG", "%s: will retry at the next warm", errstr);
 
 	/* changes.v1 + cache.v1, then the probes that report on them */
 	handler = (cat_handler_t){ cache_apply, cache_ready, cache, NULL };
@@ -222,7 +221,6 @@ out:
 	cat_consumer_destroy(consumer);
 	cache_destroy(cache);
 	cat_redis_destroy(redis);
-	cat_pg_close(pg);
 	cat_metrics_destroy(metrics);
 	cat_config_destroy(cfg);
 	return rc;

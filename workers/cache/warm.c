@@ -102,24 +102,6 @@ static Catalyst__V1__Record *row_to_record(const cat_table_t *table, const PGres
 	return record;
 }
 
-static cat_err_t pg_ensure(cache_t *cache, char *errstr, size_t errstr_size)
-{
-	if (cache->pg && PQstatus(cache->pg) == CONNECTION_OK)
-		return CAT_OK;
-	cat_pg_close(cache->pg);
-	cache->pg = NULL;
-	return cache_pg_connect(&cache->pg, cache->cfg, errstr, errstr_size);
-}
-
-/* After a failed statement: roll back, or drop a broken connection. */
-static void pg_after_failure(cache_t *cache)
-{
-	if (cache->pg && PQstatus(cache->pg) == CONNECTION_OK && cat_pg_rollback(cache->pg, NULL, 0) == CAT_OK)
-		return;
-	cat_pg_close(cache->pg);
-	cache->pg = NULL;
-}
-
 /* Queues the rows of `res` as PUT items. */
 static void put_rows(cache_t *cache, const cat_table_t *table, const PGresult *res, const char *op,
 		     long long ttl, int profile)
@@ -188,7 +170,8 @@ static char *json_list(const cat_table_t *table, const PGresult *res, int n, siz
 
 /* candidates:active (and, for a rebuild, candidates:top:{n}), guarded by
  * candidates:generation. Runs inside the caller's transaction or not. */
-static cat_err_t warm_candidates(cache_t *cache, bool tops, int profile, char *errstr, size_t errstr_size)
+static cat_err_t warm_candidates(cache_t *cache, PGconn *conn, bool tops, int profile, char *errstr,
+				 size_t errstr_size)
 {
 	const cat_table_t *table = cat_schema_table("trading_candidates");
 	char cols[SELECT_MAX], sql[SELECT_MAX + 512], generation[32], limit[24];
@@ -217,7 +200,7 @@ static cat_err_t warm_candidates(cache_t *cache, bool tops, int profile, char *e
 			 "SELECT %s FROM trading_candidates WHERE selection_timestamp > NOW() - INTERVAL '1 hour' "
 			 "AND NOT traded ORDER BY selection_timestamp DESC, candidate_id",
 			 cols);
-		if ((err = cat_pg_exec(cache->pg, sql, 0, NULL, &active, errstr, errstr_size)) != CAT_OK)
+		if ((err = cat_pg_exec(conn, sql, 0, NULL, &active, errstr, errstr_size)) != CAT_OK)
 			return err;
 		if (tops && cache->n_top_limits > 0) {
 			snprintf(limit, sizeof(limit), "%lld", cache->top_max);
@@ -225,7 +208,7 @@ static cat_err_t warm_candidates(cache_t *cache, bool tops, int profile, char *e
 				 "SELECT %s FROM trading_candidates WHERE selection_timestamp > NOW() - INTERVAL "
 				 "'1 hour' ORDER BY catalyst_score DESC, candidate_id LIMIT $1",
 				 cols);
-			if ((err = cat_pg_exec(cache->pg, sql, 1, (const char *[]){limit}, &top, errstr,
+			if ((err = cat_pg_exec(conn, sql, 1, (const char *[]){limit}, &top, errstr,
 					       errstr_size)) != CAT_OK) {
 				PQclear(active);
 				return err;
@@ -289,7 +272,7 @@ static cat_err_t warm_candidates(cache_t *cache, bool tops, int profile, char *e
 	return CAT_OK;
 }
 
-static cat_err_t market_open(cache_t *cache, char *errstr, size_t errstr_size)
+static cat_err_t market_open(cache_t *cache, PGconn *conn, char *errstr, size_t errstr_size)
 {
 	const cat_table_t *news = cat_schema_table("news_raw");
 	char cols[SELECT_MAX], sql[SELECT_MAX + 512];
@@ -301,21 +284,21 @@ static cat_err_t market_open(cache_t *cache, char *errstr, size_t errstr_size)
 		 "SELECT %s FROM news_raw WHERE published_timestamp > NOW() - INTERVAL '4 hours' "
 		 "AND is_pre_market = TRUE ORDER BY catalyst_score DESC, news_id LIMIT 100",
 		 cols);
-	if ((err = cat_pg_exec(cache->pg, sql, 0, NULL, &res, errstr, errstr_size)) != CAT_OK)
+	if ((err = cat_pg_exec(conn, sql, 0, NULL, &res, errstr, errstr_size)) != CAT_OK)
 		return err;
 	put_rows(cache, news, res, "w", cache->warm_news_ttl, 0);
 	PQclear(res);
 	if ((err = cache_flush(cache, NULL, errstr, errstr_size)) != CAT_OK)
 		return err;
-	return warm_candidates(cache, false, 0, errstr, errstr_size);
+	return warm_candidates(cache, conn, false, 0, errstr, errstr_size);
 }
 
-static cat_err_t rebuild(cache_t *cache, char *errstr, size_t errstr_size)
+static cat_err_t rebuild(cache_t *cache, PGconn *conn, char *errstr, size_t errstr_size)
 {
 	char cols[SELECT_MAX], sql[SELECT_MAX + 512], chunk[24];
 	cat_err_t err;
 
-	if ((err = cat_pg_exec(cache->pg, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", 0, NULL, NULL, errstr,
+	if ((err = cat_pg_exec(conn, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", 0, NULL, NULL, errstr,
 			       errstr_size)) != CAT_OK)
 		return err;
 	snprintf(chunk, sizeof(chunk), "%lld", cache->rebuild_chunk);
@@ -328,14 +311,14 @@ static cat_err_t rebuild(cache_t *cache, char *errstr, size_t errstr_size)
 		select_list(layout->table, cols, sizeof(cols));
 		snprintf(sql, sizeof(sql), "DECLARE rebuild NO SCROLL CURSOR FOR SELECT %s FROM %s", cols,
 			 layout->table->name);
-		if ((err = cat_pg_exec(cache->pg, sql, 0, NULL, NULL, errstr, errstr_size)) != CAT_OK)
+		if ((err = cat_pg_exec(conn, sql, 0, NULL, NULL, errstr, errstr_size)) != CAT_OK)
 			return err;
 		snprintf(sql, sizeof(sql), "FETCH %s FROM rebuild", chunk);
 		for (;;) {
 			PGresult *res = NULL;
 			int n;
 
-			if ((err = cat_pg_exec(cache->pg, sql, 0, NULL, &res, errstr, errstr_size)) != CAT_OK)
+			if ((err = cat_pg_exec(conn, sql, 0, NULL, &res, errstr, errstr_size)) != CAT_OK)
 				return err;
 			n = PQntuples(res);
 			put_rows(cache, layout->table, res, "u", 0, 1);
@@ -348,26 +331,27 @@ static cat_err_t rebuild(cache_t *cache, char *errstr, size_t errstr_size)
 			if (n < cache->rebuild_chunk)
 				break;
 		}
-		if ((err = cat_pg_exec(cache->pg, "CLOSE rebuild", 0, NULL, NULL, errstr, errstr_size)) != CAT_OK)
+		if ((err = cat_pg_exec(conn, "CLOSE rebuild", 0, NULL, NULL, errstr, errstr_size)) != CAT_OK)
 			return err;
 		CAT_LOG_INFO("REDIS", "rebuild: %lld rows of %s", rows, layout->table->name);
 	}
-	if ((err = cat_pg_exec(cache->pg, "COMMIT", 0, NULL, NULL, errstr, errstr_size)) != CAT_OK)
+	if ((err = cat_pg_exec(conn, "COMMIT", 0, NULL, NULL, errstr, errstr_size)) != CAT_OK)
 		return err;
-	return warm_candidates(cache, true, 1, errstr, errstr_size);
+	return warm_candidates(cache, conn, true, 1, errstr, errstr_size);
 }
 
 cat_err_t cache_warm(cache_t *cache, int profile, char *errstr, size_t errstr_size)
 {
 	bool is_rebuild = profile == CATALYST__V1__CACHE_COMMAND__WARM_PROFILE__WARM_PROFILE_REBUILD;
 	int64_t t0 = cat_time_mono_us();
+	PGconn *conn;
 	cat_err_t err;
 
-	if ((err = pg_ensure(cache, errstr, errstr_size)) != CAT_OK)
+	if ((err = cat_pg_session_ensure(cache->pg, &conn, errstr, errstr_size)) != CAT_OK)
 		return err;
-	err = is_rebuild ? rebuild(cache, errstr, errstr_size) : market_open(cache, errstr, errstr_size);
+	err = is_rebuild ? rebuild(cache, conn, errstr, errstr_size) : market_open(cache, conn, errstr, errstr_size);
 	if (err != CAT_OK) {
-		pg_after_failure(cache);
+		cat_pg_session_failed(cache->pg);
 		return err;
 	}
 	cat_metrics_observe(cache->m_warm_seconds[is_rebuild], (double)(cat_time_mono_us() - t0) / 1e6);
