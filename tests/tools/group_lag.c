@@ -29,8 +29,10 @@ static const cat_config_def_t config_defs[] = {
 	CAT_CONFIG_KAFKA,
 };
 
-/* Sums end and committed offsets over the topic's partitions; 0 or -1. */
-static int measure(rd_kafka_t *rk, const char *topic, int n_partitions, long long *end, long long *committed)
+/* Sums end and committed offsets over the topic's partitions; 0 or -1
+ * (said on stderr unless quiet). */
+static int measure(rd_kafka_t *rk, const char *topic, int n_partitions, long long *end, long long *committed,
+		   bool quiet)
 {
 	rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(n_partitions);
 	long long *low = calloc((size_t)n_partitions, sizeof(*low));
@@ -45,8 +47,9 @@ static int measure(rd_kafka_t *rk, const char *topic, int n_partitions, long lon
 
 		err = rd_kafka_query_watermark_offsets(rk, topic, p, &lo, &hi, REQUEST_TIMEOUT_MS);
 		if (err) {
-			fprintf(stderr, "group-lag: could not read the offsets of %s [%d]: %s\n", topic, p,
-				rd_kafka_err2str(err));
+			if (!quiet)
+				fprintf(stderr, "group-lag: could not read the offsets of %s [%d]: %s\n", topic, p,
+					rd_kafka_err2str(err));
 			goto out;
 		}
 		low[p] = lo;
@@ -55,8 +58,9 @@ static int measure(rd_kafka_t *rk, const char *topic, int n_partitions, long lon
 	}
 	err = rd_kafka_committed(rk, list, REQUEST_TIMEOUT_MS);
 	if (err) {
-		fprintf(stderr, "group-lag: could not read the committed offsets: %s\n",
-			rd_kafka_err2str(err));
+		if (!quiet)
+			fprintf(stderr, "group-lag: could not read the committed offsets: %s\n",
+				rd_kafka_err2str(err));
 		goto out;
 	}
 	for (int i = 0; i < list->cnt; i++)
@@ -122,14 +126,26 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	rc = 1;
-	if ((n_partitions = partition_count(rk, topic)) <= 0) {
-		fprintf(stderr, "group-lag: topic %s not found\n", topic);
-		goto out;
-	}
 	deadline = cat_time_mono_us() + (int64_t)wait_ms * 1000;
-	for (;;) {
-		if (measure(rk, topic, n_partitions, &end, &committed) != 0)
+	while ((n_partitions = partition_count(rk, topic)) <= 0) {
+		if (wait_ms < 0 || cat_time_mono_us() > deadline) {
+			fprintf(stderr, "group-lag: topic %s not found\n", topic);
 			goto out;
+		}
+		nanosleep(&(struct timespec){0, 200 * 1000 * 1000}, NULL);
+	}
+	for (;;) {
+		/* while waiting, a broker that is restarting (no coordinator yet,
+		 * offsets unreadable) is waited for as well, to the deadline */
+		if (measure(rk, topic, n_partitions, &end, &committed, wait_ms >= 0) != 0) {
+			if (wait_ms < 0 || cat_time_mono_us() > deadline) {
+				if (wait_ms >= 0)
+					measure(rk, topic, n_partitions, &end, &committed, false);
+				goto out;
+			}
+			nanosleep(&(struct timespec){0, 200 * 1000 * 1000}, NULL);
+			continue;
+		}
 		if (wait_ms < 0 || end == committed)
 			break;
 		if (cat_time_mono_us() > deadline) {
