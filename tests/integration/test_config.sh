@@ -56,7 +56,11 @@ for bad in "a=postgresql://u:hunter2@h/db;=x" "a=postgresql://u:hunter2@h/db;b" 
 done
 expect_usage_error backup CATALYST_BACKUP_GZIP_LEVEL CATALYST_BACKUP_STORE=dir "CATALYST_BACKUP_DIR=$work" \
 	CATALYST_BACKUP_GZIP_LEVEL=99
-"${closed_env[@]}" CATALYST_BACKUP_STORE=dir "CATALYST_BACKUP_DIR=$work" CATALYST_BACKUP_PORT=0 \
+# (no broker: its consumer is never assigned, and such a consumer is left to
+# the process's end on purpose, since librdkafka 2.0 aborts destroying it; so
+# the sanitizer build's leak check is off for this one start)
+"${closed_env[@]}" "ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" CATALYST_BACKUP_STORE=dir \
+	"CATALYST_BACKUP_DIR=$work" CATALYST_BACKUP_PORT=0 \
 	CATALYST_BACKUP_BIND=127.0.0.1 "$bin/catalyst-backup" 2>"$work/backup.log" &
 pid=$!
 for _ in $(seq 100); do
