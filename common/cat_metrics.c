@@ -336,49 +336,24 @@ cat_err_t cat_metrics_declare_gauge(cat_metrics_t *reg, const char *name, const 
 	return family_declare(reg, name, help, KIND_GAUGE);
 }
 
-cat_metric_t *cat_metrics_counter(cat_metrics_t *reg, const char *name, const char *help, ...)
-{
-	cat_metric_t *metric;
-	va_list ap;
+/* The four variadic constructors differ only in kind and value type. */
+#define METRIC_CONSTRUCTOR(fn, kind, is_double)                                                      \
+	cat_metric_t *fn(cat_metrics_t *reg, const char *name, const char *help, ...)              \
+	{                                                                                            \
+		cat_metric_t *metric;                                                                \
+		va_list ap;                                                                          \
+                                                                                                     \
+		va_start(ap, help);                                                                  \
+		metric = metric_create(reg, kind, is_double, name, help, NULL, 0, ap);               \
+		va_end(ap);                                                                          \
+		return metric;                                                                       \
+	}
 
-	va_start(ap, help);
-	metric = metric_create(reg, KIND_COUNTER, false, name, help, NULL, 0, ap);
-	va_end(ap);
-	return metric;
-}
-
-cat_metric_t *cat_metrics_gauge(cat_metrics_t *reg, const char *name, const char *help, ...)
-{
-	cat_metric_t *metric;
-	va_list ap;
-
-	va_start(ap, help);
-	metric = metric_create(reg, KIND_GAUGE, false, name, help, NULL, 0, ap);
-	va_end(ap);
-	return metric;
-}
-
-cat_metric_t *cat_metrics_counter_double(cat_metrics_t *reg, const char *name, const char *help, ...)
-{
-	cat_metric_t *metric;
-	va_list ap;
-
-	va_start(ap, help);
-	metric = metric_create(reg, KIND_COUNTER, true, name, help, NULL, 0, ap);
-	va_end(ap);
-	return metric;
-}
-
-cat_metric_t *cat_metrics_gauge_double(cat_metrics_t *reg, const char *name, const char *help, ...)
-{
-	cat_metric_t *metric;
-	va_list ap;
-
-	va_start(ap, help);
-	metric = metric_create(reg, KIND_GAUGE, true, name, help, NULL, 0, ap);
-	va_end(ap);
-	return metric;
-}
+METRIC_CONSTRUCTOR(cat_metrics_counter, KIND_COUNTER, false)
+METRIC_CONSTRUCTOR(cat_metrics_gauge, KIND_GAUGE, false)
+METRIC_CONSTRUCTOR(cat_metrics_counter_double, KIND_COUNTER, true)
+METRIC_CONSTRUCTOR(cat_metrics_gauge_double, KIND_GAUGE, true)
+#undef METRIC_CONSTRUCTOR
 
 cat_metric_t *cat_metrics_histogram(cat_metrics_t *reg, const char *name, const char *help,
 				    const double *bounds, size_t n_bounds, ...)

@@ -25,6 +25,7 @@
 
 #define READ_CHUNK (64 * 1024)
 #define DEFAULT_MAX_REPLY_BYTES ((size_t)64 * 1024 * 1024)
+#define BURST_BUFFER_BYTES ((size_t)4 * 1024 * 1024)
 
 struct cat_redis {
 	cat_redis_url_t url;
@@ -486,6 +487,17 @@ static cat_err_t tls_handshake(cat_redis_t *redis, int64_t deadline_us, char *er
 	}
 }
 
+/* A buffer grown by a burst (over 4 MiB) does not stay: freed, it grows
+ * again from nothing at the next use. */
+static void buf_release_burst(char **buf, size_t *cap)
+{
+	if (*cap > BURST_BUFFER_BYTES) {
+		free(*buf);
+		*buf = NULL;
+		*cap = 0;
+	}
+}
+
 /* Writes buf[0, len) before the deadline. */
 static cat_err_t write_all(cat_redis_t *redis, const char *buf, size_t len, int64_t deadline_us, char *errstr,
 			   size_t errstr_size)
@@ -769,12 +781,7 @@ void cat_redis_discard(cat_redis_t *redis)
 {
 	redis->olen = 0;
 	redis->n_pending = 0;
-	/* a burst's buffer does not stay */
-	if (redis->ocap > 4 * 1024 * 1024) {
-		free(redis->obuf);
-		redis->obuf = NULL;
-		redis->ocap = 0;
-	}
+	buf_release_burst(&redis->obuf, &redis->ocap);
 }
 
 void cat_redis_replies_free(redisReply **replies, size_t n)
@@ -1009,11 +1016,7 @@ cat_err_t cat_redis_send(cat_redis_t *redis, char *errstr, size_t errstr_size)
 	redis->obuf = buf, redis->ocap = cap, redis->olen = 0;
 	redis->n_inflight = redis->n_pending;
 	redis->n_pending = 0;
-	if (redis->ocap > 4 * 1024 * 1024) {
-		free(redis->obuf);
-		redis->obuf = NULL;
-		redis->ocap = 0;
-	}
+	buf_release_burst(&redis->obuf, &redis->ocap);
 	return CAT_OK;
 }
 
@@ -1069,11 +1072,7 @@ cat_err_t cat_redis_wait(cat_redis_t *redis, const cat_redis_script_t *scripts, 
 	}
 	redis->n_inflight = 0;
 	redis->ilen = 0;
-	if (redis->icap > 4 * 1024 * 1024) {
-		free(redis->ibuf);
-		redis->ibuf = NULL;
-		redis->icap = 0;
-	}
+	buf_release_burst(&redis->ibuf, &redis->icap);
 	if (err != CAT_OK) {
 		cat_redis_replies_free(got, count);
 		/* replies may be left unread: the connection is out of step */
