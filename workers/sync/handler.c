@@ -132,8 +132,8 @@ static void on_render(void *opaque)
 		cat_metrics_set_double(sync->m_since_commit, (double)(cat_time_now_us() - last) / 1e6);
 }
 
-cat_err_t sync_new(sync_t **out, const cat_config_t *cfg, const char *group, cat_producer_t *events,
-		   cat_metrics_t *metrics, char *errstr, size_t errstr_size)
+cat_err_t sync_new(sync_t **out, const cat_config_t *cfg, const sync_settings_t *settings, const char *group,
+		   cat_producer_t *events, cat_metrics_t *metrics, char *errstr, size_t errstr_size)
 {
 	cat_pg_session_opts_t pg_opts;
 	sync_t *sync;
@@ -144,16 +144,11 @@ cat_err_t sync_new(sync_t **out, const cat_config_t *cfg, const char *group, cat
 	if (!sync)
 		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
 	sync->cfg = cfg;
+	sync->settings = *settings;
 	sync->events = events;
 	sync->metrics = metrics;
-	sync->replica_name = cat_config_str(cfg, "CATALYST_REPLICA_NAME");
 	sync->version_max_ahead_s = cat_config_int(cfg, "CATALYST_VERSION_MAX_AHEAD_S");
 	snprintf(sync->group, sizeof(sync->group), "%s", group);
-	sync->events_timeout_ms = (int)cat_config_int(cfg, "CATALYST_EVENTS_TIMEOUT_MS");
-	sync->check_chunk = (int)cat_config_int(cfg, "CATALYST_SYNC_CHECK_CHUNK_SIZE");
-	sync->check_settle_ms = (int)cat_config_int(cfg, "CATALYST_SYNC_CHECK_SETTLE_MS");
-	sync->check_max_suspects = (int)cat_config_int(cfg, "CATALYST_SYNC_CHECK_MAX_SUSPECTS");
-	sync->n_slow = (int)cat_config_int(cfg, "CATALYST_SYNC_SLOW_STATEMENTS");
 	pthread_mutex_init(&sync->monitor_lock, NULL);
 	pthread_cond_init(&sync->monitor_wake, NULL);
 	for (size_t p = 0; p < SYNC_MAX_PARTITIONS; p++)
@@ -172,7 +167,7 @@ cat_err_t sync_new(sync_t **out, const cat_config_t *cfg, const char *group, cat
 	/* both sides checked for the schema and set to the canonical session
 	 * settings the checksums depend on */
 	pg_opts = (cat_pg_session_opts_t){
-		.url = cat_config_str(cfg, "CATALYST_REPLICA_URL"),
+		.url = settings->replica_url,
 		.app_name = SYNC_WORKER,
 		.what = "replica",
 		.connect_timeout_s = (int)cat_config_int(cfg, "CATALYST_PG_CONNECT_TIMEOUT_S"),
@@ -229,7 +224,7 @@ static void decode_command(const sync_t *sync, cat_msg_t *msg)
 		msg->result = CAT_ERR_PERMANENT;
 		return;
 	}
-	if (cmd->replica && *cmd->replica && strcmp(cmd->replica, sync->replica_name) != 0) {
+	if (cmd->replica && *cmd->replica && strcmp(cmd->replica, sync->settings.replica_name) != 0) {
 		catalyst__v1__sync_command__free_unpacked(cmd, NULL);
 		return; /* another replica's */
 	}

@@ -49,6 +49,21 @@
 #define SYNC_MAX_PARTITIONS 1024
 #define SYNC_DONE_IDS	    64 /* commands remembered as done, so a retried batch skips them */
 
+/* The worker's own settings, filled from its config table (main.c binds
+ * each row that is catalyst-sync's alone to a field); strings are borrowed
+ * from the cat_config_t. The shared blocks (Kafka, the primary's
+ * PostgreSQL, HTTP, consumer, tombstones, versions) are read by their
+ * modules. */
+typedef struct sync_settings {
+	const char *replica_url, *replica_name;
+	const char *group; /* NULL: catalyst-sync-<replica_name> */
+	const char *bind;
+	long long port;
+	long long check_chunk_size, check_settle_ms, check_max_suspects;
+	long long monitor_interval_s, slow_statements, slow_min_calls;
+	long long events_timeout_ms;
+} sync_settings_t;
+
 typedef struct sync_table_metrics {
 	cat_metric_t *applied[2]; /* [is_delete] */
 	cat_metric_t *skipped[2];
@@ -61,13 +76,12 @@ typedef struct sync_table_metrics {
 typedef struct sync {
 	int64_t version_max_ahead_s; /* CATALYST_VERSION_MAX_AHEAD_S: for ReplicateRows */
 	const cat_config_t *cfg;
-	const char *replica_name;
+	sync_settings_t settings; /* copied (its strings are cfg's) */
 	char group[256];
 	char changes_topic[256];
 	char sync_topic[256];
 	char events_topic[256];
 	cat_producer_t *events; /* borrowed */
-	int events_timeout_ms;
 
 	cat_pg_session_t *replica_pg; /* the loop's */
 	cat_pg_session_t *primary_pg; /* for checks and resyncs, connected when needed */
@@ -86,11 +100,6 @@ typedef struct sync {
 
 	char done_ids[SYNC_DONE_IDS][129];
 	size_t n_done;
-
-	/* defaults and limits */
-	int check_chunk;
-	int check_settle_ms;
-	int check_max_suspects;
 
 	/* the monitor thread */
 	pthread_t monitor;
@@ -119,16 +128,17 @@ typedef struct sync {
 	cat_metric_t *m_stmt_mean[2][16];
 	cat_metric_t *m_stmt_calls[2][16];
 	cat_metric_t *m_stmt_queryid[2][16];
-	int n_slow;
 	cat_metric_t *m_monitor_errors;
 	cat_metric_t *m_pruned;
 } sync_t;
 
 /* handler.c */
 /* The handler state, with its sessions on the replica and the primary (not
- * connected yet). */
-cat_err_t sync_new(sync_t **out, const cat_config_t *cfg, const char *group, cat_producer_t *events,
-		   cat_metrics_t *metrics, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+ * connected yet): `settings` is copied (`cfg` must outlive the state: its
+ * strings); `events` and `metrics` are borrowed. */
+cat_err_t sync_new(sync_t **out, const cat_config_t *cfg, const sync_settings_t *settings, const char *group,
+		   cat_producer_t *events, cat_metrics_t *metrics, char *errstr,
+		   size_t errstr_size) CAT_MUST_CHECK;
 void sync_destroy(sync_t *sync);
 cat_err_t sync_apply(void *opaque, cat_batch_t *batch, char *errstr, size_t errstr_size);
 bool sync_ready(void *opaque, char *reason, size_t reason_size);
