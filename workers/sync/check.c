@@ -435,7 +435,7 @@ static cat_err_t confirm(check_t *c, char *errstr, size_t errstr_size)
 		return CAT_OK;
 	qsort(c->suspects, c->n_suspects, sizeof(*c->suspects), suspect_cmp);
 	for (int round = 1; unsettled > 0; round++) {
-		sleep_until_mono(c->first_suspect_us + (int64_t)sync->check_settle_ms * 1000);
+		sleep_until_mono(c->first_suspect_us + sync->settings.check_settle_ms * 1000);
 		c->rounds++;
 		if ((err = sync_catch_up(sync, errstr, errstr_size)) != CAT_OK)
 			return err;
@@ -655,7 +655,7 @@ static cat_err_t walk(check_t *c, char *errstr, size_t errstr_size)
 			if ((err = compare_buckets(c, cur, rres, lo, hi, &differs, errstr, errstr_size)) !=
 			    CAT_OK)
 				goto out;
-			if (c->n_suspects >= (size_t)sync->check_max_suspects &&
+			if (c->n_suspects >= (size_t)sync->settings.check_max_suspects &&
 			    (err = confirm(c, errstr, errstr_size)) != CAT_OK)
 				goto out;
 		} else {
@@ -696,7 +696,7 @@ static cat_err_t publish_report(check_t *c, char *errstr, size_t errstr_size)
 	bool ok = differences == 0 || (c->repair && c->repaired == differences);
 	char message[256];
 	const cat_event_attr_t attrs[] = {
-		{"replica", sync->replica_name},
+		{"replica", sync->settings.replica_name},
 		{"table", c->st->table->name},
 		{"repair", c->repair ? "true" : "false"},
 	};
@@ -729,8 +729,8 @@ static cat_err_t publish_report(check_t *c, char *errstr, size_t errstr_size)
 	snprintf(message, sizeof(message),
 		 "%s on %s: %lld rows compared, %lld missing, %lld stale, %lld extra, %lld repaired, %lld in "
 		 "flight",
-		 c->st->table->name, sync->replica_name, c->rows_compared, c->missing, c->stale, c->extra,
-		 c->repaired, c->in_flight);
+		 c->st->table->name, sync->settings.replica_name, c->rows_compared, c->missing, c->stale,
+		 c->extra, c->repaired, c->in_flight);
 	CAT_LOG_INFO("CHECK", "%s (%lld ms)", message, duration_ms);
 	cat_metrics_inc(sync->m_checks[differences == 0]);
 	cat_metrics_add(sync->m_check_rows, c->rows_compared);
@@ -738,7 +738,7 @@ static cat_err_t publish_report(check_t *c, char *errstr, size_t errstr_size)
 	cat_metrics_observe(sync->m_check_seconds, (double)duration_ms / 1000);
 	cat_metrics_set(sync->m_tables[c->t].rows_diff, differences);
 	return cat_event_publish(sync->events, sync->events_topic, SYNC_WORKER, &event,
-				 sync->events_timeout_ms, errstr, errstr_size);
+				 (int)sync->settings.events_timeout_ms, errstr, errstr_size);
 }
 
 cat_err_t sync_check(sync_t *sync, const Catalyst__V1__SyncCommand__CheckConsistency *cmd,
@@ -752,7 +752,8 @@ cat_err_t sync_check(sync_t *sync, const Catalyst__V1__SyncCommand__CheckConsist
 	c.t = (size_t)(table - cat_schema_tables);
 	c.st = cat_apply_sql(sync->apply, c.t);
 	c.command_id = command_id;
-	c.chunk = cmd->has_chunk_size && cmd->chunk_size > 0 ? cmd->chunk_size : sync->check_chunk;
+	c.chunk = cmd->has_chunk_size && cmd->chunk_size > 0 ? cmd->chunk_size
+							     : (int)sync->settings.check_chunk_size;
 	c.max_rps = cmd->has_max_rows_per_second ? cmd->max_rows_per_second : 0;
 	c.repair = cmd->has_repair && cmd->repair;
 	c.started_us = cat_time_mono_us();
@@ -760,8 +761,9 @@ cat_err_t sync_check(sync_t *sync, const Catalyst__V1__SyncCommand__CheckConsist
 		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "out of memory");
 		goto out;
 	}
-	CAT_LOG_INFO("CHECK", "checking %s on %s: chunks of %d rows%s%s", table->name, sync->replica_name,
-		     c.chunk, c.repair ? ", repairing" : "", c.max_rps > 0 ? ", throttled" : "");
+	CAT_LOG_INFO("CHECK", "checking %s on %s: chunks of %d rows%s%s", table->name,
+		     sync->settings.replica_name, c.chunk, c.repair ? ", repairing" : "",
+		     c.max_rps > 0 ? ", throttled" : "");
 	if ((err = sync_ensure_primary(sync, errstr, errstr_size)) != CAT_OK ||
 	    (err = sync_ensure_replica(sync, errstr, errstr_size)) != CAT_OK ||
 	    (err = same_collation(sync, errstr, errstr_size)) != CAT_OK)

@@ -2,12 +2,12 @@
  * catalyst-sync's handler for the consume loop: changes.v1 and sync.v1
  * batches applied to the replica.
  *
- * changes.v1: every ChangeBatch of the batch decoded and validated (a
- * message that does not is dead-lettered with the reason), every Change of
- * them resolved per key and applied in one transaction with the statements
- * catalyst-persist uses on the primary (common/cat_apply: upserts replace
- * only an older version, deletes apply to rows not newer and leave a
- * tombstone), so redelivery and reordering converge.
+ * changes.v1 (apply.c): every ChangeBatch of the batch decoded and
+ * validated (a message that does not is dead-lettered with the reason),
+ * every Change of them resolved per key and applied in one transaction with
+ * the statements catalyst-persist uses on the primary (common/cat_apply:
+ * upserts replace only an older version, deletes apply to rows not newer
+ * and leave a tombstone), so redelivery and reordering converge.
  *
  * sync.v1: SyncCommands for another replica are skipped. Consecutive
  * ReplicateRows are applied like change batches, one transaction per run of
@@ -35,28 +35,6 @@
 static const double duration_buckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
 					  0.25,	 0.5,	 1,	2.5,  5,     10,   30};
 static const double check_buckets[] = {0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600};
-
-/* --- connections ------------------------------------------------------------------------ */
-
-/* The sessions' current connections, kept in sync->replica and
- * sync->primary for the statements of handler.c, check.c and resync.c. */
-cat_err_t sync_ensure_replica(sync_t *sync, char *errstr, size_t errstr_size)
-{
-	return cat_pg_session_ensure(sync->replica_pg, &sync->replica, errstr, errstr_size);
-}
-
-cat_err_t sync_ensure_primary(sync_t *sync, char *errstr, size_t errstr_size)
-{
-	return cat_pg_session_ensure(sync->primary_pg, &sync->primary, errstr, errstr_size);
-}
-
-void sync_after_failure(sync_t *sync, PGconn **side)
-{
-	cat_pg_session_t *session = side == &sync->primary ? sync->primary_pg : sync->replica_pg;
-
-	cat_pg_session_failed(session);
-	*side = cat_pg_session_conn(session);
-}
 
 bool sync_ready(void *opaque, char *reason, size_t reason_size)
 {
@@ -154,8 +132,8 @@ static void on_render(void *opaque)
 		cat_metrics_set_double(sync->m_since_commit, (double)(cat_time_now_us() - last) / 1e6);
 }
 
-cat_err_t sync_new(sync_t **out, const cat_config_t *cfg, const char *group, cat_producer_t *events,
-		   cat_metrics_t *metrics, char *errstr, size_t errstr_size)
+cat_err_t sync_new(sync_t **out, const cat_config_t *cfg, const sync_settings_t *settings, const char *group,
+		   cat_producer_t *events, cat_metrics_t *metrics, char *errstr, size_t errstr_size)
 {
 	cat_pg_session_opts_t pg_opts;
 	sync_t *sync;
@@ -166,16 +144,11 @@ cat_err_t sync_new(sync_t **out, const cat_config_t *cfg, const char *group, cat
 	if (!sync)
 		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
 	sync->cfg = cfg;
+	sync->settings = *settings;
 	sync->events = events;
 	sync->metrics = metrics;
-	sync->replica_name = cat_config_str(cfg, "CATALYST_REPLICA_NAME");
 	sync->version_max_ahead_s = cat_config_int(cfg, "CATALYST_VERSION_MAX_AHEAD_S");
 	snprintf(sync->group, sizeof(sync->group), "%s", group);
-	sync->events_timeout_ms = (int)cat_config_int(cfg, "CATALYST_EVENTS_TIMEOUT_MS");
-	sync->check_chunk = (int)cat_config_int(cfg, "CATALYST_SYNC_CHECK_CHUNK_SIZE");
-	sync->check_settle_ms = (int)cat_config_int(cfg, "CATALYST_SYNC_CHECK_SETTLE_MS");
-	sync->check_max_suspects = (int)cat_config_int(cfg, "CATALYST_SYNC_CHECK_MAX_SUSPECTS");
-	sync->n_slow = (int)cat_config_int(cfg, "CATALYST_SYNC_SLOW_STATEMENTS");
 	pthread_mutex_init(&sync->monitor_lock, NULL);
 	pthread_cond_init(&sync->monitor_wake, NULL);
 	for (size_t p = 0; p < SYNC_MAX_PARTITIONS; p++)
@@ -194,7 +167,7 @@ cat_err_t sync_new(sync_t **out, const cat_config_t *cfg, const char *group, cat
 	/* both sides checked for the schema and set to the canonical session
 	 * settings the checksums depend on */
 	pg_opts = (cat_pg_session_opts_t){
-		.url = cat_config_str(cfg, "CATALYST_REPLICA_URL"),
+		.url = settings->replica_url,
 		.app_name = SYNC_WORKER,
 		.what = "replica",
 		.connect_timeout_s = (int)cat_config_int(cfg, "CATALYST_PG_CONNECT_TIMEOUT_S"),
@@ -240,52 +213,6 @@ void sync_destroy(sync_t *sync)
 
 /* --- decoding ----------------------------------------------------------------------------- */
 
-static bool is_changes(const sync_t *sync, const cat_batch_t *batch)
-{
-	return strcmp(batch->topic, sync->changes_topic) == 0;
-}
-
-/* Checks every Change of a list: a known op and a valid record. */
-static cat_err_t validate_changes(Catalyst__V1__Change *const *changes, size_t n, char *reason,
-				  size_t reason_size)
-{
-	for (size_t i = 0; i < n; i++) {
-		const Catalyst__V1__Change *change = changes[i];
-		char inner[200];
-
-		if (!change->has_op || (change->op != CATALYST__V1__WRITE_OP__WRITE_OP_UPSERT &&
-					change->op != CATALYST__V1__WRITE_OP__WRITE_OP_DELETE))
-			return cat_err_set(reason, reason_size, CAT_ERR_PERMANENT,
-					   "change %zu: unknown op %d", i,
-					   change->has_op ? (int)change->op : 0);
-		if (cat_codec_record_validate(change->record,
-					      change->op == CATALYST__V1__WRITE_OP__WRITE_OP_DELETE, inner,
-					      sizeof(inner)) != CAT_OK)
-			return cat_err_set(reason, reason_size, CAT_ERR_PERMANENT, "change %zu: %s", i,
-					   inner);
-	}
-	return CAT_OK;
-}
-
-static void decode_changes(cat_msg_t *msg)
-{
-	Catalyst__V1__ChangeBatch *cb;
-
-	if (cat_codec_change_batch_decode(msg->rkm->payload, msg->rkm->len, &cb, msg->reason, sizeof(msg->reason)) !=
-	    CAT_OK) {
-		msg->result = CAT_ERR_PERMANENT;
-		return;
-	}
-	if (validate_changes(cb->changes, cb->n_changes, msg->reason, sizeof(msg->reason)) != CAT_OK) {
-		msg->result = CAT_ERR_PERMANENT;
-		catalyst__v1__change_batch__free_unpacked(cb, NULL);
-		return;
-	}
-	if (cb->meta && cb->meta->has_issued_at_us)
-		msg->issued_at_us = cb->meta->issued_at_us;
-	msg->decoded = cb;
-}
-
 /* A SyncCommand; NULL decoded (and OK) when it is for another replica. */
 static void decode_command(const sync_t *sync, cat_msg_t *msg)
 {
@@ -297,14 +224,14 @@ static void decode_command(const sync_t *sync, cat_msg_t *msg)
 		msg->result = CAT_ERR_PERMANENT;
 		return;
 	}
-	if (cmd->replica && *cmd->replica && strcmp(cmd->replica, sync->replica_name) != 0) {
+	if (cmd->replica && *cmd->replica && strcmp(cmd->replica, sync->settings.replica_name) != 0) {
 		catalyst__v1__sync_command__free_unpacked(cmd, NULL);
 		return; /* another replica's */
 	}
 	switch (cmd->action_case) {
 	case CATALYST__V1__SYNC_COMMAND__ACTION_REPLICATE:
-		if (validate_changes(cmd->replicate->changes, cmd->replicate->n_changes, msg->reason,
-				     sizeof(msg->reason)) != CAT_OK)
+		if (sync_validate_changes(cmd->replicate->changes, cmd->replicate->n_changes, msg->reason,
+					  sizeof(msg->reason)) != CAT_OK)
 			goto bad;
 		/* rows from an operator's command, not from the primary: the
 		 * version rule of write.v1 applies */
@@ -347,142 +274,6 @@ static void decode_command(const sync_t *sync, cat_msg_t *msg)
 bad:
 	msg->result = CAT_ERR_PERMANENT;
 	catalyst__v1__sync_command__free_unpacked(cmd, NULL);
-}
-
-static void free_decoded(const sync_t *sync, cat_batch_t *batch)
-{
-	bool changes = is_changes(sync, batch);
-
-	for (size_t i = 0; i < batch->n; i++) {
-		if (changes)
-			catalyst__v1__change_batch__free_unpacked(batch->msgs[i].decoded, NULL);
-		else
-			catalyst__v1__sync_command__free_unpacked(batch->msgs[i].decoded, NULL);
-		batch->msgs[i].decoded = NULL;
-	}
-}
-
-/* The changes of a decoded message (ChangeBatch or ReplicateRows). */
-static Catalyst__V1__Change **changes_of(const sync_t *sync, const cat_batch_t *batch, size_t i, size_t *n)
-{
-	*n = 0;
-	if (!batch->msgs[i].decoded)
-		return NULL;
-	if (is_changes(sync, batch)) {
-		Catalyst__V1__ChangeBatch *cb = batch->msgs[i].decoded;
-
-		*n = cb->n_changes;
-		return cb->changes;
-	} else {
-		Catalyst__V1__SyncCommand *cmd = batch->msgs[i].decoded;
-
-		if (cmd->action_case != CATALYST__V1__SYNC_COMMAND__ACTION_REPLICATE)
-			return NULL;
-		*n = cmd->replicate->n_changes;
-		return cmd->replicate->changes;
-	}
-}
-
-/* --- applying ------------------------------------------------------------------------------ */
-
-static void count_rows(sync_t *sync)
-{
-	for (size_t i = 0; i < cat_apply_n(sync->apply); i++) {
-		const cat_apply_write_t *w = cat_apply_write(sync->apply, i);
-		const sync_table_metrics_t *m = &sync->m_tables[w->table];
-
-		cat_metrics_inc(w->applied ? m->applied[w->is_delete] : m->skipped[w->is_delete]);
-	}
-}
-
-/* The changes of messages [from, to) in one replica transaction. */
-static cat_err_t apply_range(sync_t *sync, cat_batch_t *batch, size_t from, size_t to, char *errstr,
-			     size_t errstr_size)
-{
-	int64_t started_us = cat_time_mono_us(), newest_commit = 0;
-	size_t n_total = 0, n_msgs = 0, last = from;
-	cat_err_t err;
-
-	for (size_t i = from; i < to; i++) {
-		size_t n;
-
-		if (changes_of(sync, batch, i, &n) && n > 0) {
-			n_total += n;
-			n_msgs++;
-			last = i;
-		}
-	}
-	if (n_total == 0)
-		return CAT_OK;
-	if ((err = cat_apply_begin(sync->apply, n_total, errstr, errstr_size)) != CAT_OK)
-		return err;
-	for (size_t i = from; i < to; i++) {
-		size_t n;
-		Catalyst__V1__Change **changes = changes_of(sync, batch, i, &n);
-
-		for (size_t c = 0; c < n; c++)
-			if (cat_apply_add(sync->apply, i, changes[c]->record,
-					  changes[c]->op == CATALYST__V1__WRITE_OP__WRITE_OP_DELETE) !=
-			    CAT_OK)
-				return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL,
-						   "could not add a change");
-		if (n > 0 && is_changes(sync, batch)) {
-			const Catalyst__V1__ChangeBatch *cb = batch->msgs[i].decoded;
-
-			if (cb->has_committed_at_us && cb->committed_at_us > newest_commit)
-				newest_commit = cb->committed_at_us;
-		}
-	}
-	cat_apply_resolve(sync->apply);
-
-	if ((err = sync_ensure_replica(sync, errstr, errstr_size)) != CAT_OK)
-		goto out;
-	if ((err = cat_pg_begin(sync->replica, errstr, errstr_size)) != CAT_OK ||
-	    (err = cat_apply_run(sync->apply, sync->replica, errstr, errstr_size)) != CAT_OK ||
-	    (err = cat_pg_commit(sync->replica, errstr, errstr_size)) != CAT_OK) {
-		cat_metrics_inc(sync->m_rolled_back);
-		sync_after_failure(sync, &sync->replica);
-		if (err == CAT_ERR_PERMANENT && n_msgs == 1) {
-			/* the one message holding changes is the one the replica refuses */
-			batch->msgs[last].result = CAT_ERR_PERMANENT;
-			snprintf(batch->msgs[last].reason, sizeof(batch->msgs[last].reason), "%s", errstr);
-			err = CAT_OK;
-		}
-		goto out;
-	}
-	cat_metrics_inc(sync->m_committed);
-	count_rows(sync);
-	cat_metrics_observe(sync->m_tx_seconds, (double)(cat_time_mono_us() - started_us) / 1e6);
-	if (newest_commit > 0) {
-		if (newest_commit > atomic_load(&sync->last_commit_us))
-			atomic_store(&sync->last_commit_us, newest_commit);
-		cat_metrics_set_double(sync->m_lag_seconds,
-				       (double)(cat_time_now_us() - newest_commit) / 1e6);
-		cat_metrics_set_double(sync->m_last_commit_ts,
-				       (double)atomic_load(&sync->last_commit_us) / 1e6);
-	}
-out:
-	cat_apply_release(sync->apply);
-	return err;
-}
-
-cat_err_t sync_apply_changes(sync_t *sync, cat_batch_t *batch, char *errstr, size_t errstr_size)
-{
-	cat_err_t err;
-
-	for (size_t i = 0; i < batch->n; i++)
-		if (batch->msgs[i].result == CAT_OK && !batch->msgs[i].decoded)
-			decode_changes(&batch->msgs[i]);
-	err = apply_range(sync, batch, 0, batch->n, errstr, errstr_size);
-	if (err == CAT_OK && batch->n > 0 && batch->partition >= 0 &&
-	    batch->partition < SYNC_MAX_PARTITIONS) {
-		long long next = batch->msgs[batch->n - 1].rkm->offset + 1;
-
-		if (next > atomic_load(&sync->applied_next[batch->partition]))
-			atomic_store(&sync->applied_next[batch->partition], next);
-	}
-	free_decoded(sync, batch);
-	return err;
 }
 
 /* --- commands -------------------------------------------------------------------------------- */
@@ -544,7 +335,7 @@ static cat_err_t apply_commands(sync_t *sync, cat_batch_t *batch, char *errstr, 
 		if (i < batch->n &&
 		    (!cmd || cmd->action_case == CATALYST__V1__SYNC_COMMAND__ACTION_REPLICATE))
 			continue;
-		if ((err = apply_range(sync, batch, from, i, errstr, errstr_size)) != CAT_OK)
+		if ((err = sync_apply_range(sync, batch, from, i, errstr, errstr_size)) != CAT_OK)
 			return err;
 		if (i < batch->n && (err = run_command(sync, batch, i, errstr, errstr_size)) != CAT_OK)
 			return err;
@@ -559,9 +350,9 @@ cat_err_t sync_apply(void *opaque, cat_batch_t *batch, char *errstr, size_t errs
 	cat_err_t err;
 
 	cat_sql_pruner_run(&sync->pruner, sync->replica);
-	if (is_changes(sync, batch))
+	if (sync_is_changes(sync, batch))
 		return sync_apply_changes(sync, batch, errstr, errstr_size);
 	err = apply_commands(sync, batch, errstr, errstr_size);
-	free_decoded(sync, batch);
+	sync_free_decoded(sync, batch);
 	return err;
 }

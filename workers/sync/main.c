@@ -59,6 +59,9 @@ static int plain_name(const char *name, char *why, size_t why_size)
 	return -1;
 }
 
+/* Each row of catalyst-sync's own fills a field of sync_settings_t. */
+#define FIELD(member) CAT_CONFIG_FIELD(sync_settings_t, member)
+
 static const cat_config_def_t config_defs[] = {
 	CAT_CONFIG_COMMON,
 	CAT_CONFIG_KAFKA,
@@ -67,32 +70,37 @@ static const cat_config_def_t config_defs[] = {
 	CAT_CONFIG_CONSUMER("200", "3600000"),
 	CAT_CONFIG_TOMBSTONES,
 	CAT_CONFIG_VERSIONS,
-	{ .name = "CATALYST_REPLICA_URL", .type = CAT_CFG_PG_URL, .required = true, .secret = true,
+	{ .name = "CATALYST_REPLICA_URL", FIELD(replica_url), .type = CAT_CFG_PG_URL, .required = true,
+	  .secret = true,
 	  .help = "the replica this process keeps, libpq conninfo or URI (sslmode=verify-full in production)" },
-	{ .name = "CATALYST_REPLICA_NAME", .type = CAT_CFG_STRING, .required = true, .check = plain_name,
+	{ .name = "CATALYST_REPLICA_NAME", FIELD(replica_name), .type = CAT_CFG_STRING, .required = true,
+	  .check = plain_name,
 	  .help = "the replica's name: consumer group catalyst-sync-<name>, SyncCommand.replica, reports" },
-	{ .name = "CATALYST_SYNC_GROUP", .type = CAT_CFG_STRING,
+	{ .name = "CATALYST_SYNC_GROUP", FIELD(group), .type = CAT_CFG_STRING,
 	  .help = "consumer group (default catalyst-sync-<CATALYST_REPLICA_NAME>)" },
-	{ .name = "CATALYST_SYNC_PORT", .type = CAT_CFG_INT, .def = "5022", .max = 65535,
+	{ .name = "CATALYST_SYNC_PORT", FIELD(port), .type = CAT_CFG_INT, .def = "5022", .max = 65535,
 	  .help = "HTTP port of /healthz, /readyz and /metrics (0: any free port)" },
-	{ .name = "CATALYST_SYNC_BIND", .type = CAT_CFG_STRING, .def = "0.0.0.0",
+	{ .name = "CATALYST_SYNC_BIND", FIELD(bind), .type = CAT_CFG_STRING, .def = "0.0.0.0",
 	  .help = "address the HTTP server listens on" },
-	{ .name = "CATALYST_SYNC_CHECK_CHUNK_SIZE", .type = CAT_CFG_INT, .def = "10000", .min = 10,
-	  .max = 1000000, .help = "rows per checksum chunk of a check whose command gives none" },
-	{ .name = "CATALYST_SYNC_CHECK_SETTLE_MS", .type = CAT_CFG_INT, .def = "2000", .max = 600000,
+	{ .name = "CATALYST_SYNC_CHECK_CHUNK_SIZE", FIELD(check_chunk_size), .type = CAT_CFG_INT,
+	  .def = "10000", .min = 10, .max = 1000000,
+	  .help = "rows per checksum chunk of a check whose command gives none" },
+	{ .name = "CATALYST_SYNC_CHECK_SETTLE_MS", FIELD(check_settle_ms), .type = CAT_CFG_INT,
+	  .def = "2000", .max = 600000,
 	  .help = "how long after reading a differing row a check waits before catching up and reading it "
 	          "again (covers catalyst-persist publishing what it committed)" },
-	{ .name = "CATALYST_SYNC_CHECK_MAX_SUSPECTS", .type = CAT_CFG_INT, .def = "100000", .min = 100,
-	  .max = 10000000, .help = "differing rows a check holds before it settles them (memory bound)" },
-	{ .name = "CATALYST_SYNC_MONITOR_INTERVAL_S", .type = CAT_CFG_INT, .def = "15", .min = 1,
-	  .max = 3600,
+	{ .name = "CATALYST_SYNC_CHECK_MAX_SUSPECTS", FIELD(check_max_suspects), .type = CAT_CFG_INT,
+	  .def = "100000", .min = 100, .max = 10000000,
+	  .help = "differing rows a check holds before it settles them (memory bound)" },
+	{ .name = "CATALYST_SYNC_MONITOR_INTERVAL_S", FIELD(monitor_interval_s), .type = CAT_CFG_INT,
+	  .def = "15", .min = 1, .max = 3600,
 	  .help = "how often the monitoring gauges (lag, table sizes, slow statements) are refreshed" },
-	{ .name = "CATALYST_SYNC_SLOW_STATEMENTS", .type = CAT_CFG_INT, .def = "5", .max = 16,
-	  .help = "slowest pg_stat_statements entries exposed per side" },
-	{ .name = "CATALYST_SYNC_SLOW_MIN_CALLS", .type = CAT_CFG_INT, .def = "100", .max = 1000000000,
-	  .help = "calls a statement needs to rank among the slowest" },
-	{ .name = "CATALYST_EVENTS_TIMEOUT_MS", .type = CAT_CFG_INT, .def = "30000", .min = 1000,
-	  .max = 3600000,
+	{ .name = "CATALYST_SYNC_SLOW_STATEMENTS", FIELD(slow_statements), .type = CAT_CFG_INT, .def = "5",
+	  .max = 16, .help = "slowest pg_stat_statements entries exposed per side" },
+	{ .name = "CATALYST_SYNC_SLOW_MIN_CALLS", FIELD(slow_min_calls), .type = CAT_CFG_INT, .def = "100",
+	  .max = 1000000000, .help = "calls a statement needs to rank among the slowest" },
+	{ .name = "CATALYST_EVENTS_TIMEOUT_MS", FIELD(events_timeout_ms), .type = CAT_CFG_INT,
+	  .def = "30000", .min = 1000, .max = 3600000,
 	  .help = "how long a report may wait for its acknowledgement on events.v1 before the command is retried" },
 };
 
@@ -112,6 +120,7 @@ int main(int argc, char **argv)
 	cat_config_t *cfg = NULL;
 	cat_metrics_t *metrics = NULL;
 	cat_producer_t *events = NULL;
+	sync_settings_t settings = { 0 };
 	sync_t *sync = NULL;
 	cat_consumer_t *consumer = NULL;
 	cat_http_t *http = NULL;
@@ -139,11 +148,11 @@ int main(int argc, char **argv)
 		fprintf(stderr, SYNC_WORKER ": %s\n", errstr);
 		return 2;
 	}
-	if (cat_config_is_set(cfg, "CATALYST_SYNC_GROUP"))
-		snprintf(group, sizeof(group), "%s", cat_config_str(cfg, "CATALYST_SYNC_GROUP"));
+	cat_config_fill(cfg, &settings);
+	if (settings.group)
+		snprintf(group, sizeof(group), "%s", settings.group);
 	else
-		snprintf(group, sizeof(group), "catalyst-sync-%s",
-			 cat_config_str(cfg, "CATALYST_REPLICA_NAME"));
+		snprintf(group, sizeof(group), "catalyst-sync-%s", settings.replica_name);
 	cat_log_init(SYNC_WORKER,
 		     (cat_log_level_t)cat_log_level_parse(cat_config_str(cfg, "CATALYST_LOG_LEVEL")));
 	mallopt(M_MMAP_THRESHOLD, 256 * 1024);
@@ -155,13 +164,12 @@ int main(int argc, char **argv)
 	}
 
 	/* events.v1 for reports, then the handler */
-	if (cat_producer_new(&events, cfg, SYNC_WORKER,
-			     (int)cat_config_int(cfg, "CATALYST_EVENTS_TIMEOUT_MS"), NULL, NULL, errstr,
+	if (cat_producer_new(&events, cfg, SYNC_WORKER, (int)settings.events_timeout_ms, NULL, NULL, errstr,
 			     sizeof(errstr)) != CAT_OK) {
 		CAT_LOG_ERROR("KAFKA", "%s", errstr);
 		goto out;
 	}
-	if (sync_new(&sync, cfg, group, events, metrics, errstr, sizeof(errstr)) != CAT_OK) {
+	if (sync_new(&sync, cfg, &settings, group, events, metrics, errstr, sizeof(errstr)) != CAT_OK) {
 		CAT_LOG_ERROR("SYNC", "%s", errstr);
 		goto out;
 	}
@@ -187,9 +195,8 @@ int main(int argc, char **argv)
 		CAT_LOG_ERROR("MONITOR", "%s", errstr);
 		goto out;
 	}
-	if (cat_http_serve(&http, cfg, cat_config_str(cfg, "CATALYST_SYNC_BIND"),
-			   (int)cat_config_int(cfg, "CATALYST_SYNC_PORT"), metrics, cat_consumer_ready, consumer, errstr,
-			   sizeof(errstr)) != CAT_OK) {
+	if (cat_http_serve(&http, cfg, settings.bind, (int)settings.port, metrics, cat_consumer_ready,
+			   consumer, errstr, sizeof(errstr)) != CAT_OK) {
 		CAT_LOG_ERROR("HTTP", "%s", errstr);
 		goto out;
 	}

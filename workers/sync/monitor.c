@@ -42,7 +42,7 @@ static void register_metrics(sync_t *sync)
 		sync->m_stmt_present[side] = cat_metrics_gauge(
 			sync->metrics, "catalyst_sync_pg_stat_statements_present",
 			"1 when pg_stat_statements is installed in the database", "side", sides[side], NULL);
-		for (int rank = 0; rank < sync->n_slow && rank < 16; rank++) {
+		for (int rank = 0; rank < sync->settings.slow_statements && rank < 16; rank++) {
 			char r[8];
 
 			snprintf(r, sizeof(r), "%d", rank + 1);
@@ -120,16 +120,16 @@ static int slow_statements(monitor_t *m, int side)
 	n = PQntuples(res);
 	PQclear(res);
 	cat_metrics_set(sync->m_stmt_present[side], n > 0);
-	if (n == 0 || sync->n_slow == 0)
+	if (n == 0 || sync->settings.slow_statements == 0)
 		return 0;
 	snprintf(calls, sizeof(calls), "%d", m->min_calls);
-	snprintf(limit, sizeof(limit), "%d", sync->n_slow);
+	snprintf(limit, sizeof(limit), "%lld", sync->settings.slow_statements);
 	if (cat_pg_exec(m->conn[side], sql, 2, params, &res, errstr, sizeof(errstr)) != CAT_OK) {
 		CAT_LOG_DEBUG("MONITOR", "could not read pg_stat_statements on the %s: %s", sides[side],
 			      errstr);
 		return -1;
 	}
-	for (int rank = 0; rank < sync->n_slow && rank < 16; rank++) {
+	for (int rank = 0; rank < sync->settings.slow_statements && rank < 16; rank++) {
 		bool have = rank < PQntuples(res);
 
 		cat_metrics_set(sync->m_stmt_queryid[side][rank],
@@ -224,7 +224,8 @@ cat_err_t sync_monitor_start(sync_t *sync, char *errstr, size_t errstr_size)
 	m->sync = sync;
 	for (int side = 0; side < 2; side++) {
 		cat_pg_session_opts_t opts = {
-			.url = cat_config_str(sync->cfg, side ? "CATALYST_REPLICA_URL" : "CATALYST_PG_URL"),
+			.url = side ? sync->settings.replica_url
+				    : cat_config_str(sync->cfg, "CATALYST_PG_URL"),
 			.app_name = SYNC_WORKER "-monitor",
 			.what = sides[side],
 			.connect_timeout_s = (int)cat_config_int(sync->cfg, "CATALYST_PG_CONNECT_TIMEOUT_S"),
@@ -235,8 +236,8 @@ cat_err_t sync_monitor_start(sync_t *sync, char *errstr, size_t errstr_size)
 			return CAT_ERR_FATAL;
 		}
 	}
-	m->interval_s = (int)cat_config_int(sync->cfg, "CATALYST_SYNC_MONITOR_INTERVAL_S");
-	m->min_calls = (int)cat_config_int(sync->cfg, "CATALYST_SYNC_SLOW_MIN_CALLS");
+	m->interval_s = (int)sync->settings.monitor_interval_s;
+	m->min_calls = (int)sync->settings.slow_min_calls;
 	len += (size_t)snprintf(m->tables_literal, sizeof(m->tables_literal), "{");
 	for (size_t t = 0; t < cat_schema_n_tables && len < sizeof(m->tables_literal); t++)
 		len += (size_t)snprintf(m->tables_literal + len, sizeof(m->tables_literal) - len, "%s%s",

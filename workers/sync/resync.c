@@ -136,7 +136,8 @@ cat_err_t sync_resync(sync_t *sync, const Catalyst__V1__SyncCommand__ResyncTable
 	snprintf(prep, sizeof(prep), "DELETE FROM row_tombstones WHERE table_name = '%s'; TRUNCATE %s",
 		 table->name, table->name);
 	snprintf(analyze, sizeof(analyze), "ANALYZE %s", table->name);
-	CAT_LOG_INFO("RESYNC", "resyncing %s on %s from the primary", table->name, sync->replica_name);
+	CAT_LOG_INFO("RESYNC", "resyncing %s on %s from the primary", table->name,
+		     sync->settings.replica_name);
 
 	if ((err = sync_ensure_primary(sync, errstr, errstr_size)) != CAT_OK ||
 	    (err = sync_ensure_replica(sync, errstr, errstr_size)) != CAT_OK)
@@ -163,10 +164,11 @@ cat_err_t sync_resync(sync_t *sync, const Catalyst__V1__SyncCommand__ResyncTable
 	cat_metrics_inc(sync->m_resyncs);
 	cat_metrics_add(sync->m_resync_rows, rows);
 	snprintf(message, sizeof(message), "%s on %s: %lld rows and %lld tombstones copied from the primary",
-		 table->name, sync->replica_name, rows, tombstones);
+		 table->name, sync->settings.replica_name, rows, tombstones);
 	CAT_LOG_INFO("RESYNC", "%s (%lld ms)", message, duration_ms);
 	{
-		const cat_event_attr_t attrs[] = {{"replica", sync->replica_name}, {"table", table->name}};
+		const cat_event_attr_t attrs[] = {{"replica", sync->settings.replica_name},
+						  {"table", table->name}};
 		const cat_event_counter_t counters[] = {{"rows", rows},
 							{"tombstones", tombstones},
 							{"bytes", bytes},
@@ -182,6 +184,6 @@ cat_err_t sync_resync(sync_t *sync, const Catalyst__V1__SyncCommand__ResyncTable
 				     .n_counters = 4};
 
 		return cat_event_publish(sync->events, sync->events_topic, SYNC_WORKER, &event,
-					 sync->events_timeout_ms, errstr, errstr_size);
+					 (int)sync->settings.events_timeout_ms, errstr, errstr_size);
 	}
 }

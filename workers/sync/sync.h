@@ -1,16 +1,22 @@
 /*
- * catalyst-sync's state, shared by its parts:
- *   handler.c  the consume-loop handler: ChangeBatch (changes.v1) and
- *              ReplicateRows (sync.v1) applied to the replica, one
- *              version-checked transaction per batch (common/cat_apply);
- *              CheckConsistency and ResyncTable dispatched
- *   check.c    CheckConsistency: chunked checksums, narrowing, confirmation
- *              of suspects after catching up, repair, report
- *   resync.c   ResyncTable: COPY out of the primary streamed into the replica
- *   pending.c  changes.v1 positions (the group's committed offsets, the high
- *              watermarks) and the catch-up a check runs
- *   monitor.c  the monitoring thread: lag, table sizes and tuples on both
- *              sides, slowest statements
+ * catalyst-sync's state, shared by its parts, each calling only those
+ * below it:
+ *   handler.c   the consume-loop handler: the state's set-up, sync.v1
+ *               commands decoded, ReplicateRows runs applied,
+ *               CheckConsistency and ResyncTable dispatched, changes.v1
+ *               batches handed to apply.c
+ *   check.c     CheckConsistency: chunked checksums, narrowing, confirmation
+ *               of suspects after catching up, repair, report
+ *   resync.c    ResyncTable: COPY out of the primary streamed into the replica
+ *   monitor.c   the monitoring thread: lag, table sizes and tuples on both
+ *               sides, slowest statements
+ *   pending.c   changes.v1 positions (the group's committed offsets, the high
+ *               watermarks) and the catch-up a check runs
+ *   apply.c     ChangeBatch (changes.v1) and ReplicateRows (sync.v1) changes
+ *               applied to the replica, one version-checked transaction per
+ *               range of messages (common/cat_apply)
+ *   sessions.c  the loop's PostgreSQL sessions (replica, primary): working
+ *               connections, and what follows a failed statement
  *
  * The consume loop runs on one thread, and a check or a resync runs inside
  * it (the loop is not polled meanwhile: max.poll.interval.ms covers the
@@ -43,6 +49,21 @@
 #define SYNC_MAX_PARTITIONS 1024
 #define SYNC_DONE_IDS	    64 /* commands remembered as done, so a retried batch skips them */
 
+/* The worker's own settings, filled from its config table (main.c binds
+ * each row that is catalyst-sync's alone to a field); strings are borrowed
+ * from the cat_config_t. The shared blocks (Kafka, the primary's
+ * PostgreSQL, HTTP, consumer, tombstones, versions) are read by their
+ * modules. */
+typedef struct sync_settings {
+	const char *replica_url, *replica_name;
+	const char *group; /* NULL: catalyst-sync-<replica_name> */
+	const char *bind;
+	long long port;
+	long long check_chunk_size, check_settle_ms, check_max_suspects;
+	long long monitor_interval_s, slow_statements, slow_min_calls;
+	long long events_timeout_ms;
+} sync_settings_t;
+
 typedef struct sync_table_metrics {
 	cat_metric_t *applied[2]; /* [is_delete] */
 	cat_metric_t *skipped[2];
@@ -55,17 +76,16 @@ typedef struct sync_table_metrics {
 typedef struct sync {
 	int64_t version_max_ahead_s; /* CATALYST_VERSION_MAX_AHEAD_S: for ReplicateRows */
 	const cat_config_t *cfg;
-	const char *replica_name;
+	sync_settings_t settings; /* copied (its strings are cfg's) */
 	char group[256];
 	char changes_topic[256];
 	char sync_topic[256];
 	char events_topic[256];
 	cat_producer_t *events; /* borrowed */
-	int events_timeout_ms;
 
 	cat_pg_session_t *replica_pg; /* the loop's */
 	cat_pg_session_t *primary_pg; /* for checks and resyncs, connected when needed */
-	PGconn *replica;	      /* their current connections (sync_ensure_*, sync_after_failure) */
+	PGconn *replica;	      /* their current connections (sessions.c) */
 	PGconn *primary;
 	cat_apply_t *apply;
 	cat_sql_pruner_t pruner; /* the replica's tombstones, between batches */
@@ -80,11 +100,6 @@ typedef struct sync {
 
 	char done_ids[SYNC_DONE_IDS][129];
 	size_t n_done;
-
-	/* defaults and limits */
-	int check_chunk;
-	int check_settle_ms;
-	int check_max_suspects;
 
 	/* the monitor thread */
 	pthread_t monitor;
@@ -113,31 +128,20 @@ typedef struct sync {
 	cat_metric_t *m_stmt_mean[2][16];
 	cat_metric_t *m_stmt_calls[2][16];
 	cat_metric_t *m_stmt_queryid[2][16];
-	int n_slow;
 	cat_metric_t *m_monitor_errors;
 	cat_metric_t *m_pruned;
 } sync_t;
 
 /* handler.c */
 /* The handler state, with its sessions on the replica and the primary (not
- * connected yet). */
-cat_err_t sync_new(sync_t **out, const cat_config_t *cfg, const char *group, cat_producer_t *events,
-		   cat_metrics_t *metrics, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+ * connected yet): `settings` is copied (`cfg` must outlive the state: its
+ * strings); `events` and `metrics` are borrowed. */
+cat_err_t sync_new(sync_t **out, const cat_config_t *cfg, const sync_settings_t *settings, const char *group,
+		   cat_producer_t *events, cat_metrics_t *metrics, char *errstr,
+		   size_t errstr_size) CAT_MUST_CHECK;
 void sync_destroy(sync_t *sync);
 cat_err_t sync_apply(void *opaque, cat_batch_t *batch, char *errstr, size_t errstr_size);
 bool sync_ready(void *opaque, char *reason, size_t reason_size);
-/* Applies the ChangeBatch messages of `batch` (a changes.v1 range) in one
- * transaction; messages that do not decode are marked permanent. */
-cat_err_t sync_apply_changes(sync_t *sync, cat_batch_t *batch, char *errstr,
-			     size_t errstr_size) CAT_MUST_CHECK;
-/* Working connections in sync->replica and sync->primary (opened when
- * needed, the schema checked): retriable when unreachable, fatal for
- * credentials or schema. */
-cat_err_t sync_ensure_replica(sync_t *sync, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
-cat_err_t sync_ensure_primary(sync_t *sync, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
-/* After a failed statement on one side (&sync->replica or &sync->primary):
- * rolled back, or a broken connection dropped (the side then NULL). */
-void sync_after_failure(sync_t *sync, PGconn **side);
 
 /* check.c: runs one CheckConsistency and publishes its report. */
 cat_err_t sync_check(sync_t *sync, const Catalyst__V1__SyncCommand__CheckConsistency *check,
@@ -168,5 +172,35 @@ cat_err_t sync_catch_up(sync_t *sync, char *errstr, size_t errstr_size) CAT_MUST
 /* monitor.c */
 cat_err_t sync_monitor_start(sync_t *sync, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 void sync_monitor_stop(sync_t *sync);
+
+/* apply.c */
+/* True if `batch` is of changes.v1 (its messages ChangeBatch), else of sync.v1. */
+bool sync_is_changes(const sync_t *sync, const cat_batch_t *batch);
+/* Checks every Change of a list: a known op and a valid record (else
+ * CAT_ERR_PERMANENT, `reason` saying which change and why). */
+cat_err_t sync_validate_changes(Catalyst__V1__Change *const *changes, size_t n, char *reason,
+				size_t reason_size) CAT_MUST_CHECK;
+/* The changes of decoded messages [from, to) of `batch` (ChangeBatch, or
+ * the ReplicateRows among sync.v1 commands) in one replica transaction; if
+ * the replica refuses it permanently and one message held changes, that
+ * message is marked permanent and CAT_OK returned. */
+cat_err_t sync_apply_range(sync_t *sync, cat_batch_t *batch, size_t from, size_t to, char *errstr,
+			   size_t errstr_size) CAT_MUST_CHECK;
+/* Applies the ChangeBatch messages of `batch` (a changes.v1 range) in one
+ * transaction; messages that do not decode are marked permanent. */
+cat_err_t sync_apply_changes(sync_t *sync, cat_batch_t *batch, char *errstr,
+			     size_t errstr_size) CAT_MUST_CHECK;
+/* Frees the decoded messages of `batch` (ChangeBatch or SyncCommand). */
+void sync_free_decoded(const sync_t *sync, cat_batch_t *batch);
+
+/* sessions.c */
+/* Working connections in sync->replica and sync->primary (opened when
+ * needed, the schema checked): retriable when unreachable, fatal for
+ * credentials or schema. */
+cat_err_t sync_ensure_replica(sync_t *sync, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+cat_err_t sync_ensure_primary(sync_t *sync, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+/* After a failed statement on one side (&sync->replica or &sync->primary):
+ * rolled back, or a broken connection dropped (the side then NULL). */
+void sync_after_failure(sync_t *sync, PGconn **side);
 
 #endif /* SYNC_SYNC_H */
