@@ -145,6 +145,14 @@ void cache_plain(cache_t *cache, int argc, const char *const *argv, const size_t
 /* Queues the candidates invalidation. */
 void cache_invalidate_candidates(cache_t *cache);
 
+/* Drops what is queued and what is in flight (whose replies would come
+ * unread: the connection goes). */
+void cache_queue_reset(cache_t *cache);
+
+/* Marks batch message `msg` permanent with `why` (the first reason stays);
+ * without such a message (batch NULL, msg -1: a warm) logs it instead. */
+void cache_mark(cat_batch_t *batch, int32_t msg, const char *why);
+
 /* Sends what is queued as one pipeline and reads every reply (of the
  * pipeline in flight too): marks
  * `batch` messages whose items failed permanently (batch may be NULL: then
