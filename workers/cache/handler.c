@@ -1,5 +1,6 @@
 #include "internal.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -7,13 +8,19 @@
 #include "cat_kafka.h"
 #include "cat_log.h"
 #include "cat_pg.h"
-#include "scripts.h"
+#include "keys.h"
 
-#define WORKER "catalyst-cache"
-
-static const double rtt_buckets[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
-				     0.025,  0.05,    0.1,    0.25,  0.5,    1,     2.5};
-static const double depth_buckets[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096};
+/* The handler's state: the store it applies changes and commands to, and
+ * what only the handler uses. */
+struct cache {
+	cache_store_t *store; /* the consume loop's */
+	cat_redis_t *probe;   /* readiness, on the HTTP thread */
+	pthread_mutex_t probe_lock;
+	char changes_topic[256];
+	char cache_topic[256];
+	cache_keys_t keys;  /* what cache.v1 may touch */
+	cache_heal_t *heal; /* the self-heal thread (heal.c), NULL: off */
+};
 
 /* --- set-up ------------------------------------------------------------------------------ */
 
@@ -21,126 +28,39 @@ cat_err_t cache_pg_connect(cache_t *cache, char *errstr, size_t errstr_size)
 {
 	PGconn *conn;
 
-	return cat_pg_session_ensure(cache->pg, &conn, errstr, errstr_size);
-}
-
-/* CATALYST_CACHE_TOP_LIMITS (validated by the config table) -> top_limits */
-static void top_limits_init(cache_t *cache)
-{
-	const cat_config_int_list_t *limits = &cache->settings.top_limits;
-
-	cache->n_top_limits = limits->n < MAX_TOP_LIMITS ? limits->n : MAX_TOP_LIMITS;
-	for (size_t i = 0; i < cache->n_top_limits; i++) {
-		snprintf(cache->top_limits[i], sizeof(cache->top_limits[0]), "%lld", limits->v[i]);
-		if (limits->v[i] > cache->top_max)
-			cache->top_max = limits->v[i];
-	}
-}
-
-static void layout_init(cache_t *cache, cat_metrics_t *metrics)
-{
-	const struct {
-		const char *table, *prefix, *set_prefix;
-		const long long *ttl_s;
-	} defs[] = {
-		{"news_raw", "news:", "news:symbol:", &cache->settings.news_ttl_s},
-		{"trading_signals", "signals:", "signals:symbol:", &cache->settings.signal_ttl_s},
-		{"trade_records", "trades:", "trades:symbol:", &cache->settings.trade_ttl_s},
-		{"source_metrics", "sources:", NULL, &cache->settings.source_ttl_s},
-		{"trading_candidates", NULL, NULL, NULL},
-	};
-
-	for (size_t t = 0; t < cat_schema_n_tables && t < MAX_TABLES; t++) {
-		layout_t *layout = &cache->layouts[t];
-
-		layout->table = &cat_schema_tables[t];
-		layout->f_pk = cat_schema_field(layout->table,
-						cat_schema_column(layout->table, layout->table->primary_key));
-		layout->f_symbol = cat_schema_field(layout->table, cat_schema_column(layout->table, "symbol"));
-		layout->f_version = cat_schema_field(layout->table, cat_schema_column(layout->table, "version"));
-		if (layout->f_symbol && layout->f_symbol->type != PROTOBUF_C_TYPE_STRING)
-			layout->f_symbol = NULL;
-		for (size_t d = 0; d < sizeof(defs) / sizeof(defs[0]); d++) {
-			if (strcmp(defs[d].table, layout->table->name) != 0)
-				continue;
-			layout->prefix = defs[d].prefix;
-			layout->set_prefix = defs[d].set_prefix;
-			layout->ttl = defs[d].ttl_s ? *defs[d].ttl_s : 0;
-			layout->set_ttl = cache->settings.symbol_ttl_s;
-			layout->derived_candidates = !defs[d].prefix;
-		}
-		layout->m_applied = cat_metrics_counter(metrics, "catalyst_cache_changes_total",
-							"changes and warm rows by outcome: applied, or stale "
-							"(the cache held the same or a newer version)",
-							"table", layout->table->name, "result", "applied", NULL);
-		layout->m_stale = cat_metrics_counter(metrics, "catalyst_cache_changes_total",
-						      "changes and warm rows by outcome: applied, or stale "
-						      "(the cache held the same or a newer version)",
-						      "table", layout->table->name, "result", "stale", NULL);
-	}
+	return cat_pg_session_ensure(cache->store->pg, &conn, errstr, errstr_size);
 }
 
 /* The key families cache.v1 may touch: the layout's, candidates:, and
  * CATALYST_CACHE_KEY_NAMESPACE. */
 static cat_err_t families_init(cache_t *cache, char *errstr, size_t errstr_size)
 {
-	const char *ns = cache->settings.key_namespace; /* checked by the config table */
+	const cache_store_t *store = cache->store;
+	const char *ns = store->settings.key_namespace; /* checked by the config table */
 
-	for (size_t t = 0; t < MAX_TABLES && cache->layouts[t].table; t++)
-		if (cache->layouts[t].prefix && !cache_keys_add(&cache->keys, cache->layouts[t].prefix))
+	for (size_t t = 0; t < MAX_TABLES && store->layouts[t].table; t++)
+		if (store->layouts[t].prefix && !cache_keys_add(&cache->keys, store->layouts[t].prefix))
 			return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "too many key families");
 	if (!cache_keys_add(&cache->keys, "candidates:") || (ns && *ns && !cache_keys_add(&cache->keys, ns)))
 		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "too many key families");
 	return CAT_OK;
 }
 
-static void register_metrics(cache_t *cache, cat_metrics_t *metrics)
+void cache_destroy(cache_t *cache)
 {
-	static const char *const profiles[2] = {"market_open", "rebuild"};
-
-	cache->m_commands = cat_metrics_counter(metrics, "catalyst_cache_redis_commands_total",
-						"commands sent to Redis (a PUT script call counts once)", NULL);
-	cache->m_depth = cat_metrics_histogram(metrics, "catalyst_cache_pipeline_depth",
-					       "commands per pipeline", depth_buckets,
-					       sizeof(depth_buckets) / sizeof(depth_buckets[0]), NULL);
-	cache->m_rtt = cat_metrics_histogram(metrics, "catalyst_cache_redis_roundtrip_seconds",
-					     "time from sending a pipeline to its last reply", rtt_buckets,
-					     sizeof(rtt_buckets) / sizeof(rtt_buckets[0]), NULL);
-	cache->m_reloads = cat_metrics_counter(metrics, "catalyst_cache_script_reloads_total",
-					       "scripts loaded again after NOSCRIPT", NULL);
-	cache->m_reconnects = cat_metrics_counter(metrics, "catalyst_cache_redis_reconnects_total",
-						  "Redis connections reopened after a loss", NULL);
-	cache->m_invalidated = cat_metrics_counter(metrics, "catalyst_cache_keys_invalidated_total",
-						   "keys removed by invalidations (patterns and candidate "
-						   "changes)",
-						   NULL);
-	cache->m_uncacheable = cat_metrics_counter(metrics, "catalyst_cache_uncacheable_total",
-						   "values that could not be cached (too large, an id that "
-						   "would land on another key); their messages are dead-lettered",
-						   NULL);
-	for (int p = 0; p < 2; p++) {
-		cache->m_warm_rows[p] = cat_metrics_counter(metrics, "catalyst_cache_warm_rows_total",
-							    "rows read from the primary by warms", "profile",
-							    profiles[p], NULL);
-		cache->m_warm_seconds[p] =
-			cat_metrics_histogram(metrics, "catalyst_cache_warm_duration_seconds", "time of a warm",
-					      NULL, 0, "profile", profiles[p], NULL);
-	}
-	cache->m_warm_conflicts = cat_metrics_counter(
-		metrics, "catalyst_cache_warm_conflicts_total",
-		"candidates lists a warm did not store because a candidate changed meanwhile", NULL);
+	if (!cache)
+		return;
+	cache_heal_destroy(cache->heal); /* first: its thread stops */
+	cat_redis_destroy(cache->probe);
+	cache_store_destroy(cache->store);
+	pthread_mutex_destroy(&cache->probe_lock);
+	free(cache);
 }
 
 cat_err_t cache_new(cache_t **out, const cat_config_t *cfg, const cache_settings_t *settings,
 		    cat_redis_t *redis, cat_metrics_t *metrics, char *errstr, size_t errstr_size)
 {
 	cache_t *cache = calloc(1, sizeof(*cache));
-	cat_pg_session_opts_t pg_opts = {
-		.url = cat_config_str(cfg, "CATALYST_PG_URL"),
-		.app_name = WORKER,
-		.what = "primary",
-		.connect_timeout_s = (int)cat_config_int(cfg, "CATALYST_PG_CONNECT_TIMEOUT_S"),
-	};
 	cat_redis_opts_t opts;
 	cat_err_t err;
 
@@ -149,43 +69,15 @@ cat_err_t cache_new(cache_t **out, const cat_config_t *cfg, const cache_settings
 		cat_redis_destroy(redis);
 		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
 	}
-	cache->cfg = cfg;
-	cache->settings = *settings;
-	cache->metrics = metrics;
-	cache->redis = redis;
 	pthread_mutex_init(&cache->probe_lock, NULL);
-	if ((err = cat_pg_session_new(&cache->pg, &pg_opts, errstr, errstr_size)) != CAT_OK) {
-		cache_destroy(cache);
-		return err;
-	}
-	cat_redis_script_init(&cache->scripts[SCRIPT_PUT], CACHE_SCRIPT_PUT);
-	cat_redis_script_init(&cache->scripts[SCRIPT_INVALIDATE_CANDIDATES], CACHE_SCRIPT_INVALIDATE_CANDIDATES);
-	cat_redis_script_init(&cache->scripts[SCRIPT_SET_IF_GENERATION], CACHE_SCRIPT_SET_IF_GENERATION);
-	cat_redis_script_init(&cache->scripts[SCRIPT_HEAL_CHECK], CACHE_SCRIPT_HEAL_CHECK);
-	cat_redis_script_init(&cache->scripts[SCRIPT_HEAL_DONE], CACHE_SCRIPT_HEAL_DONE);
 	cat_kafka_topic(cfg, CAT_TOPIC_CHANGES, cache->changes_topic, sizeof(cache->changes_topic));
 	cat_kafka_topic(cfg, CAT_TOPIC_CACHE, cache->cache_topic, sizeof(cache->cache_topic));
-	cache->symbol_ttl = settings->symbol_ttl_s;
-	cache->active_ttl = settings->active_ttl_s;
-	cache->top_ttl = settings->top_ttl_s;
-	cache->warm_news_ttl = settings->warm_news_ttl_s;
-	cache->max_value = settings->max_value_bytes;
-	cache->pipeline_bytes = settings->pipeline_bytes;
-	cache->scan_count = settings->scan_count;
-	cache->rebuild_chunk = settings->rebuild_chunk;
-	top_limits_init(cache);
-	if (cat_schema_n_tables > MAX_TABLES) {
-		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "the schema has more than %d tables",
-				  MAX_TABLES);
-		goto error;
-	}
-	layout_init(cache, metrics);
-	register_metrics(cache, metrics);
-	if ((err = families_init(cache, errstr, errstr_size)) != CAT_OK)
+	if ((err = cache_store_new(&cache->store, cfg, settings, redis, metrics, errstr, errstr_size)) != CAT_OK ||
+	    (err = families_init(cache, errstr, errstr_size)) != CAT_OK)
 		goto error;
 
 	/* readiness probes get a connection of their own, with short timeouts */
-	cat_redis_opts_from_config(&opts, cfg, WORKER "-probe");
+	cat_redis_opts_from_config(&opts, cfg, CACHE_WORKER "-probe");
 	opts.connect_timeout_ms = opts.connect_timeout_ms < 2000 ? opts.connect_timeout_ms : 2000;
 	opts.timeout_ms = opts.timeout_ms < 2000 ? opts.timeout_ms : 2000;
 	if ((err = cat_redis_new(&cache->probe, &opts, errstr, errstr_size)) != CAT_OK)
@@ -198,22 +90,9 @@ error:
 	return err;
 }
 
-void cache_destroy(cache_t *cache)
+cat_err_t cache_heal_start(cache_t *cache, char *errstr, size_t errstr_size)
 {
-	if (!cache)
-		return;
-	cache_heal_destroy(cache->heal); /* first: its thread reads the settings */
-	cat_redis_destroy(cache->probe);
-	cat_redis_destroy(cache->redis);
-	cat_pg_session_free(cache->pg);
-	pthread_mutex_destroy(&cache->probe_lock);
-	free(cache->arena);
-	free(cache->json);
-	for (int i = 0; i < 2; i++) {
-		free(cache->q[i].cmds);
-		free(cache->q[i].items);
-	}
-	free(cache);
+	return cache_heal_new(&cache->heal, cache->store, errstr, errstr_size);
 }
 
 bool cache_ready(void *opaque, char *reason, size_t reason_size)
@@ -229,34 +108,16 @@ bool cache_ready(void *opaque, char *reason, size_t reason_size)
 		snprintf(reason, reason_size, "Redis does not answer: %s", errstr);
 		return false;
 	}
-	if (atomic_load(&cache->redis_down)) {
+	if (atomic_load(&cache->store->redis_down)) {
 		snprintf(reason, reason_size, "Redis: the last pipeline failed");
 		return false;
 	}
 	return !cache->heal || cache_heal_ready(cache->heal, reason, reason_size);
 }
 
-cat_err_t cache_redis_ensure(cache_t *cache, char *errstr, size_t errstr_size)
-{
-	bool was = cat_redis_connects(cache->redis) > 0;
-	cat_err_t err;
-
-	if (cat_redis_is_connected(cache->redis))
-		return CAT_OK;
-	err = cat_redis_ensure(cache->redis, errstr, errstr_size);
-	if (err == CAT_OK) {
-		if (was)
-			cat_metrics_inc(cache->m_reconnects);
-		CAT_LOG_INFO("REDIS", "connected to %s", cat_redis_address(cache->redis));
-	} else {
-		atomic_store(&cache->redis_down, true);
-	}
-	return err;
-}
-
 /* --- changes.v1 ------------------------------------------------------------------------------------ */
 
-static cat_err_t apply_changes(cache_t *cache, cat_batch_t *batch, char *errstr, size_t errstr_size)
+static cat_err_t apply_changes(cache_store_t *store, cat_batch_t *batch, char *errstr, size_t errstr_size)
 {
 	bool candidates = false;
 	cat_err_t err;
@@ -287,43 +148,43 @@ static cat_err_t apply_changes(cache_t *cache, cat_batch_t *batch, char *errstr,
 				cache_mark(batch, (int32_t)m, why);
 				continue;
 			}
-			if (cache_put_record(cache, change->record, is_delete, "u", 0, (int32_t)m, &candidates, why,
+			if (cache_put_record(store, change->record, is_delete, "u", 0, (int32_t)m, &candidates, why,
 					     sizeof(why)) != 0) {
-				cat_metrics_inc(cache->m_uncacheable);
+				cat_metrics_inc(store->m_uncacheable);
 				cache_mark(batch, (int32_t)m, why);
 			}
 		}
 		catalyst__v1__change_batch__free_unpacked(changes, NULL);
-		if ((err = cache_flush_if_full(cache, batch, errstr, errstr_size)) != CAT_OK)
+		if ((err = cache_flush_if_full(store, batch, errstr, errstr_size)) != CAT_OK)
 			return err;
 	}
 	if (candidates)
-		cache_invalidate_candidates(cache);
-	return cache_flush(cache, batch, errstr, errstr_size);
+		cache_invalidate_candidates(store);
+	return cache_flush(store, batch, errstr, errstr_size);
 }
 
 /* --- cache.v1 ---------------------------------------------------------------------------------------- */
 
 /* SCAN MATCH pattern + UNLINK, scan_count keys a step, until the cursor
  * comes back to 0. */
-static cat_err_t invalidate_pattern(cache_t *cache, const char *pattern, char *errstr, size_t errstr_size)
+static cat_err_t invalidate_pattern(cache_store_t *store, const char *pattern, char *errstr, size_t errstr_size)
 {
 	char cursor[32] = "0", count[24];
 	long long removed = 0;
 	cat_err_t err;
 
-	snprintf(count, sizeof(count), "%lld", cache->scan_count);
+	snprintf(count, sizeof(count), "%lld", store->scan_count);
 	do {
 		redisReply *reply = NULL, *keys;
 
-		if ((err = cache_redis_ensure(cache, errstr, errstr_size)) != CAT_OK)
+		if ((err = cache_redis_ensure(store, errstr, errstr_size)) != CAT_OK)
 			return err;
-		err = cat_redis_command(cache->redis, &reply, 6,
+		err = cat_redis_command(store->redis, &reply, 6,
 					(const char *[]){"SCAN", cursor, "MATCH", pattern, "COUNT", count}, NULL,
 					errstr, errstr_size);
 		if (err != CAT_OK)
 			return err;
-		cat_metrics_inc(cache->m_commands);
+		cat_metrics_inc(store->m_commands);
 		if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
 		    reply->element[0]->type != REDIS_REPLY_STRING || reply->element[1]->type != REDIS_REPLY_ARRAY) {
 			freeReplyObject(reply);
@@ -348,13 +209,13 @@ static cat_err_t invalidate_pattern(cache_t *cache, const char *pattern, char *e
 				argv[k + 1] = keys->element[k]->str;
 				lens[k + 1] = keys->element[k]->len;
 			}
-			err = cat_redis_command(cache->redis, &unlinked, (int)keys->elements + 1, argv, lens, errstr,
+			err = cat_redis_command(store->redis, &unlinked, (int)keys->elements + 1, argv, lens, errstr,
 						errstr_size);
 			free(argv);
 			free(lens);
 			if (err == CAT_OK) {
 				removed += unlinked->integer;
-				cat_metrics_inc(cache->m_commands);
+				cat_metrics_inc(store->m_commands);
 				freeReplyObject(unlinked);
 			}
 		}
@@ -362,7 +223,7 @@ static cat_err_t invalidate_pattern(cache_t *cache, const char *pattern, char *e
 		if (err != CAT_OK)
 			return err;
 	} while (strcmp(cursor, "0") != 0);
-	cat_metrics_add(cache->m_invalidated, removed);
+	cat_metrics_add(store->m_invalidated, removed);
 	CAT_LOG_INFO("REDIS", "invalidated %lld keys matching %s", removed, pattern);
 	return CAT_OK;
 }
@@ -386,6 +247,8 @@ static bool key_allowed(cache_t *cache, cat_batch_t *batch, int32_t m, const cha
 static cat_err_t apply_command(cache_t *cache, cat_batch_t *batch, int32_t m, const Catalyst__V1__CacheCommand *cmd,
 			       char *errstr, size_t errstr_size)
 {
+	cache_store_t *store = cache->store;
+
 	switch (cmd->action_case) {
 	case CATALYST__V1__CACHE_COMMAND__ACTION_SET: {
 		const Catalyst__V1__CacheCommand__Set *set = cmd->set;
@@ -399,14 +262,14 @@ static cat_err_t apply_command(cache_t *cache, cat_batch_t *batch, int32_t m, co
 			cache_mark(batch, m, "set: the key must not end with \"#v\"");
 			return CAT_OK;
 		}
-		if (!set->has_value || (long long)set->value.len > cache->max_value) {
+		if (!set->has_value || (long long)set->value.len > store->max_value) {
 			snprintf(why, sizeof(why),
 				 "set %.200s: value of %zu bytes is larger than CATALYST_CACHE_MAX_VALUE_BYTES (%lld)",
-				 set->key, set->has_value ? set->value.len : 0, cache->max_value);
+				 set->key, set->has_value ? set->value.len : 0, store->max_value);
 			if (!set->has_value)
 				snprintf(why, sizeof(why), "set %.200s: no value", set->key);
 			else
-				cat_metrics_inc(cache->m_uncacheable);
+				cat_metrics_inc(store->m_uncacheable);
 			cache_mark(batch, m, why);
 			return CAT_OK;
 		}
@@ -415,7 +278,7 @@ static cat_err_t apply_command(cache_t *cache, cat_batch_t *batch, int32_t m, co
 			return CAT_OK;
 		}
 		if (set->has_version) {
-			cache_put(cache, 's', set->key, key_len, set->version, set->ttl_seconds, value,
+			cache_put(store, 's', set->key, key_len, set->version, set->ttl_seconds, value,
 				  set->value.len, NULL, NULL, m, UINT16_MAX);
 		} else {
 			char vkey[MAX_KEY_BYTES + 3];
@@ -423,21 +286,21 @@ static cat_err_t apply_command(cache_t *cache, cat_batch_t *batch, int32_t m, co
 			snprintf(ttl, sizeof(ttl), "%lld", (long long)set->ttl_seconds);
 			snprintf(vkey, sizeof(vkey), "%s#v", set->key);
 			if (set->ttl_seconds > 0)
-				cache_plain(cache, 5, (const char *[]){"SET", set->key, value, "EX", ttl},
+				cache_plain(store, 5, (const char *[]){"SET", set->key, value, "EX", ttl},
 					    (size_t[]){3, key_len, set->value.len, 2, strlen(ttl)}, m);
 			else
-				cache_plain(cache, 3, (const char *[]){"SET", set->key, value},
+				cache_plain(store, 3, (const char *[]){"SET", set->key, value},
 					    (size_t[]){3, key_len, set->value.len}, m);
 			/* an unversioned set overrides: any version replaces it (its
 			 * value is not parsed for one) */
 			if (set->ttl_seconds > 0)
-				cache_plain(cache, 5, (const char *[]){"SET", vkey, "0", "EX", ttl},
+				cache_plain(store, 5, (const char *[]){"SET", vkey, "0", "EX", ttl},
 					    (size_t[]){3, strlen(vkey), 1, 2, strlen(ttl)}, m);
 			else
-				cache_plain(cache, 3, (const char *[]){"SET", vkey, "0"}, NULL, m);
+				cache_plain(store, 3, (const char *[]){"SET", vkey, "0"}, NULL, m);
 		}
 		if (strncmp(set->key, "candidates:top:", 15) == 0 && strcmp(set->key, "candidates:top:keys") != 0)
-			cache_plain(cache, 3, (const char *[]){"SADD", "candidates:top:keys", set->key}, NULL, m);
+			cache_plain(store, 3, (const char *[]){"SADD", "candidates:top:keys", set->key}, NULL, m);
 		return CAT_OK;
 	}
 	case CATALYST__V1__CACHE_COMMAND__ACTION_DELETE: {
@@ -450,7 +313,7 @@ static cat_err_t apply_command(cache_t *cache, cat_batch_t *batch, int32_t m, co
 			char vkey[MAX_KEY_BYTES + 3];
 
 			snprintf(vkey, sizeof(vkey), "%s#v", del->keys[k]);
-			cache_plain(cache, 3, (const char *[]){"UNLINK", del->keys[k], vkey}, NULL, m);
+			cache_plain(store, 3, (const char *[]){"UNLINK", del->keys[k], vkey}, NULL, m);
 		}
 		if (del->n_keys == 0)
 			cache_mark(batch, m, "delete: no keys");
@@ -462,9 +325,9 @@ static cat_err_t apply_command(cache_t *cache, cat_batch_t *batch, int32_t m, co
 
 		if (!key_allowed(cache, batch, m, "invalidate", pattern, true))
 			return CAT_OK;
-		if ((err = cache_flush(cache, batch, errstr, errstr_size)) != CAT_OK)
+		if ((err = cache_flush(store, batch, errstr, errstr_size)) != CAT_OK)
 			return err;
-		return invalidate_pattern(cache, pattern, errstr, errstr_size);
+		return invalidate_pattern(store, pattern, errstr, errstr_size);
 	}
 	case CATALYST__V1__CACHE_COMMAND__ACTION_WARM: {
 		cat_err_t err;
@@ -475,9 +338,9 @@ static cat_err_t apply_command(cache_t *cache, cat_batch_t *batch, int32_t m, co
 			cache_mark(batch, m, "warm: unknown profile");
 			return CAT_OK;
 		}
-		if ((err = cache_flush(cache, batch, errstr, errstr_size)) != CAT_OK)
+		if ((err = cache_flush(store, batch, errstr, errstr_size)) != CAT_OK)
 			return err;
-		return cache_warm(cache, profile, errstr, errstr_size);
+		return cache_warm(store, profile, errstr, errstr_size);
 	}
 	default:
 		cache_mark(batch, m, "a cache command without a known action");
@@ -504,12 +367,12 @@ static cat_err_t apply_commands(cache_t *cache, cat_batch_t *batch, char *errstr
 		err = apply_command(cache, batch, (int32_t)m, cmd, errstr, errstr_size);
 		catalyst__v1__cache_command__free_unpacked(cmd, NULL);
 		if (err == CAT_OK)
-			err = cache_flush_if_full(cache, batch, errstr, errstr_size);
+			err = cache_flush_if_full(cache->store, batch, errstr, errstr_size);
 	}
 	if (err == CAT_OK)
-		err = cache_flush(cache, batch, errstr, errstr_size);
+		err = cache_flush(cache->store, batch, errstr, errstr_size);
 	else
-		cache_queue_reset(cache);
+		cache_queue_reset(cache->store);
 	return err;
 }
 
@@ -520,16 +383,16 @@ cat_err_t cache_apply(void *opaque, cat_batch_t *batch, char *errstr, size_t err
 	cache_t *cache = opaque;
 	cat_err_t err;
 
-	cache_queue_reset(cache);
-	if ((err = cache_redis_ensure(cache, errstr, errstr_size)) != CAT_OK)
+	cache_queue_reset(cache->store);
+	if ((err = cache_redis_ensure(cache->store, errstr, errstr_size)) != CAT_OK)
 		return err;
 	if (strcmp(batch->topic, cache->changes_topic) == 0)
-		err = apply_changes(cache, batch, errstr, errstr_size);
+		err = apply_changes(cache->store, batch, errstr, errstr_size);
 	else if (strcmp(batch->topic, cache->cache_topic) == 0)
 		err = apply_commands(cache, batch, errstr, errstr_size);
 	else
 		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "a batch of unexpected topic %s", batch->topic);
 	if (err != CAT_OK)
-		cache_queue_reset(cache);
+		cache_queue_reset(cache->store);
 	return err;
 }

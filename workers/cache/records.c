@@ -25,7 +25,7 @@ static int64_t row_version(const ProtobufCMessage *row, const ProtobufCFieldDesc
 	return *(const int64_t *)(const void *)((const char *)row + field->offset);
 }
 
-int cache_put_record(cache_t *cache, const Catalyst__V1__Record *record, bool is_delete, const char *op,
+int cache_put_record(cache_store_t *store, const Catalyst__V1__Record *record, bool is_delete, const char *op,
 		     long long ttl_override, int32_t msg, bool *candidates, char *why, size_t why_size)
 {
 	const cat_table_t *table = cat_codec_record_table(record);
@@ -39,14 +39,14 @@ int cache_put_record(cache_t *cache, const Catalyst__V1__Record *record, bool is
 	uint16_t t;
 	int key_len;
 
-	for (t = 0; t < MAX_TABLES && cache->layouts[t].table; t++)
-		if (cache->layouts[t].table == table)
+	for (t = 0; t < MAX_TABLES && store->layouts[t].table; t++)
+		if (store->layouts[t].table == table)
 			break;
-	if (!table || t == MAX_TABLES || !cache->layouts[t].table) {
+	if (!table || t == MAX_TABLES || !store->layouts[t].table) {
 		snprintf(why, why_size, "a change without a known table");
 		return -1;
 	}
-	layout = &cache->layouts[t];
+	layout = &store->layouts[t];
 	if (layout->derived_candidates) {
 		*candidates = true;
 		return 0;
@@ -78,18 +78,18 @@ int cache_put_record(cache_t *cache, const Catalyst__V1__Record *record, bool is
 		return -1;
 	}
 	if (!is_delete) {
-		ssize_t len = cat_codec_record_json(record, &cache->json, &cache->json_cap);
+		ssize_t len = cat_codec_record_json(record, &store->json, &store->json_cap);
 
 		if (len < 0) {
 			snprintf(why, why_size, "%s %.200s: the row has no JSON form", layout->table->name, pk);
 			return -1;
 		}
-		json = cache->json;
+		json = store->json;
 		json_len = (size_t)len;
-		if ((long long)json_len > cache->max_value) {
+		if ((long long)json_len > store->max_value) {
 			snprintf(why, why_size,
 				 "%s %.200s: value of %zu bytes is larger than CATALYST_CACHE_MAX_VALUE_BYTES (%lld)",
-				 layout->table->name, pk, json_len, cache->max_value);
+				 layout->table->name, pk, json_len, store->max_value);
 			return -1;
 		}
 		if (layout->set_prefix)
@@ -98,7 +98,7 @@ int cache_put_record(cache_t *cache, const Catalyst__V1__Record *record, bool is
 	op_char = is_delete ? 'd' : op[0];
 	if (layout->set_prefix)
 		op_char = (char)(op_char - 'a' + 'A'); /* a member of its symbol's set too */
-	cache_put(cache, op_char, key, (size_t)key_len, row_version(row, layout->f_version),
+	cache_put(store, op_char, key, (size_t)key_len, row_version(row, layout->f_version),
 		  ttl_override > 0 ? ttl_override : layout->ttl, json, json_len, symbol, pk, msg, t);
 	return 0;
 }
