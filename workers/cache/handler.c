@@ -115,6 +115,21 @@ bool cache_ready(void *opaque, char *reason, size_t reason_size)
 	return !cache->heal || cache_heal_ready(cache->heal, reason, reason_size);
 }
 
+/* Message m after its decoding (`err`, `why`): marked permanent when it did
+ * not decode (false), else its command's issue time (`meta`) kept for the
+ * loop's latency (true). */
+static bool decoded(cat_batch_t *batch, size_t m, cat_err_t err, const char *why,
+		    const Catalyst__V1__CommandMeta *meta)
+{
+	if (err != CAT_OK) {
+		cache_mark(batch, (int32_t)m, why);
+		return false;
+	}
+	if (meta && meta->has_issued_at_us)
+		batch->msgs[m].issued_at_us = meta->issued_at_us;
+	return true;
+}
+
 /* --- changes.v1 ------------------------------------------------------------------------------------ */
 
 static cat_err_t apply_changes(cache_store_t *store, cat_batch_t *batch, char *errstr, size_t errstr_size)
@@ -123,17 +138,13 @@ static cat_err_t apply_changes(cache_store_t *store, cat_batch_t *batch, char *e
 	cat_err_t err;
 
 	for (size_t m = 0; m < batch->n; m++) {
-		cat_msg_t *msg = &batch->msgs[m];
+		const rd_kafka_message_t *rkm = batch->msgs[m].rkm;
 		Catalyst__V1__ChangeBatch *changes;
 		char why[256];
 
-		if (cat_codec_change_batch_decode(msg->rkm->payload, msg->rkm->len, &changes, why, sizeof(why)) !=
-		    CAT_OK) {
-			cache_mark(batch, (int32_t)m, why);
+		err = cat_codec_change_batch_decode(rkm->payload, rkm->len, &changes, why, sizeof(why));
+		if (!decoded(batch, m, err, why, changes ? changes->meta : NULL))
 			continue;
-		}
-		if (changes->meta && changes->meta->has_issued_at_us)
-			msg->issued_at_us = changes->meta->issued_at_us;
 		for (size_t c = 0; c < changes->n_changes; c++) {
 			const Catalyst__V1__Change *change = changes->changes[c];
 			bool is_delete;
@@ -350,30 +361,22 @@ static cat_err_t apply_command(cache_t *cache, cat_batch_t *batch, int32_t m, co
 
 static cat_err_t apply_commands(cache_t *cache, cat_batch_t *batch, char *errstr, size_t errstr_size)
 {
-	cat_err_t err = CAT_OK;
+	cat_err_t err;
 
-	for (size_t m = 0; m < batch->n && err == CAT_OK; m++) {
-		cat_msg_t *msg = &batch->msgs[m];
-		Catalyst__V1__CacheCommand *cmd = NULL;
+	for (size_t m = 0; m < batch->n; m++) {
+		const rd_kafka_message_t *rkm = batch->msgs[m].rkm;
+		Catalyst__V1__CacheCommand *cmd;
 		char why[256];
 
-		if (cat_codec_cache_command_decode(msg->rkm->payload, msg->rkm->len, &cmd, why, sizeof(why)) !=
-		    CAT_OK) {
-			cache_mark(batch, (int32_t)m, why);
+		err = cat_codec_cache_command_decode(rkm->payload, rkm->len, &cmd, why, sizeof(why));
+		if (!decoded(batch, m, err, why, cmd ? cmd->meta : NULL))
 			continue;
-		}
-		if (cmd->meta && cmd->meta->has_issued_at_us)
-			msg->issued_at_us = cmd->meta->issued_at_us;
 		err = apply_command(cache, batch, (int32_t)m, cmd, errstr, errstr_size);
 		catalyst__v1__cache_command__free_unpacked(cmd, NULL);
-		if (err == CAT_OK)
-			err = cache_flush_if_full(cache->store, batch, errstr, errstr_size);
+		if (err != CAT_OK || (err = cache_flush_if_full(cache->store, batch, errstr, errstr_size)) != CAT_OK)
+			return err;
 	}
-	if (err == CAT_OK)
-		err = cache_flush(cache->store, batch, errstr, errstr_size);
-	else
-		cache_queue_reset(cache->store);
-	return err;
+	return cache_flush(cache->store, batch, errstr, errstr_size);
 }
 
 /* --- the handler ------------------------------------------------------------------------------------------ */
