@@ -50,6 +50,18 @@ static void select_list(const cat_table_t *table, char *out, size_t out_size)
 	}
 }
 
+/* SELECT the table's columns (select_list), then `rest` ("FROM ... WHERE
+ * ..."), with `params`; its result into *res. */
+static cat_err_t select_rows(PGconn *conn, const cat_table_t *table, const char *rest, int n_params,
+			     const char *const *params, PGresult **res, char *errstr, size_t errstr_size)
+{
+	char cols[SELECT_MAX], sql[SELECT_MAX + 512];
+
+	select_list(table, cols, sizeof(cols));
+	snprintf(sql, sizeof(sql), "SELECT %s %s", cols, rest);
+	return cat_pg_exec(conn, sql, n_params, params, res, errstr, errstr_size);
+}
+
 /* Row `r` of `res` (columns as select_list) -> a Record; NULL when out of
  * memory. Free with catalyst__v1__record__free_unpacked(record, NULL). */
 static Catalyst__V1__Record *row_to_record(const cat_table_t *table, const PGresult *res, int r)
@@ -174,10 +186,9 @@ static cat_err_t warm_candidates(cache_store_t *store, PGconn *conn, bool tops, 
 				 size_t errstr_size)
 {
 	const cat_table_t *table = cat_schema_table("trading_candidates");
-	char cols[SELECT_MAX], sql[SELECT_MAX + 512], generation[32], limit[24];
+	char generation[32], limit[24];
 	cat_err_t err = CAT_OK;
 
-	select_list(table, cols, sizeof(cols));
 	for (int attempt = 0; attempt < 3; attempt++) {
 		PGresult *active = NULL, *top = NULL;
 		redisReply *reply = NULL, **replies = NULL;
@@ -196,20 +207,17 @@ static cat_err_t warm_candidates(cache_store_t *store, PGconn *conn, bool tops, 
 			 reply->type == REDIS_REPLY_STRING ? reply->str : "0");
 		freeReplyObject(reply);
 
-		snprintf(sql, sizeof(sql),
-			 "SELECT %s FROM trading_candidates WHERE selection_timestamp > NOW() - INTERVAL '1 hour' "
-			 "AND NOT traded ORDER BY selection_timestamp DESC, candidate_id",
-			 cols);
-		if ((err = cat_pg_exec(conn, sql, 0, NULL, &active, errstr, errstr_size)) != CAT_OK)
+		if ((err = select_rows(conn, table,
+				       "FROM trading_candidates WHERE selection_timestamp > NOW() - INTERVAL '1 hour' "
+				       "AND NOT traded ORDER BY selection_timestamp DESC, candidate_id",
+				       0, NULL, &active, errstr, errstr_size)) != CAT_OK)
 			return err;
 		if (tops && store->n_top_limits > 0) {
 			snprintf(limit, sizeof(limit), "%lld", store->top_max);
-			snprintf(sql, sizeof(sql),
-				 "SELECT %s FROM trading_candidates WHERE selection_timestamp > NOW() - INTERVAL "
-				 "'1 hour' ORDER BY catalyst_score DESC, candidate_id LIMIT $1",
-				 cols);
-			if ((err = cat_pg_exec(conn, sql, 1, (const char *[]){limit}, &top, errstr,
-					       errstr_size)) != CAT_OK) {
+			if ((err = select_rows(conn, table,
+					       "FROM trading_candidates WHERE selection_timestamp > NOW() - INTERVAL "
+					       "'1 hour' ORDER BY catalyst_score DESC, candidate_id LIMIT $1",
+					       1, (const char *[]){limit}, &top, errstr, errstr_size)) != CAT_OK) {
 				PQclear(active);
 				return err;
 			}
@@ -275,16 +283,13 @@ static cat_err_t warm_candidates(cache_store_t *store, PGconn *conn, bool tops, 
 static cat_err_t market_open(cache_store_t *store, PGconn *conn, char *errstr, size_t errstr_size)
 {
 	const cat_table_t *news = cat_schema_table("news_raw");
-	char cols[SELECT_MAX], sql[SELECT_MAX + 512];
 	PGresult *res = NULL;
 	cat_err_t err;
 
-	select_list(news, cols, sizeof(cols));
-	snprintf(sql, sizeof(sql),
-		 "SELECT %s FROM news_raw WHERE published_timestamp > NOW() - INTERVAL '4 hours' "
-		 "AND is_pre_market = TRUE ORDER BY catalyst_score DESC, news_id LIMIT 100",
-		 cols);
-	if ((err = cat_pg_exec(conn, sql, 0, NULL, &res, errstr, errstr_size)) != CAT_OK)
+	if ((err = select_rows(conn, news,
+			       "FROM news_raw WHERE published_timestamp > NOW() - INTERVAL '4 hours' "
+			       "AND is_pre_market = TRUE ORDER BY catalyst_score DESC, news_id LIMIT 100",
+			       0, NULL, &res, errstr, errstr_size)) != CAT_OK)
 		return err;
 	put_rows(store, news, res, "w", store->warm_news_ttl, 0);
 	PQclear(res);
