@@ -17,6 +17,9 @@ static const double rtt_buckets[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.0
 				     0.025,  0.05,    0.1,    0.25,  0.5,    1,     2.5};
 static const double depth_buckets[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096};
 
+#define N_RTT_BUCKETS	(sizeof(rtt_buckets) / sizeof(rtt_buckets[0]))
+#define N_DEPTH_BUCKETS (sizeof(depth_buckets) / sizeof(depth_buckets[0]))
+
 /* CATALYST_CACHE_TOP_LIMITS (validated by the config table) -> top_limits */
 static void top_limits_init(cache_store_t *store)
 {
@@ -80,11 +83,10 @@ static void register_metrics(cache_store_t *store, cat_metrics_t *metrics)
 	store->m_commands = cat_metrics_counter(metrics, "catalyst_cache_redis_commands_total",
 						"commands sent to Redis (a PUT script call counts once)", NULL);
 	store->m_depth = cat_metrics_histogram(metrics, "catalyst_cache_pipeline_depth",
-					       "commands per pipeline", depth_buckets,
-					       sizeof(depth_buckets) / sizeof(depth_buckets[0]), NULL);
+					       "commands per pipeline", depth_buckets, N_DEPTH_BUCKETS, NULL);
 	store->m_rtt = cat_metrics_histogram(metrics, "catalyst_cache_redis_roundtrip_seconds",
 					     "time from sending a pipeline to its last reply", rtt_buckets,
-					     sizeof(rtt_buckets) / sizeof(rtt_buckets[0]), NULL);
+					     N_RTT_BUCKETS, NULL);
 	store->m_reloads = cat_metrics_counter(metrics, "catalyst_cache_script_reloads_total",
 					       "scripts loaded again after NOSCRIPT", NULL);
 	store->m_reconnects = cat_metrics_counter(metrics, "catalyst_cache_redis_reconnects_total",
@@ -114,14 +116,14 @@ void cache_store_destroy(cache_store_t *store)
 {
 	if (!store)
 		return;
-	cat_redis_destroy(store->redis);
-	cat_pg_session_free(store->pg);
-	free(store->arena);
-	free(store->json);
 	for (int i = 0; i < 2; i++) {
 		free(store->q[i].cmds);
 		free(store->q[i].items);
 	}
+	free(store->arena);
+	free(store->json);
+	cat_pg_session_free(store->pg);
+	cat_redis_destroy(store->redis);
 	free(store);
 }
 
