@@ -104,12 +104,9 @@ cat_err_t cache_pg_connect(cache_t *cache, char *errstr, size_t errstr_size) CAT
 cat_err_t cache_apply(void *opaque, cat_batch_t *batch, char *errstr, size_t errstr_size);
 bool cache_ready(void *opaque, char *reason, size_t reason_size);
 
-/* heal.c: starts the self-heal thread when CATALYST_CACHE_HEAL_CHECK_MS is
+/* Starts the self-heal thread (heal.c) when CATALYST_CACHE_HEAL_CHECK_MS is
  * not 0 (it opens its own Redis and PostgreSQL connections when it needs
  * them); cache_destroy() stops it. */
 cat_err_t cache_heal_start(cache_t *cache, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
-
-/* warm.c: market-open and rebuild (cache.v1 warm). */
-cat_err_t cache_warm(cache_t *cache, int profile, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 
 #endif /* CACHE_CACHE_H */

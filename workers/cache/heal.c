@@ -34,6 +34,7 @@
 #include "cat_log.h"
 #include "cat_time.h"
 #include "internal.h"
+#include "keys.h"
 
 #define KEY_SENTINEL  CACHE_KEYS_INTERNAL "sentinel"
 #define KEY_UNFINISHED CACHE_KEYS_INTERNAL "unfinished"
@@ -59,7 +60,7 @@ typedef enum heal_state {
 } heal_state_t;
 
 struct cache_heal {
-	cache_t *rebuilder; /* a cache_t of its own: Redis and PostgreSQL connections */
+	cache_store_t *rebuilder; /* a store of its own: Redis and PostgreSQL connections */
 	pthread_t thread;
 	bool started;
 	atomic_bool stop;
@@ -158,7 +159,7 @@ static cat_err_t read_run_id(cache_heal_t *heal, char *errstr, size_t errstr_siz
 static cat_err_t heal_script(cache_heal_t *heal, int script, int argc, const char *const *args, char *out,
 			     size_t out_size, char *errstr, size_t errstr_size)
 {
-	cache_t *rb = heal->rebuilder;
+	cache_store_t *rb = heal->rebuilder;
 	const char *argv[8] = {KEY_SENTINEL, KEY_UNFINISHED, KEY_REBUILDER};
 	redisReply **replies = NULL;
 	size_t n = 0;
@@ -298,15 +299,16 @@ static void *heal_main(void *arg)
 	return NULL;
 }
 
-cat_err_t cache_heal_start(cache_t *cache, char *errstr, size_t errstr_size)
+cat_err_t cache_heal_new(cache_heal_t **out, const cache_store_t *store, char *errstr, size_t errstr_size)
 {
-	long long check_ms = cache->settings.heal_check_ms;
+	long long check_ms = store->settings.heal_check_ms;
 	cache_heal_t *heal;
 	cat_redis_opts_t opts;
 	cat_redis_t *redis = NULL;
 	char host[64] = "";
 	cat_err_t err;
 
+	*out = NULL;
 	if (check_ms == 0) {
 		CAT_LOG_INFO("REDIS", "self-heal off (CATALYST_CACHE_HEAL_CHECK_MS=0)");
 		return CAT_OK;
@@ -314,38 +316,38 @@ cat_err_t cache_heal_start(cache_t *cache, char *errstr, size_t errstr_size)
 	if (!(heal = calloc(1, sizeof(*heal))))
 		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
 	heal->check_us = check_ms * 1000;
-	heal->min_interval_us = cache->settings.rebuild_min_interval_s * 1000000;
+	heal->min_interval_us = store->settings.rebuild_min_interval_s * 1000000;
 	gethostname(host, sizeof(host) - 1);
 	snprintf(heal->owner, sizeof(heal->owner), "%s:%ld:%lld", host, (long)getpid(),
 		 (long long)(cat_time_now_us() % 1000000000));
 	for (int r = 0; r < N_REASONS; r++)
-		heal->m_rebuilds[r] = cat_metrics_counter(cache->metrics, "catalyst_cache_rebuilds_total",
+		heal->m_rebuilds[r] = cat_metrics_counter(store->metrics, "catalyst_cache_rebuilds_total",
 							  "automatic rebuilds from the primary after Redis lost data, "
 							  "by reason (data_lost, restart, unfinished)",
 							  "reason", reason_names[r], NULL);
-	heal->m_failures = cat_metrics_counter(cache->metrics, "catalyst_cache_rebuild_failures_total",
+	heal->m_failures = cat_metrics_counter(store->metrics, "catalyst_cache_rebuild_failures_total",
 					       "automatic rebuilds that failed (tried again after "
 					       "CATALYST_CACHE_REBUILD_MIN_INTERVAL_S)",
 					       NULL);
-	heal->m_rebuilding = cat_metrics_gauge(cache->metrics, "catalyst_cache_rebuilding",
+	heal->m_rebuilding = cat_metrics_gauge(store->metrics, "catalyst_cache_rebuilding",
 					       "1 while this worker rebuilds Redis from the primary", NULL);
 
-	cat_redis_opts_from_config(&opts, cache->cfg, "catalyst-cache-heal");
+	cat_redis_opts_from_config(&opts, store->cfg, "catalyst-cache-heal");
 	if ((err = cat_redis_new(&redis, &opts, errstr, errstr_size)) != CAT_OK ||
-	    (err = cache_new(&heal->rebuilder, cache->cfg, &cache->settings, redis, cache->metrics, errstr, errstr_size)) !=
-		    CAT_OK) {
+	    (err = cache_store_new(&heal->rebuilder, store->cfg, &store->settings, redis, store->metrics, errstr,
+				   errstr_size)) != CAT_OK) {
 		free(heal);
-		return err; /* redis owned by cache_new, also when it fails */
+		return err; /* redis owned by cache_store_new, also when it fails */
 	}
 	heal->rebuilder->on_chunk = on_chunk;
 	heal->rebuilder->on_chunk_arg = heal;
 	if (pthread_create(&heal->thread, NULL, heal_main, heal) != 0) {
-		cache_destroy(heal->rebuilder);
+		cache_store_destroy(heal->rebuilder);
 		free(heal);
 		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "could not start the self-heal thread");
 	}
 	heal->started = true;
-	cache->heal = heal;
+	*out = heal;
 	return CAT_OK;
 }
 
@@ -356,6 +358,6 @@ void cache_heal_destroy(cache_heal_t *heal)
 	atomic_store(&heal->stop, true);
 	if (heal->started)
 		pthread_join(heal->thread, NULL);
-	cache_destroy(heal->rebuilder);
+	cache_store_destroy(heal->rebuilder);
 	free(heal);
 }

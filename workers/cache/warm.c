@@ -50,6 +50,18 @@ static void select_list(const cat_table_t *table, char *out, size_t out_size)
 	}
 }
 
+/* SELECT the table's columns (select_list), then `rest` ("FROM ... WHERE
+ * ..."), with `params`; its result into *res. */
+static cat_err_t select_rows(PGconn *conn, const cat_table_t *table, const char *rest, int n_params,
+			     const char *const *params, PGresult **res, char *errstr, size_t errstr_size)
+{
+	char cols[SELECT_MAX], sql[SELECT_MAX + 512];
+
+	select_list(table, cols, sizeof(cols));
+	snprintf(sql, sizeof(sql), "SELECT %s %s", cols, rest);
+	return cat_pg_exec(conn, sql, n_params, params, res, errstr, errstr_size);
+}
+
 /* Row `r` of `res` (columns as select_list) -> a Record; NULL when out of
  * memory. Free with catalyst__v1__record__free_unpacked(record, NULL). */
 static Catalyst__V1__Record *row_to_record(const cat_table_t *table, const PGresult *res, int r)
@@ -103,7 +115,7 @@ static Catalyst__V1__Record *row_to_record(const cat_table_t *table, const PGres
 }
 
 /* Queues the rows of `res` as PUT items. */
-static void put_rows(cache_t *cache, const cat_table_t *table, const PGresult *res, const char *op,
+static void put_rows(cache_store_t *store, const cat_table_t *table, const PGresult *res, const char *op,
 		     long long ttl, int profile)
 {
 	for (int r = 0; r < PQntuples(res); r++) {
@@ -112,16 +124,16 @@ static void put_rows(cache_t *cache, const cat_table_t *table, const PGresult *r
 		char why[256];
 
 		if (!record) {
-			cache->oom = true;
+			store->oom = true;
 			return;
 		}
-		if (cache_put_record(cache, record, false, op, ttl, -1, &candidates, why, sizeof(why)) != 0) {
-			cat_metrics_inc(cache->m_uncacheable);
+		if (cache_put_record(store, record, false, op, ttl, -1, &candidates, why, sizeof(why)) != 0) {
+			cat_metrics_inc(store->m_uncacheable);
 			CAT_LOG_WARN("REDIS", "could not cache a row: %s", why);
 		}
 		catalyst__v1__record__free_unpacked(record, NULL);
 	}
-	cat_metrics_add(cache->m_warm_rows[profile], PQntuples(res));
+	cat_metrics_add(store->m_warm_rows[profile], PQntuples(res));
 }
 
 /* rows [0, n) of res as one JSON list, malloc'ed; NULL when out of memory. */
@@ -170,14 +182,13 @@ static char *json_list(const cat_table_t *table, const PGresult *res, int n, siz
 
 /* candidates:active (and, for a rebuild, candidates:top:{n}), guarded by
  * candidates:generation. Runs inside the caller's transaction or not. */
-static cat_err_t warm_candidates(cache_t *cache, PGconn *conn, bool tops, int profile, char *errstr,
+static cat_err_t warm_candidates(cache_store_t *store, PGconn *conn, bool tops, int profile, char *errstr,
 				 size_t errstr_size)
 {
 	const cat_table_t *table = cat_schema_table("trading_candidates");
-	char cols[SELECT_MAX], sql[SELECT_MAX + 512], generation[32], limit[24];
+	char generation[32], limit[24];
 	cat_err_t err = CAT_OK;
 
-	select_list(table, cols, sizeof(cols));
 	for (int attempt = 0; attempt < 3; attempt++) {
 		PGresult *active = NULL, *top = NULL;
 		redisReply *reply = NULL, **replies = NULL;
@@ -188,38 +199,35 @@ static cat_err_t warm_candidates(cache_t *cache, PGconn *conn, bool tops, int pr
 		char ttl_active[24], ttl_top[24], keys[MAX_TOP_LIMITS][48];
 		bool stored = false;
 
-		if ((err = cache_redis_ensure(cache, errstr, errstr_size)) != CAT_OK ||
-		    (err = cat_redis_command(cache->redis, &reply, 2, (const char *[]){"GET", "candidates:generation"},
+		if ((err = cache_redis_ensure(store, errstr, errstr_size)) != CAT_OK ||
+		    (err = cat_redis_command(store->redis, &reply, 2, (const char *[]){"GET", "candidates:generation"},
 					     NULL, errstr, errstr_size)) != CAT_OK)
 			return err;
 		snprintf(generation, sizeof(generation), "%s",
 			 reply->type == REDIS_REPLY_STRING ? reply->str : "0");
 		freeReplyObject(reply);
 
-		snprintf(sql, sizeof(sql),
-			 "SELECT %s FROM trading_candidates WHERE selection_timestamp > NOW() - INTERVAL '1 hour' "
-			 "AND NOT traded ORDER BY selection_timestamp DESC, candidate_id",
-			 cols);
-		if ((err = cat_pg_exec(conn, sql, 0, NULL, &active, errstr, errstr_size)) != CAT_OK)
+		if ((err = select_rows(conn, table,
+				       "FROM trading_candidates WHERE selection_timestamp > NOW() - INTERVAL '1 hour' "
+				       "AND NOT traded ORDER BY selection_timestamp DESC, candidate_id",
+				       0, NULL, &active, errstr, errstr_size)) != CAT_OK)
 			return err;
-		if (tops && cache->n_top_limits > 0) {
-			snprintf(limit, sizeof(limit), "%lld", cache->top_max);
-			snprintf(sql, sizeof(sql),
-				 "SELECT %s FROM trading_candidates WHERE selection_timestamp > NOW() - INTERVAL "
-				 "'1 hour' ORDER BY catalyst_score DESC, candidate_id LIMIT $1",
-				 cols);
-			if ((err = cat_pg_exec(conn, sql, 1, (const char *[]){limit}, &top, errstr,
-					       errstr_size)) != CAT_OK) {
+		if (tops && store->n_top_limits > 0) {
+			snprintf(limit, sizeof(limit), "%lld", store->top_max);
+			if ((err = select_rows(conn, table,
+					       "FROM trading_candidates WHERE selection_timestamp > NOW() - INTERVAL "
+					       "'1 hour' ORDER BY catalyst_score DESC, candidate_id LIMIT $1",
+					       1, (const char *[]){limit}, &top, errstr, errstr_size)) != CAT_OK) {
 				PQclear(active);
 				return err;
 			}
 		}
-		cat_metrics_add(cache->m_warm_rows[profile], PQntuples(active) + (top ? PQntuples(top) : 0));
+		cat_metrics_add(store->m_warm_rows[profile], PQntuples(active) + (top ? PQntuples(top) : 0));
 
 		argv[n_args] = generation;
 		lens[n_args++] = strlen(generation);
-		snprintf(ttl_active, sizeof(ttl_active), "%lld", cache->active_ttl);
-		snprintf(ttl_top, sizeof(ttl_top), "%lld", cache->top_ttl);
+		snprintf(ttl_active, sizeof(ttl_active), "%lld", store->active_ttl);
+		snprintf(ttl_top, sizeof(ttl_top), "%lld", store->top_ttl);
 		if (!(lists[n_lists] = json_list(table, active, PQntuples(active), &lens[n_args + 1])))
 			err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "out of memory");
 		argv[n_args] = "candidates:active";
@@ -228,12 +236,12 @@ static cat_err_t warm_candidates(cache_t *cache, PGconn *conn, bool tops, int pr
 		argv[n_args + 2] = ttl_active;
 		lens[n_args + 2] = strlen(ttl_active);
 		n_args += 3;
-		for (size_t i = 0; err == CAT_OK && top && i < cache->n_top_limits; i++) {
-			int rows = atoi(cache->top_limits[i]);
+		for (size_t i = 0; err == CAT_OK && top && i < store->n_top_limits; i++) {
+			int rows = atoi(store->top_limits[i]);
 
 			if (rows > PQntuples(top))
 				rows = PQntuples(top);
-			snprintf(keys[i], sizeof(keys[i]), "candidates:top:%s", cache->top_limits[i]);
+			snprintf(keys[i], sizeof(keys[i]), "candidates:top:%s", store->top_limits[i]);
 			if (!(lists[n_lists] = json_list(table, top, rows, &lens[n_args + 1]))) {
 				err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "out of memory");
 				break;
@@ -247,53 +255,50 @@ static cat_err_t warm_candidates(cache_t *cache, PGconn *conn, bool tops, int pr
 		}
 		PQclear(active);
 		PQclear(top);
-		if (err == CAT_OK && cat_redis_append_evalsha(cache->redis, &cache->scripts[SCRIPT_SET_IF_GENERATION], 0,
+		if (err == CAT_OK && cat_redis_append_evalsha(store->redis, &store->scripts[SCRIPT_SET_IF_GENERATION], 0,
 							      (int)n_args, argv, lens) != CAT_OK)
 			err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "out of memory");
 		for (size_t i = 0; i < n_lists; i++)
 			free(lists[i]);
 		if (err == CAT_OK)
-			err = cat_redis_pipeline(cache->redis, cache->scripts, N_SCRIPTS, &replies, &n, errstr,
+			err = cat_redis_pipeline(store->redis, store->scripts, N_SCRIPTS, &replies, &n, errstr,
 						 errstr_size);
 		if (err != CAT_OK) {
-			cat_redis_discard(cache->redis);
+			cat_redis_discard(store->redis);
 			return err;
 		}
-		cat_metrics_inc(cache->m_commands);
+		cat_metrics_inc(store->m_commands);
 		err = cat_redis_reply_class(replies[0], errstr, errstr_size);
 		stored = err == CAT_OK && replies[0]->type == REDIS_REPLY_INTEGER && replies[0]->integer == 1;
 		cat_redis_replies_free(replies, n);
 		if (err != CAT_OK || stored)
 			return err;
-		cat_metrics_inc(cache->m_warm_conflicts);
+		cat_metrics_inc(store->m_warm_conflicts);
 		CAT_LOG_INFO("REDIS", "a candidate changed while the candidates lists were read: reading again");
 	}
 	CAT_LOG_WARN("REDIS", "candidates kept changing: candidates lists not stored by this warm");
 	return CAT_OK;
 }
 
-static cat_err_t market_open(cache_t *cache, PGconn *conn, char *errstr, size_t errstr_size)
+static cat_err_t market_open(cache_store_t *store, PGconn *conn, char *errstr, size_t errstr_size)
 {
 	const cat_table_t *news = cat_schema_table("news_raw");
-	char cols[SELECT_MAX], sql[SELECT_MAX + 512];
 	PGresult *res = NULL;
 	cat_err_t err;
 
-	select_list(news, cols, sizeof(cols));
-	snprintf(sql, sizeof(sql),
-		 "SELECT %s FROM news_raw WHERE published_timestamp > NOW() - INTERVAL '4 hours' "
-		 "AND is_pre_market = TRUE ORDER BY catalyst_score DESC, news_id LIMIT 100",
-		 cols);
-	if ((err = cat_pg_exec(conn, sql, 0, NULL, &res, errstr, errstr_size)) != CAT_OK)
+	if ((err = select_rows(conn, news,
+			       "FROM news_raw WHERE published_timestamp > NOW() - INTERVAL '4 hours' "
+			       "AND is_pre_market = TRUE ORDER BY catalyst_score DESC, news_id LIMIT 100",
+			       0, NULL, &res, errstr, errstr_size)) != CAT_OK)
 		return err;
-	put_rows(cache, news, res, "w", cache->warm_news_ttl, 0);
+	put_rows(store, news, res, "w", store->warm_news_ttl, 0);
 	PQclear(res);
-	if ((err = cache_flush(cache, NULL, errstr, errstr_size)) != CAT_OK)
+	if ((err = cache_flush(store, NULL, errstr, errstr_size)) != CAT_OK)
 		return err;
-	return warm_candidates(cache, conn, false, 0, errstr, errstr_size);
+	return warm_candidates(store, conn, false, 0, errstr, errstr_size);
 }
 
-static cat_err_t rebuild(cache_t *cache, PGconn *conn, char *errstr, size_t errstr_size)
+static cat_err_t rebuild(cache_store_t *store, PGconn *conn, char *errstr, size_t errstr_size)
 {
 	char cols[SELECT_MAX], sql[SELECT_MAX + 512], chunk[24];
 	cat_err_t err;
@@ -301,9 +306,9 @@ static cat_err_t rebuild(cache_t *cache, PGconn *conn, char *errstr, size_t errs
 	if ((err = cat_pg_exec(conn, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", 0, NULL, NULL, errstr,
 			       errstr_size)) != CAT_OK)
 		return err;
-	snprintf(chunk, sizeof(chunk), "%lld", cache->rebuild_chunk);
-	for (size_t t = 0; t < MAX_TABLES && cache->layouts[t].table; t++) {
-		const layout_t *layout = &cache->layouts[t];
+	snprintf(chunk, sizeof(chunk), "%lld", store->rebuild_chunk);
+	for (size_t t = 0; t < MAX_TABLES && store->layouts[t].table; t++) {
+		const layout_t *layout = &store->layouts[t];
 		long long rows = 0;
 
 		if (!layout->prefix)
@@ -321,14 +326,14 @@ static cat_err_t rebuild(cache_t *cache, PGconn *conn, char *errstr, size_t errs
 			if ((err = cat_pg_exec(conn, sql, 0, NULL, &res, errstr, errstr_size)) != CAT_OK)
 				return err;
 			n = PQntuples(res);
-			put_rows(cache, layout->table, res, "u", 0, 1);
+			put_rows(store, layout->table, res, "u", 0, 1);
 			PQclear(res);
 			rows += n;
-			if ((err = cache_flush(cache, NULL, errstr, errstr_size)) != CAT_OK)
+			if ((err = cache_flush(store, NULL, errstr, errstr_size)) != CAT_OK)
 				return err;
-			if (cache->on_chunk && (err = cache->on_chunk(cache->on_chunk_arg, errstr, errstr_size)) != CAT_OK)
+			if (store->on_chunk && (err = store->on_chunk(store->on_chunk_arg, errstr, errstr_size)) != CAT_OK)
 				return err;
-			if (n < cache->rebuild_chunk)
+			if (n < store->rebuild_chunk)
 				break;
 		}
 		if ((err = cat_pg_exec(conn, "CLOSE rebuild", 0, NULL, NULL, errstr, errstr_size)) != CAT_OK)
@@ -337,24 +342,24 @@ static cat_err_t rebuild(cache_t *cache, PGconn *conn, char *errstr, size_t errs
 	}
 	if ((err = cat_pg_exec(conn, "COMMIT", 0, NULL, NULL, errstr, errstr_size)) != CAT_OK)
 		return err;
-	return warm_candidates(cache, conn, true, 1, errstr, errstr_size);
+	return warm_candidates(store, conn, true, 1, errstr, errstr_size);
 }
 
-cat_err_t cache_warm(cache_t *cache, int profile, char *errstr, size_t errstr_size)
+cat_err_t cache_warm(cache_store_t *store, int profile, char *errstr, size_t errstr_size)
 {
 	bool is_rebuild = profile == CATALYST__V1__CACHE_COMMAND__WARM_PROFILE__WARM_PROFILE_REBUILD;
 	int64_t t0 = cat_time_mono_us();
 	PGconn *conn;
 	cat_err_t err;
 
-	if ((err = cat_pg_session_ensure(cache->pg, &conn, errstr, errstr_size)) != CAT_OK)
+	if ((err = cat_pg_session_ensure(store->pg, &conn, errstr, errstr_size)) != CAT_OK)
 		return err;
-	err = is_rebuild ? rebuild(cache, conn, errstr, errstr_size) : market_open(cache, conn, errstr, errstr_size);
+	err = is_rebuild ? rebuild(store, conn, errstr, errstr_size) : market_open(store, conn, errstr, errstr_size);
 	if (err != CAT_OK) {
-		cat_pg_session_failed(cache->pg);
+		cat_pg_session_failed(store->pg);
 		return err;
 	}
-	cat_metrics_observe(cache->m_warm_seconds[is_rebuild], (double)(cat_time_mono_us() - t0) / 1e6);
+	cat_metrics_observe(store->m_warm_seconds[is_rebuild], (double)(cat_time_mono_us() - t0) / 1e6);
 	CAT_LOG_INFO("REDIS", "warm %s done in %lld ms", is_rebuild ? "rebuild" : "market open",
 		     (long long)((cat_time_mono_us() - t0) / 1000));
 	return CAT_OK;
