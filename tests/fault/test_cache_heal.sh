@@ -51,7 +51,7 @@ pids=()
 on_exit 'for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done; true'
 "$bin/catalyst-persist" 2>"$work/persist.log" &
 pids+=($!)
-port=$((20000 + RANDOM % 20000))
+port=$(free_port)
 start_cache() {
 	CATALYST_CACHE_PORT=$port "$bin/catalyst-cache" 2>"$work/cache.log" &
 	cache_pid=$!

@@ -93,7 +93,7 @@ wait "$probe_pid" || fail "second core-probe did not exit 0"
 assert_eq "$lines_before" "$(wc -l <"$work/applied")" "messages processed again after a clean shutdown"
 
 # --- 3. a downstream outage: retried in the group, not ready, caught up after -----------------
-port=$((20000 + RANDOM % 10000))
+port=$(free_port)
 touch "$work/down"
 start_probe third "$port"
 printf 'SYMX:down-while %s\nSYMX:after-outage\n' "$work/down" | "$bin/core-probe" produce write.v1
@@ -139,7 +139,7 @@ wait "$b" || fail "survivor did not exit 0"
 : >"$work/applied"
 for i in $(seq 1 4000); do echo "Q$((i % 41)):slow-$i"; done >"$work/queued"
 "$bin/core-probe" produce write.v1 <"$work/queued"
-port=$((20000 + RANDOM % 10000))
+port=$(free_port)
 CATALYST_KAFKA_QUEUED_MAX_MESSAGES_KBYTES=16 CATALYST_KAFKA_MAX_PARTITION_FETCH_BYTES=4096 \
 	CATALYST_COMMIT_INTERVAL_MS=600000 CATALYST_PROBE_FSYNC=false start_probe sixth "$port"
 wait_for 120 "every queued message applied" has_applied 4000

@@ -31,7 +31,7 @@ scratch_db "httpslow_$$"
 export CATALYST_PG_URL=$SCRATCH_PG_URL
 "$bin/catalyst-migrate" up 2>/dev/null
 
-port=$((20000 + RANDOM % 20000))
+port=$(free_port)
 CATALYST_PERSIST_PORT=$port "$persist" 2>"$work/persist.log" &
 persist_pid=$!
 on_exit "kill -9 $persist_pid 2>/dev/null"

@@ -62,13 +62,12 @@ committed() { # rows in the database, all tables
 		+ (SELECT count(*) FROM source_metrics)"
 }
 rows_at_least() { [[ $(committed) -ge $1 ]]; }
-port() { echo $((20000 + RANDOM % 20000)); }
 
 n_flow=$(scaled 100000) n_outage=$(scaled 20000) n_shared=$(scaled 20000) n_term=$(scaled 30000)
 
 # --- 3. kill -9 three times while 100,000 records flow ------------------------------------
 python3 "$records" gen "$n_flow" 3 >"$work/flow.jsonl"
-p=$(port)
+p=$(free_port)
 start_persist run1 "$p"
 "$bin/catalyst-publish" write "$work/flow.jsonl" >"$work/publish.out" &
 publisher=$!
@@ -120,7 +119,7 @@ python3 "$records" db-check "$db" "$work/flow.jsonl" "$work/outage.jsonl" || fai
 
 # --- 6. two workers share the partitions; kill -9 of one ------------------------------------------
 first=$persist_pid
-q=$(port)
+q=$(free_port)
 start_persist second "$q"
 second=$persist_pid
 # the group rebalances: each ends up with a share

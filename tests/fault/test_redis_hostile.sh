@@ -105,7 +105,7 @@ assert_eq 1 "$(grep -c 'is version 6.2.14; catalyst needs Redis 7.0 or newer' <<
 
 # --- 2. a reply trickled a byte at a time: the probe gives up within the deadline ------------
 fake trickle
-port=$((20000 + RANDOM % 20000))
+port=$(free_port)
 CATALYST_REDIS_URL="redis://127.0.0.1:$fake_port/0" CATALYST_CACHE_PORT=$port \
 	"$bin/catalyst-cache" 2>"$work/cache.log" &
 cache_pid=$!

@@ -139,6 +139,21 @@ run() {
 	cat "$work/out" "$work/err" >>"$work/all.log"
 }
 
+# free_port: a TCP port on 127.0.0.1 nobody listens on now, below the
+# kernel's ephemeral range (32768 and up: a port there may be any client
+# connection's, and a worker told to listen on it fails to start).
+free_port() {
+	local p i
+	for ((i = 0; i < 100; i++)); do
+		p=$((20000 + RANDOM % 12000))
+		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+			echo "$p"
+			return 0
+		fi
+	done
+	fail "no free port from 20000 to 31999"
+}
+
 # lines TEXT: how many lines TEXT has (0 when empty).
 lines() {
 	if [[ -z $1 ]]; then echo 0; else printf '%s\n' "$1" | wc -l; fi
