@@ -111,4 +111,9 @@ for command in up "down 1" status validate serve "reset-version news_raw n1 1"; 
 done
 expect_usage_error "migrate status" CATALYST_MIGRATIONS_DIR "CATALYST_MIGRATIONS_DIR=$work/not-a-dir"
 expect_usage_error "migrate serve" CATALYST_MIGRATE_TOKEN "CATALYST_MIGRATIONS_DIR=$work"
+
+# catalyst-publish: its own settings, whatever the subcommand
+for command in write "dlq list" "cache delete k"; do
+	expect_usage_error "publish $command" CATALYST_PUBLISH_TIMEOUT_MS CATALYST_PUBLISH_TIMEOUT_MS=999
+done
 echo "ok"
