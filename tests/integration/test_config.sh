@@ -25,12 +25,15 @@ closed_env=(env -i "PATH=$PATH" "CATALYST_BROKERS=127.0.0.1:$closed_port"
 	"CATALYST_REDIS_URL=redis://:hunter2@127.0.0.1:$closed_port/0"
 	"CATALYST_REPLICA_URL=postgresql://u:hunter2@127.0.0.1:$closed_port/replica" CATALYST_REPLICA_NAME=r1)
 
-# expect_usage_error WORKER VARIABLE [NAME=VALUE...]: exit 2 within 2 s, one
-# line "catalyst-WORKER: VARIABLE: ...", no password, no connection attempt
+# expect_usage_error "WORKER [ARG...]" VARIABLE [NAME=VALUE...]: exit 2 within
+# 2 s, one line "catalyst-WORKER: VARIABLE: ...", no password, no connection
+# attempt
 expect_usage_error() {
-	local worker=$1 variable=$2 rc=0 err
+	local command worker variable=$2 rc=0 err
+	read -ra command <<<"$1"
+	worker=${command[0]}
 	shift 2
-	timeout 2 "${closed_env[@]}" CATALYST_LOG_LEVEL=debug "$@" "$bin/catalyst-$worker" \
+	timeout 2 "${closed_env[@]}" CATALYST_LOG_LEVEL=debug "$@" "$bin/catalyst-$worker" "${command[@]:1}" \
 		>"$work/out" 2>"$work/err" || rc=$?
 	err=$(cat "$work/err")
 	[[ $rc == 2 ]] || fail "catalyst-$worker $*: exit $rc, not 2 ($err)"
@@ -98,4 +101,19 @@ for worker in persist sync cache backup; do
 	expect_usage_error "$worker" CATALYST_BATCH_SIZE CATALYST_BATCH_SIZE=0
 done
 expect_usage_error sync CATALYST_SYNC_CHECK_CHUNK_SIZE CATALYST_SYNC_CHECK_CHUNK_SIZE=1
+expect_usage_error persist CATALYST_CHANGES_TIMEOUT_MS CATALYST_CHANGES_TIMEOUT_MS=999
+
+# catalyst-migrate: the migrations directory is checked with the rest of the
+# table (before serve's own requirement of a token), whatever the command
+touch "$work/not-a-dir"
+for command in up "down 1" status validate serve "reset-version news_raw n1 1"; do
+	expect_usage_error "migrate $command" CATALYST_MIGRATIONS_DIR "CATALYST_MIGRATIONS_DIR=$work/none"
+done
+expect_usage_error "migrate status" CATALYST_MIGRATIONS_DIR "CATALYST_MIGRATIONS_DIR=$work/not-a-dir"
+expect_usage_error "migrate serve" CATALYST_MIGRATE_TOKEN "CATALYST_MIGRATIONS_DIR=$work"
+
+# catalyst-publish: its own settings, whatever the subcommand
+for command in write "dlq list" "cache delete k"; do
+	expect_usage_error "publish $command" CATALYST_PUBLISH_TIMEOUT_MS CATALYST_PUBLISH_TIMEOUT_MS=999
+done
 echo "ok"

@@ -30,21 +30,36 @@ static const char usage[] =
 	"                   primary and on every replica (CATALYST_PG_URL), then delete the\n"
 	"                   cached key";
 
+/* CATALYST_MIGRATIONS_DIR names a directory (its files are read later). */
+static int migrations_dir_check(const char *text, char *why, size_t why_size)
+{
+	struct stat st;
+
+	if (stat(text, &st) == 0 && S_ISDIR(st.st_mode))
+		return 0;
+	snprintf(why, why_size, "must be a directory");
+	return -1;
+}
+
+/* Each of the worker's own rows fills a field of migrate_settings_t. */
+#define FIELD(member) CAT_CONFIG_FIELD(migrate_settings_t, member)
+
 static const cat_config_def_t config_defs[] = {
 	CAT_CONFIG_COMMON,
 	CAT_CONFIG_PG,
-	{ .name = "CATALYST_MIGRATIONS_DIR", .type = CAT_CFG_STRING, .def = "migrations",
+	{ .name = "CATALYST_MIGRATIONS_DIR", FIELD(migrations_dir), .type = CAT_CFG_STRING, .def = "migrations",
+	  .check = migrations_dir_check,
 	  .help = "directory of NNNN_name.up.sql / .down.sql files (the image: /usr/share/catalyst/migrations)" },
-	{ .name = "CATALYST_MIGRATE_LOCK_TIMEOUT_S", .type = CAT_CFG_INT, .def = "60", .min = 1,
-	  .max = 86400, .help = "seconds to wait for the migration lock another catalyst-migrate holds" },
-	{ .name = "CATALYST_MIGRATE_PORT", .type = CAT_CFG_INT, .def = "5020", .max = 65535,
+	{ .name = "CATALYST_MIGRATE_LOCK_TIMEOUT_S", FIELD(lock_timeout_s), .type = CAT_CFG_INT, .def = "60",
+	  .min = 1, .max = 86400, .help = "seconds to wait for the migration lock another catalyst-migrate holds" },
+	{ .name = "CATALYST_MIGRATE_PORT", FIELD(port), .type = CAT_CFG_INT, .def = "5020", .max = 65535,
 	  .help = "serve: HTTP port (0: any free port)" },
-	{ .name = "CATALYST_MIGRATE_BIND", .type = CAT_CFG_STRING, .def = "0.0.0.0",
+	{ .name = "CATALYST_MIGRATE_BIND", FIELD(bind), .type = CAT_CFG_STRING, .def = "0.0.0.0",
 	  .help = "serve: address to listen on" },
-	{ .name = "CATALYST_MIGRATE_TOKEN", .type = CAT_CFG_STRING, .secret = true,
+	{ .name = "CATALYST_MIGRATE_TOKEN", FIELD(token), .type = CAT_CFG_STRING, .secret = true,
 	  .help = "serve: bearer token for GET /api/migrations and POST /api/migrations/up; required for serve" },
-	{ .name = "CATALYST_MIGRATE_STATUS_REFRESH_S", .type = CAT_CFG_INT, .def = "10", .min = 1,
-	  .max = 3600,
+	{ .name = "CATALYST_MIGRATE_STATUS_REFRESH_S", FIELD(status_refresh_s), .type = CAT_CFG_INT, .def = "10",
+	  .min = 1, .max = 3600,
 	  .help = "serve: seconds between two reads of the status (on one kept connection) that requests answer from" },
 	CAT_CONFIG_HTTP,
 };
@@ -112,10 +127,10 @@ static bool parse_args(int argc, char **argv, args_t *args, char *why, size_t wh
 int main(int argc, char **argv)
 {
 	const size_t n_defs = sizeof(config_defs) / sizeof(config_defs[0]);
+	migrate_settings_t settings = {0};
 	cat_config_t *cfg = NULL;
 	migrate_set_t *set = NULL;
 	migrate_opts_t opts;
-	struct stat st;
 	char errstr[1024];
 	args_t args;
 	int rc = 2;
@@ -133,20 +148,15 @@ int main(int argc, char **argv)
 		fprintf(stderr, "catalyst-migrate: %s\n", errstr);
 		return 2;
 	}
-	if (strcmp(args.command, "serve") == 0 && !cat_config_is_set(cfg, "CATALYST_MIGRATE_TOKEN")) {
+	cat_config_fill(cfg, &settings);
+	if (strcmp(args.command, "serve") == 0 && !settings.token) {
 		fprintf(stderr, "catalyst-migrate: CATALYST_MIGRATE_TOKEN: required for serve but not set\n");
-		goto out;
-	}
-	if (stat(cat_config_str(cfg, "CATALYST_MIGRATIONS_DIR"), &st) != 0 || !S_ISDIR(st.st_mode)) {
-		fprintf(stderr, "catalyst-migrate: CATALYST_MIGRATIONS_DIR: %s is not a directory\n",
-			cat_config_str(cfg, "CATALYST_MIGRATIONS_DIR"));
 		goto out;
 	}
 	cat_log_init("catalyst-migrate",
 		     (cat_log_level_t)cat_log_level_parse(cat_config_str(cfg, "CATALYST_LOG_LEVEL")));
 	rc = 1;
-	if (migrate_set_load(&set, cat_config_str(cfg, "CATALYST_MIGRATIONS_DIR"), errstr, sizeof(errstr)) !=
-	    CAT_OK) {
+	if (migrate_set_load(&set, settings.migrations_dir, errstr, sizeof(errstr)) != CAT_OK) {
 		CAT_LOG_ERROR("MIGRATE", "%s", errstr);
 		goto out;
 	}
@@ -157,14 +167,11 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	opts = (migrate_opts_t){cat_config_str(cfg, "CATALYST_PG_URL"),
-				(int)cat_config_int(cfg, "CATALYST_PG_CONNECT_TIMEOUT_S"),
-				(int)cat_config_int(cfg, "CATALYST_MIGRATE_LOCK_TIMEOUT_S"),
+				(int)cat_config_int(cfg, "CATALYST_PG_CONNECT_TIMEOUT_S"), (int)settings.lock_timeout_s,
 				"catalyst-migrate"};
 
-	if (strcmp(args.command, "up") == 0) {
-		rc = migrate_cmd_up(&opts, set, args.number);
-	} else if (strcmp(args.command, "down") == 0) {
-		rc = migrate_cmd_down(&opts, set, args.number);
+	if (strcmp(args.command, "up") == 0 || strcmp(args.command, "down") == 0) {
+		rc = migrate_cmd_run(&opts, set, strcmp(args.command, "up") == 0, args.number);
 	} else if (strcmp(args.command, "status") == 0) {
 		rc = migrate_cmd_status(&opts, set, args.json);
 	} else if (strcmp(args.command, "validate") == 0) {
@@ -174,16 +181,12 @@ int main(int argc, char **argv)
 	} else {
 		/* the first SIGTERM/SIGINT asks to stop, a second one ends at once */
 		struct sigaction sa = {.sa_handler = on_signal, .sa_flags = SA_RESETHAND};
-		migrate_serve_opts_t serve = {cat_config_str(cfg, "CATALYST_MIGRATE_BIND"),
-					      (int)cat_config_int(cfg, "CATALYST_MIGRATE_PORT"),
-					      cat_config_str(cfg, "CATALYST_MIGRATE_TOKEN"),
-					      (int)cat_config_int(cfg, "CATALYST_MIGRATE_STATUS_REFRESH_S"),
-					      cat_http_limits_from_config(cfg)};
+		cat_http_limits_t http_limits = cat_http_limits_from_config(cfg);
 
 		sigemptyset(&sa.sa_mask);
 		sigaction(SIGTERM, &sa, NULL);
 		sigaction(SIGINT, &sa, NULL);
-		rc = migrate_serve(&opts, set, &serve, &stop);
+		rc = migrate_serve(&opts, set, &settings, &http_limits, &stop);
 	}
 out:
 	migrate_set_destroy(set);

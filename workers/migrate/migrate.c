@@ -621,6 +621,17 @@ static cat_err_t run_file(PGconn *conn, const char *file, const char *sql, char 
 	return CAT_OK;
 }
 
+/* "applied migration 0001_initial_schema in 12 ms", with those fields. */
+static void log_migration(const migrate_file_t *mf, const char *done, long long elapsed_ms)
+{
+	json_t *fields = json_pack("{s:i,s:s,s:I}", "version", mf->version, "name", mf->name, "execution_ms",
+				   (json_int_t)elapsed_ms);
+
+	cat_log_kv(CAT_LOG_LEVEL_INFO, "MIGRATE", fields, "%s migration %04d_%s in %lld ms", done, mf->version,
+		   mf->name, elapsed_ms);
+	json_decref(fields);
+}
+
 static cat_err_t apply_one(PGconn *conn, const migrate_file_t *mf, char *errstr, size_t errstr_size)
 {
 	bool tx = !no_transaction(mf->up_sql);
@@ -628,7 +639,6 @@ static cat_err_t apply_one(PGconn *conn, const migrate_file_t *mf, char *errstr,
 	char version[16], ms[32];
 	const char *params[] = {version, mf->name, mf->checksum, ms};
 	long long elapsed_ms;
-	json_t *fields;
 	cat_err_t err;
 
 	if (tx && (err = cat_pg_begin(conn, errstr, errstr_size)) != CAT_OK)
@@ -645,11 +655,7 @@ static cat_err_t apply_one(PGconn *conn, const migrate_file_t *mf, char *errstr,
 		goto error;
 	if (tx && (err = cat_pg_commit(conn, errstr, errstr_size)) != CAT_OK)
 		goto error;
-	fields = json_pack("{s:i,s:s,s:I}", "version", mf->version, "name", mf->name, "execution_ms",
-			   (json_int_t)elapsed_ms);
-	cat_log_kv(CAT_LOG_LEVEL_INFO, "MIGRATE", fields, "applied migration %04d_%s in %lld ms", mf->version,
-		   mf->name, elapsed_ms);
-	json_decref(fields);
+	log_migration(mf, "applied", elapsed_ms);
 	return CAT_OK;
 
 error:
@@ -664,8 +670,6 @@ static cat_err_t revert_one(PGconn *conn, const migrate_file_t *mf, char *errstr
 	int64_t started = cat_time_mono_us();
 	char version[16];
 	const char *params[] = {version};
-	long long elapsed_ms;
-	json_t *fields;
 	cat_err_t err;
 
 	snprintf(version, sizeof(version), "%d", mf->version);
@@ -676,12 +680,7 @@ static cat_err_t revert_one(PGconn *conn, const migrate_file_t *mf, char *errstr
 			       errstr, errstr_size)) != CAT_OK ||
 	    (tx && (err = cat_pg_commit(conn, errstr, errstr_size)) != CAT_OK))
 		goto error;
-	elapsed_ms = (long long)((cat_time_mono_us() - started) / 1000);
-	fields = json_pack("{s:i,s:s,s:I}", "version", mf->version, "name", mf->name, "execution_ms",
-			   (json_int_t)elapsed_ms);
-	cat_log_kv(CAT_LOG_LEVEL_INFO, "MIGRATE", fields, "reverted migration %04d_%s in %lld ms",
-		   mf->version, mf->name, elapsed_ms);
-	json_decref(fields);
+	log_migration(mf, "reverted", (long long)((cat_time_mono_us() - started) / 1000));
 	return CAT_OK;
 
 error:
@@ -789,34 +788,22 @@ out:
 
 /* --- commands ------------------------------------------------------------- */
 
-int migrate_cmd_up(const migrate_opts_t *opts, const migrate_set_t *set, int target)
+int migrate_cmd_run(const migrate_opts_t *opts, const migrate_set_t *set, bool up, int n)
 {
 	migrate_result_t result;
 	char errstr[2048];
+	cat_err_t err = up ? migrate_up(opts, set, n, &result, errstr, sizeof(errstr))
+			   : migrate_down(opts, set, n, &result, errstr, sizeof(errstr));
 
-	if (migrate_up(opts, set, target, &result, errstr, sizeof(errstr)) != CAT_OK) {
+	if (err != CAT_OK) {
 		CAT_LOG_ERROR("MIGRATE", "%s", errstr);
 		return 1;
 	}
-	if (result.changed == 0)
+	if (up && result.changed == 0)
 		CAT_LOG_INFO("MIGRATE", "nothing to apply: schema version %d", result.version);
 	else
-		CAT_LOG_INFO("MIGRATE", "schema version %d: applied %d migration%s", result.version,
-			     result.changed, result.changed == 1 ? "" : "s");
-	return 0;
-}
-
-int migrate_cmd_down(const migrate_opts_t *opts, const migrate_set_t *set, int count)
-{
-	migrate_result_t result;
-	char errstr[2048];
-
-	if (migrate_down(opts, set, count, &result, errstr, sizeof(errstr)) != CAT_OK) {
-		CAT_LOG_ERROR("MIGRATE", "%s", errstr);
-		return 1;
-	}
-	CAT_LOG_INFO("MIGRATE", "schema version %d: reverted %d migration%s", result.version, result.changed,
-		     result.changed == 1 ? "" : "s");
+		CAT_LOG_INFO("MIGRATE", "schema version %d: %s %d migration%s", result.version,
+			     up ? "applied" : "reverted", result.changed, result.changed == 1 ? "" : "s");
 	return 0;
 }
 

@@ -48,6 +48,17 @@ typedef struct migrate_set {
 	size_t n_files;
 } migrate_set_t;
 
+/* catalyst-migrate's own settings, filled from its config table (main.c
+ * binds each of its rows to a field); strings are borrowed from the
+ * cat_config_t. The PostgreSQL and HTTP rows are read from the cat_config_t. */
+typedef struct migrate_settings {
+	const char *migrations_dir;
+	long long lock_timeout_s;
+	/* serve */
+	const char *bind, *token; /* token: NULL when unset */
+	long long port, status_refresh_s;
+} migrate_settings_t;
+
 /* Where and how to connect. */
 typedef struct migrate_opts {
 	const char *pg_url;
@@ -118,9 +129,9 @@ void *migrate_status_json(const migrate_status_t *status);
 /* The human table of `status`. */
 void migrate_status_print(FILE *out, const migrate_status_t *status);
 
-/* The CLI commands and `serve` (serve.c): exit codes (0, 1). */
-int migrate_cmd_up(const migrate_opts_t *opts, const migrate_set_t *set, int target);
-int migrate_cmd_down(const migrate_opts_t *opts, const migrate_set_t *set, int count);
+/* The CLI commands and `serve` (serve.c): exit codes (0, 1). `up` true:
+ * migrate_up() to version n (0: all); false: migrate_down() of n. */
+int migrate_cmd_run(const migrate_opts_t *opts, const migrate_set_t *set, bool up, int n);
 int migrate_cmd_status(const migrate_opts_t *opts, const migrate_set_t *set, bool json);
 int migrate_cmd_validate(const migrate_opts_t *opts, const migrate_set_t *set);
 
@@ -130,15 +141,9 @@ int migrate_cmd_reset_version(const migrate_opts_t *opts, const char *table, con
 /* A version argument: an integer from 1. */
 bool migrate_parse_version(const char *text, int64_t *version);
 
-typedef struct migrate_serve_opts {
-	const char *bind;
-	int port;
-	const char *token;
-	int refresh_s; /* the cached status is read again after this */
-	cat_http_limits_t http_limits;
-} migrate_serve_opts_t;
-
-int migrate_serve(const migrate_opts_t *opts, const migrate_set_t *set, const migrate_serve_opts_t *serve,
-		  const volatile sig_atomic_t *stop);
+/* Serves on settings' bind, port and token (set), reading the cached
+ * status again every status_refresh_s, until *stop. */
+int migrate_serve(const migrate_opts_t *opts, const migrate_set_t *set, const migrate_settings_t *settings,
+		  const cat_http_limits_t *http_limits, const volatile sig_atomic_t *stop);
 
 #endif /* MIGRATE_MIGRATE_H */

@@ -14,10 +14,10 @@
  *
  * Requests never open a database session: the serving loop keeps one
  * connection (reconnected when lost) and reads the status on it every
- * refresh_s seconds into a cache the handlers answer from. Only POST up
- * opens its own session (it holds the migration lock). What went wrong goes
- * to the log, never into a response: an unauthenticated client learns no
- * host, user, file name or checksum.
+ * CATALYST_MIGRATE_STATUS_REFRESH_S seconds into a cache the handlers answer
+ * from. Only POST up opens its own session (it holds the migration lock).
+ * What went wrong goes to the log, never into a response: an
+ * unauthenticated client learns no host, user, file name or checksum.
  */
 #include <jansson.h>
 #include <openssl/crypto.h>
@@ -286,13 +286,13 @@ static cat_err_t metrics_create(cat_metrics_t *reg, serve_ctx_t *ctx)
 	return cat_metrics_add_process(reg, "catalyst_migrate");
 }
 
-int migrate_serve(const migrate_opts_t *opts, const migrate_set_t *set, const migrate_serve_opts_t *serve,
-		  const volatile sig_atomic_t *stop)
+int migrate_serve(const migrate_opts_t *opts, const migrate_set_t *set, const migrate_settings_t *settings,
+		  const cat_http_limits_t *http_limits, const volatile sig_atomic_t *stop)
 {
-	serve_ctx_t ctx = {.opts = opts, .set = set, .token = serve->token};
+	serve_ctx_t ctx = {.opts = opts, .set = set, .token = settings->token};
 	/* three refreshes missed, and a connection attempt's time */
-	ctx.stale_us = ((int64_t)serve->refresh_s * 3 + opts->connect_timeout_s) * 1000000;
-	const int64_t refresh_us = (int64_t)serve->refresh_s * 1000000;
+	ctx.stale_us = ((int64_t)settings->status_refresh_s * 3 + opts->connect_timeout_s) * 1000000;
+	const int64_t refresh_us = (int64_t)settings->status_refresh_s * 1000000;
 	cat_metrics_t *reg = NULL;
 	cat_http_t *http = NULL;
 	int64_t next_refresh;
@@ -307,9 +307,9 @@ int migrate_serve(const migrate_opts_t *opts, const migrate_set_t *set, const mi
 		CAT_LOG_ERROR("MIGRATE", "could not create metrics: out of memory");
 		goto out;
 	}
-	if (cat_http_new(&http, serve->bind, serve->port, errstr, sizeof(errstr)) != CAT_OK)
+	if (cat_http_new(&http, settings->bind, (int)settings->port, errstr, sizeof(errstr)) != CAT_OK)
 		goto error;
-	cat_http_set_limits(http, &serve->http_limits);
+	cat_http_set_limits(http, http_limits);
 	cat_http_set_metrics(http, reg);
 	cat_http_set_ready_fn(http, ready, &ctx);
 	if (cat_http_route(http, "GET", "/api/migrations", handle_status, &ctx) != CAT_OK ||

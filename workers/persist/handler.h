@@ -22,15 +22,10 @@
  *     table's next 8 batches, doubling at each conflict up to 1024: a table
  *     of updates seldom tries). Rows are sorted by key, so that concurrent
  *     workers lock in the same order
- *  4. after COMMIT, every resolved write goes out as a Change, grouped by its
- *     changes.v1 partition (crc32 of "table:pk" modulo the partition count,
- *     so a key's changes stay in order on one partition), at most 500 rows or
- *     512 KiB per ChangeBatch, and apply() returns only after every delivery
- *     report. A write the version check skipped is published too (a
- *     redelivered batch must republish what a crash kept from going out),
- *     except where that would mislead a consumer: an upsert a tombstone
- *     stopped is published as that delete, an insert-only row kept at another
- *     version is not published.
+ *  4. after COMMIT, what the primary now holds goes out on changes.v1
+ *     (changes.h: a write the version check skipped is published too, as
+ *     what the table holds, so that a redelivered batch republishes what a
+ *     crash kept from going out), and settle() waits for its acknowledgements
  *
  * Results: SQLSTATE classes 22/23 -> CAT_ERR_PERMANENT (the core isolates the
  * message; when the batch holds a single write, that message is marked);
@@ -45,28 +40,31 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include <libpq-fe.h>
-#include <librdkafka/rdkafka.h>
-
 #include "cat_config.h"
 #include "cat_consumer.h"
 #include "cat_err.h"
 #include "cat_kafka.h"
 #include "cat_metrics.h"
 
+/* The worker's own settings, filled from its config table (main.c binds
+ * each of its rows to a field); strings are borrowed from the cat_config_t.
+ * The shared blocks (PostgreSQL, consumer, HTTP, tombstones, versions) are
+ * read from the cat_config_t. */
+typedef struct persist_settings {
+	const char *group, *bind;
+	long long port;
+	long long changes_timeout_ms;
+} persist_settings_t;
+
 typedef struct persist persist_t;
 
-/* Delivery reports of `producer` (give it to cat_producer_new with a NULL
- * opaque): each change batch carries its persist_t as msg_opaque. */
-void persist_change_report(void *msg_opaque, rd_kafka_resp_err_t err, const rd_kafka_message_t *msg,
-			   void *opaque);
-
 /* The handler state, with its session on CATALYST_PG_URL (not connected
- * yet); `producer` (changes.v1) and `metrics` are borrowed and must outlive
- * it. Reads the partition count of changes.v1: fatal when the topic does
- * not exist. */
-cat_err_t persist_new(persist_t **out, const cat_config_t *cfg, cat_producer_t *producer, cat_metrics_t *metrics,
-		      char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+ * yet); `producer` (changes.v1, its delivery reports persist_changes_report)
+ * and `metrics` are borrowed and must outlive it. Reads the partition count
+ * of changes.v1: fatal when the topic does not exist. */
+cat_err_t persist_new(persist_t **out, const cat_config_t *cfg, const persist_settings_t *settings,
+		      cat_producer_t *producer, cat_metrics_t *metrics, char *errstr,
+		      size_t errstr_size) CAT_MUST_CHECK;
 
 /* Connects to the primary now and checks that the schema is migrated to
  * CAT_SCHEMA_VERSION (the first batch would otherwise). Retriable when the

@@ -22,6 +22,7 @@
 #include "cat_metrics.h"
 #include "cat_pg.h"
 #include "cat_sql.h"
+#include "changes.h"
 #include "handler.h"
 
 #define WORKER "catalyst-persist"
@@ -38,6 +39,9 @@ static const char usage[] =
 	"1 PostgreSQL refused the credentials or the schema is not migrated, or Kafka\n"
 	"failed; 2 usage or configuration error.";
 
+/* Each of the worker's own rows fills a field of persist_settings_t. */
+#define FIELD(member) CAT_CONFIG_FIELD(persist_settings_t, member)
+
 static const cat_config_def_t config_defs[] = {
 	CAT_CONFIG_COMMON,
 	CAT_CONFIG_KAFKA,
@@ -46,14 +50,14 @@ static const cat_config_def_t config_defs[] = {
 	CAT_CONFIG_CONSUMER("4000", NULL),
 	CAT_CONFIG_TOMBSTONES,
 	CAT_CONFIG_VERSIONS,
-	{ .name = "CATALYST_PERSIST_GROUP", .type = CAT_CFG_STRING, .def = "catalyst-persist",
+	{ .name = "CATALYST_PERSIST_GROUP", FIELD(group), .type = CAT_CFG_STRING, .def = "catalyst-persist",
 	  .help = "consumer group of write.v1 (one per environment sharing a Kafka cluster)" },
-	{ .name = "CATALYST_PERSIST_PORT", .type = CAT_CFG_INT, .def = "5030", .max = 65535,
+	{ .name = "CATALYST_PERSIST_PORT", FIELD(port), .type = CAT_CFG_INT, .def = "5030", .max = 65535,
 	  .help = "HTTP port of /healthz, /readyz and /metrics (0: any free port)" },
-	{ .name = "CATALYST_PERSIST_BIND", .type = CAT_CFG_STRING, .def = "0.0.0.0",
+	{ .name = "CATALYST_PERSIST_BIND", FIELD(bind), .type = CAT_CFG_STRING, .def = "0.0.0.0",
 	  .help = "address the HTTP server listens on" },
-	{ .name = "CATALYST_CHANGES_TIMEOUT_MS", .type = CAT_CFG_INT, .def = "30000", .min = 1000,
-	  .max = 3600000,
+	{ .name = "CATALYST_CHANGES_TIMEOUT_MS", FIELD(changes_timeout_ms), .type = CAT_CFG_INT,
+	  .def = "30000", .min = 1000, .max = 3600000,
 	  .help = "how long a batch's changes may wait for their acknowledgement on changes.v1 before the "
 	          "batch is retried" },
 };
@@ -74,6 +78,7 @@ int main(int argc, char **argv)
 	cat_config_t *cfg = NULL;
 	cat_metrics_t *metrics = NULL;
 	cat_producer_t *producer = NULL;
+	persist_settings_t settings = { 0 };
 	persist_t *persist = NULL;
 	cat_consumer_t *consumer = NULL;
 	cat_http_t *http = NULL;
@@ -101,6 +106,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, WORKER ": %s\n", errstr);
 		return 2;
 	}
+	cat_config_fill(cfg, &settings);
 	cat_log_init(WORKER, (cat_log_level_t)cat_log_level_parse(cat_config_str(cfg, "CATALYST_LOG_LEVEL")));
 	/* memory of a burst goes back to the system: blocks of 256 KiB and more
 	 * (batch buffers, fetched message sets) are mapped and unmapped on their
@@ -118,12 +124,12 @@ int main(int argc, char **argv)
 	}
 
 	/* changes.v1, then the handler */
-	if (cat_producer_new(&producer, cfg, WORKER, (int)cat_config_int(cfg, "CATALYST_CHANGES_TIMEOUT_MS"),
-			     persist_change_report, NULL, errstr, sizeof(errstr)) != CAT_OK) {
+	if (cat_producer_new(&producer, cfg, WORKER, (int)settings.changes_timeout_ms, persist_changes_report, NULL,
+			     errstr, sizeof(errstr)) != CAT_OK) {
 		CAT_LOG_ERROR("KAFKA", "%s", errstr);
 		goto out;
 	}
-	if (persist_new(&persist, cfg, producer, metrics, errstr, sizeof(errstr)) != CAT_OK) {
+	if (persist_new(&persist, cfg, &settings, producer, metrics, errstr, sizeof(errstr)) != CAT_OK) {
 		CAT_LOG_ERROR("KAFKA", "%s", errstr);
 		goto out;
 	}
@@ -140,18 +146,16 @@ int main(int argc, char **argv)
 
 	/* write.v1, then the probes that report on it */
 	handler = (cat_handler_t){ persist_apply, persist_ready, persist, persist_settle };
-	if (cat_consumer_new(&consumer, cfg, WORKER, cat_config_str(cfg, "CATALYST_PERSIST_GROUP"), topics,
-			     &handler, metrics, errstr, sizeof(errstr)) != CAT_OK) {
+	if (cat_consumer_new(&consumer, cfg, WORKER, settings.group, topics, &handler, metrics, errstr,
+			     sizeof(errstr)) != CAT_OK) {
 		CAT_LOG_ERROR("KAFKA", "%s", errstr);
 		goto out;
 	}
-	if (cat_http_serve(&http, cfg, cat_config_str(cfg, "CATALYST_PERSIST_BIND"),
-			   (int)cat_config_int(cfg, "CATALYST_PERSIST_PORT"), metrics, cat_consumer_ready, consumer, errstr,
-			   sizeof(errstr)) != CAT_OK) {
+	if (cat_http_serve(&http, cfg, settings.bind, (int)settings.port, metrics, cat_consumer_ready, consumer,
+			   errstr, sizeof(errstr)) != CAT_OK) {
 		CAT_LOG_ERROR("HTTP", "%s", errstr);
 		goto out;
 	}
-
 
 	if (cat_consumer_run(consumer, &stop, errstr, sizeof(errstr)) != CAT_OK) {
 		CAT_LOG_ERROR("CONSUMER", "%s", errstr);

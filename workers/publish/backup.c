@@ -40,7 +40,7 @@ static int bad_usage(const char *what)
 	return 2;
 }
 
-int publish_backup(const cat_config_t *cfg, int argc, char **argv)
+int publish_backup(const cat_config_t *cfg, const publish_settings_t *settings, int argc, char **argv)
 {
 	Catalyst__V1__BackupCommand cmd = CATALYST__V1__BACKUP_COMMAND__INIT;
 	Catalyst__V1__CommandMeta meta = CATALYST__V1__COMMAND_META__INIT;
@@ -125,7 +125,7 @@ int publish_backup(const cat_config_t *cfg, int argc, char **argv)
 	}
 	cmd.meta = &meta;
 
-	if (!(publish = publish_open(cfg, on_report, &not_delivered)))
+	if (!(publish = publish_open(cfg, settings, on_report, &not_delivered)))
 		goto out;
 	if (cat_publish_backup(publish, &cmd, NULL, errstr, sizeof(errstr)) != CAT_OK) {
 		fprintf(stderr, "catalyst-publish: %s\n", errstr);

@@ -72,7 +72,7 @@ static void report(void *ref, const char *error, void *opaque)
 		fprintf(stderr, "catalyst-publish cache: not delivered: %s\n", error);
 }
 
-int publish_cache(const cat_config_t *cfg, int argc, char **argv)
+int publish_cache(const cat_config_t *cfg, const publish_settings_t *settings, int argc, char **argv)
 {
 	Catalyst__V1__CacheCommand cmd = CATALYST__V1__CACHE_COMMAND__INIT;
 	Catalyst__V1__CacheCommand__Set set = CATALYST__V1__CACHE_COMMAND__SET__INIT;
@@ -149,7 +149,7 @@ int publish_cache(const cat_config_t *cfg, int argc, char **argv)
 		return usage_error("unknown action: set, delete, invalidate or warm");
 	}
 
-	if (!(publish = publish_open(cfg, report, NULL))) {
+	if (!(publish = publish_open(cfg, settings, report, NULL))) {
 		rc = 2;
 		goto out;
 	}

@@ -48,9 +48,21 @@
 #define METADATA_TIMEOUT_MS 10000
 
 /* The topics a dead letter may be replayed to (suffixes under the prefix):
- * those the workers consume. */
-static const char *const replay_targets[] = {CAT_TOPIC_WRITE, CAT_TOPIC_CHANGES, CAT_TOPIC_CACHE, CAT_TOPIC_SYNC,
-					     CAT_TOPIC_BACKUP};
+ * those the workers consume, with the message each carries and the word
+ * that names its commands' kind. */
+typedef struct replay_target {
+	const char *suffix;
+	const ProtobufCMessageDescriptor *descriptor;
+	const char *kind;
+} replay_target_t;
+
+static const replay_target_t replay_targets[] = {
+	{CAT_TOPIC_WRITE, &catalyst__v1__write_command__descriptor, "write"},
+	{CAT_TOPIC_CHANGES, &catalyst__v1__change_batch__descriptor, "changes"},
+	{CAT_TOPIC_CACHE, &catalyst__v1__cache_command__descriptor, "cache"},
+	{CAT_TOPIC_SYNC, &catalyst__v1__sync_command__descriptor, "sync"},
+	{CAT_TOPIC_BACKUP, &catalyst__v1__backup_command__descriptor, "backup"},
+};
 #define N_REPLAY_TARGETS (sizeof(replay_targets) / sizeof(replay_targets[0]))
 
 typedef struct coord {
@@ -86,7 +98,7 @@ typedef struct letter {
 	int32_t source_partition;
 	int64_t source_offset;
 	int64_t failed_at_us;
-	const char *suffix; /* source topic's suffix under our prefix ("write.v1"), NULL if not ours */
+	const replay_target_t *target; /* its source topic under our prefix, NULL if not ours */
 	char kind[48];	    /* "write.upsert", "cache.set", ... "-" when undecodable */
 	char tables[256];   /* "trade_records", "news_raw,trading_signals", "-" */
 	/* replay */
@@ -271,75 +283,71 @@ static void add_changes_tables(char *tables, size_t size, Catalyst__V1__Change *
 		add_record_table(tables, size, changes[i]->record);
 }
 
-/* The message's command kind and tables, by its source topic; "-" for what
- * does not decode. Decoding is lenient (protobuf only, no validation): a
- * letter is often here because it failed validation. */
-static void describe(letter_t *l)
+/* The letter's message, by its source topic, unpacked leniently (protobuf
+ * only, no validation: a letter is often here because it failed
+ * validation); NULL when it does not decode. */
+static ProtobufCMessage *letter_unpack(const letter_t *l)
 {
 	const void *buf = l->value_len ? (const void *)l->value : (const void *)"";
+
+	return l->target ? protobuf_c_message_unpack(l->target->descriptor, NULL, l->value_len, buf) : NULL;
+}
+
+/* The tables a command of sync.v1 or backup.v1 names. */
+static void add_command_tables(char *tables, size_t size, const ProtobufCMessage *msg)
+{
+	if (msg->descriptor == &catalyst__v1__sync_command__descriptor) {
+		const Catalyst__V1__SyncCommand *cmd = (const Catalyst__V1__SyncCommand *)msg;
+
+		if (cmd->action_case == CATALYST__V1__SYNC_COMMAND__ACTION_REPLICATE)
+			add_changes_tables(tables, size, cmd->replicate->changes, cmd->replicate->n_changes);
+		else if (cmd->action_case == CATALYST__V1__SYNC_COMMAND__ACTION_CHECK && cmd->check->table)
+			add_table(tables, size, cmd->check->table);
+		else if (cmd->action_case == CATALYST__V1__SYNC_COMMAND__ACTION_RESYNC && cmd->resync->table)
+			add_table(tables, size, cmd->resync->table);
+	} else if (msg->descriptor == &catalyst__v1__backup_command__descriptor) {
+		const Catalyst__V1__BackupCommand *cmd = (const Catalyst__V1__BackupCommand *)msg;
+
+		if (cmd->action_case == CATALYST__V1__BACKUP_COMMAND__ACTION_TABLES)
+			for (size_t i = 0; i < cmd->tables->n_tables; i++)
+				add_table(tables, size, cmd->tables->tables[i]);
+	}
+}
+
+/* The message's command kind and tables, by its source topic; "-" for what
+ * does not decode. */
+static void describe(letter_t *l)
+{
+	ProtobufCMessage *msg = letter_unpack(l);
 	char *kind = l->kind, *tables = l->tables;
 	size_t ks = sizeof(l->kind), ts = sizeof(l->tables);
 
 	snprintf(kind, ks, "-");
 	tables[0] = '\0';
-	if (!l->suffix) {
-	} else if (strcmp(l->suffix, CAT_TOPIC_WRITE) == 0) {
-		Catalyst__V1__WriteCommand *cmd = catalyst__v1__write_command__unpack(NULL, l->value_len, buf);
+	if (!msg) {
+	} else if (msg->descriptor == &catalyst__v1__write_command__descriptor) {
+		const Catalyst__V1__WriteCommand *cmd = (const Catalyst__V1__WriteCommand *)msg;
 
-		if (cmd) {
-			snprintf(kind, ks, "write.%s",
-				 !cmd->has_op				       ? "none"
-				 : cmd->op == CATALYST__V1__WRITE_OP__WRITE_OP_UPSERT ? "upsert"
-				 : cmd->op == CATALYST__V1__WRITE_OP__WRITE_OP_DELETE ? "delete"
-										      : "unknown");
-			add_record_table(tables, ts, cmd->record);
-			catalyst__v1__write_command__free_unpacked(cmd, NULL);
-		}
-	} else if (strcmp(l->suffix, CAT_TOPIC_CHANGES) == 0) {
-		Catalyst__V1__ChangeBatch *batch = catalyst__v1__change_batch__unpack(NULL, l->value_len, buf);
+		snprintf(kind, ks, "write.%s",
+			 !cmd->has_op				       ? "none"
+			 : cmd->op == CATALYST__V1__WRITE_OP__WRITE_OP_UPSERT ? "upsert"
+			 : cmd->op == CATALYST__V1__WRITE_OP__WRITE_OP_DELETE ? "delete"
+									      : "unknown");
+		add_record_table(tables, ts, cmd->record);
+	} else if (msg->descriptor == &catalyst__v1__change_batch__descriptor) {
+		const Catalyst__V1__ChangeBatch *batch = (const Catalyst__V1__ChangeBatch *)msg;
 
-		if (batch) {
-			snprintf(kind, ks, "changes");
-			add_changes_tables(tables, ts, batch->changes, batch->n_changes);
-			catalyst__v1__change_batch__free_unpacked(batch, NULL);
-		}
-	} else if (strcmp(l->suffix, CAT_TOPIC_CACHE) == 0) {
-		Catalyst__V1__CacheCommand *cmd = catalyst__v1__cache_command__unpack(NULL, l->value_len, buf);
+		snprintf(kind, ks, "changes");
+		add_changes_tables(tables, ts, batch->changes, batch->n_changes);
+	} else {
+		/* a command of cache.v1, sync.v1 or backup.v1: its action */
+		const char *action = oneof_case_name(msg);
 
-		if (cmd) {
-			const char *action = oneof_case_name(&cmd->base);
-
-			snprintf(kind, ks, "cache.%s", action ? action : "none");
-			catalyst__v1__cache_command__free_unpacked(cmd, NULL);
-		}
-	} else if (strcmp(l->suffix, CAT_TOPIC_SYNC) == 0) {
-		Catalyst__V1__SyncCommand *cmd = catalyst__v1__sync_command__unpack(NULL, l->value_len, buf);
-
-		if (cmd) {
-			const char *action = oneof_case_name(&cmd->base);
-
-			snprintf(kind, ks, "sync.%s", action ? action : "none");
-			if (cmd->action_case == CATALYST__V1__SYNC_COMMAND__ACTION_REPLICATE)
-				add_changes_tables(tables, ts, cmd->replicate->changes, cmd->replicate->n_changes);
-			else if (cmd->action_case == CATALYST__V1__SYNC_COMMAND__ACTION_CHECK && cmd->check->table)
-				add_table(tables, ts, cmd->check->table);
-			else if (cmd->action_case == CATALYST__V1__SYNC_COMMAND__ACTION_RESYNC && cmd->resync->table)
-				add_table(tables, ts, cmd->resync->table);
-			catalyst__v1__sync_command__free_unpacked(cmd, NULL);
-		}
-	} else if (strcmp(l->suffix, CAT_TOPIC_BACKUP) == 0) {
-		Catalyst__V1__BackupCommand *cmd = catalyst__v1__backup_command__unpack(NULL, l->value_len, buf);
-
-		if (cmd) {
-			const char *action = oneof_case_name(&cmd->base);
-
-			snprintf(kind, ks, "backup.%s", action ? action : "none");
-			if (cmd->action_case == CATALYST__V1__BACKUP_COMMAND__ACTION_TABLES)
-				for (size_t i = 0; i < cmd->tables->n_tables; i++)
-					add_table(tables, ts, cmd->tables->tables[i]);
-			catalyst__v1__backup_command__free_unpacked(cmd, NULL);
-		}
+		snprintf(kind, ks, "%s.%s", l->target->kind, action ? action : "none");
+		add_command_tables(tables, ts, msg);
 	}
+	if (msg)
+		protobuf_c_message_free_unpacked(msg, NULL);
 	if (!tables[0])
 		snprintf(tables, ts, "-");
 }
@@ -349,26 +357,12 @@ static void describe(letter_t *l)
  * it does not decode (then it is shown in hex). */
 static json_t *message_json(const letter_t *l)
 {
-	const void *buf = l->value_len ? (const void *)l->value : (const void *)"";
-	const ProtobufCMessageDescriptor *d = NULL;
-	ProtobufCMessage *msg;
+	ProtobufCMessage *msg = letter_unpack(l);
 	json_t *out = NULL;
 
-	if (!l->suffix)
+	if (!msg)
 		return NULL;
-	if (strcmp(l->suffix, CAT_TOPIC_WRITE) == 0)
-		d = &catalyst__v1__write_command__descriptor;
-	else if (strcmp(l->suffix, CAT_TOPIC_CHANGES) == 0)
-		d = &catalyst__v1__change_batch__descriptor;
-	else if (strcmp(l->suffix, CAT_TOPIC_CACHE) == 0)
-		d = &catalyst__v1__cache_command__descriptor;
-	else if (strcmp(l->suffix, CAT_TOPIC_SYNC) == 0)
-		d = &catalyst__v1__sync_command__descriptor;
-	else if (strcmp(l->suffix, CAT_TOPIC_BACKUP) == 0)
-		d = &catalyst__v1__backup_command__descriptor;
-	if (!d || !(msg = protobuf_c_message_unpack(d, NULL, l->value_len, buf)))
-		return NULL;
-	if (d == &catalyst__v1__write_command__descriptor) {
+	if (msg->descriptor == &catalyst__v1__write_command__descriptor) {
 		char *text = cat_codec_write_to_json((const Catalyst__V1__WriteCommand *)msg);
 
 		out = text ? json_loads(text, 0, NULL) : NULL;
@@ -442,9 +436,9 @@ static cat_err_t letter_from(letter_t *l, const rd_kafka_message_t *m, const cat
 	if (cat_time_parse_rfc3339(l->failed_at, &l->failed_at_us) != 0)
 		l->failed_at_us = l->timestamp_ms >= 0 ? l->timestamp_ms * 1000 : 0;
 	for (size_t i = 0; i < N_REPLAY_TARGETS; i++)
-		if (strcmp(l->source_topic, cat_kafka_topic(cfg, replay_targets[i], prefix_topic,
+		if (strcmp(l->source_topic, cat_kafka_topic(cfg, replay_targets[i].suffix, prefix_topic,
 							    sizeof(prefix_topic))) == 0)
-			l->suffix = replay_targets[i];
+			l->target = &replay_targets[i];
 	describe(l);
 	return CAT_OK;
 }
@@ -503,9 +497,10 @@ static bool selected(const opts_t *o, letter_t *l, const cat_config_t *cfg)
 }
 
 /* Reads dlq_topic to its high watermarks (from the lowest offset asked
- * for, with coordinates) and keeps the letters the filters select. */
-static cat_err_t scan(const cat_config_t *cfg, const char *dlq_topic, const opts_t *o, letters_t *out,
-		      char *errstr, size_t errstr_size)
+ * for, with coordinates) within timeout_ms and keeps the letters the
+ * filters select. */
+static cat_err_t scan(const cat_config_t *cfg, int timeout_ms, const char *dlq_topic, const opts_t *o,
+		      letters_t *out, char *errstr, size_t errstr_size)
 {
 	rd_kafka_conf_t *conf = NULL;
 	rd_kafka_t *rk = NULL;
@@ -567,7 +562,7 @@ static cat_err_t scan(const cat_config_t *cfg, const char *dlq_topic, const opts
 				  rd_kafka_err2str(kerr));
 		goto out;
 	}
-	deadline = cat_time_mono_us() + (int64_t)cat_config_int(cfg, "CATALYST_PUBLISH_TIMEOUT_MS") * 1000;
+	deadline = cat_time_mono_us() + (int64_t)timeout_ms * 1000;
 	while (remaining > 0) {
 		rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 200);
 		bool reached = false;
@@ -645,13 +640,13 @@ out:
 
 /* --- what was replayed (dlq_replays on the primary) ---------------------------------------- */
 
-static cat_err_t pg_open(const cat_config_t *cfg, PGconn **conn, char *errstr, size_t errstr_size)
+/* A connection to CATALYST_PG_URL whose schema has dlq_replays. */
+static cat_err_t pg_open(const publish_settings_t *settings, PGconn **conn, char *errstr, size_t errstr_size)
 {
 	cat_err_t err;
 
-	if ((err = cat_pg_connect(conn, cat_config_str(cfg, "CATALYST_PG_URL"), "catalyst-publish",
-				  (int)cat_config_int(cfg, "CATALYST_PG_CONNECT_TIMEOUT_S"), errstr, errstr_size)) !=
-	    CAT_OK)
+	if ((err = cat_pg_connect(conn, settings->pg_url, "catalyst-publish", (int)settings->pg_connect_timeout_s,
+				  errstr, errstr_size)) != CAT_OK)
 		return err;
 	if ((err = cat_pg_require_schema(*conn, CAT_SCHEMA_VERSION, errstr, errstr_size)) != CAT_OK) {
 		cat_pg_close(*conn);
@@ -858,13 +853,13 @@ static void default_operator(char *buf, size_t size)
 	snprintf(buf, size, "%s@%s", pw && pw->pw_name ? pw->pw_name : "unknown", host[0] ? host : "unknown");
 }
 
-static int replay(const cat_config_t *cfg, const opts_t *o, PGconn *conn, const char *dlq_topic, letters_t *ls)
+static int replay(const cat_config_t *cfg, int timeout_ms, const opts_t *o, PGconn *conn, const char *dlq_topic,
+		  letters_t *ls)
 {
 	cat_producer_t *producer = NULL;
 	size_t n_replayed = 0, n_already = 0, n_refused = 0, n_failed = 0, n_sent = 0;
 	int n_parts_of[N_REPLAY_TARGETS];
 	char errstr[512], by[256];
-	int timeout_ms = (int)cat_config_int(cfg, "CATALYST_PUBLISH_TIMEOUT_MS");
 	int rc = 1;
 
 	for (size_t t = 0; t < N_REPLAY_TARGETS; t++)
@@ -884,7 +879,8 @@ static int replay(const cat_config_t *cfg, const opts_t *o, PGconn *conn, const 
 		letter_t *l = &ls->v[i];
 		rd_kafka_headers_t *headers;
 		char from[320];
-		int n_parts = -1;
+		int n_parts;
+		size_t t;
 
 		l->delivered = 0;
 		if (l->replayed == 1) {
@@ -893,7 +889,7 @@ static int replay(const cat_config_t *cfg, const opts_t *o, PGconn *conn, const 
 		}
 		/* another letter of the same source message in this run */
 		for (size_t k = 0; k < i && l->replayed != 1; k++)
-			if (ls->v[k].replayed == 0 && ls->v[k].delivered >= 0 && ls->v[k].suffix && l->source_ok &&
+			if (ls->v[k].replayed == 0 && ls->v[k].delivered >= 0 && ls->v[k].target && l->source_ok &&
 			    ls->v[k].source_ok && strcmp(ls->v[k].source_topic, l->source_topic) == 0 &&
 			    ls->v[k].source_partition == l->source_partition &&
 			    ls->v[k].source_offset == l->source_offset)
@@ -915,12 +911,12 @@ static int replay(const cat_config_t *cfg, const opts_t *o, PGconn *conn, const 
 			n_refused++;
 			continue;
 		}
-		if (!l->suffix || !l->source_ok) {
+		if (!l->target || !l->source_ok) {
 			l->delivered = -2;
 			printf("refused %d:%" PRId64 ": source %s is not a topic the workers consume under prefix %s%s\n",
 			       (int)l->partition, l->offset, l->source_topic[0] ? l->source_topic : "(none)",
 			       cat_config_str(cfg, "CATALYST_TOPIC_PREFIX"),
-			       l->source_ok || !l->suffix ? "" : " (or its partition/offset headers are missing)");
+			       l->source_ok || !l->target ? "" : " (or its partition/offset headers are missing)");
 			n_refused++;
 			continue;
 		}
@@ -930,12 +926,10 @@ static int replay(const cat_config_t *cfg, const opts_t *o, PGconn *conn, const 
 			n_replayed++;
 			continue;
 		}
-		for (size_t t = 0; t < N_REPLAY_TARGETS; t++)
-			if (l->suffix == replay_targets[t]) {
-				if (n_parts_of[t] == -2) /* one metadata request per topic */
-					n_parts_of[t] = partition_count(cat_producer_handle(producer), l->source_topic);
-				n_parts = n_parts_of[t];
-			}
+		t = (size_t)(l->target - replay_targets);
+		if (n_parts_of[t] == -2) /* one metadata request per topic */
+			n_parts_of[t] = partition_count(cat_producer_handle(producer), l->source_topic);
+		n_parts = n_parts_of[t];
 		if (n_parts <= l->source_partition) {
 			l->delivered = -2;
 			printf("refused %d:%" PRId64 ": %s has no partition %d\n", (int)l->partition, l->offset,
@@ -991,7 +985,7 @@ out:
 
 /* --- entry --------------------------------------------------------------------------------------- */
 
-int publish_dlq(const cat_config_t *cfg, int argc, char **argv)
+int publish_dlq(const cat_config_t *cfg, const publish_settings_t *settings, int argc, char **argv)
 {
 	opts_t o = {0};
 	letters_t ls = {0};
@@ -1003,7 +997,7 @@ int publish_dlq(const cat_config_t *cfg, int argc, char **argv)
 	if ((rc = parse_args(argc, argv, &o)) != 0)
 		goto out;
 	rc = 1;
-	with_pg = cat_config_is_set(cfg, "CATALYST_PG_URL");
+	with_pg = settings->pg_url != NULL;
 	if (!with_pg && (strcmp(o.action, "replay") == 0 || o.pending)) {
 		fprintf(stderr, PROG ": CATALYST_PG_URL: required for %s (replays are recorded on the primary)\n",
 			o.pending ? "--pending" : "replay");
@@ -1016,7 +1010,7 @@ int publish_dlq(const cat_config_t *cfg, int argc, char **argv)
 		PGresult *res = NULL;
 		char lock_key[300];
 
-		if (pg_open(cfg, &conn, errstr, sizeof(errstr)) != CAT_OK) {
+		if (pg_open(settings, &conn, errstr, sizeof(errstr)) != CAT_OK) {
 			if (strcmp(o.action, "replay") == 0 || o.pending) {
 				fprintf(stderr, PROG ": %s\n", errstr);
 				goto out;
@@ -1041,7 +1035,7 @@ int publish_dlq(const cat_config_t *cfg, int argc, char **argv)
 			PQclear(res);
 		}
 	}
-	if (scan(cfg, dlq_topic, &o, &ls, errstr, sizeof(errstr)) != CAT_OK) {
+	if (scan(cfg, (int)settings->timeout_ms, dlq_topic, &o, &ls, errstr, sizeof(errstr)) != CAT_OK) {
 		fprintf(stderr, PROG ": %s\n", errstr);
 		goto out;
 	}
@@ -1078,7 +1072,7 @@ int publish_dlq(const cat_config_t *cfg, int argc, char **argv)
 		show(&ls, dlq_topic);
 		rc = 0;
 	} else {
-		rc = replay(cfg, &o, conn, dlq_topic, &ls);
+		rc = replay(cfg, (int)settings->timeout_ms, &o, conn, dlq_topic, &ls);
 	}
 out:
 	letters_clear(&ls);

@@ -87,26 +87,30 @@ static const char usage[] =
 	"delivered (dlq: a letter not found, refused or not delivered; Kafka or\n"
 	"PostgreSQL failed); 2 usage or configuration error.";
 
+/* Each of the binary's own rows fills a field of publish_settings_t. */
+#define FIELD(member) CAT_CONFIG_FIELD(publish_settings_t, member)
+
 static const cat_config_def_t config_defs[] = {
 	CAT_CONFIG_COMMON,
 	CAT_CONFIG_KAFKA,
-	{ .name = "CATALYST_PUBLISH_TIMEOUT_MS", .type = CAT_CFG_INT, .def = "30000", .min = 1000,
-	  .max = 3600000,
+	{ .name = "CATALYST_PUBLISH_TIMEOUT_MS", FIELD(timeout_ms), .type = CAT_CFG_INT, .def = "30000",
+	  .min = 1000, .max = 3600000,
 	  .help = "how long a record may wait for the broker's acknowledgement before it counts as "
 	          "not delivered" },
-	{ .name = "CATALYST_PRODUCER", .type = CAT_CFG_STRING, .def = "catalyst-publish",
+	{ .name = "CATALYST_PRODUCER", FIELD(producer), .type = CAT_CFG_STRING, .def = "catalyst-publish",
 	  .help = "producer name put in each command's meta when the line has none" },
-	{ .name = "CATALYST_PG_URL", .type = CAT_CFG_PG_URL, .secret = true,
+	{ .name = "CATALYST_PG_URL", FIELD(pg_url), .type = CAT_CFG_PG_URL, .secret = true,
 	  .help = "PostgreSQL primary, for dlq only: replay records what it replayed there (required), "
 	          "list and show mark the replayed letters (optional)" },
-	{ .name = "CATALYST_PG_CONNECT_TIMEOUT_S", .type = CAT_CFG_INT, .def = "10", .min = 1,
-	  .max = 600, .help = "seconds to wait for a PostgreSQL connection" },
+	{ .name = "CATALYST_PG_CONNECT_TIMEOUT_S", FIELD(pg_connect_timeout_s), .type = CAT_CFG_INT,
+	  .def = "10", .min = 1, .max = 600, .help = "seconds to wait for a PostgreSQL connection" },
 };
 
 #define N_CONFIG_DEFS (sizeof(config_defs) / sizeof(config_defs[0]))
 
 int main(int argc, char **argv)
 {
+	publish_settings_t settings = {0};
 	cat_config_t *cfg = NULL;
 	char errstr[512];
 	int rc;
@@ -128,19 +132,20 @@ int main(int argc, char **argv)
 		fprintf(stderr, "catalyst-publish: %s\n", errstr);
 		return 2;
 	}
+	cat_config_fill(cfg, &settings);
 	cat_log_init("catalyst-publish", (cat_log_level_t)cat_log_level_parse(
 						 cat_config_str(cfg, "CATALYST_LOG_LEVEL")));
 
 	if (strcmp(argv[1], "sync") == 0)
-		rc = publish_sync(cfg, argc - 2, argv + 2);
+		rc = publish_sync(cfg, &settings, argc - 2, argv + 2);
 	else if (strcmp(argv[1], "backup") == 0)
-		rc = publish_backup(cfg, argc - 2, argv + 2);
+		rc = publish_backup(cfg, &settings, argc - 2, argv + 2);
 	else if (strcmp(argv[1], "cache") == 0)
-		rc = publish_cache(cfg, argc - 2, argv + 2);
+		rc = publish_cache(cfg, &settings, argc - 2, argv + 2);
 	else if (strcmp(argv[1], "dlq") == 0)
-		rc = publish_dlq(cfg, argc - 2, argv + 2);
+		rc = publish_dlq(cfg, &settings, argc - 2, argv + 2);
 	else
-		rc = publish_write(cfg, argc == 3 ? argv[2] : "-");
+		rc = publish_write(cfg, &settings, argc == 3 ? argv[2] : "-");
 
 	cat_config_destroy(cfg);
 	return rc;

@@ -5,12 +5,13 @@
 
 #include "publish.h"
 
-cat_publish_t *publish_open(const cat_config_t *cfg, cat_publish_report_fn report, void *opaque)
+cat_publish_t *publish_open(const cat_config_t *cfg, const publish_settings_t *settings,
+			    cat_publish_report_fn report, void *opaque)
 {
 	const cat_publish_options_t options = {
 		.client_id = "catalyst-publish",
-		.producer = cat_config_str(cfg, "CATALYST_PRODUCER"),
-		.delivery_timeout_ms = (int)cat_config_int(cfg, "CATALYST_PUBLISH_TIMEOUT_MS"),
+		.producer = settings->producer,
+		.delivery_timeout_ms = (int)settings->timeout_ms,
 		.report = report,
 		.opaque = opaque,
 	};

@@ -4,6 +4,7 @@
  *   sync check --table T [--chunk-size N] [--repair] [--max-rows-per-second N]
  *   sync resync --table T
  *   sync replicate [FILE|-]     JSON write lines -> one ReplicateRows each
+ *                               (read as catalyst-publish write reads them)
  *   common options: --replica NAME (default: every replica), --command-id ID
  *
  * check and resync are keyed by the table; replicate by "table:pk", so a
@@ -155,83 +156,32 @@ static int publish_one(cat_publish_t *publish, const char *action, const options
 	return 0;
 }
 
-/* replicate: JSON write lines, one ReplicateRows each. */
-static int publish_replicate(const cat_config_t *cfg, cat_publish_t *publish, const options_t *o)
+/* replicate: a write line's command as one ReplicateRows (opaque: the
+ * options). */
+static cat_err_t send_replicate(void *opaque, cat_publish_t *publish, Catalyst__V1__WriteCommand *wc, void *ref,
+				char *errstr, size_t errstr_size)
 {
-	const char *path = o->path ? o->path : "-";
-	FILE *in = stdin;
-	char *line = NULL, errstr[512];
-	size_t line_cap = 0;
-	ssize_t line_len;
-	unsigned long line_no = 0, rejected = 0;
-	cat_err_t err;
-	int rc;
+	const options_t *o = opaque;
+	Catalyst__V1__SyncCommand cmd = CATALYST__V1__SYNC_COMMAND__INIT;
+	Catalyst__V1__SyncCommand__ReplicateRows rows = CATALYST__V1__SYNC_COMMAND__REPLICATE_ROWS__INIT;
+	Catalyst__V1__Change change = CATALYST__V1__CHANGE__INIT, *changes[1] = {&change};
 
-	if (strcmp(path, "-") != 0 && !(in = fopen(path, "r"))) {
-		fprintf(stderr, "catalyst-publish: could not open %s: %s\n", path, strerror(errno));
-		return 2;
-	}
-	while ((line_len = getline(&line, &line_cap, in)) != -1) {
-		Catalyst__V1__WriteCommand *wc = NULL;
-		Catalyst__V1__SyncCommand cmd = CATALYST__V1__SYNC_COMMAND__INIT;
-		Catalyst__V1__SyncCommand__ReplicateRows rows =
-			CATALYST__V1__SYNC_COMMAND__REPLICATE_ROWS__INIT;
-		Catalyst__V1__Change change = CATALYST__V1__CHANGE__INIT, *changes[1] = {&change};
-		size_t len = (size_t)line_len;
-
-		line_no++;
-		while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
-			len--;
-		if (len == 0 || strspn(line, " \t") == len)
-			continue;
-		if (len > CAT_CODEC_MAX_MESSAGE_BYTES ||
-		    cat_codec_write_from_json(line, len, cat_config_str(cfg, "CATALYST_PRODUCER"), &wc,
-					      errstr, sizeof(errstr)) != CAT_OK) {
-			fprintf(stderr, "line %lu: %s\n", line_no,
-				len > CAT_CODEC_MAX_MESSAGE_BYTES ? "too long" : errstr);
-			rejected++;
-			continue;
-		}
-		change.has_op = 1;
-		change.op = wc->op;
-		change.record = wc->record;
-		change.command_id = wc->meta->command_id;
-		change.has_issued_at_us = wc->meta->has_issued_at_us;
-		change.issued_at_us = wc->meta->issued_at_us;
-		rows.n_changes = 1;
-		rows.changes = changes;
-		cmd.meta = wc->meta;
-		cmd.replica = (char *)o->replica;
-		cmd.action_case = CATALYST__V1__SYNC_COMMAND__ACTION_REPLICATE;
-		cmd.replicate = &rows;
-		err = cat_publish_sync(publish, &cmd, (void *)(uintptr_t)line_no, errstr, sizeof(errstr));
-		catalyst__v1__write_command__free_unpacked(wc, NULL);
-		if (err != CAT_OK) {
-			fprintf(stderr, "line %lu: %s\n", line_no, errstr);
-			rejected++;
-			if (err == CAT_ERR_FATAL)
-				break;
-		}
-	}
-	if (ferror(in))
-		fprintf(stderr, "catalyst-publish: could not read %s: %s\n", path, strerror(errno));
-	/* a command not delivered was reported on its line already */
-	err = cat_publish_wait(publish, errstr, sizeof(errstr));
-	if (err != CAT_OK && err != CAT_ERR_PERMANENT)
-		fprintf(stderr, "catalyst-publish: %s\n", errstr);
-	printf("published %llu, rejected %lu\n", (unsigned long long)cat_publish_delivered(publish),
-	       rejected);
-	rc = rejected == 0 && !ferror(in) && cat_publish_failed(publish) == 0 &&
-			     cat_publish_outstanding(publish) == 0
-		     ? 0
-		     : 1;
-	free(line);
-	if (in != stdin)
-		fclose(in);
-	return rc;
+	change.has_op = 1;
+	change.op = wc->op;
+	change.record = wc->record;
+	change.command_id = wc->meta->command_id;
+	change.has_issued_at_us = wc->meta->has_issued_at_us;
+	change.issued_at_us = wc->meta->issued_at_us;
+	rows.n_changes = 1;
+	rows.changes = changes;
+	cmd.meta = wc->meta;
+	cmd.replica = (char *)o->replica;
+	cmd.action_case = CATALYST__V1__SYNC_COMMAND__ACTION_REPLICATE;
+	cmd.replicate = &rows;
+	return cat_publish_sync(publish, &cmd, ref, errstr, errstr_size);
 }
 
-int publish_sync(const cat_config_t *cfg, int argc, char **argv)
+int publish_sync(const cat_config_t *cfg, const publish_settings_t *settings, int argc, char **argv)
 {
 	options_t o = {0};
 	cat_publish_t *publish = NULL;
@@ -246,9 +196,11 @@ int publish_sync(const cat_config_t *cfg, int argc, char **argv)
 	action = argv[0];
 	if ((rc = parse(argc - 1, argv + 1, action, &o)) != 0)
 		return rc;
-	if (!(publish = publish_open(cfg, report_delivery, NULL)))
+	if (strcmp(action, "replicate") == 0)
+		return publish_lines(cfg, settings, o.path ? o.path : "-", report_delivery, send_replicate, &o);
+	if (!(publish = publish_open(cfg, settings, report_delivery, NULL)))
 		return 2;
-	rc = strcmp(action, "replicate") == 0 ? publish_replicate(cfg, publish, &o) : publish_one(publish, action, &o);
+	rc = publish_one(publish, action, &o);
 	cat_publish_destroy(publish);
 	return rc;
 }

@@ -1,5 +1,6 @@
 /*
- * catalyst-publish write: JSON lines -> WriteCommand -> write.v1.
+ * catalyst-publish write: JSON lines -> WriteCommand -> write.v1; and the
+ * reading of JSON write lines that sync replicate shares.
  */
 #include <errno.h>
 #include <stdint.h>
@@ -11,15 +12,8 @@
 #include "cat_publish.h"
 #include "publish.h"
 
-/* Delivery report: ref is the line number. */
-static void report_delivery(void *ref, const char *error, void *opaque)
-{
-	(void)opaque;
-	if (error)
-		fprintf(stderr, "line %lu: not delivered: %s\n", (unsigned long)(uintptr_t)ref, error);
-}
-
-int publish_write(const cat_config_t *cfg, const char *path)
+int publish_lines(const cat_config_t *cfg, const publish_settings_t *settings, const char *path,
+		  cat_publish_report_fn report, publish_line_fn send, void *opaque)
 {
 	FILE *in = stdin;
 	cat_publish_t *publish = NULL;
@@ -28,7 +22,6 @@ int publish_write(const cat_config_t *cfg, const char *path)
 	ssize_t line_len;
 	unsigned long line_no = 0, rejected = 0;
 	char errstr[512];
-	const char *producer_name = cat_config_str(cfg, "CATALYST_PRODUCER");
 	cat_err_t err;
 	int rc = 1;
 
@@ -36,7 +29,7 @@ int publish_write(const cat_config_t *cfg, const char *path)
 		fprintf(stderr, "catalyst-publish: could not open %s: %s\n", path, strerror(errno));
 		return 2;
 	}
-	if (!(publish = publish_open(cfg, report_delivery, NULL))) {
+	if (!(publish = publish_open(cfg, settings, report, NULL))) {
 		rc = 2;
 		goto out;
 	}
@@ -55,19 +48,19 @@ int publish_write(const cat_config_t *cfg, const char *path)
 			rejected++;
 			continue;
 		}
-		if (cat_codec_write_from_json(line, len, producer_name, &cmd, errstr, sizeof(errstr)) != CAT_OK) {
+		if (cat_codec_write_from_json(line, len, settings->producer, &cmd, errstr, sizeof(errstr)) !=
+		    CAT_OK) {
 			fprintf(stderr, "line %lu: %s\n", line_no, errstr);
 			rejected++;
 			continue;
 		}
-		err = cat_publish_write(publish, cmd, (void *)(uintptr_t)line_no, errstr, sizeof(errstr));
+		err = send(opaque, publish, cmd, (void *)(uintptr_t)line_no, errstr, sizeof(errstr));
 		catalyst__v1__write_command__free_unpacked(cmd, NULL);
 		if (err != CAT_OK) {
 			fprintf(stderr, "line %lu: %s\n", line_no, errstr);
 			rejected++;
 			if (err == CAT_ERR_FATAL)
 				break;
-			continue;
 		}
 	}
 	if (ferror(in))
@@ -91,7 +84,27 @@ int publish_write(const cat_config_t *cfg, const char *path)
 out:
 	cat_publish_destroy(publish);
 	free(line);
-	if (in && in != stdin)
+	if (in != stdin)
 		fclose(in);
 	return rc;
+}
+
+/* Delivery report: ref is the line number. */
+static void report_delivery(void *ref, const char *error, void *opaque)
+{
+	(void)opaque;
+	if (error)
+		fprintf(stderr, "line %lu: not delivered: %s\n", (unsigned long)(uintptr_t)ref, error);
+}
+
+static cat_err_t send_write(void *opaque, cat_publish_t *publish, Catalyst__V1__WriteCommand *cmd, void *ref,
+			    char *errstr, size_t errstr_size)
+{
+	(void)opaque;
+	return cat_publish_write(publish, cmd, ref, errstr, errstr_size);
+}
+
+int publish_write(const cat_config_t *cfg, const publish_settings_t *settings, const char *path)
+{
+	return publish_lines(cfg, settings, path, report_delivery, send_write, NULL);
 }
