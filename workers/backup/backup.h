@@ -88,13 +88,31 @@ typedef struct backup_table_stat {
 	int64_t max_version;
 } backup_table_stat_t;
 
+/* The worker's own settings, filled from its config table (main.c binds
+ * each CATALYST_BACKUP_* row to a field); strings are borrowed from the
+ * cat_config_t. The shared blocks (PostgreSQL, S3, consumer, HTTP) are read
+ * by their modules. */
+typedef struct backup_settings {
+	const char *group, *bind;
+	long long port;
+	const char *store, *dir;     /* "s3" | "dir"; the dir store's directory */
+	const char *restore_targets; /* "name=url;..." (secret), or NULL */
+	long long parallel, gzip_level, compress_threads; /* compress_threads 0: one per CPU, at most 4 */
+	const char *pg_dump, *psql;
+	long long max_command_s; /* the group's max.poll.interval.ms (the table's .kafka) */
+	long long max_attempts, keep_full;
+	bool allow_prune_now;
+} backup_settings_t;
+
 /* The config table's check of CATALYST_BACKUP_RESTORE_TARGETS
  * (cat_config_check_fn): "name=url;name2=url2", each url one libpq takes. */
 int backup_restore_targets_check(const char *list, char *why, size_t why_size);
 
-cat_err_t backup_new(backup_t **out, const cat_config_t *cfg, cat_sink_t *sink, cat_producer_t *producer,
-		     cat_metrics_t *metrics, volatile sig_atomic_t *stop, char *errstr,
-		     size_t errstr_size) CAT_MUST_CHECK;
+/* The handler state: `settings` is copied (`cfg` must outlive the backup:
+ * its strings); sink, producer and metrics are borrowed. */
+cat_err_t backup_new(backup_t **out, const cat_config_t *cfg, const backup_settings_t *settings,
+		     cat_sink_t *sink, cat_producer_t *producer, cat_metrics_t *metrics, volatile sig_atomic_t *stop,
+		     char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 void backup_destroy(backup_t *backup);
 cat_err_t backup_apply(void *opaque, cat_batch_t *batch, char *errstr, size_t errstr_size);
 bool backup_ready(void *opaque, char *reason, size_t reason_size);
@@ -114,22 +132,18 @@ typedef struct backup_attempt {
 
 struct backup {
 	const cat_config_t *cfg;
+	backup_settings_t settings;
 	cat_sink_t *sink;
 	cat_producer_t *producer;
 	cat_consumer_t *consumer;
 	volatile sig_atomic_t *stop;
 	PGconn *conn; /* the catalog, on the primary */
 	char events_topic[256];
-	const char *pg_dump, *psql;
-	int parallel;
-	int compress_level;
-	int compress_threads; /* per backup: a full dump's, shared by the tables running at once */
+	int compress_threads; /* per backup (settings' 0 resolved): a full dump's, shared by the tables
+			       * running at once */
 	volatile sig_atomic_t busy; /* a command is running (for /readyz) */
 	volatile sig_atomic_t failing; /* the last attempt failed: busy is a retry */
 	char last_error[512];	    /* the last failure, for /readyz */
-	int max_attempts;	    /* CATALYST_BACKUP_MAX_ATTEMPTS */
-	int keep_full;		    /* CATALYST_BACKUP_KEEP_FULL */
-	bool allow_prune_now;	    /* CATALYST_BACKUP_ALLOW_PRUNE_NOW (tests only) */
 	backup_attempt_t *attempt; /* the running command's */
 	backup_attempt_t attempts[BACKUP_ATTEMPT_SLOTS];
 

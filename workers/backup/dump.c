@@ -171,7 +171,7 @@ cat_err_t backup_dump_full(backup_t *backup, const char *prefix, backup_object_t
 
 	snprintf(snap_arg, sizeof(snap_arg), "--snapshot=%s", snap_id);
 	{
-		const char *argv[] = {backup->pg_dump, "--format=plain", "--no-owner", "--no-privileges",
+		const char *argv[] = {backup->settings.pg_dump, "--format=plain", "--no-owner", "--no-privileges",
 				      snap_arg, NULL};
 		/* timestamptz in UTC: the session the checksums are defined for */
 		const char *env[] = {CAT_ROWSUM_PG_DUMP_ENV, NULL};
@@ -380,7 +380,8 @@ cat_err_t backup_dump_tables(backup_t *backup, const char *prefix, const char *c
 	char snap_id[128];
 	int64_t watermarks[BACKUP_MAX_TABLES];
 	pthread_t threads[BACKUP_MAX_TABLES];
-	size_t n_threads = (size_t)backup->parallel < n_tables ? (size_t)backup->parallel : n_tables, started = 0;
+	size_t parallel = (size_t)backup->settings.parallel;
+	size_t n_threads = parallel < n_tables ? parallel : n_tables, started = 0;
 	table_job_t job = {.backup = backup, .snap_id = snap_id, .prefix = prefix, .tables = tables,
 			   .n = n_tables, .incremental = incremental, .watermarks = watermarks, .objs = objs,
 			   .compress_threads = backup->compress_threads / (int)(n_threads ? n_threads : 1)};

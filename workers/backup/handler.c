@@ -47,8 +47,9 @@ static void warm_events_topic(backup_t *backup)
 			     errstr);
 }
 
-cat_err_t backup_new(backup_t **out, const cat_config_t *cfg, cat_sink_t *sink, cat_producer_t *producer,
-		     cat_metrics_t *metrics, volatile sig_atomic_t *stop, char *errstr, size_t errstr_size)
+cat_err_t backup_new(backup_t **out, const cat_config_t *cfg, const backup_settings_t *settings,
+		     cat_sink_t *sink, cat_producer_t *producer, cat_metrics_t *metrics, volatile sig_atomic_t *stop,
+		     char *errstr, size_t errstr_size)
 {
 	backup_t *backup = calloc(1, sizeof(*backup));
 
@@ -56,18 +57,12 @@ cat_err_t backup_new(backup_t **out, const cat_config_t *cfg, cat_sink_t *sink, 
 	if (!backup)
 		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
 	backup->cfg = cfg;
+	backup->settings = *settings;
 	backup->sink = sink;
 	backup->producer = producer;
 	backup->metrics = metrics;
 	backup->stop = stop;
-	backup->pg_dump = cat_config_str(cfg, "CATALYST_BACKUP_PG_DUMP");
-	backup->psql = cat_config_str(cfg, "CATALYST_BACKUP_PSQL");
-	backup->parallel = (int)cat_config_int(cfg, "CATALYST_BACKUP_PARALLEL");
-	backup->compress_level = (int)cat_config_int(cfg, "CATALYST_BACKUP_GZIP_LEVEL");
-	backup->compress_threads = (int)cat_config_int(cfg, "CATALYST_BACKUP_COMPRESS_THREADS");
-	backup->max_attempts = (int)cat_config_int(cfg, "CATALYST_BACKUP_MAX_ATTEMPTS");
-	backup->keep_full = (int)cat_config_int(cfg, "CATALYST_BACKUP_KEEP_FULL");
-	backup->allow_prune_now = cat_config_bool(cfg, "CATALYST_BACKUP_ALLOW_PRUNE_NOW");
+	backup->compress_threads = (int)settings->compress_threads;
 	for (size_t i = 0; i < BACKUP_ATTEMPT_SLOTS; i++)
 		backup->attempts[i].partition = -1;
 	if (backup->compress_threads == 0) {
@@ -400,7 +395,7 @@ static cat_err_t run_backup(backup_t *backup, const Catalyst__V1__BackupCommand 
 		backup->attempt->started = true;
 	}
 	CAT_LOG_INFO("BACKUP", "backup %s (%s) started (attempt %d of %d)", backup_id, kind,
-		     backup->attempt->failed + 1, backup->max_attempts);
+		     backup->attempt->failed + 1, (int)backup->settings.max_attempts);
 
 	if (strcmp(kind, "full") == 0) {
 		err = backup_dump_full(backup, prefix, &objs[0], stats, &n_stats, errstr, errstr_size);
@@ -516,7 +511,7 @@ failed:
 	 * for good (apply_one), not on each attempt */
 	cat_metrics_inc(backup->m_failures);
 	CAT_LOG_ERROR("BACKUP", "backup %s failed (attempt %d of %d): %s", backup_id, backup->attempt->failed + 1,
-		      backup->max_attempts, errstr);
+		      (int)backup->settings.max_attempts, errstr);
 	{
 		char why[512];
 		char cleanup_err[512];
@@ -611,7 +606,7 @@ int backup_restore_targets_check(const char *list, char *why, size_t why_size)
  * ("name=url;name=url"), malloc'd; NULL when not listed. */
 static char *target_url(backup_t *backup, const char *name)
 {
-	const char *list = cat_config_str(backup->cfg, "CATALYST_BACKUP_RESTORE_TARGETS");
+	const char *list = backup->settings.restore_targets;
 	size_t nlen = strlen(name);
 
 	if (!list || !*name)
@@ -726,7 +721,7 @@ static cat_err_t run_prune(backup_t *backup, const Catalyst__V1__BackupCommand *
 	/* the worker's clock decides: a command's "now" in 2100 would prune
 	 * all but the newest full backups (tests may allow it) */
 	if (pr->has_now_us && pr->now_us > 0) {
-		if (backup->allow_prune_now)
+		if (backup->settings.allow_prune_now)
 			now_us = pr->now_us;
 		else
 			CAT_LOG_WARN("BACKUP",
@@ -755,7 +750,7 @@ static cat_err_t run_prune(backup_t *backup, const Catalyst__V1__BackupCommand *
 		items[i].finished_us = strtoll(PQgetvalue(res, (int)i, 2), NULL, 10);
 		items[i].verified = PQgetvalue(res, (int)i, 3)[0] == 't';
 	}
-	backup_retention_select(items, n, now_us, backup->keep_full);
+	backup_retention_select(items, n, now_us, (int)backup->settings.keep_full);
 	for (size_t i = 0; i < n; i++) {
 		char prefix[400];
 
@@ -913,7 +908,7 @@ static cat_err_t apply_one(backup_t *backup, cat_msg_t *msg, char *errstr, size_
 	}
 out:
 	if (err != CAT_OK && err != CAT_ERR_PERMANENT && !*backup->stop &&
-	    ++backup->attempt->failed >= backup->max_attempts) {
+	    ++backup->attempt->failed >= backup->settings.max_attempts) {
 		char why[512];
 
 		snprintf(why, sizeof(why), "%s", errstr);

@@ -59,8 +59,8 @@ static bool wanted(const char *table, const char *const *tables, size_t n)
 
 static cat_err_t restore_full(backup_t *backup, json_t *obj, PGconn *target, char *errstr, size_t errstr_size)
 {
-	const char *argv[] = {backup->psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-f", "-",
-			      NULL};
+	const char *argv[] = {backup->settings.psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction",
+			      "-f", "-", NULL};
 	const char *key = json_string_value(json_object_get(obj, "key"));
 	const char *sha = json_string_value(json_object_get(obj, "sha256"));
 	backup_child_t child;
@@ -278,9 +278,10 @@ static cat_err_t exec_ident(PGconn *conn, const char *before, const char *name, 
 /* The source's schema into the scratch database: pg_dump -s | psql. */
 static cat_err_t copy_schema(backup_t *backup, PGconn *scratch, char *errstr, size_t errstr_size)
 {
-	const char *dump_argv[] = {backup->pg_dump, "--schema-only", "--no-owner", "--no-privileges", NULL};
-	const char *psql_argv[] = {backup->psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-f",
-				   "-", NULL};
+	const char *dump_argv[] = {backup->settings.pg_dump, "--schema-only", "--no-owner", "--no-privileges",
+				   NULL};
+	const char *psql_argv[] = {backup->settings.psql, "-X", "-q", "-v", "ON_ERROR_STOP=1",
+				   "--single-transaction", "-f", "-", NULL};
 	backup_child_t dump, psql;
 	char buf[65536];
 	cat_err_t err;

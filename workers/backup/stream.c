@@ -143,7 +143,7 @@ cat_err_t backup_gz_out_open(backup_t *backup, const char *key, int threads, bac
 	if (!gz || !(gz->sha = EVP_MD_CTX_new()) || EVP_DigestInit_ex(gz->sha, EVP_sha256(), NULL) != 1)
 		goto oom;
 	gz->backup = backup;
-	gz->level = backup->compress_level;
+	gz->level = (int)backup->settings.gzip_level;
 	if (threads < 1)
 		threads = 1;
 	if (threads > GZ_MAX_THREADS)
