@@ -58,6 +58,7 @@
 #include "cat_err.h"
 #include "cat_kafka.h"
 #include "cat_metrics.h"
+#include "cat_pg.h"
 #include "cat_schema.h"
 #include "cat_sink.h"
 #include "catalyst/v1/commands.pb-c.h"
@@ -137,7 +138,8 @@ struct backup {
 	cat_producer_t *producer;
 	cat_consumer_t *consumer;
 	volatile sig_atomic_t *stop;
-	PGconn *conn; /* the catalog, on the primary */
+	cat_pg_session_t *pg; /* the catalog, on the primary: connected (cat_pg_session_conn) while a
+			       * command runs */
 	char events_topic[256];
 	int compress_threads; /* per backup (settings' 0 resolved): a full dump's, shared by the tables
 			       * running at once */
@@ -191,12 +193,12 @@ cat_err_t backup_child_wait(backup_child_t *child, const char *what, char *errst
 			    size_t errstr_size) CAT_MUST_CHECK;
 void backup_child_kill(backup_child_t *child);
 
-/* A new connection with the settings of `conn`, dbname replaced when not NULL. */
+/* A new connection (cat_pg_connect) with the settings of `conn`, dbname
+ * replaced when not NULL, `app` its application_name: a snapshot's, the
+ * scratch database's. Errors read "database <name>: could not connect to
+ * PostgreSQL: ...". */
 cat_err_t backup_pg_connect_like(PGconn *conn, const char *dbname, const char *app, PGconn **out,
 				 char *errstr, size_t errstr_size) CAT_MUST_CHECK;
-/* The same for a conninfo/URI (restore targets). */
-cat_err_t backup_pg_connect_url(const char *url, const char *app, PGconn **out, char *errstr,
-				size_t errstr_size) CAT_MUST_CHECK;
 
 /* dump.c */
 cat_err_t backup_dump_full(backup_t *backup, const char *prefix, backup_object_t *obj,

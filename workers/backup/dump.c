@@ -89,8 +89,8 @@ static cat_err_t open_snapshot(backup_t *backup, const char *snapshot, char *sna
 	cat_err_t err;
 
 	*out = NULL;
-	if ((err = backup_pg_connect_like(backup->conn, NULL, "catalyst-backup-snapshot", &conn, errstr,
-					  errstr_size)))
+	if ((err = backup_pg_connect_like(cat_pg_session_conn(backup->pg), NULL, "catalyst-backup-snapshot", &conn,
+					  errstr, errstr_size)))
 		return err;
 	if ((err = cat_pg_exec(conn, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", 0, NULL, NULL, errstr,
 			       errstr_size)))
@@ -176,8 +176,8 @@ cat_err_t backup_dump_full(backup_t *backup, const char *prefix, backup_object_t
 		/* timestamptz in UTC: the session the checksums are defined for */
 		const char *env[] = {CAT_ROWSUM_PG_DUMP_ENV, NULL};
 
-		if ((err = backup_child_spawn(&child, argv, backup->conn, NULL, env, false, errstr,
-					      errstr_size)))
+		if ((err = backup_child_spawn(&child, argv, cat_pg_session_conn(backup->pg), NULL, env, false,
+					      errstr, errstr_size)))
 			goto out;
 	}
 	snprintf(obj->key, sizeof(obj->key), "%sdump.sql.gz", prefix);
@@ -393,7 +393,7 @@ cat_err_t backup_dump_tables(backup_t *backup, const char *prefix, const char *c
 			const char *params[] = {tables[i]};
 			PGresult *res = NULL;
 
-			if ((err = cat_pg_exec(backup->conn,
+			if ((err = cat_pg_exec(cat_pg_session_conn(backup->pg),
 					       "SELECT last_version FROM backup_watermarks WHERE table_name = $1", 1, params,
 					       &res, errstr, errstr_size)))
 				return err;

@@ -286,8 +286,8 @@ static cat_err_t copy_schema(backup_t *backup, PGconn *scratch, char *errstr, si
 	char buf[65536];
 	cat_err_t err;
 
-	if ((err = backup_child_spawn(&dump, dump_argv, backup->conn, NULL, NULL, false, errstr,
-				      errstr_size)))
+	if ((err = backup_child_spawn(&dump, dump_argv, cat_pg_session_conn(backup->pg), NULL, NULL, false,
+				      errstr, errstr_size)))
 		return err;
 	if ((err = backup_child_spawn(&psql, psql_argv, scratch, NULL, NULL, true, errstr, errstr_size))) {
 		backup_child_kill(&dump);
@@ -389,7 +389,7 @@ cat_err_t backup_verify(backup_t *backup, const char *backup_id, const void *man
 	const char *encoding = json_string_value(json_object_get(manifest, "checksum_encoding"));
 	unsigned char md[SHA256_DIGEST_LENGTH];
 	char scratch_db[64], restore_err[512] = "";
-	PGconn *scratch = NULL;
+	PGconn *catalog = cat_pg_session_conn(backup->pg), *scratch = NULL;
 	int64_t rows = 0;
 	size_t used = 0;
 	cat_err_t err;
@@ -400,12 +400,12 @@ cat_err_t backup_verify(backup_t *backup, const char *backup_id, const void *man
 	snprintf(scratch_db, sizeof(scratch_db), "catalyst_verify_%02x%02x%02x%02x%02x%02x", md[0], md[1], md[2], md[3],
 		 md[4], md[5]);
 	/* a scratch database an interrupted verify left behind goes first */
-	if ((err = exec_ident(backup->conn, "DROP DATABASE IF EXISTS", scratch_db, " WITH (FORCE)", errstr,
+	if ((err = exec_ident(catalog, "DROP DATABASE IF EXISTS", scratch_db, " WITH (FORCE)", errstr,
 			      errstr_size)) ||
-	    (err = exec_ident(backup->conn, "CREATE DATABASE", scratch_db, "", errstr, errstr_size)))
+	    (err = exec_ident(catalog, "CREATE DATABASE", scratch_db, "", errstr, errstr_size)))
 		return err;
-	if ((err = backup_pg_connect_like(backup->conn, scratch_db, "catalyst-backup-verify", &scratch,
-					  errstr, errstr_size)))
+	if ((err = backup_pg_connect_like(catalog, scratch_db, "catalyst-backup-verify", &scratch, errstr,
+					  errstr_size)))
 		goto out;
 	if (kind && strcmp(kind, "full") != 0 && (err = copy_schema(backup, scratch, errstr, errstr_size)))
 		goto out;
@@ -492,7 +492,7 @@ out:
 	{
 		char derr[512];
 
-		if (exec_ident(backup->conn, "DROP DATABASE IF EXISTS", scratch_db, " WITH (FORCE)", derr, sizeof(derr)))
+		if (exec_ident(catalog, "DROP DATABASE IF EXISTS", scratch_db, " WITH (FORCE)", derr, sizeof(derr)))
 			CAT_LOG_WARN("PG", "could not drop the scratch database %s: %s", scratch_db, derr);
 	}
 	return err;

@@ -574,57 +574,70 @@ void backup_child_kill(backup_child_t *child)
 
 /* --- connections ------------------------------------------------------------------------------------ */
 
+/* Appends key='value' and a space to a conninfo string (\ and ' escaped). */
+static char *conninfo_put(char *w, const char *key, const char *val)
+{
+	w += sprintf(w, "%s='", key);
+	for (; *val; val++) {
+		if (*val == '\\' || *val == '\'')
+			*w++ = '\\';
+		*w++ = *val;
+	}
+	*w++ = '\'';
+	*w++ = ' ';
+	return w;
+}
+
+/* The settings of conn as a conninfo string for cat_pg_connect, dbname
+ * replaced when not NULL (application_name and connect_timeout are
+ * cat_pg_connect's arguments: *timeout_s is conn's), malloc'd in *size
+ * bytes: it holds the password, the caller wipes it. */
+static char *conninfo_like(PGconn *conn, const char *dbname, int *timeout_s, size_t *size)
+{
+	PQconninfoOption *opts = PQconninfo(conn), *o;
+	char *out, *w;
+
+	*size = 1 + (dbname ? 2 * strlen(dbname) + 12 : 0);
+	if (!opts)
+		return NULL;
+	for (o = opts; o->keyword; o++)
+		if (o->val)
+			*size += strlen(o->keyword) + 2 * strlen(o->val) + 4;
+	if ((out = w = malloc(*size))) {
+		for (o = opts; o->keyword; o++) {
+			if (!o->val || !*o->val || strcmp(o->keyword, "application_name") == 0 ||
+			    strcmp(o->keyword, "fallback_application_name") == 0)
+				continue;
+			if (strcmp(o->keyword, "connect_timeout") == 0)
+				*timeout_s = atoi(o->val);
+			else
+				w = conninfo_put(w, o->keyword,
+						 strcmp(o->keyword, "dbname") == 0 && dbname ? dbname : o->val);
+		}
+		*w = '\0';
+	}
+	for (o = opts; o->keyword; o++)
+		if (o->val)
+			explicit_bzero(o->val, strlen(o->val)); /* the password */
+	PQconninfoFree(opts);
+	return out;
+}
+
 cat_err_t backup_pg_connect_like(PGconn *conn, const char *dbname, const char *app, PGconn **out,
 				 char *errstr, size_t errstr_size)
 {
-	PQconninfoOption *opts = PQconninfo(conn), *o;
-	const char **keys, **vals;
-	size_t n = 0, i = 0;
-	PGconn *c;
-	cat_err_t err = CAT_OK;
+	int timeout_s = 0;
+	size_t size;
+	char *conninfo = conninfo_like(conn, dbname, &timeout_s, &size), inner[1024];
+	cat_err_t err;
 
 	*out = NULL;
-	if (!opts)
+	if (!conninfo)
 		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
-	for (o = opts; o->keyword; o++)
-		n++;
-	keys = calloc(n + 2, sizeof(*keys));
-	vals = calloc(n + 2, sizeof(*vals));
-	if (!keys || !vals) {
-		free(keys);
-		free(vals);
-		PQconninfoFree(opts);
-		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
-	}
-	for (o = opts; o->keyword; o++) {
-		if (!o->val || !*o->val)
-			continue;
-		keys[i] = o->keyword;
-		vals[i] = strcmp(o->keyword, "dbname") == 0 && dbname ? dbname
-			  : strcmp(o->keyword, "application_name") == 0 ? app
-									  : o->val;
-		i++;
-	}
-	keys[i] = NULL;
-	c = PQconnectdbParams(keys, vals, 0);
-	if (!c || PQstatus(c) != CONNECTION_OK) {
-		const char *msg = c ? PQerrorMessage(c) : "out of memory";
-		size_t len = strcspn(msg, "\n");
-
-		err = cat_err_set(errstr, errstr_size, cat_pg_connect_error_class(msg),
-				  "could not connect to database %s: %.*s", dbname ? dbname : PQdb(conn), (int)len, msg);
-		PQfinish(c);
-		c = NULL;
-	}
-	free(keys);
-	free(vals);
-	PQconninfoFree(opts);
-	*out = c;
-	return err;
-}
-
-cat_err_t backup_pg_connect_url(const char *url, const char *app, PGconn **out, char *errstr,
-				size_t errstr_size)
-{
-	return cat_pg_connect(out, url, app, 10, errstr, errstr_size);
+	err = cat_pg_connect(out, conninfo, app, timeout_s, inner, sizeof(inner));
+	explicit_bzero(conninfo, size);
+	free(conninfo);
+	if (err != CAT_OK)
+		return cat_err_set(errstr, errstr_size, err, "database %s: %s", dbname ? dbname : PQdb(conn), inner);
+	return CAT_OK;
 }
