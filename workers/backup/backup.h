@@ -200,6 +200,22 @@ void backup_child_kill(backup_child_t *child);
 cat_err_t backup_pg_connect_like(PGconn *conn, const char *dbname, const char *app, PGconn **out,
 				 char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 
+/* COPY on a connection of its own; failures read "could not <what>:
+ * <message> (SQLSTATE x)" (cat_pg_result_error). backup_copy_start runs
+ * `sql` and checks that the server is in `mode` (PGRES_COPY_OUT, _IN);
+ * backup_copy_end checks the result of a COPY whose data part ended (ok) or
+ * failed (not ok); backup_copy_rows hands each row of a COPY ... TO STDOUT
+ * to fn, then ends it, and stops at fn's first error (the connection, still
+ * in the COPY, is the caller's to close). */
+typedef cat_err_t (*backup_copy_row_fn)(const char *row, size_t len, void *opaque, char *errstr,
+					size_t errstr_size);
+cat_err_t backup_copy_start(PGconn *conn, const char *sql, ExecStatusType mode, const char *what, char *errstr,
+			    size_t errstr_size) CAT_MUST_CHECK;
+cat_err_t backup_copy_end(PGconn *conn, bool ok, const char *what, char *errstr,
+			  size_t errstr_size) CAT_MUST_CHECK;
+cat_err_t backup_copy_rows(PGconn *conn, const char *what, backup_copy_row_fn fn, void *opaque, char *errstr,
+			   size_t errstr_size) CAT_MUST_CHECK;
+
 /* dump.c */
 cat_err_t backup_dump_full(backup_t *backup, const char *prefix, backup_object_t *obj,
 			   backup_table_stat_t *stats, size_t *n_stats, char *errstr,
@@ -207,9 +223,12 @@ cat_err_t backup_dump_full(backup_t *backup, const char *prefix, backup_object_t
 cat_err_t backup_dump_tables(backup_t *backup, const char *prefix, const char *const *tables, size_t n_tables,
 			     bool incremental, backup_object_t *objs, char *errstr,
 			     size_t errstr_size) CAT_MUST_CHECK;
+/* "c1, c2, ..." of a schema table (malloc'd; NULL: out of memory). */
+char *backup_column_list(const cat_table_t *t);
+/* The position of the version column in a COPY of all of t's columns; -1: none. */
+int backup_table_version_field(const cat_table_t *t);
 /* Row count and checksum of a table as manifests without checksum_algo
  * record them (computed by the server: sum(hashtextextended(ROW(...)::text, 0))). */
-int backup_table_version_field(const cat_table_t *t);
 cat_err_t backup_table_stats(PGconn *conn, const char *table, const char *where, backup_table_stat_t *stat,
 			     char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 

@@ -1,6 +1,6 @@
 /*
  * Streams of catalyst-backup: gzip + sha256 into a sink object and back,
- * child processes (pg_dump, psql) without a shell, extra connections.
+ * child processes (pg_dump, psql) without a shell, extra connections, COPY.
  */
 #define _GNU_SOURCE /* asprintf, pipe2 */
 #include <errno.h>
@@ -640,4 +640,46 @@ cat_err_t backup_pg_connect_like(PGconn *conn, const char *dbname, const char *a
 	if (err != CAT_OK)
 		return cat_err_set(errstr, errstr_size, err, "database %s: %s", dbname ? dbname : PQdb(conn), inner);
 	return CAT_OK;
+}
+
+/* --- COPY ---------------------------------------------------------------------------------------------- */
+
+cat_err_t backup_copy_start(PGconn *conn, const char *sql, ExecStatusType mode, const char *what, char *errstr,
+			    size_t errstr_size)
+{
+	PGresult *res = PQexec(conn, sql);
+	cat_err_t err = CAT_OK;
+
+	if (PQresultStatus(res) != mode)
+		err = cat_pg_result_error(conn, res, what, errstr, errstr_size);
+	PQclear(res);
+	return err;
+}
+
+cat_err_t backup_copy_end(PGconn *conn, bool ok, const char *what, char *errstr, size_t errstr_size)
+{
+	PGresult *res = PQgetResult(conn);
+	cat_err_t err = CAT_OK;
+
+	if (!ok || PQresultStatus(res) != PGRES_COMMAND_OK)
+		err = cat_pg_result_error(conn, res, what, errstr, errstr_size);
+	PQclear(res);
+	return err;
+}
+
+cat_err_t backup_copy_rows(PGconn *conn, const char *what, backup_copy_row_fn fn, void *opaque, char *errstr,
+			   size_t errstr_size)
+{
+	char *row = NULL;
+	cat_err_t err;
+	int n;
+
+	while ((n = PQgetCopyData(conn, &row, 0)) > 0) {
+		err = fn(row, (size_t)n, opaque, errstr, errstr_size);
+		PQfreemem(row);
+		row = NULL;
+		if (err != CAT_OK)
+			return err;
+	}
+	return backup_copy_end(conn, n == -1, what, errstr, errstr_size);
 }
