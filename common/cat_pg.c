@@ -306,6 +306,15 @@ static char *dup_or_empty(const char *s)
 	return strdup(s ? s : "");
 }
 
+void cat_pg_session_opts_from_config(cat_pg_session_opts_t *opts, const cat_config_t *cfg, const char *app_name)
+{
+	memset(opts, 0, sizeof(*opts));
+	opts->url = cat_config_str(cfg, "CATALYST_PG_URL");
+	opts->app_name = app_name;
+	opts->what = "primary";
+	opts->connect_timeout_s = (int)cat_config_int(cfg, "CATALYST_PG_CONNECT_TIMEOUT_S");
+}
+
 cat_err_t cat_pg_session_new(cat_pg_session_t **out, const cat_pg_session_opts_t *opts, char *errstr,
 			     size_t errstr_size)
 {

@@ -19,6 +19,7 @@
 
 #include <libpq-fe.h>
 
+#include "cat_config.h"
 #include "cat_err.h"
 #include "cat_metrics.h"
 
@@ -110,6 +111,12 @@ typedef struct cat_pg_session_opts {
 	void *opaque;		     /* passed to on_connected */
 	cat_metric_t *reconnects;    /* counted each time a lost connection is made again, or NULL */
 } cat_pg_session_opts_t;
+
+/* The options of a session on the primary from the CAT_CONFIG_PG settings of
+ * cfg: url CATALYST_PG_URL (borrowed), connect_timeout_s
+ * CATALYST_PG_CONNECT_TIMEOUT_S, what "primary", app_name; the other fields
+ * zero, for the caller to set. */
+void cat_pg_session_opts_from_config(cat_pg_session_opts_t *opts, const cat_config_t *cfg, const char *app_name);
 
 cat_err_t cat_pg_session_new(cat_pg_session_t **out, const cat_pg_session_opts_t *opts, char *errstr,
 			     size_t errstr_size) CAT_MUST_CHECK;
