@@ -81,15 +81,7 @@ cat_err_t backup_new(backup_t **out, const cat_config_t *cfg, const backup_setti
 		     char *errstr, size_t errstr_size)
 {
 	backup_t *backup = calloc(1, sizeof(*backup));
-	cat_pg_session_opts_t pg_opts = {
-		.url = cat_config_str(cfg, "CATALYST_PG_URL"),
-		.app_name = BACKUP_WORKER,
-		.what = "primary",
-		.connect_timeout_s = (int)cat_config_int(cfg, "CATALYST_PG_CONNECT_TIMEOUT_S"),
-		.schema_version = CAT_SCHEMA_VERSION,
-		.on_connected = seed_last_success,
-		.opaque = backup,
-	};
+	cat_pg_session_opts_t pg_opts;
 	cat_err_t err;
 
 	*out = NULL;
@@ -101,6 +93,12 @@ cat_err_t backup_new(backup_t **out, const cat_config_t *cfg, const backup_setti
 	backup->producer = producer;
 	backup->metrics = metrics;
 	backup->stop = stop;
+	/* the catalog: on each new connection the schema is checked and the
+	 * last-success gauges are seeded */
+	cat_pg_session_opts_from_config(&pg_opts, cfg, BACKUP_WORKER);
+	pg_opts.schema_version = CAT_SCHEMA_VERSION;
+	pg_opts.on_connected = seed_last_success;
+	pg_opts.opaque = backup;
 	if ((err = cat_pg_session_new(&backup->pg, &pg_opts, errstr, errstr_size)) != CAT_OK) {
 		backup_destroy(backup);
 		return err;
