@@ -10,8 +10,9 @@
  * group does not evict the worker mid-backup; /readyz stays true while a
  * command runs. Serves /healthz, /readyz, /metrics (port 5021).
  *
- * Exit codes: 0 stopped by SIGTERM/SIGINT, 1 failed (Kafka, a database
- * that refuses the credentials at start-up), 2 bad usage or configuration.
+ * Exit codes: 0 stopped by SIGTERM/SIGINT, 1 failed (Kafka), 2 bad usage or
+ * configuration. PostgreSQL is connected at the first command, and nothing
+ * it answers stops the worker (handler.c).
  */
 #include <signal.h>
 #include <stdio.h>
