@@ -294,6 +294,8 @@ struct cat_pg_session {
 	int connect_timeout_s;
 	int schema_version;
 	cat_err_t (*on_connect)(PGconn *conn, char *errstr, size_t errstr_size);
+	void (*on_connected)(PGconn *conn, void *opaque);
+	void *opaque;
 	cat_metric_t *reconnects;
 	PGconn *conn;
 	bool lost; /* the last connection was dropped: the next one is a reconnect */
@@ -302,6 +304,15 @@ struct cat_pg_session {
 static char *dup_or_empty(const char *s)
 {
 	return strdup(s ? s : "");
+}
+
+void cat_pg_session_opts_from_config(cat_pg_session_opts_t *opts, const cat_config_t *cfg, const char *app_name)
+{
+	memset(opts, 0, sizeof(*opts));
+	opts->url = cat_config_str(cfg, "CATALYST_PG_URL");
+	opts->app_name = app_name;
+	opts->what = "primary";
+	opts->connect_timeout_s = (int)cat_config_int(cfg, "CATALYST_PG_CONNECT_TIMEOUT_S");
 }
 
 cat_err_t cat_pg_session_new(cat_pg_session_t **out, const cat_pg_session_opts_t *opts, char *errstr,
@@ -320,6 +331,8 @@ cat_err_t cat_pg_session_new(cat_pg_session_t **out, const cat_pg_session_opts_t
 	session->connect_timeout_s = opts->connect_timeout_s > 0 ? opts->connect_timeout_s : 10;
 	session->schema_version = opts->schema_version;
 	session->on_connect = opts->on_connect;
+	session->on_connected = opts->on_connected;
+	session->opaque = opts->opaque;
 	session->reconnects = opts->reconnects;
 	*out = session;
 	return CAT_OK;
@@ -373,6 +386,8 @@ cat_err_t cat_pg_session_ensure(cat_pg_session_t *session, PGconn **conn, char *
 	session->lost = false;
 	session->conn = c;
 	CAT_LOG_INFO("PG", "connected to the %s", session->what);
+	if (session->on_connected)
+		session->on_connected(c, session->opaque);
 	*conn = c;
 	return CAT_OK;
 }

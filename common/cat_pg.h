@@ -19,6 +19,7 @@
 
 #include <libpq-fe.h>
 
+#include "cat_config.h"
 #include "cat_err.h"
 #include "cat_metrics.h"
 
@@ -89,9 +90,13 @@ cat_err_t cat_pg_require_schema(PGconn *conn, int version, char *errstr, size_t 
  *
  * A connection is checked once when made: the schema holds at least
  * `schema_version` migrations (0: not checked), then `on_connect` runs (a
- * session setting, say). Errors read "<what>: could not connect to
- * PostgreSQL: ..." and never hold the URL. A session is used by one thread
- * at a time; cat_pg_session_ping() may be called from any thread.
+ * session setting, say; its error refuses the connection). Once the
+ * connection is the session's, `on_connected` (when set) is told of it, with
+ * `opaque`: for what a worker reads from the database on each new connection
+ * (gauges seeded from a table, say); it cannot refuse the connection.
+ * Errors read "<what>: could not connect to PostgreSQL: ..." and never hold
+ * the URL. A session is used by one thread at a time; cat_pg_session_ping()
+ * may be called from any thread.
  */
 typedef struct cat_pg_session cat_pg_session_t;
 
@@ -102,8 +107,16 @@ typedef struct cat_pg_session_opts {
 	int connect_timeout_s;	     /* connect_timeout (default 10) */
 	int schema_version;	     /* the least migration applied, 0: no check */
 	cat_err_t (*on_connect)(PGconn *conn, char *errstr, size_t errstr_size); /* or NULL */
+	void (*on_connected)(PGconn *conn, void *opaque); /* or NULL */
+	void *opaque;		     /* passed to on_connected */
 	cat_metric_t *reconnects;    /* counted each time a lost connection is made again, or NULL */
 } cat_pg_session_opts_t;
+
+/* The options of a session on the primary from the CAT_CONFIG_PG settings of
+ * cfg: url CATALYST_PG_URL (borrowed), connect_timeout_s
+ * CATALYST_PG_CONNECT_TIMEOUT_S, what "primary", app_name; the other fields
+ * zero, for the caller to set. */
+void cat_pg_session_opts_from_config(cat_pg_session_opts_t *opts, const cat_config_t *cfg, const char *app_name);
 
 cat_err_t cat_pg_session_new(cat_pg_session_t **out, const cat_pg_session_opts_t *opts, char *errstr,
 			     size_t errstr_size) CAT_MUST_CHECK;

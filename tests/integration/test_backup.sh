@@ -251,6 +251,13 @@ assert_eq 0 "$(psql_at "$CATALYST_PG_URL" "SELECT count(*) FROM backup_catalog W
 wait_event backup.pruned "prune-$$"
 assert_eq "716 36" "$(psql_at "$CATALYST_PG_URL" "SELECT count(*) FILTER (WHERE state = 'pruned') || ' ' || count(*) FILTER (WHERE state = 'completed') FROM backup_catalog")" "states after the prune"
 
+# after a restart, the last-success gauges come from the catalog as soon as
+# a command connects (the newest completed daily: 2026-01-31 00:00 UTC)
+stop_worker
+start_worker "$work/restarted.log"
+"$bin/catalyst-publish" backup --command-id "prune-restarted-$$" prune --dry-run >/dev/null
+wait_event backup.pruned "prune-restarted-$$"
+assert_contains "$(curl -s "$base/metrics")" 'catalyst_backup_last_success_timestamp_seconds{tag="daily"} 1769817600'
 stop_worker
 touch "$work/done"
 echo "test_backup: ok"

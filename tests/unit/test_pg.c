@@ -1,5 +1,5 @@
 /* Check suite for common/cat_pg: what needs no server (script splitting,
- * connection error classes, failed connects). */
+ * connection error classes, failed connects, session options). */
 #include <check.h>
 #include <stdlib.h>
 #include <string.h>
@@ -129,6 +129,32 @@ START_TEST(test_connect_bad_option_is_fatal)
 }
 END_TEST
 
+START_TEST(test_session_opts_from_config)
+{
+	static const cat_config_def_t defs[] = {CAT_CONFIG_PG};
+	char *env[] = {"CATALYST_PG_URL=postgresql://catalyst:s3cretpw@127.0.0.1:1/catalyst",
+		       "CATALYST_PG_CONNECT_TIMEOUT_S=7", NULL};
+	cat_pg_session_opts_t opts;
+	cat_config_t *cfg = NULL;
+	char errstr[256];
+
+	ck_assert_int_eq(cat_config_load(&cfg, defs, sizeof(defs) / sizeof(defs[0]), env, errstr, sizeof(errstr)),
+			 CAT_OK);
+	memset(&opts, 0xff, sizeof(opts));
+	cat_pg_session_opts_from_config(&opts, cfg, "test_pg");
+	ck_assert_str_eq(opts.url, "postgresql://catalyst:s3cretpw@127.0.0.1:1/catalyst");
+	ck_assert_str_eq(opts.app_name, "test_pg");
+	ck_assert_str_eq(opts.what, "primary");
+	ck_assert_int_eq(opts.connect_timeout_s, 7);
+	ck_assert_int_eq(opts.schema_version, 0);
+	ck_assert_ptr_null(opts.on_connect);
+	ck_assert_ptr_null(opts.on_connected);
+	ck_assert_ptr_null(opts.opaque);
+	ck_assert_ptr_null(opts.reconnects);
+	cat_config_destroy(cfg);
+}
+END_TEST
+
 START_TEST(test_close_accepts_null)
 {
 	cat_pg_close(NULL);
@@ -146,6 +172,7 @@ int main(void)
 	tcase_add_test(tc, test_connect_error_class);
 	tcase_add_test(tc, test_connect_refused_is_retriable_and_hides_password);
 	tcase_add_test(tc, test_connect_bad_option_is_fatal);
+	tcase_add_test(tc, test_session_opts_from_config);
 	tcase_add_test(tc, test_close_accepts_null);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);

@@ -58,6 +58,7 @@
 #include "cat_err.h"
 #include "cat_kafka.h"
 #include "cat_metrics.h"
+#include "cat_pg.h"
 #include "cat_schema.h"
 #include "cat_sink.h"
 #include "catalyst/v1/commands.pb-c.h"
@@ -88,13 +89,31 @@ typedef struct backup_table_stat {
 	int64_t max_version;
 } backup_table_stat_t;
 
+/* The worker's own settings, filled from its config table (main.c binds
+ * each CATALYST_BACKUP_* row to a field); strings are borrowed from the
+ * cat_config_t. The shared blocks (PostgreSQL, S3, consumer, HTTP) are read
+ * by their modules. */
+typedef struct backup_settings {
+	const char *group, *bind;
+	long long port;
+	const char *store, *dir;     /* "s3" | "dir"; the dir store's directory */
+	const char *restore_targets; /* "name=url;..." (secret), or NULL */
+	long long parallel, gzip_level, compress_threads; /* compress_threads 0: one per CPU, at most 4 */
+	const char *pg_dump, *psql;
+	long long max_command_s; /* the group's max.poll.interval.ms (the table's .kafka) */
+	long long max_attempts, keep_full;
+	bool allow_prune_now;
+} backup_settings_t;
+
 /* The config table's check of CATALYST_BACKUP_RESTORE_TARGETS
  * (cat_config_check_fn): "name=url;name2=url2", each url one libpq takes. */
 int backup_restore_targets_check(const char *list, char *why, size_t why_size);
 
-cat_err_t backup_new(backup_t **out, const cat_config_t *cfg, cat_sink_t *sink, cat_producer_t *producer,
-		     cat_metrics_t *metrics, volatile sig_atomic_t *stop, char *errstr,
-		     size_t errstr_size) CAT_MUST_CHECK;
+/* The handler state: `settings` is copied (`cfg` must outlive the backup:
+ * its strings); sink, producer and metrics are borrowed. */
+cat_err_t backup_new(backup_t **out, const cat_config_t *cfg, const backup_settings_t *settings,
+		     cat_sink_t *sink, cat_producer_t *producer, cat_metrics_t *metrics, volatile sig_atomic_t *stop,
+		     char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 void backup_destroy(backup_t *backup);
 cat_err_t backup_apply(void *opaque, cat_batch_t *batch, char *errstr, size_t errstr_size);
 bool backup_ready(void *opaque, char *reason, size_t reason_size);
@@ -114,22 +133,19 @@ typedef struct backup_attempt {
 
 struct backup {
 	const cat_config_t *cfg;
+	backup_settings_t settings;
 	cat_sink_t *sink;
 	cat_producer_t *producer;
 	cat_consumer_t *consumer;
 	volatile sig_atomic_t *stop;
-	PGconn *conn; /* the catalog, on the primary */
+	cat_pg_session_t *pg; /* the catalog, on the primary: connected (cat_pg_session_conn) while a
+			       * command runs */
 	char events_topic[256];
-	const char *pg_dump, *psql;
-	int parallel;
-	int compress_level;
-	int compress_threads; /* per backup: a full dump's, shared by the tables running at once */
+	int compress_threads; /* per backup (settings' 0 resolved): a full dump's, shared by the tables
+			       * running at once */
 	volatile sig_atomic_t busy; /* a command is running (for /readyz) */
 	volatile sig_atomic_t failing; /* the last attempt failed: busy is a retry */
 	char last_error[512];	    /* the last failure, for /readyz */
-	int max_attempts;	    /* CATALYST_BACKUP_MAX_ATTEMPTS */
-	int keep_full;		    /* CATALYST_BACKUP_KEEP_FULL */
-	bool allow_prune_now;	    /* CATALYST_BACKUP_ALLOW_PRUNE_NOW (tests only) */
 	backup_attempt_t *attempt; /* the running command's */
 	backup_attempt_t attempts[BACKUP_ATTEMPT_SLOTS];
 
@@ -177,12 +193,28 @@ cat_err_t backup_child_wait(backup_child_t *child, const char *what, char *errst
 			    size_t errstr_size) CAT_MUST_CHECK;
 void backup_child_kill(backup_child_t *child);
 
-/* A new connection with the settings of `conn`, dbname replaced when not NULL. */
+/* A new connection (cat_pg_connect) with the settings of `conn`, dbname
+ * replaced when not NULL, `app` its application_name: a snapshot's, the
+ * scratch database's. Errors read "database <name>: could not connect to
+ * PostgreSQL: ...". */
 cat_err_t backup_pg_connect_like(PGconn *conn, const char *dbname, const char *app, PGconn **out,
 				 char *errstr, size_t errstr_size) CAT_MUST_CHECK;
-/* The same for a conninfo/URI (restore targets). */
-cat_err_t backup_pg_connect_url(const char *url, const char *app, PGconn **out, char *errstr,
-				size_t errstr_size) CAT_MUST_CHECK;
+
+/* COPY on a connection of its own; failures read "could not <what>:
+ * <message> (SQLSTATE x)" (cat_pg_result_error). backup_copy_start runs
+ * `sql` and checks that the server is in `mode` (PGRES_COPY_OUT, _IN);
+ * backup_copy_end checks the result of a COPY whose data part ended (ok) or
+ * failed (not ok); backup_copy_rows hands each row of a COPY ... TO STDOUT
+ * to fn, then ends it, and stops at fn's first error (the connection, still
+ * in the COPY, is the caller's to close). */
+typedef cat_err_t (*backup_copy_row_fn)(const char *row, size_t len, void *opaque, char *errstr,
+					size_t errstr_size);
+cat_err_t backup_copy_start(PGconn *conn, const char *sql, ExecStatusType mode, const char *what, char *errstr,
+			    size_t errstr_size) CAT_MUST_CHECK;
+cat_err_t backup_copy_end(PGconn *conn, bool ok, const char *what, char *errstr,
+			  size_t errstr_size) CAT_MUST_CHECK;
+cat_err_t backup_copy_rows(PGconn *conn, const char *what, backup_copy_row_fn fn, void *opaque, char *errstr,
+			   size_t errstr_size) CAT_MUST_CHECK;
 
 /* dump.c */
 cat_err_t backup_dump_full(backup_t *backup, const char *prefix, backup_object_t *obj,
@@ -191,9 +223,12 @@ cat_err_t backup_dump_full(backup_t *backup, const char *prefix, backup_object_t
 cat_err_t backup_dump_tables(backup_t *backup, const char *prefix, const char *const *tables, size_t n_tables,
 			     bool incremental, backup_object_t *objs, char *errstr,
 			     size_t errstr_size) CAT_MUST_CHECK;
+/* "c1, c2, ..." of a schema table (malloc'd; NULL: out of memory). */
+char *backup_column_list(const cat_table_t *t);
+/* The position of the version column in a COPY of all of t's columns; -1: none. */
+int backup_table_version_field(const cat_table_t *t);
 /* Row count and checksum of a table as manifests without checksum_algo
  * record them (computed by the server: sum(hashtextextended(ROW(...)::text, 0))). */
-int backup_table_version_field(const cat_table_t *t);
 cat_err_t backup_table_stats(PGconn *conn, const char *table, const char *where, backup_table_stat_t *stat,
 			     char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 

@@ -24,8 +24,7 @@
 
 #define READ_CHUNK (128 * 1024)
 
-/* "c1, c2, ..." of a schema table. */
-static char *column_list(const cat_table_t *t)
+char *backup_column_list(const cat_table_t *t)
 {
 	size_t len = 1;
 	char *out;
@@ -44,7 +43,7 @@ static char *column_list(const cat_table_t *t)
 
 static char *stats_sql(const cat_table_t *t, const char *where)
 {
-	char *cols = column_list(t), *sql = NULL;
+	char *cols = backup_column_list(t), *sql = NULL;
 
 	if (cols && asprintf(&sql,
 			     "SELECT count(*), coalesce(sum(hashtextextended(ROW(%s)::text, 0)), 0)::text, "
@@ -89,8 +88,8 @@ static cat_err_t open_snapshot(backup_t *backup, const char *snapshot, char *sna
 	cat_err_t err;
 
 	*out = NULL;
-	if ((err = backup_pg_connect_like(backup->conn, NULL, "catalyst-backup-snapshot", &conn, errstr,
-					  errstr_size)))
+	if ((err = backup_pg_connect_like(cat_pg_session_conn(backup->pg), NULL, "catalyst-backup-snapshot", &conn,
+					  errstr, errstr_size)))
 		return err;
 	if ((err = cat_pg_exec(conn, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", 0, NULL, NULL, errstr,
 			       errstr_size)))
@@ -152,7 +151,7 @@ cat_err_t backup_dump_full(backup_t *backup, const char *prefix, backup_object_t
 			   backup_table_stat_t *stats, size_t *n_stats, char *errstr, size_t errstr_size)
 {
 	PGconn *snap = NULL;
-	char snap_id[128] = "", snap_arg[160], *buf = malloc(READ_CHUNK);
+	char snap_id[128] = "", snap_arg[160], why[512], *buf = malloc(READ_CHUNK);
 	char(*schemas)[64] = calloc(cat_schema_n_tables, sizeof(*schemas));
 	backup_child_t child = {.pid = -1, .fd = -1, .err_fd = -1};
 	cat_dumpscan_t *scan = NULL;
@@ -171,13 +170,13 @@ cat_err_t backup_dump_full(backup_t *backup, const char *prefix, backup_object_t
 
 	snprintf(snap_arg, sizeof(snap_arg), "--snapshot=%s", snap_id);
 	{
-		const char *argv[] = {backup->pg_dump, "--format=plain", "--no-owner", "--no-privileges",
+		const char *argv[] = {backup->settings.pg_dump, "--format=plain", "--no-owner", "--no-privileges",
 				      snap_arg, NULL};
 		/* timestamptz in UTC: the session the checksums are defined for */
 		const char *env[] = {CAT_ROWSUM_PG_DUMP_ENV, NULL};
 
-		if ((err = backup_child_spawn(&child, argv, backup->conn, NULL, env, false, errstr,
-					      errstr_size)))
+		if ((err = backup_child_spawn(&child, argv, cat_pg_session_conn(backup->pg), NULL, env, false,
+					      errstr, errstr_size)))
 			goto out;
 	}
 	snprintf(obj->key, sizeof(obj->key), "%sdump.sql.gz", prefix);
@@ -207,8 +206,8 @@ cat_err_t backup_dump_full(backup_t *backup, const char *prefix, backup_object_t
 	}
 	if ((err = backup_child_wait(&child, "pg_dump", errstr, errstr_size)))
 		goto out;
-	if ((err = cat_dumpscan_finish(scan, errstr, errstr_size)) != CAT_OK) {
-		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "pg_dump's output is incomplete: %s", errstr);
+	if ((err = cat_dumpscan_finish(scan, why, sizeof(why))) != CAT_OK) {
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "pg_dump's output is incomplete: %s", why);
 		goto out;
 	}
 	for (size_t i = 0; i < cat_schema_n_tables; i++) {
@@ -258,13 +257,29 @@ typedef struct table_job {
 	char errstr[512];
 } table_job_t;
 
-/* The position of the version column in a COPY of all of t's columns; -1: none. */
 int backup_table_version_field(const cat_table_t *t)
 {
 	for (size_t i = 0; i < t->n_columns; i++)
 		if (strcmp(t->columns[i].name, "version") == 0)
 			return (int)i;
 	return -1;
+}
+
+/* Where a table's COPY rows go: counted and checksummed, then compressed. */
+typedef struct table_out {
+	backup_t *backup;
+	cat_rowscan_t *scan;
+	backup_gz_out_t *gz;
+} table_out_t;
+
+static cat_err_t table_row(const char *row, size_t len, void *opaque, char *errstr, size_t errstr_size)
+{
+	table_out_t *out = opaque;
+
+	if (*out->backup->stop)
+		return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "interrupted by shutdown");
+	cat_rowscan_feed(out->scan, row, len);
+	return backup_gz_out_write(out->gz, row, len, errstr, errstr_size);
 }
 
 /* One table: COPY in the snapshot, its rows counted and checksummed as they
@@ -275,21 +290,19 @@ static cat_err_t dump_one_table(table_job_t *job, size_t i, char *errstr, size_t
 	const cat_table_t *t = cat_schema_table(job->tables[i]);
 	backup_object_t *obj = &job->objs[i];
 	PGconn *conn = NULL;
-	backup_gz_out_t *gz = NULL;
-	cat_rowscan_t *scan = NULL;
+	table_out_t out = {.backup = backup};
 	cat_rowsum_t sum;
-	PGresult *res = NULL;
-	char where[64], *cols = column_list(t), *sql = NULL, *data = NULL;
+	char where[64], what[96], why[512], *cols = backup_column_list(t), *sql = NULL;
 	bool since = job->incremental && job->watermarks[i] >= 0;
 	cat_err_t err;
-	int n;
 
 	if (!cols)
 		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
 	snprintf(where, sizeof(where), "version > %lld", (long long)job->watermarks[i]);
+	snprintf(what, sizeof(what), "copy %s", t->name);
 	if ((err = open_snapshot(backup, job->snap_id, NULL, 0, &conn, errstr, errstr_size)) ||
 	    (err = cat_pg_exec_script(conn, CAT_ROWSUM_SESSION_SQL, errstr, errstr_size)) ||
-	    (err = cat_rowscan_new(&scan, backup_table_version_field(t), errstr, errstr_size)))
+	    (err = cat_rowscan_new(&out.scan, backup_table_version_field(t), errstr, errstr_size)))
 		goto out;
 	snprintf(obj->key, sizeof(obj->key), "%s%s.copy.gz", job->prefix, t->name);
 	snprintf(obj->table, sizeof(obj->table), "%s", t->name);
@@ -301,46 +314,21 @@ static cat_err_t dump_one_table(table_job_t *job, size_t i, char *errstr, size_t
 		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
 		goto out;
 	}
-	res = PQexec(conn, sql);
-	if (PQresultStatus(res) != PGRES_COPY_OUT) {
-		err = cat_err_set(errstr, errstr_size, cat_pg_error_class(conn, res), "could not execute COPY of %s: %s",
-				  t->name, PQresultErrorMessage(res));
+	if ((err = backup_copy_start(conn, sql, PGRES_COPY_OUT, what, errstr, errstr_size)) ||
+	    (err = backup_gz_out_open(backup, obj->key, job->compress_threads, &out.gz, errstr, errstr_size)) ||
+	    (err = backup_copy_rows(conn, what, table_row, &out, errstr, errstr_size)))
 		goto out;
-	}
-	PQclear(res);
-	res = NULL;
-	if ((err = backup_gz_out_open(backup, obj->key, job->compress_threads, &gz, errstr, errstr_size)))
-		goto out;
-	while ((n = PQgetCopyData(conn, &data, 0)) > 0) {
-		if (*backup->stop) {
-			err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "interrupted by shutdown");
-		} else {
-			cat_rowscan_feed(scan, data, (size_t)n);
-			err = backup_gz_out_write(gz, data, (size_t)n, errstr, errstr_size);
-		}
-		PQfreemem(data);
-		data = NULL;
-		if (err)
-			goto out;
-	}
-	res = PQgetResult(conn);
-	if (n != -1 || PQresultStatus(res) != PGRES_COMMAND_OK) {
-		err = cat_err_set(errstr, errstr_size, cat_pg_error_class(conn, res), "could not copy %s: %s", t->name,
-				  res ? PQresultErrorMessage(res) : PQerrorMessage(conn));
-		goto out;
-	}
-	if ((err = cat_rowscan_result(scan, &sum, errstr, errstr_size)) != CAT_OK) {
-		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "COPY of %s: %s", t->name, errstr);
+	if ((err = cat_rowscan_result(out.scan, &sum, why, sizeof(why))) != CAT_OK) {
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "COPY of %s: %s", t->name, why);
 		goto out;
 	}
 	obj->rows = sum.rows;
 	cat_rowsum_hex(&sum, obj->checksum);
 	obj->max_version = sum.max_version >= 0 ? sum.max_version : (since ? job->watermarks[i] : -1);
-	err = backup_gz_out_finish(gz, obj, errstr, errstr_size);
+	err = backup_gz_out_finish(out.gz, obj, errstr, errstr_size);
 out:
-	PQclear(res);
-	backup_gz_out_free(gz);
-	cat_rowscan_free(scan);
+	backup_gz_out_free(out.gz);
+	cat_rowscan_free(out.scan);
 	cat_pg_close(conn);
 	free(sql);
 	free(cols);
@@ -380,7 +368,8 @@ cat_err_t backup_dump_tables(backup_t *backup, const char *prefix, const char *c
 	char snap_id[128];
 	int64_t watermarks[BACKUP_MAX_TABLES];
 	pthread_t threads[BACKUP_MAX_TABLES];
-	size_t n_threads = (size_t)backup->parallel < n_tables ? (size_t)backup->parallel : n_tables, started = 0;
+	size_t parallel = (size_t)backup->settings.parallel;
+	size_t n_threads = parallel < n_tables ? parallel : n_tables, started = 0;
 	table_job_t job = {.backup = backup, .snap_id = snap_id, .prefix = prefix, .tables = tables,
 			   .n = n_tables, .incremental = incremental, .watermarks = watermarks, .objs = objs,
 			   .compress_threads = backup->compress_threads / (int)(n_threads ? n_threads : 1)};
@@ -392,7 +381,7 @@ cat_err_t backup_dump_tables(backup_t *backup, const char *prefix, const char *c
 			const char *params[] = {tables[i]};
 			PGresult *res = NULL;
 
-			if ((err = cat_pg_exec(backup->conn,
+			if ((err = cat_pg_exec(cat_pg_session_conn(backup->pg),
 					       "SELECT last_version FROM backup_watermarks WHERE table_name = $1", 1, params,
 					       &res, errstr, errstr_size)))
 				return err;

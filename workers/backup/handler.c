@@ -27,6 +27,7 @@
 #define MANIFEST_MAX (16 * 1024 * 1024)
 #define EVENT_TIMEOUT_MS 30000
 #define EVENT_WARM_TIMEOUT_MS 2000
+#define RESTORE_CONNECT_TIMEOUT_S 10
 
 static const char *const hot_tables[] = {"news_raw", "trading_candidates", "trading_signals", "trade_records"};
 
@@ -47,27 +48,62 @@ static void warm_events_topic(backup_t *backup)
 			     errstr);
 }
 
-cat_err_t backup_new(backup_t **out, const cat_config_t *cfg, cat_sink_t *sink, cat_producer_t *producer,
-		     cat_metrics_t *metrics, volatile sig_atomic_t *stop, char *errstr, size_t errstr_size)
+/* On each new connection of the catalog (the session's on_connected): the
+ * last completed backup of each tag as the catalog has it, so that after a
+ * (re)start an alert on its age does not wait for the next backup. A value
+ * already newer (a backup of this process) is kept. */
+static void seed_last_success(PGconn *conn, void *opaque)
+{
+	backup_t *backup = opaque;
+	PGresult *res = NULL;
+	char errstr[512];
+
+	if (cat_pg_exec(conn,
+			"SELECT coalesce(tag, ''), extract(epoch FROM max(finished_at))::float8 FROM backup_catalog "
+			"WHERE state = 'completed' AND finished_at IS NOT NULL GROUP BY 1",
+			0, NULL, &res, errstr, sizeof(errstr)) != CAT_OK) {
+		CAT_LOG_WARN("PG", "could not read the last backups of the catalog: %s", errstr);
+		return;
+	}
+	for (int i = 0; i < PQntuples(res); i++) {
+		cat_metric_t *last = cat_metrics_gauge_double(backup->metrics, LAST_SUCCESS_NAME, LAST_SUCCESS_HELP,
+							      "tag", PQgetvalue(res, i, 0), NULL);
+		double finished = strtod(PQgetvalue(res, i, 1), NULL);
+
+		if (cat_metrics_value(last) < finished)
+			cat_metrics_set_double(last, finished);
+	}
+	PQclear(res);
+}
+
+cat_err_t backup_new(backup_t **out, const cat_config_t *cfg, const backup_settings_t *settings,
+		     cat_sink_t *sink, cat_producer_t *producer, cat_metrics_t *metrics, volatile sig_atomic_t *stop,
+		     char *errstr, size_t errstr_size)
 {
 	backup_t *backup = calloc(1, sizeof(*backup));
+	cat_pg_session_opts_t pg_opts;
+	cat_err_t err;
 
 	*out = NULL;
 	if (!backup)
 		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
 	backup->cfg = cfg;
+	backup->settings = *settings;
 	backup->sink = sink;
 	backup->producer = producer;
 	backup->metrics = metrics;
 	backup->stop = stop;
-	backup->pg_dump = cat_config_str(cfg, "CATALYST_BACKUP_PG_DUMP");
-	backup->psql = cat_config_str(cfg, "CATALYST_BACKUP_PSQL");
-	backup->parallel = (int)cat_config_int(cfg, "CATALYST_BACKUP_PARALLEL");
-	backup->compress_level = (int)cat_config_int(cfg, "CATALYST_BACKUP_GZIP_LEVEL");
-	backup->compress_threads = (int)cat_config_int(cfg, "CATALYST_BACKUP_COMPRESS_THREADS");
-	backup->max_attempts = (int)cat_config_int(cfg, "CATALYST_BACKUP_MAX_ATTEMPTS");
-	backup->keep_full = (int)cat_config_int(cfg, "CATALYST_BACKUP_KEEP_FULL");
-	backup->allow_prune_now = cat_config_bool(cfg, "CATALYST_BACKUP_ALLOW_PRUNE_NOW");
+	/* the catalog: on each new connection the schema is checked and the
+	 * last-success gauges are seeded */
+	cat_pg_session_opts_from_config(&pg_opts, cfg, BACKUP_WORKER);
+	pg_opts.schema_version = CAT_SCHEMA_VERSION;
+	pg_opts.on_connected = seed_last_success;
+	pg_opts.opaque = backup;
+	if ((err = cat_pg_session_new(&backup->pg, &pg_opts, errstr, errstr_size)) != CAT_OK) {
+		backup_destroy(backup);
+		return err;
+	}
+	backup->compress_threads = (int)settings->compress_threads;
 	for (size_t i = 0; i < BACKUP_ATTEMPT_SLOTS; i++)
 		backup->attempts[i].partition = -1;
 	if (backup->compress_threads == 0) {
@@ -91,7 +127,7 @@ cat_err_t backup_new(backup_t **out, const cat_config_t *cfg, cat_sink_t *sink, 
 						  "backups completed", NULL);
 	/* one series per tag, as backups of it complete (or from the catalog) */
 	if (cat_metrics_declare_gauge(metrics, LAST_SUCCESS_NAME, LAST_SUCCESS_HELP) != CAT_OK) {
-		free(backup);
+		backup_destroy(backup);
 		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "could not declare " LAST_SUCCESS_NAME);
 	}
 	*out = backup;
@@ -102,7 +138,7 @@ void backup_destroy(backup_t *backup)
 {
 	if (!backup)
 		return;
-	cat_pg_close(backup->conn);
+	cat_pg_session_free(backup->pg);
 	free(backup);
 }
 
@@ -137,52 +173,15 @@ bool backup_http_ready(void *opaque, char *reason, size_t reason_size)
 
 /* --- helpers ------------------------------------------------------------------------------------ */
 
-/* After a (re)start, the last completed backup of each tag as the catalog
- * has it, so that an alert on its age does not wait for the next backup. A
- * value already newer (a backup of this process) is kept. */
-static void seed_last_success(backup_t *backup)
+/* The catalog's connection, made again when lost. Nothing here is fatal:
+ * refused credentials or an unmigrated schema wait for an operator as a
+ * missing bucket does (the command retried with backoff, /readyz saying
+ * why). */
+static cat_err_t catalog(backup_t *backup, PGconn **conn, char *errstr, size_t errstr_size)
 {
-	PGresult *res = NULL;
-	char errstr[512];
+	cat_err_t err = cat_pg_session_ensure(backup->pg, conn, errstr, errstr_size);
 
-	if (cat_pg_exec(backup->conn,
-			"SELECT coalesce(tag, ''), extract(epoch FROM max(finished_at))::float8 FROM backup_catalog "
-			"WHERE state = 'completed' AND finished_at IS NOT NULL GROUP BY 1",
-			0, NULL, &res, errstr, sizeof(errstr)) != CAT_OK) {
-		CAT_LOG_WARN("PG", "could not read the last backups of the catalog: %s", errstr);
-		return;
-	}
-	for (int i = 0; i < PQntuples(res); i++) {
-		cat_metric_t *last = cat_metrics_gauge_double(backup->metrics, LAST_SUCCESS_NAME, LAST_SUCCESS_HELP,
-							      "tag", PQgetvalue(res, i, 0), NULL);
-		double finished = strtod(PQgetvalue(res, i, 1), NULL);
-
-		if (cat_metrics_value(last) < finished)
-			cat_metrics_set_double(last, finished);
-	}
-	PQclear(res);
-}
-
-static cat_err_t ensure_connected(backup_t *backup, char *errstr, size_t errstr_size)
-{
-	cat_err_t err;
-
-	if (backup->conn && PQstatus(backup->conn) == CONNECTION_OK &&
-	    PQtransactionStatus(backup->conn) == PQTRANS_IDLE)
-		return CAT_OK;
-	cat_pg_close(backup->conn);
-	backup->conn = NULL;
-	if ((err = cat_pg_connect(&backup->conn, cat_config_str(backup->cfg, "CATALYST_PG_URL"), BACKUP_WORKER,
-				  (int)cat_config_int(backup->cfg, "CATALYST_PG_CONNECT_TIMEOUT_S"), errstr,
-				  errstr_size)))
-		return err == CAT_ERR_FATAL ? CAT_ERR_RETRIABLE : err;
-	if ((err = cat_pg_require_schema(backup->conn, CAT_SCHEMA_VERSION, errstr, errstr_size))) {
-		cat_pg_close(backup->conn);
-		backup->conn = NULL;
-		return CAT_ERR_RETRIABLE;
-	}
-	seed_last_success(backup);
-	return CAT_OK;
+	return err == CAT_ERR_FATAL ? CAT_ERR_RETRIABLE : err;
 }
 
 static void publish_event(backup_t *backup, const char *kind, const char *subject, const char *command_id, bool ok,
@@ -269,14 +268,20 @@ static cat_err_t remove_prefix(backup_t *backup, const char *prefix, char *errst
 	return err;
 }
 
+/* The command's database: the one it names, else the catalog's ("" while
+ * there is no connection). */
 static const char *database_of(backup_t *backup, const Catalyst__V1__BackupCommand *cmd)
 {
-	return cmd->database && *cmd->database ? cmd->database : PQdb(backup->conn);
+	PGconn *conn = cat_pg_session_conn(backup->pg);
+
+	if (cmd->database && *cmd->database)
+		return cmd->database;
+	return conn ? PQdb(conn) : "";
 }
 
 /* --- backups ---------------------------------------------------------------------------------- */
 
-static json_t *manifest_json(backup_t *backup, const char *backup_id, const char *kind, const char *tag,
+static json_t *manifest_json(PGconn *conn, const char *backup_id, const char *kind, const char *tag,
 			     const char *database, const char *command_id, const backup_object_t *objs,
 			     size_t n_objs, const backup_table_stat_t *stats, size_t n_stats,
 			     int64_t started_us, int64_t finished_us)
@@ -328,7 +333,7 @@ static json_t *manifest_json(backup_t *backup, const char *backup_id, const char
 	json_object_set_new(m, "bytes_compressed", json_integer((json_int_t)comp));
 	json_object_set_new(m, "sha256", n_objs == 1 ? json_string(objs[0].sha256) : json_null());
 	json_object_set_new(m, "objects", objects);
-	json_object_set_new(m, "pg_version", json_string(PQparameterStatus(backup->conn, "server_version") ?: ""));
+	json_object_set_new(m, "pg_version", json_string(PQparameterStatus(conn, "server_version") ?: ""));
 	json_object_set_new(m, "schema_version", json_integer(CAT_SCHEMA_VERSION));
 	json_object_set_new(m, "started_at", json_string(t0));
 	json_object_set_new(m, "finished_at", json_string(t1));
@@ -339,8 +344,9 @@ static cat_err_t run_backup(backup_t *backup, const Catalyst__V1__BackupCommand 
 			    const char *tag, const char *const *tables, size_t n_tables, char *errstr,
 			    size_t errstr_size)
 {
-	const char *command_id = cmd->meta->command_id, *database = database_of(backup, cmd);
-	char backup_id[128], prefix[400], manifest_key[512], tables_lit[1024] = "{";
+	const char *command_id = cmd->meta->command_id;
+	PGconn *conn = cat_pg_session_conn(backup->pg);
+	char database[128], backup_id[128], prefix[400], manifest_key[512], tables_lit[1024] = "{";
 	backup_object_t objs[BACKUP_MAX_TABLES];
 	backup_table_stat_t stats[32];
 	size_t n_objs = 0, n_stats = 0;
@@ -351,6 +357,8 @@ static cat_err_t run_backup(backup_t *backup, const Catalyst__V1__BackupCommand 
 	cat_err_t err;
 
 	memset(objs, 0, sizeof(objs));
+	/* a copy: the catalog's connection may be made again meanwhile */
+	snprintf(database, sizeof(database), "%s", database_of(backup, cmd));
 	make_backup_id(cmd, kind, backup_id, sizeof(backup_id));
 	snprintf(prefix, sizeof(prefix), "backups/%s/%s/", database, backup_id);
 	snprintf(manifest_key, sizeof(manifest_key), "%smanifest.json", prefix);
@@ -366,7 +374,7 @@ static cat_err_t run_backup(backup_t *backup, const Catalyst__V1__BackupCommand 
 	{
 		const char *p[] = {backup_id};
 
-		if ((err = cat_pg_exec(backup->conn, "SELECT state FROM backup_catalog WHERE backup_id = $1", 1, p,
+		if ((err = cat_pg_exec(conn, "SELECT state FROM backup_catalog WHERE backup_id = $1", 1, p,
 				       &res, errstr, errstr_size)))
 			return err;
 		if (PQntuples(res) == 1 &&
@@ -384,7 +392,7 @@ static cat_err_t run_backup(backup_t *backup, const Catalyst__V1__BackupCommand 
 	{
 		const char *p[] = {backup_id, command_id, kind, tag, database, n_tables ? tables_lit : NULL};
 
-		if ((err = cat_pg_exec(backup->conn,
+		if ((err = cat_pg_exec(conn,
 				       "INSERT INTO backup_catalog (backup_id, command_id, kind, tag, database_name, tables, "
 				       "state, started_at) VALUES ($1, $2, $3, $4, $5, $6::text[], 'running', now()) "
 				       "ON CONFLICT (backup_id) DO UPDATE SET state = 'running', started_at = now(), "
@@ -400,7 +408,7 @@ static cat_err_t run_backup(backup_t *backup, const Catalyst__V1__BackupCommand 
 		backup->attempt->started = true;
 	}
 	CAT_LOG_INFO("BACKUP", "backup %s (%s) started (attempt %d of %d)", backup_id, kind,
-		     backup->attempt->failed + 1, backup->max_attempts);
+		     backup->attempt->failed + 1, (int)backup->settings.max_attempts);
 
 	if (strcmp(kind, "full") == 0) {
 		err = backup_dump_full(backup, prefix, &objs[0], stats, &n_stats, errstr, errstr_size);
@@ -413,12 +421,12 @@ static cat_err_t run_backup(backup_t *backup, const Catalyst__V1__BackupCommand 
 	if (err)
 		goto failed;
 	/* the dump took a while: the catalog's connection may have gone */
-	if ((err = ensure_connected(backup, errstr, errstr_size)))
+	if ((err = catalog(backup, &conn, errstr, errstr_size)))
 		goto failed;
 
 	/* the commit marker */
 	finished_us = cat_time_now_us();
-	manifest = manifest_json(backup, backup_id, kind, tag, database, command_id, objs, n_objs, stats, n_stats,
+	manifest = manifest_json(conn, backup_id, kind, tag, database, command_id, objs, n_objs, stats, n_stats,
 				 started_us, finished_us);
 	manifest_text = manifest ? json_dumps(manifest, JSON_INDENT(1) | JSON_SORT_KEYS) : NULL;
 	row_counts = manifest ? json_dumps(json_object_get(manifest, "row_counts"), JSON_COMPACT | JSON_SORT_KEYS)
@@ -431,7 +439,7 @@ static cat_err_t run_backup(backup_t *backup, const Catalyst__V1__BackupCommand 
 				errstr, errstr_size)))
 		goto failed;
 
-	if ((err = cat_pg_begin(backup->conn, errstr, errstr_size)))
+	if ((err = cat_pg_begin(conn, errstr, errstr_size)))
 		goto failed;
 	{
 		char raw[32], comp[32], sv[16];
@@ -442,9 +450,9 @@ static cat_err_t run_backup(backup_t *backup, const Catalyst__V1__BackupCommand 
 		snprintf(sv, sizeof(sv), "%d", CAT_SCHEMA_VERSION);
 		const char *p[] = {backup_id, n_objs == 1 ? objs[0].key : prefix, manifest_key, raw, comp, row_counts,
 				   n_objs == 1 ? objs[0].sha256 : NULL, sv,
-				   PQparameterStatus(backup->conn, "server_version")};
+				   PQparameterStatus(conn, "server_version")};
 
-		err = cat_pg_exec(backup->conn,
+		err = cat_pg_exec(conn,
 				  "UPDATE backup_catalog SET state = 'completed', object_key = $2, manifest_key = $3, "
 				  "bytes_raw = $4, bytes_compressed = $5, row_counts = $6::jsonb, sha256 = $7, "
 				  "schema_version = $8, pg_version = $9, finished_at = now(), error = NULL "
@@ -461,7 +469,7 @@ static cat_err_t run_backup(backup_t *backup, const Catalyst__V1__BackupCommand 
 		if (maxv < 0)
 			continue;
 		snprintf(v, sizeof(v), "%lld", (long long)maxv);
-		err = cat_pg_exec(backup->conn,
+		err = cat_pg_exec(conn,
 				  "INSERT INTO backup_watermarks (table_name, last_version, backup_id, updated_at) "
 				  "VALUES ($1, $2, $3, now()) ON CONFLICT (table_name) DO UPDATE SET "
 				  "last_version = GREATEST(backup_watermarks.last_version, EXCLUDED.last_version), "
@@ -469,11 +477,9 @@ static cat_err_t run_backup(backup_t *backup, const Catalyst__V1__BackupCommand 
 				  3, p, NULL, errstr, errstr_size);
 	}
 	if (err == CAT_OK)
-		err = cat_pg_commit(backup->conn, errstr, errstr_size);
-	if (err) {
-		cat_pg_rollback(backup->conn, NULL, 0);
-		goto failed;
-	}
+		err = cat_pg_commit(conn, errstr, errstr_size);
+	if (err)
+		goto failed; /* rolled back there */
 
 	{
 		double secs = (double)(cat_time_mono_us() - mono0) / 1e6;
@@ -514,9 +520,10 @@ static cat_err_t run_backup(backup_t *backup, const Catalyst__V1__BackupCommand 
 failed:
 	/* the catalog says failed; the event goes out when the command fails
 	 * for good (apply_one), not on each attempt */
+	cat_pg_session_failed(backup->pg); /* an open transaction rolled back, a broken connection dropped */
 	cat_metrics_inc(backup->m_failures);
 	CAT_LOG_ERROR("BACKUP", "backup %s failed (attempt %d of %d): %s", backup_id, backup->attempt->failed + 1,
-		      backup->max_attempts, errstr);
+		      (int)backup->settings.max_attempts, errstr);
 	{
 		char why[512];
 		char cleanup_err[512];
@@ -525,10 +532,10 @@ failed:
 		/* no partial objects stay visible (best effort: the retry cleans up too) */
 		if (remove_prefix(backup, prefix, cleanup_err, sizeof(cleanup_err)) != CAT_OK)
 			CAT_LOG_WARN("BACKUP", "could not clean up %s: %s", prefix, cleanup_err);
-		if (ensure_connected(backup, cleanup_err, sizeof(cleanup_err)) == CAT_OK) {
+		if (catalog(backup, &conn, cleanup_err, sizeof(cleanup_err)) == CAT_OK) {
 			const char *p[] = {backup_id, why};
 
-			if (cat_pg_exec(backup->conn,
+			if (cat_pg_exec(conn,
 					"UPDATE backup_catalog SET state = 'failed', error = $2, finished_at = now() "
 					"WHERE backup_id = $1 AND state = 'running'",
 					2, p, NULL, cleanup_err, sizeof(cleanup_err)) != CAT_OK)
@@ -611,7 +618,7 @@ int backup_restore_targets_check(const char *list, char *why, size_t why_size)
  * ("name=url;name=url"), malloc'd; NULL when not listed. */
 static char *target_url(backup_t *backup, const char *name)
 {
-	const char *list = cat_config_str(backup->cfg, "CATALYST_BACKUP_RESTORE_TARGETS");
+	const char *list = backup->settings.restore_targets;
 	size_t nlen = strlen(name);
 
 	if (!list || !*name)
@@ -648,7 +655,8 @@ static cat_err_t run_restore(backup_t *backup, const Catalyst__V1__BackupCommand
 		}
 	if ((err = read_manifest(backup, cmd, r->backup_id, &manifest, errstr, errstr_size)))
 		goto out;
-	if ((err = backup_pg_connect_url(url, "catalyst-backup-restore", &target, errstr, errstr_size))) {
+	if ((err = cat_pg_connect(&target, url, "catalyst-backup-restore", RESTORE_CONNECT_TIMEOUT_S, errstr,
+				  errstr_size))) {
 		if (err == CAT_ERR_FATAL)
 			err = CAT_ERR_RETRIABLE;
 		goto out;
@@ -693,7 +701,7 @@ static cat_err_t run_verify(backup_t *backup, const Catalyst__V1__BackupCommand 
 	{
 		const char *p[] = {backup_id, ok ? "true" : "false"};
 
-		if ((err = cat_pg_exec(backup->conn,
+		if ((err = cat_pg_exec(cat_pg_session_conn(backup->pg),
 				       "UPDATE backup_catalog SET verified_at = now(), verify_ok = $2::boolean "
 				       "WHERE backup_id = $1",
 				       2, p, NULL, errstr, errstr_size)))
@@ -715,6 +723,7 @@ static cat_err_t run_prune(backup_t *backup, const Catalyst__V1__BackupCommand *
 	const Catalyst__V1__BackupCommand__Prune *pr = cmd->prune;
 	int64_t now_us = cat_time_now_us();
 	bool dry_run = pr->has_dry_run && pr->dry_run;
+	PGconn *conn = cat_pg_session_conn(backup->pg);
 	const char *database = database_of(backup, cmd);
 	const char *p[] = {database};
 	backup_retention_item_t *items = NULL;
@@ -726,7 +735,7 @@ static cat_err_t run_prune(backup_t *backup, const Catalyst__V1__BackupCommand *
 	/* the worker's clock decides: a command's "now" in 2100 would prune
 	 * all but the newest full backups (tests may allow it) */
 	if (pr->has_now_us && pr->now_us > 0) {
-		if (backup->allow_prune_now)
+		if (backup->settings.allow_prune_now)
 			now_us = pr->now_us;
 		else
 			CAT_LOG_WARN("BACKUP",
@@ -734,7 +743,7 @@ static cat_err_t run_prune(backup_t *backup, const Catalyst__V1__BackupCommand *
 				     "(CATALYST_BACKUP_ALLOW_PRUNE_NOW is for tests)",
 				     cmd->meta->command_id);
 	}
-	if ((err = cat_pg_exec(backup->conn,
+	if ((err = cat_pg_exec(conn,
 			       "SELECT backup_id, kind, (extract(epoch FROM finished_at) * 1000000)::bigint, "
 			       "coalesce(verify_ok, false) FROM backup_catalog "
 			       "WHERE state = 'completed' AND database_name = $1 AND finished_at IS NOT NULL "
@@ -755,7 +764,7 @@ static cat_err_t run_prune(backup_t *backup, const Catalyst__V1__BackupCommand *
 		items[i].finished_us = strtoll(PQgetvalue(res, (int)i, 2), NULL, 10);
 		items[i].verified = PQgetvalue(res, (int)i, 3)[0] == 't';
 	}
-	backup_retention_select(items, n, now_us, backup->keep_full);
+	backup_retention_select(items, n, now_us, (int)backup->settings.keep_full);
 	for (size_t i = 0; i < n; i++) {
 		char prefix[400];
 
@@ -772,7 +781,7 @@ static cat_err_t run_prune(backup_t *backup, const Catalyst__V1__BackupCommand *
 		{
 			const char *q[] = {items[i].backup_id};
 
-			if ((err = cat_pg_exec(backup->conn,
+			if ((err = cat_pg_exec(conn,
 					       "UPDATE backup_catalog SET state = 'pruned' WHERE backup_id = $1", 1, q,
 					       NULL, errstr, errstr_size)))
 				goto out;
@@ -805,9 +814,7 @@ static void publish_failure(backup_t *backup, const Catalyst__V1__BackupCommand 
 			    const char *why)
 {
 	const char *command_id = cmd->meta->command_id;
-	const char *database = cmd->database && *cmd->database ? cmd->database
-			       : backup->conn				? PQdb(backup->conn)
-									: "";
+	const char *database = database_of(backup, cmd);
 	cat_event_counter_t c[] = {{"attempts", backup->attempt->failed}};
 	char backup_id[128];
 
@@ -848,6 +855,7 @@ static cat_err_t apply_one(backup_t *backup, cat_msg_t *msg, char *errstr, size_
 	Catalyst__V1__BackupCommand *cmd = NULL;
 	const char *tables[BACKUP_MAX_TABLES];
 	size_t n_tables = 0;
+	PGconn *conn;
 	cat_err_t err = CAT_OK, cause = CAT_ERR_PERMANENT;
 
 	if ((err = cat_codec_backup_command_decode(rkm->payload, rkm->len, &cmd, errstr, errstr_size)) != CAT_OK)
@@ -861,14 +869,13 @@ static cat_err_t apply_one(backup_t *backup, cat_msg_t *msg, char *errstr, size_
 	/* without the catalog no command can run or even be marked failed:
 	 * the command waits for the primary, as every worker does, and the
 	 * attempt does not count */
-	if ((err = ensure_connected(backup, errstr, errstr_size))) {
+	if ((err = catalog(backup, &conn, errstr, errstr_size))) {
 		catalyst__v1__backup_command__free_unpacked(cmd, NULL);
 		return err;
 	}
-	if (cmd->database && *cmd->database && strcmp(cmd->database, PQdb(backup->conn)) != 0) {
+	if (cmd->database && *cmd->database && strcmp(cmd->database, PQdb(conn)) != 0) {
 		err = cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT,
-				  "database %s is not the one this worker backs up (%s)", cmd->database,
-				  PQdb(backup->conn));
+				  "database %s is not the one this worker backs up (%s)", cmd->database, PQdb(conn));
 		goto out;
 	}
 	switch (cmd->action_case) {
@@ -913,7 +920,7 @@ static cat_err_t apply_one(backup_t *backup, cat_msg_t *msg, char *errstr, size_
 	}
 out:
 	if (err != CAT_OK && err != CAT_ERR_PERMANENT && !*backup->stop &&
-	    ++backup->attempt->failed >= backup->max_attempts) {
+	    ++backup->attempt->failed >= backup->settings.max_attempts) {
 		char why[512];
 
 		snprintf(why, sizeof(why), "%s", errstr);
@@ -923,6 +930,9 @@ out:
 	}
 	if (err == CAT_ERR_PERMANENT && cmd->meta && cmd->meta->command_id && *cmd->meta->command_id)
 		publish_failure(backup, cmd, cause, errstr);
+	/* the next command finds the catalog's connection idle, or makes a new one */
+	if (err != CAT_OK)
+		cat_pg_session_failed(backup->pg);
 	catalyst__v1__backup_command__free_unpacked(cmd, NULL);
 	return err;
 }

@@ -10,8 +10,9 @@
  * group does not evict the worker mid-backup; /readyz stays true while a
  * command runs. Serves /healthz, /readyz, /metrics (port 5021).
  *
- * Exit codes: 0 stopped by SIGTERM/SIGINT, 1 failed (Kafka, a database
- * that refuses the credentials at start-up), 2 bad usage or configuration.
+ * Exit codes: 0 stopped by SIGTERM/SIGINT, 1 failed (Kafka), 2 bad usage or
+ * configuration. PostgreSQL is connected at the first command, and nothing
+ * it answers stops the worker (handler.c).
  */
 #include <signal.h>
 #include <stdio.h>
@@ -39,6 +40,9 @@ static const char usage[] =
 	"Exit status: 0 stopped by SIGTERM or SIGINT (a second one stops at once);\n"
 	"1 Kafka failed; 2 usage or configuration error.";
 
+/* Each CATALYST_BACKUP_* row fills a field of backup_settings_t. */
+#define FIELD(member) CAT_CONFIG_FIELD(backup_settings_t, member)
+
 static const cat_config_def_t config_defs[] = {
 	CAT_CONFIG_COMMON,
 	CAT_CONFIG_KAFKA,
@@ -46,43 +50,45 @@ static const cat_config_def_t config_defs[] = {
 	CAT_CONFIG_HTTP,
 	CAT_CONFIG_CONSUMER("1", NULL),
 	CAT_CONFIG_S3_IF("CATALYST_BACKUP_STORE=s3"),
-	{ .name = "CATALYST_BACKUP_GROUP", .type = CAT_CFG_STRING, .def = "catalyst-backup",
+	{ .name = "CATALYST_BACKUP_GROUP", FIELD(group), .type = CAT_CFG_STRING, .def = "catalyst-backup",
 	  .help = "consumer group of backup.v1" },
-	{ .name = "CATALYST_BACKUP_PORT", .type = CAT_CFG_INT, .def = "5021", .max = 65535,
+	{ .name = "CATALYST_BACKUP_PORT", FIELD(port), .type = CAT_CFG_INT, .def = "5021", .max = 65535,
 	  .help = "HTTP port of /healthz, /readyz and /metrics (0: any free port)" },
-	{ .name = "CATALYST_BACKUP_BIND", .type = CAT_CFG_STRING, .def = "0.0.0.0",
+	{ .name = "CATALYST_BACKUP_BIND", FIELD(bind), .type = CAT_CFG_STRING, .def = "0.0.0.0",
 	  .help = "address the HTTP server listens on" },
-	{ .name = "CATALYST_BACKUP_STORE", .type = CAT_CFG_ENUM, .def = "s3", .choices = "s3|dir",
+	{ .name = "CATALYST_BACKUP_STORE", FIELD(store), .type = CAT_CFG_ENUM, .def = "s3",
+	  .choices = "s3|dir",
 	  .help = "where backups go: the S3 bucket, or CATALYST_BACKUP_DIR" },
-	{ .name = "CATALYST_BACKUP_DIR", .type = CAT_CFG_STRING, .required = true,
+	{ .name = "CATALYST_BACKUP_DIR", FIELD(dir), .type = CAT_CFG_STRING, .required = true,
 	  .required_if = "CATALYST_BACKUP_STORE=dir",
 	  .help = "directory of backups (the dir store)" },
-	{ .name = "CATALYST_BACKUP_RESTORE_TARGETS", .type = CAT_CFG_STRING, .secret = true,
-	  .check = backup_restore_targets_check,
+	{ .name = "CATALYST_BACKUP_RESTORE_TARGETS", FIELD(restore_targets), .type = CAT_CFG_STRING,
+	  .secret = true, .check = backup_restore_targets_check,
 	  .help = "databases a Restore may write to: name=postgresql://...;name2=... (a command names one)" },
-	{ .name = "CATALYST_BACKUP_PARALLEL", .type = CAT_CFG_INT, .def = "2", .min = 1,
+	{ .name = "CATALYST_BACKUP_PARALLEL", FIELD(parallel), .type = CAT_CFG_INT, .def = "2", .min = 1,
 	  .max = BACKUP_MAX_TABLES,
 	  .help = "tables of a table backup compressed at once (memory: two upload parts each)" },
-	{ .name = "CATALYST_BACKUP_GZIP_LEVEL", .type = CAT_CFG_INT, .def = "6", .min = 1, .max = 9,
-	  .help = "gzip compression level" },
-	{ .name = "CATALYST_BACKUP_COMPRESS_THREADS", .type = CAT_CFG_INT, .def = "0", .max = 16,
-	  .help = "threads compressing a backup (shared by the tables backed up at once; 2 MiB each); 0: one per CPU, "
+	{ .name = "CATALYST_BACKUP_GZIP_LEVEL", FIELD(gzip_level), .type = CAT_CFG_INT, .def = "6", .min = 1,
+	  .max = 9, .help = "gzip compression level" },
+	{ .name = "CATALYST_BACKUP_COMPRESS_THREADS", FIELD(compress_threads), .type = CAT_CFG_INT, .def = "0",
+	  .max = 16, .help = "threads compressing a backup (shared by the tables backed up at once; 2 MiB each); 0: one per CPU, "
 	          "at most 4" },
-	{ .name = "CATALYST_BACKUP_PG_DUMP", .type = CAT_CFG_STRING, .def = "pg_dump",
+	{ .name = "CATALYST_BACKUP_PG_DUMP", FIELD(pg_dump), .type = CAT_CFG_STRING, .def = "pg_dump",
 	  .help = "pg_dump to run (its major version at least the server's)" },
-	{ .name = "CATALYST_BACKUP_PSQL", .type = CAT_CFG_STRING, .def = "psql",
+	{ .name = "CATALYST_BACKUP_PSQL", FIELD(psql), .type = CAT_CFG_STRING, .def = "psql",
 	  .help = "psql to run for restores" },
-	{ .name = "CATALYST_BACKUP_MAX_COMMAND_S", .type = CAT_CFG_INT, .def = "21600", .min = 60,
-	  .max = 86400, .kafka = "max.poll.interval.ms", .kafka_scale = 1000,
+	{ .name = "CATALYST_BACKUP_MAX_COMMAND_S", FIELD(max_command_s), .type = CAT_CFG_INT, .def = "21600",
+	  .min = 60, .max = 86400, .kafka = "max.poll.interval.ms", .kafka_scale = 1000,
 	  .help = "longest a command may run without the group evicting the worker "
 	          "(CATALYST_KAFKA_MAX_POLL_INTERVAL_MS wins)" },
-	{ .name = "CATALYST_BACKUP_MAX_ATTEMPTS", .type = CAT_CFG_INT, .def = "5", .min = 1,
+	{ .name = "CATALYST_BACKUP_MAX_ATTEMPTS", FIELD(max_attempts), .type = CAT_CFG_INT, .def = "5", .min = 1,
 	  .max = 1000000,
 	  .help = "attempts at a command that keeps failing (store, disk, target) before it fails for good: one event "
 	          "with ok=false, a dead letter, the partition moves on" },
-	{ .name = "CATALYST_BACKUP_KEEP_FULL", .type = CAT_CFG_INT, .def = "2", .max = 10000,
+	{ .name = "CATALYST_BACKUP_KEEP_FULL", FIELD(keep_full), .type = CAT_CFG_INT, .def = "2", .max = 10000,
 	  .help = "newest full backups a prune never removes, whatever the retention tiers say" },
-	{ .name = "CATALYST_BACKUP_ALLOW_PRUNE_NOW", .type = CAT_CFG_BOOL, .def = "false",
+	{ .name = "CATALYST_BACKUP_ALLOW_PRUNE_NOW", FIELD(allow_prune_now), .type = CAT_CFG_BOOL,
+	  .def = "false",
 	  .help = "tests only: a prune's now_us replaces the worker's clock (otherwise it is ignored)" },
 };
 
@@ -95,14 +101,15 @@ static void on_signal(int signo)
 	stop = signo;
 }
 
-static cat_err_t open_sink(const cat_config_t *cfg, cat_sink_t **sink, char *errstr, size_t errstr_size)
+static cat_err_t open_sink(const cat_config_t *cfg, const backup_settings_t *settings, cat_sink_t **sink,
+			   char *errstr, size_t errstr_size)
 {
 	cat_s3_options_t opts;
 	cat_s3_t *s3 = NULL;
 	cat_err_t err;
 
-	if (strcmp(cat_config_str(cfg, "CATALYST_BACKUP_STORE"), "dir") == 0)
-		return cat_sink_new_dir(sink, cat_config_str(cfg, "CATALYST_BACKUP_DIR"), errstr, errstr_size);
+	if (strcmp(settings->store, "dir") == 0)
+		return cat_sink_new_dir(sink, settings->dir, errstr, errstr_size);
 	cat_s3_options_from_config(&opts, cfg);
 	opts.cancel = &stop;
 	if ((err = cat_s3_new(&s3, &opts, errstr, errstr_size)))
@@ -115,6 +122,7 @@ int main(int argc, char **argv)
 	static const char *const topics[] = {CAT_TOPIC_BACKUP, NULL};
 	struct sigaction sa = {.sa_handler = on_signal, .sa_flags = SA_RESETHAND};
 	cat_config_t *cfg = NULL;
+	backup_settings_t settings = { 0 };
 	cat_metrics_t *metrics = NULL;
 	cat_sink_t *sink = NULL;
 	cat_producer_t *producer = NULL;
@@ -145,9 +153,10 @@ int main(int argc, char **argv)
 		fprintf(stderr, BACKUP_WORKER ": %s\n", errstr);
 		return 2;
 	}
+	cat_config_fill(cfg, &settings);
 	cat_log_init(BACKUP_WORKER, (cat_log_level_t)cat_log_level_parse(cat_config_str(cfg, "CATALYST_LOG_LEVEL")));
 	signal(SIGPIPE, SIG_IGN); /* a child that dies early is an error return, not a signal */
-	if (open_sink(cfg, &sink, errstr, sizeof(errstr)) != CAT_OK) {
+	if (open_sink(cfg, &settings, &sink, errstr, sizeof(errstr)) != CAT_OK) {
 		fprintf(stderr, BACKUP_WORKER ": %s\n", errstr);
 		cat_config_destroy(cfg);
 		return 2;
@@ -167,20 +176,19 @@ int main(int argc, char **argv)
 		CAT_LOG_ERROR("KAFKA", "%s", errstr);
 		goto out;
 	}
-	if (backup_new(&backup, cfg, sink, producer, metrics, &stop, errstr, sizeof(errstr)) != CAT_OK) {
+	if (backup_new(&backup, cfg, &settings, sink, producer, metrics, &stop, errstr, sizeof(errstr)) != CAT_OK) {
 		CAT_LOG_ERROR("MAIN", "%s", errstr);
 		goto out;
 	}
 	handler = (cat_handler_t){ backup_apply, backup_ready, backup, NULL };
-	if (cat_consumer_new(&consumer, cfg, BACKUP_WORKER, cat_config_str(cfg, "CATALYST_BACKUP_GROUP"), topics,
-			     &handler, metrics, errstr, sizeof(errstr)) != CAT_OK) {
+	if (cat_consumer_new(&consumer, cfg, BACKUP_WORKER, settings.group, topics, &handler, metrics, errstr,
+			     sizeof(errstr)) != CAT_OK) {
 		CAT_LOG_ERROR("KAFKA", "%s", errstr);
 		goto out;
 	}
 	backup_set_consumer(backup, consumer);
-	if (cat_http_serve(&http, cfg, cat_config_str(cfg, "CATALYST_BACKUP_BIND"),
-			   (int)cat_config_int(cfg, "CATALYST_BACKUP_PORT"), metrics, backup_http_ready, backup, errstr,
-			   sizeof(errstr)) != CAT_OK) {
+	if (cat_http_serve(&http, cfg, settings.bind, (int)settings.port, metrics, backup_http_ready, backup,
+			   errstr, sizeof(errstr)) != CAT_OK) {
 		CAT_LOG_ERROR("HTTP", "%s", errstr);
 		goto out;
 	}

@@ -59,8 +59,8 @@ static bool wanted(const char *table, const char *const *tables, size_t n)
 
 static cat_err_t restore_full(backup_t *backup, json_t *obj, PGconn *target, char *errstr, size_t errstr_size)
 {
-	const char *argv[] = {backup->psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-f", "-",
-			      NULL};
+	const char *argv[] = {backup->settings.psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction",
+			      "-f", "-", NULL};
 	const char *key = json_string_value(json_object_get(obj, "key"));
 	const char *sha = json_string_value(json_object_get(obj, "sha256"));
 	backup_child_t child;
@@ -88,19 +88,18 @@ static cat_err_t restore_table(backup_t *backup, json_t *obj, PGconn *target, in
 	const char *key = json_string_value(json_object_get(obj, "key"));
 	const char *sha = json_string_value(json_object_get(obj, "sha256"));
 	const cat_table_t *t = cat_schema_table(json_string_value(json_object_get(obj, "table")));
-	char *sql = NULL, *cols = NULL, *sets = NULL;
+	char *sql = NULL, *cols = NULL, *sets = NULL, what[96];
 	PGresult *res = NULL;
-	size_t len = 1, slen = 1;
+	size_t slen = 1;
 	cat_err_t err;
 
 	if (!t || !key || !sha)
 		return cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT, "manifest object %s is invalid",
 				   key ? key : "?");
-	for (size_t i = 0; i < t->n_columns; i++) {
-		len += strlen(t->columns[i].name) + 2;
+	snprintf(what, sizeof(what), "restore %s", t->name);
+	for (size_t i = 0; i < t->n_columns; i++)
 		slen += 2 * strlen(t->columns[i].name) + 16;
-	}
-	cols = calloc(1, len);
+	cols = backup_column_list(t);
 	sets = calloc(1, slen);
 	if (!cols || !sets) {
 		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
@@ -109,9 +108,6 @@ static cat_err_t restore_table(backup_t *backup, json_t *obj, PGconn *target, in
 	for (size_t i = 0; i < t->n_columns; i++) {
 		const char *c = t->columns[i].name;
 
-		if (i)
-			strcat(cols, ", ");
-		strcat(cols, c);
 		if (t->columns[i].primary_key)
 			continue;
 		if (*sets)
@@ -130,27 +126,16 @@ static cat_err_t restore_table(backup_t *backup, json_t *obj, PGconn *target, in
 		sql = NULL;
 		goto rollback;
 	}
-	res = PQexec(target, sql);
-	if (PQresultStatus(res) != PGRES_COPY_IN) {
-		err = cat_err_set(errstr, errstr_size, cat_pg_error_class(target, res), "could not restore %s: %s",
-				  t->name, PQresultErrorMessage(res));
+	if ((err = backup_copy_start(target, sql, PGRES_COPY_IN, what, errstr, errstr_size)))
 		goto rollback;
-	}
-	PQclear(res);
-	res = NULL;
 	err = backup_gz_in_read(backup, key, sha, to_copy, target, NULL, errstr, errstr_size);
 	if (err != CAT_OK) {
 		PQputCopyEnd(target, "the backup object failed its check");
 		PQclear(PQgetResult(target));
 		goto rollback;
 	}
-	if (PQputCopyEnd(target, NULL) != 1 || PQresultStatus(res = PQgetResult(target)) != PGRES_COMMAND_OK) {
-		err = cat_err_set(errstr, errstr_size, cat_pg_error_class(target, res), "could not restore %s: %s",
-				  t->name, res ? PQresultErrorMessage(res) : PQerrorMessage(target));
+	if ((err = backup_copy_end(target, PQputCopyEnd(target, NULL) == 1, what, errstr, errstr_size)))
 		goto rollback;
-	}
-	PQclear(res);
-	res = NULL;
 	free(sql);
 	/* a delete stands, as it does for catalyst-persist: a backed-up row no
 	 * newer than the target's tombstone of its key stays deleted */
@@ -278,15 +263,16 @@ static cat_err_t exec_ident(PGconn *conn, const char *before, const char *name, 
 /* The source's schema into the scratch database: pg_dump -s | psql. */
 static cat_err_t copy_schema(backup_t *backup, PGconn *scratch, char *errstr, size_t errstr_size)
 {
-	const char *dump_argv[] = {backup->pg_dump, "--schema-only", "--no-owner", "--no-privileges", NULL};
-	const char *psql_argv[] = {backup->psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-f",
-				   "-", NULL};
+	const char *dump_argv[] = {backup->settings.pg_dump, "--schema-only", "--no-owner", "--no-privileges",
+				   NULL};
+	const char *psql_argv[] = {backup->settings.psql, "-X", "-q", "-v", "ON_ERROR_STOP=1",
+				   "--single-transaction", "-f", "-", NULL};
 	backup_child_t dump, psql;
 	char buf[65536];
 	cat_err_t err;
 
-	if ((err = backup_child_spawn(&dump, dump_argv, backup->conn, NULL, NULL, false, errstr,
-				      errstr_size)))
+	if ((err = backup_child_spawn(&dump, dump_argv, cat_pg_session_conn(backup->pg), NULL, NULL, false,
+				      errstr, errstr_size)))
 		return err;
 	if ((err = backup_child_spawn(&psql, psql_argv, scratch, NULL, NULL, true, errstr, errstr_size))) {
 		backup_child_kill(&dump);
@@ -310,6 +296,14 @@ static cat_err_t copy_schema(backup_t *backup, PGconn *scratch, char *errstr, si
 	return err;
 }
 
+static cat_err_t scan_row(const char *row, size_t len, void *opaque, char *errstr, size_t errstr_size)
+{
+	(void)errstr;
+	(void)errstr_size;
+	cat_rowscan_feed(opaque, row, len);
+	return CAT_OK;
+}
+
 /* Row count and checksum of a restored table. algo NULL: as the server
  * computes them for manifests of format 1 (backup_table_stats); CAT_ROWSUM_ALGO:
  * over COPY text (the session settings applied by the caller), of the whole
@@ -321,62 +315,51 @@ static cat_err_t restored_stats(PGconn *conn, const char *algo, const char *tabl
 	const cat_table_t *t = cat_schema_table(table);
 	cat_rowscan_t *scan = NULL;
 	cat_rowsum_t sum;
-	PGresult *res = NULL;
-	char *sql = NULL, *cols = NULL, *data = NULL;
-	size_t len = 1;
+	char *sql = NULL, *cols = NULL, what[96];
 	cat_err_t err;
-	int n;
 
 	if (!algo)
 		return backup_table_stats(conn, table, NULL, st, errstr, errstr_size);
 	if (!t)
 		return cat_err_set(errstr, errstr_size, CAT_ERR_PERMANENT, "unknown table %s", table);
-	for (size_t i = 0; i < t->n_columns; i++)
-		len += strlen(t->columns[i].name) + 2;
-	if (!(cols = calloc(1, len)))
+	if (!(cols = backup_column_list(t)))
 		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
-	for (size_t i = 0; i < t->n_columns; i++) {
-		if (i)
-			strcat(cols, ", ");
-		strcat(cols, t->columns[i].name);
-	}
+	snprintf(what, sizeof(what), "read %s back", table);
 	if ((whole ? asprintf(&sql, "COPY %s TO STDOUT", t->name)
 		   : asprintf(&sql, "COPY (SELECT %s FROM %s) TO STDOUT", cols, t->name)) < 0) {
 		sql = NULL;
 		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
 		goto out;
 	}
-	if ((err = cat_rowscan_new(&scan, -1, errstr, errstr_size)))
-		goto out;
-	res = PQexec(conn, sql);
-	if (PQresultStatus(res) != PGRES_COPY_OUT) {
-		err = cat_err_set(errstr, errstr_size, cat_pg_error_class(conn, res), "could not read %s back: %s", table,
-				  PQresultErrorMessage(res));
-		goto out;
-	}
-	PQclear(res);
-	while ((n = PQgetCopyData(conn, &data, 0)) > 0) {
-		cat_rowscan_feed(scan, data, (size_t)n);
-		PQfreemem(data);
-	}
-	res = PQgetResult(conn);
-	if (n != -1 || PQresultStatus(res) != PGRES_COMMAND_OK) {
-		err = cat_err_set(errstr, errstr_size, cat_pg_error_class(conn, res), "could not read %s back: %s", table,
-				  res ? PQresultErrorMessage(res) : PQerrorMessage(conn));
-		goto out;
-	}
-	if ((err = cat_rowscan_result(scan, &sum, errstr, errstr_size)))
+	if ((err = cat_rowscan_new(&scan, -1, errstr, errstr_size)) ||
+	    (err = backup_copy_start(conn, sql, PGRES_COPY_OUT, what, errstr, errstr_size)) ||
+	    (err = backup_copy_rows(conn, what, scan_row, scan, errstr, errstr_size)) ||
+	    (err = cat_rowscan_result(scan, &sum, errstr, errstr_size)))
 		goto out;
 	snprintf(st->table, sizeof(st->table), "%s", table);
 	st->rows = sum.rows;
 	cat_rowsum_hex(&sum, st->checksum);
 	st->max_version = -1;
 out:
-	PQclear(res);
 	cat_rowscan_free(scan);
 	free(sql);
 	free(cols);
 	return err;
+}
+
+/* Whether a restored table has the figures the manifest holds; if not, the
+ * report says so (appended at *used). */
+static bool as_backed_up(const backup_table_stat_t *st, int64_t want_rows, const char *want_checksum, char *report,
+			 size_t report_size, size_t *used)
+{
+	bool same_checksum = strcmp(st->checksum, want_checksum) == 0;
+
+	if (st->rows == want_rows && same_checksum)
+		return true;
+	*used += (size_t)snprintf(report + *used, *used < report_size ? report_size - *used : 0,
+				  "%s: %lld rows restored, %lld backed up (checksums %s); ", st->table,
+				  (long long)st->rows, (long long)want_rows, same_checksum ? "equal" : "differ");
+	return false;
 }
 
 cat_err_t backup_verify(backup_t *backup, const char *backup_id, const void *manifest_v, bool *ok,
@@ -388,7 +371,7 @@ cat_err_t backup_verify(backup_t *backup, const char *backup_id, const void *man
 	const char *encoding = json_string_value(json_object_get(manifest, "checksum_encoding"));
 	unsigned char md[SHA256_DIGEST_LENGTH];
 	char scratch_db[64], restore_err[512] = "";
-	PGconn *scratch = NULL;
+	PGconn *catalog = cat_pg_session_conn(backup->pg), *scratch = NULL;
 	int64_t rows = 0;
 	size_t used = 0;
 	cat_err_t err;
@@ -399,12 +382,12 @@ cat_err_t backup_verify(backup_t *backup, const char *backup_id, const void *man
 	snprintf(scratch_db, sizeof(scratch_db), "catalyst_verify_%02x%02x%02x%02x%02x%02x", md[0], md[1], md[2], md[3],
 		 md[4], md[5]);
 	/* a scratch database an interrupted verify left behind goes first */
-	if ((err = exec_ident(backup->conn, "DROP DATABASE IF EXISTS", scratch_db, " WITH (FORCE)", errstr,
+	if ((err = exec_ident(catalog, "DROP DATABASE IF EXISTS", scratch_db, " WITH (FORCE)", errstr,
 			      errstr_size)) ||
-	    (err = exec_ident(backup->conn, "CREATE DATABASE", scratch_db, "", errstr, errstr_size)))
+	    (err = exec_ident(catalog, "CREATE DATABASE", scratch_db, "", errstr, errstr_size)))
 		return err;
-	if ((err = backup_pg_connect_like(backup->conn, scratch_db, "catalyst-backup-verify", &scratch,
-					  errstr, errstr_size)))
+	if ((err = backup_pg_connect_like(catalog, scratch_db, "catalyst-backup-verify", &scratch, errstr,
+					  errstr_size)))
 		goto out;
 	if (kind && strcmp(kind, "full") != 0 && (err = copy_schema(backup, scratch, errstr, errstr_size)))
 		goto out;
@@ -432,8 +415,10 @@ cat_err_t backup_verify(backup_t *backup, const char *backup_id, const void *man
 	if (algo && (err = cat_pg_exec_script(scratch, CAT_ROWSUM_SESSION_SQL, errstr, errstr_size)))
 		goto out;
 	if (algo && encoding && *encoding && PQsetClientEncoding(scratch, encoding) != 0) {
-		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "could not set client_encoding %s: %s", encoding,
-				  PQerrorMessage(scratch));
+		char what[96];
+
+		snprintf(what, sizeof(what), "set client_encoding %s", encoding);
+		err = cat_pg_result_error(scratch, NULL, what, errstr, errstr_size); /* retriable */
 		goto out;
 	}
 	*ok = true;
@@ -456,13 +441,7 @@ cat_err_t backup_verify(backup_t *backup, const char *backup_id, const void *man
 
 				if ((err = restored_stats(scratch, algo, table, false, &st, errstr, errstr_size)))
 					goto out;
-				if (st.rows != want_rows || strcmp(st.checksum, want) != 0) {
-					*ok = false;
-					used += (size_t)snprintf(report + used, used < report_size ? report_size - used : 0,
-								 "%s: %lld rows restored, %lld backed up (checksums %s); ",
-								 table, (long long)st.rows, (long long)want_rows,
-								 strcmp(st.checksum, want) == 0 ? "equal" : "differ");
-				}
+				*ok = as_backed_up(&st, want_rows, want, report, report_size, &used) && *ok;
 				continue;
 			}
 			json_object_foreach(counts, key, v)
@@ -472,13 +451,7 @@ cat_err_t backup_verify(backup_t *backup, const char *backup_id, const void *man
 
 				if ((err = restored_stats(scratch, algo, key, true, &st, errstr, errstr_size)))
 					goto out;
-				if (st.rows != json_integer_value(v) || strcmp(st.checksum, want) != 0) {
-					*ok = false;
-					used += (size_t)snprintf(report + used, used < report_size ? report_size - used : 0,
-								 "%s: %lld rows restored, %lld backed up (checksums %s); ",
-								 key, (long long)st.rows, (long long)json_integer_value(v),
-								 strcmp(st.checksum, want) == 0 ? "equal" : "differ");
-				}
+				*ok = as_backed_up(&st, json_integer_value(v), want, report, report_size, &used) && *ok;
 			}
 		}
 	}
@@ -491,7 +464,7 @@ out:
 	{
 		char derr[512];
 
-		if (exec_ident(backup->conn, "DROP DATABASE IF EXISTS", scratch_db, " WITH (FORCE)", derr, sizeof(derr)))
+		if (exec_ident(catalog, "DROP DATABASE IF EXISTS", scratch_db, " WITH (FORCE)", derr, sizeof(derr)))
 			CAT_LOG_WARN("PG", "could not drop the scratch database %s: %s", scratch_db, derr);
 	}
 	return err;

@@ -1,6 +1,6 @@
 /*
  * Streams of catalyst-backup: gzip + sha256 into a sink object and back,
- * child processes (pg_dump, psql) without a shell, extra connections.
+ * child processes (pg_dump, psql) without a shell, extra connections, COPY.
  */
 #define _GNU_SOURCE /* asprintf, pipe2 */
 #include <errno.h>
@@ -143,7 +143,7 @@ cat_err_t backup_gz_out_open(backup_t *backup, const char *key, int threads, bac
 	if (!gz || !(gz->sha = EVP_MD_CTX_new()) || EVP_DigestInit_ex(gz->sha, EVP_sha256(), NULL) != 1)
 		goto oom;
 	gz->backup = backup;
-	gz->level = backup->compress_level;
+	gz->level = (int)backup->settings.gzip_level;
 	if (threads < 1)
 		threads = 1;
 	if (threads > GZ_MAX_THREADS)
@@ -574,57 +574,112 @@ void backup_child_kill(backup_child_t *child)
 
 /* --- connections ------------------------------------------------------------------------------------ */
 
+/* Appends key='value' and a space to a conninfo string (\ and ' escaped). */
+static char *conninfo_put(char *w, const char *key, const char *val)
+{
+	w += sprintf(w, "%s='", key);
+	for (; *val; val++) {
+		if (*val == '\\' || *val == '\'')
+			*w++ = '\\';
+		*w++ = *val;
+	}
+	*w++ = '\'';
+	*w++ = ' ';
+	return w;
+}
+
+/* The settings of conn as a conninfo string for cat_pg_connect, dbname
+ * replaced when not NULL (application_name and connect_timeout are
+ * cat_pg_connect's arguments: *timeout_s is conn's), malloc'd in *size
+ * bytes: it holds the password, the caller wipes it. */
+static char *conninfo_like(PGconn *conn, const char *dbname, int *timeout_s, size_t *size)
+{
+	PQconninfoOption *opts = PQconninfo(conn), *o;
+	char *out, *w;
+
+	*size = 1 + (dbname ? 2 * strlen(dbname) + 12 : 0);
+	if (!opts)
+		return NULL;
+	for (o = opts; o->keyword; o++)
+		if (o->val)
+			*size += strlen(o->keyword) + 2 * strlen(o->val) + 4;
+	if ((out = w = malloc(*size))) {
+		for (o = opts; o->keyword; o++) {
+			if (!o->val || !*o->val || strcmp(o->keyword, "application_name") == 0 ||
+			    strcmp(o->keyword, "fallback_application_name") == 0)
+				continue;
+			if (strcmp(o->keyword, "connect_timeout") == 0)
+				*timeout_s = atoi(o->val);
+			else
+				w = conninfo_put(w, o->keyword,
+						 strcmp(o->keyword, "dbname") == 0 && dbname ? dbname : o->val);
+		}
+		*w = '\0';
+	}
+	for (o = opts; o->keyword; o++)
+		if (o->val)
+			explicit_bzero(o->val, strlen(o->val)); /* the password */
+	PQconninfoFree(opts);
+	return out;
+}
+
 cat_err_t backup_pg_connect_like(PGconn *conn, const char *dbname, const char *app, PGconn **out,
 				 char *errstr, size_t errstr_size)
 {
-	PQconninfoOption *opts = PQconninfo(conn), *o;
-	const char **keys, **vals;
-	size_t n = 0, i = 0;
-	PGconn *c;
-	cat_err_t err = CAT_OK;
+	int timeout_s = 0;
+	size_t size;
+	char *conninfo = conninfo_like(conn, dbname, &timeout_s, &size), inner[1024];
+	cat_err_t err;
 
 	*out = NULL;
-	if (!opts)
+	if (!conninfo)
 		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
-	for (o = opts; o->keyword; o++)
-		n++;
-	keys = calloc(n + 2, sizeof(*keys));
-	vals = calloc(n + 2, sizeof(*vals));
-	if (!keys || !vals) {
-		free(keys);
-		free(vals);
-		PQconninfoFree(opts);
-		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
-	}
-	for (o = opts; o->keyword; o++) {
-		if (!o->val || !*o->val)
-			continue;
-		keys[i] = o->keyword;
-		vals[i] = strcmp(o->keyword, "dbname") == 0 && dbname ? dbname
-			  : strcmp(o->keyword, "application_name") == 0 ? app
-									  : o->val;
-		i++;
-	}
-	keys[i] = NULL;
-	c = PQconnectdbParams(keys, vals, 0);
-	if (!c || PQstatus(c) != CONNECTION_OK) {
-		const char *msg = c ? PQerrorMessage(c) : "out of memory";
-		size_t len = strcspn(msg, "\n");
+	err = cat_pg_connect(out, conninfo, app, timeout_s, inner, sizeof(inner));
+	explicit_bzero(conninfo, size);
+	free(conninfo);
+	if (err != CAT_OK)
+		return cat_err_set(errstr, errstr_size, err, "database %s: %s", dbname ? dbname : PQdb(conn), inner);
+	return CAT_OK;
+}
 
-		err = cat_err_set(errstr, errstr_size, cat_pg_connect_error_class(msg),
-				  "could not connect to database %s: %.*s", dbname ? dbname : PQdb(conn), (int)len, msg);
-		PQfinish(c);
-		c = NULL;
-	}
-	free(keys);
-	free(vals);
-	PQconninfoFree(opts);
-	*out = c;
+/* --- COPY ---------------------------------------------------------------------------------------------- */
+
+cat_err_t backup_copy_start(PGconn *conn, const char *sql, ExecStatusType mode, const char *what, char *errstr,
+			    size_t errstr_size)
+{
+	PGresult *res = PQexec(conn, sql);
+	cat_err_t err = CAT_OK;
+
+	if (PQresultStatus(res) != mode)
+		err = cat_pg_result_error(conn, res, what, errstr, errstr_size);
+	PQclear(res);
 	return err;
 }
 
-cat_err_t backup_pg_connect_url(const char *url, const char *app, PGconn **out, char *errstr,
-				size_t errstr_size)
+cat_err_t backup_copy_end(PGconn *conn, bool ok, const char *what, char *errstr, size_t errstr_size)
 {
-	return cat_pg_connect(out, url, app, 10, errstr, errstr_size);
+	PGresult *res = PQgetResult(conn);
+	cat_err_t err = CAT_OK;
+
+	if (!ok || PQresultStatus(res) != PGRES_COMMAND_OK)
+		err = cat_pg_result_error(conn, res, what, errstr, errstr_size);
+	PQclear(res);
+	return err;
+}
+
+cat_err_t backup_copy_rows(PGconn *conn, const char *what, backup_copy_row_fn fn, void *opaque, char *errstr,
+			   size_t errstr_size)
+{
+	char *row = NULL;
+	cat_err_t err;
+	int n;
+
+	while ((n = PQgetCopyData(conn, &row, 0)) > 0) {
+		err = fn(row, (size_t)n, opaque, errstr, errstr_size);
+		PQfreemem(row);
+		row = NULL;
+		if (err != CAT_OK)
+			return err;
+	}
+	return backup_copy_end(conn, n == -1, what, errstr, errstr_size);
 }
