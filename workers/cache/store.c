@@ -131,15 +131,11 @@ cat_err_t cache_store_new(cache_store_t **out, const cat_config_t *cfg, const ca
 			  cat_redis_t *redis, cat_metrics_t *metrics, char *errstr, size_t errstr_size)
 {
 	cache_store_t *store = calloc(1, sizeof(*store));
-	cat_pg_session_opts_t pg_opts = {
-		.url = cat_config_str(cfg, "CATALYST_PG_URL"),
-		.app_name = CACHE_WORKER,
-		.what = "primary",
-		.connect_timeout_s = (int)cat_config_int(cfg, "CATALYST_PG_CONNECT_TIMEOUT_S"),
-	};
+	cat_pg_session_opts_t pg_opts;
 	cat_err_t err;
 
 	*out = NULL;
+	cat_pg_session_opts_from_config(&pg_opts, cfg, CACHE_WORKER);
 	if (!store) {
 		cat_redis_destroy(redis);
 		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");

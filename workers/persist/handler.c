@@ -136,14 +136,9 @@ cat_err_t persist_new(persist_t **out, const cat_config_t *cfg, const persist_se
 	 * what the table holds instead */
 	cat_apply_read_skipped(persist->apply, true);
 	register_metrics(persist, metrics);
-	pg_opts = (cat_pg_session_opts_t){
-		.url = cat_config_str(cfg, "CATALYST_PG_URL"),
-		.app_name = PRODUCER_NAME,
-		.what = "primary",
-		.connect_timeout_s = (int)cat_config_int(cfg, "CATALYST_PG_CONNECT_TIMEOUT_S"),
-		.schema_version = CAT_SCHEMA_VERSION,
-		.reconnects = persist->m_reconnects,
-	};
+	cat_pg_session_opts_from_config(&pg_opts, cfg, PRODUCER_NAME);
+	pg_opts.schema_version = CAT_SCHEMA_VERSION;
+	pg_opts.reconnects = persist->m_reconnects;
 	if ((err = cat_pg_session_new(&persist->pg, &pg_opts, errstr, errstr_size)) != CAT_OK)
 		goto error;
 	cat_sql_pruner_init(&persist->pruner, cfg, persist->m_pruned);

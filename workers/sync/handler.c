@@ -166,20 +166,15 @@ cat_err_t sync_new(sync_t **out, const cat_config_t *cfg, const sync_settings_t 
 	register_metrics(sync, metrics);
 	/* both sides checked for the schema and set to the canonical session
 	 * settings the checksums depend on */
-	pg_opts = (cat_pg_session_opts_t){
-		.url = settings->replica_url,
-		.app_name = SYNC_WORKER,
-		.what = "replica",
-		.connect_timeout_s = (int)cat_config_int(cfg, "CATALYST_PG_CONNECT_TIMEOUT_S"),
-		.schema_version = CAT_SCHEMA_VERSION,
-		.on_connect = cat_sql_canonical_session,
-		.reconnects = sync->m_reconnects,
-	};
-	if ((err = cat_pg_session_new(&sync->replica_pg, &pg_opts, errstr, errstr_size)) != CAT_OK)
-		goto error;
-	pg_opts.url = cat_config_str(cfg, "CATALYST_PG_URL");
-	pg_opts.what = "primary";
+	cat_pg_session_opts_from_config(&pg_opts, cfg, SYNC_WORKER);
+	pg_opts.schema_version = CAT_SCHEMA_VERSION;
+	pg_opts.on_connect = cat_sql_canonical_session;
+	pg_opts.reconnects = sync->m_reconnects;
 	if ((err = cat_pg_session_new(&sync->primary_pg, &pg_opts, errstr, errstr_size)) != CAT_OK)
+		goto error;
+	pg_opts.url = settings->replica_url;
+	pg_opts.what = "replica";
+	if ((err = cat_pg_session_new(&sync->replica_pg, &pg_opts, errstr, errstr_size)) != CAT_OK)
 		goto error;
 	cat_sql_pruner_init(&sync->pruner, cfg, sync->m_pruned);
 	if ((err = cat_metrics_on_render(metrics, on_render, sync)) != CAT_OK) {

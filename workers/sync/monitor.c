@@ -223,14 +223,13 @@ cat_err_t sync_monitor_start(sync_t *sync, char *errstr, size_t errstr_size)
 		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
 	m->sync = sync;
 	for (int side = 0; side < 2; side++) {
-		cat_pg_session_opts_t opts = {
-			.url = side ? sync->settings.replica_url
-				    : cat_config_str(sync->cfg, "CATALYST_PG_URL"),
-			.app_name = SYNC_WORKER "-monitor",
-			.what = sides[side],
-			.connect_timeout_s = (int)cat_config_int(sync->cfg, "CATALYST_PG_CONNECT_TIMEOUT_S"),
-		};
+		cat_pg_session_opts_t opts;
 
+		cat_pg_session_opts_from_config(&opts, sync->cfg, SYNC_WORKER "-monitor");
+		if (side) {
+			opts.url = sync->settings.replica_url;
+			opts.what = sides[side];
+		}
 		if (cat_pg_session_new(&m->pg[side], &opts, errstr, errstr_size) != CAT_OK) {
 			monitor_free(m);
 			return CAT_ERR_FATAL;
