@@ -64,7 +64,7 @@ assert_contains "$err" "NOPERM" "another application's key as the ACL user"
 for ns in 'app*' 'catalyst' 'catalyst-cache:x'; do
 	run env CATALYST_CACHE_KEY_NAMESPACE="$ns" CATALYST_CACHE_PORT=0 "$bin/catalyst-cache"
 	assert_eq 2 "$rc" "CATALYST_CACHE_KEY_NAMESPACE=$ns"
-	assert_eq 1 "$(lines "$err")" "one line for $ns"
+	assert_eq 1 "$(error_lines "$err")" "one line for $ns: $err"
 	assert_contains "$err" "CATALYST_CACHE_KEY_NAMESPACE: " "the error for $ns"
 done
 

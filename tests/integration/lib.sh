@@ -154,6 +154,14 @@ free_port() {
 	fail "no free port from 20000 to 31999"
 }
 
+# error_lines TEXT: how many lines of a program's stderr are errors: a line
+# that is not a JSON log line (usage errors are plain text), or a JSON log
+# line at level error. A warning beside the error (a Kafka client's, of a
+# broker just restarted) is not counted.
+error_lines() {
+	if [[ -z $1 ]]; then echo 0; else printf '%s\n' "$1" | grep -c -v -e '^{.*"level":"\(debug\|info\|warn\)"' || true; fi
+}
+
 # lines TEXT: how many lines TEXT has (0 when empty).
 lines() {
 	if [[ -z $1 ]]; then echo 0; else printf '%s\n' "$1" | wc -l; fi

@@ -53,13 +53,13 @@ for bad in "CATALYST_REDIS_URL=redis://:hunter2@h:99999" CATALYST_REDIS_URL=http
 	CATALYST_CACHE_PORT=70000 CATALYST_REDIS_TLS_VERIFY=maybe CATALYST_CACHE_MAX_VALUE_BYTES=1; do
 	run env "$bad" "$cache"
 	assert_eq 2 "$rc" "$bad"
-	assert_eq 1 "$(lines "$err")" "one line for $bad"
+	assert_eq 1 "$(error_lines "$err")" "one line for $bad: $err"
 	assert_contains "$err" "catalyst-cache: ${bad%%=*}: " "the error for $bad"
 	assert_not_contains "$err" "hunter2" "the error for $bad"
 done
 run env CATALYST_CACHE_TOP_LIMITS=5,x "$cache"
 assert_eq 2 "$rc" "bad CATALYST_CACHE_TOP_LIMITS"
-assert_eq 1 "$(lines "$err")" "one line for a bad CATALYST_CACHE_TOP_LIMITS"
+assert_eq 1 "$(error_lines "$err")" "one line for a bad CATALYST_CACHE_TOP_LIMITS: $err"
 assert_contains "$err" "catalyst-cache: CATALYST_CACHE_TOP_LIMITS: " "its error"
 run "$cache" --help
 assert_eq 0 "$rc" "--help"
@@ -69,7 +69,7 @@ for name in CATALYST_REDIS_URL CATALYST_REDIS_PASSWORD CATALYST_REDIS_TLS_CA_FIL
 done
 run env CATALYST_REDIS_PASSWORD="wrong-pw-$RANDOM" "$cache"
 assert_eq 1 "$rc" "with a wrong Redis password"
-assert_eq 1 "$(lines "$err")" "one line"
+assert_eq 1 "$(error_lines "$err")" "one line: $err"
 assert_contains "$err" "could not log in to redis://default@127.0.0.1:"
 assert_not_contains "$err" "wrong-pw-" "the error"
 assert_not_contains "$err" "$redis_password" "the error"

@@ -46,7 +46,7 @@ for args in "dlq" "dlq frobnicate" "dlq list 0:1" "dlq list --since yesterday" "
 	# shellcheck disable=SC2086
 	run "$publish" $args
 	assert_eq 2 "$rc" "[$args]"
-	assert_eq 1 "$(lines "$err")" "one line for [$args]: $err"
+	assert_eq 1 "$(error_lines "$err")" "one line for [$args]: $err"
 	assert_contains "$err" "catalyst-publish dlq: " "[$args]"
 done
 run env -u CATALYST_PG_URL "$publish" dlq replay --all

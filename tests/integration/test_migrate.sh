@@ -41,7 +41,7 @@ assert_eq "catalyst-migrate: CATALYST_PG_URL: required but not set" "$err" "its 
 
 run env CATALYST_PG_URL="not a url" "$migrate" up
 assert_eq 2 "$rc" "up with a malformed CATALYST_PG_URL"
-assert_eq 1 "$(lines "$err")" "one line"
+assert_eq 1 "$(error_lines "$err")" "one line: $err"
 assert_contains "$err" "CATALYST_PG_URL: not a valid PostgreSQL connection string"
 
 run env -u CATALYST_MIGRATE_TOKEN "$migrate" serve
@@ -60,7 +60,7 @@ for args in "" "frobnicate" "down" "down x" "down 0" "up --to" "up --to two" "st
 	# shellcheck disable=SC2086
 	run "$migrate" $args
 	assert_eq 2 "$rc" "usage error for [$args]"
-	assert_eq 1 "$(lines "$err")" "one line for [$args]"
+	assert_eq 1 "$(error_lines "$err")" "one line for [$args]: $err"
 done
 run "$migrate" up --to 5
 assert_eq 2 "$rc" "up --to past the latest migration"
@@ -81,7 +81,7 @@ print(u._replace(netloc="%s:%s@%s:%d" % (u.username, "wrong-pw-" + sys.argv[2], 
 	"$db" "$RANDOM")
 run env CATALYST_PG_URL="$wrong_url" "$migrate" up
 assert_eq 1 "$rc" "up with a wrong password"
-assert_eq 1 "$(lines "$err")" "one line"
+assert_eq 1 "$(error_lines "$err")" "one line: $err"
 assert_contains "$err" "password authentication failed"
 assert_not_contains "$err" "wrong-pw-" "the error"
 

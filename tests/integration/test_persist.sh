@@ -46,7 +46,7 @@ for bad in CATALYST_BATCH_SIZE=lots CATALYST_BATCH_SIZE=0 CATALYST_PERSIST_PORT=
 	CATALYST_CHANGES_TIMEOUT_MS=soon CATALYST_LOG_LEVEL=loud "CATALYST_PG_URL=host='unterminated"; do
 	run env "$bad" "$persist"
 	assert_eq 2 "$rc" "$bad"
-	assert_eq 1 "$(lines "$err")" "one line for $bad"
+	assert_eq 1 "$(error_lines "$err")" "one line for $bad: $err"
 	assert_contains "$err" "catalyst-persist: ${bad%%=*}: " "the error for $bad"
 done
 run "$persist" --frobnicate
@@ -61,12 +61,12 @@ done
 # --- PostgreSQL refuses: one line, exit 1 ------------------------------------------------
 run "$persist"
 assert_eq 1 "$rc" "on a database without migrations"
-assert_eq 1 "$(lines "$err")" "one line"
+assert_eq 1 "$(error_lines "$err")" "one line: $err"
 assert_contains "$err" "no migration was applied to this database, this worker needs schema version 4"
 "$bin/catalyst-migrate" up --to 3 2>/dev/null
 run "$persist"
 assert_eq 1 "$rc" "on schema version 3"
-assert_eq 1 "$(lines "$err")" "one line"
+assert_eq 1 "$(error_lines "$err")" "one line: $err"
 assert_contains "$err" "schema version 3 is applied, this worker needs 4: run catalyst-migrate up"
 wrong_url=$(python3 -c '
 import sys, urllib.parse
@@ -75,12 +75,12 @@ print(u._replace(netloc="%s:%s@%s:%d" % (u.username, "wrong-pw-" + sys.argv[2], 
 	"$db" "$RANDOM")
 run env CATALYST_PG_URL="$wrong_url" "$persist"
 assert_eq 1 "$rc" "with a wrong password"
-assert_eq 1 "$(lines "$err")" "one line"
+assert_eq 1 "$(error_lines "$err")" "one line: $err"
 assert_contains "$err" "password authentication failed"
 assert_not_contains "$err" "wrong-pw-" "the error"
 run env CATALYST_PG_URL="$(pg_url_with_db "$LIB_ADMIN_PG_URL" "catalyst_test_no_such_db_$$")" "$persist"
 assert_eq 1 "$rc" "with a missing database"
-assert_eq 1 "$(lines "$err")" "one line"
+assert_eq 1 "$(error_lines "$err")" "one line: $err"
 assert_contains "$err" "does not exist"
 "$bin/catalyst-migrate" up 2>/dev/null
 run env CATALYST_TOPIC_PREFIX="test.persist.none.$$." "$persist"
