@@ -107,6 +107,9 @@ struct cat_consumer {
 #define SETTLE_MAX_BATCHES 4 /* settle once this many batches' worth of messages are settling */
 #define IDLE_TRIM_US	   (2 * 1000000) /* idle this long after traffic: the free heap goes back to the OS */
 #define WAKE_DRY_US	   (50 * 1000)	 /* nothing polled this long while partitions lag: wake the fetcher */
+/* A partial batch is handed over after this long even while more keeps
+ * coming for other partitions (the queue never running dry). */
+#define PARTIAL_MAX_WAIT_MS 100
 #define WAKE_INTERVAL_MIN_US (250 * 1000)
 #define WAKE_INTERVAL_MAX_US (8 * 1000000)
 /* The DLQ producer takes any message the consumer can fetch; a letter the
@@ -1075,6 +1078,19 @@ static cat_err_t recreate_client(cat_consumer_t *consumer, const char *why, char
 }
 
 /* Polls once; true when a message arrived. */
+/* Whether the pending messages of `part` go to the handler now: by
+ * backlog, not by clock. A full batch goes; a partial one goes once nothing
+ * more is queued (`got`: the last poll brought a message) and it has waited
+ * its linger, or after PARTIAL_MAX_WAIT_MS (or the linger, if longer) in any
+ * case. */
+static bool batch_due(const cat_consumer_t *consumer, const part_buf_t *part, bool got, int64_t now)
+{
+	int64_t waited_ms = (now - part->first_at_us) / 1000;
+
+	return part_pending(part) >= (size_t)consumer->batch_size || (!got && waited_ms >= consumer->linger_ms) ||
+	       waited_ms >= (consumer->linger_ms > PARTIAL_MAX_WAIT_MS ? consumer->linger_ms : PARTIAL_MAX_WAIT_MS);
+}
+
 static bool poll_once(cat_consumer_t *consumer, int timeout_ms)
 {
 	rd_kafka_message_t *rkm = rd_kafka_consumer_poll(consumer->rk, timeout_ms);
@@ -1116,7 +1132,7 @@ cat_err_t cat_consumer_run(cat_consumer_t *consumer, volatile sig_atomic_t *stop
 
 		bool got;
 
-		/* a partial batch waits at most its linger */
+		/* a partial batch waits at most its linger (once nothing more is queued) */
 		for (size_t i = 0; i < consumer->n_parts; i++) {
 			part_buf_t *part = consumer->parts[i];
 
@@ -1173,9 +1189,7 @@ cat_err_t cat_consumer_run(cat_consumer_t *consumer, volatile sig_atomic_t *stop
 		for (size_t i = 0; i < consumer->n_parts && !*stop; i++) {
 			part_buf_t *part = consumer->parts[i];
 
-			while (part_pending(part) > 0 &&
-			       (part_pending(part) >= (size_t)consumer->batch_size ||
-				(now - part->first_at_us) / 1000 >= consumer->linger_ms)) {
+			while (part_pending(part) > 0 && batch_due(consumer, part, got, now)) {
 				batch_result_t r = process_part(consumer, part);
 
 				if (r == BATCH_FATAL) {

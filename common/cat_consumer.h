@@ -3,10 +3,13 @@
  * (docs/ARCHITECTURE.md, "The at-least-once contract").
  *
  * A worker is a handler plugged into this loop. The loop polls Kafka,
- * gathers per-partition batches (CATALYST_BATCH_SIZE messages or
- * CATALYST_BATCH_LINGER_MS, whichever comes first), hands each batch to the
- * handler in partition order, and stores a message's offset only once its
- * effect is durable:
+ * gathers per-partition batches by backlog, not by clock: a batch is handed
+ * over when it holds CATALYST_BATCH_SIZE messages, or when nothing more is
+ * queued locally (after CATALYST_BATCH_LINGER_MS, default 0: at once), or
+ * after PARTIAL_MAX_WAIT_MS however busy the queue; so a short queue is
+ * applied at once (a batch of one is fine) and a long one in large batches.
+ * It hands each batch to the handler in partition order, and stores a
+ * message's offset only once its effect is durable:
  *
  *   handler returns CAT_OK         every message not marked otherwise is
  *                                  durable; messages the handler marked
@@ -63,8 +66,9 @@
 #define CAT_CONFIG_CONSUMER(default_batch, default_max_poll_ms)                                     \
 	{ .name = "CATALYST_BATCH_SIZE", .type = CAT_CFG_INT, .def = default_batch, .min = 1,       \
 	  .max = 100000, .help = "most messages of one partition handled as one batch" },           \
-	{ .name = "CATALYST_BATCH_LINGER_MS", .type = CAT_CFG_INT, .def = "20", .max = 60000,       \
-	  .help = "how long a partial batch waits for more messages" },                             \
+	{ .name = "CATALYST_BATCH_LINGER_MS", .type = CAT_CFG_INT, .def = "0", .max = 60000,        \
+	  .help = "how long a partial batch waits for more once nothing more is queued (0: handled at " \
+	          "once; a full batch never waits)" },                                              \
 	{ .name = "CATALYST_COMMIT_INTERVAL_MS", .type = CAT_CFG_INT, .def = "1000", .min = 100,    \
 	  .max = 600000, .help = "how often stored offsets are committed" },                        \
 	{ .name = "CATALYST_RETRY_BACKOFF_MS", .type = CAT_CFG_INT, .def = "100", .min = 1,         \
