@@ -4,8 +4,11 @@
  *
  *   {"partition":3,"offset":17,"key":"AAPL","value":{...write line...}}
  *
- * (value is the decoded WriteCommand for --type write; for --type raw,
- * "raw_bytes":N and "value_text" when the bytes are valid UTF-8). --headers
+ * (value is the decoded WriteCommand for --type write, with the command's
+ * "issued_at_us"; for --type raw, "raw_bytes":N and "value_text" when the
+ * bytes are valid UTF-8). Both also carry "received_at_us" (when this
+ * consumer polled it) and "timestamp_ms" (the message's Kafka timestamp),
+ * to time the hops from publish to consumer. --headers
  * adds "headers":{name:value,...}. --type changes decodes a ChangeBatch and
  * prints one line per Change instead:
  *
@@ -65,6 +68,8 @@ static void print_message(const rd_kafka_message_t *msg, int decode_write, int w
 
 	json_object_set_new(line, "partition", json_integer(msg->partition));
 	json_object_set_new(line, "offset", json_integer(msg->offset));
+	json_object_set_new(line, "received_at_us", json_integer(cat_time_now_us()));
+	json_object_set_new(line, "timestamp_ms", json_integer(rd_kafka_message_timestamp(msg, NULL)));
 	json_object_set_new(line, "key", msg->key ? json_stringn(msg->key, msg->key_len) : json_null());
 	if (decode_write) {
 		Catalyst__V1__WriteCommand *cmd = NULL;
@@ -74,6 +79,8 @@ static void print_message(const rd_kafka_message_t *msg, int decode_write, int w
 			char *value = cat_codec_write_to_json(cmd);
 
 			json_object_set_new(line, "value", value ? json_loads(value, 0, NULL) : json_null());
+			if (cmd->meta && cmd->meta->has_issued_at_us)
+				json_object_set_new(line, "issued_at_us", json_integer(cmd->meta->issued_at_us));
 			free(value);
 			catalyst__v1__write_command__free_unpacked(cmd, NULL);
 		} else {
