@@ -204,6 +204,7 @@ static cat_err_t part_push(part_buf_t *part, rd_kafka_message_t *rkm)
 	}
 	if (part->n == part->applied)
 		part->first_at_us = cat_time_mono_us();
+	part->issued[part->n] = 0;
 	part->msgs[part->n++] = rkm;
 	return CAT_OK;
 }
@@ -632,6 +633,10 @@ static cat_err_t dead_letter_marked(cat_consumer_t *consumer, cat_batch_t *batch
 
 		if (msg->result == CAT_OK)
 			continue;
+		if (msg->dead_lettered) {
+			consumer->dlq_states[i] = DLQ_DELIVERED;
+			continue;
+		}
 		if (!msg->reason[0])
 			snprintf(msg->reason, sizeof(msg->reason), "rejected by %s", consumer->worker);
 		err = dead_letter_send(consumer, msg, i, false, errstr, errstr_size);
@@ -669,8 +674,9 @@ static cat_err_t dead_letter_marked(cat_consumer_t *consumer, cat_batch_t *batch
 	for (size_t i = 0; i < batch->n; i++) {
 		json_t *where;
 
-		if (batch->msgs[i].result == CAT_OK)
+		if (batch->msgs[i].result == CAT_OK || batch->msgs[i].dead_lettered)
 			continue;
+		batch->msgs[i].dead_lettered = true;
 		where = json_pack("{s:s, s:i, s:I}", "topic", batch->topic, "partition", (int)batch->partition,
 				  "offset", (json_int_t)batch->msgs[i].rkm->offset);
 		cat_log_kv(CAT_LOG_LEVEL_WARN, "DLQ", where, "dead-lettered message: %s", batch->msgs[i].reason);
@@ -963,8 +969,11 @@ static batch_result_t process_part(cat_consumer_t *consumer, part_buf_t *part)
 		return BATCH_FATAL;
 	}
 	memset(consumer->msg_scratch, 0, n * sizeof(cat_msg_t));
-	for (size_t i = 0; i < n; i++)
+	for (size_t i = 0; i < n; i++) {
 		consumer->msg_scratch[i].rkm = part->msgs[part->applied + i];
+		/* -1: dead-lettered when applied before (its batch did not settle) */
+		consumer->msg_scratch[i].dead_lettered = part->issued[part->applied + i] == -1;
+	}
 	cat_metrics_observe(consumer->m_batch_size, (double)n);
 
 	r = apply_range(consumer, part, consumer->msg_scratch, n);

@@ -95,6 +95,9 @@ typedef struct cat_msg {
 	char reason[256];              /* why, for the DLQ header (one line) */
 	int64_t issued_at_us;          /* the command's issued_at_us, for latency (0: unknown) */
 	void *decoded;                 /* the handler's, freed by the handler */
+	/* Set by the loop: */
+	bool dead_lettered;            /* in dlq.v1 already, from an earlier application of
+	                                * this batch that did not settle: not sent again */
 } cat_msg_t;
 
 /* Consecutive messages of one partition, in offset order. */

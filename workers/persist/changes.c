@@ -29,7 +29,7 @@ typedef enum publish_as {
 
 /* A resolved write that goes out on changes.v1. */
 typedef struct change_out {
-	const cat_apply_write_t *write; /* ->source: its message in the batch */
+	const cat_apply_write_t *write; /* ->source: its command */
 	int32_t partition;		/* of changes.v1 */
 	uint8_t publish;		/* PUBLISH_RECORD or PUBLISH_TOMBSTONE */
 } change_out_t;
@@ -244,15 +244,13 @@ static int record_pack(const Catalyst__V1__Record *record, ProtobufCBinaryData *
 /* Fills views[k] for `out`: the record's bytes are those of its command
  * message, spliced as they are (the message stays alive until the batch
  * settles); 0, or -1 when out of memory. */
-static int view_fill(persist_changes_t *changes, const cat_batch_t *batch, const cat_apply_t *apply, size_t k,
-		     const change_out_t *out)
+static int view_fill(persist_changes_t *changes, const persist_command_t *commands, const cat_apply_t *apply,
+		     size_t k, const change_out_t *out)
 {
 	const cat_apply_write_t *write = out->write;
-	const Catalyst__V1__WriteCommand *cmd = batch->msgs[write->source].decoded;
-	const rd_kafka_message_t *rkm = batch->msgs[write->source].rkm;
+	const persist_command_t *command = &commands[write->source];
+	const Catalyst__V1__WriteCommand *cmd = command->cmd;
 	Catalyst__V1__ChangeView *view = &changes->views[k];
-	const uint8_t *bytes;
-	size_t len;
 
 	catalyst__v1__change_view__init(view);
 	view->has_op = 1;
@@ -268,9 +266,9 @@ static int view_fill(persist_changes_t *changes, const cat_batch_t *batch, const
 			return -1;
 		view->op = CATALYST__V1__WRITE_OP__WRITE_OP_DELETE;
 		changes->view_owned[k] = true;
-	} else if (cat_codec_write_record_bytes(rkm->payload, rkm->len, &bytes, &len)) {
-		view->record.data = (uint8_t *)bytes;
-		view->record.len = len;
+	} else if (command->record) {
+		view->record.data = (uint8_t *)command->record;
+		view->record.len = command->record_len;
 	} else {
 		if (record_pack(cmd->record, &view->record))
 			return -1;
@@ -305,7 +303,7 @@ static size_t change_size(const Catalyst__V1__ChangeView *view)
 
 /* Sends views[from, to) as one ChangeBatch (packed from its view) to
  * `partition`, keyed by the first change's "table:pk". */
-static cat_err_t send_change_batch(persist_changes_t *changes, const cat_batch_t *batch, int32_t partition,
+static cat_err_t send_change_batch(persist_changes_t *changes, const persist_source_t *source, int32_t partition,
 				   size_t from, size_t to, int64_t committed_at_us, char *errstr, size_t errstr_size)
 {
 	Catalyst__V1__ChangeBatchView change_batch = CATALYST__V1__CHANGE_BATCH_VIEW__INIT;
@@ -314,9 +312,8 @@ static cat_err_t send_change_batch(persist_changes_t *changes, const cat_batch_t
 	size_t len, key_len;
 
 	/* a redelivered batch split the same way gets the same ids */
-	snprintf(command_id, sizeof(command_id), "%s/%d/%lld-%lld/%d/%zu", batch->topic,
-		 (int)batch->partition, (long long)batch->msgs[0].rkm->offset,
-		 (long long)batch->msgs[batch->n - 1].rkm->offset, (int)partition, from);
+	snprintf(command_id, sizeof(command_id), "%s/%d/%lld-%lld/%d/%zu", source->topic, (int)source->partition,
+		 (long long)source->first_offset, (long long)source->last_offset, (int)partition, from);
 	meta.command_id = command_id;
 	meta.has_issued_at_us = 1;
 	meta.issued_at_us = cat_time_now_us();
@@ -326,13 +323,13 @@ static cat_err_t send_change_batch(persist_changes_t *changes, const cat_batch_t
 	change_batch.changes = changes->view_ptrs + from;
 	change_batch.has_committed_at_us = 1;
 	change_batch.committed_at_us = committed_at_us;
-	change_batch.source_topic = (char *)batch->topic;
+	change_batch.source_topic = (char *)source->topic;
 	change_batch.has_source_partition = 1;
-	change_batch.source_partition = batch->partition;
+	change_batch.source_partition = source->partition;
 	change_batch.has_source_first_offset = 1;
-	change_batch.source_first_offset = batch->msgs[0].rkm->offset;
+	change_batch.source_first_offset = source->first_offset;
 	change_batch.has_source_last_offset = 1;
-	change_batch.source_last_offset = batch->msgs[batch->n - 1].rkm->offset;
+	change_batch.source_last_offset = source->last_offset;
 
 	len = catalyst__v1__change_batch_view__get_packed_size(&change_batch);
 	if (len > changes->cap_packed) {
@@ -349,18 +346,19 @@ static cat_err_t send_change_batch(persist_changes_t *changes, const cat_batch_t
 				 NULL, changes, errstr, errstr_size);
 }
 
-/* The writes that go out, with their partitions, in the order they are
- * sent; returns how many. */
-static size_t select_outs(persist_changes_t *changes, const cat_apply_t *apply)
+/* The writes of `source`'s commands that go out, with their partitions, in
+ * the order they are sent; returns how many. */
+static size_t select_outs(persist_changes_t *changes, const persist_source_t *source, const cat_apply_t *apply)
 {
 	char key[256];
 	size_t n = 0;
 
 	for (size_t i = 0; i < cat_apply_n(apply); i++) {
 		const cat_apply_write_t *write = cat_apply_write(apply, i);
-		publish_as_t publish = publish_as(write);
+		publish_as_t publish;
 
-		if (publish == PUBLISH_NONE)
+		if (write->source < source->from || write->source >= source->from + source->n ||
+		    (publish = publish_as(write)) == PUBLISH_NONE)
 			continue;
 		changes->outs[n++] = (change_out_t){
 			.write = write,
@@ -373,8 +371,9 @@ static size_t select_outs(persist_changes_t *changes, const cat_apply_t *apply)
 	return n;
 }
 
-cat_err_t persist_changes_publish(persist_changes_t *changes, const cat_batch_t *batch, const cat_apply_t *apply,
-				  int64_t committed_at_us, char *errstr, size_t errstr_size)
+cat_err_t persist_changes_publish(persist_changes_t *changes, const persist_command_t *commands,
+				  const persist_source_t *source, const cat_apply_t *apply, int64_t committed_at_us,
+				  char *errstr, size_t errstr_size)
 {
 	rd_kafka_t *rk = cat_producer_handle(changes->producer);
 	size_t n, n_messages = 0, k = 0;
@@ -385,10 +384,10 @@ cat_err_t persist_changes_publish(persist_changes_t *changes, const cat_batch_t 
 		return err;
 	if ((err = reserve(changes, cat_apply_n(apply), errstr, errstr_size)) != CAT_OK)
 		goto out;
-	if ((n = select_outs(changes, apply)) == 0)
+	if ((n = select_outs(changes, source, apply)) == 0)
 		goto out;
 	for (k = 0; k < n; k++)
-		if (view_fill(changes, batch, apply, k, &changes->outs[k])) {
+		if (view_fill(changes, commands, apply, k, &changes->outs[k])) {
 			err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "out of memory");
 			goto out;
 		}
@@ -405,7 +404,7 @@ cat_err_t persist_changes_publish(persist_changes_t *changes, const cat_batch_t 
 			bytes += size;
 			to++;
 		}
-		err = send_change_batch(changes, batch, changes->outs[from].partition, from, to, committed_at_us,
+		err = send_change_batch(changes, source, changes->outs[from].partition, from, to, committed_at_us,
 					errstr, errstr_size);
 		if (err != CAT_OK)
 			goto out;

@@ -22,8 +22,8 @@
  * partition), in source-offset order; a partition's changes are packed into
  * ChangeBatch messages of at most 500 rows or 512 KiB, keyed by their first
  * change's "table:pk", with an id that a redelivered batch split the same way
- * gets again. A record's bytes are spliced from its write.v1 message as they
- * are (the message must stay alive until the send returns).
+ * gets again. A record's bytes are spliced as its command carried them
+ * (persist_command_t.record; they must stay alive until the send returns).
  *
  * Results: the publication and the settle return CAT_ERR_RETRIABLE when a
  * change cannot go out or is not acknowledged within the timeout (the
@@ -38,6 +38,7 @@
 #include <librdkafka/rdkafka.h>
 
 #include "cat_apply.h"
+#include "cat_codec.h"
 #include "cat_config.h"
 #include "cat_consumer.h"
 #include "cat_err.h"
@@ -70,12 +71,33 @@ cat_err_t persist_changes_new(persist_changes_t **out, const cat_config_t *cfg, 
 /* Frees; accepts NULL. */
 void persist_changes_destroy(persist_changes_t *changes);
 
-/* Sends what the committed writes of `apply` (resolved from `batch`, whose
- * messages hold their decoded WriteCommands) go out as; committed_at_us is
- * the ChangeBatch's commit time. Returns once every change is handed to the
- * producer; persist_changes_settle() waits for the acknowledgements. */
-cat_err_t persist_changes_publish(persist_changes_t *changes, const cat_batch_t *batch, const cat_apply_t *apply,
-				  int64_t committed_at_us, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+/* A command whose writes `apply` resolved: decoded, and the bytes of its
+ * record as the command carried them (spliced into the change as they are;
+ * NULL: the record is packed again). The apply's write->source indexes the
+ * caller's array of these. */
+typedef struct persist_command {
+	const Catalyst__V1__WriteCommand *cmd;
+	const uint8_t *record;
+	size_t record_len;
+} persist_command_t;
+
+/* Consecutive messages of one write.v1 partition, commands[from, from + n)
+ * of the caller's array: what a ChangeBatch names as its source (and derives
+ * its id from, so that a redelivered batch gets the same ids). */
+typedef struct persist_source {
+	const char *topic;
+	int32_t partition;
+	int64_t first_offset, last_offset;
+	size_t from, n;
+} persist_source_t;
+
+/* Sends what the committed writes of `apply` whose commands belong to
+ * `source` go out as; committed_at_us is the ChangeBatch's commit time.
+ * Returns once every change is handed to the producer;
+ * persist_changes_settle() waits for the acknowledgements. */
+cat_err_t persist_changes_publish(persist_changes_t *changes, const persist_command_t *commands,
+				  const persist_source_t *source, const cat_apply_t *apply, int64_t committed_at_us,
+				  char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 
 /* Waits (at most timeout_ms, and the timeout given to persist_changes_new)
  * for the acknowledgement of every change sent since the last settle;

@@ -3,6 +3,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "cat_apply.h"
 #include "cat_codec.h"
@@ -14,6 +15,22 @@
 
 #define MAX_TABLES    8
 #define PRODUCER_NAME "catalyst-persist"
+
+#define ROUND_KEEP_BYTES (4 * 1024 * 1024) /* record bytes kept between rounds */
+
+/* The decoded commands of the batches since the last commit, their records'
+ * bytes (copied: a revoked partition's messages are freed), and where each
+ * batch came from. */
+typedef struct round {
+	persist_command_t *commands;
+	size_t *record_at; /* offset of each command's record in bytes, SIZE_MAX: none */
+	size_t n_commands, cap_commands, cap_record_at;
+	uint8_t *bytes;
+	size_t n_bytes, cap_bytes;
+	persist_source_t *sources;
+	char (*topics)[256]; /* sources[i].topic's text */
+	size_t n_sources, cap_sources, cap_topics;
+} round_t;
 
 typedef struct table_metrics {
 	cat_metric_t *applied[2]; /* [is_delete] */
@@ -37,7 +54,16 @@ struct persist {
 	cat_metric_t *m_pruned;
 
 	cat_sql_pruner_t pruner; /* tombstone pruning, between batches */
+
+	round_t round;		 /* the writes the next transaction applies */
+	size_t round_max;	 /* CATALYST_BATCH_SIZE: a round this large commits at once */
+	bool round_failed;	 /* a transaction of this round failed: the settle says so */
+	bool round_refused;	 /* ... and the database refused a write */
+	char round_error[512];
+	bool one_by_one;	 /* each batch its own transaction, until a settle succeeds */
 };
+
+static void round_clear(persist_t *persist);
 
 static const double duration_buckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
 					  0.25,	 0.5,	 1,	2.5,  5,     10,   30};
@@ -124,6 +150,7 @@ cat_err_t persist_new(persist_t **out, const cat_config_t *cfg, const persist_se
 	if (!persist)
 		return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "out of memory");
 	persist->version_max_ahead_s = cat_config_int(cfg, "CATALYST_VERSION_MAX_AHEAD_S");
+	persist->round_max = (size_t)cat_config_int(cfg, "CATALYST_BATCH_SIZE");
 
 	if (cat_schema_n_tables > MAX_TABLES) {
 		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "the schema has more than %d tables",
@@ -157,13 +184,19 @@ void persist_destroy(persist_t *persist)
 {
 	if (!persist)
 		return;
+	round_clear(persist);
+	free(persist->round.commands);
+	free(persist->round.record_at);
+	free(persist->round.bytes);
+	free(persist->round.sources);
+	free(persist->round.topics);
 	persist_changes_destroy(persist->changes);
 	cat_pg_session_free(persist->pg);
 	cat_apply_destroy(persist->apply);
 	free(persist);
 }
 
-/* --- decoding and resolving ---------------------------------------------------------------- */
+/* --- decoding and staging ----------------------------------------------------------------- */
 
 /* Decodes every message; marks the ones that do not decode or validate. */
 static cat_err_t decode_batch(const persist_t *persist, cat_batch_t *batch, size_t *n_valid,
@@ -208,23 +241,94 @@ static void free_decoded(cat_batch_t *batch)
 	}
 }
 
-/* The batch's writes, resolved per key (common/cat_apply). */
-static cat_err_t resolve(persist_t *persist, cat_batch_t *batch, char *errstr, size_t errstr_size)
+/* Grows an array of `size`-byte items to hold `need`; 0, or -1 out of memory. */
+static int grow(void **items, size_t *cap, size_t need, size_t size)
 {
-	cat_err_t err = cat_apply_begin(persist->apply, batch->n, errstr, errstr_size);
+	size_t n = *cap ? *cap : 64;
+	void *grown;
 
-	if (err != CAT_OK)
-		return err;
+	if (need <= *cap)
+		return 0;
+	while (n < need)
+		n *= 2;
+	if (!(grown = realloc(*items, n * size)))
+		return -1;
+	*items = grown;
+	*cap = n;
+	return 0;
+}
+
+/* Moves the batch's decoded commands into the round: the command, and a
+ * copy of its record's bytes (the message itself may be gone, revoked, by
+ * the time the round commits). */
+static cat_err_t stage(persist_t *persist, cat_batch_t *batch, size_t n_valid, char *errstr, size_t errstr_size)
+{
+	round_t *round = &persist->round;
+	persist_source_t *source;
+	size_t bytes = 0;
+
 	for (size_t i = 0; i < batch->n; i++) {
-		const Catalyst__V1__WriteCommand *cmd = batch->msgs[i].decoded;
+		const uint8_t *record;
+		size_t len;
 
-		if (cmd && cat_apply_add(persist->apply, i, cmd->record,
-					 cmd->op == CATALYST__V1__WRITE_OP__WRITE_OP_DELETE) != CAT_OK)
-			return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL,
-					   "message %zu: a validated record without a table", i);
+		if (batch->msgs[i].decoded &&
+		    cat_codec_write_record_bytes(batch->msgs[i].rkm->payload, batch->msgs[i].rkm->len, &record, &len))
+			bytes += len;
 	}
-	cat_apply_resolve(persist->apply);
+	if (grow((void **)&round->commands, &round->cap_commands, round->n_commands + n_valid,
+		 sizeof(*round->commands)) ||
+	    grow((void **)&round->record_at, &round->cap_record_at, round->n_commands + n_valid,
+		 sizeof(*round->record_at)) ||
+	    grow((void **)&round->sources, &round->cap_sources, round->n_sources + 1, sizeof(*round->sources)) ||
+	    grow((void **)&round->bytes, &round->cap_bytes, round->n_bytes + bytes, 1) ||
+	    strlen(batch->topic) >= sizeof(round->topics[0]) ||
+	    grow((void **)&round->topics, &round->cap_topics, round->n_sources + 1, sizeof(*round->topics)))
+		return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "out of memory staging a batch");
+
+	source = &round->sources[round->n_sources];
+	snprintf(round->topics[round->n_sources], sizeof(round->topics[0]), "%s", batch->topic);
+	*source = (persist_source_t){ .partition = batch->partition,
+				      .first_offset = batch->msgs[0].rkm->offset,
+				      .last_offset = batch->msgs[batch->n - 1].rkm->offset,
+				      .from = round->n_commands };
+	round->n_sources++;
+	for (size_t i = 0; i < batch->n; i++) {
+		cat_msg_t *msg = &batch->msgs[i];
+		persist_command_t *command;
+		const uint8_t *record;
+		size_t len;
+
+		if (!msg->decoded)
+			continue;
+		command = &round->commands[round->n_commands];
+		*command = (persist_command_t){ .cmd = msg->decoded };
+		round->record_at[round->n_commands] = SIZE_MAX;
+		if (cat_codec_write_record_bytes(msg->rkm->payload, msg->rkm->len, &record, &len)) {
+			memcpy(round->bytes + round->n_bytes, record, len);
+			round->record_at[round->n_commands] = round->n_bytes;
+			command->record_len = len;
+			round->n_bytes += len;
+		}
+		msg->decoded = NULL; /* the round's now */
+		round->n_commands++;
+		source->n++;
+	}
 	return CAT_OK;
+}
+
+/* Frees the round's commands; keeps its memory for the next, up to a size. */
+static void round_clear(persist_t *persist)
+{
+	round_t *round = &persist->round;
+
+	for (size_t i = 0; i < round->n_commands; i++)
+		catalyst__v1__write_command__free_unpacked((Catalyst__V1__WriteCommand *)round->commands[i].cmd, NULL);
+	round->n_commands = round->n_sources = round->n_bytes = 0;
+	if (round->cap_bytes > ROUND_KEEP_BYTES) {
+		free(round->bytes);
+		round->bytes = NULL;
+		round->cap_bytes = 0;
+	}
 }
 
 /* --- the transaction ------------------------------------------------------------------------- */
@@ -261,52 +365,141 @@ error:
 	return err;
 }
 
+/* Applies the round's writes, resolved per key (common/cat_apply), in one
+ * transaction, and sends what the primary holds after it on changes.v1,
+ * source by source; the round is empty after. */
+static cat_err_t flush(persist_t *persist, char *errstr, size_t errstr_size)
+{
+	round_t *round = &persist->round;
+	int64_t started_us = cat_time_mono_us(), committed_us;
+	cat_err_t err = CAT_OK;
+
+	if (round->n_commands == 0) {
+		round_clear(persist);
+		return CAT_OK;
+	}
+	for (size_t i = 0; i < round->n_commands; i++)
+		if (round->record_at[i] != SIZE_MAX)
+			round->commands[i].record = round->bytes + round->record_at[i];
+	for (size_t s = 0; s < round->n_sources; s++)
+		round->sources[s].topic = round->topics[s];
+	if ((err = cat_apply_begin(persist->apply, round->n_commands, errstr, errstr_size)) != CAT_OK)
+		goto out;
+	for (size_t i = 0; i < round->n_commands; i++) {
+		const Catalyst__V1__WriteCommand *cmd = round->commands[i].cmd;
+
+		if (cat_apply_add(persist->apply, i, cmd->record, cmd->op == CATALYST__V1__WRITE_OP__WRITE_OP_DELETE) !=
+		    CAT_OK) {
+			err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL,
+					  "command %zu: a validated record without a table", i);
+			goto out;
+		}
+	}
+	cat_apply_resolve(persist->apply);
+	if ((err = transaction(persist, errstr, errstr_size)) != CAT_OK)
+		goto out;
+	committed_us = cat_time_mono_us();
+	cat_metrics_observe(persist->m_tx_seconds, (double)(committed_us - started_us) / 1e6);
+	for (size_t s = 0; s < round->n_sources && err == CAT_OK; s++)
+		err = persist_changes_publish(persist->changes, round->commands, &round->sources[s], persist->apply,
+					      cat_time_now_us(), errstr, errstr_size);
+	if (err == CAT_OK)
+		cat_metrics_observe(persist->m_publish_seconds,
+				    (double)(cat_time_mono_us() - committed_us) / 1e6);
+out:
+	cat_apply_release(persist->apply);
+	round_clear(persist);
+	return err;
+}
+
 /* --- the handler ------------------------------------------------------------------------------ */
 
+/*
+ * A batch's writes join the round, which commits as one transaction when
+ * the loop settles (nothing more at hand: the batches of every partition
+ * that came meanwhile go together), or from here once it holds
+ * CATALYST_BATCH_SIZE writes. A round that fails is reported by the settle
+ * (retriable), and the loop applies every unsettled batch again; when the
+ * database refused a write (a permanent error), those batches go one by
+ * one, each its own transaction, so that the loop can isolate the write
+ * and dead-letter it.
+ */
 cat_err_t persist_apply(void *opaque, cat_batch_t *batch, char *errstr, size_t errstr_size)
 {
 	persist_t *persist = opaque;
-	int64_t started_us = cat_time_mono_us(), decoded_us, committed_us;
+	int64_t started_us = cat_time_mono_us();
 	size_t n_valid = 0, last_valid = 0;
 	cat_err_t err;
 
+	if (persist->round_failed) /* the settle applies these again */
+		return CAT_OK;
 	cat_sql_pruner_run(&persist->pruner, cat_pg_session_conn(persist->pg));
 	err = decode_batch(persist, batch, &n_valid, &last_valid, errstr, errstr_size);
 	if (err != CAT_OK || n_valid == 0)
 		goto out;
-	if ((err = resolve(persist, batch, errstr, errstr_size)) != CAT_OK)
-		goto out;
-	decoded_us = cat_time_mono_us();
-	cat_metrics_observe(persist->m_decode_seconds, (double)(decoded_us - started_us) / 1e6);
-	err = transaction(persist, errstr, errstr_size);
-	if (err == CAT_ERR_PERMANENT && n_valid == 1) {
-		/* the batch's only write is the one the database refuses */
-		batch->msgs[last_valid].result = CAT_ERR_PERMANENT;
-		snprintf(batch->msgs[last_valid].reason, sizeof(batch->msgs[last_valid].reason), "%s",
-			 errstr);
-		err = CAT_OK;
+	cat_metrics_observe(persist->m_decode_seconds, (double)(cat_time_mono_us() - started_us) / 1e6);
+	if (persist->one_by_one) {
+		if ((err = stage(persist, batch, n_valid, errstr, errstr_size)) == CAT_OK)
+			err = flush(persist, errstr, errstr_size);
+		if (err == CAT_ERR_PERMANENT && n_valid == 1) {
+			/* the batch's only write is the one the database refuses */
+			batch->msgs[last_valid].result = CAT_ERR_PERMANENT;
+			snprintf(batch->msgs[last_valid].reason, sizeof(batch->msgs[last_valid].reason), "%s",
+				 errstr);
+			err = CAT_OK;
+		}
 		goto out;
 	}
-	if (err != CAT_OK)
+	if (persist->round.n_commands > 0 && persist->round.n_commands + n_valid > persist->round_max &&
+	    (err = flush(persist, errstr, errstr_size)) != CAT_OK)
+		goto failed;
+	if ((err = stage(persist, batch, n_valid, errstr, errstr_size)) != CAT_OK)
 		goto out;
-	committed_us = cat_time_mono_us();
-	cat_metrics_observe(persist->m_tx_seconds, (double)(committed_us - decoded_us) / 1e6);
+	if (persist->round.n_commands >= persist->round_max && (err = flush(persist, errstr, errstr_size)) != CAT_OK)
+		goto failed;
+	goto out;
 
-	err = persist_changes_publish(persist->changes, batch, persist->apply, cat_time_now_us(), errstr,
-				      errstr_size);
-	if (err == CAT_OK)
-		cat_metrics_observe(persist->m_publish_seconds,
-				    (double)(cat_time_mono_us() - committed_us) / 1e6);
-
+failed:
+	/* earlier batches were in the round: the settle fails, and every
+	 * unsettled batch is applied again */
+	persist->round_failed = true;
+	persist->round_refused = err == CAT_ERR_PERMANENT;
+	snprintf(persist->round_error, sizeof(persist->round_error), "%s", errstr);
+	err = CAT_OK;
 out:
 	free_decoded(batch);
-	cat_apply_release(persist->apply);
 	return err;
 }
 
 cat_err_t persist_settle(void *opaque, int timeout_ms, char *errstr, size_t errstr_size)
 {
 	persist_t *persist = opaque;
+	char reason[512];
+	cat_err_t err = CAT_OK;
 
-	return persist_changes_settle(persist->changes, timeout_ms, errstr, errstr_size);
+	if (!persist->round_failed && (err = flush(persist, reason, sizeof(reason))) != CAT_OK) {
+		persist->round_failed = true;
+		persist->round_refused = err == CAT_ERR_PERMANENT;
+		snprintf(persist->round_error, sizeof(persist->round_error), "%s", reason);
+	}
+	round_clear(persist);
+	if (persist->round_failed) {
+		/* what the round's earlier transactions sent settles as it may:
+		 * those batches are applied, and published, again */
+		cat_err_t ignored = persist_changes_settle(persist->changes, timeout_ms, reason, sizeof(reason));
+
+		(void)ignored;
+		persist->round_failed = false;
+		if (persist->round_refused && !persist->one_by_one) {
+			persist->one_by_one = true;
+			return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE,
+					   "the database refused a write (%s): applying the batches one by one",
+					   persist->round_error);
+		}
+		return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "%s", persist->round_error);
+	}
+	err = persist_changes_settle(persist->changes, timeout_ms, errstr, errstr_size);
+	if (err == CAT_OK)
+		persist->one_by_one = false;
+	return err;
 }
