@@ -16,7 +16,8 @@
 #define MAX_TABLES    8
 #define PRODUCER_NAME "catalyst-persist"
 
-#define ROUND_KEEP_BYTES (4 * 1024 * 1024) /* record bytes kept between rounds */
+#define ROUND_KEEP_BYTES    (256 * 1024) /* memory a round keeps for the next: record bytes, */
+#define ROUND_KEEP_COMMANDS 512	  /* and commands (a burst's goes back: idle RSS) */
 
 /* The decoded commands of the batches since the last commit, their records'
  * bytes (copied: a revoked partition's messages are freed), and where each
@@ -328,6 +329,13 @@ static void round_clear(persist_t *persist)
 		free(round->bytes);
 		round->bytes = NULL;
 		round->cap_bytes = 0;
+	}
+	if (round->cap_commands > ROUND_KEEP_COMMANDS) {
+		free(round->commands);
+		free(round->record_at);
+		round->commands = NULL;
+		round->record_at = NULL;
+		round->cap_commands = round->cap_record_at = 0;
 	}
 }
 
