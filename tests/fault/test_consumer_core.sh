@@ -107,7 +107,11 @@ rm "$work/down"
 wait_for 60 "catch-up after the outage" grep -q "after-outage" "$work/applied"
 wait_for 30 "readiness after the outage" \
 	bash -c "[ \"\$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:$port/readyz)\" = 200 ]"
-curl -s "http://127.0.0.1:$port/metrics" | grep -q '^catalyst_retries_total [1-9]' || fail "retries not counted"
+# (read whole first: under pipefail, grep -q leaving early fails curl's
+# next write, and so the pipeline)
+metrics=$(curl -s "http://127.0.0.1:$port/metrics")
+grep -q '^catalyst_retries_total [1-9]' <<<"$metrics" ||
+	fail "retries not counted: $(grep -E '^catalyst_(retries|messages)_' <<<"$metrics" | tr '\n' ' ')"
 kill -TERM "$probe_pid"
 wait "$probe_pid" || fail "third core-probe did not exit 0"
 

@@ -98,7 +98,7 @@ done
 # one record through persist, so the consumers have handled something
 echo '{"table":"news_raw","news_id":"obs-1","symbol":"OBS","version":1}' | "$bin/catalyst-publish" write - \
 	>/dev/null 2>&1
-applied() { curl -s "${base[persist]}/metrics" | grep -q '^catalyst_messages_applied_total 1$'; }
+applied() { grep -q '^catalyst_messages_applied_total 1$' <<<"$(curl -s "${base[persist]}/metrics")"; }
 wait_for 60 "the record to be applied" applied
 
 for name in persist cache sync backup migrate; do
