@@ -32,7 +32,9 @@ export CATALYST_PERSIST_GROUP="catalyst-persist-synctest-$$"
 export CATALYST_REPLICA_NAME="synctest$$"
 export CATALYST_PERSIST_PORT=0 CATALYST_PERSIST_BIND=127.0.0.1 CATALYST_SYNC_PORT=0 CATALYST_SYNC_BIND=127.0.0.1
 export CATALYST_LOG_LEVEL=info CATALYST_COMMIT_INTERVAL_MS=200 CATALYST_SYNC_MONITOR_INTERVAL_S=1
-export CATALYST_SYNC_CHECK_SETTLE_MS=500 CATALYST_SYNC_SLOW_MIN_CALLS=1
+# (the settle covers persist's commit -> publish -> acknowledgement of a
+# flowing write: 500 ms was once too short beside other tests)
+export CATALYST_SYNC_CHECK_SETTLE_MS=1500 CATALYST_SYNC_SLOW_MIN_CALLS=1
 export CATALYST_MIGRATIONS_DIR=$CATALYST_SOURCE_DIR/migrations
 sync_group=catalyst-sync-$CATALYST_REPLICA_NAME
 on_exit "'$bin/topic-admin' delete >/dev/null 2>&1 || true"
