@@ -268,14 +268,10 @@ static cat_err_t stage(persist_t *persist, cat_batch_t *batch, size_t n_valid, c
 	persist_source_t *source;
 	size_t bytes = 0;
 
-	for (size_t i = 0; i < batch->n; i++) {
-		const uint8_t *record;
-		size_t len;
-
-		if (batch->msgs[i].decoded &&
-		    cat_codec_write_record_bytes(batch->msgs[i].rkm->payload, batch->msgs[i].rkm->len, &record, &len))
-			bytes += len;
-	}
+	/* a record's bytes are a slice of its message: room for the messages */
+	for (size_t i = 0; i < batch->n; i++)
+		if (batch->msgs[i].decoded)
+			bytes += batch->msgs[i].rkm->len;
 	if (grow((void **)&round->commands, &round->cap_commands, round->n_commands + n_valid,
 		 sizeof(*round->commands)) ||
 	    grow((void **)&round->record_at, &round->cap_record_at, round->n_commands + n_valid,
