@@ -7,8 +7,9 @@
  *
  *   group-lag --group G --topic T [--wait-ms N]
  *
- * With --wait-ms, polls (every 20 ms) until the lag is 0 and prints the line
- * of that moment (at_us: wall clock, µs), exiting 1 when N ms pass first.
+ * With --wait-ms, polls (the committed offsets every 20 ms, the ends every
+ * second and whenever the group may have caught up) until the lag is 0 and
+ * prints the line of that moment (at_us: wall clock, µs), exiting 1 when N ms pass first.
  * A partition without a committed offset counts from its first offset.
  * Joins no group: it only reads the group's committed offsets.
  */
@@ -29,33 +30,41 @@ static const cat_config_def_t config_defs[] = {
 	CAT_CONFIG_KAFKA,
 };
 
-/* Sums end and committed offsets over the topic's partitions; 0 or -1
- * (said on stderr unless quiet). */
-static int measure(rd_kafka_t *rk, const char *topic, int n_partitions, long long *end, long long *committed,
-		   bool quiet)
+/* Sums the end offsets of the topic's partitions (two requests each), and
+ * notes their first offsets in low[]; 0 or -1 (said on stderr unless
+ * quiet). */
+static int measure_ends(rd_kafka_t *rk, const char *topic, int n_partitions, long long *low, long long *end,
+			bool quiet)
 {
-	rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(n_partitions);
-	long long *low = calloc((size_t)n_partitions, sizeof(*low));
-	rd_kafka_resp_err_t err;
-	int rc = -1;
-
-	*end = *committed = 0;
-	if (!low)
-		goto out;
+	*end = 0;
 	for (int p = 0; p < n_partitions; p++) {
 		int64_t lo, hi;
+		rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(rk, topic, p, &lo, &hi, REQUEST_TIMEOUT_MS);
 
-		err = rd_kafka_query_watermark_offsets(rk, topic, p, &lo, &hi, REQUEST_TIMEOUT_MS);
 		if (err) {
 			if (!quiet)
 				fprintf(stderr, "group-lag: could not read the offsets of %s [%d]: %s\n", topic, p,
 					rd_kafka_err2str(err));
-			goto out;
+			return -1;
 		}
 		low[p] = lo;
 		*end += hi;
-		rd_kafka_topic_partition_list_add(list, topic, p);
 	}
+	return 0;
+}
+
+/* Sums the group's committed offsets (one request; a partition without one
+ * counts from low[]); 0 or -1 (said on stderr unless quiet). */
+static int measure_committed(rd_kafka_t *rk, const char *topic, int n_partitions, const long long *low,
+			     long long *committed, bool quiet)
+{
+	rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(n_partitions);
+	rd_kafka_resp_err_t err;
+	int rc = -1;
+
+	*committed = 0;
+	for (int p = 0; p < n_partitions; p++)
+		rd_kafka_topic_partition_list_add(list, topic, p);
 	err = rd_kafka_committed(rk, list, REQUEST_TIMEOUT_MS);
 	if (err) {
 		if (!quiet)
@@ -68,7 +77,6 @@ static int measure(rd_kafka_t *rk, const char *topic, int n_partitions, long lon
 			list->elems[i].offset >= 0 ? list->elems[i].offset : low[list->elems[i].partition];
 	rc = 0;
 out:
-	free(low);
 	rd_kafka_topic_partition_list_destroy(list);
 	return rc;
 }
@@ -90,8 +98,8 @@ int main(int argc, char **argv)
 	rd_kafka_conf_t *conf = NULL;
 	rd_kafka_t *rk = NULL;
 	char errstr[512];
-	long long end = 0, committed = 0;
-	int64_t deadline;
+	long long end = 0, committed = 0, *low = NULL;
+	int64_t deadline, ends_at_us = -1;
 	int n_partitions, rc = 2;
 
 	for (int i = 1; i + 1 < argc; i += 2) {
@@ -134,26 +142,45 @@ int main(int argc, char **argv)
 		}
 		nanosleep(&(struct timespec){0, 200 * 1000 * 1000}, NULL);
 	}
-	for (;;) {
-		/* while waiting, a broker that is restarting (no coordinator yet,
-		 * offsets unreadable) is waited for as well, to the deadline */
-		if (measure(rk, topic, n_partitions, &end, &committed, wait_ms >= 0) != 0) {
-			if (wait_ms < 0 || cat_time_mono_us() > deadline) {
-				if (wait_ms >= 0)
-					measure(rk, topic, n_partitions, &end, &committed, false);
-				goto out;
-			}
-			nanosleep(&(struct timespec){0, 200 * 1000 * 1000}, NULL);
-			continue;
+	if (!(low = calloc((size_t)n_partitions, sizeof(*low)))) {
+		fprintf(stderr, "group-lag: out of memory\n");
+		goto out;
+	}
+	/* While waiting, the committed offsets are read every 20 ms and the
+	 * ends (two requests a partition: a watcher's load on the broker would
+	 * skew what it watches) only once a second, and whenever the group may
+	 * have caught up: done is a committed sum, read after a fresh end sum,
+	 * that equals it. A broker that is restarting (no coordinator yet,
+	 * offsets unreadable) is waited for as well, to the deadline. */
+	for (bool fresh = false;; fresh = false) {
+		bool quiet = wait_ms >= 0;
+
+		if (ends_at_us < 0 || committed >= end || cat_time_mono_us() - ends_at_us > 1000 * 1000) {
+			if (measure_ends(rk, topic, n_partitions, low, &end, quiet) != 0)
+				goto failed;
+			ends_at_us = cat_time_mono_us();
+			fresh = true;
 		}
-		if (wait_ms < 0 || end == committed)
+		if (measure_committed(rk, topic, n_partitions, low, &committed, quiet) != 0)
+			goto failed;
+		if (wait_ms < 0 || (fresh && end == committed))
 			break;
 		if (cat_time_mono_us() > deadline) {
 			fprintf(stderr, "group-lag: still %lld behind after %ld ms\n", end - committed,
 				wait_ms);
 			break;
 		}
-		nanosleep(&(struct timespec){0, 20 * 1000 * 1000}, NULL);
+		if (committed < end) /* else: the ends again, at once */
+			nanosleep(&(struct timespec){0, 20 * 1000 * 1000}, NULL);
+		continue;
+failed:
+		if (wait_ms < 0 || cat_time_mono_us() > deadline) {
+			if (wait_ms >= 0 && measure_ends(rk, topic, n_partitions, low, &end, false) == 0)
+				measure_committed(rk, topic, n_partitions, low, &committed, false);
+			goto out;
+		}
+		ends_at_us = -1;
+		nanosleep(&(struct timespec){0, 200 * 1000 * 1000}, NULL);
 	}
 	printf("{\"group\":\"%s\",\"topic\":\"%s\",\"end\":%lld,\"committed\":%lld,\"lag\":%lld,\"at_us\":%"
 	       "lld}\n",
@@ -161,6 +188,7 @@ int main(int argc, char **argv)
 	rc = wait_ms < 0 || end == committed ? 0 : 1;
 
 out:
+	free(low);
 	if (rk)
 		rd_kafka_destroy(rk);
 	cat_config_destroy(cfg);

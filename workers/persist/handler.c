@@ -1,5 +1,6 @@
 #include "handler.h"
 
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +39,24 @@ typedef struct table_metrics {
 	cat_metric_t *skipped[2];
 } table_metrics_t;
 
+/*
+ * The committer: a thread that commits one round while the loop's thread
+ * fetches, decodes and stages the next (PostgreSQL works while the client
+ * does). It owns the session, the apply and the changes publication while
+ * busy; the loop's thread hands it a round and collects the result, under
+ * the lock, so only one thread uses any of them at a time.
+ */
+typedef struct committer {
+	pthread_t thread;
+	bool started;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool busy;    /* rounds[1 - staging] is being committed */
+	bool quit;    /* destroying: the thread ends */
+	cat_err_t err; /* the last round's result, until collected */
+	char errstr[512];
+} committer_t;
+
 struct persist {
 	cat_pg_session_t *pg; /* the primary */
 	int64_t version_max_ahead_s; /* CATALYST_VERSION_MAX_AHEAD_S */
@@ -56,7 +75,9 @@ struct persist {
 
 	cat_sql_pruner_t pruner; /* tombstone pruning, between batches */
 
-	round_t round;		 /* the writes the next transaction applies */
+	round_t rounds[2];	 /* rounds[staging]: the writes the next transaction applies */
+	int staging;		 /* the other round is the committer's */
+	committer_t committer;
 	size_t round_max;	 /* CATALYST_BATCH_SIZE: a round this large commits at once */
 	bool round_failed;	 /* a transaction of this round failed: the settle says so */
 	bool round_refused;	 /* ... and the database refused a write */
@@ -64,7 +85,8 @@ struct persist {
 	bool one_by_one;	 /* each batch its own transaction, until a settle succeeds */
 };
 
-static void round_clear(persist_t *persist);
+static void round_clear(round_t *round);
+static void *committer_main(void *opaque);
 
 static const double duration_buckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
 					  0.25,	 0.5,	 1,	2.5,  5,     10,   30};
@@ -173,6 +195,13 @@ cat_err_t persist_new(persist_t **out, const cat_config_t *cfg, const persist_se
 	if ((err = persist_changes_new(&persist->changes, cfg, producer, (int)settings->changes_timeout_ms,
 				       &persist->m_changes, errstr, errstr_size)) != CAT_OK)
 		goto error;
+	if (pthread_mutex_init(&persist->committer.lock, NULL) != 0 ||
+	    pthread_cond_init(&persist->committer.cond, NULL) != 0 ||
+	    pthread_create(&persist->committer.thread, NULL, committer_main, persist) != 0) {
+		err = cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "cannot start the committer thread");
+		goto error;
+	}
+	persist->committer.started = true;
 	*out = persist;
 	return CAT_OK;
 
@@ -185,12 +214,25 @@ void persist_destroy(persist_t *persist)
 {
 	if (!persist)
 		return;
-	round_clear(persist);
-	free(persist->round.commands);
-	free(persist->round.record_at);
-	free(persist->round.bytes);
-	free(persist->round.sources);
-	free(persist->round.topics);
+	if (persist->committer.started) {
+		pthread_mutex_lock(&persist->committer.lock);
+		persist->committer.quit = true;
+		pthread_cond_broadcast(&persist->committer.cond);
+		pthread_mutex_unlock(&persist->committer.lock);
+		pthread_join(persist->committer.thread, NULL);
+		pthread_cond_destroy(&persist->committer.cond);
+		pthread_mutex_destroy(&persist->committer.lock);
+	}
+	for (int r = 0; r < 2; r++) {
+		round_t *round = &persist->rounds[r];
+
+		round_clear(round);
+		free(round->commands);
+		free(round->record_at);
+		free(round->bytes);
+		free(round->sources);
+		free(round->topics);
+	}
 	persist_changes_destroy(persist->changes);
 	cat_pg_session_free(persist->pg);
 	cat_apply_destroy(persist->apply);
@@ -264,7 +306,7 @@ static int grow(void **items, size_t *cap, size_t need, size_t size)
  * the time the round commits). */
 static cat_err_t stage(persist_t *persist, cat_batch_t *batch, size_t n_valid, char *errstr, size_t errstr_size)
 {
-	round_t *round = &persist->round;
+	round_t *round = &persist->rounds[persist->staging];
 	persist_source_t *source;
 	size_t bytes = 0;
 
@@ -314,10 +356,8 @@ static cat_err_t stage(persist_t *persist, cat_batch_t *batch, size_t n_valid, c
 }
 
 /* Frees the round's commands; keeps its memory for the next, up to a size. */
-static void round_clear(persist_t *persist)
+static void round_clear(round_t *round)
 {
-	round_t *round = &persist->round;
-
 	for (size_t i = 0; i < round->n_commands; i++)
 		catalyst__v1__write_command__free_unpacked((Catalyst__V1__WriteCommand *)round->commands[i].cmd, NULL);
 	round->n_commands = round->n_sources = round->n_bytes = 0;
@@ -372,14 +412,13 @@ error:
 /* Applies the round's writes, resolved per key (common/cat_apply), in one
  * transaction, and sends what the primary holds after it on changes.v1,
  * source by source; the round is empty after. */
-static cat_err_t flush(persist_t *persist, char *errstr, size_t errstr_size)
+static cat_err_t flush(persist_t *persist, round_t *round, char *errstr, size_t errstr_size)
 {
-	round_t *round = &persist->round;
 	int64_t started_us = cat_time_mono_us(), committed_us;
 	cat_err_t err = CAT_OK;
 
 	if (round->n_commands == 0) {
-		round_clear(persist);
+		round_clear(round);
 		return CAT_OK;
 	}
 	for (size_t i = 0; i < round->n_commands; i++)
@@ -412,39 +451,119 @@ static cat_err_t flush(persist_t *persist, char *errstr, size_t errstr_size)
 				    (double)(cat_time_mono_us() - committed_us) / 1e6);
 out:
 	cat_apply_release(persist->apply);
-	round_clear(persist);
+	round_clear(round);
+	return err;
+}
+
+/* --- the committer ------------------------------------------------------------------------ */
+
+static void *committer_main(void *opaque)
+{
+	persist_t *persist = opaque;
+	committer_t *c = &persist->committer;
+
+	pthread_mutex_lock(&c->lock);
+	for (;;) {
+		round_t *round;
+		char errstr[sizeof(c->errstr)];
+		cat_err_t err;
+
+		while (!c->busy && !c->quit)
+			pthread_cond_wait(&c->cond, &c->lock);
+		if (!c->busy)
+			break;
+		round = &persist->rounds[1 - persist->staging];
+		pthread_mutex_unlock(&c->lock);
+
+		cat_sql_pruner_run(&persist->pruner, cat_pg_session_conn(persist->pg));
+		err = flush(persist, round, errstr, sizeof(errstr));
+
+		pthread_mutex_lock(&c->lock);
+		c->err = err;
+		if (err != CAT_OK)
+			snprintf(c->errstr, sizeof(c->errstr), "%s", errstr);
+		c->busy = false;
+		pthread_cond_broadcast(&c->cond);
+	}
+	pthread_mutex_unlock(&c->lock);
+	return NULL;
+}
+
+/* Waits until the committer is idle; the result of the round it committed
+ * last (CAT_OK when none since the last call). */
+static cat_err_t commit_wait(persist_t *persist, char *errstr, size_t errstr_size)
+{
+	committer_t *c = &persist->committer;
+	cat_err_t err;
+
+	pthread_mutex_lock(&c->lock);
+	while (c->busy)
+		pthread_cond_wait(&c->cond, &c->lock);
+	err = c->err;
+	if (err != CAT_OK)
+		cat_err_set(errstr, errstr_size, err, "%s", c->errstr);
+	c->err = CAT_OK;
+	pthread_mutex_unlock(&c->lock);
+	return err;
+}
+
+/* Hands the staged round to the idle committer; the loop's thread stages
+ * into the other from now on. */
+static void commit_start(persist_t *persist)
+{
+	committer_t *c = &persist->committer;
+
+	pthread_mutex_lock(&c->lock);
+	persist->staging = 1 - persist->staging;
+	c->busy = true;
+	pthread_cond_broadcast(&c->cond);
+	pthread_mutex_unlock(&c->lock);
+}
+
+/* Waits for the round in flight, then hands over the staged one (when it
+ * holds any write). */
+static cat_err_t commit_next(persist_t *persist, char *errstr, size_t errstr_size)
+{
+	cat_err_t err = commit_wait(persist, errstr, errstr_size);
+
+	if (err == CAT_OK && persist->rounds[persist->staging].n_commands > 0)
+		commit_start(persist);
 	return err;
 }
 
 /* --- the handler ------------------------------------------------------------------------------ */
 
 /*
- * A batch's writes join the round, which commits as one transaction when
- * the loop settles (nothing more at hand: the batches of every partition
- * that came meanwhile go together), or from here once it holds
- * CATALYST_BATCH_SIZE writes. A round that fails is reported by the settle
+ * A batch's writes join the staged round. A round commits as one
+ * transaction, on the committer's thread, once it holds CATALYST_BATCH_SIZE
+ * writes (while the next is staged) or when the loop settles (nothing more
+ * at hand: the batches of every partition that came meanwhile go together;
+ * the settle waits for it). A round that fails is reported by the settle
  * (retriable), and the loop applies every unsettled batch again; when the
  * database refused a write (a permanent error), those batches go one by
- * one, each its own transaction, so that the loop can isolate the write
- * and dead-letter it.
+ * one, each its own transaction, waited for, so that the loop can isolate
+ * the write and dead-letter it.
  */
 cat_err_t persist_apply(void *opaque, cat_batch_t *batch, char *errstr, size_t errstr_size)
 {
 	persist_t *persist = opaque;
+	const round_t *staged = &persist->rounds[persist->staging];
 	int64_t started_us = cat_time_mono_us();
 	size_t n_valid = 0, last_valid = 0;
 	cat_err_t err;
 
 	if (persist->round_failed) /* the settle applies these again */
 		return CAT_OK;
-	cat_sql_pruner_run(&persist->pruner, cat_pg_session_conn(persist->pg));
 	err = decode_batch(persist, batch, &n_valid, &last_valid, errstr, errstr_size);
 	if (err != CAT_OK || n_valid == 0)
 		goto out;
 	cat_metrics_observe(persist->m_decode_seconds, (double)(cat_time_mono_us() - started_us) / 1e6);
 	if (persist->one_by_one) {
-		if ((err = stage(persist, batch, n_valid, errstr, errstr_size)) == CAT_OK)
-			err = flush(persist, errstr, errstr_size);
+		if ((err = commit_wait(persist, errstr, errstr_size)) == CAT_OK &&
+		    (err = stage(persist, batch, n_valid, errstr, errstr_size)) == CAT_OK) {
+			commit_start(persist);
+			err = commit_wait(persist, errstr, errstr_size);
+		}
 		if (err == CAT_ERR_PERMANENT && n_valid == 1) {
 			/* the batch's only write is the one the database refuses */
 			batch->msgs[last_valid].result = CAT_ERR_PERMANENT;
@@ -454,12 +573,13 @@ cat_err_t persist_apply(void *opaque, cat_batch_t *batch, char *errstr, size_t e
 		}
 		goto out;
 	}
-	if (persist->round.n_commands > 0 && persist->round.n_commands + n_valid > persist->round_max &&
-	    (err = flush(persist, errstr, errstr_size)) != CAT_OK)
+	if (staged->n_commands > 0 && staged->n_commands + n_valid > persist->round_max &&
+	    (err = commit_next(persist, errstr, errstr_size)) != CAT_OK)
 		goto failed;
+	staged = &persist->rounds[persist->staging];
 	if ((err = stage(persist, batch, n_valid, errstr, errstr_size)) != CAT_OK)
 		goto out;
-	if (persist->round.n_commands >= persist->round_max && (err = flush(persist, errstr, errstr_size)) != CAT_OK)
+	if (staged->n_commands >= persist->round_max && (err = commit_next(persist, errstr, errstr_size)) != CAT_OK)
 		goto failed;
 	goto out;
 
@@ -479,14 +599,21 @@ cat_err_t persist_settle(void *opaque, int timeout_ms, char *errstr, size_t errs
 {
 	persist_t *persist = opaque;
 	char reason[512];
-	cat_err_t err = CAT_OK;
+	cat_err_t err;
 
-	if (!persist->round_failed && (err = flush(persist, reason, sizeof(reason))) != CAT_OK) {
+	/* the round in flight, then the staged one (unless a round failed:
+	 * every unsettled batch is applied again), committed */
+	err = commit_wait(persist, reason, sizeof(reason));
+	if (err == CAT_OK && !persist->round_failed && persist->rounds[persist->staging].n_commands > 0) {
+		commit_start(persist);
+		err = commit_wait(persist, reason, sizeof(reason));
+	}
+	if (err != CAT_OK && !persist->round_failed) {
 		persist->round_failed = true;
 		persist->round_refused = err == CAT_ERR_PERMANENT;
 		snprintf(persist->round_error, sizeof(persist->round_error), "%s", reason);
 	}
-	round_clear(persist);
+	round_clear(&persist->rounds[persist->staging]);
 	if (persist->round_failed) {
 		/* what the round's earlier transactions sent settles as it may:
 		 * those batches are applied, and published, again */

@@ -1,18 +1,23 @@
 /*
  * catalyst-persist's handler for the consume loop (cat_handler_t):
- * a write.v1 batch -> one PostgreSQL transaction -> the batch's rows on
- * changes.v1.
+ * write.v1 batches -> rounds, each one PostgreSQL transaction -> the rows
+ * the primary holds after it on changes.v1.
  *
- * apply():
+ * apply(), on the loop's thread:
  *  1. decodes every message (cat_codec_write_decode); one that does not
  *     decode or validate is marked permanent with the reason, the rest goes on
- *  2. resolves the batch (common/cat_apply) to the writes that leave each row as applying its
- *     messages one at a time would: per key of a versioned table, the
- *     highest version (an upsert and a delete of the same version: the
- *     delete; equal upserts: the first); in an insert-only table the writes
- *     of a key that do not make each other moot, run in rounds (a delete,
- *     then the insert that replaces the row)
- *  3. one transaction, per table: the deletes (only rows not newer than the
+ *  2. stages the batch's commands (and a copy of their records' bytes) into
+ *     the round; a round of CATALYST_BATCH_SIZE writes goes to the committer
+ *     thread, and the next is staged while it commits. settle() hands over
+ *     the staged round, waits for it, then for the changes' acknowledgements.
+ * The committer, per round:
+ *  3. resolves its writes (common/cat_apply) to the writes that leave each
+ *     row as applying its messages one at a time would: per key of a
+ *     versioned table, the highest version (an upsert and a delete of the
+ *     same version: the delete; equal upserts: the first); in an
+ *     insert-only table the writes of a key that do not make each other
+ *     moot, run in rounds (a delete, then the insert that replaces the row)
+ *  4. one transaction, per table: the deletes (only rows not newer than the
  *     delete; each delete leaves a tombstone), then the upserts: set-based,
  *     unnest of one binary array per column, skipping keys whose tombstone
  *     is as new or newer, news_raw ON CONFLICT DO NOTHING, the others
@@ -22,10 +27,13 @@
  *     table's next 8 batches, doubling at each conflict up to 1024: a table
  *     of updates seldom tries). Rows are sorted by key, so that concurrent
  *     workers lock in the same order
- *  4. after COMMIT, what the primary now holds goes out on changes.v1
- *     (changes.h: a write the version check skipped is published too, as
- *     what the table holds, so that a redelivered batch republishes what a
- *     crash kept from going out), and settle() waits for its acknowledgements
+ *  5. after COMMIT, what the primary now holds goes out on changes.v1, per
+ *     source batch (changes.h: a write the version check skipped is
+ *     published too, as what the table holds, so that a redelivered batch
+ *     republishes what a crash kept from going out)
+ * A failed round fails the next settle: the loop applies every unsettled
+ * batch again; after a write the database refused, batches go one by one,
+ * each its own transaction, waited for, until a settle succeeds.
  *
  * Results: SQLSTATE classes 22/23 -> CAT_ERR_PERMANENT (the core isolates the
  * message; when the batch holds a single write, that message is marked);
@@ -76,8 +84,9 @@ cat_err_t persist_connect(persist_t *persist, char *errstr, size_t errstr_size) 
 void persist_destroy(persist_t *persist);
 
 /* cat_handler_t.apply, .settle and .ready (opaque: the persist_t). apply()
- * commits a batch's transaction and sends its changes; settle() waits for
- * the changes' acknowledgements. ready() runs on the HTTP thread: false
+ * stages a batch (and hands a full round to the committer); settle()
+ * commits what is staged and waits for every round and the changes'
+ * acknowledgements. ready() runs on the HTTP thread: false
  * (with the reason) while PostgreSQL does not answer a ping. */
 cat_err_t persist_apply(void *opaque, cat_batch_t *batch, char *errstr, size_t errstr_size);
 cat_err_t persist_settle(void *opaque, int timeout_ms, char *errstr, size_t errstr_size);
