@@ -27,10 +27,12 @@
  * its message is dead-lettered with the reason, after the rest is applied.
  *
  * changes.v1: every change of a batch becomes one item of a PUT script call
- * (up to 256 items a call: one MGET of their values, one SADD per symbol
- * set), the calls go out as pipelines of CATALYST_CACHE_PIPELINE_BYTES, one
- * sent while the next is encoded (its replies read before the next is sent),
- * and apply() returns only once every reply is read. A row's JSON is written
+ * (up to 256 items a call, each key at most once: one MGET of their values,
+ * one SADD and one EXPIRE per symbol set), the calls go out as pipelines of
+ * CATALYST_CACHE_PIPELINE_BYTES, one sent while the next is encoded (its
+ * replies read before the next is sent; batches of 2000 messages by default,
+ * so that a backlog keeps both Redis and the worker busy), and apply()
+ * returns only once every reply is read. A row's JSON is written
  * by cat_codec_record_json (no tree).
  *
  * cache.v1: set (version-checked when it carries a version), delete,

@@ -34,7 +34,8 @@
 #define MAX_TOP_LIMITS	CACHE_MAX_TOP_LIMITS
 #define PUT_ITEMS	256	   /* items of one PUT script call */
 #define PUT_CALL_BYTES	(1 << 20) /* a PUT call ends past this many argument bytes */
-#define PUT_ARGS	6
+#define PUT_ARGS	4 /* key, version, value, set */
+#define PUT_OP_BYTES	3 /* op, TTL slot, prefix length: in the call's ops argument */
 #define PUT_TTL_SLOTS	9 /* distinct TTLs of one PUT call */
 #define MAX_KEY_BYTES	1024
 
@@ -106,6 +107,12 @@ typedef struct cache_store {
 	char *arena;
 	size_t arena_len, arena_cap;
 	size_t n_call_items;
+	char call_ops[PUT_ITEMS * PUT_OP_BYTES];
+	/* the call's keys (a key twice ends the call: the script reads every
+	 * key once, at its start): open addressing, offset + 1 into the arena */
+	struct {
+		uint32_t off, len;
+	} call_keys[2 * PUT_ITEMS];
 	long long call_ttls[PUT_TTL_SLOTS];
 	int n_call_ttls;
 	/* a record's JSON (reused) */

@@ -57,7 +57,7 @@ static const cat_config_def_t config_defs[] = {
 	CAT_CONFIG_PG,
 	CAT_CONFIG_HTTP,
 	CAT_CONFIG_REDIS,
-	CAT_CONFIG_CONSUMER("200", "3600000"),
+	CAT_CONFIG_CONSUMER("2000", "3600000"),
 	{ .name = "CATALYST_CACHE_GROUP", FIELD(group), .type = CAT_CFG_STRING, .def = "catalyst-cache",
 	  .help = "consumer group of changes.v1 and cache.v1" },
 	{ .name = "CATALYST_CACHE_PORT", FIELD(port), .type = CAT_CFG_INT, .def = "5031", .max = 65535,

@@ -42,23 +42,35 @@ static cmd_t *cmd_add(cache_store_t *store, cmd_kind_t kind, int32_t msg)
 	return &cmds[q->n_cmds++];
 }
 
-/* Appends `text` as a bulk string "$<len>\r\n<text>\r\n" to the PUT call. */
-static void arena_add(cache_store_t *store, const char *text, size_t len)
+/* Appends the concatenation of parts[0, n) as one bulk string
+ * "$<len>\r\n<bytes>\r\n" to the PUT call. */
+static void arena_add_parts(cache_store_t *store, const char *const *parts, const size_t *lens, int n)
 {
 	char head[32];
-	int head_len = snprintf(head, sizeof(head), "$%zu\r\n", len);
-	char *arena = grow(store->arena, &store->arena_cap, store->arena_len + (size_t)head_len + len + 2, 1,
-			   &store->oom);
+	size_t len = 0;
+	int head_len;
+	char *arena;
 
-	if (!arena)
+	for (int i = 0; i < n; i++)
+		len += lens[i];
+	head_len = snprintf(head, sizeof(head), "$%zu\r\n", len);
+	if (!(arena = grow(store->arena, &store->arena_cap, store->arena_len + (size_t)head_len + len + 2, 1,
+			   &store->oom)))
 		return;
 	store->arena = arena;
 	memcpy(arena + store->arena_len, head, (size_t)head_len);
 	store->arena_len += (size_t)head_len;
-	memcpy(arena + store->arena_len, text, len);
-	store->arena_len += len;
+	for (int i = 0; i < n; i++) {
+		memcpy(arena + store->arena_len, parts[i], lens[i]);
+		store->arena_len += lens[i];
+	}
 	memcpy(arena + store->arena_len, "\r\n", 2);
 	store->arena_len += 2;
+}
+
+static void arena_add(cache_store_t *store, const char *text, size_t len)
+{
+	arena_add_parts(store, &text, &len, 1);
 }
 
 static void arena_add_int(cache_store_t *store, long long v)
@@ -69,31 +81,32 @@ static void arena_add_int(cache_store_t *store, long long v)
 	arena_add(store, text, (size_t)len);
 }
 
-/* Queues the PUT call being filled: its header (the symbol sets' TTL and
- * the TTL slots) then its items. */
+/* Queues the PUT call being filled: its header (the symbol sets' TTL, the
+ * TTL slots and the items' ops) then its items. */
 static void put_call_end(cache_store_t *store)
 {
 	queue_t *q = &store->q[store->fill];
-	char head[1 + PUT_TTL_SLOTS][32], heads[(1 + PUT_TTL_SLOTS) * 32];
-	size_t heads_len = 0;
+	char heads[(1 + PUT_TTL_SLOTS) * 32 + 16];
+	size_t heads_len = 0, ops_len = store->n_call_items * PUT_OP_BYTES;
 	cmd_t *cmd;
 
 	if (store->n_call_items == 0)
 		return;
 	for (int h = 0; h <= PUT_TTL_SLOTS; h++) {
 		long long v = h == 0 ? store->symbol_ttl : h <= store->n_call_ttls ? store->call_ttls[h - 1] : 0;
-		int n = snprintf(head[h], sizeof(head[h]), "%lld", v);
+		char text[24];
+		int n = snprintf(text, sizeof(text), "%lld", v);
 
-		heads_len += (size_t)snprintf(heads + heads_len, sizeof(heads) - heads_len, "$%d\r\n%s\r\n", n,
-					      head[h]);
+		heads_len += (size_t)snprintf(heads + heads_len, sizeof(heads) - heads_len, "$%d\r\n%s\r\n", n, text);
 	}
+	heads_len += (size_t)snprintf(heads + heads_len, sizeof(heads) - heads_len, "$%zu\r\n", ops_len);
 	if (!store->oom && (cmd = cmd_add(store, CMD_PUT, -1))) {
 		cmd->first = q->n_items - store->n_call_items;
 		cmd->n = store->n_call_items;
 		if (cat_redis_append_evalsha_bulk(store->redis, &store->scripts[SCRIPT_PUT], 0,
-						  (int)(1 + PUT_TTL_SLOTS + store->n_call_items * PUT_ARGS),
-						  (const char *[]){heads, store->arena},
-						  (size_t[]){heads_len, store->arena_len}, 2) != CAT_OK) {
+						  (int)(1 + PUT_TTL_SLOTS + 1 + store->n_call_items * PUT_ARGS),
+						  (const char *[]){heads, store->call_ops, "\r\n", store->arena},
+						  (size_t[]){heads_len, ops_len, 2, store->arena_len}, 4) != CAT_OK) {
 			store->oom = true;
 			q->n_cmds--;
 		}
@@ -101,6 +114,26 @@ static void put_call_end(cache_store_t *store)
 	store->n_call_items = 0;
 	store->n_call_ttls = 0;
 	store->arena_len = 0;
+	memset(store->call_keys, 0, sizeof(store->call_keys));
+}
+
+/* The slot of `key` in the call's keys: where it is, or the empty one
+ * where it goes. */
+static size_t call_key_slot(const cache_store_t *store, const char *key, size_t key_len)
+{
+	const size_t n_slots = sizeof(store->call_keys) / sizeof(store->call_keys[0]);
+	uint32_t h = 2166136261u; /* FNV-1a */
+	size_t slot;
+
+	for (size_t i = 0; i < key_len; i++)
+		h = (h ^ (unsigned char)key[i]) * 16777619u;
+	for (slot = h % n_slots;; slot = (slot + 1) % n_slots) {
+		uint32_t off = store->call_keys[slot].off;
+
+		if (off == 0 || (store->call_keys[slot].len == key_len &&
+				 memcmp(store->arena + off - 1, key, key_len) == 0))
+			return slot;
+	}
 }
 
 void cache_put(cache_store_t *store, char op, const char *key, size_t key_len, int64_t version, long long ttl,
@@ -109,9 +142,14 @@ void cache_put(cache_store_t *store, char op, const char *key, size_t key_len, i
 {
 	queue_t *q;
 	item_t *items;
-	char op_text[2];
+	char *ops;
+	size_t member_len = member ? strlen(member) : 0, prefix_len = 0, key_slot, arena_len;
 	int slot;
 
+	if (member_len <= key_len && key_len - member_len <= UINT8_MAX)
+		prefix_len = key_len - member_len; /* key = prefix..member */
+	if (store->n_call_items > 0 && store->call_keys[call_key_slot(store, key, key_len)].off != 0)
+		put_call_end(store); /* the key is in the call already: the next call sees its result */
 	for (slot = 0; slot < store->n_call_ttls; slot++)
 		if (store->call_ttls[slot] == ttl)
 			break;
@@ -126,14 +164,24 @@ void cache_put(cache_store_t *store, char op, const char *key, size_t key_len, i
 		return;
 	q->items = items;
 	items[q->n_items++] = (item_t){msg, table};
-	op_text[0] = op;
-	op_text[1] = (char)('0' + slot);
-	arena_add(store, op_text, 2);
+	ops = &store->call_ops[store->n_call_items * PUT_OP_BYTES];
+	ops[0] = op;
+	ops[1] = (char)('0' + slot);
+	ops[2] = (char)(unsigned char)prefix_len;
+	key_slot = call_key_slot(store, key, key_len);
+	arena_len = store->arena_len;
 	arena_add(store, key, key_len);
+	if (store->arena_len > arena_len && store->arena_len <= UINT32_MAX) { /* at arena_len + "$<len>\r\n" */
+		store->call_keys[key_slot].off = (uint32_t)(store->arena_len - 2 - key_len + 1);
+		store->call_keys[key_slot].len = (uint32_t)key_len;
+	}
 	arena_add_int(store, (long long)version);
 	arena_add(store, value ? value : "", value ? value_len : 0);
-	arena_add(store, symbol ? symbol : "", symbol ? strlen(symbol) : 0);
-	arena_add(store, member ? member : "", member ? strlen(member) : 0);
+	if (symbol && *symbol && op >= 'A' && op <= 'Z') /* the set's key: prefix..'symbol:'..symbol */
+		arena_add_parts(store, (const char *[]){key, "symbol:", symbol},
+				(size_t[]){prefix_len, 7, strlen(symbol)}, 3);
+	else
+		arena_add(store, "", 0);
 	if (++store->n_call_items == PUT_ITEMS || store->arena_len >= PUT_CALL_BYTES)
 		put_call_end(store);
 }
@@ -173,6 +221,8 @@ void cache_queue_reset(cache_store_t *store)
 	for (int i = 0; i < 2; i++)
 		store->q[i].n_cmds = store->q[i].n_items = 0;
 	store->n_call_items = store->arena_len = 0;
+	store->n_call_ttls = 0;
+	memset(store->call_keys, 0, sizeof(store->call_keys));
 	store->oom = false;
 	/* a burst's scratch does not stay */
 	if (store->arena_cap > 8 * 1024 * 1024) {

@@ -22,147 +22,142 @@
 #define CACHE_SCRIPTS_H
 
 /* PUT: ARGV[1] the TTL of symbol sets (seconds, 0: none), ARGV[2..10] nine
- * TTL slots (seconds, 0: no expiry), then 6 ARGV per item (few arguments:
- * each costs Redis about as much as a SET's lookup):
- *   op       a letter and the digit of its TTL slot (0-8): "u" upsert of a
- *            row, "w" the same from a warm (the same version extends the
- *            TTL), "d" delete of a row; upper case ("U", "W", "D"): the row
- *            is also a member of its symbol's set, the key being
- *            prefix..member and the set prefix..'symbol:'..symbol; "s" a
- *            value of cache.v1 with an explicit version (kept in KEY#v)
+ * TTL slots (seconds, 0: no expiry), ARGV[11] the items' ops, then 4 ARGV
+ * per item. Every argument costs Redis a string of its own (Redis' Lua
+ * hashes every byte of each), so an item passes only what the script cannot
+ * derive, and the TTLs stay strings (a Lua number would be formatted back
+ * into one for every command). ARGV[11] holds 3 bytes per item:
+ *   op       a letter: "u" upsert of a row, "w" the same from a warm (the
+ *            same version extends the TTL), "d" delete of a row; upper case
+ *            ("U", "W", "D"): the row is also a member of its symbol's set,
+ *            the key being prefix..member and the set prefix..'symbol:'..
+ *            symbol; "s" a value of cache.v1 with an explicit version (kept
+ *            in KEY#v)
+ *   slot     the digit of its TTL slot (0-8)
+ *   prefix   the length of the key's prefix, as a byte (its member is the
+ *            rest of the key)
+ * and each item:
  *   key      the value's key
  *   version
  *   value    the JSON (upserts; "" for deletes)
- *   symbol   upserts: the set's symbol ("" none); deletes: "" (read from the
- *            cached value)
- *   member   the row's id (its member in the set)
- * One MGET reads every value, one EXISTS (and an MGET only when some
- * exist) every KEY#v; items then apply in
- * order (a key twice in a call sees the first one's result); the members
+ *   set      upserts: the key of its symbol's set ("" none); deletes: ""
+ *            (the symbol is read from the cached value)
+ * A call holds each key once (queue.c ends a call at a key it holds
+ * already, so the next call reads its result). One MGET reads every value,
+ * one EXISTS (and an MGET only when some exist) every KEY#v; items then
+ * apply in order; the members
  * added to a set go out as one SADD per set (before any SREM, so that the
  * order of set changes stays) and each set's TTL is renewed once.
  * Returns one entry per item: 1 applied, 0 older than what is cached, or the
  * error of a set command on a key of another type (that item only); a SET
  * that fails (OOM) fails the call. */
-#define CACHE_SCRIPT_PUT                                                                           \
-	"local A = ARGV\n"                                                                          \
-	"local find, sub, byte, match = string.find, string.sub, string.byte, string.match\n"      \
-	"local set_ttl = tonumber(A[1])\n"                                                          \
-	"local ttls = {}\n"                                                                         \
-	"for s = 1, 9 do ttls[s] = tonumber(A[s + 1]) end\n"                                       \
-	"local n = (#A - 10) / 6\n"                                                                 \
-	"local keys, vkeys = {}, {}\n"                                                              \
-	"for i = 1, n do local k = A[6 * i + 6]; keys[i] = k; vkeys[i] = k .. '#v' end\n"          \
-	"local vals = redis.call('MGET', unpack(keys))\n"                                           \
-	"local vers = {}\n"                                                                         \
-	"if redis.call('EXISTS', unpack(vkeys)) > 0 then vers = redis.call('MGET', unpack(vkeys)) end\n" \
-	"local cval, cver = {}, {}\n"                                                               \
-	"local adds, addi, touched, seen = {}, {}, {}, {}\n"                                        \
-	"local out = {}\n"                                                                          \
-	"local function newer(a, b)\n"                                                              \
-	"  if #a ~= #b then return #a > #b end\n"                                                  \
-	"  return a > b\n"                                                                          \
-	"end\n"                                                                                     \
-	"local function row_version(v)\n"                                                           \
-	"  local _, e = find(v, '\"version\":', 1, true)\n"                                         \
-	"  if e then return match(v, '^%d+', e + 1) end\n"                                         \
-	"  return nil\n"                                                                            \
-	"end\n"                                                                                     \
-	"local function row_symbol(v)\n"                                                            \
-	"  local _, e = find(v, '\"symbol\":\"', 1, true)\n"                                        \
-	"  if not e then return nil end\n"                                                          \
-	"  local s = match(v, '^[^\"\\\\]*', e + 1)\n"                                              \
-	"  if byte(v, e + 1 + #s) == 34 then return s end\n"                                       \
-	"  local ok, obj = pcall(cjson.decode, v)\n"                                               \
-	"  if ok and type(obj) == 'table' and type(obj.symbol) == 'string' then return obj.symbol end\n" \
-	"  return nil\n"                                                                            \
-	"end\n"                                                                                     \
-	"local function call(i, ...)\n"                                                             \
-	"  local r = redis.pcall(...)\n"                                                            \
-	"  if type(r) == 'table' and r.err then out[i] = r end\n"                                  \
-	"end\n"                                                                                     \
-	"local function flush_adds()\n"                                                             \
-	"  for sk, members in pairs(adds) do\n"                                                     \
-	"    local r = redis.pcall('SADD', sk, unpack(members))\n"                                  \
-	"    if type(r) == 'table' and r.err then\n"                                               \
-	"      for _, i in ipairs(addi[sk]) do out[i] = r end\n"                                   \
-	"    end\n"                                                                                 \
-	"  end\n"                                                                                   \
-	"  adds, addi = {}, {}\n"                                                                   \
-	"end\n"                                                                                     \
-	"local function setx(i, k, v, ttl)\n"                                                       \
-	"  if ttl > 0 then redis.call('SET', k, v, 'EX', ttl) else redis.call('SET', k, v) end\n"  \
-	"end\n"                                                                                     \
-	"for i = 1, n do\n"                                                                         \
-	"  local b = 6 * i + 5\n"                                                                   \
-	"  local op, k, ver = byte(A[b], 1), A[b + 1], A[b + 2]\n"                                  \
-	"  local ttl = ttls[byte(A[b], 2) - 47]\n"                                                  \
-	"  local v, vv = cval[k], cver[k]\n"                                                        \
-	"  if v == nil then v, vv = vals[i], vers[i] end\n"                                         \
-	"  local tomb, cur = nil, nil\n"                                                            \
-	"  if vv then\n"                                                                            \
-	"    if byte(vv, 1) == 100 then tomb = sub(vv, 2) elseif v then cur = vv end\n"            \
-	"  end\n"                                                                                   \
-	"  if v and not cur then cur = row_version(v) or '0' end\n"                                \
-	"  local hasset = op < 97\n"                                                                \
-	"  if hasset then op = op + 32 end\n"                                                       \
-	"  out[i] = 1\n"                                                                            \
-	"  if op == 100 then\n"                                                                     \
-	"    if (cur and newer(cur, ver)) or (tomb and not newer(ver, tomb)) then\n"               \
-	"      out[i] = 0\n"                                                                        \
-	"    else\n"                                                                                \
-	"      local member = A[b + 5]\n"                                                           \
-	"      if hasset and v then\n"                                                              \
-	"        local s = row_symbol(v)\n"                                                         \
-	"        if s then\n"                                                                       \
-	"          flush_adds()\n"                                                                  \
-	"          call(i, 'SREM', sub(k, 1, #k - #member) .. 'symbol:' .. s, member)\n"            \
-	"        end\n"                                                                             \
-	"      end\n"                                                                               \
-	"      if v then redis.call('DEL', k) end\n"                                              \
-	"      setx(i, k .. '#v', 'd' .. ver, ttl)\n"                                              \
-	"      cval[k], cver[k] = false, 'd' .. ver\n"                                             \
-	"    end\n"                                                                                 \
-	"  elseif (tomb and not newer(ver, tomb)) or (cur and not newer(ver, cur)) then\n"         \
-	"    if op == 119 and v and cur == ver and ttl > 0 then\n"                                 \
-	"      call(i, 'EXPIRE', k, ttl, 'GT')\n"                                                  \
-	"      if vv and not tomb then call(i, 'EXPIRE', k .. '#v', ttl, 'GT') end\n"              \
-	"    end\n"                                                                                 \
-	"    out[i] = 0\n"                                                                          \
-	"  else\n"                                                                                  \
-	"    local value, sym, member = A[b + 3], A[b + 4], A[b + 5]\n"                            \
-	"    if hasset and v then\n"                                                                \
-	"      local s = row_symbol(v)\n"                                                           \
-	"      if s and s ~= sym then\n"                                                            \
-	"        flush_adds()\n"                                                                    \
-	"        call(i, 'SREM', sub(k, 1, #k - #member) .. 'symbol:' .. s, member)\n"              \
-	"      end\n"                                                                               \
-	"    end\n"                                                                                 \
-	"    setx(i, k, value, ttl)\n"                                                              \
-	"    if op == 115 then\n"                                                                   \
-	"      setx(i, k .. '#v', ver, ttl)\n"                                                      \
-	"      cver[k] = ver\n"                                                                     \
-	"    else\n"                                                                                \
-	"      if vv then redis.call('DEL', k .. '#v') end\n"                                     \
-	"      cver[k] = false\n"                                                                   \
-	"    end\n"                                                                                 \
-	"    cval[k] = value\n"                                                                     \
-	"    if hasset and sym ~= '' then\n"                                                        \
-	"      local sk = sub(k, 1, #k - #member) .. 'symbol:' .. sym\n"                            \
-	"      local m = adds[sk]\n"                                                                \
-	"      if not m then\n"                                                                     \
-	"        m = {}; adds[sk] = m; addi[sk] = {}\n"                                             \
-	"        if not seen[sk] then seen[sk] = true; touched[#touched + 1] = sk end\n"            \
-	"      end\n"                                                                               \
-	"      m[#m + 1] = member\n"                                                                \
-	"      local ai = addi[sk]; ai[#ai + 1] = i\n"                                              \
-	"    end\n"                                                                                 \
-	"  end\n"                                                                                   \
-	"end\n"                                                                                     \
-	"flush_adds()\n"                                                                            \
-	"if set_ttl > 0 then\n"                                                                     \
-	"  for _, sk in ipairs(touched) do redis.pcall('EXPIRE', sk, set_ttl) end\n"               \
-	"end\n"                                                                                     \
+#define CACHE_SCRIPT_PUT \
+	"local A = ARGV\n"                                                                                                               \
+	"local sub, byte = string.sub, string.byte\n"                                                                                    \
+	"local set_ttl, ops = A[1], A[11]\n"                                                                                             \
+	"local ttls = {A[2], A[3], A[4], A[5], A[6], A[7], A[8], A[9], A[10]}\n"                                                         \
+	"local n = (#A - 11) / 4\n"                                                                                                      \
+	"local keys, vkeys = {}, {}\n"                                                                                                   \
+	"for i = 1, n do local k = A[4 * i + 8]; keys[i] = k; vkeys[i] = k .. '#v' end\n"                                                \
+	"local vals = redis.call('MGET', unpack(keys))\n"                                                                                \
+	"local vers = {}\n"                                                                                                              \
+	"if redis.call('EXISTS', unpack(vkeys)) > 0 then vers = redis.call('MGET', unpack(vkeys)) end\n"                                 \
+	"local adds, touched = {}, {}\n"                                                                                                 \
+	"local out = {}\n"                                                                                                               \
+	"local function newer(a, b)\n"                                                                                                   \
+	"  if #a ~= #b then return #a > #b end\n"                                                                                        \
+	"  return a > b\n"                                                                                                               \
+	"end\n"                                                                                                                          \
+	"local function row_version(v)\n"                                                                                                \
+	"  local _, e = string.find(v, '\"version\":', 1, true)\n"                                                                       \
+	"  if e then return string.match(v, '^%d+', e + 1) end\n"                                                                        \
+	"  return nil\n"                                                                                                                 \
+	"end\n"                                                                                                                          \
+	"local function row_symbol(v)\n"                                                                                                 \
+	"  local _, e = string.find(v, '\"symbol\":\"', 1, true)\n"                                                                      \
+	"  if not e then return nil end\n"                                                                                               \
+	"  local s = string.match(v, '^[^\"\\\\]*', e + 1)\n"                                                                            \
+	"  if byte(v, e + 1 + #s) == 34 then return s end\n"                                                                             \
+	"  local ok, obj = pcall(cjson.decode, v)\n"                                                                                     \
+	"  if ok and type(obj) == 'table' and type(obj.symbol) == 'string' then return obj.symbol end\n"                                 \
+	"  return nil\n"                                                                                                                 \
+	"end\n"                                                                                                                          \
+	"local function flush_adds()\n"                                                                                                  \
+	"  for sk, members in pairs(adds) do\n"                                                                                          \
+	"    local r = redis.pcall('SADD', sk, unpack(members))\n"                                                                       \
+	"    if type(r) == 'table' and r.err then\n"                                                                                     \
+	"      for i = 1, n do\n"                                                                                                        \
+	"        if out[i] == 1 and A[4 * i + 11] == sk then out[i] = r end\n"                                                           \
+	"      end\n"                                                                                                                    \
+	"    end\n"                                                                                                                      \
+	"  end\n"                                                                                                                        \
+	"  adds = {}\n"                                                                                                                  \
+	"end\n"                                                                                                                          \
+	"local function srem(i, k, plen, s)\n"                                                                                           \
+	"  flush_adds()\n"                                                                                                               \
+	"  local r = redis.pcall('SREM', sub(k, 1, plen) .. 'symbol:' .. s, sub(k, plen + 1))\n"                                         \
+	"  if type(r) == 'table' and r.err then out[i] = r end\n"                                                                        \
+	"end\n"                                                                                                                          \
+	"for i = 1, n do\n"                                                                                                              \
+	"  local b, o = 4 * i + 8, 3 * i - 2\n"                                                                                          \
+	"  local op, k, ver = byte(ops, o), A[b], A[b + 1]\n"                                                                            \
+	"  local ttl = ttls[byte(ops, o + 1) - 47]\n"                                                                                    \
+	"  local v, vv = vals[i], vers[i]\n"                                                                                             \
+	"  local tomb, cur = nil, nil\n"                                                                                                 \
+	"  if vv then\n"                                                                                                                 \
+	"    if byte(vv, 1) == 100 then tomb = sub(vv, 2) elseif v then cur = vv end\n"                                                  \
+	"  end\n"                                                                                                                        \
+	"  if v and not cur then cur = row_version(v) or '0' end\n"                                                                      \
+	"  local hasset = op < 97\n"                                                                                                     \
+	"  if hasset then op = op + 32 end\n"                                                                                            \
+	"  out[i] = 1\n"                                                                                                                 \
+	"  if op == 100 then\n"                                                                                                          \
+	"    if (cur and newer(cur, ver)) or (tomb and not newer(ver, tomb)) then\n"                                                     \
+	"      out[i] = 0\n"                                                                                                             \
+	"    else\n"                                                                                                                     \
+	"      if hasset and v then\n"                                                                                                   \
+	"        local s = row_symbol(v)\n"                                                                                              \
+	"        if s then srem(i, k, byte(ops, o + 2), s) end\n"                                                                        \
+	"      end\n"                                                                                                                    \
+	"      if v then redis.call('DEL', k) end\n"                                                                                     \
+	"      if ttl ~= '0' then redis.call('SET', vkeys[i], 'd' .. ver, 'EX', ttl) else redis.call('SET', vkeys[i], 'd' .. ver) end\n" \
+	"    end\n"                                                                                                                      \
+	"  elseif (tomb and not newer(ver, tomb)) or (cur and not newer(ver, cur)) then\n"                                               \
+	"    if op == 119 and v and cur == ver and ttl ~= '0' then\n"                                                                    \
+	"      local r = redis.pcall('EXPIRE', k, ttl, 'GT')\n"                                                                          \
+	"      if type(r) == 'table' and r.err then out[i] = r end\n"                                                                    \
+	"      if vv and not tomb then\n"                                                                                                \
+	"        r = redis.pcall('EXPIRE', vkeys[i], ttl, 'GT')\n"                                                                       \
+	"        if type(r) == 'table' and r.err then out[i] = r end\n"                                                                  \
+	"      end\n"                                                                                                                    \
+	"    end\n"                                                                                                                      \
+	"    out[i] = 0\n"                                                                                                               \
+	"  else\n"                                                                                                                       \
+	"    local sk = A[b + 3]\n"                                                                                                      \
+	"    if hasset and v then\n"                                                                                                     \
+	"      local s = row_symbol(v)\n"                                                                                                \
+	"      if s and sk ~= sub(k, 1, byte(ops, o + 2)) .. 'symbol:' .. s then srem(i, k, byte(ops, o + 2), s) end\n"                  \
+	"    end\n"                                                                                                                      \
+	"    if ttl ~= '0' then redis.call('SET', k, A[b + 2], 'EX', ttl) else redis.call('SET', k, A[b + 2]) end\n"                     \
+	"    if op == 115 then\n"                                                                                                        \
+	"      if ttl ~= '0' then redis.call('SET', vkeys[i], ver, 'EX', ttl) else redis.call('SET', vkeys[i], ver) end\n"               \
+	"    elseif vv then\n"                                                                                                           \
+	"      redis.call('DEL', vkeys[i])\n"                                                                                            \
+	"    end\n"                                                                                                                      \
+	"    if hasset and sk ~= '' then\n"                                                                                              \
+	"      local m = adds[sk]\n"                                                                                                     \
+	"      if not m then\n"                                                                                                          \
+	"        m = {}; adds[sk] = m\n"                                                                                                 \
+	"        if not touched[sk] then touched[sk] = true; touched[#touched + 1] = sk end\n"                                           \
+	"      end\n"                                                                                                                    \
+	"      m[#m + 1] = sub(k, byte(ops, o + 2) + 1)\n"                                                                               \
+	"    end\n"                                                                                                                      \
+	"  end\n"                                                                                                                        \
+	"end\n"                                                                                                                          \
+	"flush_adds()\n"                                                                                                                 \
+	"if set_ttl ~= '0' then\n"                                                                                                       \
+	"  for _, sk in ipairs(touched) do redis.pcall('EXPIRE', sk, set_ttl) end\n"                                                     \
+	"end\n"                                                                                                                          \
 	"return out\n"
 
 /* INVALIDATE_CANDIDATES: a candidate changed, so every derived candidates
