@@ -82,38 +82,43 @@
 #include "cat_schema.h"
 #include "cat_time.h"
 
-#define NONE UINT32_MAX
-#define MAX_PROCS 16
+#define NONE		     UINT32_MAX
+#define MAX_PROCS	     16
 #define REDIS_SWEEP_AFTER_US 1000000
-#define REDIS_TOPIC_FMT "__keyevent@%d__:set"
+#define REDIS_TOPIC_FMT	     "__keyevent@%d__:set"
 
 enum { OBS_PRIMARY, OBS_REDIS, OBS_REPLICA, N_OBS };
-static const char *const obs_names[N_OBS] = { "primary", "redis", "replica" };
+static const char *const obs_names[N_OBS] = {"primary", "redis", "replica"};
 
 static const cat_config_def_t config_defs[] = {
 	CAT_CONFIG_COMMON,
 	CAT_CONFIG_KAFKA,
 	CAT_CONFIG_PG,
-	{ .name = "CATALYST_REPLICA_URL", .type = CAT_CFG_PG_URL, .secret = true,
-	  .help = "the replica to observe (none: not observed)" },
-	{ .name = "CATALYST_REDIS_URL", .type = CAT_CFG_STRING, .secret = true, .check = cat_redis_url_check,
-	  .help = "the Redis to observe, the bench's own (none: not observed)" },
+	{.name = "CATALYST_REPLICA_URL",
+	 .type = CAT_CFG_PG_URL,
+	 .secret = true,
+	 .help = "the replica to observe (none: not observed)"},
+	{.name = "CATALYST_REDIS_URL",
+	 .type = CAT_CFG_STRING,
+	 .secret = true,
+	 .check = cat_redis_url_check,
+	 .help = "the Redis to observe, the bench's own (none: not observed)"},
 };
 
 /* One key: a table's row (a news_raw row of one round). */
 typedef struct key {
 	unsigned table; /* index into cat_schema_tables */
 	char *pk;
-	char *redis;	/* its cache key, NULL when it has none */
+	char *redis; /* its cache key, NULL when it has none */
 } probe_key_t;
 
 /* A template line. */
 typedef struct line {
 	Catalyst__V1__WriteCommand *cmd; /* decoded once, changed in place at each publish */
 	unsigned table;
-	uint32_t key;	 /* key id (news: its index among the news lines) */
+	uint32_t key; /* key id (news: its index among the news lines) */
 	bool news;
-	char *pk;	 /* news: the news_id of the line */
+	char *pk; /* news: the news_id of the line */
 } line_t;
 
 /* One published write; seen_us[] written by its observer only. */
@@ -138,7 +143,7 @@ typedef struct observer {
 	int which;
 	bool enabled;
 	pthread_t thread;
-	size_t ingested;   /* writes taken from the log */
+	size_t ingested; /* writes taken from the log */
 	uint32_t *head, *tail, *next;
 	uint32_t *plist, *ppos; /* keys with writes pending, and where each is in plist */
 	size_t n_pending_keys;
@@ -148,7 +153,7 @@ typedef struct observer {
 	int64_t cycle_sum_us, cycle_max_us, query_sum_us;
 	int64_t *cycle_us; /* every cycle, for its p99 */
 	size_t cycle_cap;
-	int backend_pid;	    /* PostgreSQL observers: their session's backend */
+	int backend_pid;		   /* PostgreSQL observers: their session's backend */
 	double backend_cpu0, backend_cpu1; /* its CPU */
 	double server_cpu0, server_cpu1;   /* its postmaster's and every child's */
 	char error[512];
@@ -168,8 +173,8 @@ struct probe {
 	atomic_bool publishing_done;
 	_Atomic int64_t done_publishing_us;
 	atomic_bool stop;
-	atomic_int finished;  /* observers out of their loop */
-	atomic_bool release;  /* they may close their sessions */
+	atomic_int finished; /* observers out of their loop */
+	atomic_bool release; /* they may close their sessions */
 	int64_t deadline_us; /* once publishing is done */
 	long rate;
 	int pg_poll_ms, timeout_s, redis_db;
@@ -221,7 +226,8 @@ static double proc_cpu(int pid, int *ppid)
 	buf[n] = '\0';
 	if (!(p = strrchr(buf, ')')))
 		return -1;
-	/* after "pid (comm)": state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime */
+	/* after "pid (comm)": state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime
+	 * stime */
 	if (sscanf(p + 2, "%*c %d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &parent, &ut, &st) != 3)
 		return -1;
 	if (ppid)
@@ -336,10 +342,10 @@ static char *redis_key(unsigned table, const char *pk)
 	static const struct {
 		const char *table, *prefix;
 	} layout[] = {
-		{ "news_raw", "news:" },
-		{ "trading_signals", "signals:" },
-		{ "trade_records", "trades:" },
-		{ "source_metrics", "sources:" },
+		{"news_raw", "news:"},
+		{"trading_signals", "signals:"},
+		{"trade_records", "trades:"},
+		{"source_metrics", "sources:"},
 	};
 	char *out;
 
@@ -396,13 +402,15 @@ static int load_lines(probe_t *probe, const char *path, size_t n_writes)
 			buf[--n] = '\0';
 		if (n == 0)
 			continue;
-		if (cat_codec_write_from_json(buf, (size_t)n, "latency-probe", &cmd, errstr, sizeof(errstr)) !=
-		    CAT_OK) {
+		if (cat_codec_write_from_json(buf, (size_t)n, "latency-probe", &cmd, errstr,
+					      sizeof(errstr)) != CAT_OK) {
 			fprintf(stderr, "latency-probe: %s line %lu: %s\n", path, line_no, errstr);
 			return 2;
 		}
-		if (cmd->op != CATALYST__V1__WRITE_OP__WRITE_OP_UPSERT || !(table = cat_codec_record_table(cmd->record))) {
-			fprintf(stderr, "latency-probe: %s line %lu: only upserts are measured\n", path, line_no);
+		if (cmd->op != CATALYST__V1__WRITE_OP__WRITE_OP_UPSERT ||
+		    !(table = cat_codec_record_table(cmd->record))) {
+			fprintf(stderr, "latency-probe: %s line %lu: only upserts are measured\n", path,
+				line_no);
 			catalyst__v1__write_command__free_unpacked(cmd, NULL);
 			return 2;
 		}
@@ -430,18 +438,21 @@ static int load_lines(probe_t *probe, const char *path, size_t n_writes)
 				l->key = seen_id[i];
 			} else {
 				if (probe->n_base_keys * 2 >= seen_cap) {
-					fprintf(stderr, "latency-probe: more than %zu distinct keys besides news\n",
+					fprintf(stderr,
+						"latency-probe: more than %zu distinct keys besides news\n",
 						seen_cap / 2);
 					return 2;
 				}
 				if (probe->n_keys == keys_cap)
-					if (!(probe->keys = reallocarray(probe->keys, keys_cap *= 2, sizeof(probe_key_t))))
+					if (!(probe->keys = reallocarray(probe->keys, keys_cap *= 2,
+									 sizeof(probe_key_t))))
 						return 2;
 				seen[i] = id;
 				seen_id[i] = l->key = (uint32_t)probe->n_base_keys++;
 				probe->keys[probe->n_keys].table = l->table;
 				probe->keys[probe->n_keys].pk = xstrdup(cat_codec_record_pk(cmd->record));
-				probe->keys[probe->n_keys].redis = redis_key(l->table, probe->keys[probe->n_keys].pk);
+				probe->keys[probe->n_keys].redis =
+					redis_key(l->table, probe->keys[probe->n_keys].pk);
 				probe->n_keys++;
 			}
 		}
@@ -463,7 +474,8 @@ static int load_lines(probe_t *probe, const char *path, size_t n_writes)
 		fprintf(stderr, "latency-probe: too many keys\n");
 		return 2;
 	}
-	probe->keys = reallocarray(probe->keys, probe->n_base_keys + rounds * probe->n_news_lines + 1, sizeof(probe_key_t));
+	probe->keys = reallocarray(probe->keys, probe->n_base_keys + rounds * probe->n_news_lines + 1,
+				   sizeof(probe_key_t));
 	if (!probe->keys)
 		return 2;
 	for (size_t r = 0; r < rounds; r++)
@@ -589,7 +601,8 @@ static bool obs_finished(observer_t *obs)
 	if (!atomic_load(&probe->publishing_done))
 		return false;
 	return (obs->ingested == atomic_load(&probe->published) && obs->n_pending == 0) ||
-	       cat_time_mono_us() > atomic_load(&probe->done_publishing_us) + (int64_t)probe->timeout_s * 1000000;
+	       cat_time_mono_us() >
+		       atomic_load(&probe->done_publishing_us) + (int64_t)probe->timeout_s * 1000000;
 }
 
 /* An observer done: counted, then it waits (its session open, so that its
@@ -641,14 +654,14 @@ static void *pg_observer(void *arg)
 {
 	observer_t *obs = arg;
 	probe_t *probe = obs->probe;
-	const char *url =
-		cat_config_str(probe->cfg, obs->which == OBS_PRIMARY ? "CATALYST_PG_URL" : "CATALYST_REPLICA_URL");
+	const char *url = cat_config_str(probe->cfg, obs->which == OBS_PRIMARY ? "CATALYST_PG_URL"
+									       : "CATALYST_REPLICA_URL");
 	PGconn *conn = NULL;
 	PGresult *res = NULL;
 	size_t oldest = 0; /* no write before it is pending */
 	int64_t last_send = 0;
 	char sql[4096] = "", part[512], after[32];
-	const char *params[1] = { after };
+	const char *params[1] = {after};
 
 	if (!(conn = pg_connect(url, obs->error, sizeof(obs->error))))
 		goto out;
@@ -657,13 +670,14 @@ static void *pg_observer(void *arg)
 	 * of each table above it and would scan the tables whole */
 	res = PQexec(conn, "SET enable_seqscan = off; SET plan_cache_mode = force_generic_plan");
 	if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-		snprintf(obs->error, sizeof(obs->error), "could not set the session up: %s", PQresultErrorMessage(res));
+		snprintf(obs->error, sizeof(obs->error), "could not set the session up: %s",
+			 PQresultErrorMessage(res));
 		goto out;
 	}
 	PQclear(res);
 	for (size_t t = 0; t < cat_schema_n_tables; t++) {
-		snprintf(part, sizeof(part), "%sSELECT version FROM %s WHERE version > $1", t ? " UNION ALL " : "",
-			 cat_schema_tables[t].name);
+		snprintf(part, sizeof(part), "%sSELECT version FROM %s WHERE version > $1",
+			 t ? " UNION ALL " : "", cat_schema_tables[t].name);
 		strncat(sql, part, sizeof(sql) - strlen(sql) - 1);
 	}
 	res = PQprepare(conn, "observe", sql, 1, NULL);
@@ -698,7 +712,8 @@ static void *pg_observer(void *arg)
 							      strtoll(PQgetvalue(res, r, 0), NULL, 10));
 
 				if (w != NONE && !probe->writes[w].seen_us[obs->which])
-					obs_mark(obs, probe->writes[w].key, probe->writes[w].version, t_reply);
+					obs_mark(obs, probe->writes[w].key, probe->writes[w].version,
+						 t_reply);
 			}
 			PQclear(res);
 			res = NULL;
@@ -742,7 +757,8 @@ static redisContext *redis_connect(const cat_redis_url_t *url, char *errstr, siz
 		r = url->user[0] ? redisCommand(c, "AUTH %s %s", url->user, url->password)
 				 : redisCommand(c, "AUTH %s", url->password);
 		if (!r || r->type == REDIS_REPLY_ERROR) {
-			snprintf(errstr, errstr_size, "could not authenticate to Redis %s:%d", url->host, url->port);
+			snprintf(errstr, errstr_size, "could not authenticate to Redis %s:%d", url->host,
+				 url->port);
 			goto error;
 		}
 		freeReplyObject(r);
@@ -822,7 +838,8 @@ static void *redis_observer(void *arg)
 				sizeof(obs->error)) != CAT_OK)
 		goto out;
 	if (url.tls) {
-		snprintf(obs->error, sizeof(obs->error), "rediss:// is not observed: use the bench's own Redis");
+		snprintf(obs->error, sizeof(obs->error),
+			 "rediss:// is not observed: use the bench's own Redis");
 		goto out;
 	}
 	if (!(get = redis_connect(&url, obs->error, sizeof(obs->error))) ||
@@ -845,7 +862,7 @@ static void *redis_observer(void *arg)
 	r = NULL;
 
 	while (!obs_finished(obs)) {
-		struct pollfd pfd = { .fd = sub->fd, .events = POLLIN };
+		struct pollfd pfd = {.fd = sub->fd, .events = POLLIN};
 		int64_t t0 = cat_time_mono_us();
 		void *reply;
 
@@ -927,7 +944,8 @@ static void delivery_report(void *ref, const char *error, void *opaque)
 /* Sets an int64 field of a row message (version), present. */
 static void set_int64(ProtobufCMessage *row, const char *field, int64_t value)
 {
-	const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field_by_name(row->descriptor, field);
+	const ProtobufCFieldDescriptor *f =
+		protobuf_c_message_descriptor_get_field_by_name(row->descriptor, field);
 
 	*(int64_t *)((char *)row + f->offset) = value;
 	if (f->label == PROTOBUF_C_LABEL_OPTIONAL && f->quantifier_offset)
@@ -937,7 +955,8 @@ static void set_int64(ProtobufCMessage *row, const char *field, int64_t value)
 /* Replaces a string field of a row message (the news_id of a round). */
 static void set_string(ProtobufCMessage *row, const char *field, const char *value)
 {
-	const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field_by_name(row->descriptor, field);
+	const ProtobufCFieldDescriptor *f =
+		protobuf_c_message_descriptor_get_field_by_name(row->descriptor, field);
 	char **slot = (char **)((char *)row + f->offset);
 
 	free(*slot);
@@ -969,7 +988,8 @@ static int publish(probe_t *probe, cat_publish_t *publisher, const char *mark)
 			}
 		}
 		row = (ProtobufCMessage *)cat_codec_record_row(cmd->record);
-		w->key = l->news ? (uint32_t)(probe->n_base_keys + round * probe->n_news_lines + l->key) : l->key;
+		w->key = l->news ? (uint32_t)(probe->n_base_keys + round * probe->n_news_lines + l->key)
+				 : l->key;
 		if (l->news)
 			set_string(row, cat_schema_tables[l->table].primary_key, probe->keys[w->key].pk);
 		snprintf(command_id, sizeof(command_id), "latency-%d-%zu", (int)getpid(), i);
@@ -977,7 +997,8 @@ static int publish(probe_t *probe, cat_publish_t *publisher, const char *mark)
 		cmd->meta->command_id = xstrdup(command_id);
 
 		while ((now = cat_time_mono_us()) < due) {
-			struct timespec ts = { .tv_sec = (due - now) / 1000000, .tv_nsec = (due - now) % 1000000 * 1000 };
+			struct timespec ts = {.tv_sec = (due - now) / 1000000,
+					      .tv_nsec = (due - now) % 1000000 * 1000};
 
 			nanosleep(&ts, NULL);
 		}
@@ -1062,18 +1083,24 @@ static json_t *obs_figures(probe_t *probe, observer_t *obs, size_t *never)
 
 		qsort(obs->cycle_us, nc, sizeof(int64_t), cmp_i64);
 		json_object_set_new(o, "cycles", json_integer((json_int_t)obs->cycles));
-		json_object_set_new(o, "cycle_mean_ms",
-				    json_real(round2(obs->cycles ? (double)obs->cycle_sum_us / (double)obs->cycles / 1000 : 0)));
-		json_object_set_new(o, "cycle_p99_ms", json_real(round2(quantile_ms(obs->cycle_us, nc, 0.99))));
+		json_object_set_new(
+			o, "cycle_mean_ms",
+			json_real(round2(obs->cycles ? (double)obs->cycle_sum_us / (double)obs->cycles / 1000
+						     : 0)));
+		json_object_set_new(o, "cycle_p99_ms",
+				    json_real(round2(quantile_ms(obs->cycle_us, nc, 0.99))));
 		json_object_set_new(o, "cycle_max_ms", json_real(round2((double)obs->cycle_max_us / 1000)));
-		json_object_set_new(o, "query_mean_ms",
-				    json_real(round2(obs->cycles ? (double)obs->query_sum_us / (double)obs->cycles / 1000 : 0)));
+		json_object_set_new(
+			o, "query_mean_ms",
+			json_real(round2(obs->cycles ? (double)obs->query_sum_us / (double)obs->cycles / 1000
+						     : 0)));
 		json_object_set_new(o, "lookups", json_integer((json_int_t)obs->lookups));
 	}
 	if (obs->which == OBS_REDIS)
 		json_object_set_new(o, "observed_by_sweep", json_integer((json_int_t)obs->sweep_observed));
 	else
-		json_object_set_new(o, "backend_cpu_s", json_real(round2(obs->backend_cpu1 - obs->backend_cpu0)));
+		json_object_set_new(o, "backend_cpu_s",
+				    json_real(round2(obs->backend_cpu1 - obs->backend_cpu0)));
 	if (obs->error[0])
 		json_object_set_new(o, "error", json_string(obs->error));
 	*never = unseen;
@@ -1098,19 +1125,19 @@ static int parse_proc(probe_t *probe, const char *arg)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: latency-probe --input FILE [--rate N] [--duration-s S] [--warmup-s W] "
-			"[--pg-poll-ms P] [--timeout-s T] [--linger-ms L] [--watch NAME=PID]... [--mark FILE]\n");
+	fprintf(stderr,
+		"usage: latency-probe --input FILE [--rate N] [--duration-s S] [--warmup-s W] "
+		"[--pg-poll-ms P] [--timeout-s T] [--linger-ms L] [--watch NAME=PID]... [--mark FILE]\n");
 }
 
 int main(int argc, char **argv)
 {
 	static const struct option options[] = {
-		{ "input", required_argument, NULL, 'i' },     { "rate", required_argument, NULL, 'r' },
-		{ "duration-s", required_argument, NULL, 'd' }, { "warmup-s", required_argument, NULL, 'w' },
-		{ "pg-poll-ms", required_argument, NULL, 'p' }, { "timeout-s", required_argument, NULL, 't' },
-		{ "linger-ms", required_argument, NULL, 'l' },	{ "watch", required_argument, NULL, 'W' },
-		{ "mark", required_argument, NULL, 'm' },
-		{ NULL, 0, NULL, 0 },
+		{"input", required_argument, NULL, 'i'},      {"rate", required_argument, NULL, 'r'},
+		{"duration-s", required_argument, NULL, 'd'}, {"warmup-s", required_argument, NULL, 'w'},
+		{"pg-poll-ms", required_argument, NULL, 'p'}, {"timeout-s", required_argument, NULL, 't'},
+		{"linger-ms", required_argument, NULL, 'l'},  {"watch", required_argument, NULL, 'W'},
+		{"mark", required_argument, NULL, 'm'},	      {NULL, 0, NULL, 0},
 	};
 	probe_t *probe = xcalloc(1, sizeof(*probe));
 	const char *input = NULL, *mark = NULL, *linger = NULL;
@@ -1129,24 +1156,43 @@ int main(int argc, char **argv)
 	probe->timeout_s = 60;
 	while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
 		switch (opt) {
-		case 'i': input = optarg; break;
-		case 'r': probe->rate = strtol(optarg, NULL, 10); break;
-		case 'd': duration_s = strtol(optarg, NULL, 10); break;
-		case 'w': warmup_s = strtol(optarg, NULL, 10); break;
-		case 'p': probe->pg_poll_ms = atoi(optarg); break;
-		case 't': probe->timeout_s = atoi(optarg); break;
-		case 'l': linger = optarg; break;
+		case 'i':
+			input = optarg;
+			break;
+		case 'r':
+			probe->rate = strtol(optarg, NULL, 10);
+			break;
+		case 'd':
+			duration_s = strtol(optarg, NULL, 10);
+			break;
+		case 'w':
+			warmup_s = strtol(optarg, NULL, 10);
+			break;
+		case 'p':
+			probe->pg_poll_ms = atoi(optarg);
+			break;
+		case 't':
+			probe->timeout_s = atoi(optarg);
+			break;
+		case 'l':
+			linger = optarg;
+			break;
 		case 'W':
 			if (parse_proc(probe, optarg) != 0)
 				return 2;
 			break;
-		case 'm': mark = optarg; break;
-		default: usage(); return 2;
+		case 'm':
+			mark = optarg;
+			break;
+		default:
+			usage();
+			return 2;
 		}
 	}
 	if (!input || optind != argc || probe->rate < 1 || probe->rate > 1000000 || duration_s < 1 ||
 	    duration_s > 86400 || warmup_s < 0 || warmup_s > 3600 || probe->pg_poll_ms < 0 ||
-	    probe->pg_poll_ms > 10000 || probe->timeout_s < 1 || (linger && strspn(linger, "0123456789") != strlen(linger))) {
+	    probe->pg_poll_ms > 10000 || probe->timeout_s < 1 ||
+	    (linger && strspn(linger, "0123456789") != strlen(linger))) {
 		usage();
 		return 2;
 	}
@@ -1171,11 +1217,11 @@ int main(int argc, char **argv)
 	probe->writes = xcalloc(probe->n_writes, sizeof(write_t));
 
 	{
-		cat_publish_options_t po = { .client_id = "latency-probe",
-					     .producer = "latency-probe",
-					     .delivery_timeout_ms = 30000,
-					     .report = delivery_report,
-					     .opaque = probe };
+		cat_publish_options_t po = {.client_id = "latency-probe",
+					    .producer = "latency-probe",
+					    .delivery_timeout_ms = 30000,
+					    .report = delivery_report,
+					    .opaque = probe};
 
 		if (cat_publish_new(&pub, cfg, &po, errstr, sizeof(errstr)) != CAT_OK) {
 			fprintf(stderr, "latency-probe: %s\n", errstr);
@@ -1191,8 +1237,8 @@ int main(int argc, char **argv)
 		observer_t *obs = &probe->obs[o];
 
 		obs_init(obs, probe, o);
-		if (obs->enabled &&
-		    pthread_create(&obs->thread, NULL, o == OBS_REDIS ? redis_observer : pg_observer, obs) != 0) {
+		if (obs->enabled && pthread_create(&obs->thread, NULL,
+						   o == OBS_REDIS ? redis_observer : pg_observer, obs) != 0) {
 			fprintf(stderr, "latency-probe: could not start an observer\n");
 			atomic_store(&probe->stop, true);
 			obs->enabled = false;
@@ -1240,7 +1286,8 @@ int main(int argc, char **argv)
 		json_object_set_new(out, "writes", json_integer((json_int_t)measured));
 		json_object_set_new(out, "publish_rate",
 				    json_real(round2(span_s > 0 ? (double)(measured - 1) / span_s : 0)));
-		json_object_set_new(out, "delivery_failures", json_integer((json_int_t)probe->delivery_failures));
+		json_object_set_new(out, "delivery_failures",
+				    json_integer((json_int_t)probe->delivery_failures));
 		json_object_set_new(out, "pg_poll_ms", json_integer(probe->pg_poll_ms));
 		json_object_set_new(out, "linger_ms",
 				    linger ? json_integer(atoi(linger)) : json_string("librdkafka default"));
@@ -1277,7 +1324,8 @@ int main(int argc, char **argv)
 	json_decref(out);
 	for (int o = 0; o < N_OBS; o++)
 		if (probe->obs[o].error[0]) {
-			fprintf(stderr, "latency-probe: %s observer: %s\n", obs_names[o], probe->obs[o].error);
+			fprintf(stderr, "latency-probe: %s observer: %s\n", obs_names[o],
+				probe->obs[o].error);
 			rc = 1;
 		}
 	if (rc == 0 && (never_total > 0 || probe->delivery_failures > 0 || cat_publish_failed(pub) > 0))
