@@ -383,6 +383,7 @@ static int load_lines(probe_t *probe, const char *path, size_t n_writes)
 	char **seen = NULL;
 	uint32_t *seen_id = NULL;
 	size_t seen_cap = 1 << 16;
+	int rc = 2;
 
 	if (!in) {
 		fprintf(stderr, "latency-probe: could not open %s: %s\n", path, strerror(errno));
@@ -405,18 +406,18 @@ static int load_lines(probe_t *probe, const char *path, size_t n_writes)
 		if (cat_codec_write_from_json(buf, (size_t)n, "latency-probe", &cmd, errstr,
 					      sizeof(errstr)) != CAT_OK) {
 			fprintf(stderr, "latency-probe: %s line %lu: %s\n", path, line_no, errstr);
-			return 2;
+			goto out;
 		}
 		if (cmd->op != CATALYST__V1__WRITE_OP__WRITE_OP_UPSERT ||
 		    !(table = cat_codec_record_table(cmd->record))) {
 			fprintf(stderr, "latency-probe: %s line %lu: only upserts are measured\n", path,
 				line_no);
 			catalyst__v1__write_command__free_unpacked(cmd, NULL);
-			return 2;
+			goto out;
 		}
 		if (probe->n_lines == lines_cap)
 			if (!(probe->lines = reallocarray(probe->lines, lines_cap *= 2, sizeof(line_t))))
-				return 2;
+				goto out;
 		l = &probe->lines[probe->n_lines++];
 		l->cmd = cmd;
 		l->table = table_index(table);
@@ -429,7 +430,7 @@ static int load_lines(probe_t *probe, const char *path, size_t n_writes)
 			size_t i;
 
 			if (asprintf(&id, "%u\t%s", l->table, cat_codec_record_pk(cmd->record)) < 0)
-				return 2;
+				goto out;
 			for (i = hash_text(id) & (seen_cap - 1); seen[i] && strcmp(seen[i], id) != 0;
 			     i = (i + 1) & (seen_cap - 1))
 				;
@@ -441,12 +442,12 @@ static int load_lines(probe_t *probe, const char *path, size_t n_writes)
 					fprintf(stderr,
 						"latency-probe: more than %zu distinct keys besides news\n",
 						seen_cap / 2);
-					return 2;
+					goto out;
 				}
 				if (probe->n_keys == keys_cap)
 					if (!(probe->keys = reallocarray(probe->keys, keys_cap *= 2,
 									 sizeof(probe_key_t))))
-						return 2;
+						goto out;
 				seen[i] = id;
 				seen_id[i] = l->key = (uint32_t)probe->n_base_keys++;
 				probe->keys[probe->n_keys].table = l->table;
@@ -457,27 +458,21 @@ static int load_lines(probe_t *probe, const char *path, size_t n_writes)
 			}
 		}
 	}
-	free(buf);
-	fclose(in);
-	for (size_t i = 0; i < seen_cap; i++)
-		free(seen[i]);
-	free(seen);
-	free(seen_id);
 	if (probe->n_lines == 0) {
 		fprintf(stderr, "latency-probe: %s holds no write line\n", path);
-		return 2;
+		goto out;
 	}
 
 	/* the news keys of every round */
 	rounds = (n_writes + probe->n_lines - 1) / probe->n_lines;
 	if (probe->n_base_keys + rounds * probe->n_news_lines >= NONE) {
 		fprintf(stderr, "latency-probe: too many keys\n");
-		return 2;
+		goto out;
 	}
 	probe->keys = reallocarray(probe->keys, probe->n_base_keys + rounds * probe->n_news_lines + 1,
 				   sizeof(probe_key_t));
 	if (!probe->keys)
-		return 2;
+		goto out;
 	for (size_t r = 0; r < rounds; r++)
 		for (size_t i = 0; i < probe->n_lines; i++) {
 			const line_t *l = &probe->lines[i];
@@ -488,7 +483,7 @@ static int load_lines(probe_t *probe, const char *path, size_t n_writes)
 			k = &probe->keys[probe->n_base_keys + r * probe->n_news_lines + l->key];
 			k->table = l->table;
 			if (asprintf(&k->pk, "%s-r%zu", l->pk, r) < 0)
-				return 2;
+				goto out;
 			k->redis = redis_key(l->table, k->pk);
 		}
 	probe->n_keys = probe->n_base_keys + rounds * probe->n_news_lines;
@@ -500,7 +495,15 @@ static int load_lines(probe_t *probe, const char *path, size_t n_writes)
 	for (size_t i = 0; i < probe->n_keys; i++)
 		if (probe->keys[i].redis)
 			hash_add(probe, (uint32_t)i);
-	return 0;
+	rc = 0;
+out:
+	free(buf);
+	fclose(in);
+	for (size_t i = 0; i < seen_cap; i++)
+		free(seen[i]);
+	free(seen);
+	free(seen_id);
+	return rc;
 }
 
 /* --- observers: pending writes ------------------------------------------------- */
