@@ -36,8 +36,8 @@
  *                                    __keyevent@DB__:set; a SET of a pending key
  *                                    is answered by a GET of its value, whose
  *                                    "version" says which writes it holds; a
- *                                    write still pending after 1 s is looked up
- *                                    with MGET (counted: should stay 0).
+ *                                    write still pending after 2 s is looked up
+ *                                    with a GET, once a second (counted: should stay 0).
  *                                    trading_candidates rows have no key of
  *                                    their own in the cache (derived lists
  *                                    only): not observed there.
@@ -84,7 +84,9 @@
 
 #define NONE		     UINT32_MAX
 #define MAX_PROCS	     16
-#define REDIS_SWEEP_AFTER_US 1000000
+#define REDIS_SWEEP_AFTER_US 2000000 /* a write pending this long is looked up (once a second) */
+#define REDIS_WAIT_MS	     5	     /* longest wait for a notification before looking at the clock */
+#define PACE_US		     1000    /* the publisher wakes at most once a millisecond */
 #define REDIS_TOPIC_FMT	     "__keyevent@%d__:set"
 
 enum { OBS_PRIMARY, OBS_REDIS, OBS_REPLICA, N_OBS };
@@ -156,6 +158,7 @@ typedef struct observer {
 	int backend_pid;		   /* PostgreSQL observers: their session's backend */
 	double backend_cpu0, backend_cpu1; /* its CPU */
 	double server_cpu0, server_cpu1;   /* its postmaster's and every child's */
+	double thread_cpu0, thread_cpu1;   /* the observer thread's own */
 	char error[512];
 } observer_t;
 
@@ -285,8 +288,18 @@ static void sample_cpu(probe_t *probe, bool end)
 	}
 	for (int o = 0; o < N_OBS; o++) {
 		observer_t *obs = &probe->obs[o];
+		clockid_t clock;
+		struct timespec ts;
 		double c;
 
+		if (obs->enabled && pthread_getcpuclockid(obs->thread, &clock) == 0 &&
+		    clock_gettime(clock, &ts) == 0) {
+			c = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+			if (end)
+				obs->thread_cpu1 = c;
+			else
+				obs->thread_cpu0 = c;
+		}
 		if (!obs->backend_pid)
 			continue;
 		int postmaster = 0;
@@ -871,7 +884,7 @@ static void *redis_observer(void *arg)
 
 		obs_ingest(obs);
 		n_check = 0;
-		if (poll(&pfd, 1, 1) > 0) {
+		if (poll(&pfd, 1, REDIS_WAIT_MS) > 0) {
 			if (redisBufferRead(sub) != REDIS_OK) {
 				snprintf(obs->error, sizeof(obs->error), "could not read notifications: %s",
 					 sub->errstr);
@@ -916,7 +929,7 @@ static void *redis_observer(void *arg)
 			}
 			if (n_check && redis_lookup(obs, get, check, n_check, true) != 0)
 				goto out;
-			next_sweep = now + REDIS_SWEEP_AFTER_US / 4;
+			next_sweep = now + 1000000;
 		}
 	}
 
@@ -999,9 +1012,12 @@ static int publish(probe_t *probe, cat_publish_t *publisher, const char *mark)
 		free(cmd->meta->command_id);
 		cmd->meta->command_id = xstrdup(command_id);
 
-		while ((now = cat_time_mono_us()) < due) {
-			struct timespec ts = {.tv_sec = (due - now) / 1000000,
-					      .tv_nsec = (due - now) % 1000000 * 1000};
+		/* ahead of time: asleep until about a millisecond's writes are due
+		 * (one wake-up each, not one a write), each then stamped as it goes */
+		if ((now = cat_time_mono_us()) < due) {
+			int64_t until = due + (step_us < PACE_US ? PACE_US - (int64_t)step_us : 0);
+			struct timespec ts = {.tv_sec = (until - now) / 1000000,
+					      .tv_nsec = (until - now) % 1000000 * 1000};
 
 			nanosleep(&ts, NULL);
 		}
@@ -1099,6 +1115,7 @@ static json_t *obs_figures(probe_t *probe, observer_t *obs, size_t *never)
 						     : 0)));
 		json_object_set_new(o, "lookups", json_integer((json_int_t)obs->lookups));
 	}
+	json_object_set_new(o, "thread_cpu_s", json_real(round2(obs->thread_cpu1 - obs->thread_cpu0)));
 	if (obs->which == OBS_REDIS)
 		json_object_set_new(o, "observed_by_sweep", json_integer((json_int_t)obs->sweep_observed));
 	else
