@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # latency-probe and scripts/bench latency, small: bad usage refused with exit
-# 2; then the bench itself (persist, cache, sync, a private Redis) at a low
+# 2, an observer that cannot start ends the run at once with exit 1; then the bench itself (persist, cache, sync, a private Redis) at a low
 # rate for a short while: every write published is observed on the primary,
 # in Redis (those the cache keys one by one) and on the replica, and the last
 # line is the JSON object with the figures. No timing is asserted.
@@ -31,6 +31,23 @@ assert_contains "$err" "line 1: only upserts are measured"
 run "$bin/latency-probe" --input "$work/empty.jsonl"
 assert_eq 2 "$rc" "an empty input"
 assert_contains "$err" "holds no write line"
+
+# an observer that cannot start ends the run at once, with one line saying why
+export CATALYST_TOPIC_PREFIX="test.latency.$$.$RANDOM."
+on_exit "'$bin/topic-admin' delete >/dev/null 2>&1 || true"
+"$bin/topic-admin" create >/dev/null
+scratch_db "latency_probe_$$"
+CATALYST_PG_URL=$SCRATCH_PG_URL CATALYST_MIGRATIONS_DIR=$CATALYST_SOURCE_DIR/migrations \
+	"$bin/catalyst-migrate" up 2>/dev/null
+echo '{"table":"news_raw","news_id":"n1","symbol":"AAPL","version":5}' >"$work/one.jsonl"
+start=$SECONDS
+run env -u CATALYST_REDIS_URL CATALYST_PG_URL="$SCRATCH_PG_URL" \
+	CATALYST_REPLICA_URL="$(pg_url_with_db "$CATALYST_REPLICA_URL" "no_such_db_$$")" "$bin/latency-probe" --input "$work/one.jsonl" --rate 100 --duration-s 60 --warmup-s 0
+assert_eq 1 "$rc" "a replica that cannot be reached"
+assert_contains "$err" "latency-probe: replica observer: could not connect"
+# a bound, not a benchmark: the run would take 60 s and more
+((SECONDS - start < 30)) || fail "the probe went on for $((SECONDS - start)) s without its replica observer"
+unset CATALYST_TOPIC_PREFIX
 
 # --- the bench, small ------------------------------------------------------------
 CATALYST_BENCH_LATENCY_NEWS=300 CATALYST_BENCH_LATENCY_WARMUP_S=1 \

@@ -18,37 +18,30 @@
  *
  * Observers, one thread each, stamp the moment a write is observable at its
  * version (or a newer one of its key):
- *   primary  (CATALYST_PG_URL)       every P ms (default 2; or every 1/20 of the
- *                                    age of the oldest write not seen yet, when
- *                                    longer: a stamp late by at most 5 % of a
- *                                    slow hop, and the observer's own load
- *                                    bounded when the workers fall behind)
- *                                    one query reads, from
- *                                    every table, the versions above the oldest
- *                                    write not seen yet; a version names its
- *                                    write (each is unique). Needs an index on
- *                                    each table's version (scripts/bench makes
- *                                    them in its scratch databases), else every
- *                                    query scans the tables.
- *   replica  (CATALYST_REPLICA_URL)  the same, when set
- *   redis    (CATALYST_REDIS_URL)    when set: CONFIG SET notify-keyspace-events
- *                                    E$ (use a private Redis), SUBSCRIBE to
- *                                    __keyevent@DB__:set; a SET of a pending key
- *                                    is answered by a GET of its value, whose
- *                                    "version" says which writes it holds; a
- *                                    write still pending after 2 s is looked up
- *                                    with a GET, once a second (counted: should stay 0).
- *                                    trading_candidates rows have no key of
- *                                    their own in the cache (derived lists
- *                                    only): not observed there.
+ *   primary  (CATALYST_PG_URL) one query reads, from every table, the versions
+ *            above the oldest write not seen yet; a version names its write
+ *            (each is unique). Every P ms (default 2), or every 1/20 of that
+ *            write's age when longer: a stamp late by at most 5 % of a slow
+ *            hop, and the observer's own load bounded when the workers fall
+ *            behind. Needs an index on each table's version (scripts/bench
+ *            makes them in its scratch databases), else each query scans the
+ *            tables.
+ *   replica  (CATALYST_REPLICA_URL, when set) the same.
+ *   redis    (CATALYST_REDIS_URL, when set) CONFIG SET notify-keyspace-events
+ *            E$ (use a Redis of your own), SUBSCRIBE __keyevent@DB__:set; a
+ *            SET of a pending key is answered by a GET of its value, whose
+ *            "version" says which writes it holds; a write still pending
+ *            after 2 s is looked up with a GET, once a second (counted:
+ *            should stay 0). trading_candidates rows have no key of their
+ *            own in the cache (derived lists only): not observed there.
  * A stamp is taken when the reply that shows the version is read: an upper
  * bound, late by at most the observer's cycle (reported).
  *
- * CPU seconds (user + system) over the measured window: of each
- * --watch NAME=PID process, of each observed PostgreSQL server (its
- * postmaster and every child, less the observer's own backend, which is
- * reported apart) and of the probe. --mark FILE is created when the
- * measured window starts. The window ends when every write is observed everywhere (or T
+ * CPU seconds (user + system) over the measured window: of each --watch
+ * NAME=PID process, of each observed PostgreSQL server (its postmaster and
+ * every child, less the observer's own backend, reported apart), of each
+ * observer thread and of the probe. --mark FILE is created when the measured
+ * window starts; it ends when every write is observed everywhere (or T
  * seconds, default 60, after the last was published).
  *
  * Prints one JSON object; exits 0 when every measured write was observed
@@ -155,7 +148,7 @@ typedef struct observer {
 	int64_t cycle_sum_us, cycle_max_us, query_sum_us;
 	int64_t *cycle_us; /* every cycle, for its p99 */
 	size_t cycle_cap;
-	int backend_pid;		   /* PostgreSQL observers: their session's backend */
+	_Atomic int backend_pid;	   /* PostgreSQL observers: their session's backend */
 	double backend_cpu0, backend_cpu1; /* its CPU */
 	double server_cpu0, server_cpu1;   /* its postmaster's and every child's */
 	double thread_cpu0, thread_cpu1;   /* the observer thread's own */
@@ -178,9 +171,8 @@ struct probe {
 	atomic_bool stop;
 	atomic_int finished; /* observers out of their loop */
 	atomic_bool release; /* they may close their sessions */
-	int64_t deadline_us; /* once publishing is done */
 	long rate;
-	int pg_poll_ms, timeout_s, redis_db;
+	int pg_poll_ms, timeout_s;
 	observer_t obs[N_OBS];
 	proc_t procs[MAX_PROCS];
 	size_t n_procs;
@@ -625,6 +617,8 @@ static bool obs_finished(observer_t *obs)
  * backend's CPU can be read) until main releases it. */
 static void obs_hold(observer_t *obs)
 {
+	if (obs->error[0])
+		atomic_store(&obs->probe->stop, true); /* the run cannot be measured: ended now */
 	atomic_fetch_add(&obs->probe->finished, 1);
 	while (!atomic_load(&obs->probe->release))
 		usleep(1000);
@@ -1199,14 +1193,14 @@ int main(int argc, char **argv)
 			break;
 		case 'W':
 			if (parse_proc(probe, optarg) != 0)
-				return 2;
+				goto out;
 			break;
 		case 'm':
 			mark = optarg;
 			break;
 		default:
 			usage();
-			return 2;
+			goto out;
 		}
 	}
 	if (!input || optind != argc || probe->rate < 1 || probe->rate > 1000000 || duration_s < 1 ||
@@ -1214,7 +1208,7 @@ int main(int argc, char **argv)
 	    probe->pg_poll_ms > 10000 || probe->timeout_s < 1 ||
 	    (linger && strspn(linger, "0123456789") != strlen(linger))) {
 		usage();
-		return 2;
+		goto out;
 	}
 	/* the publisher's linger.ms, when given, for this process only */
 	for (char **e = environ; *e; e++)
@@ -1222,11 +1216,11 @@ int main(int argc, char **argv)
 	envp = xcalloc(envc + 2, sizeof(char *));
 	memcpy(envp, environ, envc * sizeof(char *));
 	if (linger && asprintf(&envp[envc], "CATALYST_KAFKA_LINGER_MS=%s", linger) < 0)
-		return 2;
+		goto out;
 	if (cat_config_load(&cfg, config_defs, sizeof(config_defs) / sizeof(config_defs[0]), envp, errstr,
 			    sizeof(errstr)) != CAT_OK) {
 		fprintf(stderr, "latency-probe: %s\n", errstr);
-		return 2;
+		goto out;
 	}
 	cat_log_init("latency-probe", CAT_LOG_LEVEL_WARN);
 	probe->cfg = cfg;
@@ -1269,7 +1263,7 @@ int main(int argc, char **argv)
 	rc = publish(probe, pub, mark);
 	atomic_store(&probe->done_publishing_us, cat_time_mono_us());
 	atomic_store(&probe->publishing_done, true);
-	if (probe->n_writes > probe->n_warmup) {
+	if (atomic_load(&probe->published) > probe->n_warmup) {
 		measured_t0 = probe->writes[probe->n_warmup].published_us;
 		measured_t1 = probe->writes[atomic_load(&probe->published) - 1].published_us;
 	}
@@ -1288,7 +1282,7 @@ int main(int argc, char **argv)
 	for (int o = 0; o < N_OBS; o++)
 		if (probe->obs[o].enabled)
 			pthread_join(probe->obs[o].thread, NULL);
-	window_us = cat_time_mono_us() - measured_t0;
+	window_us = measured_t0 ? cat_time_mono_us() - measured_t0 : 0;
 
 	out = json_object();
 	{
@@ -1368,7 +1362,7 @@ out:
 	free(probe->keys);
 	free(probe->hash);
 	free(probe->writes);
-	if (linger)
+	if (envp)
 		free(envp[envc]);
 	free(envp);
 	cat_config_destroy(cfg);
