@@ -295,9 +295,29 @@ cat_err_t cat_producer_send(cat_producer_t *producer, const char *topic, int32_t
 	}
 }
 
+#define DRAIN_FINE_US (20 * 1000) /* a drain waits in 1 ms steps this long, then 10 ms */
+
 void cat_producer_poll(cat_producer_t *producer, int timeout_ms)
 {
 	rd_kafka_poll(producer->rk, timeout_ms);
+}
+
+void cat_producer_drain(cat_producer_t *producer, int timeout_ms)
+{
+	int64_t started = cat_time_mono_us(), deadline = started + (int64_t)timeout_ms * 1000;
+
+	for (;;) {
+		int64_t now = cat_time_mono_us(), left_ms = (deadline - now + 999) / 1000;
+		int step = now - started < DRAIN_FINE_US ? 1 : 10;
+
+		/* a report does not wake librdkafka's poll (it waits out its
+		 * timeout: a 100 ms wait took 100 ms however soon the report
+		 * came), so the wait goes in short steps, finer at first; and a
+		 * flush, not a poll, so that what lingers goes out at once */
+		rd_kafka_flush(producer->rk, left_ms <= 0 ? 0 : left_ms < step ? (int)left_ms : step);
+		if (cat_producer_outstanding(producer) == 0 || cat_time_mono_us() >= deadline)
+			return;
+	}
 }
 
 cat_err_t cat_producer_flush(cat_producer_t *producer, int timeout_ms, char *errstr, size_t errstr_size)
@@ -320,7 +340,7 @@ cat_err_t cat_producer_flush(cat_producer_t *producer, int timeout_ms, char *err
 			return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE,
 					   "%llu messages still unacknowledged after %d ms",
 					   (unsigned long long)cat_producer_outstanding(producer), timeout_ms);
-		rd_kafka_poll(producer->rk, left_ms < 100 ? (int)left_ms : 100);
+		cat_producer_drain(producer, left_ms < 100 ? (int)left_ms : 100);
 	}
 	return CAT_OK;
 }

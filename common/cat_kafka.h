@@ -101,6 +101,12 @@ cat_err_t cat_producer_send(cat_producer_t *producer, const char *topic, int32_t
 /* Serves delivery reports for up to timeout_ms. */
 void cat_producer_poll(cat_producer_t *producer, int timeout_ms);
 
+/* Sends what lingers and serves delivery reports until none is
+ * outstanding or timeout_ms pass (at least once); a report is served within
+ * about 1 ms of its arrival during the first 20 ms, then 10 ms. No error
+ * handling: see cat_producer_flush(). */
+void cat_producer_drain(cat_producer_t *producer, int timeout_ms);
+
 /* Waits until every message sent so far has its delivery report, up to
  * timeout_ms. CAT_ERR_RETRIABLE when some are still outstanding at the
  * deadline, or the producer hit a fatal error and was made again

@@ -450,8 +450,8 @@ cat_err_t persist_changes_settle(persist_changes_t *changes, int timeout_ms, cha
 
 	if (timeout_ms > changes->timeout_ms)
 		timeout_ms = changes->timeout_ms;
-	/* flush serves the delivery reports */
-	rd_kafka_flush(rk, timeout_ms);
+	/* sends what lingers, serves the delivery reports */
+	cat_producer_drain(changes->producer, timeout_ms);
 	if (rd_kafka_fatal_error(rk, fatal, sizeof(fatal))) {
 		if ((err = cat_producer_recover(changes->producer, errstr, errstr_size)) == CAT_OK)
 			err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "changes producer failed: %s",
