@@ -185,7 +185,7 @@ int main(int argc, char **argv)
 		CAT_LOG_WARN("PG", "%s: will retry", errstr);
 
 	/* changes.v1 + sync.v1, the monitor, then the probes */
-	handler = (cat_handler_t){sync_apply, sync_ready, sync, NULL};
+	handler = (cat_handler_t){sync_apply, sync_ready, sync, sync_settle};
 	if (cat_consumer_new(&consumer, cfg, SYNC_WORKER, group, topics, &handler, metrics, errstr,
 			     sizeof(errstr)) != CAT_OK) {
 		CAT_LOG_ERROR("KAFKA", "%s", errstr);
