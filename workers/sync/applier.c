@@ -4,9 +4,11 @@
  * that the replica is not idle while the worker decodes (and the worker not
  * while the replica writes).
  *
- * Two jobs alternate: the loop fills one (the batch's ChangeBatch messages,
- * which the job then owns, resolved into its cat_apply set) while the
- * applier runs the other; submitting waits until the applier is free. A
+ * Two jobs alternate: the loop fills one (ChangeBatch messages of a batch,
+ * up to SYNC_JOB_ROWS changes, which the job then owns, resolved into its
+ * cat_apply set) while the applier runs the other; submitting waits until
+ * the applier is free. So at most two jobs' messages are decoded at once,
+ * however large the batch. A
  * batch the loop handed over is settling (common/cat_consumer's settle()):
  * sync_settle() waits until every submitted transaction committed, and only
  * then are the batches' offsets stored.
@@ -167,21 +169,22 @@ void sync_applier_drain(sync_t *sync)
 	pthread_mutex_unlock(&sync->applier_lock);
 }
 
-cat_err_t sync_applier_submit(sync_t *sync, cat_batch_t *batch, char *errstr, size_t errstr_size)
+cat_err_t sync_applier_submit(sync_t *sync, cat_batch_t *batch, size_t from, size_t to, char *errstr,
+			      size_t errstr_size)
 {
 	sync_job_t *job = &sync->jobs[sync->job_fill];
 	size_t n_changes = 0;
 	bool failed;
 	cat_err_t err;
 
-	for (size_t i = 0; i < batch->n; i++) {
+	for (size_t i = from; i < to; i++) {
 		const Catalyst__V1__ChangeBatch *cb = batch->msgs[i].decoded;
 
 		if (cb)
 			n_changes += cb->n_changes;
 	}
 	job->partition = batch->partition;
-	job->next_offset = batch->n > 0 ? batch->msgs[batch->n - 1].rkm->offset + 1 : -1;
+	job->next_offset = to > from ? batch->msgs[to - 1].rkm->offset + 1 : -1;
 	if (n_changes == 0) {
 		/* nothing to write: it stands applied once what came before is */
 		sync_applier_drain(sync);
@@ -190,16 +193,16 @@ cat_err_t sync_applier_submit(sync_t *sync, cat_batch_t *batch, char *errstr, si
 			atomic_store(&sync->applied_next[job->partition], job->next_offset);
 		return CAT_OK;
 	}
-	if (job->cap < batch->n) {
-		void **grown = realloc(job->batches, batch->n * sizeof(*job->batches));
+	if (job->cap < to - from) {
+		void *grown = realloc(job->batches, (to - from) * sizeof(*job->batches));
 
 		if (!grown)
 			return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "out of memory");
-		job->batches = (Catalyst__V1__ChangeBatch **)grown;
-		job->cap = batch->n;
+		job->batches = grown;
+		job->cap = to - from;
 	}
 	/* the decoded messages are the job's now; resolved while the other job runs */
-	for (size_t i = 0; i < batch->n; i++)
+	for (size_t i = from; i < to; i++)
 		if (batch->msgs[i].decoded) {
 			job->batches[job->n++] = batch->msgs[i].decoded;
 			batch->msgs[i].decoded = NULL;

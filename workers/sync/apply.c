@@ -208,9 +208,9 @@ out:
 	return err;
 }
 
-void sync_decode_changes(cat_batch_t *batch)
+void sync_decode_changes(cat_batch_t *batch, size_t from, size_t to)
 {
-	for (size_t i = 0; i < batch->n; i++)
+	for (size_t i = from; i < to; i++)
 		if (batch->msgs[i].result == CAT_OK && !batch->msgs[i].decoded)
 			decode_changes(&batch->msgs[i]);
 }
@@ -219,7 +219,7 @@ cat_err_t sync_apply_changes(sync_t *sync, cat_batch_t *batch, char *errstr, siz
 {
 	cat_err_t err;
 
-	sync_decode_changes(batch);
+	sync_decode_changes(batch, 0, batch->n);
 	err = sync_apply_range(sync, batch, 0, batch->n, errstr, errstr_size);
 	if (err == CAT_OK && batch->n > 0 && batch->partition >= 0 &&
 	    batch->partition < SYNC_MAX_PARTITIONS) {

@@ -343,8 +343,9 @@ static cat_err_t apply_commands(sync_t *sync, cat_batch_t *batch, char *errstr, 
 }
 
 /*
- * A changes.v1 batch is decoded here and its transaction handed to the
- * applier (applier.c), which runs it while the next batch is decoded; its
+ * A changes.v1 batch is decoded here, SYNC_JOB_ROWS changes at a time, and
+ * each part's transaction handed to the applier (applier.c), which runs it
+ * while the next part is decoded; the batch's
  * offsets are stored once sync_settle() saw it committed. After a failed
  * transaction, until a settle succeeds, batches are applied here, one
  * transaction each. sync.v1 batches run here once the applier is idle.
@@ -355,8 +356,19 @@ cat_err_t sync_apply(void *opaque, cat_batch_t *batch, char *errstr, size_t errs
 	cat_err_t err;
 
 	if (sync_is_changes(sync, batch) && !sync->direct) {
-		sync_decode_changes(batch);
-		err = sync_applier_submit(sync, batch, errstr, errstr_size);
+		err = CAT_OK;
+		for (size_t from = 0, to; from < batch->n && err == CAT_OK; from = to) {
+			size_t rows = 0;
+
+			for (to = from; to < batch->n && (to == from || rows < SYNC_JOB_ROWS); to++) {
+				const Catalyst__V1__ChangeBatch *cb;
+
+				sync_decode_changes(batch, to, to + 1);
+				if ((cb = batch->msgs[to].decoded))
+					rows += cb->n_changes;
+			}
+			err = sync_applier_submit(sync, batch, from, to, errstr, errstr_size);
+		}
 		sync_free_decoded(sync, batch);
 		return err;
 	}

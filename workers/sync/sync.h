@@ -53,6 +53,7 @@
 #define SYNC_MAX_PARTITIONS 1024
 #define SYNC_DONE_IDS	    64 /* commands remembered as done, so a retried batch skips them */
 #define SYNC_JOB_KEEP	    256 /* message slots a job keeps between batches */
+#define SYNC_JOB_ROWS	    4000 /* changes of one applier transaction (a batch may take several) */
 
 /* The worker's own settings, filled from its config table (main.c binds
  * each row that is catalyst-sync's alone to a field); strings are borrowed
@@ -213,9 +214,11 @@ cat_err_t sync_applier_start(sync_t *sync, char *errstr, size_t errstr_size) CAT
 void sync_applier_stop(sync_t *sync);
 /* Waits until no job runs: the replica's connection is the loop's then. */
 void sync_applier_drain(sync_t *sync);
-/* Hands the decoded messages of a changes.v1 batch to the applier (they
- * are the job's after: msgs[].decoded NULL), once the job before is done. */
-cat_err_t sync_applier_submit(sync_t *sync, cat_batch_t *batch, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+/* Hands the decoded messages [from, to) of a changes.v1 batch to the
+ * applier (they are the job's after: msgs[].decoded NULL), once the job
+ * before is done. */
+cat_err_t sync_applier_submit(sync_t *sync, cat_batch_t *batch, size_t from, size_t to, char *errstr,
+			      size_t errstr_size) CAT_MUST_CHECK;
 
 /* apply.c */
 /* True if `batch` is of changes.v1 (its messages ChangeBatch), else of sync.v1. */
@@ -230,9 +233,9 @@ cat_err_t sync_validate_changes(Catalyst__V1__Change *const *changes, size_t n, 
  * message is marked permanent and CAT_OK returned. */
 cat_err_t sync_apply_range(sync_t *sync, cat_batch_t *batch, size_t from, size_t to, char *errstr,
 			   size_t errstr_size) CAT_MUST_CHECK;
-/* Decodes the ChangeBatch messages of `batch`; those that do not decode
- * are marked permanent. */
-void sync_decode_changes(cat_batch_t *batch);
+/* Decodes the ChangeBatch messages [from, to) of `batch`; those that do
+ * not decode are marked permanent. */
+void sync_decode_changes(cat_batch_t *batch, size_t from, size_t to);
 /* Fills `apply` with the changes of n ChangeBatch messages (n_changes in
  * all; source: the index in `batches`) and resolves it. */
 cat_err_t sync_resolve(sync_t *sync, cat_apply_t *apply, Catalyst__V1__ChangeBatch *const *batches, size_t n,
