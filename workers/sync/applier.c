@@ -187,8 +187,11 @@ cat_err_t sync_applier_submit(sync_t *sync, cat_batch_t *batch, size_t from, siz
 	job->next_offset = to > from ? batch->msgs[to - 1].rkm->offset + 1 : -1;
 	if (n_changes == 0) {
 		/* nothing to write: it stands applied once what came before is */
-		sync_applier_drain(sync);
-		if (job->partition >= 0 && job->partition < SYNC_MAX_PARTITIONS &&
+		pthread_mutex_lock(&sync->applier_lock);
+		wait_idle_locked(sync, 0);
+		failed = sync->applier_failed;
+		pthread_mutex_unlock(&sync->applier_lock);
+		if (!failed && job->partition >= 0 && job->partition < SYNC_MAX_PARTITIONS &&
 		    job->next_offset > atomic_load(&sync->applied_next[job->partition]))
 			atomic_store(&sync->applied_next[job->partition], job->next_offset);
 		return CAT_OK;
