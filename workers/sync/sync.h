@@ -53,7 +53,7 @@
 #define SYNC_MAX_PARTITIONS 1024
 #define SYNC_DONE_IDS	    64 /* commands remembered as done, so a retried batch skips them */
 #define SYNC_JOB_KEEP	    256 /* message slots a job keeps between batches */
-#define SYNC_JOB_ROWS	    4000 /* changes of one applier transaction (a batch may take several) */
+#define SYNC_JOB_ROWS	    10000 /* changes of one applier transaction (a batch may take several) */
 
 /* The worker's own settings, filled from its config table (main.c binds
  * each row that is catalyst-sync's alone to a field); strings are borrowed
