@@ -52,11 +52,6 @@ static void decode_changes(cat_msg_t *msg)
 		msg->result = CAT_ERR_PERMANENT;
 		return;
 	}
-	if (sync_validate_changes(cb->changes, cb->n_changes, msg->reason, sizeof(msg->reason)) != CAT_OK) {
-		msg->result = CAT_ERR_PERMANENT;
-		catalyst__v1__change_batch__free_unpacked(cb, NULL);
-		return;
-	}
 	if (cb->meta && cb->meta->has_issued_at_us)
 		msg->issued_at_us = cb->meta->issued_at_us;
 	msg->decoded = cb;
@@ -96,20 +91,80 @@ static Catalyst__V1__Change **changes_of(const sync_t *sync, const cat_batch_t *
 	}
 }
 
-static void count_rows(sync_t *sync)
+static void count_rows(sync_t *sync, const cat_apply_t *apply)
 {
-	for (size_t i = 0; i < cat_apply_n(sync->apply); i++) {
-		const cat_apply_write_t *w = cat_apply_write(sync->apply, i);
+	for (size_t i = 0; i < cat_apply_n(apply); i++) {
+		const cat_apply_write_t *w = cat_apply_write(apply, i);
 		const sync_table_metrics_t *m = &sync->m_tables[w->table];
 
 		cat_metrics_inc(w->applied ? m->applied[w->is_delete] : m->skipped[w->is_delete]);
 	}
 }
 
+cat_err_t sync_transaction(sync_t *sync, cat_apply_t *apply, int64_t newest_commit, char *errstr,
+			  size_t errstr_size)
+{
+	int64_t started_us = cat_time_mono_us();
+	cat_err_t err;
+
+	if ((err = sync_ensure_replica(sync, errstr, errstr_size)) != CAT_OK)
+		return err;
+	if ((err = cat_pg_begin(sync->replica, errstr, errstr_size)) != CAT_OK ||
+	    (err = cat_apply_run(apply, sync->replica, errstr, errstr_size)) != CAT_OK ||
+	    (err = cat_pg_commit(sync->replica, errstr, errstr_size)) != CAT_OK) {
+		cat_metrics_inc(sync->m_rolled_back);
+		sync_after_failure(sync, &sync->replica);
+		return err;
+	}
+	cat_metrics_inc(sync->m_committed);
+	count_rows(sync, apply);
+	cat_metrics_observe(sync->m_tx_seconds, (double)(cat_time_mono_us() - started_us) / 1e6);
+	if (newest_commit > 0) {
+		long long last = atomic_load(&sync->last_commit_us);
+
+		while (newest_commit > last && !atomic_compare_exchange_weak(&sync->last_commit_us, &last, newest_commit))
+			;
+		cat_metrics_set_double(sync->m_lag_seconds, (double)(cat_time_now_us() - newest_commit) / 1e6);
+		cat_metrics_set_double(sync->m_last_commit_ts, (double)atomic_load(&sync->last_commit_us) / 1e6);
+	}
+	return CAT_OK;
+}
+
+/* Adds a list of changes of message `source` to the set. */
+static cat_err_t add_changes(cat_apply_t *apply, size_t source, Catalyst__V1__Change *const *changes, size_t n,
+			     char *errstr, size_t errstr_size)
+{
+	for (size_t c = 0; c < n; c++)
+		if (cat_apply_add(apply, source, changes[c]->record,
+				  changes[c]->op == CATALYST__V1__WRITE_OP__WRITE_OP_DELETE) != CAT_OK)
+			return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL, "could not add a change");
+	return CAT_OK;
+}
+
+cat_err_t sync_resolve(sync_t *sync, cat_apply_t *apply, Catalyst__V1__ChangeBatch *const *batches, size_t n,
+		       size_t n_changes, int64_t *newest_commit, char *errstr, size_t errstr_size)
+{
+	cat_err_t err;
+
+	(void)sync;
+	*newest_commit = 0;
+	if ((err = cat_apply_begin(apply, n_changes, errstr, errstr_size)) != CAT_OK)
+		return err;
+	for (size_t i = 0; i < n; i++) {
+		if ((err = add_changes(apply, i, batches[i]->changes, batches[i]->n_changes, errstr, errstr_size)) !=
+		    CAT_OK)
+			return err;
+		if (batches[i]->has_committed_at_us && batches[i]->committed_at_us > *newest_commit)
+			*newest_commit = batches[i]->committed_at_us;
+	}
+	cat_apply_resolve(apply);
+	return CAT_OK;
+}
+
 cat_err_t sync_apply_range(sync_t *sync, cat_batch_t *batch, size_t from, size_t to, char *errstr,
 			   size_t errstr_size)
 {
-	int64_t started_us = cat_time_mono_us(), newest_commit = 0;
+	int64_t newest_commit = 0;
 	size_t n_total = 0, n_msgs = 0, last = from;
 	cat_err_t err;
 
@@ -130,12 +185,8 @@ cat_err_t sync_apply_range(sync_t *sync, cat_batch_t *batch, size_t from, size_t
 		size_t n;
 		Catalyst__V1__Change **changes = changes_of(sync, batch, i, &n);
 
-		for (size_t c = 0; c < n; c++)
-			if (cat_apply_add(sync->apply, i, changes[c]->record,
-					  changes[c]->op == CATALYST__V1__WRITE_OP__WRITE_OP_DELETE) !=
-			    CAT_OK)
-				return cat_err_set(errstr, errstr_size, CAT_ERR_FATAL,
-						   "could not add a change");
+		if ((err = add_changes(sync->apply, i, changes, n, errstr, errstr_size)) != CAT_OK)
+			goto out;
 		if (n > 0 && sync_is_changes(sync, batch)) {
 			const Catalyst__V1__ChangeBatch *cb = batch->msgs[i].decoded;
 
@@ -145,44 +196,30 @@ cat_err_t sync_apply_range(sync_t *sync, cat_batch_t *batch, size_t from, size_t
 	}
 	cat_apply_resolve(sync->apply);
 
-	if ((err = sync_ensure_replica(sync, errstr, errstr_size)) != CAT_OK)
-		goto out;
-	if ((err = cat_pg_begin(sync->replica, errstr, errstr_size)) != CAT_OK ||
-	    (err = cat_apply_run(sync->apply, sync->replica, errstr, errstr_size)) != CAT_OK ||
-	    (err = cat_pg_commit(sync->replica, errstr, errstr_size)) != CAT_OK) {
-		cat_metrics_inc(sync->m_rolled_back);
-		sync_after_failure(sync, &sync->replica);
-		if (err == CAT_ERR_PERMANENT && n_msgs == 1) {
-			/* the one message holding changes is the one the replica refuses */
-			batch->msgs[last].result = CAT_ERR_PERMANENT;
-			snprintf(batch->msgs[last].reason, sizeof(batch->msgs[last].reason), "%s", errstr);
-			err = CAT_OK;
-		}
-		goto out;
-	}
-	cat_metrics_inc(sync->m_committed);
-	count_rows(sync);
-	cat_metrics_observe(sync->m_tx_seconds, (double)(cat_time_mono_us() - started_us) / 1e6);
-	if (newest_commit > 0) {
-		if (newest_commit > atomic_load(&sync->last_commit_us))
-			atomic_store(&sync->last_commit_us, newest_commit);
-		cat_metrics_set_double(sync->m_lag_seconds,
-				       (double)(cat_time_now_us() - newest_commit) / 1e6);
-		cat_metrics_set_double(sync->m_last_commit_ts,
-				       (double)atomic_load(&sync->last_commit_us) / 1e6);
+	err = sync_transaction(sync, sync->apply, newest_commit, errstr, errstr_size);
+	if (err == CAT_ERR_PERMANENT && n_msgs == 1) {
+		/* the one message holding changes is the one the replica refuses */
+		batch->msgs[last].result = CAT_ERR_PERMANENT;
+		snprintf(batch->msgs[last].reason, sizeof(batch->msgs[last].reason), "%s", errstr);
+		err = CAT_OK;
 	}
 out:
 	cat_apply_release(sync->apply);
 	return err;
 }
 
+void sync_decode_changes(cat_batch_t *batch, size_t from, size_t to)
+{
+	for (size_t i = from; i < to; i++)
+		if (batch->msgs[i].result == CAT_OK && !batch->msgs[i].decoded)
+			decode_changes(&batch->msgs[i]);
+}
+
 cat_err_t sync_apply_changes(sync_t *sync, cat_batch_t *batch, char *errstr, size_t errstr_size)
 {
 	cat_err_t err;
 
-	for (size_t i = 0; i < batch->n; i++)
-		if (batch->msgs[i].result == CAT_OK && !batch->msgs[i].decoded)
-			decode_changes(&batch->msgs[i]);
+	sync_decode_changes(batch, 0, batch->n);
 	err = sync_apply_range(sync, batch, 0, batch->n, errstr, errstr_size);
 	if (err == CAT_OK && batch->n > 0 && batch->partition >= 0 &&
 	    batch->partition < SYNC_MAX_PARTITIONS) {

@@ -163,6 +163,8 @@ cat_err_t sync_new(sync_t **out, const cat_config_t *cfg, const sync_settings_t 
 	}
 	if ((err = cat_apply_new(&sync->apply, errstr, errstr_size)) != CAT_OK)
 		goto error;
+	if ((err = sync_applier_start(sync, errstr, errstr_size)) != CAT_OK)
+		goto error;
 	register_metrics(sync, metrics);
 	/* both sides checked for the schema and set to the canonical session
 	 * settings the checksums depend on */
@@ -194,6 +196,7 @@ void sync_destroy(sync_t *sync)
 	if (!sync)
 		return;
 	sync_monitor_stop(sync);
+	sync_applier_stop(sync);
 	pthread_cond_destroy(&sync->monitor_wake);
 	pthread_mutex_destroy(&sync->monitor_lock);
 	if (sync->pending_rk) {
@@ -339,11 +342,37 @@ static cat_err_t apply_commands(sync_t *sync, cat_batch_t *batch, char *errstr, 
 	return CAT_OK;
 }
 
+/*
+ * A changes.v1 batch is decoded here, SYNC_JOB_ROWS changes at a time, and
+ * each part's transaction handed to the applier (applier.c), which runs it
+ * while the next part is decoded; the batch's
+ * offsets are stored once sync_settle() saw it committed. After a failed
+ * transaction, until a settle succeeds, batches are applied here, one
+ * transaction each. sync.v1 batches run here once the applier is idle.
+ */
 cat_err_t sync_apply(void *opaque, cat_batch_t *batch, char *errstr, size_t errstr_size)
 {
 	sync_t *sync = opaque;
 	cat_err_t err;
 
+	if (sync_is_changes(sync, batch) && !sync->direct) {
+		err = CAT_OK;
+		for (size_t from = 0, to; from < batch->n && err == CAT_OK; from = to) {
+			size_t rows = 0;
+
+			for (to = from; to < batch->n && (to == from || rows < SYNC_JOB_ROWS); to++) {
+				const Catalyst__V1__ChangeBatch *cb;
+
+				sync_decode_changes(batch, to, to + 1);
+				if ((cb = batch->msgs[to].decoded))
+					rows += cb->n_changes;
+			}
+			err = sync_applier_submit(sync, batch, from, to, errstr, errstr_size);
+		}
+		sync_free_decoded(sync, batch);
+		return err;
+	}
+	sync_applier_drain(sync);
 	cat_sql_pruner_run(&sync->pruner, sync->replica);
 	if (sync_is_changes(sync, batch))
 		return sync_apply_changes(sync, batch, errstr, errstr_size);

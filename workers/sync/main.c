@@ -68,6 +68,11 @@ static const cat_config_def_t config_defs[] = {
 	CAT_CONFIG_PG,
 	CAT_CONFIG_HTTP,
 	CAT_CONFIG_CONSUMER("200", "3600000"),
+	/* librdkafka's 500 ms: a fetch of the empty sync.v1 partitions, in flight
+	 * at assignment, held back changes.v1's first messages that long */
+	{ .name = "CATALYST_KAFKA_FETCH_WAIT_MAX_MS", .type = CAT_CFG_INT, .def = "100", .min = 1,
+	  .max = 300000, .kafka = "fetch.wait.max.ms",
+	  .help = "librdkafka's fetch.wait.max.ms: longest the broker holds a fetch with nothing to return" },
 	CAT_CONFIG_TOMBSTONES,
 	CAT_CONFIG_VERSIONS,
 	{ .name = "CATALYST_REPLICA_URL", FIELD(replica_url), .type = CAT_CFG_PG_URL, .required = true,
@@ -185,7 +190,7 @@ int main(int argc, char **argv)
 		CAT_LOG_WARN("PG", "%s: will retry", errstr);
 
 	/* changes.v1 + sync.v1, the monitor, then the probes */
-	handler = (cat_handler_t){sync_apply, sync_ready, sync, NULL};
+	handler = (cat_handler_t){sync_apply, sync_ready, sync, sync_settle};
 	if (cat_consumer_new(&consumer, cfg, SYNC_WORKER, group, topics, &handler, metrics, errstr,
 			     sizeof(errstr)) != CAT_OK) {
 		CAT_LOG_ERROR("KAFKA", "%s", errstr);

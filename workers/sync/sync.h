@@ -12,6 +12,8 @@
  *               sides, slowest statements
  *   pending.c   changes.v1 positions (the group's committed offsets, the high
  *               watermarks) and the catch-up a check runs
+ *   applier.c   the applier thread: a changes.v1 batch's transaction runs
+ *               on the replica while the loop decodes the next; settle()
  *   apply.c     ChangeBatch (changes.v1) and ReplicateRows (sync.v1) changes
  *               applied to the replica, one version-checked transaction per
  *               range of messages (common/cat_apply)
@@ -20,8 +22,10 @@
  *
  * The consume loop runs on one thread, and a check or a resync runs inside
  * it (the loop is not polled meanwhile: max.poll.interval.ms covers the
- * longest command, see main.c). Only the HTTP thread (readiness, metric
- * renders) and the monitor thread run beside it; what they read is atomic.
+ * longest command, see main.c). Beside it run the applier (the replica's
+ * connection is its own while a job runs: the loop drains it first), the
+ * HTTP thread (readiness, metric renders) and the monitor thread; what
+ * they read is atomic.
  */
 #ifndef SYNC_SYNC_H
 #define SYNC_SYNC_H
@@ -48,6 +52,8 @@
 #define SYNC_MAX_TABLES	    8
 #define SYNC_MAX_PARTITIONS 1024
 #define SYNC_DONE_IDS	    64 /* commands remembered as done, so a retried batch skips them */
+#define SYNC_JOB_KEEP	    256 /* message slots a job keeps between batches */
+#define SYNC_JOB_ROWS	    10000 /* changes of one applier transaction (a batch may take several) */
 
 /* The worker's own settings, filled from its config table (main.c binds
  * each row that is catalyst-sync's alone to a field); strings are borrowed
@@ -73,6 +79,17 @@ typedef struct sync_table_metrics {
 	cat_metric_t *rows_diff; /* gauge: differences the last check found */
 } sync_table_metrics_t;
 
+/* One changes.v1 batch handed to the applier: its decoded messages (owned)
+ * resolved into `apply`. */
+typedef struct sync_job {
+	Catalyst__V1__ChangeBatch **batches;
+	size_t n, cap;
+	cat_apply_t *apply;
+	int64_t newest_commit; /* committed_at_us of its newest change */
+	int32_t partition;
+	int64_t next_offset; /* the offset after its last message */
+} sync_job_t;
+
 typedef struct sync {
 	int64_t version_max_ahead_s; /* CATALYST_VERSION_MAX_AHEAD_S: for ReplicateRows */
 	const cat_config_t *cfg;
@@ -94,6 +111,21 @@ typedef struct sync {
 	 * partition (-1: none yet); written by the loop, read by the monitor */
 	atomic_llong applied_next[SYNC_MAX_PARTITIONS];
 	atomic_llong last_commit_us; /* committed_at_us of the newest change applied */
+
+	/* the applier (applier.c): jobs[job_fill] is the loop's to fill, the
+	 * other may run; the rest is guarded by applier_lock */
+	sync_job_t jobs[2];
+	int job_fill;
+	pthread_t applier;
+	bool applier_started, applier_inited;
+	pthread_mutex_t applier_lock;
+	pthread_cond_t applier_wake; /* a job, or stop */
+	pthread_cond_t applier_done; /* the job ran */
+	sync_job_t *applier_job;     /* running (NULL: idle) */
+	bool applier_stop;
+	bool applier_failed;	     /* a job failed since the last settle */
+	char applier_error[512];
+	bool direct; /* batches applied in the loop's thread until a settle succeeds */
 
 	/* the check's catch-up consumer (no group membership), opened when needed */
 	rd_kafka_t *pending_rk;
@@ -141,6 +173,9 @@ cat_err_t sync_new(sync_t **out, const cat_config_t *cfg, const sync_settings_t 
 		   size_t errstr_size) CAT_MUST_CHECK;
 void sync_destroy(sync_t *sync);
 cat_err_t sync_apply(void *opaque, cat_batch_t *batch, char *errstr, size_t errstr_size);
+/* applier.c: the handler's settle(): every submitted transaction committed
+ * (else retriable, and the next batches are applied directly). */
+cat_err_t sync_settle(void *opaque, int timeout_ms, char *errstr, size_t errstr_size);
 bool sync_ready(void *opaque, char *reason, size_t reason_size);
 
 /* check.c: runs one CheckConsistency and publishes its report. */
@@ -173,6 +208,18 @@ cat_err_t sync_catch_up(sync_t *sync, char *errstr, size_t errstr_size) CAT_MUST
 cat_err_t sync_monitor_start(sync_t *sync, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 void sync_monitor_stop(sync_t *sync);
 
+/* applier.c */
+cat_err_t sync_applier_start(sync_t *sync, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+/* Waits for the job in flight, stops the thread, frees the jobs. */
+void sync_applier_stop(sync_t *sync);
+/* Waits until no job runs: the replica's connection is the loop's then. */
+void sync_applier_drain(sync_t *sync);
+/* Hands the decoded messages [from, to) of a changes.v1 batch to the
+ * applier (they are the job's after: msgs[].decoded NULL), once the job
+ * before is done. */
+cat_err_t sync_applier_submit(sync_t *sync, cat_batch_t *batch, size_t from, size_t to, char *errstr,
+			      size_t errstr_size) CAT_MUST_CHECK;
+
 /* apply.c */
 /* True if `batch` is of changes.v1 (its messages ChangeBatch), else of sync.v1. */
 bool sync_is_changes(const sync_t *sync, const cat_batch_t *batch);
@@ -186,8 +233,20 @@ cat_err_t sync_validate_changes(Catalyst__V1__Change *const *changes, size_t n, 
  * message is marked permanent and CAT_OK returned. */
 cat_err_t sync_apply_range(sync_t *sync, cat_batch_t *batch, size_t from, size_t to, char *errstr,
 			   size_t errstr_size) CAT_MUST_CHECK;
+/* Decodes the ChangeBatch messages [from, to) of `batch`; those that do
+ * not decode are marked permanent. */
+void sync_decode_changes(cat_batch_t *batch, size_t from, size_t to);
+/* Fills `apply` with the changes of n ChangeBatch messages (n_changes in
+ * all; source: the index in `batches`) and resolves it. */
+cat_err_t sync_resolve(sync_t *sync, cat_apply_t *apply, Catalyst__V1__ChangeBatch *const *batches, size_t n,
+		       size_t n_changes, int64_t *newest_commit, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
+/* A resolved set in one replica transaction, counted in the metrics;
+ * after a failure the connection is rolled back or dropped. */
+cat_err_t sync_transaction(sync_t *sync, cat_apply_t *apply, int64_t newest_commit, char *errstr,
+			   size_t errstr_size) CAT_MUST_CHECK;
 /* Applies the ChangeBatch messages of `batch` (a changes.v1 range) in one
- * transaction; messages that do not decode are marked permanent. */
+ * transaction, in the calling thread; messages that do not decode are
+ * marked permanent. */
 cat_err_t sync_apply_changes(sync_t *sync, cat_batch_t *batch, char *errstr,
 			     size_t errstr_size) CAT_MUST_CHECK;
 /* Frees the decoded messages of `batch` (ChangeBatch or SyncCommand). */
