@@ -30,6 +30,7 @@ typedef struct part_buf {
 	unsigned revokes;    /* bumped at each revocation: a batch begun before it is void */
 	cat_metric_t *lag;   /* catalyst_consumer_lag{topic,partition} */
 	int64_t stats_lag;   /* the lag the statistics last gave (-1: none yet) */
+	int64_t next_offset; /* after the last message polled (-1: none yet) */
 } part_buf_t;
 
 /* How a batch ended. */
@@ -74,6 +75,7 @@ struct cat_consumer {
 	int64_t last_msg_us; /* when the last message arrived (monotonic µs) */
 	bool trimmed;	     /* the heap was trimmed since that message */
 	int64_t dry_since_us;	  /* polls have returned nothing since (0: a message came) */
+	bool fetch_wait;	  /* settling batches wait for the fetcher: a backlog is on the broker */
 	int64_t next_wake_us;	  /* no fetcher wake-up before */
 	int64_t wake_interval_us; /* between wake-ups; doubles while they bring nothing */
 	bool uncommitted;	  /* offsets stored since the last commit when idle */
@@ -106,6 +108,8 @@ struct cat_consumer {
 #define LAG_HELP "messages behind the partition's end (from librdkafka statistics)"
 #define SETTLE_MAX_BATCHES 4 /* settle once this many batches' worth of messages are settling */
 #define IDLE_TRIM_US	   (2 * 1000000) /* idle this long after traffic: the free heap goes back to the OS */
+#define SETTLE_BACKLOG_WAIT_US (20 * 1000) /* a dry poll with a backlog on the broker waits this long for \
+					    * the fetcher before the settling batches settle */
 #define WAKE_DRY_US	   (50 * 1000)	 /* nothing polled this long while partitions lag: wake the fetcher */
 /* A partial batch is handed over after this long even while more keeps
  * coming for other partitions (the queue never running dry). */
@@ -159,6 +163,7 @@ static part_buf_t *part_get(cat_consumer_t *consumer, const char *topic, int32_t
 	consumer->parts = grown;
 	part->partition = partition;
 	part->stats_lag = -1;
+	part->next_offset = -1;
 	snprintf(pstr, sizeof(pstr), "%d", (int)partition);
 	part->lag = cat_metrics_gauge(consumer->metrics, "catalyst_consumer_lag", LAG_HELP, "group",
 				      consumer->group, "topic", topic, "partition", pstr, NULL);
@@ -206,6 +211,7 @@ static cat_err_t part_push(part_buf_t *part, rd_kafka_message_t *rkm)
 		part->first_at_us = cat_time_mono_us();
 	part->issued[part->n] = 0;
 	part->msgs[part->n++] = rkm;
+	part->next_offset = rkm->offset + 1;
 	return CAT_OK;
 }
 
@@ -294,6 +300,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic
 			if (part) {
 				part->revokes++;
 				part_drop(consumer, part, part->n);
+				part->next_offset = -1;
 				part->stats_lag = -1;
 				cat_metrics_set(part->lag, 0);
 			}
@@ -1060,6 +1067,7 @@ static cat_err_t recreate_client(cat_consumer_t *consumer, const char *why, char
 		part->revokes++;
 		part_drop(consumer, part, part->n);
 		part->stats_lag = -1;
+		part->next_offset = -1;
 		cat_metrics_set(part->lag, 0);
 	}
 	consumer->n_settling = 0;
@@ -1126,6 +1134,24 @@ static bool poll_once(cat_consumer_t *consumer, int timeout_ms)
 	return true;
 }
 
+/* Whether the broker holds messages of a partition beyond what was polled
+ * (the high watermarks the last fetch responses gave: no request). A dry
+ * poll then means the fetcher is behind, not that the backlog is done. */
+static bool fetch_behind(const cat_consumer_t *consumer)
+{
+	for (size_t i = 0; i < consumer->n_parts; i++) {
+		const part_buf_t *part = consumer->parts[i];
+		int64_t low, high;
+
+		if (part->next_offset >= 0 &&
+		    rd_kafka_get_watermark_offsets(consumer->rk, part->topic, part->partition, &low, &high) ==
+			    RD_KAFKA_RESP_ERR_NO_ERROR &&
+		    high > part->next_offset)
+			return true;
+	}
+	return false;
+}
+
 cat_err_t cat_consumer_run(cat_consumer_t *consumer, volatile sig_atomic_t *stop, char *errstr,
 			   size_t errstr_size)
 {
@@ -1164,8 +1190,11 @@ cat_err_t cat_consumer_run(cat_consumer_t *consumer, volatile sig_atomic_t *stop
 		/* a dry spell is looked into as soon as it is long enough */
 		if (consumer->dry_since_us && timeout_ms > WAKE_DRY_US / 1000)
 			timeout_ms = WAKE_DRY_US / 1000;
-		/* settling batches do not wait for more messages */
-		got = poll_once(consumer, consumer->n_settling > 0 ? 0 : timeout_ms);
+		/* settling batches do not wait for more messages, unless the
+		 * fetcher is behind a backlog: then for a moment, so that the
+		 * settle (which drains the handler's pipeline) comes at the end of
+		 * the backlog, not at every gap between fetches */
+		got = poll_once(consumer, consumer->n_settling > 0 ? (consumer->fetch_wait ? 1 : 0) : timeout_ms);
 		if (got) {
 			consumer->dry_since_us = 0;
 			consumer->wake_interval_us = WAKE_INTERVAL_MIN_US;
@@ -1237,8 +1266,11 @@ cat_err_t cat_consumer_run(cat_consumer_t *consumer, volatile sig_atomic_t *stop
 			consumer->trimmed = true;
 		}
 		/* applied batches settle once nothing more is at hand, or enough wait */
-		if (consumer->n_settling > 0 &&
-		    (!got || consumer->n_settling >= (size_t)consumer->batch_size * SETTLE_MAX_BATCHES)) {
+		consumer->fetch_wait = !got && consumer->n_settling > 0 && consumer->dry_since_us &&
+				       cat_time_mono_us() - consumer->dry_since_us < SETTLE_BACKLOG_WAIT_US &&
+				       fetch_behind(consumer);
+		if (consumer->n_settling > 0 && ((!got && !consumer->fetch_wait) ||
+						 consumer->n_settling >= (size_t)consumer->batch_size * SETTLE_MAX_BATCHES)) {
 			cat_err_t err = settle_in_loop(consumer, errstr, errstr_size);
 
 			if (err == CAT_ERR_FATAL) {

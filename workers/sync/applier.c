@@ -1,17 +1,20 @@
 /*
- * catalyst-sync's applier: the transaction of a changes.v1 batch runs on a
- * thread of its own while the loop decodes and resolves the next batch, so
- * that the replica is not idle while the worker decodes (and the worker not
- * while the replica writes).
+ * catalyst-sync's applier: the replica's transactions run on a thread of
+ * its own while the loop decodes and stages the next, so that the replica
+ * is not idle while the worker decodes (and the worker not while the
+ * replica writes).
  *
- * Two jobs alternate: the loop fills one (ChangeBatch messages of a batch,
- * up to SYNC_JOB_ROWS changes, which the job then owns, resolved into its
- * cat_apply set) while the applier runs the other; submitting waits until
- * the applier is free. So at most two jobs' messages are decoded at once,
- * however large the batch. A
- * batch the loop handed over is settling (common/cat_consumer's settle()):
- * sync_settle() waits until every submitted transaction committed, and only
- * then are the batches' offsets stored.
+ * Two jobs alternate: the loop stages changes.v1 batches of any partitions
+ * into one (their decoded ChangeBatch messages, which the job then owns)
+ * while the applier runs the other. A job goes over, resolved into its
+ * cat_apply set, once it holds SYNC_JOB_ROWS changes, and at the settle:
+ * so a backlog goes in large transactions, and a steady trickle in one
+ * transaction per loop cycle for every partition at hand, not one a
+ * partition batch. Handing over waits until the applier is free, so at most
+ * two jobs' messages are decoded at once. A batch the loop staged is
+ * settling (common/cat_consumer's settle()): sync_settle() hands over what
+ * is staged and waits until every transaction committed, and only then are
+ * the batches' offsets stored.
  *
  * A transaction that fails fails the settle (retriable): the loop applies
  * every unsettled batch again, and until a settle succeeds each batch is
@@ -39,6 +42,10 @@ static void job_clear(sync_job_t *job)
 	for (size_t i = 0; i < job->n; i++)
 		catalyst__v1__change_batch__free_unpacked(job->batches[i], NULL);
 	job->n = 0;
+	job->n_changes = 0;
+	job->staged = false;
+	for (size_t p = 0; p < SYNC_MAX_PARTITIONS; p++)
+		job->next[p] = -1;
 	cat_apply_release(job->apply);
 	if (job->cap > SYNC_JOB_KEEP) {
 		free(job->batches);
@@ -54,11 +61,12 @@ static void job_run(sync_t *sync, sync_job_t *job)
 	cat_err_t err;
 
 	cat_sql_pruner_run(&sync->pruner, sync->replica);
-	err = sync_transaction(sync, job->apply, job->newest_commit, errstr, sizeof(errstr));
+	err = job->n_changes > 0 ? sync_transaction(sync, job->apply, job->newest_commit, errstr, sizeof(errstr))
+				 : CAT_OK;
 	if (err == CAT_OK) {
-		if (job->partition >= 0 && job->partition < SYNC_MAX_PARTITIONS &&
-		    job->next_offset > atomic_load(&sync->applied_next[job->partition]))
-			atomic_store(&sync->applied_next[job->partition], job->next_offset);
+		for (size_t p = 0; p < SYNC_MAX_PARTITIONS; p++)
+			if (job->next[p] > atomic_load(&sync->applied_next[p]))
+				atomic_store(&sync->applied_next[p], job->next[p]);
 	} else {
 		pthread_mutex_lock(&sync->applier_lock);
 		if (!sync->applier_failed) {
@@ -95,9 +103,11 @@ static void *applier_main(void *opaque)
 
 cat_err_t sync_applier_start(sync_t *sync, char *errstr, size_t errstr_size)
 {
-	for (size_t j = 0; j < 2; j++)
+	for (size_t j = 0; j < 2; j++) {
 		if (cat_apply_new(&sync->jobs[j].apply, errstr, errstr_size) != CAT_OK)
 			return CAT_ERR_FATAL;
+		job_clear(&sync->jobs[j]);
+	}
 	pthread_mutex_init(&sync->applier_lock, NULL);
 	pthread_cond_init(&sync->applier_wake, NULL);
 	pthread_cond_init(&sync->applier_done, NULL);
@@ -160,62 +170,33 @@ static bool wait_idle_locked(sync_t *sync, int64_t deadline_us)
 	return true;
 }
 
-void sync_applier_drain(sync_t *sync)
+/* Fails the settle with `errstr` (the first failure is the one told). */
+static void fail_settle(sync_t *sync, const char *errstr)
 {
-	if (!sync->applier_started)
-		return;
 	pthread_mutex_lock(&sync->applier_lock);
-	wait_idle_locked(sync, 0);
+	if (!sync->applier_failed) {
+		sync->applier_failed = true;
+		snprintf(sync->applier_error, sizeof(sync->applier_error), "%s", errstr);
+	}
 	pthread_mutex_unlock(&sync->applier_lock);
 }
 
-cat_err_t sync_applier_submit(sync_t *sync, cat_batch_t *batch, size_t from, size_t to, char *errstr,
-			      size_t errstr_size)
+/* Resolves the staged job and hands it to the applier, once the job
+ * before is done; the loop stages into the other one from now on. */
+static void dispatch(sync_t *sync)
 {
 	sync_job_t *job = &sync->jobs[sync->job_fill];
-	size_t n_changes = 0;
+	char errstr[512];
 	bool failed;
-	cat_err_t err;
 
-	for (size_t i = from; i < to; i++) {
-		const Catalyst__V1__ChangeBatch *cb = batch->msgs[i].decoded;
-
-		if (cb)
-			n_changes += cb->n_changes;
-	}
-	job->partition = batch->partition;
-	job->next_offset = to > from ? batch->msgs[to - 1].rkm->offset + 1 : -1;
-	if (n_changes == 0) {
-		/* nothing to write: it stands applied once what came before is */
-		pthread_mutex_lock(&sync->applier_lock);
-		wait_idle_locked(sync, 0);
-		failed = sync->applier_failed;
-		pthread_mutex_unlock(&sync->applier_lock);
-		if (!failed && job->partition >= 0 && job->partition < SYNC_MAX_PARTITIONS &&
-		    job->next_offset > atomic_load(&sync->applied_next[job->partition]))
-			atomic_store(&sync->applied_next[job->partition], job->next_offset);
-		return CAT_OK;
-	}
-	if (job->cap < to - from) {
-		void *grown = realloc(job->batches, (to - from) * sizeof(*job->batches));
-
-		if (!grown)
-			return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "out of memory");
-		job->batches = grown;
-		job->cap = to - from;
-	}
-	/* the decoded messages are the job's now; resolved while the other job runs */
-	for (size_t i = from; i < to; i++)
-		if (batch->msgs[i].decoded) {
-			job->batches[job->n++] = batch->msgs[i].decoded;
-			batch->msgs[i].decoded = NULL;
-		}
-	if ((err = sync_resolve(sync, job->apply, job->batches, job->n, n_changes, &job->newest_commit, errstr,
-				errstr_size)) != CAT_OK) {
+	if (!job->staged)
+		return;
+	if (job->n_changes > 0 && sync_resolve(sync, job->apply, job->batches, job->n, job->n_changes,
+					       &job->newest_commit, errstr, sizeof(errstr)) != CAT_OK) {
+		fail_settle(sync, errstr);
 		job_clear(job);
-		return err;
+		return;
 	}
-
 	pthread_mutex_lock(&sync->applier_lock);
 	wait_idle_locked(sync, 0);
 	failed = sync->applier_failed;
@@ -225,9 +206,53 @@ cat_err_t sync_applier_submit(sync_t *sync, cat_batch_t *batch, size_t from, siz
 	}
 	pthread_mutex_unlock(&sync->applier_lock);
 	if (failed)
-		job_clear(job); /* the settle fails: the batch is applied again */
+		job_clear(job); /* the settle fails: the batches are applied again */
 	else
 		sync->job_fill ^= 1;
+}
+
+void sync_applier_drain(sync_t *sync)
+{
+	if (!sync->applier_started)
+		return;
+	dispatch(sync);
+	pthread_mutex_lock(&sync->applier_lock);
+	wait_idle_locked(sync, 0);
+	pthread_mutex_unlock(&sync->applier_lock);
+}
+
+cat_err_t sync_applier_submit(sync_t *sync, cat_batch_t *batch, size_t from, size_t to, char *errstr,
+			      size_t errstr_size)
+{
+	sync_job_t *job = &sync->jobs[sync->job_fill];
+
+	if (to <= from)
+		return CAT_OK;
+	if (job->cap < job->n + (to - from)) {
+		size_t cap = job->n + (to - from);
+		void *grown = realloc(job->batches, cap * sizeof(*job->batches));
+
+		if (!grown)
+			return cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE, "out of memory");
+		job->batches = grown;
+		job->cap = cap;
+	}
+	/* the decoded messages are the job's now; resolved when it is handed over */
+	for (size_t i = from; i < to; i++) {
+		Catalyst__V1__ChangeBatch *cb = batch->msgs[i].decoded;
+
+		if (cb) {
+			job->n_changes += cb->n_changes;
+			job->batches[job->n++] = cb;
+			batch->msgs[i].decoded = NULL;
+		}
+	}
+	job->staged = true;
+	if (batch->partition >= 0 && batch->partition < SYNC_MAX_PARTITIONS &&
+	    batch->msgs[to - 1].rkm->offset + 1 > job->next[batch->partition])
+		job->next[batch->partition] = batch->msgs[to - 1].rkm->offset + 1;
+	if (job->n_changes >= SYNC_JOB_ROWS)
+		dispatch(sync);
 	return CAT_OK;
 }
 
@@ -236,6 +261,7 @@ cat_err_t sync_settle(void *opaque, int timeout_ms, char *errstr, size_t errstr_
 	sync_t *sync = opaque;
 	cat_err_t err = CAT_OK;
 
+	dispatch(sync); /* what is staged, then every job, committed */
 	pthread_mutex_lock(&sync->applier_lock);
 	if (!wait_idle_locked(sync, cat_time_mono_us() + (int64_t)(timeout_ms > 0 ? timeout_ms : 1) * 1000)) {
 		err = cat_err_set(errstr, errstr_size, CAT_ERR_RETRIABLE,

@@ -344,9 +344,10 @@ static cat_err_t apply_commands(sync_t *sync, cat_batch_t *batch, char *errstr, 
 
 /*
  * A changes.v1 batch is decoded here, SYNC_JOB_ROWS changes at a time, and
- * each part's transaction handed to the applier (applier.c), which runs it
- * while the next part is decoded; the batch's
- * offsets are stored once sync_settle() saw it committed. After a failed
+ * staged for the applier (applier.c), which runs a job's transaction while
+ * the next is decoded and staged (batches of every partition at hand go
+ * together); the batch's offsets are stored once sync_settle() saw it
+ * committed. After a failed
  * transaction, until a settle succeeds, batches are applied here, one
  * transaction each. sync.v1 batches run here once the applier is idle.
  */

@@ -53,7 +53,8 @@
 #define SYNC_MAX_PARTITIONS 1024
 #define SYNC_DONE_IDS	    64 /* commands remembered as done, so a retried batch skips them */
 #define SYNC_JOB_KEEP	    256 /* message slots a job keeps between batches */
-#define SYNC_JOB_ROWS	    10000 /* changes of one applier transaction (a batch may take several) */
+#define SYNC_JOB_ROWS	    10000 /* changes of one applier transaction (batches of several partitions, \
+				   * or a part of one) */
 
 /* The worker's own settings, filled from its config table (main.c binds
  * each row that is catalyst-sync's alone to a field); strings are borrowed
@@ -79,15 +80,17 @@ typedef struct sync_table_metrics {
 	cat_metric_t *rows_diff; /* gauge: differences the last check found */
 } sync_table_metrics_t;
 
-/* One changes.v1 batch handed to the applier: its decoded messages (owned)
- * resolved into `apply`. */
+/* One replica transaction for the applier: the decoded messages (owned) of
+ * the changes.v1 batches staged since the last one, of any partitions,
+ * resolved into `apply` when it is handed over. */
 typedef struct sync_job {
 	Catalyst__V1__ChangeBatch **batches;
 	size_t n, cap;
+	size_t n_changes;
 	cat_apply_t *apply;
 	int64_t newest_commit; /* committed_at_us of its newest change */
-	int32_t partition;
-	int64_t next_offset; /* the offset after its last message */
+	bool staged;	       /* holds a batch (with changes or not) */
+	int64_t next[SYNC_MAX_PARTITIONS]; /* per partition, the offset after its last message (-1: none) */
 } sync_job_t;
 
 typedef struct sync {
@@ -212,11 +215,13 @@ void sync_monitor_stop(sync_t *sync);
 cat_err_t sync_applier_start(sync_t *sync, char *errstr, size_t errstr_size) CAT_MUST_CHECK;
 /* Waits for the job in flight, stops the thread, frees the jobs. */
 void sync_applier_stop(sync_t *sync);
-/* Waits until no job runs: the replica's connection is the loop's then. */
+/* Hands over the staged job, then waits until no job runs: the replica's
+ * connection is the loop's then. */
 void sync_applier_drain(sync_t *sync);
-/* Hands the decoded messages [from, to) of a changes.v1 batch to the
- * applier (they are the job's after: msgs[].decoded NULL), once the job
- * before is done. */
+/* Stages the decoded messages [from, to) of a changes.v1 batch (they are
+ * the job's after: msgs[].decoded NULL); the staged job goes to the applier
+ * once it holds SYNC_JOB_ROWS changes (after the job before is done), or at
+ * the settle or a drain. A job that cannot be resolved fails the settle. */
 cat_err_t sync_applier_submit(sync_t *sync, cat_batch_t *batch, size_t from, size_t to, char *errstr,
 			      size_t errstr_size) CAT_MUST_CHECK;
 
